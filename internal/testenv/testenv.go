@@ -1,0 +1,129 @@
+// Package testenv starts real embedded etcd and NATS servers for tests in
+// one line, and tears them down with t.Cleanup.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/graft-sh/graft/internal/embedded"
+	"github.com/graft-sh/graft/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Env is a running etcd (and optionally NATS) with a client and a Store.
+type Env struct {
+	Etcd    *embedded.Etcd
+	Client  *clientv3.Client
+	Store   *store.Store
+	Keyring *store.Keyring
+}
+
+// Option adjusts the Store an Env builds.
+type Option func(*store.Config)
+
+// WithHistoryLimit sets the store's history retention.
+func WithHistoryLimit(n int) Option { return func(c *store.Config) { c.HistoryLimit = n } }
+
+// WithMaxValueBytes sets the store's value bound.
+func WithMaxValueBytes(n int) Option { return func(c *store.Config) { c.MaxValueBytes = n } }
+
+// WithClock sets the store's clock.
+func WithClock(now func() time.Time) Option { return func(c *store.Config) { c.Now = now } }
+
+// Start starts an embedded etcd in a temp dir and a Store on it.
+func Start(t testing.TB, opts ...Option) *Env {
+	t.Helper()
+	e := StartEtcd(t, t.TempDir())
+	cli := Client(t, e.Endpoint)
+	ring := NewKeyring(t)
+	cfg := store.Config{Client: cli, Keyring: ring, Logger: Logger(t)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := store.New(cfg)
+	if err != nil {
+		t.Fatalf("store.New: %v", err)
+	}
+	return &Env{Etcd: e, Client: cli, Store: s, Keyring: ring}
+}
+
+// StartEtcd starts an embedded etcd with its data in dir.
+func StartEtcd(t testing.TB, dir string) *embedded.Etcd {
+	t.Helper()
+	e, err := embedded.StartEtcd(context.Background(), embedded.EtcdConfig{Dir: dir})
+	if err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+// StartNATS starts an embedded NATS JetStream server with its store in dir.
+func StartNATS(t testing.TB, dir string) *embedded.NATS {
+	t.Helper()
+	n, err := embedded.StartNATS(embedded.NATSConfig{Dir: dir})
+	if err != nil {
+		t.Fatalf("start nats: %v", err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+// Client returns an etcd client closed at cleanup.
+func Client(t testing.TB, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// NewKeyring returns a keyring with one random key.
+func NewKeyring(t testing.TB) *store.Keyring {
+	t.Helper()
+	key := make([]byte, 32)
+	rand.Read(key)
+	k, err := store.NewKeyring(1, map[uint32][]byte{1: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Logger returns a logger that writes through t.Log at warn level and
+// above; once the test has finished it writes to stderr instead, because
+// t.Log then panics.
+func Logger(t testing.TB) *slog.Logger {
+	w := &tWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *tWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return os.Stderr.Write(p)
+	}
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}

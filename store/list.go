@@ -1,0 +1,79 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ListItem is one result of List: an entry, or in a non-recursive listing a
+// directory that holds paths below it. A path can be both.
+type ListItem struct {
+	Path      string
+	Entry     *Entry // nil for a pure directory
+	Directory bool
+}
+
+// List returns what lies under prefix, sorted by path, without values, and
+// the revision it was read at. Recursive lists every path below the
+// prefix; otherwise only direct children, with deeper paths folded into
+// their first segment as directories. A path equal to prefix is included.
+func (s *Store) List(ctx context.Context, prefix string, recursive bool) ([]ListItem, int64, error) {
+	if _, err := ParsePrefix(prefix); err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	start, end := rangeOf(s.kvPrefix, prefix)
+	resp, err := s.cli.Get(ctx, start, withRange(end)...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	var items []ListItem
+	index := map[string]int{}
+	for _, kv := range resp.Kvs {
+		p := string(kv.Key[len(s.kvPrefix):])
+		if !Under(p, prefix) {
+			continue
+		}
+		r, err := decodeRecord(kv.Value)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s: %s: %w", prefix, p, err)
+		}
+		e := r.entry(p, r.revision(kv.ModRevision))
+		name, dir := p, false
+		if !recursive && p != prefix {
+			name, dir = child(prefix, p)
+		}
+		i, seen := index[name]
+		if !seen {
+			i = len(items)
+			index[name] = i
+			items = append(items, ListItem{Path: name})
+		}
+		if dir {
+			items[i].Directory = true
+		} else {
+			items[i].Entry = &e
+		}
+	}
+	return items, resp.Header.Revision, nil
+}
+
+// child returns the direct child of prefix on the way to p, and whether p
+// lies deeper than that child.
+func child(prefix, p string) (string, bool) {
+	base := len(prefix)
+	if prefix == "/" {
+		base = 0
+	}
+	rest := p[base+1:]
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		return p[:base+1+i], true
+	}
+	return p, false
+}
+
+func withRange(end string) []clientv3.OpOption {
+	return []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+}

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Path limits. They keep keys well inside etcd's request limits and keep
+// pathological trees out.
+const (
+	MaxPathLength   = 1024
+	MaxPathDepth    = 32
+	MaxSegmentBytes = 255
+)
+
+// PathError says why a path is not canonical. It wraps ErrInvalidPath. Its
+// message leaves the path out because callers wrap it with "verb path: ".
+type PathError struct {
+	Path   string
+	Reason string
+}
+
+func (e *PathError) Error() string {
+	return fmt.Sprintf("invalid path: %s", e.Reason)
+}
+
+func (e *PathError) Unwrap() error { return ErrInvalidPath }
+
+// ParsePath checks that p is a canonical key path: a leading "/",
+// "/"-separated segments of [A-Za-z0-9._-], no empty, "." or ".." segments,
+// no trailing "/", within the length and depth limits. The root "/" is not
+// a key path; use ParsePrefix where the root is allowed.
+func ParsePath(p string) (string, error) {
+	if p == "/" {
+		return "", &PathError{Path: p, Reason: "the root / is not a key; name a path below it, such as /app/name/key"}
+	}
+	return parse(p)
+}
+
+// ParsePrefix is ParsePath that also accepts the root "/".
+func ParsePrefix(p string) (string, error) {
+	if p == "/" {
+		return p, nil
+	}
+	return parse(p)
+}
+
+func parse(p string) (string, error) {
+	bad := func(format string, args ...any) (string, error) {
+		return "", &PathError{Path: p, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case p == "":
+		return bad("empty; paths start with / as in /app/name/key")
+	case len(p) > MaxPathLength:
+		return bad("longer than %d bytes", MaxPathLength)
+	case p[0] != '/':
+		return bad("must start with /")
+	case p[len(p)-1] == '/':
+		return bad("must not end with /")
+	}
+	depth := 0
+	for seg := range strings.SplitSeq(p[1:], "/") {
+		depth++
+		switch {
+		case seg == "":
+			return bad("empty segment (doubled /)")
+		case seg == "." || seg == "..":
+			return bad("segment %q is not allowed", seg)
+		case len(seg) > MaxSegmentBytes:
+			return bad("segment longer than %d bytes", MaxSegmentBytes)
+		}
+		for i := 0; i < len(seg); i++ {
+			if !segmentChar(seg[i]) {
+				return bad("character %q at segment %q is not allowed; use letters, digits, '.', '_' and '-'", rune(seg[i]), seg)
+			}
+		}
+	}
+	if depth > MaxPathDepth {
+		return bad("deeper than %d segments", MaxPathDepth)
+	}
+	return p, nil
+}
+
+func segmentChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+}
+
+// Under reports whether path is prefix itself or lies below it, segment by
+// segment: /app/foo is under /app and /app/foo, not under /app/fo. Both
+// arguments must be canonical; "/" is the root and holds everything.
+func Under(path, prefix string) bool {
+	if prefix == "/" {
+		return strings.HasPrefix(path, "/")
+	}
+	if !strings.HasPrefix(path, prefix) {
+		return false
+	}
+	return len(path) == len(prefix) || path[len(prefix)] == '/'
+}

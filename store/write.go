@@ -1,0 +1,235 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// WriteOptions qualify a Put or Delete.
+type WriteOptions struct {
+	// Author is the principal making the change; recorded with the version.
+	Author string
+	// IfRevision, when non-nil, makes the write a compare-and-swap against
+	// the path's current revision (0: the path must not exist).
+	IfRevision *int64
+	// Origin says why graft itself wrote the value.
+	Origin *Origin
+}
+
+// current is what a write reads before it commits.
+type current struct {
+	exists  bool
+	rec     record
+	rev     int64 // logical revision of the current version
+	modRev  int64 // etcd mod revision of the kv key, 0 if absent
+	history []int64
+}
+
+// readCurrent reads the current version of path and the revisions kept in
+// its history, in one round trip.
+func (s *Store) readCurrent(ctx context.Context, path string) (current, error) {
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.kvKey(path)),
+		clientv3.OpGet(s.histPrefix(path), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+	).Commit()
+	if err != nil {
+		return current{}, err
+	}
+	var c current
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		if c.rec, err = decodeRecord(kvs[0].Value); err != nil {
+			return current{}, err
+		}
+		c.exists = true
+		c.modRev = kvs[0].ModRevision
+		c.rev = c.rec.revision(c.modRev)
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		if _, rev, ok := s.parseHistKey(string(kv.Key)); ok {
+			c.history = append(c.history, rev)
+		}
+	}
+	return c, nil
+}
+
+// latest is the revision of the newest version of the path, current or in
+// history, or 0 if it never had one.
+func (c current) latest() int64 {
+	if c.exists {
+		return c.rev
+	}
+	if n := len(c.history); n > 0 {
+		return c.history[n-1]
+	}
+	return 0
+}
+
+// archive returns the ops that move the current version into history,
+// marked as ended now, and trim history to the retention limit.
+func (s *Store) archive(path string, c current, now int64, deleted bool) []clientv3.Op {
+	old := c.rec
+	old.Rev = 0
+	old.Ended = now
+	old.Deleted = deleted
+	ops := []clientv3.Op{clientv3.OpPut(s.histKey(path, c.rev), old.encode())}
+	if excess := len(c.history) + 1 - s.histMax; excess > 0 {
+		for _, rev := range c.history[:excess] {
+			ops = append(ops, clientv3.OpDelete(s.histKey(path, rev)))
+		}
+	}
+	return ops
+}
+
+// commit runs one write of path: it reads the current state, lets build
+// decide the ops, and commits them guarded by the kv key's mod revision so a
+// concurrent write makes it start over. build returns ErrNotFound-style
+// errors to stop without writing.
+func (s *Store) commit(ctx context.Context, path string, build func(c current) ([]clientv3.Op, error)) (int64, error) {
+	for range maxWriteAttempts {
+		c, err := s.readCurrent(ctx, path)
+		if err != nil {
+			return 0, err
+		}
+		ops, err := build(c)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.kvKey(path)), "=", c.modRev)).
+			Then(ops...).
+			Commit()
+		if err != nil {
+			return 0, err
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+	}
+	return 0, fmt.Errorf("%w on %s; retry", ErrContention, path)
+}
+
+// Put writes value at path and returns the new version (without value).
+func (s *Store) Put(ctx context.Context, path string, value []byte, opts WriteOptions) (Entry, error) {
+	if _, err := ParsePath(path); err != nil {
+		return Entry{}, fmt.Errorf("put %s: %w", path, err)
+	}
+	if len(value) > s.maxValue {
+		return Entry{}, fmt.Errorf("put %s: %w", path, &ValueTooLargeError{Size: len(value), Max: s.maxValue})
+	}
+	sealed, err := s.keyring.Load().Seal(path, value)
+	if err != nil {
+		return Entry{}, err
+	}
+	now := s.now().UnixNano()
+	rec := record{Cipher: sealed, Author: opts.Author, Time: now, Size: len(value), Origin: opts.Origin}
+	rev, err := s.commit(ctx, path, func(c current) ([]clientv3.Op, error) {
+		if err := checkRevision(path, c, opts.IfRevision); err != nil {
+			return nil, err
+		}
+		rec.Prev = c.latest()
+		ops := []clientv3.Op{clientv3.OpPut(s.kvKey(path), rec.encode())}
+		if c.exists {
+			ops = append(ops, s.archive(path, c, now, false)...)
+		}
+		return ops, nil
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("put %s: %w", path, err)
+	}
+	return rec.entry(path, rev), nil
+}
+
+// Delete removes path, keeping its history, and returns the revision of the
+// deletion.
+func (s *Store) Delete(ctx context.Context, path string, opts WriteOptions) (int64, error) {
+	if _, err := ParsePath(path); err != nil {
+		return 0, fmt.Errorf("delete %s: %w", path, err)
+	}
+	rev, err := s.commit(ctx, path, func(c current) ([]clientv3.Op, error) {
+		if !c.exists {
+			return nil, ErrNotFound
+		}
+		if err := checkRevision(path, c, opts.IfRevision); err != nil {
+			return nil, err
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(s.kvKey(path))}
+		return append(ops, s.archive(path, c, s.now().UnixNano(), true)...), nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete %s: %w", path, err)
+	}
+	return rev, nil
+}
+
+func checkRevision(path string, c current, want *int64) error {
+	if want == nil {
+		return nil
+	}
+	have := int64(0)
+	if c.exists {
+		have = c.rev
+	}
+	if *want != have {
+		return &RevisionMismatchError{Path: path, Expected: *want, Current: have}
+	}
+	return nil
+}
+
+// Restore writes a new version of path holding the value it had at rev.
+func (s *Store) Restore(ctx context.Context, path string, rev int64, author string) (Entry, error) {
+	old, err := s.GetRevision(ctx, path, rev)
+	if err != nil {
+		return Entry{}, err
+	}
+	return s.Put(ctx, path, old.Value, WriteOptions{
+		Author: author,
+		Origin: &Origin{Kind: "restore", SourcePath: path, SourceRevision: rev},
+	})
+}
+
+// version is one version of a path as read from etcd.
+type version struct {
+	rev     int64
+	rec     record
+	current bool
+}
+
+// versions returns every retained version of path, oldest first, the
+// current one last.
+func (s *Store) versions(ctx context.Context, path string) ([]version, error) {
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.histPrefix(path), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+		clientv3.OpGet(s.kvKey(path)),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read history of %s: %w", path, err)
+	}
+	return s.versionsFrom(path, resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs)
+}
+
+func (s *Store) versionsFrom(path string, hist, cur []*mvccpb.KeyValue) ([]version, error) {
+	var out []version
+	for _, kv := range hist {
+		_, rev, ok := s.parseHistKey(string(kv.Key))
+		if !ok {
+			continue
+		}
+		r, err := decodeRecord(kv.Value)
+		if err != nil {
+			return nil, fmt.Errorf("read history of %s: %w", path, err)
+		}
+		out = append(out, version{rev: rev, rec: r})
+	}
+	if len(cur) > 0 {
+		r, err := decodeRecord(cur[0].Value)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		out = append(out, version{rev: r.revision(cur[0].ModRevision), rec: r, current: true})
+	}
+	return out, nil
+}
