@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -173,14 +174,63 @@ func LoadKeyring(path string) (*Keyring, error) {
 // CreateKeyringFile writes a new keyring with one random key. It refuses to
 // overwrite an existing file, which would make stored values unreadable.
 func CreateKeyringFile(path string) error {
-	if _, err := os.Stat(path); err == nil {
-		return fmt.Errorf("create keyring: %s already exists; refusing to overwrite keys that encrypt stored values", path)
-	}
 	f := keyringFile{}
 	if err := f.add(); err != nil {
 		return err
 	}
-	return f.write(path)
+	data, err := f.marshal()
+	if err != nil {
+		return err
+	}
+	// A stat-then-rename would let two concurrent inits both succeed, the
+	// second replacing keys the first may already be encrypting with. The
+	// complete file is written aside and linked into place: link fails if
+	// the name exists, so the check and the creation are one step, and a
+	// reader never sees a partial keyring.
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create keyring: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := writeSynced(tmp, data); err != nil {
+		return fmt.Errorf("create keyring: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("create keyring: %s already exists; refusing to overwrite keys that encrypt stored values", path)
+		}
+		return fmt.Errorf("create keyring: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("create keyring: %w", err)
+	}
+	return nil
+}
+
+func writeSynced(f *os.File, data []byte) error {
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // RotateKeyringFile adds a new random key to a keyring file and makes it
@@ -220,12 +270,20 @@ func (f *keyringFile) add() error {
 	return nil
 }
 
-func (f *keyringFile) write(path string) error {
+func (f *keyringFile) marshal() ([]byte, error) {
 	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode keyring: %w", err)
+	}
+	return append(data, '\n'), nil
+}
+
+func (f *keyringFile) write(path string) error {
+	data, err := f.marshal()
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(path, append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		return fmt.Errorf("write keyring: %w", err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Path limits. They keep keys well inside etcd's request limits and keep
@@ -72,7 +73,10 @@ func parse(p string) (string, error) {
 		}
 		for i := 0; i < len(seg); i++ {
 			if !segmentChar(seg[i]) {
-				return bad("character %q at segment %q is not allowed; use letters, digits, '.', '_' and '-'", rune(seg[i]), seg)
+				// Quote the whole rune so that "é" is reported as "é", not
+				// as its first UTF-8 byte; an invalid byte shows as "\xff".
+				_, size := utf8.DecodeRuneInString(seg[i:])
+				return bad("character %q in segment %q is not allowed; use letters, digits, '.', '_' and '-'", seg[i:i+size], seg)
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -26,6 +27,7 @@ const (
 	// moved to history, both encoded) under etcd's 1.5 MiB request limit.
 	MaxValueBytesLimit = 512 << 10
 	maxWriteAttempts   = 16
+	writeLockStripes   = 64
 )
 
 // Sentinel errors. Callers test them with errors.Is.
@@ -130,6 +132,9 @@ type Store struct {
 	now      func() time.Time
 	log      *slog.Logger
 	keyring  atomic.Pointer[Keyring]
+	// writeLocks are one-slot semaphores that serialize writes to a path
+	// within this process; see lockPath.
+	writeLocks [writeLockStripes]chan struct{}
 }
 
 // New validates cfg and returns a Store.
@@ -175,6 +180,9 @@ func New(cfg Config) (*Store, error) {
 		log:      cfg.Logger,
 	}
 	s.keyring.Store(cfg.Keyring)
+	for i := range s.writeLocks {
+		s.writeLocks[i] = make(chan struct{}, 1)
+	}
 	return s, nil
 }
 
@@ -317,18 +325,31 @@ func (s *Store) GetRevision(ctx context.Context, path string, rev int64) (Entry,
 	if _, err := ParsePath(path); err != nil {
 		return Entry{}, fmt.Errorf("get %s: %w", path, err)
 	}
-	versions, err := s.versions(ctx, path)
+	// Read the two keys the version can be under rather than the whole
+	// history: that is up to HistoryLimit values of up to MaxValueBytes.
+	resp, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.kvKey(path)),
+		clientv3.OpGet(s.histKey(path, rev)),
+	).Commit()
 	if err != nil {
-		return Entry{}, err
+		return Entry{}, fmt.Errorf("get %s at revision %d: %w", path, rev, err)
 	}
-	for _, v := range versions {
-		if v.rev == rev {
-			e := v.rec.entry(path, rev)
-			if e.Value, err = s.open(path, v.rec); err != nil {
-				return Entry{}, err
-			}
-			return e, nil
+	for i, kvs := range [][]*mvccpb.KeyValue{resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs} {
+		if len(kvs) == 0 {
+			continue
 		}
+		r, err := decodeRecord(kvs[0].Value)
+		if err != nil {
+			return Entry{}, fmt.Errorf("get %s at revision %d: %w", path, rev, err)
+		}
+		if i == 0 && r.revision(kvs[0].ModRevision) != rev {
+			continue // the current version is another one
+		}
+		e := r.entry(path, rev)
+		if e.Value, err = s.open(path, r); err != nil {
+			return Entry{}, err
+		}
+		return e, nil
 	}
 	return Entry{}, fmt.Errorf("get %s at revision %d: %w (see `graft history %s` for the retained revisions)", path, rev, ErrNotFound, path)
 }

@@ -3,6 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,6 +29,7 @@ type current struct {
 	rev     int64 // logical revision of the current version
 	modRev  int64 // etcd mod revision of the kv key, 0 if absent
 	history []int64
+	readRev int64 // etcd revision the read was made at
 }
 
 // readCurrent reads the current version of path and the revisions kept in
@@ -39,7 +43,7 @@ func (s *Store) readCurrent(ctx context.Context, path string) (current, error) {
 	if err != nil {
 		return current{}, err
 	}
-	var c current
+	c := current{readRev: resp.Header.Revision}
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		if c.rec, err = decodeRecord(kvs[0].Value); err != nil {
 			return current{}, err
@@ -85,11 +89,21 @@ func (s *Store) archive(path string, c current, now int64, deleted bool) []clien
 }
 
 // commit runs one write of path: it reads the current state, lets build
-// decide the ops, and commits them guarded by the kv key's mod revision so a
-// concurrent write makes it start over. build returns ErrNotFound-style
-// errors to stop without writing.
+// decide the ops, and commits them guarded so that a concurrent write makes
+// it start over. build returns ErrNotFound-style errors to stop without
+// writing.
 func (s *Store) commit(ctx context.Context, path string, build func(c current) ([]clientv3.Op, error)) (int64, error) {
-	for range maxWriteAttempts {
+	unlock, err := s.lockPath(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	for attempt := range maxWriteAttempts {
+		if attempt > 0 {
+			if err := backoff(ctx, attempt); err != nil {
+				return 0, err
+			}
+		}
 		c, err := s.readCurrent(ctx, path)
 		if err != nil {
 			return 0, err
@@ -98,10 +112,7 @@ func (s *Store) commit(ctx context.Context, path string, build func(c current) (
 		if err != nil {
 			return 0, err
 		}
-		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(s.kvKey(path)), "=", c.modRev)).
-			Then(ops...).
-			Commit()
+		resp, err := s.cli.Txn(ctx).If(s.unchanged(path, c)...).Then(ops...).Commit()
 		if err != nil {
 			return 0, err
 		}
@@ -110,6 +121,52 @@ func (s *Store) commit(ctx context.Context, path string, build func(c current) (
 		}
 	}
 	return 0, fmt.Errorf("%w on %s; retry", ErrContention, path)
+}
+
+// lockPath serializes this process's writes to one path (and, sharing a
+// stripe, a few others). Without it, writers in one graftd would race each
+// other through the compare-and-swap and a hot path would fail with
+// ErrContention under ordinary load; the guard in commit still handles
+// writers in other processes.
+func (s *Store) lockPath(ctx context.Context, path string) (func(), error) {
+	h := fnv.New32a()
+	h.Write([]byte(path))
+	l := s.writeLocks[h.Sum32()%writeLockStripes]
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// unchanged is the guard of a write: the path is as c read it. An existing
+// kv key's mod revision changes with every write, so it alone suffices. An
+// absent key has mod revision 0 both before and after a concurrent create
+// and delete, so then the guard also checks that no version was archived
+// since the read; otherwise the write would record a stale Prev and a later
+// prefix restore could mistake trimmed history for "did not exist".
+func (s *Store) unchanged(path string, c current) []clientv3.Cmp {
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.kvKey(path)), "=", c.modRev)}
+	if !c.exists {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.histPrefix(path)), "<", c.readRev+1).WithPrefix())
+	}
+	return cmps
+}
+
+// backoff waits a random time that grows with the attempt, so writers that
+// keep colliding on one path spread out instead of retrying in lockstep
+// until their attempts run out.
+func backoff(ctx context.Context, attempt int) error {
+	ceiling := min(time.Millisecond<<attempt, 100*time.Millisecond)
+	t := time.NewTimer(rand.N(ceiling) + time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Put writes value at path and returns the new version (without value).

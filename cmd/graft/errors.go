@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/graft-sh/graft/sdk"
+)
+
+// errorLine turns any error into the one line graft prints after
+// "graft: ". A server error is its status message, which already names the
+// operation and path; failures to connect or authenticate add what to do.
+func (a *app) errorLine(err error) string {
+	var msg string
+	var se *sdk.Error
+	switch {
+	case errors.As(err, &se):
+		msg = a.statusLine(se)
+	case errors.Is(err, sdk.ErrPlaintext):
+		msg = fmt.Sprintf("refusing a plaintext connection to %s, which is not a loopback address: pass --ca-file (GRAFT_CA_FILE) to use TLS, or --insecure (GRAFT_INSECURE=1) to send the token in the clear", a.addr)
+	case errors.Is(err, sdk.ErrBadToken):
+		msg = "the token contains whitespace or control characters; check GRAFT_TOKEN"
+	case errors.Is(err, context.Canceled):
+		msg = "interrupted"
+	default:
+		msg = err.Error()
+	}
+	// One line, whatever the message; cobra's suggestions span several.
+	if head, sugg, ok := strings.Cut(msg, "\n\nDid you mean this?\n"); ok {
+		msg = head + "; did you mean " + strings.Join(strings.Fields(sugg), " or ") + "?"
+	}
+	msg = strings.Join(strings.Fields(msg), " ")
+	// Defence in depth: no message should hold the token, but never print it.
+	if a.token != "" {
+		msg = strings.ReplaceAll(msg, a.token, "[token]")
+	}
+	return msg
+}
+
+func (a *app) statusLine(e *sdk.Error) string {
+	switch e.Code {
+	case codes.Unavailable:
+		return fmt.Sprintf("cannot reach graftd at %s: %s; is it running? (make run)", a.addr, transportReason(e.Message))
+	case codes.Unauthenticated:
+		return e.Message + "; check GRAFT_TOKEN"
+	case codes.DeadlineExceeded:
+		if errors.Is(e, context.DeadlineExceeded) {
+			return fmt.Sprintf("graftd at %s did not answer within %s; is it running? (--timeout sets the limit)", a.addr, a.timeout)
+		}
+	case codes.Canceled:
+		if errors.Is(e, context.Canceled) {
+			return "interrupted"
+		}
+	}
+	return e.Message
+}
+
+// transportReason shortens gRPC's connection error
+//
+//	connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:7420: connect: connection refused"
+//
+// to its cause, "connect: connection refused". Other messages pass as they are.
+func transportReason(msg string) string {
+	if i := strings.LastIndex(msg, `desc = "`); i >= 0 {
+		msg = strings.TrimSuffix(msg[i+len(`desc = "`):], `"`)
+	}
+	msg = strings.TrimPrefix(msg, "transport: ")
+	msg = strings.TrimPrefix(msg, "Error while dialing: ")
+	msg = strings.TrimPrefix(msg, "error while dialing: ")
+	if rest, ok := strings.CutPrefix(msg, "dial tcp "); ok {
+		// "dial tcp ADDR: connect: ..." repeats the address already shown.
+		if i := strings.Index(rest, ": "); i >= 0 {
+			msg = rest[i+2:]
+		}
+	}
+	return msg
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/graft-sh/graft/sdk"
+)
+
+// listItemView is one listed path as -o json and -o yaml show it.
+type listItemView struct {
+	Path      string     `json:"path"`
+	Directory bool       `json:"directory,omitempty"`
+	Entry     *entryView `json:"entry,omitempty"`
+}
+
+func (a *app) lsCmd() *cobra.Command {
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "ls [PREFIX]",
+		Short: "List the paths under a prefix",
+		Long: `List the paths directly under PREFIX (default /, the whole tree), with
+directories shown with a trailing /. -r lists every path below PREFIX.
+Values are never listed.`,
+		Example: `  graft ls /dba/orders
+  graft ls /dba -r -o json`,
+		Args: args(0, 1, "PREFIX"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			prefix := "/"
+			if len(args) == 1 {
+				prefix = trimPrefix(args[0])
+			}
+			var opts []sdk.ListOption
+			if recursive {
+				opts = append(opts, sdk.Recursive())
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				items, err := c.List(ctx, prefix, opts...)
+				if err != nil {
+					return err
+				}
+				views := make([]listItemView, 0, len(items))
+				for _, it := range items {
+					v := listItemView{Path: it.Path, Directory: it.Directory}
+					if it.Entry != nil {
+						e := viewEntry(it.Entry, false)
+						v.Entry = &e
+					}
+					views = append(views, v)
+				}
+				return a.emit(views, func(w io.Writer) error {
+					if len(items) == 0 {
+						_, err := fmt.Fprintf(a.stderr, "nothing under %s\n", prefix)
+						return err
+					}
+					tw := newTable(w)
+					fmt.Fprintln(tw, "PATH\tREVISION\tAUTHOR\tUPDATED")
+					for _, it := range items {
+						// A path can hold a value and have paths below it:
+						// it is then listed twice, as a key and as a directory.
+						if e := it.Entry; e != nil {
+							fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", it.Path, e.Revision, e.Author, tableTime(e.Time))
+						}
+						if it.Directory {
+							fmt.Fprintf(tw, "%s/\t\t\t\n", it.Path)
+						}
+					}
+					return tw.Flush()
+				})
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "list every path below the prefix")
+	return cmd
+}

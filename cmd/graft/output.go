@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/graft-sh/graft/sdk"
+)
+
+// emit writes v as JSON or YAML when -o asks for it, otherwise calls table.
+// YAML is made from the JSON form so both use the same field names.
+func (a *app) emit(v any, table func(w io.Writer) error) error {
+	switch a.output {
+	case "json":
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
+		return enc.Encode(v)
+	case "yaml":
+		data, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = a.stdout.Write(data)
+		return err
+	}
+	return table(a.stdout)
+}
+
+// newTable returns a tabwriter for aligned columns; Flush it.
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+// entryView is an entry as -o json and -o yaml show it.
+type entryView struct {
+	Path string `json:"path"`
+	// Value is set when the value is valid UTF-8, ValueBase64 otherwise;
+	// neither where values are not shown.
+	Value       *string     `json:"value,omitempty"`
+	ValueBase64 *string     `json:"value_base64,omitempty"`
+	Revision    int64       `json:"revision"`
+	Size        int64       `json:"size"`
+	Author      string      `json:"author"`
+	Time        string      `json:"time,omitempty"`
+	Origin      *originView `json:"origin,omitempty"`
+}
+
+type originView struct {
+	Kind           string `json:"kind"`
+	RuleID         string `json:"rule_id,omitempty"`
+	SourcePath     string `json:"source_path,omitempty"`
+	SourceRevision int64  `json:"source_revision,omitempty"`
+}
+
+func viewEntry(e *sdk.Entry, withValue bool) entryView {
+	v := entryView{
+		Path:     e.Path,
+		Revision: e.Revision,
+		Size:     e.Size,
+		Author:   e.Author,
+		Time:     jsonTime(e.Time),
+	}
+	if withValue {
+		v.Value, v.ValueBase64 = viewValue(e.Value)
+	}
+	if o := e.Origin; o != nil {
+		v.Origin = &originView{Kind: o.Kind, RuleID: o.RuleID, SourcePath: o.SourcePath, SourceRevision: o.SourceRevision}
+	}
+	return v
+}
+
+// viewValue shows a value as text when it is UTF-8, else as base64.
+func viewValue(b []byte) (text, b64 *string) {
+	if utf8.Valid(b) {
+		s := string(b)
+		return &s, nil
+	}
+	s := base64.StdEncoding.EncodeToString(b)
+	return nil, &s
+}
+
+// jsonTime keeps nanoseconds, so a time copied from -o json into
+// `graft restore --at` means exactly that version.
+func jsonTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// tableTime is a time in a table column; "-" when unset.
+func tableTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// rev is a revision in a table column; "-" for none.
+func rev(n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
+}

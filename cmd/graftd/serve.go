@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/graft-sh/graft/internal/daemon"
+)
+
+func newRootCmd() *cobra.Command {
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "graftd",
+		Short: "graftd serves graft's encrypted namespace store over gRPC",
+		Long: `graftd serves graft's encrypted namespace store over gRPC.
+
+Start it for development with everything embedded (etcd, NATS JetStream, a
+generated keyring and root token, data in ./graft-data):
+
+  graftd --dev
+
+In production point it at etcd and NATS clusters:
+
+  graftd --etcd-endpoints https://etcd-1:2379 --nats-url nats://nats-1:4222 \
+         --keyring-file /etc/graft/keyring.json \
+         --listen 0.0.0.0:7420 --tls-cert-file server.pem --tls-key-file server-key.pem
+
+Every flag can also be set as GRAFT_<FLAG> in the environment or in a YAML
+file given with --config (keys as in the flag names with _ for -).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+	}
+	load := daemon.Flags(cmd.Flags())
+	cmd.Flags().StringVar(&configFile, "config", os.Getenv("GRAFT_CONFIG"), "YAML configuration file (env GRAFT_CONFIG)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := load(configFile, os.LookupEnv)
+		if err != nil {
+			return err
+		}
+		return serve(cmd, cfg)
+	}
+	cmd.AddCommand(newKeyringCmd())
+	return cmd
+}
+
+func serve(cmd *cobra.Command, cfg daemon.Config) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := daemon.NewLogger(cfg, os.Stderr)
+	d, err := daemon.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	if cfg.Dev {
+		out := cmd.OutOrStdout()
+		fmt.Fprintf(out, "graftd is running in dev mode (data in %s)\n\n", cfg.DataDir)
+		fmt.Fprintf(out, "  export GRAFT_ADDR=%s\n", d.Addr())
+		fmt.Fprintf(out, "  export GRAFT_TOKEN=%s\n\n", d.RootToken())
+		fmt.Fprintf(out, "The root token is also in %s. Health: http://%s/readyz\n", d.RootTokenFile(), d.HTTPAddr())
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "signal", "received")
+	case runErr = <-d.Err():
+		log.Error("shutting down after a failure", "err", runErr)
+	}
+	stop() // a second signal now kills the process at once
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	d.Shutdown(shutdownCtx)
+	return runErr
+}

@@ -1,0 +1,320 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+
+	"github.com/graft-sh/graft/store"
+)
+
+// Config is everything graftd is configured with. Values come from the
+// defaults, then a YAML file (--config), then GRAFT_* environment variables,
+// then flags; each later source overrides the earlier.
+type Config struct {
+	Dev            bool   `yaml:"dev"`
+	DataDir        string `yaml:"data_dir"`
+	Listen         string `yaml:"listen"`
+	HTTPListen     string `yaml:"http_listen"`
+	InsecureListen bool   `yaml:"insecure_listen"`
+	TLSCertFile    string `yaml:"tls_cert_file"`
+	TLSKeyFile     string `yaml:"tls_key_file"`
+	KeyringFile    string `yaml:"keyring_file"`
+	DevRootToken   string `yaml:"dev_root_token"`
+	MaxValueBytes  int    `yaml:"max_value_bytes"`
+	HistoryLimit   int    `yaml:"history_limit"`
+	LogFormat      string `yaml:"log_format"`
+	LogLevel       string `yaml:"log_level"`
+	// ShutdownTimeout bounds how long in-flight calls may take to finish.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+
+	Etcd EtcdConfig `yaml:"etcd"`
+	NATS NATSConfig `yaml:"nats"`
+}
+
+// EtcdConfig points graftd at an external etcd cluster.
+type EtcdConfig struct {
+	Endpoints []string `yaml:"endpoints"`
+	Prefix    string   `yaml:"prefix"`
+	CAFile    string   `yaml:"ca_file"`
+	CertFile  string   `yaml:"cert_file"`
+	KeyFile   string   `yaml:"key_file"`
+	Username  string   `yaml:"username"`
+	Password  string   `yaml:"password"`
+}
+
+// NATSConfig points graftd at an external NATS cluster with JetStream.
+type NATSConfig struct {
+	URL       string `yaml:"url"`
+	CredsFile string `yaml:"creds_file"`
+	CAFile    string `yaml:"ca_file"`
+	CertFile  string `yaml:"cert_file"`
+	KeyFile   string `yaml:"key_file"`
+}
+
+// Defaults returns the configuration graftd starts from.
+func Defaults() Config {
+	return Config{
+		DataDir:         "./graft-data",
+		Listen:          "127.0.0.1:7420",
+		HTTPListen:      "127.0.0.1:7421",
+		MaxValueBytes:   store.DefaultMaxValueBytes,
+		HistoryLimit:    store.DefaultHistoryLimit,
+		LogFormat:       "", // text in dev mode, json otherwise
+		LogLevel:        "info",
+		ShutdownTimeout: 10 * time.Second,
+		Etcd:            EtcdConfig{Prefix: store.DefaultPrefix},
+	}
+}
+
+// option binds one setting to its flag, environment variable and field.
+type option struct {
+	flag, usage string
+	get         func(*Config) any // pointer to the field
+}
+
+func options() []option {
+	return []option{
+		{"dev", "run everything in one process: embedded etcd and NATS, generated keyring and root token, loopback only", func(c *Config) any { return &c.Dev }},
+		{"data-dir", "directory for dev-mode data, the generated keyring and the root token", func(c *Config) any { return &c.DataDir }},
+		{"listen", "gRPC listen address", func(c *Config) any { return &c.Listen }},
+		{"http-listen", "HTTP listen address for /healthz, /readyz and /metrics", func(c *Config) any { return &c.HTTPListen }},
+		{"insecure-listen", "allow listening on a non-loopback address without TLS", func(c *Config) any { return &c.InsecureListen }},
+		{"tls-cert-file", "server certificate (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSCertFile }},
+		{"tls-key-file", "server private key (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSKeyFile }},
+		{"keyring-file", "keyring that encrypts values at rest (dev default: <data-dir>/keyring.json)", func(c *Config) any { return &c.KeyringFile }},
+		{"dev-root-token", "use this root token in dev mode instead of a generated one", func(c *Config) any { return &c.DevRootToken }},
+		{"max-value-bytes", "largest value accepted, in bytes", func(c *Config) any { return &c.MaxValueBytes }},
+		{"history-limit", "previous versions kept per path", func(c *Config) any { return &c.HistoryLimit }},
+		{"log-format", "log format: json or text (dev default text)", func(c *Config) any { return &c.LogFormat }},
+		{"log-level", "log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
+		{"shutdown-timeout", "how long in-flight calls may take to finish at shutdown", func(c *Config) any { return &c.ShutdownTimeout }},
+		{"etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }},
+		{"etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }},
+		{"etcd-ca-file", "CA bundle to verify etcd's certificate", func(c *Config) any { return &c.Etcd.CAFile }},
+		{"etcd-cert-file", "client certificate for etcd", func(c *Config) any { return &c.Etcd.CertFile }},
+		{"etcd-key-file", "client key for etcd", func(c *Config) any { return &c.Etcd.KeyFile }},
+		{"etcd-username", "etcd user name", func(c *Config) any { return &c.Etcd.Username }},
+		{"etcd-password", "etcd password (prefer GRAFT_ETCD_PASSWORD)", func(c *Config) any { return &c.Etcd.Password }},
+		{"nats-url", "NATS server URLs, comma separated", func(c *Config) any { return &c.NATS.URL }},
+		{"nats-creds-file", "NATS credentials file", func(c *Config) any { return &c.NATS.CredsFile }},
+		{"nats-ca-file", "CA bundle to verify NATS's certificate", func(c *Config) any { return &c.NATS.CAFile }},
+		{"nats-cert-file", "client certificate for NATS", func(c *Config) any { return &c.NATS.CertFile }},
+		{"nats-key-file", "client key for NATS", func(c *Config) any { return &c.NATS.KeyFile }},
+	}
+}
+
+func envName(flag string) string {
+	return "GRAFT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// Flags binds every option to fs, with the defaults shown in the help. The
+// returned function loads the final Config: defaults, file, environment,
+// then the flags the user set.
+func Flags(fs *pflag.FlagSet) func(configFile string, env func(string) (string, bool)) (Config, error) {
+	flagVals := Defaults()
+	def := Defaults()
+	for _, o := range options() {
+		usage := fmt.Sprintf("%s (env %s)", o.usage, envName(o.flag))
+		switch p := o.get(&flagVals).(type) {
+		case *bool:
+			fs.BoolVar(p, o.flag, *o.get(&def).(*bool), usage)
+		case *string:
+			fs.StringVar(p, o.flag, *o.get(&def).(*string), usage)
+		case *int:
+			fs.IntVar(p, o.flag, *o.get(&def).(*int), usage)
+		case *time.Duration:
+			fs.DurationVar(p, o.flag, *o.get(&def).(*time.Duration), usage)
+		case *[]string:
+			fs.StringSliceVar(p, o.flag, *o.get(&def).(*[]string), usage)
+		}
+	}
+	return func(configFile string, env func(string) (string, bool)) (Config, error) {
+		cfg := Defaults()
+		var problems []error
+		if configFile != "" {
+			if err := loadFile(configFile, &cfg); err != nil {
+				problems = append(problems, err)
+			}
+		}
+		for _, o := range options() {
+			if v, ok := env(envName(o.flag)); ok {
+				if err := setString(o.get(&cfg), v); err != nil {
+					problems = append(problems, fmt.Errorf("%s=%q: %w", envName(o.flag), v, err))
+				}
+			}
+		}
+		for _, o := range options() {
+			if fs.Changed(o.flag) {
+				copyValue(o.get(&cfg), o.get(&flagVals))
+			}
+		}
+		if len(problems) > 0 {
+			return cfg, errors.Join(problems...)
+		}
+		return cfg, nil
+	}
+}
+
+func loadFile(name string, cfg *Config) error {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // an empty file sets nothing
+		return fmt.Errorf("config file %s: %w", name, err)
+	}
+	return nil
+}
+
+func setString(p any, v string) error {
+	switch p := p.(type) {
+	case *bool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*p = b
+	case *string:
+		*p = v
+	case *int:
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errors.New("want a whole number")
+		}
+		*p = n
+	case *time.Duration:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return errors.New("want a duration such as 10s")
+		}
+		*p = d
+	case *[]string:
+		*p = splitList(v)
+	}
+	return nil
+}
+
+func copyValue(dst, src any) {
+	switch d := dst.(type) {
+	case *bool:
+		*d = *src.(*bool)
+	case *string:
+		*d = *src.(*string)
+	case *int:
+		*d = *src.(*int)
+	case *time.Duration:
+		*d = *src.(*time.Duration)
+	case *[]string:
+		*d = *src.(*[]string)
+	}
+}
+
+func splitList(v string) []string {
+	var out []string
+	for s := range strings.SplitSeq(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Validate reports every problem with the configuration at once.
+func (c Config) Validate() error {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			add("%s %q: want host:port", name, addr)
+		}
+	}
+	tls := c.TLSCertFile != "" || c.TLSKeyFile != ""
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		add("--tls-cert-file and --tls-key-file go together")
+	}
+	if c.Dev {
+		for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {
+			if !IsLoopback(addr) {
+				add("%s %q: --dev listens on loopback only; use 127.0.0.1", name, addr)
+			}
+		}
+		if len(c.Etcd.Endpoints) > 0 || c.NATS.URL != "" {
+			add("--dev runs embedded etcd and NATS; drop --etcd-endpoints/--nats-url or drop --dev")
+		}
+	} else {
+		if c.DevRootToken != "" {
+			add("--dev-root-token needs --dev")
+		}
+		if !tls && !c.InsecureListen && !IsLoopback(c.Listen) {
+			add("--listen %q is not loopback and has no TLS: set --tls-cert-file/--tls-key-file or, knowingly, --insecure-listen", c.Listen)
+		}
+		if len(c.Etcd.Endpoints) == 0 {
+			add("--etcd-endpoints is required without --dev (or run graftd --dev)")
+		}
+		if c.NATS.URL == "" {
+			add("--nats-url is required without --dev (or run graftd --dev)")
+		}
+		if c.KeyringFile == "" {
+			add("--keyring-file is required without --dev; create one with `graftd keyring init --keyring-file FILE`")
+		}
+		if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
+			add("--etcd-cert-file and --etcd-key-file go together")
+		}
+		if (c.NATS.CertFile == "") != (c.NATS.KeyFile == "") {
+			add("--nats-cert-file and --nats-key-file go together")
+		}
+	}
+	if c.DataDir == "" {
+		add("--data-dir must not be empty")
+	}
+	if c.MaxValueBytes < 1 || c.MaxValueBytes > store.MaxValueBytesLimit {
+		add("--max-value-bytes %d: want 1..%d", c.MaxValueBytes, store.MaxValueBytesLimit)
+	}
+	if c.HistoryLimit < 1 || c.HistoryLimit > 10000 {
+		add("--history-limit %d: want 1..10000", c.HistoryLimit)
+	}
+	if c.LogFormat != "" && c.LogFormat != "json" && c.LogFormat != "text" {
+		add("--log-format %q: want json or text", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.ShutdownTimeout <= 0 {
+		add("--shutdown-timeout must be positive")
+	}
+	if p := c.Etcd.Prefix; !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") {
+		add("--etcd-prefix %q must start and end with /", p)
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("invalid configuration:\n  - %s", strings.Join(problems, "\n  - "))
+}
+
+// IsLoopback reports whether a host:port address is on the loopback
+// interface. An empty host (all interfaces) is not.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

@@ -1,0 +1,550 @@
+// Package daemon assembles graftd: it starts (or connects to) etcd and
+// NATS, builds the store, the token cache and the gRPC and HTTP servers,
+// and shuts them down in order.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/internal/atomicfile"
+	"github.com/graft-sh/graft/internal/embedded"
+	"github.com/graft-sh/graft/server"
+	"github.com/graft-sh/graft/store"
+)
+
+// Daemon is a running graftd.
+type Daemon struct {
+	cfg Config
+	log *slog.Logger
+
+	etcd    *embedded.Etcd
+	nats    *embedded.NATS
+	cli     *clientv3.Client
+	nc      *nats.Conn
+	store   *store.Store
+	tokens  *acl.Tokens
+	srv     *server.Server
+	grpcSrv *grpc.Server
+	health  *health.Server
+	httpSrv *http.Server
+	grpcLn  net.Listener
+	httpLn  net.Listener
+
+	rootToken     string
+	rootTokenFile string
+	keyringFile   string
+
+	ready  atomic.Bool
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errc   chan error
+	closed sync.Once
+}
+
+// NewLogger returns the logger graftd uses: text or JSON on w.
+func NewLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	format := cfg.LogFormat
+	if format == "" {
+		format = "json"
+		if cfg.Dev {
+			format = "text"
+		}
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// Start validates cfg, brings every part of graftd up and returns once it
+// serves. On error everything already started is stopped again.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: log, errc: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	bg, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+
+	if err := d.startBackends(ctx, bg); err != nil {
+		return nil, err
+	}
+	ring, err := store.LoadKeyring(d.keyringFile)
+	if err != nil {
+		return nil, err
+	}
+	d.store, err = store.New(store.Config{
+		Client:        d.cli,
+		Prefix:        cfg.Etcd.Prefix,
+		Keyring:       ring,
+		MaxValueBytes: cfg.MaxValueBytes,
+		HistoryLimit:  cfg.HistoryLimit,
+		Logger:        log.With("subsystem", "store"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	pingCtx, cancelPing := context.WithTimeout(ctx, 15*time.Second)
+	defer cancelPing()
+	if err := d.store.Ping(pingCtx); err != nil {
+		return nil, fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.cli.Endpoints(), ","), err)
+	}
+
+	d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")})
+	if err != nil {
+		return nil, err
+	}
+	d.goRun(func() error { return d.tokens.Run(bg) })
+	select {
+	case <-d.tokens.Loaded():
+	case <-pingCtx.Done():
+		return nil, fmt.Errorf("load tokens: %w", pingCtx.Err())
+	}
+	if err := d.setupRootToken(ctx); err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.srv, err = server.New(server.Config{
+		Store:         d.store,
+		Auth:          d.tokens,
+		Logger:        log.With("subsystem", "api"),
+		Registerer:    reg,
+		ReloadKeyring: d.reloadKeyring,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.startGRPC(); err != nil {
+		return nil, err
+	}
+	if err := d.startHTTP(reg); err != nil {
+		return nil, err
+	}
+	d.goRun(func() error { d.watchKeyringFile(bg); return nil })
+	d.ready.Store(true)
+	log.Info("graftd ready", "grpc", d.Addr(), "http", d.HTTPAddr(), "dev", cfg.Dev, "keyring_primary", ring.Primary())
+	return d, nil
+}
+
+func (d *Daemon) goRun(f func() error) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := f(); err != nil {
+			d.fail(err)
+		}
+	}()
+}
+
+func (d *Daemon) fail(err error) {
+	select {
+	case d.errc <- err:
+	default:
+	}
+}
+
+// Err delivers a failure that should stop graftd (a server that stopped
+// serving, embedded etcd failing).
+func (d *Daemon) Err() <-chan error { return d.errc }
+
+// Addr is the gRPC address graftd listens on.
+func (d *Daemon) Addr() string { return d.grpcLn.Addr().String() }
+
+// HTTPAddr is the address of the health and metrics endpoints.
+func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
+
+// RootToken is the root token created at this start, if any.
+func (d *Daemon) RootToken() string { return d.rootToken }
+
+// RootTokenFile is where the root token was written, if it was.
+func (d *Daemon) RootTokenFile() string { return d.rootTokenFile }
+
+// Store is the store graftd serves; tests use it to inspect state.
+func (d *Daemon) Store() *store.Store { return d.store }
+
+// EtcdDir and NATSDir are the embedded servers' data directories (dev).
+func (d *Daemon) EtcdDir() string { return d.etcd.Dir }
+
+// NATSDir is the embedded NATS JetStream store directory (dev).
+func (d *Daemon) NATSDir() string { return d.nats.Dir }
+
+func (d *Daemon) startBackends(ctx, bg context.Context) error {
+	cfg := d.cfg
+	etcdEndpoints := cfg.Etcd.Endpoints
+	natsURL := cfg.NATS.URL
+	d.keyringFile = cfg.KeyringFile
+	if cfg.Dev {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		if d.keyringFile == "" {
+			d.keyringFile = filepath.Join(cfg.DataDir, "keyring.json")
+		}
+		if _, err := os.Stat(d.keyringFile); errors.Is(err, os.ErrNotExist) {
+			if err := store.CreateKeyringFile(d.keyringFile); err != nil {
+				return err
+			}
+			d.log.Info("generated a keyring", "file", d.keyringFile)
+		}
+		var err error
+		if d.etcd, err = embedded.StartEtcd(ctx, embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd")}); err != nil {
+			return err
+		}
+		d.goRun(func() error {
+			select {
+			case err, ok := <-d.etcd.Err():
+				if ok && err != nil {
+					return fmt.Errorf("embedded etcd: %w", err)
+				}
+			case <-bg.Done():
+			}
+			return nil
+		})
+		if d.nats, err = embedded.StartNATS(embedded.NATSConfig{Dir: filepath.Join(cfg.DataDir, "nats")}); err != nil {
+			return err
+		}
+		etcdEndpoints = []string{d.etcd.Endpoint}
+		natsURL = d.nats.URL
+	}
+
+	etcdTLS, err := clientTLS(cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile)
+	if err != nil {
+		return fmt.Errorf("etcd TLS: %w", err)
+	}
+	d.cli, err = clientv3.New(clientv3.Config{
+		Endpoints:   etcdEndpoints,
+		DialTimeout: 5 * time.Second,
+		TLS:         etcdTLS,
+		Username:    cfg.Etcd.Username,
+		Password:    cfg.Etcd.Password,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+
+	opts := []nats.Option{
+		nats.Name("graftd"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				d.log.Warn("NATS disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { d.log.Info("NATS reconnected") }),
+	}
+	if cfg.NATS.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
+	}
+	if cfg.NATS.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.NATS.CAFile))
+	}
+	if cfg.NATS.CertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.NATS.CertFile, cfg.NATS.KeyFile))
+	}
+	if d.nc, err = nats.Connect(natsURL, opts...); err != nil {
+		return fmt.Errorf("cannot reach NATS at %s: %w", natsURL, err)
+	}
+	js, err := jetstream.New(d.nc)
+	if err != nil {
+		return fmt.Errorf("NATS JetStream: %w", err)
+	}
+	infoCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := js.AccountInfo(infoCtx); err != nil {
+		return fmt.Errorf("NATS at %s has no usable JetStream (start nats-server with -js): %w", natsURL, err)
+	}
+	return nil
+}
+
+func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	if caFile == "" && certFile == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+		}
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// setupRootToken makes sure a root token exists. In dev mode the token
+// is the one given, or the one from the previous run (so an exported
+// GRAFT_TOKEN keeps working), or a new one; it replaces every other root
+// token. Outside dev mode a root token is created only when the cluster has
+// no token at all, and written to <data-dir>/root-token, never logged.
+func (d *Daemon) setupRootToken(ctx context.Context) error {
+	file := filepath.Join(d.cfg.DataDir, "root-token")
+	if d.cfg.Dev {
+		token := d.cfg.DevRootToken
+		if token == "" {
+			if data, err := os.ReadFile(file); err == nil {
+				token = strings.TrimSpace(string(data))
+			}
+		}
+		if token == "" {
+			token = acl.NewToken()
+		}
+		rec := store.TokenRecord{Hash: acl.HashToken(token), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd --dev"}
+		if err := d.store.ReplacePrincipalTokens(ctx, acl.RootPrincipal, rec); err != nil {
+			return err
+		}
+		d.rootToken = token
+		return d.writeRootToken(file, token)
+	}
+	recs, _, err := d.store.ListTokens(ctx)
+	if err != nil {
+		return err
+	}
+	if len(recs) > 0 {
+		return nil
+	}
+	token := acl.NewToken()
+	if err := os.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if err := d.writeRootToken(file, token); err != nil {
+		return err
+	}
+	rec := store.TokenRecord{Hash: acl.HashToken(token), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd first start"}
+	if err := d.store.PutToken(ctx, rec); err != nil {
+		return err
+	}
+	d.rootToken = token
+	d.log.Warn("created the first root token; keep it safe and delete the file", "file", file)
+	return nil
+}
+
+func (d *Daemon) writeRootToken(file, token string) error {
+	if err := atomicfile.Write(file, []byte(token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write root token: %w", err)
+	}
+	d.rootTokenFile = file
+	return nil
+}
+
+func (d *Daemon) startGRPC() error {
+	opts := d.srv.ServerOptions()
+	if d.cfg.TLSCertFile != "" {
+		creds, err := credentials.NewServerTLSFromFile(d.cfg.TLSCertFile, d.cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("server TLS: %w", err)
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	d.grpcSrv = grpc.NewServer(opts...)
+	d.srv.Register(d.grpcSrv)
+	d.health = health.NewServer()
+	healthpb.RegisterHealthServer(d.grpcSrv, d.health)
+	ln, err := net.Listen("tcp", d.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", d.cfg.Listen, err)
+	}
+	d.grpcLn = ln
+	d.goRun(func() error {
+		if err := d.grpcSrv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("gRPC server: %w", err)
+		}
+		return nil
+	})
+	return nil
+}
+
+func (d *Daemon) startHTTP(reg *prometheus.Registry) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", d.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	ln, err := net.Listen("tcp", d.cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", d.cfg.HTTPListen, err)
+	}
+	d.httpLn = ln
+	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.goRun(func() error {
+		if err := d.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("HTTP server: %w", err)
+		}
+		return nil
+	})
+	return nil
+}
+
+// readyz answers 200 only when etcd has a quorum, NATS is connected and
+// the API is serving; otherwise 503 naming what is not ready.
+func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
+	var problems []string
+	if !d.ready.Load() {
+		problems = append(problems, "api: not serving")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := d.store.Ping(ctx); err != nil {
+		problems = append(problems, "etcd: "+err.Error())
+	}
+	if !d.nc.IsConnected() {
+		problems = append(problems, "nats: "+d.nc.Status().String())
+	}
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, strings.Join(problems, "\n")+"\n")
+		return
+	}
+	io.WriteString(w, "ok\n")
+}
+
+// reloadKeyring rereads the keyring file and installs it in the store.
+func (d *Daemon) reloadKeyring() error {
+	ring, err := store.LoadKeyring(d.keyringFile)
+	if err != nil {
+		return err
+	}
+	if old := d.store.Keyring(); old.Primary() != ring.Primary() || len(old.IDs()) != len(ring.IDs()) {
+		d.log.Info("keyring reloaded", "file", d.keyringFile, "primary_key", ring.Primary(), "keys", len(ring.IDs()))
+	}
+	d.store.SetKeyring(ring)
+	return nil
+}
+
+// watchKeyringFile reloads the keyring when its file changes, so a
+// `graftd keyring rotate` takes effect without a restart.
+func (d *Daemon) watchKeyringFile(ctx context.Context) {
+	stat := func() (time.Time, int64) {
+		info, err := os.Stat(d.keyringFile)
+		if err != nil {
+			return time.Time{}, 0
+		}
+		return info.ModTime(), info.Size()
+	}
+	mod, size := stat()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m, s := stat()
+		if m.Equal(mod) && s == size {
+			continue
+		}
+		mod, size = m, s
+		if err := d.reloadKeyring(); err != nil {
+			d.log.Error("keyring file changed but cannot be loaded; keeping the old keyring", "err", err)
+		}
+	}
+}
+
+// Shutdown stops graftd: it stops taking calls, ends watch streams with
+// Unavailable, lets in-flight calls finish (bounded by ctx), then stops the
+// embedded servers.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.ready.Store(false)
+	if d.health != nil {
+		d.health.Shutdown()
+	}
+	if d.srv != nil {
+		d.srv.Stop()
+	}
+	if d.grpcSrv != nil {
+		done := make(chan struct{})
+		go func() { d.grpcSrv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			d.log.Warn("in-flight calls did not finish in time; stopping them")
+			d.grpcSrv.Stop()
+			<-done
+		}
+	}
+	if d.httpSrv != nil {
+		d.httpSrv.Shutdown(ctx)
+	}
+	d.close()
+	d.log.Info("graftd stopped")
+	return nil
+}
+
+// close stops whatever was started, in reverse order.
+func (d *Daemon) close() {
+	d.closed.Do(func() {
+		if d.grpcSrv != nil {
+			d.grpcSrv.Stop()
+		}
+		if d.httpSrv != nil {
+			d.httpSrv.Close()
+		}
+		if d.cancel != nil {
+			d.cancel()
+		}
+		if d.nc != nil {
+			d.nc.Close()
+		}
+		if d.cli != nil {
+			d.cli.Close()
+		}
+		d.wg.Wait()
+		if d.nats != nil {
+			d.nats.Close()
+		}
+		if d.etcd != nil {
+			d.etcd.Close()
+		}
+	})
+}
+

@@ -1,0 +1,155 @@
+package daemon_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/store"
+)
+
+func kvClient(t *testing.T, addr string) graftv1.KVServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return graftv1.NewKVServiceClient(conn)
+}
+
+func authed(token string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestHealthReadyMetrics(t *testing.T) {
+	g := graftdtest.Start(t)
+	if code, body := httpGet(t, "http://"+g.HTTPAddr+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	if code, body := httpGet(t, "http://"+g.HTTPAddr+"/readyz"); code != 200 {
+		t.Errorf("/readyz = %d %q", code, body)
+	}
+	kv := kvClient(t, g.Addr)
+	if _, err := kv.Put(authed(g.Token), &graftv1.PutRequest{Path: "/a/b", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	_, body := httpGet(t, "http://"+g.HTTPAddr+"/metrics")
+	if !strings.Contains(body, `graft_grpc_requests_total{code="OK",method="Put"} 1`) {
+		t.Errorf("/metrics lacks the Put counter:\n%s", body)
+	}
+}
+
+// TestExternalBackends runs graftd the production way, against etcd and
+// NATS it does not own, and checks that /readyz notices NATS going away.
+func TestExternalBackends(t *testing.T) {
+	dir := t.TempDir()
+	etcd := testenv.StartEtcd(t, filepath.Join(dir, "etcd"))
+	nats := testenv.StartNATS(t, filepath.Join(dir, "nats"))
+	cfg := daemon.Defaults()
+	cfg.DataDir = filepath.Join(dir, "graftd")
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTPListen = "127.0.0.1:0"
+	cfg.Etcd.Endpoints = []string{etcd.Endpoint}
+	cfg.NATS.URL = nats.URL
+	cfg.KeyringFile = filepath.Join(dir, "keyring.json")
+
+	if _, err := daemon.Start(context.Background(), cfg, testenv.Logger(t)); err == nil || !strings.Contains(err.Error(), "graftd keyring init") {
+		t.Fatalf("start without a keyring file: %v", err)
+	}
+	if err := store.CreateKeyringFile(cfg.KeyringFile); err != nil {
+		t.Fatal(err)
+	}
+	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(context.Background())
+	data, err := os.ReadFile(filepath.Join(cfg.DataDir, "root-token"))
+	if err != nil || strings.TrimSpace(string(data)) != d.RootToken() {
+		t.Fatalf("first start should write the root token file: %v", err)
+	}
+	if _, err := kvClient(t, d.Addr()).Put(authed(d.RootToken()), &graftv1.PutRequest{Path: "/a/b", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := httpGet(t, "http://"+d.HTTPAddr()+"/readyz"); code != 200 {
+		t.Fatalf("/readyz = %d %q", code, body)
+	}
+	nats.Close()
+	code, body := httpGet(t, "http://"+d.HTTPAddr()+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "nats") {
+		t.Errorf("/readyz = %d %q, want 503 naming nats", code, body)
+	}
+}
+
+func TestDevKeepsDataAndRootTokenAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	cfg := daemon.Defaults()
+	cfg.Dev = true
+	cfg.DataDir = dir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTPListen = "127.0.0.1:0"
+	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := d.RootToken()
+	if !strings.HasPrefix(token, "graft_") {
+		t.Fatalf("root token %q", token)
+	}
+	for _, f := range []string{"root-token", "keyring.json"} {
+		info, err := os.Stat(filepath.Join(dir, f))
+		if err != nil || info.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v mode %v, want 0600", f, err, info.Mode().Perm())
+		}
+	}
+	if _, err := kvClient(t, d.Addr()).Put(authed(token), &graftv1.PutRequest{Path: "/dba/x", Value: []byte("kept")}); err != nil {
+		t.Fatal(err)
+	}
+	d.Shutdown(context.Background())
+
+	d, err = daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Shutdown(context.Background())
+	if d.RootToken() != token {
+		t.Error("the root token changed across a restart; an exported GRAFT_TOKEN would stop working")
+	}
+	got, err := kvClient(t, d.Addr()).Get(authed(token), &graftv1.GetRequest{Path: "/dba/x"})
+	if err != nil || string(got.GetEntry().GetValue()) != "kept" {
+		t.Fatalf("after restart: %v %v", got, err)
+	}
+}
+
+func TestStartRefusesBadConfig(t *testing.T) {
+	cfg := daemon.Defaults()
+	cfg.Listen = "0.0.0.0:0"
+	_, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	if err == nil || !strings.Contains(err.Error(), "--etcd-endpoints is required") {
+		t.Fatalf("Start = %v", err)
+	}
+}

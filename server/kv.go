@@ -1,0 +1,196 @@
+package server
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/store"
+)
+
+// Get implements graftv1.KVServiceServer.
+func (s *Server) Get(ctx context.Context, req *graftv1.GetRequest) (*graftv1.GetResponse, error) {
+	var (
+		e   store.Entry
+		err error
+	)
+	if req.GetRevision() != 0 {
+		e, err = s.store.GetRevision(ctx, req.GetPath(), req.GetRevision())
+	} else {
+		e, err = s.store.Get(ctx, req.GetPath())
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &graftv1.GetResponse{Entry: entryProto(e)}, nil
+}
+
+// Put implements graftv1.KVServiceServer.
+func (s *Server) Put(ctx context.Context, req *graftv1.PutRequest) (*graftv1.PutResponse, error) {
+	e, err := s.store.Put(ctx, req.GetPath(), req.GetValue(), store.WriteOptions{
+		Author:     principal(ctx).Name,
+		IfRevision: req.IfRevision,
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &graftv1.PutResponse{Entry: entryProto(e)}, nil
+}
+
+// Delete implements graftv1.KVServiceServer.
+func (s *Server) Delete(ctx context.Context, req *graftv1.DeleteRequest) (*graftv1.DeleteResponse, error) {
+	rev, err := s.store.Delete(ctx, req.GetPath(), store.WriteOptions{
+		Author:     principal(ctx).Name,
+		IfRevision: req.IfRevision,
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &graftv1.DeleteResponse{Revision: rev}, nil
+}
+
+// List implements graftv1.KVServiceServer.
+func (s *Server) List(ctx context.Context, req *graftv1.ListRequest) (*graftv1.ListResponse, error) {
+	items, rev, err := s.store.List(ctx, req.GetPrefix(), req.GetRecursive())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &graftv1.ListResponse{Revision: rev, Items: make([]*graftv1.ListItem, 0, len(items))}
+	for _, it := range items {
+		item := &graftv1.ListItem{Path: it.Path, Directory: it.Directory}
+		if it.Entry != nil {
+			item.Entry = entryProto(*it.Entry)
+		}
+		resp.Items = append(resp.Items, item)
+	}
+	return resp, nil
+}
+
+// History implements graftv1.KVServiceServer.
+func (s *Server) History(ctx context.Context, req *graftv1.HistoryRequest) (*graftv1.HistoryResponse, error) {
+	items, err := s.store.History(ctx, req.GetPath())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &graftv1.HistoryResponse{Items: make([]*graftv1.HistoryItem, 0, len(items))}
+	for _, it := range items {
+		h := &graftv1.HistoryItem{Entry: entryProto(it.Entry), Current: it.Current, Deleted: it.Deleted}
+		if !it.Ended.IsZero() {
+			h.Ended = timestamppb.New(it.Ended)
+		}
+		resp.Items = append(resp.Items, h)
+	}
+	return resp, nil
+}
+
+// Restore implements graftv1.KVServiceServer.
+func (s *Server) Restore(ctx context.Context, req *graftv1.RestoreRequest) (*graftv1.RestoreResponse, error) {
+	if req.GetRevision() <= 0 {
+		return nil, toStatus(invalid("restore %s: give the revision to restore (see `graft history %s`)", req.GetPath(), req.GetPath()))
+	}
+	e, err := s.store.Restore(ctx, req.GetPath(), req.GetRevision(), principal(ctx).Name)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &graftv1.RestoreResponse{Entry: entryProto(e)}, nil
+}
+
+// RestorePrefix implements graftv1.KVServiceServer.
+func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRequest) (*graftv1.RestorePrefixResponse, error) {
+	if req.GetAt() == nil {
+		return nil, toStatus(invalid("restore %s: give the point in time to restore to", req.GetPrefix()))
+	}
+	if err := req.GetAt().CheckValid(); err != nil {
+		return nil, toStatus(invalid("restore %s: bad time: %v", req.GetPrefix(), err))
+	}
+	steps, err := s.store.RestorePrefix(ctx, req.GetPrefix(), req.GetAt().AsTime(), req.GetDryRun(), principal(ctx).Name)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &graftv1.RestorePrefixResponse{DryRun: req.GetDryRun(), Steps: make([]*graftv1.RestoreStep, 0, len(steps))}
+	for _, st := range steps {
+		resp.Steps = append(resp.Steps, &graftv1.RestoreStep{
+			Path:         st.Path,
+			Action:       restoreActionProto(st.Action),
+			FromRevision: st.FromRevision,
+			ToRevision:   st.ToRevision,
+			NewRevision:  st.NewRevision,
+			Reason:       st.Reason,
+		})
+	}
+	return resp, nil
+}
+
+// Watch implements graftv1.KVServiceServer.
+func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	after, batches, err := s.store.Watch(ctx, req.GetPrefix(), req.GetStartRevision(), req.GetKeysOnly())
+	if err != nil {
+		return toStatus(err)
+	}
+	if err := stream.Send(&graftv1.WatchResponse{Created: true, Revision: after}); err != nil {
+		return err
+	}
+	reached := after
+	for {
+		select {
+		case <-s.stopping:
+			return status.Errorf(codes.Unavailable, "watch %s: graftd is shutting down; reconnect and resume from revision %d", req.GetPrefix(), reached+1)
+		case b, ok := <-batches:
+			if !ok {
+				return toStatus(ctx.Err())
+			}
+			if b.Err != nil {
+				return toStatus(b.Err)
+			}
+			resp := &graftv1.WatchResponse{Revision: b.Revision, Events: make([]*graftv1.Event, 0, len(b.Events))}
+			for _, ev := range b.Events {
+				resp.Events = append(resp.Events, &graftv1.Event{Type: eventTypeProto(ev.Type), Entry: entryProto(ev.Entry)})
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			reached = b.Revision
+		}
+	}
+}
+
+func entryProto(e store.Entry) *graftv1.Entry {
+	out := &graftv1.Entry{
+		Path:     e.Path,
+		Value:    e.Value,
+		Revision: e.Revision,
+		Author:   e.Author,
+		Size:     int64(e.Size),
+	}
+	if !e.Time.IsZero() {
+		out.Time = timestamppb.New(e.Time)
+	}
+	if o := e.Origin; o != nil {
+		out.Origin = &graftv1.Origin{Kind: o.Kind, RuleId: o.RuleID, SourcePath: o.SourcePath, SourceRevision: o.SourceRevision}
+	}
+	return out
+}
+
+func eventTypeProto(t store.EventType) graftv1.EventType {
+	if t == store.EventDelete {
+		return graftv1.EventType_EVENT_TYPE_DELETE
+	}
+	return graftv1.EventType_EVENT_TYPE_PUT
+}
+
+func restoreActionProto(a store.RestoreAction) graftv1.RestoreAction {
+	switch a {
+	case store.ActionRestore:
+		return graftv1.RestoreAction_RESTORE_ACTION_RESTORE
+	case store.ActionDelete:
+		return graftv1.RestoreAction_RESTORE_ACTION_DELETE
+	case store.ActionSkip:
+		return graftv1.RestoreAction_RESTORE_ACTION_SKIP
+	}
+	return graftv1.RestoreAction_RESTORE_ACTION_UNSPECIFIED
+}
