@@ -13,7 +13,6 @@ package sdk
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 )
@@ -78,6 +78,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		grpc.WithTransportCredentials(transport),
 		grpc.WithPerRPCCredentials(bearer{token: cfg.Token, secure: cfg.TLS != nil}),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: connectBackoff, MinConnectTimeout: 5 * time.Second}),
+		// Pings find a half-open connection under a quiet watch; graftd
+		// permits them every 10s and more.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithUserAgent("graft-go-sdk"),
 	)
 	if err != nil {
@@ -92,14 +95,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 
 // Close closes the connection. Watches end and their channels close.
 func (c *Client) Close() error { return c.conn.Close() }
-
-// Config errors. New wraps them with the detail of what is wrong.
-var (
-	ErrNoAddr    = errors.New("sdk: Config.Addr is required (graftd's host:port, e.g. 127.0.0.1:7420)")
-	ErrNoToken   = errors.New("sdk: Config.Token is required")
-	ErrBadToken  = errors.New("sdk: Config.Token contains whitespace or control characters (a trailing newline read from a file?)")
-	ErrPlaintext = errors.New("sdk: plaintext connection to a non-loopback address refused; set Config.TLS, or Config.Insecure to allow it")
-)
 
 func (cfg Config) validate() error {
 	if cfg.Addr == "" {

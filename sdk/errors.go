@@ -22,7 +22,9 @@ type Error struct {
 	cause error          // the context error when the caller's ctx ended the call
 }
 
-// Sentinels for errors.Is. Each matches every *Error with its code.
+// Sentinel errors. The first group is what a failed call matches with
+// errors.Is: each matches every *Error with its code. The second is what
+// New returns, wrapped with detail, for a Config it cannot use.
 var (
 	ErrNotFound           = &Error{Code: codes.NotFound, Message: "not found"}
 	ErrInvalidArgument    = &Error{Code: codes.InvalidArgument, Message: "invalid argument"}
@@ -31,6 +33,11 @@ var (
 	ErrUnauthenticated    = &Error{Code: codes.Unauthenticated, Message: "unauthenticated"}
 	ErrUnavailable        = &Error{Code: codes.Unavailable, Message: "unavailable"}
 	ErrOutOfRange         = &Error{Code: codes.OutOfRange, Message: "out of range (revision compacted)"}
+
+	ErrNoAddr    = errors.New("sdk: Config.Addr is required (graftd's host:port, e.g. 127.0.0.1:7420)")
+	ErrNoToken   = errors.New("sdk: Config.Token is required")
+	ErrBadToken  = errors.New("sdk: Config.Token contains whitespace or control characters (a trailing newline read from a file?)")
+	ErrPlaintext = errors.New("sdk: plaintext connection to a non-loopback address refused; set Config.TLS, or Config.Insecure to allow it")
 )
 
 func (e *Error) Error() string { return e.Message }

@@ -130,8 +130,9 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 func bearer(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get("authorization") {
-		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
-			return strings.TrimSpace(t)
+		// The scheme is case-insensitive (RFC 9110).
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			return strings.TrimSpace(v[7:])
 		}
 	}
 	return ""

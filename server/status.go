@@ -54,8 +54,15 @@ var (
 	errPermissionDenied = errors.New("permission denied")
 )
 
+// invalidArgument is a bad request caught by the server itself; its
+// message is the whole story, without a category prefix.
+type invalidArgument struct{ msg string }
+
+func (e *invalidArgument) Error() string        { return e.msg }
+func (e *invalidArgument) Is(target error) bool { return target == errInvalidArgument }
+
 func invalid(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{errInvalidArgument}, args...)...)
+	return &invalidArgument{msg: fmt.Sprintf(format, args...)}
 }
 
 // isWrapped tells a status error passed straight through from one that

@@ -34,8 +34,9 @@ func (a *app) errorLine(err error) string {
 		msg = head + "; did you mean " + strings.Join(strings.Fields(sugg), " or ") + "?"
 	}
 	msg = strings.Join(strings.Fields(msg), " ")
-	// Defence in depth: no message should hold the token, but never print it.
-	if a.token != "" {
+	// Defence in depth: no message should hold the token, but never print
+	// it. (A token too short to be real would only garble the message.)
+	if len(a.token) >= 8 {
 		msg = strings.ReplaceAll(msg, a.token, "[token]")
 	}
 	return msg

@@ -45,12 +45,11 @@ deletion, and which were written by a restore. Read an old value with
 					})
 				}
 				return a.emit(views, func(w io.Writer) error {
-					tw := newTable(w)
-					fmt.Fprintln(tw, "REVISION\tTIME\tAUTHOR\tNOTE")
+					tab := newTable(w, "REVISION", "TIME", "AUTHOR", "NOTE")
 					for _, it := range items {
-						fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", it.Entry.Revision, tableTime(it.Entry.Time), it.Entry.Author, historyNote(it))
+						tab.row(fmt.Sprint(it.Entry.Revision), tableTime(it.Entry.Time), it.Entry.Author, historyNote(it))
 					}
-					return tw.Flush()
+					return tab.flush()
 				})
 			})
 		},

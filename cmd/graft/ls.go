@@ -56,19 +56,18 @@ Values are never listed.`,
 						_, err := fmt.Fprintf(a.stderr, "nothing under %s\n", prefix)
 						return err
 					}
-					tw := newTable(w)
-					fmt.Fprintln(tw, "PATH\tREVISION\tAUTHOR\tUPDATED")
+					tab := newTable(w, "PATH", "REVISION", "AUTHOR", "UPDATED")
 					for _, it := range items {
 						// A path can hold a value and have paths below it:
 						// it is then listed twice, as a key and as a directory.
 						if e := it.Entry; e != nil {
-							fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", it.Path, e.Revision, e.Author, tableTime(e.Time))
+							tab.row(it.Path, fmt.Sprint(e.Revision), e.Author, tableTime(e.Time))
 						}
 						if it.Directory {
-							fmt.Fprintf(tw, "%s/\t\t\t\n", it.Path)
+							tab.row(it.Path+"/", "", "", "")
 						}
 					}
-					return tw.Flush()
+					return tab.flush()
 				})
 			})
 		},

@@ -128,12 +128,11 @@ func (a *app) restorePrefix(cmd *cobra.Command, prefix string, at time.Time, dry
 				_, err := fmt.Fprintf(w, "nothing to do: %s is already as it was at %s\n", prefix, when)
 				return err
 			}
-			tw := newTable(w)
-			fmt.Fprintln(tw, "ACTION\tPATH\tFROM\tTO\tNEW\tREASON")
+			tab := newTable(w, "ACTION", "PATH", "FROM", "TO", "NEW", "REASON")
 			for _, s := range steps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Action, s.Path, rev(s.FromRevision), rev(s.ToRevision), rev(s.NewRevision), s.Reason)
+				tab.row(s.Action.String(), s.Path, rev(s.FromRevision), rev(s.ToRevision), rev(s.NewRevision), s.Reason)
 			}
-			if err := tw.Flush(); err != nil {
+			if err := tab.flush(); err != nil {
 				return err
 			}
 			restored, deleted, skipped := counts[sdk.RestoreActionRestore], counts[sdk.RestoreActionDelete], counts[sdk.RestoreActionSkip]

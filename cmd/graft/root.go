@@ -39,8 +39,9 @@ type app struct {
 	timeout  time.Duration
 }
 
-// run executes graft with args and returns the process exit code. Every
-// error ends up as one line "graft: <message>" on stderr.
+// run executes graft with args, its own streams and environment, and
+// returns the process exit code. Every error ends up as one line
+// "graft: <message>" on stderr. Tests call it as main does.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
 	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, isTerminal: isTerminal}
 	cmd := a.rootCmd()
@@ -52,13 +53,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return 0
 }
 
-// newRootCmd builds the command tree writing to stdout and stderr, reading
-// stdin, and taking GRAFT_* settings from getenv.
-func newRootCmd(stdout, stderr io.Writer, stdin io.Reader, getenv func(string) string) *cobra.Command {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, isTerminal: isTerminal}
-	return a.rootCmd()
-}
-
+// rootCmd builds the command tree bound to a.
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "graft",

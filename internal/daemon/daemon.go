@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/atomicfile"
@@ -125,6 +126,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 		return nil, fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.cli.Endpoints(), ","), err)
 	}
 
+	// The root token is stored before the token cache loads, so the cache
+	// knows it by the time the API serves its first call.
+	if err := d.setupRootToken(ctx); err != nil {
+		return nil, err
+	}
 	d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")})
 	if err != nil {
 		return nil, err
@@ -134,9 +140,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 	case <-d.tokens.Loaded():
 	case <-pingCtx.Done():
 		return nil, fmt.Errorf("load tokens: %w", pingCtx.Err())
-	}
-	if err := d.setupRootToken(ctx); err != nil {
-		return nil, err
 	}
 
 	reg := prometheus.NewRegistry()
@@ -199,7 +202,7 @@ func (d *Daemon) RootTokenFile() string { return d.rootTokenFile }
 // Store is the store graftd serves; tests use it to inspect state.
 func (d *Daemon) Store() *store.Store { return d.store }
 
-// EtcdDir and NATSDir are the embedded servers' data directories (dev).
+// EtcdDir is the embedded etcd data directory (dev).
 func (d *Daemon) EtcdDir() string { return d.etcd.Dir }
 
 // NATSDir is the embedded NATS JetStream store directory (dev).
@@ -376,7 +379,12 @@ func (d *Daemon) writeRootToken(file, token string) error {
 }
 
 func (d *Daemon) startGRPC() error {
-	opts := d.srv.ServerOptions()
+	opts := append(d.srv.ServerOptions(),
+		// Let clients ping every 10s so a half-open connection under a
+		// quiet watch is found; ping idle clients ourselves every minute.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
 	if d.cfg.TLSCertFile != "" {
 		creds, err := credentials.NewServerTLSFromFile(d.cfg.TLSCertFile, d.cfg.TLSKeyFile)
 		if err != nil {
@@ -548,3 +556,5 @@ func (d *Daemon) close() {
 	})
 }
 
+// EtcdEndpoints are the etcd client URLs graftd uses.
+func (d *Daemon) EtcdEndpoints() []string { return d.cli.Endpoints() }
