@@ -209,6 +209,14 @@ func TestErrorsMapToStatus(t *testing.T) {
 			_, err := h.kv.RestorePrefix(ctx, &graftv1.RestorePrefixRequest{Prefix: "/app"})
 			return err
 		}, codes.InvalidArgument, []string{"point in time"}},
+		{"negative watch start", func() error {
+			stream, err := h.kv.Watch(ctx, &graftv1.WatchRequest{Prefix: "/p", StartRevision: -1})
+			if err != nil {
+				return err
+			}
+			_, err = stream.Recv()
+			return err
+		}, codes.InvalidArgument, []string{"must not be negative"}},
 		{"admin needs root", func() error {
 			_, err := h.admin.KeyringStatus(withToken("graft_app"), &graftv1.KeyringStatusRequest{})
 			return err

@@ -27,7 +27,7 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, store.ErrInvalidPath), errors.Is(err, errInvalidArgument):
+	case errors.Is(err, store.ErrInvalidPath), errors.Is(err, store.ErrInvalidArgument), errors.Is(err, errInvalidArgument):
 		code = codes.InvalidArgument
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound

@@ -99,7 +99,7 @@ func (s *Store) RestorePrefix(ctx context.Context, prefix string, at time.Time, 
 		case ActionRestore:
 			old, err := s.GetRevision(ctx, step.Path, step.ToRevision)
 			if err != nil {
-				return plan[:i], err
+				return plan[:i], fmt.Errorf("restore %s (%d of %d steps done): %w", prefix, i, len(plan), err)
 			}
 			e, err := s.Put(ctx, step.Path, old.Value, WriteOptions{
 				Author:     author,
@@ -191,7 +191,10 @@ func planPath(path string, versions []version, at int64) (RestoreStep, bool) {
 		}
 	}
 	switch {
-	case then != nil && now != nil && then.rev == now.rev:
+	case then != nil && now != nil && (then.rev == now.rev || restoredFrom(path, now, then.rev)):
+		// Already as it was, or already restored to it: running a restore
+		// again, say after a concurrent write stopped it half way, redoes
+		// only what is left.
 		return step, false
 	case then != nil:
 		step.Action = ActionRestore
@@ -206,4 +209,11 @@ func planPath(path string, versions []version, at int64) (RestoreStep, bool) {
 		return step, true
 	}
 	return step, false
+}
+
+// restoredFrom reports whether version v was written by restoring path to
+// revision rev, so that it holds the value rev held.
+func restoredFrom(path string, v *version, rev int64) bool {
+	o := v.rec.Origin
+	return o != nil && o.Kind == "restore" && o.SourcePath == path && o.SourceRevision == rev
 }

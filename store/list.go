@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -56,6 +57,11 @@ func (s *Store) List(ctx context.Context, prefix string, recursive bool) ([]List
 		} else {
 			items[i].Entry = &e
 		}
+	}
+	if !recursive {
+		// Folding breaks etcd's key order: the directory /a (from /a/x)
+		// first shows up after the entry /a-b, since '-' sorts before '/'.
+		slices.SortFunc(items, func(a, b ListItem) int { return strings.Compare(a.Path, b.Path) })
 	}
 	return items, resp.Header.Revision, nil
 }

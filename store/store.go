@@ -28,11 +28,13 @@ const (
 	MaxValueBytesLimit = 512 << 10
 	maxWriteAttempts   = 16
 	writeLockStripes   = 64
+	maxTrimPerWrite    = 64
 )
 
 // Sentinel errors. Callers test them with errors.Is.
 var (
 	ErrInvalidPath     = errors.New("invalid path")
+	ErrInvalidArgument = errors.New("invalid argument")
 	ErrNotFound        = errors.New("not found")
 	ErrValueTooLarge   = errors.New("value too large")
 	ErrRevisionChanged = errors.New("revision changed")
@@ -49,14 +51,15 @@ type RevisionMismatchError struct {
 	Current  int64 // 0 when the path does not exist
 }
 
+// Error leaves the path out: callers wrap it as "verb path: ...".
 func (e *RevisionMismatchError) Error() string {
 	if e.Current == 0 {
-		return fmt.Sprintf("%s: expected revision %d but the path does not exist", e.Path, e.Expected)
+		return fmt.Sprintf("expected revision %d but the path does not exist", e.Expected)
 	}
 	if e.Expected == 0 {
-		return fmt.Sprintf("%s: expected the path not to exist but it is at revision %d", e.Path, e.Current)
+		return fmt.Sprintf("expected the path not to exist but it is at revision %d", e.Current)
 	}
-	return fmt.Sprintf("%s: expected revision %d but it is at revision %d; read it again and retry", e.Path, e.Expected, e.Current)
+	return fmt.Sprintf("expected revision %d but it is at revision %d; read it again and retry", e.Expected, e.Current)
 }
 
 func (e *RevisionMismatchError) Unwrap() error { return ErrRevisionChanged }

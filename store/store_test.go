@@ -415,6 +415,17 @@ func TestConcurrentPuts(t *testing.T) {
 			if len(hist) != total {
 				t.Fatalf("history holds %d versions, want %d", len(hist), total)
 			}
+			// Versions follow one another in time too: none starts before
+			// the one it replaced, or ends before it starts.
+			for i, h := range hist {
+				if i+1 < len(hist) && h.Entry.Time.Before(hist[i+1].Entry.Time) {
+					t.Errorf("revision %d starts at %v, before revision %d it replaced (%v)",
+						h.Entry.Revision, h.Entry.Time, hist[i+1].Entry.Revision, hist[i+1].Entry.Time)
+				}
+				if !h.Current && h.Ended.Before(h.Entry.Time) {
+					t.Errorf("revision %d ends at %v, before it starts at %v", h.Entry.Revision, h.Ended, h.Entry.Time)
+				}
+			}
 			for _, h := range hist {
 				want, ok := revs[h.Entry.Revision]
 				if !ok {

@@ -20,6 +20,10 @@ type SweepResult struct {
 // (pinned in the record) and watchers see no change. Each rewrite is guarded
 // by the key's mod revision; a value written concurrently is already under
 // the primary key and is left alone.
+//
+// etcd keeps the old ciphertexts in its own revision history until it
+// compacts past the sweep, and a watch replaying from before then reads
+// them: keep the old key in the ring until that compaction.
 func (s *Store) Reencrypt(ctx context.Context) (SweepResult, error) {
 	var res SweepResult
 	for _, base := range []string{s.kvPrefix + "/", s.hist + "/"} {

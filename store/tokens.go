@@ -47,24 +47,41 @@ func (s *Store) PutToken(ctx context.Context, rec TokenRecord) error {
 // stores rec in their place. Dev mode uses it so that the root token of the
 // current run is the only one.
 func (s *Store) ReplacePrincipalTokens(ctx context.Context, principal string, rec TokenRecord) error {
-	recs, _, err := s.ListTokens(ctx)
-	if err != nil {
-		return err
-	}
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	ops := []clientv3.Op{clientv3.OpPut(s.tokenKey(rec.Hash), string(data))}
-	for _, r := range recs {
-		if r.Principal == principal && r.Hash != rec.Hash {
-			ops = append(ops, clientv3.OpDelete(s.tokenKey(r.Hash)))
+	prefix := s.prefix + "tokens/"
+	for attempt := range maxWriteAttempts {
+		if attempt > 0 {
+			if err := backoff(ctx, attempt); err != nil {
+				return fmt.Errorf("replace tokens of %s: %w", principal, err)
+			}
+		}
+		recs, rev, err := s.ListTokens(ctx)
+		if err != nil {
+			return err
+		}
+		ops := []clientv3.Op{clientv3.OpPut(s.tokenKey(rec.Hash), string(data))}
+		for _, r := range recs {
+			if r.Principal == principal && r.Hash != rec.Hash {
+				ops = append(ops, clientv3.OpDelete(s.tokenKey(r.Hash)))
+			}
+		}
+		// Commit only if no token was stored since the list; otherwise one
+		// of principal's could be left beside rec.
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(prefix), "<", rev+1).WithPrefix()).
+			Then(ops...).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("replace tokens of %s: %w", principal, err)
+		}
+		if resp.Succeeded {
+			return nil
 		}
 	}
-	if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-		return fmt.Errorf("replace tokens of %s: %w", principal, err)
-	}
-	return nil
+	return fmt.Errorf("replace tokens of %s: %w; retry", principal, ErrContention)
 }
 
 // ListTokens returns every token record and the revision read at.

@@ -45,14 +45,22 @@ type WatchBatch struct {
 
 // Watch streams changes under prefix from startRev (0: after now). It
 // returns the revision the watch starts after, and a channel that closes
-// when ctx ends or the watch fails (the last batch then carries Err; a
-// compacted start revision is a *CompactedError).
+// when ctx ends or the watch fails (the last batch then carries Err). A
+// start revision that is already compacted is reported by Watch itself as
+// a *CompactedError; one compacted while the watch runs, by the last batch.
 func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOnly bool) (int64, <-chan WatchBatch, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
 		return 0, nil, fmt.Errorf("watch %s: %w", prefix, err)
 	}
 	if startRev < 0 {
-		return 0, nil, fmt.Errorf("watch %s: start revision %d must not be negative", prefix, startRev)
+		return 0, nil, fmt.Errorf("watch %s: %w: start revision %d must not be negative", prefix, ErrInvalidArgument, startRev)
+	}
+	compacted := false
+	if startRev > 0 {
+		var err error
+		if compacted, err = s.compacted(ctx, startRev); err != nil {
+			return 0, nil, fmt.Errorf("watch %s: %w", prefix, err)
+		}
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	start, end := rangeOf(s.kvPrefix, prefix)
@@ -65,6 +73,10 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 	if !ok {
 		cancel()
 		return 0, nil, fmt.Errorf("watch %s: %w", prefix, ctx.Err())
+	}
+	if compacted {
+		defer cancel()
+		return 0, nil, fmt.Errorf("watch %s: %w", prefix, awaitCompaction(ctx, first, wch, startRev))
 	}
 	if err := watchErr(first, startRev); err != nil {
 		cancel()
@@ -86,9 +98,10 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 				return false
 			}
 		}
+		next := after + 1 // the oldest revision not yet delivered
 		pending := first
 		for {
-			if err := watchErr(pending, startRev); err != nil {
+			if err := watchErr(pending, next); err != nil {
 				send(WatchBatch{Err: fmt.Errorf("watch %s: %w", prefix, err)})
 				return
 			}
@@ -101,6 +114,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 				if !send(b) {
 					return
 				}
+				next = max(next, b.Revision+1)
 			}
 			var ok bool
 			if pending, ok = <-wch; !ok {
@@ -114,13 +128,43 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 	return after, out, nil
 }
 
-func watchErr(resp clientv3.WatchResponse, startRev int64) error {
+// compacted reports whether etcd has compacted away rev. A start revision
+// in the future is not compacted; the watch waits for it.
+func (s *Store) compacted(ctx context.Context, rev int64) (bool, error) {
+	_, err := s.cli.Get(ctx, s.kvPrefix, clientv3.WithRev(rev), clientv3.WithCountOnly())
+	switch {
+	case err == nil, errors.Is(err, rpctypes.ErrFutureRev):
+		return false, nil
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return true, nil
+	}
+	return false, err
+}
+
+// awaitCompaction returns the *CompactedError of a watch whose start
+// revision is known to be compacted. etcd reports it only after the created
+// notice, and that report alone carries the oldest revision left.
+func awaitCompaction(ctx context.Context, first clientv3.WatchResponse, wch clientv3.WatchChan, startRev int64) error {
+	for resp, ok := first, true; ok; resp, ok = <-wch {
+		if err := watchErr(resp, startRev); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: revision %d is compacted", ErrCompacted, startRev)
+}
+
+// watchErr turns a failed watch response into an error; requested is the
+// oldest revision the watch still had to deliver.
+func watchErr(resp clientv3.WatchResponse, requested int64) error {
 	if resp.CompactRevision != 0 {
-		return &CompactedError{Requested: startRev, Oldest: resp.CompactRevision}
+		return &CompactedError{Requested: requested, Oldest: resp.CompactRevision}
 	}
 	if err := resp.Err(); err != nil {
 		if errors.Is(err, rpctypes.ErrCompacted) {
-			return &CompactedError{Requested: startRev, Oldest: resp.CompactRevision}
+			return &CompactedError{Requested: requested, Oldest: resp.CompactRevision}
 		}
 		return err
 	}

@@ -81,6 +81,11 @@ func (s *Store) archive(path string, c current, now int64, deleted bool) []clien
 	old.Deleted = deleted
 	ops := []clientv3.Op{clientv3.OpPut(s.histKey(path, c.rev), old.encode())}
 	if excess := len(c.history) + 1 - s.histMax; excess > 0 {
+		// After the limit is lowered a path may hold far more history
+		// than one transaction may delete (etcd's --max-txn-ops defaults
+		// to 128), and the write would fail every time. Trim the oldest
+		// part now and the rest on the next writes.
+		excess = min(excess, maxTrimPerWrite)
 		for _, rev := range c.history[:excess] {
 			ops = append(ops, clientv3.OpDelete(s.histKey(path, rev)))
 		}
@@ -181,16 +186,18 @@ func (s *Store) Put(ctx context.Context, path string, value []byte, opts WriteOp
 	if err != nil {
 		return Entry{}, err
 	}
-	now := s.now().UnixNano()
-	rec := record{Cipher: sealed, Author: opts.Author, Time: now, Size: len(value), Origin: opts.Origin}
+	rec := record{Cipher: sealed, Author: opts.Author, Size: len(value), Origin: opts.Origin}
 	rev, err := s.commit(ctx, path, func(c current) ([]clientv3.Op, error) {
 		if err := checkRevision(path, c, opts.IfRevision); err != nil {
 			return nil, err
 		}
+		// Read the clock only now, after waiting for the path's lock, so
+		// that a version never starts before the one it replaces.
+		rec.Time = s.now().UnixNano()
 		rec.Prev = c.latest()
 		ops := []clientv3.Op{clientv3.OpPut(s.kvKey(path), rec.encode())}
 		if c.exists {
-			ops = append(ops, s.archive(path, c, now, false)...)
+			ops = append(ops, s.archive(path, c, rec.Time, false)...)
 		}
 		return ops, nil
 	})

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -21,6 +22,7 @@ type Etcd struct {
 	Endpoint string
 	Dir      string
 	e        *embed.Etcd
+	once     sync.Once
 }
 
 // EtcdConfig configures StartEtcd.
@@ -82,8 +84,9 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	return &Etcd{Endpoint: "http://" + e.Clients[0].Addr().String(), Dir: cfg.Dir, e: e}, nil
 }
 
-// Close stops etcd and waits until its files are closed.
-func (e *Etcd) Close() { e.e.Close() }
+// Close stops etcd and waits until its files are closed. It may be called
+// more than once.
+func (e *Etcd) Close() { e.once.Do(e.e.Close) }
 
 // Err reports a fatal etcd error after start.
 func (e *Etcd) Err() <-chan error { return e.e.Err() }
@@ -92,8 +95,9 @@ func (e *Etcd) Err() <-chan error { return e.e.Err() }
 type NATS struct {
 	Server *server.Server
 	// URL is the client URL, e.g. nats://127.0.0.1:4222.
-	URL string
-	Dir string
+	URL  string
+	Dir  string
+	once sync.Once
 }
 
 // NATSConfig configures StartNATS.
@@ -129,7 +133,10 @@ func StartNATS(cfg NATSConfig) (*NATS, error) {
 }
 
 // Close shuts NATS down and waits until it has stopped.
+// It may be called more than once.
 func (n *NATS) Close() {
-	n.Server.Shutdown()
-	n.Server.WaitForShutdown()
+	n.once.Do(func() {
+		n.Server.Shutdown()
+		n.Server.WaitForShutdown()
+	})
 }
