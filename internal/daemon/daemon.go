@@ -558,3 +558,6 @@ func (d *Daemon) close() {
 
 // EtcdEndpoints are the etcd client URLs graftd uses.
 func (d *Daemon) EtcdEndpoints() []string { return d.cli.Endpoints() }
+
+// KeyringFile is the keyring file graftd loads and watches.
+func (d *Daemon) KeyringFile() string { return d.keyringFile }

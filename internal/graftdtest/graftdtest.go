@@ -85,3 +85,6 @@ func (g *Graftd) Restart(t testing.TB) {
 	g.stop()
 	g.start(t)
 }
+
+// KeyringFile is the running graftd's keyring file.
+func (g *Graftd) KeyringFile() string { return g.Daemon.KeyringFile() }
