@@ -141,6 +141,9 @@ func bearer(ctx context.Context) string {
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	method := methodName(info.FullMethod)
+	if strings.HasPrefix(info.FullMethod, healthService) {
+		return handler(ctx, req) // probes carry no token and learn nothing secret
+	}
 	resp, err := func() (any, error) {
 		ctx, err := s.authenticate(ctx)
 		if err != nil {
@@ -156,6 +159,9 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 }
 
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if strings.HasPrefix(info.FullMethod, healthService) {
+		return handler(srv, ss)
+	}
 	start := time.Now()
 	method := methodName(info.FullMethod)
 	err := func() error {
@@ -196,6 +202,10 @@ type authedStream struct {
 }
 
 func (a *authedStream) Context() context.Context { return a.ctx }
+
+// healthService is the standard gRPC health service, which load balancers
+// and Kubernetes probes call without credentials.
+const healthService = "/grpc.health.v1.Health/"
 
 func methodName(full string) string {
 	if i := strings.LastIndexByte(full, '/'); i >= 0 {

@@ -10,8 +10,11 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/daemon"
@@ -151,5 +154,22 @@ func TestStartRefusesBadConfig(t *testing.T) {
 	_, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
 	if err == nil || !strings.Contains(err.Error(), "--etcd-endpoints is required") {
 		t.Fatalf("Start = %v", err)
+	}
+}
+
+func TestGRPCHealthNeedsNoToken(t *testing.T) {
+	g := graftdtest.Start(t)
+	conn, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health check = %v, %v; want SERVING without a token", resp, err)
+	}
+	// The API itself still needs one.
+	if _, err := kvClient(t, g.Addr).Get(context.Background(), &graftv1.GetRequest{Path: "/a"}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("Get without token = %v, want Unauthenticated", err)
 	}
 }
