@@ -10,7 +10,7 @@ help: ## list the targets
 run: ## start graftd in dev mode (embedded etcd and NATS, data in ./graft-data)
 	go run ./cmd/graftd --dev
 
-build: ## build graftd, graft and graft-agent into ./bin
+build: ## build the binaries in cmd/ into ./bin (static, CGO_ENABLED=0)
 	CGO_ENABLED=0 go build -o bin/ ./cmd/...
 
 test: ## run every unit and in-process test with the race detector
