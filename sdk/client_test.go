@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/sdk"
 )
 
@@ -131,7 +131,7 @@ func TestKV(t *testing.T) {
 		_, _, err = bad.KeyringStatus(ctx)
 		assertCode(t, err, codes.Unauthenticated, sdk.ErrUnauthenticated)
 
-		down := newClient(t, closedAddr(t), g.Token)
+		down := newClient(t, testenv.FreeAddr(t), g.Token)
 		_, err = down.Get(ctx, "/kv/put/a")
 		assertCode(t, err, codes.Unavailable, sdk.ErrUnavailable)
 
@@ -345,16 +345,4 @@ func assertCode(t *testing.T, err error, code codes.Code, sentinel error) {
 			t.Fatalf("errors.Is(%v, %v) = true, want only %v", err, other, sentinel)
 		}
 	}
-}
-
-// closedAddr is a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }

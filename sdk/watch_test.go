@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/sdk"
 )
 
@@ -216,7 +217,7 @@ func TestWatchResumesAcrossRestarts(t *testing.T) {
 	}()
 
 	for r := 1; r <= restarts; r++ {
-		waitFor(t, func() bool { return committed.Load() >= int64(r*writes/(restarts+1)) })
+		testenv.WaitFor(t, 30*time.Second, func() bool { return committed.Load() >= int64(r*writes/(restarts+1)) })
 		g.Restart(t)
 	}
 	if err := <-writerDone; err != nil {
@@ -280,17 +281,5 @@ func putSurvivingRestarts(ctx context.Context, c *sdk.Client, path string) error
 			return fmt.Errorf("put %s: %w", path, err)
 		}
 		time.Sleep(10 * time.Millisecond) // graftd is coming back
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after 30s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 30s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // cli runs graft in-process against one graftd, with GRAFT_ADDR and
@@ -361,7 +361,7 @@ func TestConnectionErrors(t *testing.T) {
 	}
 	// --token and --addr win over the environment.
 	c.env["GRAFT_TOKEN"] = "wrong-token-value"
-	c.env["GRAFT_ADDR"] = closedAddr(t)
+	c.env["GRAFT_ADDR"] = testenv.FreeAddr(t)
 	if got := c.fails("get", "/app/x/db", "--token", g.Token, "--addr", g.Addr); got != "graft: get /app/x/db: not found\n" {
 		t.Fatalf("with --token and --addr: %q", got)
 	}
@@ -373,7 +373,7 @@ func TestConnectionErrors(t *testing.T) {
 	}
 
 	c.env["GRAFT_TOKEN"] = g.Token
-	down := closedAddr(t)
+	down := testenv.FreeAddr(t)
 	if got, want := c.fails("get", "/t/x", "--addr", down), "graft: cannot reach graftd at "+down+": connect: connection refused; is it running? (make run)\n"; got != want {
 		t.Fatalf("graftd down:\n got %q\nwant %q", got, want)
 	}
@@ -571,16 +571,4 @@ func assertTable(t *testing.T, out string, want [][]string) {
 			}
 		}
 	}
-}
-
-// closedAddr is a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }

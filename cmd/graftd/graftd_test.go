@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // These tests run the real graftd binary and kill it, because only a
@@ -58,16 +58,6 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(binary.path))
 	}
 	os.Exit(code)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 type proc struct {
@@ -143,7 +133,7 @@ func client(t *testing.T, addr, token string) (graftv1.KVServiceClient, context.
 }
 
 func TestKillLosesNoAcknowledgedWrite(t *testing.T) {
-	dir, addr, token := t.TempDir(), freeAddr(t), "graft_kill-test-token"
+	dir, addr, token := t.TempDir(), testenv.FreeAddr(t), "graft_kill-test-token"
 	p := startGraftd(t, dir, addr, token)
 	kv, ctx := client(t, addr, token)
 
@@ -185,7 +175,7 @@ func TestKillLosesNoAcknowledgedWrite(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return total >= 500 })
+	testenv.WaitFor(t, 30*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return total >= 500 })
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +207,7 @@ func TestKillLosesNoAcknowledgedWrite(t *testing.T) {
 }
 
 func TestSIGTERMShutsDownGracefully(t *testing.T) {
-	dir, addr, token := t.TempDir(), freeAddr(t), "graft_term-test-token"
+	dir, addr, token := t.TempDir(), testenv.FreeAddr(t), "graft_term-test-token"
 	p := startGraftd(t, dir, addr, token)
 	kv, ctx := client(t, addr, token)
 	if _, err := kv.Put(ctx, &graftv1.PutRequest{Path: "/a/b", Value: []byte("v")}); err != nil {
@@ -253,16 +243,5 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	kv, ctx = client(t, addr, token)
 	if got, err := kv.Get(ctx, &graftv1.GetRequest{Path: "/a/b"}); err != nil || string(got.GetEntry().GetValue()) != "v" {
 		t.Fatalf("after restart: %v %v", got, err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
-	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // TestNoPlaintextAtRest writes secrets through the API (current values,
@@ -21,15 +19,8 @@ import (
 // NATS data directories for any of them.
 func TestNoPlaintextAtRest(t *testing.T) {
 	dir := t.TempDir()
-	cfg := daemon.Defaults()
-	cfg.Dev = true
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
-	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := devConfig(dir)
+	d := startDaemon(t, cfg)
 	kv := kvClient(t, d.Addr())
 	ctx := authed(d.RootToken())
 	var secrets [][]byte

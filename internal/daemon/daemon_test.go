@@ -110,23 +110,19 @@ func TestExternalBackends(t *testing.T) {
 
 func TestDevKeepsDataAndRootTokenAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
-	cfg := daemon.Defaults()
-	cfg.Dev = true
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
-	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := devConfig(dir)
+	d := startDaemon(t, cfg)
 	token := d.RootToken()
 	if !strings.HasPrefix(token, "graft_") {
 		t.Fatalf("root token %q", token)
 	}
 	for _, f := range []string{"root-token", "keyring.json"} {
 		info, err := os.Stat(filepath.Join(dir, f))
-		if err != nil || info.Mode().Perm() != 0o600 {
-			t.Errorf("%s: %v mode %v, want 0600", f, err, info.Mode().Perm())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, info.Mode().Perm())
 		}
 	}
 	if _, err := kvClient(t, d.Addr()).Put(authed(token), &graftv1.PutRequest{Path: "/dba/x", Value: []byte("kept")}); err != nil {
@@ -134,10 +130,7 @@ func TestDevKeepsDataAndRootTokenAcrossRestarts(t *testing.T) {
 	}
 	d.Shutdown(context.Background())
 
-	d, err = daemon.Start(context.Background(), cfg, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d = startDaemon(t, cfg)
 	defer d.Shutdown(context.Background())
 	if d.RootToken() != token {
 		t.Error("the root token changed across a restart; an exported GRAFT_TOKEN would stop working")
@@ -172,4 +165,24 @@ func TestGRPCHealthNeedsNoToken(t *testing.T) {
 	if _, err := kvClient(t, g.Addr).Get(context.Background(), &graftv1.GetRequest{Path: "/a"}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("Get without token = %v, want Unauthenticated", err)
 	}
+}
+
+// devConfig is graftd --dev on kernel-chosen loopback ports with its data
+// in dir.
+func devConfig(dir string) daemon.Config {
+	cfg := daemon.Defaults()
+	cfg.Dev = true
+	cfg.DataDir = dir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTPListen = "127.0.0.1:0"
+	return cfg
+}
+
+func startDaemon(t *testing.T, cfg daemon.Config) *daemon.Daemon {
+	t.Helper()
+	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
