@@ -82,12 +82,22 @@ type RestoreStep struct {
 // guarded by the revision the plan was made from, so a concurrent write to
 // a path makes its step fail rather than be overwritten.
 func (s *Store) RestorePrefix(ctx context.Context, prefix string, at time.Time, dryRun bool, author string) ([]RestoreStep, error) {
+	return s.RestorePrefixFunc(ctx, prefix, at, dryRun, author, nil)
+}
+
+// RestorePrefixFunc is RestorePrefix over only the paths for which keep
+// returns true (all when keep is nil); other paths are neither planned nor
+// touched.
+func (s *Store) RestorePrefixFunc(ctx context.Context, prefix string, at time.Time, dryRun bool, author string, keep func(path string) bool) ([]RestoreStep, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", prefix, err)
 	}
 	plan, err := s.planRestore(ctx, prefix, at.UnixNano())
 	if err != nil {
 		return nil, err
+	}
+	if keep != nil {
+		plan = slices.DeleteFunc(plan, func(st RestoreStep) bool { return !keep(st.Path) })
 	}
 	if dryRun {
 		return plan, nil

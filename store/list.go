@@ -22,6 +22,13 @@ type ListItem struct {
 // prefix; otherwise only direct children, with deeper paths folded into
 // their first segment as directories. A path equal to prefix is included.
 func (s *Store) List(ctx context.Context, prefix string, recursive bool) ([]ListItem, int64, error) {
+	return s.ListFunc(ctx, prefix, recursive, nil)
+}
+
+// ListFunc is List over only the paths for which keep returns true (all
+// when keep is nil). Directories are folded from kept paths only, so a
+// listing never reveals the name of a path that keep hides.
+func (s *Store) ListFunc(ctx context.Context, prefix string, recursive bool, keep func(path string) bool) ([]ListItem, int64, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
 	}
@@ -34,7 +41,7 @@ func (s *Store) List(ctx context.Context, prefix string, recursive bool) ([]List
 	index := map[string]int{}
 	for _, kv := range resp.Kvs {
 		p := string(kv.Key[len(s.kvPrefix):])
-		if !Under(p, prefix) {
+		if !Under(p, prefix) || (keep != nil && !keep(p)) {
 			continue
 		}
 		r, err := decodeRecord(kv.Value)

@@ -31,7 +31,7 @@ func (s *Store) Reencrypt(ctx context.Context) (SweepResult, error) {
 			return res, err
 		}
 	}
-	return res, nil
+	return res, s.reencryptAuditKey(ctx, &res)
 }
 
 func (s *Store) sweepRange(ctx context.Context, base string, res *SweepResult) error {

@@ -14,7 +14,9 @@ import (
 // TokenRecord is what graft keeps of a token: never the token itself, only
 // its SHA-256 hash (hex) and what it stands for.
 type TokenRecord struct {
-	Hash      string    `json:"hash"`
+	Hash string `json:"hash"`
+	// Accessor is a non-secret id for listing and revoking the token.
+	Accessor  string    `json:"accessor,omitempty"`
 	Principal string    `json:"principal"`
 	Roles     []string  `json:"roles,omitempty"`
 	Created   time.Time `json:"created"`
@@ -27,6 +29,8 @@ type TokenRecord struct {
 type TokenChange struct {
 	Record  TokenRecord
 	Deleted bool
+	// Revision is the store revision of the change.
+	Revision int64
 }
 
 func (s *Store) tokenKey(hash string) string { return s.prefix + "tokens/" + hash }
@@ -114,9 +118,9 @@ func (s *Store) WatchTokens(ctx context.Context, after int64) <-chan TokenChange
 				return
 			}
 			for _, ev := range resp.Events {
-				var c TokenChange
+				c := TokenChange{Revision: ev.Kv.ModRevision}
 				if ev.Type == mvccpb.DELETE {
-					c = TokenChange{Record: TokenRecord{Hash: strings.TrimPrefix(string(ev.Kv.Key), prefix)}, Deleted: true}
+					c.Record, c.Deleted = TokenRecord{Hash: strings.TrimPrefix(string(ev.Kv.Key), prefix)}, true
 				} else if err := json.Unmarshal(ev.Kv.Value, &c.Record); err != nil {
 					s.log.Warn("skipping undecodable token record", "key", string(ev.Kv.Key), "err", err)
 					continue
@@ -130,4 +134,17 @@ func (s *Store) WatchTokens(ctx context.Context, after int64) <-chan TokenChange
 		}
 	}()
 	return out
+}
+
+// DeleteToken removes the token record with the given hash, or returns
+// ErrNotFound.
+func (s *Store) DeleteToken(ctx context.Context, hash string) error {
+	resp, err := s.cli.Delete(ctx, s.tokenKey(hash))
+	if err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("revoke token: %w", ErrNotFound)
+	}
+	return nil
 }
