@@ -35,8 +35,17 @@ var (
 
 // Principal is an authenticated caller.
 type Principal struct {
-	Name  string
+	// Name is "<kind>:<name>", such as "app:message-processor" or
+	// "user:alice", or "root".
+	Name string
+	// Roles are the roles its credential grants; policies may bind more.
 	Roles []string
+	// Method says how it authenticated: "token" or "certificate".
+	Method string
+	// Accessor identifies the token used, if any.
+	Accessor string
+	// Expires is when the credential expires; zero for never.
+	Expires time.Time
 }
 
 // IsRoot reports whether the principal is root.
@@ -60,6 +69,13 @@ func NewToken() string {
 	b := make([]byte, 32)
 	rand.Read(b) // never fails (crypto/rand)
 	return tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// NewAccessor returns a fresh non-secret token id.
+func NewAccessor() string {
+	b := make([]byte, 9)
+	rand.Read(b)
+	return "acc_" + base64.RawURLEncoding.EncodeToString(b)
 }
 
 // HashToken returns the hex SHA-256 of a token, the form in which it is
@@ -92,6 +108,7 @@ type Tokens struct {
 
 	mu     sync.RWMutex
 	byHash map[string]store.TokenRecord
+	rev    int64 // the store revision byHash reflects
 	loaded chan struct{}
 	once   sync.Once
 }
@@ -129,25 +146,49 @@ func (t *Tokens) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		m := make(map[string]store.TokenRecord, len(recs))
-		for _, r := range recs {
-			m[r.Hash] = r
-		}
-		t.mu.Lock()
-		t.byHash = m
-		t.mu.Unlock()
+		t.replace(recs, rev)
 		t.once.Do(func() { close(t.loaded) })
 		for c := range t.store.WatchTokens(ctx, rev) {
 			t.mu.Lock()
-			if c.Deleted {
-				delete(t.byHash, c.Record.Hash)
-			} else {
-				t.byHash[c.Record.Hash] = c.Record
+			// A Refresh may already have applied this change.
+			if c.Revision > t.rev {
+				if c.Deleted {
+					delete(t.byHash, c.Record.Hash)
+				} else {
+					t.byHash[c.Record.Hash] = c.Record
+				}
+				t.rev = c.Revision
 			}
 			t.mu.Unlock()
 		}
 	}
 	return nil
+}
+
+// Refresh reads the records again, so that every change committed before
+// the call is in effect when it returns. graftd calls it after creating or
+// revoking a token, so its caller can use the result at once; other
+// replicas learn of the change from the watch.
+func (t *Tokens) Refresh(ctx context.Context) error {
+	recs, rev, err := t.store.ListTokens(ctx)
+	if err != nil {
+		return err
+	}
+	t.replace(recs, rev)
+	return nil
+}
+
+// replace installs the records read at rev unless newer ones are in place.
+func (t *Tokens) replace(recs []store.TokenRecord, rev int64) {
+	m := make(map[string]store.TokenRecord, len(recs))
+	for _, r := range recs {
+		m[r.Hash] = r
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if rev > t.rev {
+		t.byHash, t.rev = m, rev
+	}
 }
 
 // Loaded is closed once the records have been read.
@@ -175,5 +216,5 @@ func (t *Tokens) Authenticate(_ context.Context, token string) (Principal, error
 	if !rec.Expires.IsZero() && !t.now().Before(rec.Expires) {
 		return Principal{}, fmt.Errorf("%w at %s", ErrExpiredToken, rec.Expires.UTC().Format(time.RFC3339))
 	}
-	return Principal{Name: rec.Principal, Roles: rec.Roles}, nil
+	return Principal{Name: rec.Principal, Roles: rec.Roles, Method: "token", Accessor: rec.Accessor, Expires: rec.Expires}, nil
 }

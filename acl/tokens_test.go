@@ -87,3 +87,47 @@ func TestAuthenticate(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Refresh makes changes committed before it visible at once, and the watch
+// delivering the same changes afterwards does not undo a later one: a token
+// created and then revoked stays revoked.
+func TestTokensRefresh(t *testing.T) {
+	env := testenv.Start(t)
+	ctx := context.Background()
+	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { tokens.Run(runCtx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tokens.Loaded()
+
+	for i := range 50 {
+		rec := store.TokenRecord{Hash: acl.HashToken("graft_short-lived"), Principal: "app:a", Roles: []string{"app"}}
+		if err := env.Store.PutToken(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := tokens.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tokens.Authenticate(ctx, "graft_short-lived"); err != nil {
+			t.Fatalf("round %d: right after Refresh, a created token: %v", i, err)
+		}
+		if err := env.Store.DeleteToken(ctx, rec.Hash); err != nil {
+			t.Fatal(err)
+		}
+		if err := tokens.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The watch now replays the put and the delete; neither may make
+		// the token work again.
+		for range 3 {
+			if _, err := tokens.Authenticate(ctx, "graft_short-lived"); !errors.Is(err, acl.ErrUnknownToken) {
+				t.Fatalf("round %d: a revoked token: %v; want ErrUnknownToken", i, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}

@@ -1,0 +1,56 @@
+package acl
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/graft-sh/graft/store"
+)
+
+// ErrUntrustedCert is returned for a client certificate that verified but
+// names no principal graft accepts.
+var ErrUntrustedCert = errors.New("client certificate names no graft principal")
+
+// PrincipalFromCert maps a verified client certificate to a principal. A
+// URI SAN spiffe://<trustDomain>/app/<name> becomes "app:<name>" with role
+// "app"; spiffe://<trustDomain>/user/<name> becomes "user:<name>" (roles
+// come from policy bindings). Without a SPIFFE ID the subject common name
+// is the principal, as written ("user:alice"). An empty trustDomain accepts
+// any trust domain.
+func PrincipalFromCert(cert *x509.Certificate, trustDomain string) (Principal, error) {
+	for _, u := range cert.URIs {
+		if u.Scheme != "spiffe" {
+			continue
+		}
+		if trustDomain != "" && u.Host != trustDomain {
+			return Principal{}, fmt.Errorf("%w: SPIFFE ID %s is not in trust domain %s", ErrUntrustedCert, u, trustDomain)
+		}
+		kind, name, ok := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+		if !ok || !validName(name) || (kind != "app" && kind != "user") {
+			return Principal{}, fmt.Errorf("%w: SPIFFE ID %s is not .../app/<name> or .../user/<name>", ErrUntrustedCert, u)
+		}
+		p := Principal{Name: kind + ":" + name, Method: "certificate", Expires: cert.NotAfter}
+		if kind == "app" {
+			p.Roles = []string{"app"}
+		}
+		return p, nil
+	}
+	cn := cert.Subject.CommonName
+	kind, name, ok := strings.Cut(cn, ":")
+	if !ok || kind == "" || !validName(name) || cn == RootPrincipal {
+		return Principal{}, fmt.Errorf("%w: no SPIFFE ID and common name %q is not <kind>:<name>", ErrUntrustedCert, cn)
+	}
+	return Principal{Name: cn, Method: "certificate", Expires: cert.NotAfter}, nil
+}
+
+// validName reports whether a principal's name is one path segment, so
+// that it can fill a {name} template safely.
+func validName(name string) bool {
+	if strings.Contains(name, "/") {
+		return false
+	}
+	_, err := store.ParsePath("/" + name)
+	return err == nil
+}
