@@ -1,7 +1,8 @@
 // Package sdk is the Go client that services import to read, write and
-// watch values in graft. It owns the gRPC connection to graftd, the bearer
-// token, and the reconnecting watch; it speaks sdk types, never generated
-// protobuf types.
+// watch values in graft, and that operators use to manage tokens, access
+// policies and the audit log. It owns the gRPC connection to graftd, the
+// bearer token, and the reconnecting watch; it speaks sdk types, never
+// generated protobuf types.
 //
 //	c, err := sdk.New(ctx, sdk.Config{Addr: "127.0.0.1:7420", Token: token})
 //	if err != nil { ... }
@@ -46,9 +47,12 @@ type Config struct {
 // Client talks to one graftd (or a load-balanced set of them). It is safe
 // for concurrent use. Close it when done.
 type Client struct {
-	conn  *grpc.ClientConn
-	kv    graftv1.KVServiceClient
-	admin graftv1.AdminServiceClient
+	conn     *grpc.ClientConn
+	kv       graftv1.KVServiceClient
+	admin    graftv1.AdminServiceClient
+	tokens   graftv1.TokenServiceClient
+	policies graftv1.PolicyServiceClient
+	audit    graftv1.AuditServiceClient
 }
 
 // Connection backoff for the gRPC channel: the defaults (1s growing to
@@ -87,9 +91,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("sdk: connect to %s: %w", cfg.Addr, err)
 	}
 	return &Client{
-		conn:  conn,
-		kv:    graftv1.NewKVServiceClient(conn),
-		admin: graftv1.NewAdminServiceClient(conn),
+		conn:     conn,
+		kv:       graftv1.NewKVServiceClient(conn),
+		admin:    graftv1.NewAdminServiceClient(conn),
+		tokens:   graftv1.NewTokenServiceClient(conn),
+		policies: graftv1.NewPolicyServiceClient(conn),
+		audit:    graftv1.NewAuditServiceClient(conn),
 	}, nil
 }
 

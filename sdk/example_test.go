@@ -228,3 +228,36 @@ func ExampleClient_Watch() {
 	// put /app/payments/api-key = k-1
 	// delete /app/payments/api-key
 }
+
+// An operator issues a token for an application, which then sees only its
+// own tree. The token is returned once; keep it in the application's
+// secret store.
+func ExampleClient_CreateToken() {
+	ctx := context.Background()
+	admin, err := sdk.New(ctx, sdk.Config{Addr: os.Getenv("GRAFT_ADDR"), Token: os.Getenv("GRAFT_TOKEN")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer admin.Close()
+
+	token, info, err := admin.CreateToken(ctx, "app:orders", []string{"app"}, 720*time.Hour)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	app, err := sdk.New(ctx, sdk.Config{Addr: os.Getenv("GRAFT_ADDR"), Token: token})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer app.Close()
+	id, err := app.WhoAmI(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(id.Principal, id.Roles, id.Method, id.Accessor == info.Accessor)
+	_, err = app.Get(ctx, "/dba/orders/postgres/password")
+	fmt.Println(err)
+	// Output:
+	// app:orders [app] token true
+	// permission denied: app:orders may not read /dba/orders/postgres/password
+}

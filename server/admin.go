@@ -7,27 +7,14 @@ import (
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 )
 
-func requireRoot(ctx context.Context, action string) error {
-	if p := principal(ctx); !p.IsRoot() {
-		return toStatus(fmt.Errorf("%w: %s %s needs the root principal", errPermissionDenied, p.Name, action))
-	}
-	return nil
-}
-
 // KeyringStatus implements graftv1.AdminServiceServer.
 func (s *Server) KeyringStatus(ctx context.Context, _ *graftv1.KeyringStatusRequest) (*graftv1.KeyringStatusResponse, error) {
-	if err := requireRoot(ctx, "keyring status"); err != nil {
-		return nil, err
-	}
 	k := s.store.Keyring()
 	return &graftv1.KeyringStatusResponse{PrimaryKeyId: k.Primary(), KeyIds: k.IDs()}, nil
 }
 
 // ReencryptSweep implements graftv1.AdminServiceServer.
 func (s *Server) ReencryptSweep(ctx context.Context, _ *graftv1.ReencryptSweepRequest) (*graftv1.ReencryptSweepResponse, error) {
-	if err := requireRoot(ctx, "keyring sweep"); err != nil {
-		return nil, err
-	}
 	if s.reload != nil {
 		if err := s.reload(); err != nil {
 			return nil, toStatus(fmt.Errorf("keyring sweep: %w", err))

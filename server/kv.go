@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/graft-sh/graft/acl"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/store"
 )
@@ -54,7 +55,9 @@ func (s *Server) Delete(ctx context.Context, req *graftv1.DeleteRequest) (*graft
 
 // List implements graftv1.KVServiceServer.
 func (s *Server) List(ctx context.Context, req *graftv1.ListRequest) (*graftv1.ListResponse, error) {
-	items, rev, err := s.store.List(ctx, req.GetPrefix(), req.GetRecursive())
+	items, rev, err := s.store.ListFunc(ctx, req.GetPrefix(), req.GetRecursive(), func(path string) bool {
+		return s.may(ctx, acl.ActionList, path)
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -106,9 +109,31 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 	if err := req.GetAt().CheckValid(); err != nil {
 		return nil, toStatus(invalid("restore %s: bad time: %v", req.GetPrefix(), err))
 	}
-	steps, err := s.store.RestorePrefix(ctx, req.GetPrefix(), req.GetAt().AsTime(), req.GetDryRun(), principal(ctx).Name)
+	// Plan over the paths the caller may see, check it may do every step,
+	// then apply; paths it may not see are neither named nor touched.
+	visible := func(path string) bool { return s.may(ctx, acl.ActionList, path) }
+	at, author := req.GetAt().AsTime(), principal(ctx).Name
+	steps, err := s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, true, author, visible)
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	for _, st := range steps {
+		act := acl.ActionWrite
+		if st.Action == store.ActionDelete {
+			act = acl.ActionDelete
+		}
+		p := principal(ctx)
+		if err := s.access.Decide(p, act, st.Path).Err(p, act, st.Path); err != nil {
+			return nil, status.Errorf(codes.PermissionDenied, "restore %s: %v; nothing was changed", req.GetPrefix(), err)
+		}
+	}
+	if !req.GetDryRun() {
+		steps, err = s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, false, author, func(path string) bool {
+			return visible(path) && s.may(ctx, acl.ActionWrite, path) && s.may(ctx, acl.ActionDelete, path)
+		})
+		if err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	resp := &graftv1.RestorePrefixResponse{DryRun: req.GetDryRun(), Steps: make([]*graftv1.RestoreStep, 0, len(steps))}
 	for _, st := range steps {
@@ -126,12 +151,17 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 
 // Watch implements graftv1.KVServiceServer.
 func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_WatchServer) error {
+	if err := checkPath("Watch", req.GetPrefix()); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	after, batches, err := s.store.Watch(ctx, req.GetPrefix(), req.GetStartRevision(), req.GetKeysOnly())
+	s.audit.AppendAsync(s.record(ctx, "Watch", access{action: acl.ActionList, path: req.GetPrefix()}, "ok", err))
 	if err != nil {
 		return toStatus(err)
 	}
+	p := principal(ctx)
 	if err := stream.Send(&graftv1.WatchResponse{Created: true, Revision: after}); err != nil {
 		return err
 	}
@@ -149,6 +179,14 @@ func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_Watch
 			}
 			resp := &graftv1.WatchResponse{Revision: b.Revision, Events: make([]*graftv1.Event, 0, len(b.Events))}
 			for _, ev := range b.Events {
+				// A caller sees the changes of paths it may list, with
+				// values only where it may read them.
+				if !s.access.Decide(p, acl.ActionList, ev.Entry.Path).Allowed {
+					continue
+				}
+				if ev.Entry.Value != nil && !s.access.Decide(p, acl.ActionRead, ev.Entry.Path).Allowed {
+					ev.Entry.Value = nil
+				}
 				resp.Events = append(resp.Events, &graftv1.Event{Type: eventTypeProto(ev.Type), Entry: entryProto(ev.Entry)})
 			}
 			if err := stream.Send(resp); err != nil {

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"strings"
@@ -14,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/graft-sh/graft/acl"
@@ -22,9 +25,13 @@ import (
 	"github.com/graft-sh/graft/store"
 )
 
-// Authenticator turns a bearer token into a principal.
+// Authenticator turns a bearer token into a principal. Refresh makes every
+// token change committed before the call take effect; the server calls it
+// after creating or revoking a token, so the caller can rely on the result
+// at once.
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (acl.Principal, error)
+	Refresh(ctx context.Context) error
 }
 
 // KeyringReloader reloads the keyring from wherever it is kept (the
@@ -35,7 +42,15 @@ type KeyringReloader func() error
 type Config struct {
 	Store  *store.Store
 	Auth   Authenticator
-	Logger *slog.Logger
+	Access Authorizer
+	Audit  Auditor
+	// Policies is the policy engine behind Access; PolicyService.CheckPolicy
+	// explains decisions with it.
+	Policies *acl.Engine
+	// TrustDomain restricts the SPIFFE IDs accepted from client
+	// certificates; empty accepts any.
+	TrustDomain string
+	Logger      *slog.Logger
 	// Registerer receives the RPC metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// ReloadKeyring, if set, is called before a re-encryption sweep.
@@ -46,11 +61,18 @@ type Config struct {
 type Server struct {
 	graftv1.UnimplementedKVServiceServer
 	graftv1.UnimplementedAdminServiceServer
+	graftv1.UnimplementedTokenServiceServer
+	graftv1.UnimplementedPolicyServiceServer
+	graftv1.UnimplementedAuditServiceServer
 
-	store  *store.Store
-	auth   Authenticator
-	log    *slog.Logger
-	reload KeyringReloader
+	store       *store.Store
+	auth        Authenticator
+	access      Authorizer
+	audit       Auditor
+	policies    *acl.Engine
+	trustDomain string
+	log         *slog.Logger
+	reload      KeyringReloader
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -61,18 +83,22 @@ type Server struct {
 
 // New returns a Server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Auth == nil {
-		return nil, errors.New("server: Config.Store and Config.Auth are required")
+	if cfg.Store == nil || cfg.Auth == nil || cfg.Access == nil || cfg.Audit == nil || cfg.Policies == nil {
+		return nil, errors.New("server: Config.Store, Auth, Access, Audit and Policies are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{
-		store:    cfg.Store,
-		auth:     cfg.Auth,
-		log:      cfg.Logger,
-		reload:   cfg.ReloadKeyring,
-		stopping: make(chan struct{}),
+		store:       cfg.Store,
+		auth:        cfg.Auth,
+		access:      cfg.Access,
+		audit:       cfg.Audit,
+		policies:    cfg.Policies,
+		trustDomain: cfg.TrustDomain,
+		log:         cfg.Logger,
+		reload:      cfg.ReloadKeyring,
+		stopping:    make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "graft_grpc_requests_total",
 			Help: "gRPC requests handled, by method and status code.",
@@ -97,6 +123,9 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	graftv1.RegisterKVServiceServer(r, s)
 	graftv1.RegisterAdminServiceServer(r, s)
+	graftv1.RegisterTokenServiceServer(r, s)
+	graftv1.RegisterPolicyServiceServer(r, s)
+	graftv1.RegisterAuditServiceServer(r, s)
 }
 
 // ServerOptions returns the interceptors that authenticate, log and measure
@@ -114,8 +143,20 @@ func (s *Server) Stop() {
 	s.stopOnce.Do(func() { close(s.stopping) })
 }
 
+// authenticate finds the caller: a bearer token if one is sent, otherwise
+// a verified client certificate (mTLS). It also gives the request its id.
 func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
+	ctx = context.WithValue(ctx, requestIDKey{}, newRequestID())
 	token := bearer(ctx)
+	if token == "" {
+		if cert := clientCert(ctx); cert != nil {
+			p, err := acl.PrincipalFromCert(cert, s.trustDomain)
+			if err != nil {
+				return nil, status.Error(codes.Unauthenticated, err.Error())
+			}
+			return acl.WithPrincipal(ctx, p), nil
+		}
+	}
 	p, err := s.auth.Authenticate(ctx, token)
 	switch {
 	case err == nil:
@@ -125,6 +166,19 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	default:
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
+}
+
+// clientCert returns the verified client certificate of the connection.
+func clientCert(ctx context.Context) *x509.Certificate {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := pr.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
 }
 
 func bearer(ctx context.Context) string {
@@ -149,7 +203,8 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		if err != nil {
 			return nil, err
 		}
-		return handler(ctx, req)
+		grpc.SetHeader(ctx, metadata.Pairs("x-graft-request-id", requestID(ctx)))
+		return s.guard(ctx, method, req, handler)
 	}()
 	code := status.Code(err)
 	s.requests.WithLabelValues(method, code.String()).Inc()
@@ -169,6 +224,8 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		if err != nil {
 			return err
 		}
+		// Watch authorizes each event and audits itself: only the
+		// handler sees the request.
 		return handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
 	}()
 	code := status.Code(err)

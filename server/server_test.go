@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/audit"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/server"
@@ -22,6 +25,27 @@ import (
 )
 
 const rootToken = "graft_test-root-token"
+
+// startAudit opens an audit log on a real embedded NATS JetStream.
+func startAudit(t *testing.T) *audit.Log {
+	t.Helper()
+	ns := testenv.StartNATS(t, t.TempDir())
+	nc, err := nats.Connect(ns.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.New(context.Background(), audit.Config{JetStream: js, HMACKey: make([]byte, 32), Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
 
 type harness struct {
 	env   *testenv.Env
@@ -44,7 +68,7 @@ func start(t *testing.T) *harness {
 	if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken("graft_expired"), Principal: "app:x", Expires: time.Now().Add(-time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken("graft_app"), Principal: "app:x"}); err != nil {
+	if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken("graft_app"), Principal: "app:x", Roles: []string{"app"}}); err != nil {
 		t.Fatal(err)
 	}
 	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
@@ -57,7 +81,20 @@ func start(t *testing.T) *harness {
 	t.Cleanup(func() { cancel(); <-done })
 	<-tokens.Loaded()
 
-	srv, err := server.New(server.Config{Store: env.Store, Auth: tokens, Logger: testenv.Logger(t)})
+	if _, _, err := server.InstallDefaultPolicies(ctx, env.Store, "test", false); err != nil {
+		t.Fatal(err)
+	}
+	engine, err := acl.NewEngine(acl.EngineConfig{Store: env.Store, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	engineDone := make(chan struct{})
+	go func() { engine.Run(runCtx); close(engineDone) }()
+	t.Cleanup(func() { cancel(); <-engineDone })
+	<-engine.Loaded()
+	auditLog := startAudit(t)
+
+	srv, err := server.New(server.Config{Store: env.Store, Auth: tokens, Access: engine, Audit: auditLog, Policies: engine, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +257,7 @@ func TestErrorsMapToStatus(t *testing.T) {
 		{"admin needs root", func() error {
 			_, err := h.admin.KeyringStatus(withToken("graft_app"), &graftv1.KeyringStatusRequest{})
 			return err
-		}, codes.PermissionDenied, []string{"app:x", "root"}},
+		}, codes.PermissionDenied, []string{"permission denied: app:x may not admin /"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

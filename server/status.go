@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -27,7 +28,8 @@ func toStatus(err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, store.ErrInvalidPath), errors.Is(err, store.ErrInvalidArgument), errors.Is(err, errInvalidArgument):
+	case errors.Is(err, store.ErrInvalidPath), errors.Is(err, store.ErrInvalidArgument), errors.Is(err, errInvalidArgument),
+		errors.Is(err, audit.ErrInvalidFilter):
 		code = codes.InvalidArgument
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
@@ -43,7 +45,7 @@ func toStatus(err error) error {
 		code = codes.DataLoss
 	case errors.Is(err, errPermissionDenied):
 		code = codes.PermissionDenied
-	case isUnavailable(err):
+	case errors.Is(err, audit.ErrClosed), isUnavailable(err):
 		code = codes.Unavailable
 	}
 	return status.Error(code, err.Error())

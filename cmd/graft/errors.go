@@ -33,11 +33,22 @@ func (a *app) errorLine(err error) string {
 	if head, sugg, ok := strings.Cut(msg, "\n\nDid you mean this?\n"); ok {
 		msg = head + "; did you mean " + strings.Join(strings.Fields(sugg), " or ") + "?"
 	}
-	msg = strings.Join(strings.Fields(msg), " ")
-	// Defence in depth: no message should hold the token, but never print
-	// it. (A token too short to be real would only garble the message.)
-	if len(a.token) >= 8 {
-		msg = strings.ReplaceAll(msg, a.token, "[token]")
+	// A server message listing several problems (a policy with more than
+	// one bad line) has one per line: keep them apart.
+	var parts []string
+	for line := range strings.Lines(msg) {
+		if line = strings.Join(strings.Fields(line), " "); line != "" {
+			parts = append(parts, line)
+		}
+	}
+	msg = strings.Join(parts, "; ")
+	// Defence in depth: no message should hold the token, or an argument
+	// that may be one, but never print them. (A token too short to be
+	// real would only garble the message.)
+	for _, secret := range append([]string{a.token}, a.secrets...) {
+		if len(secret) >= 8 {
+			msg = strings.ReplaceAll(msg, secret, "[token]")
+		}
 	}
 	return msg
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -37,6 +38,10 @@ type app struct {
 	insecure bool
 	output   string
 	timeout  time.Duration
+
+	// secrets are arguments that may be tokens (graft token revoke's):
+	// errorLine never prints them.
+	secrets []string
 }
 
 // run executes graft with args, its own streams and environment, and
@@ -47,11 +52,21 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	cmd := a.rootCmd()
 	cmd.SetArgs(args)
 	if err := cmd.ExecuteContext(ctx); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
 		fmt.Fprintln(stderr, "graft: "+a.errorLine(err))
 		return 1
 	}
 	return 0
 }
+
+// exitCode ends graft with that code and no message: the command has
+// already printed its answer (graft policy check --exit-code).
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
 
 // rootCmd builds the command tree bound to a.
 func (a *app) rootCmd() *cobra.Command {
@@ -94,6 +109,9 @@ Start a local graftd with 'make run' (graftd --dev), then:
 		a.rmCmd(),
 		a.watchCmd(),
 		a.keyringCmd(),
+		a.tokenCmd(),
+		a.policyCmd(),
+		a.auditCmd(),
 		a.versionCmd(),
 	)
 	return root

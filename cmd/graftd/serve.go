@@ -45,7 +45,7 @@ file given with --config (keys as in the flag names with _ for -).`,
 		}
 		return serve(cmd, cfg)
 	}
-	cmd.AddCommand(newKeyringCmd())
+	cmd.AddCommand(newKeyringCmd(), newBreakGlassCmd())
 	return cmd
 }
 

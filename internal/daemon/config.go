@@ -21,19 +21,23 @@ import (
 // defaults, then a YAML file (--config), then GRAFT_* environment variables,
 // then flags; each later source overrides the earlier.
 type Config struct {
-	Dev            bool   `yaml:"dev"`
-	DataDir        string `yaml:"data_dir"`
-	Listen         string `yaml:"listen"`
-	HTTPListen     string `yaml:"http_listen"`
-	InsecureListen bool   `yaml:"insecure_listen"`
-	TLSCertFile    string `yaml:"tls_cert_file"`
-	TLSKeyFile     string `yaml:"tls_key_file"`
-	KeyringFile    string `yaml:"keyring_file"`
-	DevRootToken   string `yaml:"dev_root_token"`
-	MaxValueBytes  int    `yaml:"max_value_bytes"`
-	HistoryLimit   int    `yaml:"history_limit"`
-	LogFormat      string `yaml:"log_format"`
-	LogLevel       string `yaml:"log_level"`
+	Dev            bool          `yaml:"dev"`
+	DataDir        string        `yaml:"data_dir"`
+	Listen         string        `yaml:"listen"`
+	HTTPListen     string        `yaml:"http_listen"`
+	InsecureListen bool          `yaml:"insecure_listen"`
+	TLSCertFile    string        `yaml:"tls_cert_file"`
+	TLSKeyFile     string        `yaml:"tls_key_file"`
+	ClientCAFile   string        `yaml:"client_ca_file"`
+	TrustDomain    string        `yaml:"spiffe_trust_domain"`
+	AuditFile      string        `yaml:"audit_file"`
+	AuditMaxAge    time.Duration `yaml:"audit_max_age"`
+	KeyringFile    string        `yaml:"keyring_file"`
+	DevRootToken   string        `yaml:"dev_root_token"`
+	MaxValueBytes  int           `yaml:"max_value_bytes"`
+	HistoryLimit   int           `yaml:"history_limit"`
+	LogFormat      string        `yaml:"log_format"`
+	LogLevel       string        `yaml:"log_level"`
 	// ShutdownTimeout bounds how long in-flight calls may take to finish.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 
@@ -72,6 +76,7 @@ func Defaults() Config {
 		LogFormat:       "", // text in dev mode, json otherwise
 		LogLevel:        "info",
 		ShutdownTimeout: 10 * time.Second,
+		AuditMaxAge:     90 * 24 * time.Hour,
 		Etcd:            EtcdConfig{Prefix: store.DefaultPrefix},
 	}
 }
@@ -91,6 +96,10 @@ func options() []option {
 		{"insecure-listen", "allow listening on a non-loopback address without TLS", func(c *Config) any { return &c.InsecureListen }},
 		{"tls-cert-file", "server certificate (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSCertFile }},
 		{"tls-key-file", "server private key (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSKeyFile }},
+		{"client-ca-file", "CA bundle (PEM) that signs client certificates; enables mTLS identities (needs --tls-cert-file)", func(c *Config) any { return &c.ClientCAFile }},
+		{"spiffe-trust-domain", "accept only client SPIFFE IDs in this trust domain (empty: any)", func(c *Config) any { return &c.TrustDomain }},
+		{"audit-file", "also append audit records to this JSON-lines file (0600)", func(c *Config) any { return &c.AuditFile }},
+		{"audit-max-age", "how long the GRAFT_AUDIT stream keeps records", func(c *Config) any { return &c.AuditMaxAge }},
 		{"keyring-file", "keyring that encrypts values at rest (dev default: <data-dir>/keyring.json)", func(c *Config) any { return &c.KeyringFile }},
 		{"dev-root-token", "use this root token in dev mode instead of a generated one", func(c *Config) any { return &c.DevRootToken }},
 		{"max-value-bytes", "largest value accepted, in bytes", func(c *Config) any { return &c.MaxValueBytes }},
@@ -243,6 +252,12 @@ func (c Config) Validate() error {
 	tls := c.TLSCertFile != "" || c.TLSKeyFile != ""
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		add("--tls-cert-file and --tls-key-file go together")
+	}
+	if c.ClientCAFile != "" && c.TLSCertFile == "" {
+		add("--client-ca-file needs TLS: set --tls-cert-file and --tls-key-file")
+	}
+	if c.AuditMaxAge < time.Hour {
+		add("--audit-max-age %s: keep audit records at least 1h", c.AuditMaxAge)
 	}
 	if c.Dev {
 		for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {

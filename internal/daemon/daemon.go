@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/internal/atomicfile"
 	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/server"
@@ -49,8 +50,11 @@ type Daemon struct {
 	nats    *embedded.NATS
 	cli     *clientv3.Client
 	nc      *nats.Conn
+	js      jetstream.JetStream
 	store   *store.Store
 	tokens  *acl.Tokens
+	engine  *acl.Engine
+	audit   *audit.Log
 	srv     *server.Server
 	grpcSrv *grpc.Server
 	health  *health.Server
@@ -102,34 +106,34 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 	bg, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 
-	if err := d.startBackends(ctx, bg); err != nil {
-		return nil, err
-	}
-	ring, err := store.LoadKeyring(d.keyringFile)
-	if err != nil {
-		return nil, err
-	}
-	d.store, err = store.New(store.Config{
-		Client:        d.cli,
-		Prefix:        cfg.Etcd.Prefix,
-		Keyring:       ring,
-		MaxValueBytes: cfg.MaxValueBytes,
-		HistoryLimit:  cfg.HistoryLimit,
-		Logger:        log.With("subsystem", "store"),
-	})
-	if err != nil {
+	if err := d.openCore(ctx, bg); err != nil {
 		return nil, err
 	}
 	pingCtx, cancelPing := context.WithTimeout(ctx, 15*time.Second)
 	defer cancelPing()
-	if err := d.store.Ping(pingCtx); err != nil {
-		return nil, fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.cli.Endpoints(), ","), err)
+	if cfg.Dev {
+		// The root token is stored before the token cache loads, so the
+		// cache knows it by the time the API serves its first call.
+		if err := d.setupRootToken(ctx); err != nil {
+			return nil, err
+		}
+		installed, _, err := server.InstallDefaultPolicies(ctx, d.store, "graftd --dev", false)
+		if err != nil {
+			return nil, err
+		}
+		if len(installed) > 0 {
+			log.Info("installed the default policies", "roles", installed)
+		}
 	}
-
-	// The root token is stored before the token cache loads, so the cache
-	// knows it by the time the API serves its first call.
-	if err := d.setupRootToken(ctx); err != nil {
+	d.engine, err = acl.NewEngine(acl.EngineConfig{Store: d.store, Logger: log.With("subsystem", "policies")})
+	if err != nil {
 		return nil, err
+	}
+	d.goRun(func() error { return d.engine.Run(bg) })
+	select {
+	case <-d.engine.Loaded():
+	case <-pingCtx.Done():
+		return nil, fmt.Errorf("load policies: %w", pingCtx.Err())
 	}
 	d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")})
 	if err != nil {
@@ -147,6 +151,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 	d.srv, err = server.New(server.Config{
 		Store:         d.store,
 		Auth:          d.tokens,
+		Access:        d.engine,
+		Audit:         d.audit,
+		Policies:      d.engine,
+		TrustDomain:   cfg.TrustDomain,
 		Logger:        log.With("subsystem", "api"),
 		Registerer:    reg,
 		ReloadKeyring: d.reloadKeyring,
@@ -162,8 +170,52 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 	}
 	d.goRun(func() error { d.watchKeyringFile(bg); return nil })
 	d.ready.Store(true)
-	log.Info("graftd ready", "grpc", d.Addr(), "http", d.HTTPAddr(), "dev", cfg.Dev, "keyring_primary", ring.Primary())
+	log.Info("graftd ready", "grpc", d.Addr(), "http", d.HTTPAddr(), "dev", cfg.Dev, "keyring_primary", d.store.Keyring().Primary())
 	return d, nil
+}
+
+// openCore connects (or in dev mode starts) etcd and NATS and opens the
+// store and the audit log: what both serving and break-glass need.
+func (d *Daemon) openCore(ctx, bg context.Context) error {
+	if err := d.startBackends(ctx, bg); err != nil {
+		return err
+	}
+	ring, err := store.LoadKeyring(d.keyringFile)
+	if err != nil {
+		return err
+	}
+	d.store, err = store.New(store.Config{
+		Client:        d.cli,
+		Prefix:        d.cfg.Etcd.Prefix,
+		Keyring:       ring,
+		MaxValueBytes: d.cfg.MaxValueBytes,
+		HistoryLimit:  d.cfg.HistoryLimit,
+		Logger:        d.log.With("subsystem", "store"),
+	})
+	if err != nil {
+		return err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := d.store.Ping(pingCtx); err != nil {
+		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.cli.Endpoints(), ","), err)
+	}
+
+	auditKey, err := d.store.AuditKey(pingCtx)
+	if err != nil {
+		return err
+	}
+	d.audit, err = audit.New(pingCtx, audit.Config{
+		JetStream: d.js,
+		MaxAge:    d.cfg.AuditMaxAge,
+		File:      d.cfg.AuditFile,
+		HMACKey:   auditKey,
+		Logger:    d.log.With("subsystem", "audit"),
+	})
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	return nil
 }
 
 func (d *Daemon) goRun(f func() error) {
@@ -286,13 +338,12 @@ func (d *Daemon) startBackends(ctx, bg context.Context) error {
 	if d.nc, err = nats.Connect(natsURL, opts...); err != nil {
 		return fmt.Errorf("cannot reach NATS at %s: %w", natsURL, err)
 	}
-	js, err := jetstream.New(d.nc)
-	if err != nil {
+	if d.js, err = jetstream.New(d.nc); err != nil {
 		return fmt.Errorf("NATS JetStream: %w", err)
 	}
 	infoCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := js.AccountInfo(infoCtx); err != nil {
+	if _, err := d.js.AccountInfo(infoCtx); err != nil {
 		return fmt.Errorf("NATS at %s has no usable JetStream (start nats-server with -js): %w", natsURL, err)
 	}
 	return nil
@@ -323,51 +374,50 @@ func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	return tc, nil
 }
 
-// setupRootToken makes sure a root token exists. In dev mode the token
-// is the one given, or the one from the previous run (so an exported
-// GRAFT_TOKEN keeps working), or a new one; it replaces every other root
-// token. Outside dev mode a root token is created only when the cluster has
-// no token at all, and written to <data-dir>/root-token, never logged.
+// serverTLS loads the server certificate and, with a client CA, verifies
+// client certificates when they are offered: a caller authenticates with a
+// certificate or a token.
+func serverTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	if clientCAFile != "" {
+		pem, err := os.ReadFile(clientCAFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.ClientCAs = x509.NewCertPool()
+		if !tc.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", clientCAFile)
+		}
+		tc.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
+}
+
+// setupRootToken installs the dev-mode root token: the one given, or the
+// one from the previous run (so an exported GRAFT_TOKEN keeps working), or
+// a new one; it replaces every other root token. Outside dev mode root
+// tokens come only from the audited `graftd break-glass`.
 func (d *Daemon) setupRootToken(ctx context.Context) error {
 	file := filepath.Join(d.cfg.DataDir, "root-token")
-	if d.cfg.Dev {
-		token := d.cfg.DevRootToken
-		if token == "" {
-			if data, err := os.ReadFile(file); err == nil {
-				token = strings.TrimSpace(string(data))
-			}
+	token := d.cfg.DevRootToken
+	if token == "" {
+		if data, err := os.ReadFile(file); err == nil {
+			token = strings.TrimSpace(string(data))
 		}
-		if token == "" {
-			token = acl.NewToken()
-		}
-		rec := store.TokenRecord{Hash: acl.HashToken(token), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd --dev"}
-		if err := d.store.ReplacePrincipalTokens(ctx, acl.RootPrincipal, rec); err != nil {
-			return err
-		}
-		d.rootToken = token
-		return d.writeRootToken(file, token)
 	}
-	recs, _, err := d.store.ListTokens(ctx)
-	if err != nil {
-		return err
+	if token == "" {
+		token = acl.NewToken()
 	}
-	if len(recs) > 0 {
-		return nil
-	}
-	token := acl.NewToken()
-	if err := os.MkdirAll(d.cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	if err := d.writeRootToken(file, token); err != nil {
-		return err
-	}
-	rec := store.TokenRecord{Hash: acl.HashToken(token), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd first start"}
-	if err := d.store.PutToken(ctx, rec); err != nil {
+	rec := store.TokenRecord{Hash: acl.HashToken(token), Accessor: acl.NewAccessor(), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd --dev"}
+	if err := d.store.ReplacePrincipalTokens(ctx, acl.RootPrincipal, rec); err != nil {
 		return err
 	}
 	d.rootToken = token
-	d.log.Warn("created the first root token; keep it safe and delete the file", "file", file)
-	return nil
+	return d.writeRootToken(file, token)
 }
 
 func (d *Daemon) writeRootToken(file, token string) error {
@@ -386,11 +436,11 @@ func (d *Daemon) startGRPC() error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
 	if d.cfg.TLSCertFile != "" {
-		creds, err := credentials.NewServerTLSFromFile(d.cfg.TLSCertFile, d.cfg.TLSKeyFile)
+		tc, err := serverTLS(d.cfg.TLSCertFile, d.cfg.TLSKeyFile, d.cfg.ClientCAFile)
 		if err != nil {
 			return fmt.Errorf("server TLS: %w", err)
 		}
-		opts = append(opts, grpc.Creds(creds))
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
 	}
 	d.grpcSrv = grpc.NewServer(opts...)
 	d.srv.Register(d.grpcSrv)
@@ -539,6 +589,9 @@ func (d *Daemon) close() {
 		}
 		if d.cancel != nil {
 			d.cancel()
+		}
+		if d.audit != nil {
+			d.audit.Close()
 		}
 		if d.nc != nil {
 			d.nc.Close()

@@ -56,8 +56,8 @@ func TestKeyringRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sweep.GetPrimaryKeyId() != 2 || sweep.GetReencrypted() != 2 {
-		t.Errorf("sweep = %v, want 2 records (current + history) re-encrypted under key 2", sweep)
+	if sweep.GetPrimaryKeyId() != 2 || sweep.GetReencrypted() != 3 {
+		t.Errorf("sweep = %v, want 3 records (current, history, audit key) re-encrypted under key 2", sweep)
 	}
 	again, err := admin.ReencryptSweep(ctx, &graftv1.ReencryptSweepRequest{})
 	if err != nil || again.GetReencrypted() != 0 {

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/graft-sh/graft/sdk"
+)
+
+// maxPolicy bounds what policy put reads; a policy is a few hundred bytes.
+const maxPolicy = 1 << 20
+
+// exitDenied is graft policy check --exit-code's exit status for a denial:
+// apart from 1, which means the question could not be answered.
+const exitDenied = 3
+
+// policyView is a policy as -o json and -o yaml show it.
+type policyView struct {
+	Role    string `json:"role"`
+	YAML    string `json:"yaml"`
+	Author  string `json:"author,omitempty"`
+	Updated string `json:"updated,omitempty"`
+}
+
+type policyDeletedView struct {
+	Role string `json:"role"`
+}
+
+type policyInitView struct {
+	Installed []string `json:"installed"`
+	Kept      []string `json:"kept"`
+}
+
+type decisionView struct {
+	Allowed        bool     `json:"allowed"`
+	Role           string   `json:"role,omitempty"`
+	Rule           string   `json:"rule,omitempty"`
+	Reason         string   `json:"reason"`
+	EffectiveRoles []string `json:"effective_roles"`
+}
+
+func viewPolicy(p sdk.Policy) policyView {
+	return policyView{Role: p.Role, YAML: string(p.YAML), Author: p.Author, Updated: jsonTime(p.Updated)}
+}
+
+func (a *app) policyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Manage the access policies: what each role may do where",
+		Long: `Each role has one policy, a small YAML document of rules that allow or
+deny actions (read, list, write, delete, share, admin) on path patterns:
+/dba/** is a subtree, /app/+/config one segment, and /app/{name}/** the
+caller's own tree. Deny wins; no match means deny. graftd validates a
+policy when it is written, and a change applies on every replica within a
+second. 'graft policy init' installs the defaults: admin, dba and app.
+
+Writing, deleting and initialising policies needs the admin action.`,
+		Args: args(0, 0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(a.policyPutCmd(), a.policyGetCmd(), a.policyListCmd(), a.policyRemoveCmd(), a.policyInitCmd(), a.policyCheckCmd())
+	return cmd
+}
+
+func (a *app) policyPutCmd() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "put FILE",
+		Short: "Create or replace a role's policy from a YAML file",
+		Long: `Write the policy in FILE (- reads stdin; --file FILE works too). Its role:
+field names the role. A document graftd cannot accept (an unknown action, a
+bad pattern) is refused with the line at fault, and nothing changes.`,
+		Example: `  graft policy get app > app.yaml && $EDITOR app.yaml && graft policy put app.yaml
+  graft policy put - < ci.yaml`,
+		Args: args(0, 1, "FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch fileSet := cmd.Flags().Changed("file"); {
+			case len(args) == 1 && fileSet:
+				return errors.New("policy put: give the file as an argument or with --file, not both")
+			case len(args) == 1:
+				file = args[0]
+			case !fileSet:
+				return errors.New("policy put: no policy: give FILE, or - to read stdin")
+			}
+			doc, err := a.readPolicy(file)
+			if err != nil {
+				return err
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				p, err := c.PutPolicy(ctx, doc)
+				if err != nil {
+					return err
+				}
+				return a.emit(viewPolicy(p), func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "policy %s written\n", p.Role)
+					return err
+				})
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "read the policy from this file; - reads stdin")
+	return cmd
+}
+
+// readPolicy reads a policy document from file, or stdin for "-".
+func (a *app) readPolicy(file string) ([]byte, error) {
+	if file == "" {
+		return nil, errors.New("policy put: --file needs a file name, or - to read stdin")
+	}
+	var r io.Reader = a.stdin
+	name := "stdin"
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("policy put: %w", err)
+		}
+		defer f.Close()
+		r, name = f, file
+	}
+	doc, err := io.ReadAll(io.LimitReader(r, maxPolicy+1))
+	if err != nil {
+		return nil, fmt.Errorf("policy put: read %s: %w", name, err)
+	}
+	if len(doc) > maxPolicy {
+		return nil, fmt.Errorf("policy put: %s holds more than %d MiB; is it a policy?", name, maxPolicy>>20)
+	}
+	return doc, nil
+}
+
+func (a *app) policyGetCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ROLE",
+		Short: "Print a role's policy",
+		Long: `Print ROLE's policy exactly as stored, so that 'graft policy get ROLE >
+file' can be edited and put back. -o json and -o yaml add its author and
+update time.`,
+		Args: args(1, 1, "ROLE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				p, err := c.GetPolicy(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return a.emit(viewPolicy(p), func(w io.Writer) error {
+					if _, err := w.Write(p.YAML); err != nil {
+						return err
+					}
+					if a.isTerminal(w) && !bytes.HasSuffix(p.YAML, []byte("\n")) {
+						_, err := io.WriteString(w, "\n")
+						return err
+					}
+					return nil
+				})
+			})
+		},
+	}
+}
+
+func (a *app) policyListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List the policies",
+		Args:    args(0, 0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				pols, err := c.ListPolicies(ctx)
+				if err != nil {
+					return err
+				}
+				views := make([]policyView, 0, len(pols))
+				for _, p := range pols {
+					views = append(views, viewPolicy(p))
+				}
+				return a.emit(views, func(w io.Writer) error {
+					if len(pols) == 0 {
+						_, err := fmt.Fprintln(a.stderr, "no policies: everything but root is denied; install the defaults with graft policy init")
+						return err
+					}
+					tab := newTable(w, "ROLE", "AUTHOR", "UPDATED")
+					for _, p := range pols {
+						tab.row(p.Role, p.Author, tableTime(p.Updated))
+					}
+					return tab.flush()
+				})
+			})
+		},
+	}
+}
+
+func (a *app) policyRemoveCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm ROLE",
+		Short: "Delete a role's policy",
+		Long: `Delete ROLE's policy. Tokens holding the role keep it, but it grants
+nothing until a policy for it is put again.`,
+		Args: args(1, 1, "ROLE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				if err := c.DeletePolicy(ctx, args[0]); err != nil {
+					return err
+				}
+				return a.emit(policyDeletedView{Role: args[0]}, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "policy %s deleted\n", args[0])
+					return err
+				})
+			})
+		},
+	}
+}
+
+func (a *app) policyInitCmd() *cobra.Command {
+	var overwrite bool
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Install the default policies (admin, dba, app)",
+		Long: `Install the default policies: admin (everything), dba (read, list, write,
+delete and share /dba/**) and app (read and list /app/{name}/**, write it
+outside replicated destinations). Roles that already have a policy are
+kept unless --overwrite is given, so running it again changes nothing.`,
+		Args: args(0, 0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				installed, kept, err := c.InitPolicies(ctx, overwrite)
+				if err != nil {
+					return err
+				}
+				return a.emit(policyInitView{Installed: nonNil(installed), Kept: nonNil(kept)}, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "installed: %s\nkept: %s\n", listOrNone(installed), listOrNone(kept))
+					return err
+				})
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&overwrite, "overwrite", false, "replace existing policies of the default roles")
+	return cmd
+}
+
+func (a *app) policyCheckCmd() *cobra.Command {
+	var (
+		principal, action, path string
+		roles                   []string
+		exitCodeOnDeny          bool
+	)
+	cmd := &cobra.Command{
+		Use:   "check --principal KIND:NAME [--role ROLE...] --action ACTION --path PATH",
+		Short: "Explain whether a principal may do an action on a path",
+		Long: `Ask graftd whether PRINCIPAL, holding the roles policies bind to it plus
+any given with --role (as a token would grant), may do ACTION (read, list,
+write, delete, share, admin, rotate, issue) on PATH. Prints allowed or
+denied, the reason, and the rule that decided.
+
+The exit status is 0 whether the answer is allowed or denied: the question
+was answered. With --exit-code a denial exits 3 instead, for scripts. 1
+means the question could not be answered (a bad action or path, graftd
+unreachable, no admin right).`,
+		Example: `  graft policy check --principal app:message-processor --role app --action read --path /dba/orders/postgres/password
+  graft policy check --principal user:alice --role dba --action write --path /dba/orders/x --exit-code`,
+		Args: args(0, 0, "nothing (use --principal, --action and --path)"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var missing []string
+			for _, f := range []struct{ name, value string }{{"--principal", principal}, {"--action", action}, {"--path", path}} {
+				if f.value == "" {
+					missing = append(missing, f.name)
+				}
+			}
+			if len(missing) > 0 {
+				return fmt.Errorf("policy check: give %s", strings.Join(missing, ", "))
+			}
+			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				d, err := c.CheckPolicy(ctx, principal, roles, action, path)
+				if err != nil {
+					return err
+				}
+				v := decisionView{Allowed: d.Allowed, Role: d.Role, Rule: d.Rule, Reason: d.Reason, EffectiveRoles: nonNil(d.EffectiveRoles)}
+				err = a.emit(v, func(w io.Writer) error {
+					verdict, rule := "denied", "none matched"
+					if d.Allowed {
+						verdict = "allowed"
+					}
+					if d.Rule != "" {
+						rule = d.Rule
+						if d.Role != "" {
+							rule += " (role " + d.Role + ")"
+						}
+					}
+					_, err := fmt.Fprintf(w, "%s\nreason: %s\nrule: %s\nroles: %s\n", verdict, d.Reason, rule, listOrNone(d.EffectiveRoles))
+					return err
+				})
+				if err == nil && exitCodeOnDeny && !d.Allowed {
+					return exitCode(exitDenied)
+				}
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&principal, "principal", "", "the principal, <kind>:<name>")
+	cmd.Flags().StringSliceVar(&roles, "role", nil, "a role to assume the principal holds; repeat it or separate roles with commas")
+	cmd.Flags().StringVar(&action, "action", "", "read, list, write, delete, share, admin, rotate or issue")
+	cmd.Flags().StringVar(&path, "path", "", "the path to check")
+	cmd.Flags().BoolVar(&exitCodeOnDeny, "exit-code", false, "exit 3 when the answer is denied")
+	return cmd
+}
+
+// listOrNone joins a list for a table line, "none" when empty.
+func listOrNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}

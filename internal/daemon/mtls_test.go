@@ -1,0 +1,158 @@
+package daemon_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/internal/graftdtest"
+)
+
+// testCA issues certificates for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newCA(t *testing.T) *testCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "graft test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue returns a leaf certificate and key as PEM.
+func (ca *testCA) issue(t *testing.T, cn string, uri string, server bool) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	if uri != "" {
+		u, err := url.Parse(uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+func writeFile(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestMutualTLSIdentities starts graftd with a client CA and connects with
+// certificates instead of tokens.
+func TestMutualTLSIdentities(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t)
+	other := newCA(t)
+	serverCert, serverKey := ca.issue(t, "graftd", "", true)
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
+		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
+		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
+		c.TrustDomain = "graft.test"
+	}))
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	connect := func(issuer *testCA, cn, uri string) (graftv1.KVServiceClient, graftv1.TokenServiceClient) {
+		t.Helper()
+		certPEM, keyPEM := issuer.issue(t, cn, uri, false)
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds := credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})
+		conn, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return graftv1.NewKVServiceClient(conn), graftv1.NewTokenServiceClient(conn)
+	}
+	ctx := context.Background()
+
+	kv, tokens := connect(ca, "ignored", "spiffe://graft.test/app/message-processor")
+	who, err := tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{})
+	if err != nil || who.GetPrincipal() != "app:message-processor" || who.GetMethod() != "certificate" {
+		t.Fatalf("whoami over mTLS = %v, %v", who, err)
+	}
+	if _, err := kv.Put(ctx, &graftv1.PutRequest{Path: "/app/message-processor/config/x", Value: []byte("v")}); err != nil {
+		t.Fatalf("app writing its own tree over mTLS: %v", err)
+	}
+	if _, err := kv.Get(ctx, &graftv1.GetRequest{Path: "/dba/x"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("app reading /dba over mTLS: %v, want PermissionDenied", err)
+	}
+
+	_, tokens = connect(ca, "x", "spiffe://elsewhere.test/app/message-processor")
+	if _, err := tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("foreign trust domain: %v, want Unauthenticated", err)
+	}
+
+	_, tokens = connect(ca, "user:alice", "")
+	who, err = tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{})
+	if err != nil || who.GetPrincipal() != "user:alice" {
+		t.Fatalf("common-name identity: %v, %v", who, err)
+	}
+
+	// A certificate from another CA does not get past the handshake.
+	_, tokens = connect(other, "user:mallory", "spiffe://graft.test/user/mallory")
+	if _, err := tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{}); err == nil {
+		t.Fatal("a certificate from an unknown CA was accepted")
+	}
+}
