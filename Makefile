@@ -2,7 +2,7 @@
 BUF := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help run build test bench generate lint fmt
+.PHONY: help run build test bench fuzz generate lint fmt
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,13 @@ test: ## run every unit and in-process test with the race detector
 
 bench: ## run the benchmarks (figures, never gates)
 	go test -run '^$$' -bench . -benchtime 3s ./...
+
+FUZZTIME ?= 30s
+fuzz: ## run each fuzz target for FUZZTIME (default 30s): paths, patterns, policies
+	go test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./store/
+	go test -run '^$$' -fuzz '^FuzzUnder$$' -fuzztime $(FUZZTIME) ./store/
+	go test -run '^$$' -fuzz '^FuzzPatternMatch$$' -fuzztime $(FUZZTIME) ./acl/
+	go test -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME) ./acl/
 
 generate: ## regenerate gen/ from proto/ with pinned buf and plugins
 	$(BUF) lint
