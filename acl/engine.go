@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/graft-sh/graft/store"
 )
@@ -59,34 +58,21 @@ func (e *Engine) Loaded() <-chan struct{} { return e.loaded }
 
 // Run loads the policies and follows their changes until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
-	first := true
-	for ctx.Err() == nil {
+	var once sync.Once
+	load := func(ctx context.Context) (int64, error) {
 		rev, err := e.reload(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			e.log.Warn("loading policies failed; retrying", "err", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
+		if err == nil {
+			once.Do(func() { close(e.loaded) })
 		}
-		backoff = 50 * time.Millisecond
-		if first {
-			close(e.loaded)
-			first = false
-		}
-		changes := e.store.WatchPolicies(ctx, rev)
-		for range changes {
-			if rev, err = e.reload(ctx); err != nil {
-				break // the outer loop retries
-			}
-		}
+		return rev, err
 	}
+	follow(ctx, e.log, "policies", load, func(ctx context.Context, rev int64) {
+		for range e.store.WatchPolicies(ctx, rev) {
+			if _, err := e.reload(ctx); err != nil {
+				return // follow loads again
+			}
+		}
+	})
 	return nil
 }
 

@@ -130,39 +130,35 @@ func NewTokens(cfg TokensConfig) (*Tokens, error) {
 // Run loads the token records and follows their changes until ctx ends,
 // reloading whenever the watch breaks.
 func (t *Tokens) Run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		recs, rev, err := t.store.ListTokens(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			t.log.Warn("loading tokens failed; retrying", "err", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
-		}
-		backoff = 50 * time.Millisecond
-		t.replace(recs, rev)
-		t.once.Do(func() { close(t.loaded) })
-		for c := range t.store.WatchTokens(ctx, rev) {
-			t.mu.Lock()
-			// A Refresh may already have applied this change.
-			if c.Revision > t.rev {
-				if c.Deleted {
-					delete(t.byHash, c.Record.Hash)
-				} else {
-					t.byHash[c.Record.Hash] = c.Record
-				}
-				t.rev = c.Revision
-			}
-			t.mu.Unlock()
-		}
-	}
+	follow(ctx, t.log, "tokens", t.load, t.apply)
 	return nil
+}
+
+func (t *Tokens) load(ctx context.Context) (int64, error) {
+	recs, rev, err := t.store.ListTokens(ctx)
+	if err != nil {
+		return 0, err
+	}
+	t.replace(recs, rev)
+	t.once.Do(func() { close(t.loaded) })
+	return rev, nil
+}
+
+// apply applies the changes after rev until the watch ends.
+func (t *Tokens) apply(ctx context.Context, rev int64) {
+	for c := range t.store.WatchTokens(ctx, rev) {
+		t.mu.Lock()
+		// A Refresh may already have applied this change.
+		if c.Revision > t.rev {
+			if c.Deleted {
+				delete(t.byHash, c.Record.Hash)
+			} else {
+				t.byHash[c.Record.Hash] = c.Record
+			}
+			t.rev = c.Revision
+		}
+		t.mu.Unlock()
+	}
 }
 
 // Refresh reads the records again, so that every change committed before
@@ -170,12 +166,8 @@ func (t *Tokens) Run(ctx context.Context) error {
 // revoking a token, so its caller can use the result at once; other
 // replicas learn of the change from the watch.
 func (t *Tokens) Refresh(ctx context.Context) error {
-	recs, rev, err := t.store.ListTokens(ctx)
-	if err != nil {
-		return err
-	}
-	t.replace(recs, rev)
-	return nil
+	_, err := t.load(ctx)
+	return err
 }
 
 // replace installs the records read at rev unless newer ones are in place.

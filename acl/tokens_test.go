@@ -43,11 +43,7 @@ func TestAuthenticate(t *testing.T) {
 	if _, err := tokens.Authenticate(ctx, "graft_live"); !errors.Is(err, acl.ErrNotReady) {
 		t.Fatalf("before loading: %v, want ErrNotReady", err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { tokens.Run(runCtx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tokens.Loaded()
+	run(t, tokens)
 
 	tests := []struct {
 		token   string
@@ -94,15 +90,7 @@ func TestAuthenticate(t *testing.T) {
 func TestTokensRefresh(t *testing.T) {
 	env := testenv.Start(t)
 	ctx := context.Background()
-	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { tokens.Run(runCtx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tokens.Loaded()
+	tokens := runTokens(t, acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
 
 	for i := range 50 {
 		rec := store.TokenRecord{Hash: acl.HashToken("graft_short-lived"), Principal: "app:a", Roles: []string{"app"}}
@@ -130,4 +118,24 @@ func TestTokensRefresh(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
+}
+
+// runTokens runs a Tokens until the test ends and waits for it to load.
+func runTokens(t *testing.T, cfg acl.TokensConfig) *acl.Tokens {
+	t.Helper()
+	tokens, err := acl.NewTokens(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, tokens)
+	return tokens
+}
+
+// run runs tokens until the test ends and waits for it to load.
+func run(t *testing.T, tokens *acl.Tokens) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tokens.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tokens.Loaded()
 }

@@ -7,40 +7,16 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/graftdtest"
 )
 
-type clients struct {
-	kv     graftv1.KVServiceClient
-	tokens graftv1.TokenServiceClient
-	policy graftv1.PolicyServiceClient
-	audit  graftv1.AuditServiceClient
-}
-
-func dial(t *testing.T, addr string) clients {
+func newToken(t *testing.T, c graftdtest.Clients, rootCtx context.Context, principal string, roles ...string) context.Context {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return clients{
-		kv:     graftv1.NewKVServiceClient(conn),
-		tokens: graftv1.NewTokenServiceClient(conn),
-		policy: graftv1.NewPolicyServiceClient(conn),
-		audit:  graftv1.NewAuditServiceClient(conn),
-	}
-}
-
-func newToken(t *testing.T, c clients, rootCtx context.Context, principal string, roles ...string) context.Context {
-	t.Helper()
-	resp, err := c.tokens.CreateToken(rootCtx, &graftv1.CreateTokenRequest{Principal: principal, Roles: roles})
+	resp, err := c.Tokens.CreateToken(rootCtx, &graftv1.CreateTokenRequest{Principal: principal, Roles: roles})
 	if err != nil {
 		t.Fatalf("create token for %s: %v", principal, err)
 	}
@@ -51,7 +27,7 @@ func newToken(t *testing.T, c clients, rootCtx context.Context, principal string
 // the default policies graftd --dev installs.
 func TestPersonas(t *testing.T) {
 	g := graftdtest.Start(t)
-	c := dial(t, g.Addr)
+	c := graftdtest.Dial(t, g.Addr)
 	rootCtx := withToken(g.Token)
 	const (
 		dbaPW   = "/dba/passpack/services/message-processor/mongo/password"
@@ -66,7 +42,7 @@ func TestPersonas(t *testing.T) {
 		slashes = "/app//message-processor/config/workers"
 	)
 	for _, p := range []string{dbaPW, mpConf, mpRepl, other, evil, upper} {
-		if _, err := c.kv.Put(rootCtx, &graftv1.PutRequest{Path: p, Value: []byte("seed")}); err != nil {
+		if _, err := c.KV.Put(rootCtx, &graftv1.PutRequest{Path: p, Value: []byte("seed")}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -77,19 +53,19 @@ func TestPersonas(t *testing.T) {
 		"evil": newToken(t, c, rootCtx, "app:message-processor-evil", "app"),
 	}
 	read := func(ctx context.Context, p string) error {
-		_, err := c.kv.Get(ctx, &graftv1.GetRequest{Path: p})
+		_, err := c.KV.Get(ctx, &graftv1.GetRequest{Path: p})
 		return err
 	}
 	write := func(ctx context.Context, p string) error {
-		_, err := c.kv.Put(ctx, &graftv1.PutRequest{Path: p, Value: []byte("x")})
+		_, err := c.KV.Put(ctx, &graftv1.PutRequest{Path: p, Value: []byte("x")})
 		return err
 	}
 	del := func(ctx context.Context, p string) error {
-		_, err := c.kv.Delete(ctx, &graftv1.DeleteRequest{Path: p})
+		_, err := c.KV.Delete(ctx, &graftv1.DeleteRequest{Path: p})
 		return err
 	}
 	history := func(ctx context.Context, p string) error {
-		_, err := c.kv.History(ctx, &graftv1.HistoryRequest{Path: p})
+		_, err := c.KV.History(ctx, &graftv1.HistoryRequest{Path: p})
 		return err
 	}
 	ops := map[string]func(context.Context, string) error{"read": read, "write": write, "delete": del, "history": history}
@@ -149,7 +125,7 @@ func TestPersonas(t *testing.T) {
 			t.Errorf("listing = %v, want its config and replicated keys", got)
 		}
 		// Directories fold only from visible paths: /dba must not appear.
-		resp, err := c.kv.List(personas["mp"], &graftv1.ListRequest{Prefix: "/"})
+		resp, err := c.KV.List(personas["mp"], &graftv1.ListRequest{Prefix: "/"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,7 +142,7 @@ func TestPersonas(t *testing.T) {
 	t.Run("watch shows only what the caller may see", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(personas["mp"], 10*time.Second)
 		defer cancel()
-		stream, err := c.kv.Watch(ctx, &graftv1.WatchRequest{Prefix: "/"})
+		stream, err := c.KV.Watch(ctx, &graftv1.WatchRequest{Prefix: "/"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +150,7 @@ func TestPersonas(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, p := range []string{dbaPW, other, evil, mpConf} {
-			if _, err := c.kv.Put(rootCtx, &graftv1.PutRequest{Path: p, Value: []byte("watched")}); err != nil {
+			if _, err := c.KV.Put(rootCtx, &graftv1.PutRequest{Path: p, Value: []byte("watched")}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -193,14 +169,14 @@ func TestPersonas(t *testing.T) {
 	})
 
 	t.Run("audit records allowed and denied requests without values", func(t *testing.T) {
-		if _, err := c.kv.Put(personas["mp"], &graftv1.PutRequest{Path: mpConf, Value: []byte("s3cr3t-v4lue")}); err != nil {
+		if _, err := c.KV.Put(personas["mp"], &graftv1.PutRequest{Path: mpConf, Value: []byte("s3cr3t-v4lue")}); err != nil {
 			t.Fatal(err)
 		}
 		_ = read(personas["mp"], dbaPW)
 		var recs []*graftv1.AuditRecord
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			resp, err := c.audit.QueryAudit(rootCtx, &graftv1.QueryAuditRequest{Principal: "app:message-processor", Limit: 1000})
+			resp, err := c.Audit.QueryAudit(rootCtx, &graftv1.QueryAuditRequest{Principal: "app:message-processor", Limit: 1000})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -221,7 +197,7 @@ func TestPersonas(t *testing.T) {
 				t.Errorf("write record without HMAC or revision: %v", r)
 			}
 		}
-		_, err := c.audit.QueryAudit(personas["mp"], &graftv1.QueryAuditRequest{})
+		_, err := c.Audit.QueryAudit(personas["mp"], &graftv1.QueryAuditRequest{})
 		if status.Code(err) != codes.PermissionDenied {
 			t.Errorf("an app read the audit log: %v", err)
 		}
@@ -237,9 +213,9 @@ func hasRecord(recs []*graftv1.AuditRecord, method, path, result string) bool {
 	return false
 }
 
-func listAll(t *testing.T, c clients, ctx context.Context, prefix string) []string {
+func listAll(t *testing.T, c graftdtest.Clients, ctx context.Context, prefix string) []string {
 	t.Helper()
-	resp, err := c.kv.List(ctx, &graftv1.ListRequest{Prefix: prefix, Recursive: true})
+	resp, err := c.KV.List(ctx, &graftv1.ListRequest{Prefix: prefix, Recursive: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -207,19 +207,3 @@ func startDaemon(t *testing.T, cfg daemon.Config) *daemon.Daemon {
 	}
 	return d
 }
-
-type clients struct {
-	kv     graftv1.KVServiceClient
-	tokens graftv1.TokenServiceClient
-	policy graftv1.PolicyServiceClient
-}
-
-func dial(t *testing.T, addr string) clients {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return clients{kv: graftv1.NewKVServiceClient(conn), tokens: graftv1.NewTokenServiceClient(conn), policy: graftv1.NewPolicyServiceClient(conn)}
-}

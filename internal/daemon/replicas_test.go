@@ -11,6 +11,7 @@ import (
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/store"
 )
@@ -43,12 +44,12 @@ func TestTwoReplicasEnforceChangesWithinASecond(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, cb := dial(t, a.Addr()), dial(t, b.Addr())
+	ca, cb := graftdtest.Dial(t, a.Addr()), graftdtest.Dial(t, b.Addr())
 	rootCtx := authed(root)
-	if _, err := ca.policy.InitPolicies(rootCtx, &graftv1.InitPoliciesRequest{}); err != nil {
+	if _, err := ca.Policy.InitPolicies(rootCtx, &graftv1.InitPoliciesRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	created, err := ca.tokens.CreateToken(rootCtx, &graftv1.CreateTokenRequest{Principal: "app:orders", Roles: []string{"app"}})
+	created, err := ca.Tokens.CreateToken(rootCtx, &graftv1.CreateTokenRequest{Principal: "app:orders", Roles: []string{"app"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,27 +66,27 @@ func TestTwoReplicasEnforceChangesWithinASecond(t *testing.T) {
 		t.Logf("%s: enforced by the other replica after %s", what, time.Since(start).Round(time.Millisecond))
 	}
 	within("new token", func() bool {
-		_, err := cb.kv.Put(app, &graftv1.PutRequest{Path: "/app/orders/config/x", Value: []byte("v")})
+		_, err := cb.KV.Put(app, &graftv1.PutRequest{Path: "/app/orders/config/x", Value: []byte("v")})
 		return err == nil
 	})
 
 	// A policy granting the app role read on /shared, written through a.
-	if _, err := ca.policy.PutPolicy(rootCtx, &graftv1.PutPolicyRequest{Yaml: "role: shared-readers\nprincipals: [app:orders]\nrules:\n  - allow: [read]\n    paths: [/shared/**]\n"}); err != nil {
+	if _, err := ca.Policy.PutPolicy(rootCtx, &graftv1.PutPolicyRequest{Yaml: "role: shared-readers\nprincipals: [app:orders]\nrules:\n  - allow: [read]\n    paths: [/shared/**]\n"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.kv.Put(rootCtx, &graftv1.PutRequest{Path: "/shared/dd/api-key", Value: []byte("k")}); err != nil {
+	if _, err := ca.KV.Put(rootCtx, &graftv1.PutRequest{Path: "/shared/dd/api-key", Value: []byte("k")}); err != nil {
 		t.Fatal(err)
 	}
 	within("policy change", func() bool {
-		_, err := cb.kv.Get(app, &graftv1.GetRequest{Path: "/shared/dd/api-key"})
+		_, err := cb.KV.Get(app, &graftv1.GetRequest{Path: "/shared/dd/api-key"})
 		return err == nil
 	})
 
-	if _, err := ca.tokens.RevokeToken(rootCtx, &graftv1.RevokeTokenRequest{TokenOrAccessor: created.GetInfo().GetAccessor()}); err != nil {
+	if _, err := ca.Tokens.RevokeToken(rootCtx, &graftv1.RevokeTokenRequest{TokenOrAccessor: created.GetInfo().GetAccessor()}); err != nil {
 		t.Fatal(err)
 	}
 	within("revocation", func() bool {
-		_, err := cb.kv.Get(app, &graftv1.GetRequest{Path: "/app/orders/config/x"})
+		_, err := cb.KV.Get(app, &graftv1.GetRequest{Path: "/app/orders/config/x"})
 		return status.Code(err) == codes.Unauthenticated
 	})
 }

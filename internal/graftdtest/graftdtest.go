@@ -7,7 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/graft-sh/graft/acl"
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/internal/testenv"
 )
@@ -88,3 +92,31 @@ func (g *Graftd) Restart(t testing.TB) {
 
 // KeyringFile is the running graftd's keyring file.
 func (g *Graftd) KeyringFile() string { return g.Daemon.KeyringFile() }
+
+// Clients are raw gRPC clients of every graft service, for tests that need
+// to see status codes and messages exactly as the server sends them.
+type Clients struct {
+	KV     graftv1.KVServiceClient
+	Tokens graftv1.TokenServiceClient
+	Policy graftv1.PolicyServiceClient
+	Audit  graftv1.AuditServiceClient
+	Admin  graftv1.AdminServiceClient
+}
+
+// Dial connects to addr without TLS until the test ends. Calls carry no
+// token; add one to the context with metadata.AppendToOutgoingContext.
+func Dial(t testing.TB, addr string) Clients {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return Clients{
+		KV:     graftv1.NewKVServiceClient(conn),
+		Tokens: graftv1.NewTokenServiceClient(conn),
+		Policy: graftv1.NewPolicyServiceClient(conn),
+		Audit:  graftv1.NewAuditServiceClient(conn),
+		Admin:  graftv1.NewAdminServiceClient(conn),
+	}
+}
