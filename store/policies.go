@@ -102,8 +102,14 @@ func (s *Store) DeletePolicy(ctx context.Context, role string) error {
 // after revision after; the receiver lists them again. Bursts coalesce. The
 // channel closes when ctx ends or the watch fails.
 func (s *Store) WatchPolicies(ctx context.Context, after int64) <-chan struct{} {
+	return s.watchSignal(ctx, s.policyPrefix(), after)
+}
+
+// watchSignal signals whenever a key under prefix changes after revision
+// after, coalescing bursts, until ctx ends or the watch fails.
+func (s *Store) watchSignal(ctx context.Context, prefix string, after int64) <-chan struct{} {
 	out := make(chan struct{}, 1)
-	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.policyPrefix(), clientv3.WithPrefix(), clientv3.WithRev(after+1))
+	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(after+1))
 	go func() {
 		defer close(out)
 		for resp := range wch {

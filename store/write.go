@@ -30,16 +30,22 @@ type current struct {
 	modRev  int64 // etcd mod revision of the kv key, 0 if absent
 	history []int64
 	readRev int64 // etcd revision the read was made at
+	// owner is the rule whose destination holds the path, if any.
+	owner *Owner
 }
 
 // readCurrent reads the current version of path and the revisions kept in
 // its history, in one round trip.
 func (s *Store) readCurrent(ctx context.Context, path string) (current, error) {
-	resp, err := s.cli.Txn(ctx).Then(
+	ops := []clientv3.Op{
 		clientv3.OpGet(s.kvKey(path)),
 		clientv3.OpGet(s.histPrefix(path), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
-	).Commit()
+	}
+	for _, a := range ancestors(path) {
+		ops = append(ops, clientv3.OpGet(s.ownedKey(a)))
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return current{}, err
 	}
@@ -56,6 +62,13 @@ func (s *Store) readCurrent(ctx context.Context, path string) (current, error) {
 		if _, rev, ok := s.parseHistKey(string(kv.Key)); ok {
 			c.history = append(c.history, rev)
 		}
+	}
+	owned := make([][]*mvccpb.KeyValue, 0, len(resp.Responses)-2)
+	for _, r := range resp.Responses[2:] {
+		owned = append(owned, r.GetResponseRange().Kvs)
+	}
+	if o, ok := ownerOf(owned); ok {
+		c.owner = &o
 	}
 	return c, nil
 }
@@ -113,6 +126,9 @@ func (s *Store) commit(ctx context.Context, path string, build func(c current) (
 		if err != nil {
 			return 0, err
 		}
+		if c.owner != nil {
+			return 0, &DestinationError{Path: path, Owner: *c.owner}
+		}
 		ops, err := build(c)
 		if err != nil {
 			return 0, err
@@ -151,8 +167,14 @@ func (s *Store) lockPath(ctx context.Context, path string) (func(), error) {
 // and delete, so then the guard also checks that no version was archived
 // since the read; otherwise the write would record a stale Prev and a later
 // prefix restore could mistake trimmed history for "did not exist".
+//
+// It also checks that no rule took ownership of a destination since the
+// read, so a write never lands in a destination created under its feet.
 func (s *Store) unchanged(path string, c current) []clientv3.Cmp {
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.kvKey(path)), "=", c.modRev)}
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(s.kvKey(path)), "=", c.modRev),
+		clientv3.Compare(clientv3.ModRevision(s.prefix+"owned"), "<", c.readRev+1).WithPrefix(),
+	}
 	if !c.exists {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.histPrefix(path)), "<", c.readRev+1).WithPrefix())
 	}

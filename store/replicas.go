@@ -1,0 +1,440 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Batching of replica writes. etcd refuses a transaction with more than
+// --max-txn-ops (default 128) operations in any branch, or a request over
+// 1.5 MiB; a batch stays inside both.
+const (
+	replicaReadOps   = 4 // kv, history keys, applied, owner
+	replicaBatch     = 128 / replicaReadOps
+	replicaMaxBytes  = 1 << 20
+	replicaParallel  = 4
+	replicaMaxTrim   = 1 // history trimmed per replica write; the rest on later ones
+	replicaWriteOpts = 3 + replicaMaxTrim
+)
+
+// ReplicaWrite is one destination the replicator brings up to date.
+type ReplicaWrite struct {
+	// Path is the destination path; Root the destination subtree of Rule
+	// that holds it.
+	Path, Root, Rule string
+	// Source and SourceRevision are the source path and the revision of
+	// the source state written; for a deletion, the revision at which the
+	// source was read as absent.
+	Source         string
+	SourceRevision int64
+	// SourceTime is the source version's commit time (unix nanos).
+	SourceTime int64
+	// Value is the value to write; Delete removes the destination instead.
+	Value  []byte
+	Delete bool
+}
+
+// Replica outcomes.
+const (
+	ReplicaWritten = "written"
+	ReplicaDeleted = "deleted"
+	// ReplicaCurrent: the destination already reflects this source
+	// revision or a newer one; nothing was written (a destination never
+	// goes backwards).
+	ReplicaCurrent = "current"
+	// ReplicaUnowned: the rule no longer owns the destination (unshared).
+	ReplicaUnowned = "unowned"
+	// ReplicaAbsent: a deletion of a destination that does not exist.
+	ReplicaAbsent = "absent"
+)
+
+// ReplicaResult is the outcome of one ReplicaWrite.
+type ReplicaResult struct {
+	Outcome  string
+	Revision int64 // the destination's commit revision, when written or deleted
+}
+
+// ApplyReplicas writes destinations, each only if its rule still owns it
+// and the source revision is newer than the one it was last written from.
+// Writes go in batched transactions (several batches at once); a batch that
+// races another writer is read and tried again. Results are in the order of
+// ws.
+func (s *Store) ApplyReplicas(ctx context.Context, ws []ReplicaWrite) ([]ReplicaResult, error) {
+	seen := make(map[string]bool, len(ws))
+	for _, w := range ws {
+		if seen[w.Path] {
+			return nil, fmt.Errorf("replicate to %s: %w: the path appears twice in one call", w.Path, ErrInvalidArgument)
+		}
+		seen[w.Path] = true
+		if _, err := ParsePath(w.Path); err != nil {
+			return nil, fmt.Errorf("replicate to %s: %w", w.Path, err)
+		}
+		if !w.Delete && len(w.Value) > s.maxValue {
+			return nil, fmt.Errorf("replicate to %s: %w", w.Path, &ValueTooLargeError{Size: len(w.Value), Max: s.maxValue})
+		}
+	}
+	out := make([]ReplicaResult, len(ws))
+	batches := s.replicaBatches(ws)
+	if len(batches) == 1 {
+		return out, s.applyBatch(ctx, ws, batches[0], out)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, replicaParallel)
+	)
+	for _, b := range batches {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.applyBatch(ctx, ws, b, out); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out, first
+}
+
+// replicaBatches splits ws into index ranges that fit one transaction,
+// by count and by bytes (each value is written once and, at most, its
+// predecessor once more into history).
+func (s *Store) replicaBatches(ws []ReplicaWrite) [][]int {
+	var (
+		out   [][]int
+		cur   []int
+		bytes int
+	)
+	for i, w := range ws {
+		size := 2*(len(w.Value)+len(w.Path)) + 512
+		if len(cur) > 0 && (len(cur) == replicaBatch || bytes+size > replicaMaxBytes) {
+			out, cur, bytes = append(out, cur), nil, 0
+		}
+		cur = append(cur, i)
+		bytes += size
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+// replicaState is what one destination looks like before a batch writes.
+type replicaState struct {
+	current
+	applied    Applied
+	hasApplied bool
+	appliedMod int64
+	owner      *Owner
+	ownerMod   int64
+}
+
+func (s *Store) applyBatch(ctx context.Context, ws []ReplicaWrite, idx []int, out []ReplicaResult) error {
+	for attempt := range maxWriteAttempts {
+		if attempt > 0 {
+			if err := backoff(ctx, attempt); err != nil {
+				return err
+			}
+		}
+		states, err := s.readReplicas(ctx, ws, idx)
+		if err != nil {
+			return fmt.Errorf("replicate: read destinations: %w", err)
+		}
+		var (
+			cmps    []clientv3.Cmp
+			ops     []clientv3.Op
+			pending []int // positions in idx written by this transaction
+			outcome = make(map[int]string, len(idx))
+			roots   = map[string]bool{}
+		)
+		for k, i := range idx {
+			w, st := ws[i], states[k]
+			switch {
+			case st.owner == nil || st.owner.Rule != w.Rule:
+				outcome[i] = ReplicaUnowned
+				continue
+			case st.hasApplied && st.applied.SourceRevision >= w.SourceRevision:
+				outcome[i] = ReplicaCurrent
+				continue
+			case w.Delete && !st.exists:
+				outcome[i] = ReplicaAbsent
+				continue
+			}
+			wops, err := s.replicaOps(w, st)
+			if err != nil {
+				return err
+			}
+			cmps = append(cmps,
+				clientv3.Compare(clientv3.ModRevision(s.kvKey(w.Path)), "=", st.modRev),
+				clientv3.Compare(clientv3.ModRevision(s.appliedKey(w.Path)), "=", st.appliedMod))
+			// Many destinations of a batch share one root: compare it once.
+			if !roots[w.Root] {
+				roots[w.Root] = true
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.ownedKey(w.Root)), "=", st.ownerMod))
+			}
+			ops = append(ops, wops...)
+			pending = append(pending, i)
+		}
+		rev := int64(0)
+		if len(ops) > 0 {
+			resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+			if err != nil {
+				return fmt.Errorf("replicate: %w", err)
+			}
+			if !resp.Succeeded {
+				continue
+			}
+			rev = resp.Header.Revision
+		}
+		for _, i := range idx {
+			if o, ok := outcome[i]; ok {
+				out[i] = ReplicaResult{Outcome: o}
+			}
+		}
+		for _, i := range pending {
+			o := ReplicaWritten
+			if ws[i].Delete {
+				o = ReplicaDeleted
+			}
+			out[i] = ReplicaResult{Outcome: o, Revision: rev}
+		}
+		return nil
+	}
+	return fmt.Errorf("replicate: %w; the replicator retries", ErrContention)
+}
+
+// replicaOps returns the operations that write (or delete) one destination
+// like an ordinary write, plus its applied record.
+func (s *Store) replicaOps(w ReplicaWrite, st replicaState) ([]clientv3.Op, error) {
+	now := s.now().UnixNano()
+	applied := Applied{Rule: w.Rule, Source: w.Source, SourceRevision: w.SourceRevision, SourceTime: w.SourceTime, Deleted: w.Delete, Time: now}
+	ab, _ := json.Marshal(applied)
+	ops := []clientv3.Op{clientv3.OpPut(s.appliedKey(w.Path), string(ab))}
+	c := st.current
+	if w.Delete {
+		ops = append(ops, clientv3.OpDelete(s.kvKey(w.Path)))
+		return append(ops, s.archiveReplica(w.Path, c, now, true)...), nil
+	}
+	sealed, err := s.keyring.Load().Seal(w.Path, w.Value)
+	if err != nil {
+		return nil, err
+	}
+	rec := record{
+		Cipher: sealed, Author: ReplicatorAuthor, Size: len(w.Value), Time: now, Prev: c.latest(),
+		Origin: &Origin{Kind: "replication", RuleID: w.Rule, SourcePath: w.Source, SourceRevision: w.SourceRevision},
+	}
+	ops = append(ops, clientv3.OpPut(s.kvKey(w.Path), rec.encode()))
+	if c.exists {
+		ops = append(ops, s.archiveReplica(w.Path, c, now, false)...)
+	}
+	return ops, nil
+}
+
+// ReplicatorAuthor is the author of every version the replicator writes.
+const ReplicatorAuthor = "graft:replicator"
+
+// archiveReplica is archive with at most replicaMaxTrim history deletions,
+// so a batch's size stays bounded.
+func (s *Store) archiveReplica(path string, c current, now int64, deleted bool) []clientv3.Op {
+	if !c.exists {
+		return nil
+	}
+	ops := s.archive(path, c, now, deleted)
+	if len(ops) > 1+replicaMaxTrim {
+		ops = ops[:1+replicaMaxTrim]
+	}
+	return ops
+}
+
+// readReplicas reads, in one transaction, the state of each destination in
+// idx: current version, history, applied record and owner.
+func (s *Store) readReplicas(ctx context.Context, ws []ReplicaWrite, idx []int) ([]replicaState, error) {
+	ops := make([]clientv3.Op, 0, replicaReadOps*len(idx))
+	for _, i := range idx {
+		p := ws[i].Path
+		ops = append(ops,
+			clientv3.OpGet(s.kvKey(p)),
+			clientv3.OpGet(s.histPrefix(p), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+			clientv3.OpGet(s.appliedKey(p)),
+			clientv3.OpGet(s.ownedKey(ws[i].Root)))
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, err
+	}
+	states := make([]replicaState, len(idx))
+	for k := range idx {
+		r := resp.Responses[replicaReadOps*k : replicaReadOps*(k+1)]
+		st := &states[k]
+		st.readRev = resp.Header.Revision
+		if kvs := r[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			if st.rec, err = decodeRecord(kvs[0].Value); err != nil {
+				return nil, err
+			}
+			st.exists, st.modRev = true, kvs[0].ModRevision
+			st.rev = st.rec.revision(st.modRev)
+		}
+		for _, kv := range r[1].GetResponseRange().Kvs {
+			if _, rev, ok := s.parseHistKey(string(kv.Key)); ok {
+				st.history = append(st.history, rev)
+			}
+		}
+		if kvs := r[2].GetResponseRange().Kvs; len(kvs) > 0 {
+			st.hasApplied = json.Unmarshal(kvs[0].Value, &st.applied) == nil
+			st.appliedMod = kvs[0].ModRevision
+		}
+		if o, ok := ownerOf([][]*mvccpb.KeyValue{r[3].GetResponseRange().Kvs}); ok {
+			st.owner, st.ownerMod = &o, r[3].GetResponseRange().Kvs[0].ModRevision
+		}
+	}
+	return states, nil
+}
+
+// ReadTree returns every current version at or below root with its value,
+// and the revision it was read at: a rule's sources, in one read.
+func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, error) {
+	if _, err := ParsePath(root); err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", root, err)
+	}
+	start, end := rangeOf(s.kvPrefix, root)
+	resp, err := s.cli.Get(ctx, start, withRange(end)...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", root, err)
+	}
+	var out []Entry
+	for _, kv := range resp.Kvs {
+		p := string(kv.Key[len(s.kvPrefix):])
+		if !Under(p, root) {
+			continue
+		}
+		r, err := decodeRecord(kv.Value)
+		if err != nil {
+			return nil, 0, fmt.Errorf("read %s: %w", p, err)
+		}
+		e := r.entry(p, r.revision(kv.ModRevision))
+		if e.Value, err = s.open(p, r); err != nil {
+			return nil, 0, err
+		}
+		out = append(out, e)
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// ReadSource returns the current version of path with its value, or
+// found=false if it does not exist; either way, the revision of the read.
+func (s *Store) ReadSource(ctx context.Context, path string) (e Entry, found bool, readRev int64, err error) {
+	resp, err := s.cli.Get(ctx, s.kvKey(path))
+	if err != nil {
+		return Entry{}, false, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Entry{}, false, resp.Header.Revision, nil
+	}
+	kv := resp.Kvs[0]
+	r, err := decodeRecord(kv.Value)
+	if err != nil {
+		return Entry{}, false, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	e = r.entry(path, r.revision(kv.ModRevision))
+	if e.Value, err = s.open(path, r); err != nil {
+		return Entry{}, false, 0, err
+	}
+	return e, true, resp.Header.Revision, nil
+}
+
+// PruneDestination deletes, as the author, every value at or below root
+// that rule wrote, with its applied record; `graft unshare` calls it after
+// the rule is gone. Values others wrote since stay.
+func (s *Store) PruneDestination(ctx context.Context, root, rule, author string) (int, error) {
+	applied, err := s.AppliedUnder(ctx, root)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for p, a := range applied {
+		if a.Rule != rule {
+			continue
+		}
+		e, err := s.Get(ctx, p)
+		switch {
+		case err == nil && e.Origin != nil && e.Origin.Kind == "replication" && e.Origin.RuleID == rule:
+			if _, err := s.Delete(ctx, p, WriteOptions{Author: author}); err != nil && !isNotFound(err) {
+				return n, err
+			}
+			n++
+		case err != nil && !isNotFound(err):
+			return n, err
+		}
+		if _, err := s.cli.Delete(ctx, s.appliedKey(p)); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// ForgetApplied removes the applied records at or below root: `graft
+// unshare --orphan` keeps the values as ordinary ones.
+func (s *Store) ForgetApplied(ctx context.Context, root string) error {
+	applied, err := s.AppliedUnder(ctx, root)
+	if err != nil {
+		return err
+	}
+	for p := range applied {
+		if _, err := s.cli.Delete(ctx, s.appliedKey(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// ReadSources reads the current versions of paths, with values, in as few
+// transactions as etcd allows. A path that does not exist is in absent,
+// with the revision at which it was read as absent.
+func (s *Store) ReadSources(ctx context.Context, paths []string) (found map[string]Entry, absent map[string]int64, err error) {
+	found, absent = make(map[string]Entry, len(paths)), map[string]int64{}
+	for len(paths) > 0 {
+		n := min(len(paths), 128)
+		chunk := paths[:n]
+		paths = paths[n:]
+		ops := make([]clientv3.Op, n)
+		for i, p := range chunk {
+			ops[i] = clientv3.OpGet(s.kvKey(p))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, nil, fmt.Errorf("read sources: %w", err)
+		}
+		for i, r := range resp.Responses {
+			p := chunk[i]
+			kvs := r.GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				absent[p] = resp.Header.Revision
+				continue
+			}
+			rec, err := decodeRecord(kvs[0].Value)
+			if err != nil {
+				return nil, nil, fmt.Errorf("read %s: %w", p, err)
+			}
+			e := rec.entry(p, rec.revision(kvs[0].ModRevision))
+			if e.Value, err = s.open(p, rec); err != nil {
+				return nil, nil, err
+			}
+			found[p] = e
+		}
+	}
+	return found, absent, nil
+}

@@ -1,0 +1,152 @@
+package store_test
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/store"
+)
+
+func createRule(t *testing.T, s *store.Store, id, source string, dests ...string) {
+	t.Helper()
+	rec := store.RuleRecord{ID: id, Data: []byte(`{}`)}
+	for _, d := range dests {
+		rec.Owners = append(rec.Owners, store.Owner{Rule: id, Source: source, SourceRoot: source, Root: d})
+	}
+	if _, err := s.CreateRule(t.Context(), rec, func([]store.RuleRecord) error { return nil }); err != nil {
+		t.Fatalf("CreateRule %s: %v", id, err)
+	}
+}
+
+func TestDestinationsBelongToTheReplicator(t *testing.T) {
+	s := testenv.Start(t).Store
+	ctx := t.Context()
+	createRule(t, s, "r-1", "/dba/mongo", "/app/mp/replicated/mongo")
+
+	// Ordinary writes into the destination, or below it, are refused and
+	// name the rule and the source.
+	for _, p := range []string{"/app/mp/replicated/mongo", "/app/mp/replicated/mongo/password"} {
+		_, err := s.Put(ctx, p, []byte("x"), store.WriteOptions{Author: "app:mp"})
+		var de *store.DestinationError
+		if !errors.As(err, &de) || !errors.Is(err, store.ErrDestination) || de.Owner.Rule != "r-1" || de.Owner.Source != "/dba/mongo" {
+			t.Fatalf("Put %s: %v; want a DestinationError of r-1", p, err)
+		}
+	}
+	// A sibling with a shared name prefix is not a destination.
+	if _, err := s.Put(ctx, "/app/mp/replicated/mongo-evil", []byte("x"), store.WriteOptions{}); err != nil {
+		t.Fatalf("Put beside the destination: %v", err)
+	}
+
+	w := store.ReplicaWrite{Path: "/app/mp/replicated/mongo/password", Root: "/app/mp/replicated/mongo", Rule: "r-1", Source: "/dba/mongo/password", SourceRevision: 10, Value: []byte("v10")}
+	apply := func(w store.ReplicaWrite) store.ReplicaResult {
+		t.Helper()
+		res, err := s.ApplyReplicas(ctx, []store.ReplicaWrite{w})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[0]
+	}
+	if r := apply(w); r.Outcome != store.ReplicaWritten || r.Revision == 0 {
+		t.Fatalf("first write: %+v", r)
+	}
+	e, err := s.Get(ctx, w.Path)
+	if err != nil || string(e.Value) != "v10" || e.Author != store.ReplicatorAuthor || e.Origin == nil || e.Origin.SourceRevision != 10 || e.Origin.RuleID != "r-1" {
+		t.Fatalf("Get after replica write = %+v, %v", e, err)
+	}
+	// Never backwards: an older source revision changes nothing.
+	old := w
+	old.SourceRevision, old.Value = 9, []byte("v9")
+	if r := apply(old); r.Outcome != store.ReplicaCurrent {
+		t.Fatalf("older write: %+v", r)
+	}
+	// A deletion read at revision 12 deletes; a put of revision 11 read
+	// before it cannot bring the value back.
+	del := w
+	del.SourceRevision, del.Delete, del.Value = 12, true, nil
+	if r := apply(del); r.Outcome != store.ReplicaDeleted {
+		t.Fatalf("delete: %+v", r)
+	}
+	stale := w
+	stale.SourceRevision, stale.Value = 11, []byte("v11")
+	if r := apply(stale); r.Outcome != store.ReplicaCurrent {
+		t.Fatalf("stale put after delete: %+v", r)
+	}
+	if _, err := s.Get(ctx, w.Path); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("destination back after its deletion: %v", err)
+	}
+	if h, err := s.History(ctx, w.Path); err != nil || len(h) != 1 {
+		t.Fatalf("history of the destination = %+v, %v; want the deleted version", h, err)
+	}
+
+	// Once the rule is gone the replicator no longer writes there, and the
+	// destination is an ordinary path again.
+	if _, err := s.DeleteRule(ctx, "r-1"); err != nil {
+		t.Fatal(err)
+	}
+	w.SourceRevision = 20
+	if r := apply(w); r.Outcome != store.ReplicaUnowned {
+		t.Fatalf("write after unshare: %+v", r)
+	}
+	if _, err := s.Put(ctx, w.Path, []byte("mine"), store.WriteOptions{}); err != nil {
+		t.Fatalf("Put after unshare: %v", err)
+	}
+}
+
+func TestCreateRuleRefusesOccupiedDestinations(t *testing.T) {
+	s := testenv.Start(t).Store
+	ctx := t.Context()
+	if _, err := s.Put(ctx, "/app/mp/replicated/mongo/user", []byte("hand-written"), store.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := store.RuleRecord{ID: "r-1", Data: []byte(`{}`), Owners: []store.Owner{{Rule: "r-1", Source: "/dba/m", Root: "/app/mp/replicated/mongo"}}}
+	_, err := s.CreateRule(ctx, rec, func([]store.RuleRecord) error { return nil })
+	var ne *store.NotEmptyError
+	if !errors.As(err, &ne) || ne.Count != 1 || ne.Paths[0] != "/app/mp/replicated/mongo/user" {
+		t.Fatalf("CreateRule over a hand-written value: %v", err)
+	}
+	if rules, _, _ := s.ListRules(ctx); len(rules) != 0 {
+		t.Fatalf("a refused rule was stored: %+v", rules)
+	}
+	// The check sees the existing rules and can refuse.
+	refuse := errors.New("no")
+	rec.Owners[0].Root = "/app/mp/replicated/other"
+	if _, err := s.CreateRule(ctx, rec, func([]store.RuleRecord) error { return refuse }); !errors.Is(err, refuse) {
+		t.Fatalf("CreateRule with a refusing check: %v", err)
+	}
+}
+
+// A fan-out wider than one transaction is split into batches and every
+// destination is written.
+func TestApplyReplicasFanOut(t *testing.T) {
+	s := testenv.Start(t).Store
+	ctx := t.Context()
+	const n = 300
+	var ws []store.ReplicaWrite
+	rec := store.RuleRecord{ID: "r-fan", Data: []byte(`{}`)}
+	for i := range n {
+		root := fmt.Sprintf("/app/a%03d/replicated/dd", i)
+		rec.Owners = append(rec.Owners, store.Owner{Rule: "r-fan", Source: "/shared/dd", Root: root})
+		ws = append(ws, store.ReplicaWrite{Path: root, Root: root, Rule: "r-fan", Source: "/shared/dd", SourceRevision: 5, Value: []byte("key")})
+	}
+	if _, err := s.CreateRule(ctx, rec, func([]store.RuleRecord) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ApplyReplicas(ctx, ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Outcome != store.ReplicaWritten {
+			t.Fatalf("destination %d: %+v", i, r)
+		}
+	}
+	items, _, err := s.List(ctx, "/app", true)
+	if err != nil || len(items) != n {
+		t.Fatalf("List /app = %d items, %v; want %d", len(items), err, n)
+	}
+	if _, err := s.ApplyReplicas(ctx, append(ws[:1:1], ws[0])); !errors.Is(err, store.ErrInvalidArgument) {
+		t.Fatalf("a path twice in one call: %v", err)
+	}
+}
