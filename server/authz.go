@@ -69,6 +69,16 @@ func accessOf(req any) access {
 		return access{action: acl.ActionList, path: r.GetPrefix(), perItem: true}
 	case *graftv1.WatchRequest:
 		return access{action: acl.ActionList, path: r.GetPrefix(), perItem: true}
+	case *graftv1.ShareRequest:
+		return access{action: acl.ActionShare, path: r.GetSource(), write: true}
+	case *graftv1.UnshareRequest:
+		// The handler checks share on the rule's source.
+		return access{action: acl.ActionShare, write: true, perItem: true}
+	case *graftv1.ListRulesRequest, *graftv1.GetRuleRequest:
+		// Rules are shown to who may list their source or a destination.
+		return access{action: acl.ActionList, perItem: true}
+	case *graftv1.ReplicationStatusRequest:
+		return access{action: acl.ActionRead, path: r.GetPath()}
 	case *graftv1.WhoAmIRequest:
 		return access{anyone: true}
 	case *graftv1.ReencryptSweepRequest, *graftv1.CreateTokenRequest, *graftv1.RevokeTokenRequest,
@@ -154,8 +164,8 @@ func revisionOf(resp any) int64 {
 // verbs names the KV rpcs as their errors do ("get /x: ..."); keyPaths
 // are the ones whose path must be a key, not the root.
 var (
-	verbs    = map[string]string{"Get": "get", "History": "history", "Put": "put", "Delete": "delete", "Restore": "restore", "RestorePrefix": "restore", "List": "list", "Watch": "watch"}
-	keyPaths = map[string]bool{"Get": true, "History": true, "Put": true, "Delete": true, "Restore": true}
+	verbs    = map[string]string{"Share": "share", "ReplicationStatus": "status", "Get": "get", "History": "history", "Put": "put", "Delete": "delete", "Restore": "restore", "RestorePrefix": "restore", "List": "list", "Watch": "watch"}
+	keyPaths = map[string]bool{"Share": true, "ReplicationStatus": true, "Get": true, "History": true, "Put": true, "Delete": true, "Restore": true}
 )
 
 // checkPath rejects a non-canonical path before any policy sees it:

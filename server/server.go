@@ -55,6 +55,8 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ReloadKeyring, if set, is called before a re-encryption sweep.
 	ReloadKeyring KeyringReloader
+	// Replication manages replication rules; required.
+	Replication Replication
 }
 
 // Server implements the graft.v1 services.
@@ -64,6 +66,7 @@ type Server struct {
 	graftv1.UnimplementedTokenServiceServer
 	graftv1.UnimplementedPolicyServiceServer
 	graftv1.UnimplementedAuditServiceServer
+	graftv1.UnimplementedReplicationServiceServer
 
 	store       *store.Store
 	auth        Authenticator
@@ -73,6 +76,7 @@ type Server struct {
 	trustDomain string
 	log         *slog.Logger
 	reload      KeyringReloader
+	replication Replication
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -83,8 +87,8 @@ type Server struct {
 
 // New returns a Server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Auth == nil || cfg.Access == nil || cfg.Audit == nil || cfg.Policies == nil {
-		return nil, errors.New("server: Config.Store, Auth, Access, Audit and Policies are required")
+	if cfg.Store == nil || cfg.Auth == nil || cfg.Access == nil || cfg.Audit == nil || cfg.Policies == nil || cfg.Replication == nil {
+		return nil, errors.New("server: Config.Store, Auth, Access, Audit, Policies and Replication are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -98,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 		trustDomain: cfg.TrustDomain,
 		log:         cfg.Logger,
 		reload:      cfg.ReloadKeyring,
+		replication: cfg.Replication,
 		stopping:    make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "graft_grpc_requests_total",
@@ -126,6 +131,7 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	graftv1.RegisterTokenServiceServer(r, s)
 	graftv1.RegisterPolicyServiceServer(r, s)
 	graftv1.RegisterAuditServiceServer(r, s)
+	graftv1.RegisterReplicationServiceServer(r, s)
 }
 
 // ServerOptions returns the interceptors that authenticate, log and measure

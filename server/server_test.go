@@ -20,14 +20,15 @@ import (
 	"github.com/graft-sh/graft/audit"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
 )
 
 const rootToken = "graft_test-root-token"
 
-// startAudit opens an audit log on a real embedded NATS JetStream.
-func startAudit(t *testing.T) *audit.Log {
+// startJetStream connects to a real embedded NATS JetStream.
+func startJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
 	ns := testenv.StartNATS(t, t.TempDir())
 	nc, err := nats.Connect(ns.URL)
@@ -39,6 +40,12 @@ func startAudit(t *testing.T) *audit.Log {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// startAudit opens an audit log on js.
+func startAudit(t *testing.T, js jetstream.JetStream) *audit.Log {
+	t.Helper()
 	l, err := audit.New(context.Background(), audit.Config{JetStream: js, HMACKey: make([]byte, 32), Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -92,9 +99,18 @@ func start(t *testing.T) *harness {
 	go func() { engine.Run(runCtx); close(engineDone) }()
 	t.Cleanup(func() { cancel(); <-engineDone })
 	<-engine.Loaded()
-	auditLog := startAudit(t)
+	js := startJetStream(t)
+	auditLog := startAudit(t, js)
+	rules := replicator.NewRules(env.Store, testenv.Logger(t))
+	rulesDone := make(chan struct{})
+	go func() { rules.Run(runCtx); close(rulesDone) }()
+	t.Cleanup(func() { cancel(); <-rulesDone })
+	repl, err := replicator.New(replicator.Config{Store: env.Store, JetStream: js, Rules: rules, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	srv, err := server.New(server.Config{Store: env.Store, Auth: tokens, Access: engine, Audit: auditLog, Policies: engine, Logger: testenv.Logger(t)})
+	srv, err := server.New(server.Config{Store: env.Store, Auth: tokens, Access: engine, Audit: auditLog, Policies: engine, Replication: repl, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

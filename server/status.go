@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/graft-sh/graft/audit"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -34,6 +35,10 @@ func toStatus(err error) error {
 	case errors.Is(err, store.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, store.ErrValueTooLarge):
+		code = codes.InvalidArgument
+	case errors.Is(err, replicator.ErrRuleConflict), errors.Is(err, store.ErrDestination), errors.Is(err, store.ErrDestinationNotEmpty):
+		code = codes.FailedPrecondition
+	case errors.Is(err, replicator.ErrInvalidRule):
 		code = codes.InvalidArgument
 	case errors.Is(err, store.ErrRevisionChanged):
 		code = codes.FailedPrecondition

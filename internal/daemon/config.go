@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -32,12 +33,19 @@ type Config struct {
 	TrustDomain    string        `yaml:"spiffe_trust_domain"`
 	AuditFile      string        `yaml:"audit_file"`
 	AuditMaxAge    time.Duration `yaml:"audit_max_age"`
-	KeyringFile    string        `yaml:"keyring_file"`
-	DevRootToken   string        `yaml:"dev_root_token"`
-	MaxValueBytes  int           `yaml:"max_value_bytes"`
-	HistoryLimit   int           `yaml:"history_limit"`
-	LogFormat      string        `yaml:"log_format"`
-	LogLevel       string        `yaml:"log_level"`
+	// ReplicaDestinations are the path patterns replication destinations
+	// must match.
+	ReplicaDestinations []string `yaml:"replica_destinations"`
+	// ReconcileInterval is how often every rule is compared and repaired.
+	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	// ChangesMaxAge is how long the GRAFT_CHANGES stream keeps events.
+	ChangesMaxAge time.Duration `yaml:"changes_max_age"`
+	KeyringFile   string        `yaml:"keyring_file"`
+	DevRootToken  string        `yaml:"dev_root_token"`
+	MaxValueBytes int           `yaml:"max_value_bytes"`
+	HistoryLimit  int           `yaml:"history_limit"`
+	LogFormat     string        `yaml:"log_format"`
+	LogLevel      string        `yaml:"log_level"`
 	// ShutdownTimeout bounds how long in-flight calls may take to finish.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 
@@ -68,16 +76,19 @@ type NATSConfig struct {
 // Defaults returns the configuration graftd starts from.
 func Defaults() Config {
 	return Config{
-		DataDir:         "./graft-data",
-		Listen:          "127.0.0.1:7420",
-		HTTPListen:      "127.0.0.1:7421",
-		MaxValueBytes:   store.DefaultMaxValueBytes,
-		HistoryLimit:    store.DefaultHistoryLimit,
-		LogFormat:       "", // text in dev mode, json otherwise
-		LogLevel:        "info",
-		ShutdownTimeout: 10 * time.Second,
-		AuditMaxAge:     90 * 24 * time.Hour,
-		Etcd:            EtcdConfig{Prefix: store.DefaultPrefix},
+		DataDir:             "./graft-data",
+		Listen:              "127.0.0.1:7420",
+		HTTPListen:          "127.0.0.1:7421",
+		MaxValueBytes:       store.DefaultMaxValueBytes,
+		HistoryLimit:        store.DefaultHistoryLimit,
+		LogFormat:           "", // text in dev mode, json otherwise
+		LogLevel:            "info",
+		ShutdownTimeout:     10 * time.Second,
+		AuditMaxAge:         90 * 24 * time.Hour,
+		ReplicaDestinations: []string{replicator.DefaultDestinationPattern},
+		ReconcileInterval:   replicator.DefaultReconcileInterval,
+		ChangesMaxAge:       24 * time.Hour,
+		Etcd:                EtcdConfig{Prefix: store.DefaultPrefix},
 	}
 }
 
@@ -100,6 +111,9 @@ func options() []option {
 		{"spiffe-trust-domain", "accept only client SPIFFE IDs in this trust domain (empty: any)", func(c *Config) any { return &c.TrustDomain }},
 		{"audit-file", "also append audit records to this JSON-lines file (0600)", func(c *Config) any { return &c.AuditFile }},
 		{"audit-max-age", "how long the GRAFT_AUDIT stream keeps records", func(c *Config) any { return &c.AuditMaxAge }},
+		{"replica-destinations", "path patterns replication destinations must match, comma separated (+ one segment, ** any below)", func(c *Config) any { return &c.ReplicaDestinations }},
+		{"reconcile-interval", "how often every replication rule's destinations are compared with its sources and repaired", func(c *Config) any { return &c.ReconcileInterval }},
+		{"changes-max-age", "how long the GRAFT_CHANGES stream keeps change events", func(c *Config) any { return &c.ChangesMaxAge }},
 		{"keyring-file", "keyring that encrypts values at rest (dev default: <data-dir>/keyring.json)", func(c *Config) any { return &c.KeyringFile }},
 		{"dev-root-token", "use this root token in dev mode instead of a generated one", func(c *Config) any { return &c.DevRootToken }},
 		{"max-value-bytes", "largest value accepted, in bytes", func(c *Config) any { return &c.MaxValueBytes }},
@@ -258,6 +272,15 @@ func (c Config) Validate() error {
 	}
 	if c.AuditMaxAge < time.Hour {
 		add("--audit-max-age %s: keep audit records at least 1h", c.AuditMaxAge)
+	}
+	if _, err := replicator.NewValidator(c.ReplicaDestinations); err != nil {
+		add("--replica-destinations: %v", err)
+	}
+	if c.ReconcileInterval < time.Second {
+		add("--reconcile-interval %s: at least 1s", c.ReconcileInterval)
+	}
+	if c.ChangesMaxAge < time.Minute {
+		add("--changes-max-age %s: keep change events at least 1m (replicas that are down longer are repaired by the reconciler)", c.ChangesMaxAge)
 	}
 	if c.Dev {
 		for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {

@@ -37,6 +37,7 @@ import (
 	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/internal/atomicfile"
 	"github.com/graft-sh/graft/internal/embedded"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
 )
@@ -53,6 +54,9 @@ type Daemon struct {
 	js      jetstream.JetStream
 	store   *store.Store
 	tokens  *acl.Tokens
+	rules   *replicator.Rules
+	repl    *replicator.Replicator
+	relay   *replicator.Relay
 	engine  *acl.Engine
 	audit   *audit.Log
 	srv     *server.Server
@@ -148,6 +152,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := d.startReplication(ctx, bg, reg); err != nil {
+		return nil, err
+	}
 	d.srv, err = server.New(server.Config{
 		Store:         d.store,
 		Auth:          d.tokens,
@@ -158,6 +165,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 		Logger:        log.With("subsystem", "api"),
 		Registerer:    reg,
 		ReloadKeyring: d.reloadKeyring,
+		Replication:   d.repl,
 	})
 	if err != nil {
 		return nil, err
@@ -172,6 +180,53 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 	d.ready.Store(true)
 	log.Info("graftd ready", "grpc", d.Addr(), "http", d.HTTPAddr(), "dev", cfg.Dev, "keyring_primary", d.store.Keyring().Primary())
 	return d, nil
+}
+
+// startReplication starts the rule index, the relay (one graftd at a time
+// publishes change events), the replicator (every graftd consumes them) and
+// the reconciler (one graftd at a time).
+func (d *Daemon) startReplication(ctx, bg context.Context, reg prometheus.Registerer) error {
+	log := d.log
+	stream := replicator.StreamConfig{MaxAge: d.cfg.ChangesMaxAge}
+	d.rules = replicator.NewRules(d.store, log.With("subsystem", "rules"))
+	d.goRun(func() error { return d.rules.Run(bg) })
+	select {
+	case <-d.rules.Loaded():
+	case <-ctx.Done():
+		return fmt.Errorf("load replication rules: %w", ctx.Err())
+	}
+	var err error
+	d.repl, err = replicator.New(replicator.Config{
+		Store: d.store, JetStream: d.js, Stream: stream, Rules: d.rules,
+		DestinationPatterns: d.cfg.ReplicaDestinations,
+		Logger:              log.With("subsystem", "replicator"), Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := replicator.EnsureStream(ctx, d.js, stream); err != nil {
+		return err
+	}
+	reconcileNow := make(chan struct{}, 1)
+	d.relay, err = replicator.NewRelay(replicator.RelayConfig{
+		Client: d.cli, Prefix: d.cfg.Etcd.Prefix, JetStream: d.js, Stream: stream,
+		OnCompacted: func(context.Context) {
+			select {
+			case reconcileNow <- struct{}{}:
+			default:
+			}
+		},
+		Logger: log.With("subsystem", "relay"), Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	d.goRun(func() error { return d.relay.Run(bg) })
+	d.goRun(func() error { return d.repl.Run(bg) })
+	d.goRun(func() error {
+		return d.repl.RunReconciler(bg, replicator.ReconcilerConfig{Client: d.cli, Prefix: d.cfg.Etcd.Prefix, Interval: d.cfg.ReconcileInterval, Now: reconcileNow})
+	})
+	return nil
 }
 
 // openCore connects (or in dev mode starts) etcd and NATS and opens the

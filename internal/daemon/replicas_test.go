@@ -2,7 +2,9 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,30 +22,7 @@ import (
 // etcd and NATS: a revocation or a policy change made through one is
 // enforced by the other within one second.
 func TestTwoReplicasEnforceChangesWithinASecond(t *testing.T) {
-	dir := t.TempDir()
-	etcd := testenv.StartEtcd(t, filepath.Join(dir, "etcd"))
-	nats := testenv.StartNATS(t, filepath.Join(dir, "nats"))
-	base := daemon.Defaults()
-	base.Listen = "127.0.0.1:0"
-	base.HTTPListen = "127.0.0.1:0"
-	base.Etcd.Endpoints = []string{etcd.Endpoint}
-	base.NATS.URL = nats.URL
-	base.KeyringFile = filepath.Join(dir, "keyring.json")
-	if err := store.CreateKeyringFile(base.KeyringFile); err != nil {
-		t.Fatal(err)
-	}
-	replica := func(name string) *daemon.Daemon {
-		cfg := base
-		cfg.DataDir = filepath.Join(dir, name)
-		d := startDaemon(t, cfg)
-		t.Cleanup(func() { d.Shutdown(context.Background()) })
-		return d
-	}
-	a, b := replica("a"), replica("b")
-	root, err := daemon.BreakGlass(context.Background(), base, testenv.Logger(t), time.Hour, "test", "tester")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b, root := twoReplicas(t)
 	ca, cb := graftdtest.Dial(t, a.Addr()), graftdtest.Dial(t, b.Addr())
 	rootCtx := authed(root)
 	if _, err := ca.Policy.InitPolicies(rootCtx, &graftv1.InitPoliciesRequest{}); err != nil {
@@ -89,4 +68,111 @@ func TestTwoReplicasEnforceChangesWithinASecond(t *testing.T) {
 		_, err := cb.KV.Get(app, &graftv1.GetRequest{Path: "/app/orders/config/x"})
 		return status.Code(err) == codes.Unauthenticated
 	})
+}
+
+// twoReplicas starts two graftd replicas on one etcd and NATS and returns
+// them with a break-glass root token.
+func twoReplicas(t *testing.T) (a, b *daemon.Daemon, root string) {
+	t.Helper()
+	dir := t.TempDir()
+	etcd := testenv.StartEtcd(t, filepath.Join(dir, "etcd"))
+	nats := testenv.StartNATS(t, filepath.Join(dir, "nats"))
+	base := daemon.Defaults()
+	base.Listen = "127.0.0.1:0"
+	base.HTTPListen = "127.0.0.1:0"
+	base.Etcd.Endpoints = []string{etcd.Endpoint}
+	base.NATS.URL = nats.URL
+	base.KeyringFile = filepath.Join(dir, "keyring.json")
+	if err := store.CreateKeyringFile(base.KeyringFile); err != nil {
+		t.Fatal(err)
+	}
+	replica := func(name string) *daemon.Daemon {
+		cfg := base
+		cfg.DataDir = filepath.Join(dir, name)
+		d := startDaemon(t, cfg)
+		t.Cleanup(func() { d.Shutdown(context.Background()) })
+		return d
+	}
+	a, b = replica("a"), replica("b")
+	root, err := daemon.BreakGlass(context.Background(), base, testenv.Logger(t), time.Hour, "test", "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Break-glass writes to etcd directly; the replicas learn of the token
+	// through their watches.
+	for _, d := range []*daemon.Daemon{a, b} {
+		c := graftdtest.Dial(t, d.Addr())
+		testenv.WaitFor(t, 5*time.Second, func() bool {
+			_, err := c.Tokens.WhoAmI(authed(root), &graftv1.WhoAmIRequest{})
+			return err == nil
+		})
+	}
+	return a, b, root
+}
+
+// TestTwoReplicasShareReplication: both replicas consume change events from
+// one shared consumer; every source change reaches the destination exactly
+// once (one destination version per source version: no double effects),
+// and both replicas did part of the work.
+func TestTwoReplicasShareReplication(t *testing.T) {
+	a, b, root := twoReplicas(t)
+	ca, cb := graftdtest.Dial(t, a.Addr()), graftdtest.Dial(t, b.Addr())
+	ctx := authed(root)
+	if _, err := ca.Replication.Share(ctx, &graftv1.ShareRequest{Source: "/dba/orders", Destinations: []string{"/app/orders/replicated/db"}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 400
+	for i := range n {
+		c := ca
+		if i%2 == 1 {
+			c = cb
+		}
+		if _, err := c.KV.Put(ctx, &graftv1.PutRequest{Path: fmt.Sprintf("/dba/orders/k%d", i%20), Value: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.WaitFor(t, 20*time.Second, func() bool {
+		for k := range 20 {
+			want := fmt.Sprint(n - 20 + k)
+			r, err := cb.KV.Get(ctx, &graftv1.GetRequest{Path: fmt.Sprintf("/app/orders/replicated/db/k%d", k)})
+			if err != nil || string(r.GetEntry().GetValue()) != want {
+				return false
+			}
+		}
+		return true
+	})
+	// Each destination has one version per source version it was written
+	// from, never two for the same one.
+	for k := range 20 {
+		h, err := ca.KV.History(ctx, &graftv1.HistoryRequest{Path: fmt.Sprintf("/app/orders/replicated/db/k%d", k)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[int64]bool{}
+		for _, it := range h.GetItems() {
+			e := it.GetEntry()
+			sr := e.GetOrigin().GetSourceRevision()
+			if seen[sr] {
+				t.Fatalf("k%d: source revision %d written twice", k, sr)
+			}
+			seen[sr] = true
+		}
+	}
+	handled := func(d *daemon.Daemon) float64 {
+		_, body := httpGet(t, "http://"+d.HTTPAddr()+"/metrics")
+		total := 0.0
+		for line := range strings.Lines(body) {
+			if strings.HasPrefix(line, "graft_replication_events_total{") {
+				var v float64
+				fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+				total += v
+			}
+		}
+		return total
+	}
+	ha, hb := handled(a), handled(b)
+	t.Logf("events handled: replica a %v, replica b %v", ha, hb)
+	if ha == 0 || hb == 0 {
+		t.Errorf("one replica did all the work (a %v, b %v): the consumer is not shared", ha, hb)
+	}
 }

@@ -3,6 +3,7 @@
 package embedded
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -104,6 +105,9 @@ type NATS struct {
 type NATSConfig struct {
 	// Dir holds the JetStream store; created if missing.
 	Dir string
+	// Port is the client port; 0 lets the kernel choose. Tests restart a
+	// server on its old port to simulate an outage.
+	Port int
 }
 
 // StartNATS starts NATS with JetStream on a loopback port chosen by the
@@ -115,7 +119,7 @@ func StartNATS(cfg NATSConfig) (*NATS, error) {
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "graft-dev",
 		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
+		Port:       cmp.Or(cfg.Port, server.RANDOM_PORT),
 		JetStream:  true,
 		StoreDir:   cfg.Dir,
 		NoSigs:     true,

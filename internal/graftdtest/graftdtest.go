@@ -101,6 +101,8 @@ type Clients struct {
 	Policy graftv1.PolicyServiceClient
 	Audit  graftv1.AuditServiceClient
 	Admin  graftv1.AdminServiceClient
+	// Replication manages replication rules.
+	Replication graftv1.ReplicationServiceClient
 }
 
 // Dial connects to addr without TLS until the test ends. Calls carry no
@@ -113,10 +115,11 @@ func Dial(t testing.TB, addr string) Clients {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return Clients{
-		KV:     graftv1.NewKVServiceClient(conn),
-		Tokens: graftv1.NewTokenServiceClient(conn),
-		Policy: graftv1.NewPolicyServiceClient(conn),
-		Audit:  graftv1.NewAuditServiceClient(conn),
-		Admin:  graftv1.NewAdminServiceClient(conn),
+		KV:          graftv1.NewKVServiceClient(conn),
+		Tokens:      graftv1.NewTokenServiceClient(conn),
+		Policy:      graftv1.NewPolicyServiceClient(conn),
+		Audit:       graftv1.NewAuditServiceClient(conn),
+		Admin:       graftv1.NewAdminServiceClient(conn),
+		Replication: graftv1.NewReplicationServiceClient(conn),
 	}
 }

@@ -149,8 +149,8 @@ type Entry struct {
 	Author string `protobuf:"bytes,4,opt,name=author,proto3" json:"author,omitempty"`
 	// When this version was written.
 	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
-	// Where this version came from when graft wrote it itself (a restore, and
-	// later a replication rule). Unset for ordinary writes.
+	// Where this version came from when graft wrote it itself (a restore or a
+	// replication rule). Unset for ordinary writes.
 	Origin *Origin `protobuf:"bytes,6,opt,name=origin,proto3" json:"origin,omitempty"`
 	// The size of the value in bytes, also set where the value is omitted.
 	Size          int64 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
@@ -240,7 +240,7 @@ func (x *Entry) GetSize() int64 {
 // Origin records why graft itself wrote an entry.
 type Origin struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// What produced the entry: "restore" or, later, "replication".
+	// What produced the entry: "restore" or "replication".
 	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	// The replication rule that wrote the entry, if any.
 	RuleId string `protobuf:"bytes,2,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
@@ -529,7 +529,10 @@ type DeleteRequest struct {
 	// The canonical path to delete.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// When set, delete only if the path's current revision equals this value.
-	IfRevision    *int64 `protobuf:"varint,2,opt,name=if_revision,json=ifRevision,proto3,oneof" json:"if_revision,omitempty"`
+	IfRevision *int64 `protobuf:"varint,2,opt,name=if_revision,json=ifRevision,proto3,oneof" json:"if_revision,omitempty"`
+	// Delete even though replication rules copy the path to destinations;
+	// without it such a delete fails with FailedPrecondition listing them.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -576,6 +579,13 @@ func (x *DeleteRequest) GetIfRevision() int64 {
 		return *x.IfRevision
 	}
 	return 0
+}
+
+func (x *DeleteRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // DeleteResponse reports the deletion.
@@ -1496,11 +1506,12 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"ifRevision\x88\x01\x01B\x0e\n" +
 	"\f_if_revision\"4\n" +
 	"\vPutResponse\x12%\n" +
-	"\x05entry\x18\x01 \x01(\v2\x0f.graft.v1.EntryR\x05entry\"Y\n" +
+	"\x05entry\x18\x01 \x01(\v2\x0f.graft.v1.EntryR\x05entry\"o\n" +
 	"\rDeleteRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12$\n" +
 	"\vif_revision\x18\x02 \x01(\x03H\x00R\n" +
-	"ifRevision\x88\x01\x01B\x0e\n" +
+	"ifRevision\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05forceB\x0e\n" +
 	"\f_if_revision\",\n" +
 	"\x0eDeleteResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"C\n" +

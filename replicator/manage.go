@@ -1,0 +1,171 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/graft-sh/graft/store"
+)
+
+// Share creates a rule copying source to dests and fills the destinations
+// before it returns. It returns the rule and how many values it wrote.
+func (r *Replicator) Share(ctx context.Context, author, source string, dests []string, onDelete string) (Rule, int, error) {
+	if onDelete == "" {
+		onDelete = OnDeleteDelete
+	}
+	rule := Rule{ID: NewRuleID(), Source: source, Destinations: dests, OnDelete: onDelete, Author: author, Created: time.Now().UTC()}
+	// Check the rule's own shape before touching the store.
+	if err := r.validator.Check(nil, rule); err != nil {
+		return Rule{}, 0, err
+	}
+	rec, err := record(rule)
+	if err != nil {
+		return Rule{}, 0, err
+	}
+	_, err = r.cfg.Store.CreateRule(ctx, rec, func(existing []store.RuleRecord) error {
+		rules := make([]Rule, 0, len(existing))
+		for _, e := range existing {
+			if x, err := decodeRule(e); err == nil {
+				rules = append(rules, x)
+			}
+		}
+		return r.validator.Check(rules, rule)
+	})
+	if err != nil {
+		return Rule{}, 0, err
+	}
+	if err := r.cfg.Rules.Refresh(ctx); err != nil {
+		r.log.Warn("reloading rules after share failed; the watch will apply it", "err", err)
+	}
+	n, err := r.Reconcile(ctx, rule, false)
+	if err != nil {
+		// The rule stands; the reconciler finishes filling it.
+		return rule, n, fmt.Errorf("rule %s created, but filling its destinations failed (the reconciler retries): %w", rule.ID, err)
+	}
+	r.log.Info("rule created", "rule", rule.ID, "source", rule.Source, "destinations", rule.Destinations, "author", author, "filled", n)
+	return rule, n, nil
+}
+
+// Unshare deletes a rule. Unless orphan is set it deletes the values the
+// rule wrote; with orphan they stay, as ordinary values.
+func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool) (Rule, int, error) {
+	rec, err := r.cfg.Store.DeleteRule(ctx, id)
+	if err != nil {
+		return Rule{}, 0, err
+	}
+	rule, err := decodeRule(rec)
+	if err != nil {
+		return Rule{}, 0, fmt.Errorf("rule %s: %w", id, err)
+	}
+	if err := r.cfg.Rules.Refresh(ctx); err != nil {
+		r.log.Warn("reloading rules after unshare failed; the watch will apply it", "err", err)
+	}
+	pruned := 0
+	for _, d := range rule.Destinations {
+		if orphan {
+			err = r.cfg.Store.ForgetApplied(ctx, d)
+		} else {
+			var n int
+			n, err = r.cfg.Store.PruneDestination(ctx, d, id, author)
+			pruned += n
+		}
+		if err != nil {
+			return rule, pruned, fmt.Errorf("rule %s deleted, but cleaning %s failed: %w; its values are ordinary values now, remove them with `graft rm`", id, d, err)
+		}
+	}
+	r.log.Info("rule deleted", "rule", id, "author", author, "orphan", orphan, "pruned", pruned)
+	return rule, pruned, nil
+}
+
+// Rule returns a rule by id.
+func (r *Replicator) Rule(ctx context.Context, id string) (Rule, error) {
+	rec, err := r.cfg.Store.GetRule(ctx, id)
+	if err != nil {
+		return Rule{}, err
+	}
+	return decodeRule(rec)
+}
+
+// Rules returns the rule index.
+func (r *Replicator) Rules() *Index { return r.cfg.Rules.Index() }
+
+// Status is how a path takes part in replication.
+type Status struct {
+	Path string
+	// As a destination.
+	Rule                  *Rule
+	Source                string
+	SourceRevision        int64
+	AppliedSourceRevision int64
+	Applied               time.Time
+	DestinationRevision   int64
+	InSync                bool
+	Lag                   time.Duration
+	Parked                *store.Parked
+	// As a source.
+	Feeds []Rule
+}
+
+// Status reports path's part in replication.
+func (r *Replicator) Status(ctx context.Context, path string) (Status, error) {
+	st := Status{Path: path, Feeds: r.cfg.Rules.Index().BySource(path)}
+	owner, err := r.cfg.Store.Owner(ctx, path)
+	if errors.Is(err, store.ErrNotFound) {
+		return st, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	rule, err := r.Rule(ctx, owner.Rule)
+	if err != nil {
+		return st, err
+	}
+	st.Rule = &rule
+	st.Source = rule.Source + strings.TrimPrefix(path, owner.Root)
+	src, srcFound, _, err := r.cfg.Store.ReadSource(ctx, st.Source)
+	if err != nil {
+		return st, err
+	}
+	if srcFound {
+		st.SourceRevision = src.Revision
+	}
+	a, err := r.cfg.Store.Applied(ctx, path)
+	hasApplied := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return st, err
+	}
+	if hasApplied {
+		st.AppliedSourceRevision = a.SourceRevision
+		st.Applied = time.Unix(0, a.Time).UTC()
+		if a.SourceTime > 0 {
+			st.Lag = time.Duration(a.Time - a.SourceTime)
+		}
+	}
+	dst, dstFound, _, err := r.cfg.Store.ReadSource(ctx, path)
+	if err != nil {
+		return st, err
+	}
+	if dstFound {
+		st.DestinationRevision = dst.Revision
+	}
+	switch {
+	case srcFound:
+		st.InSync = dstFound && hasApplied && a.SourceRevision >= src.Revision
+	case rule.OnDelete == OnDeleteRetain:
+		st.InSync = true
+	default:
+		st.InSync = !dstFound
+	}
+	parked, err := r.cfg.Store.ListParked(ctx, st.Source)
+	if err != nil {
+		return st, err
+	}
+	if i := slices.IndexFunc(parked, func(p store.Parked) bool { return p.Path == st.Source }); i >= 0 {
+		st.Parked = &parked[i]
+	}
+	return st, nil
+}

@@ -1,0 +1,167 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/graft-sh/graft/store"
+)
+
+// DefaultReconcileInterval is how often the reconciler compares every rule's
+// sources and destinations when nothing else prompts it.
+const DefaultReconcileInterval = 5 * time.Minute
+
+// Reconcile brings every destination of rule up to date with its sources:
+// it writes missing and stale destinations and deletes orphaned ones (those
+// whose source is gone, unless the rule retains them). It returns how many
+// destinations it changed. With repair set, each change is counted and
+// logged as a repair: the event path should have made it.
+func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int, error) {
+	entries, readRev, err := r.cfg.Store.ReadTree(ctx, rule.Source)
+	if err != nil {
+		return 0, err
+	}
+	found := make(map[string]store.Entry, len(entries))
+	for _, e := range entries {
+		found[e.Path] = e
+	}
+	var ws []store.ReplicaWrite
+	for _, d := range rule.Destinations {
+		applied, err := r.cfg.Store.AppliedUnder(ctx, d)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range entries {
+			dest, ok := rule.Map(e.Path, d)
+			if !ok {
+				continue
+			}
+			if a, ok := applied[dest]; ok && a.Rule == rule.ID && a.SourceRevision >= e.Revision {
+				continue
+			}
+			ws = append(ws, store.ReplicaWrite{Path: dest, Root: d, Rule: rule.ID, Source: e.Path,
+				SourceRevision: e.Revision, SourceTime: e.Time.UnixNano(), Value: e.Value})
+		}
+		if rule.OnDelete == OnDeleteRetain {
+			continue
+		}
+		for dest, a := range applied {
+			if a.Rule != rule.ID || a.Deleted {
+				continue
+			}
+			src := rule.Source + strings.TrimPrefix(dest, d)
+			if _, ok := found[src]; ok || a.SourceRevision >= readRev {
+				continue
+			}
+			ws = append(ws, store.ReplicaWrite{Path: dest, Root: d, Rule: rule.ID, Source: src, SourceRevision: readRev, Delete: true})
+		}
+	}
+	if len(ws) == 0 {
+		return 0, nil
+	}
+	res, err := r.cfg.Store.ApplyReplicas(ctx, ws)
+	if err != nil {
+		return 0, err
+	}
+	return r.observe(ws, res, repair), nil
+}
+
+// ReconcileAll reconciles every rule and returns the number of repairs.
+func (r *Replicator) ReconcileAll(ctx context.Context) (int, error) {
+	total := 0
+	var errs []error
+	for _, rule := range r.cfg.Rules.Index().Rules() {
+		n, err := r.Reconcile(ctx, rule, true)
+		total += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rule %s: %w", rule.ID, err))
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// ReconcilerConfig configures RunReconciler.
+type ReconcilerConfig struct {
+	Client *clientv3.Client
+	// Prefix is the store prefix; the election lives under it.
+	Prefix   string
+	Interval time.Duration
+	// Now triggers an immediate pass, e.g. when the relay finds its cursor
+	// compacted.
+	Now <-chan struct{}
+}
+
+// RunReconciler reconciles on one graftd at a time (an etcd election): at
+// start, after every rule change, on cfg.Now and every cfg.Interval.
+func (r *Replicator) RunReconciler(ctx context.Context, cfg ReconcilerConfig) error {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultReconcileInterval
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = store.DefaultPrefix
+	}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := r.leadReconciler(ctx, cfg)
+		if ctx.Err() != nil {
+			break
+		}
+		r.log.Warn("reconciler lost its election or failed; campaigning again", "err", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) error {
+	sess, err := concurrency.NewSession(cfg.Client, concurrency.WithTTL(5), concurrency.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	el := concurrency.NewElection(sess, cfg.Prefix+"reconciler/leader")
+	if err := el.Campaign(ctx, "reconciler"); err != nil {
+		return err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		el.Resign(rctx)
+		cancel()
+	}()
+	<-r.cfg.Rules.Loaded()
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	pass := func(why string) {
+		start := time.Now()
+		n, err := r.ReconcileAll(ctx)
+		if err != nil && ctx.Err() == nil {
+			r.log.Error("reconcile pass failed; the next one retries", "why", why, "repairs", n, "err", err)
+			return
+		}
+		r.log.Debug("reconcile pass", "why", why, "repairs", n, "took", time.Since(start))
+	}
+	pass("start")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sess.Done():
+			return errors.New("election session expired")
+		case <-r.cfg.Rules.Changed():
+			pass("rules changed")
+		case <-cfg.Now:
+			pass("requested")
+		case <-tick.C:
+			pass("interval")
+		}
+	}
+}

@@ -1,0 +1,352 @@
+package replicator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/graft-sh/graft/store"
+)
+
+// Defaults of the replicator.
+const (
+	DefaultConsumer   = "graft-replicator"
+	DefaultMaxDeliver = 8
+	defaultBatch      = 256
+	defaultWorkers    = 4
+)
+
+// Config configures a Replicator.
+type Config struct {
+	Store     *store.Store
+	JetStream jetstream.JetStream
+	Stream    StreamConfig
+	Rules     *Rules
+	// Consumer is the durable consumer every graftd replica shares.
+	Consumer string
+	// MaxDeliver is how often a change is tried before it is parked.
+	MaxDeliver int
+	// Workers process batches concurrently; default 4.
+	Workers int
+	// DestinationPatterns are where destinations may lie; default
+	// DefaultDestinationPattern.
+	DestinationPatterns []string
+	Logger              *slog.Logger
+	Registerer          prometheus.Registerer
+}
+
+// Replicator applies change events to the destinations of the rules that
+// match them. Every graftd runs one; they share a durable consumer, so each
+// event is handled by one of them, and a guard on the source revision
+// makes a duplicate or reordered event harmless.
+type Replicator struct {
+	cfg       Config
+	log       *slog.Logger
+	metrics   *metrics
+	validator *Validator
+}
+
+type metrics struct {
+	events  *prometheus.CounterVec
+	writes  *prometheus.CounterVec
+	lag     prometheus.Histogram
+	parked  prometheus.Counter
+	repairs prometheus.Counter
+	retries prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "graft_replication_events_total", Help: "Change events the replicator handled, by outcome (applied, no_rule, retried, parked).",
+		}, []string{"outcome"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "graft_replication_destination_writes_total", Help: "Destination writes, by outcome (written, deleted, current, unowned, absent).",
+		}, []string{"outcome"}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "graft_replication_lag_seconds",
+			Help:    "Source commit to destination commit.",
+			Buckets: []float64{.0005, .001, .002, .003, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		parked:  prometheus.NewCounter(prometheus.CounterOpts{Name: "graft_replication_parked_total", Help: "Changes parked after failing MaxDeliver times."}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "graft_replication_repairs_total", Help: "Destinations the reconciler repaired: each means the event path missed a change."}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "graft_replication_retries_total", Help: "Batches retried after an error."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.events, m.writes, m.lag, m.parked, m.repairs, m.retries)
+	}
+	return m
+}
+
+// New returns a Replicator.
+func New(cfg Config) (*Replicator, error) {
+	if cfg.Store == nil || cfg.JetStream == nil || cfg.Rules == nil {
+		return nil, errors.New("replicator: Config.Store, JetStream and Rules are required")
+	}
+	cfg.Stream = cfg.Stream.withDefaults()
+	if cfg.Consumer == "" {
+		cfg.Consumer = DefaultConsumer
+	}
+	if cfg.MaxDeliver <= 0 {
+		cfg.MaxDeliver = DefaultMaxDeliver
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = defaultWorkers
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	v, err := NewValidator(cfg.DestinationPatterns)
+	if err != nil {
+		return nil, err
+	}
+	return &Replicator{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), validator: v}, nil
+}
+
+// Run consumes change events until ctx ends, reconnecting after errors.
+func (r *Replicator) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := r.consume(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		r.log.Warn("replicator stopped consuming; restarting", "err", err, "backoff", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+func (r *Replicator) consume(ctx context.Context) error {
+	if _, err := EnsureStream(ctx, r.cfg.JetStream, r.cfg.Stream); err != nil {
+		return err
+	}
+	cons, err := r.cfg.JetStream.CreateOrUpdateConsumer(ctx, r.cfg.Stream.Name, jetstream.ConsumerConfig{
+		Durable:       r.cfg.Consumer,
+		Description:   "graft replicator: applies change events to rule destinations; shared by every graftd",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1, // parking, not the server, ends retries: see handle
+		MaxAckPending: 20000,
+		FilterSubject: r.cfg.Stream.Subject,
+	})
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", r.cfg.Consumer, err)
+	}
+	msgs := make(chan jetstream.Msg, defaultBatch*r.cfg.Workers)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(defaultBatch*r.cfg.Workers))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", r.cfg.Consumer, err)
+	}
+	defer cc.Stop()
+	done := make(chan struct{})
+	for range r.cfg.Workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r.work(ctx, msgs)
+		}()
+	}
+	for range r.cfg.Workers {
+		<-done
+	}
+	return ctx.Err()
+}
+
+// work takes whatever events are waiting (up to a batch) and handles them
+// together: one read of their sources, one batched write of their
+// destinations.
+func (r *Replicator) work(ctx context.Context, msgs <-chan jetstream.Msg) {
+	batch := make([]jetstream.Msg, 0, defaultBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case m := <-msgs:
+			batch = append(batch, m)
+		case <-ctx.Done():
+			return
+		}
+	drain:
+		for len(batch) < defaultBatch {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		r.handle(ctx, batch)
+	}
+}
+
+func (r *Replicator) handle(ctx context.Context, batch []jetstream.Msg) {
+	events := make([]Event, 0, len(batch))
+	for _, m := range batch {
+		var e Event
+		if err := json.Unmarshal(m.Data(), &e); err != nil || e.Path == "" {
+			r.log.Error("dropping an undecodable change event", "subject", m.Subject(), "err", err)
+			m.Term()
+			continue
+		}
+		events = append(events, e)
+	}
+	paths := make([]string, 0, len(events))
+	for _, e := range events {
+		paths = append(paths, e.Path)
+	}
+	err := r.Apply(ctx, paths)
+	if err == nil {
+		for _, m := range batch {
+			m.Ack()
+		}
+		r.metrics.events.WithLabelValues("applied").Add(float64(len(batch)))
+		return
+	}
+	if ctx.Err() != nil {
+		return // redelivered after AckWait, to whoever runs then
+	}
+	r.metrics.retries.Inc()
+	// Retry each event on its own, so one bad source does not hold up
+	// the rest.
+	for i, m := range batch {
+		if i >= len(events) {
+			break
+		}
+		r.retry(ctx, m, events[i])
+	}
+}
+
+func (r *Replicator) retry(ctx context.Context, m jetstream.Msg, e Event) {
+	err := r.Apply(ctx, []string{e.Path})
+	if err == nil {
+		m.Ack()
+		r.metrics.events.WithLabelValues("applied").Inc()
+		return
+	}
+	md, _ := m.Metadata()
+	attempts := 1
+	if md != nil {
+		attempts = int(md.NumDelivered)
+	}
+	if attempts < r.cfg.MaxDeliver {
+		delay := min(100*time.Millisecond<<attempts, 30*time.Second)
+		r.log.Warn("replicating a change failed; retrying", "path", e.Path, "revision", e.Revision, "attempt", attempts, "err", err, "retry_in", delay)
+		m.NakWithDelay(delay)
+		r.metrics.events.WithLabelValues("retried").Inc()
+		return
+	}
+	p := store.Parked{Path: e.Path, Revision: e.Revision, Op: e.Op, Error: err.Error(), Attempts: attempts, Time: time.Now().UnixNano()}
+	if perr := r.cfg.Store.PutParked(ctx, p); perr != nil {
+		r.log.Error("cannot park a failing change; it will be redelivered", "path", e.Path, "err", perr)
+		m.NakWithDelay(30 * time.Second)
+		return
+	}
+	r.log.Error("parked a change that keeps failing; the reconciler retries it, and `graft status` shows it", "path", e.Path, "revision", e.Revision, "attempts", attempts, "err", err)
+	r.metrics.parked.Inc()
+	r.metrics.events.WithLabelValues("parked").Inc()
+	m.Term()
+}
+
+// Apply brings every destination of the given source paths up to date with
+// the sources' current state. It is what an event triggers, and safe to
+// call any number of times.
+func (r *Replicator) Apply(ctx context.Context, paths []string) error {
+	ix := r.cfg.Rules.Index()
+	slices.Sort(paths)
+	paths = slices.Compact(paths)
+	matched := paths[:0:0]
+	for _, p := range paths {
+		if len(ix.BySource(p)) > 0 {
+			matched = append(matched, p)
+		}
+	}
+	if len(matched) == 0 {
+		return nil
+	}
+	found, absent, err := r.cfg.Store.ReadSources(ctx, matched)
+	if err != nil {
+		return err
+	}
+	var ws []store.ReplicaWrite
+	for _, p := range matched {
+		for _, rule := range ix.BySource(p) {
+			ws = append(ws, writesFor(rule, p, found, absent)...)
+		}
+	}
+	if len(ws) == 0 {
+		return nil
+	}
+	res, err := r.cfg.Store.ApplyReplicas(ctx, ws)
+	if err != nil {
+		return err
+	}
+	r.observe(ws, res, false)
+	for _, p := range matched {
+		if e, ok := found[p]; ok {
+			r.cfg.Store.ClearParked(ctx, p, e.Revision)
+		} else {
+			r.cfg.Store.ClearParked(ctx, p, absent[p])
+		}
+	}
+	return nil
+}
+
+// writesFor returns the destination writes that mirror source path p
+// under rule.
+func writesFor(rule Rule, p string, found map[string]store.Entry, absent map[string]int64) []store.ReplicaWrite {
+	var ws []store.ReplicaWrite
+	e, ok := found[p]
+	if !ok && rule.OnDelete == OnDeleteRetain {
+		return nil
+	}
+	for _, d := range rule.Destinations {
+		dest, in := rule.Map(p, d)
+		if !in {
+			continue
+		}
+		w := store.ReplicaWrite{Path: dest, Root: d, Rule: rule.ID, Source: p}
+		if ok {
+			w.SourceRevision, w.SourceTime, w.Value = e.Revision, e.Time.UnixNano(), e.Value
+		} else {
+			w.SourceRevision, w.Delete = absent[p], true
+		}
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+// observe counts the outcomes of a write and the lag of each value written.
+func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, repair bool) int {
+	now := time.Now()
+	n := 0
+	for i, x := range res {
+		r.metrics.writes.WithLabelValues(x.Outcome).Inc()
+		if x.Outcome != store.ReplicaWritten && x.Outcome != store.ReplicaDeleted {
+			continue
+		}
+		n++
+		if ws[i].SourceTime > 0 {
+			r.metrics.lag.Observe(now.Sub(time.Unix(0, ws[i].SourceTime)).Seconds())
+		}
+		if repair {
+			r.metrics.repairs.Inc()
+			r.log.Warn("reconciler repaired a destination the event path missed", "destination", ws[i].Path, "source", ws[i].Source, "source_revision", ws[i].SourceRevision, "outcome", x.Outcome)
+		}
+	}
+	return n
+}

@@ -1,0 +1,70 @@
+package replicator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Event is one committed change of a path. It never carries the value:
+// secrets do not sit in NATS.
+type Event struct {
+	Path     string `json:"path"`
+	Revision int64  `json:"rev"` // etcd revision of the change
+	Op       string `json:"op"`  // OpPut or OpDelete
+}
+
+// Event operations.
+const (
+	OpPut    = "put"
+	OpDelete = "delete"
+)
+
+// MsgID is the event's JetStream deduplication id: a replayed change is
+// dropped by the stream.
+func (e Event) MsgID() string { return fmt.Sprintf("%d:%s", e.Revision, e.Path) }
+
+// StreamConfig names the change-event stream.
+type StreamConfig struct {
+	Name     string        // default GRAFT_CHANGES
+	Subject  string        // default graft.changes
+	MaxAge   time.Duration // default 24h
+	Replicas int           // default 1
+}
+
+func (c StreamConfig) withDefaults() StreamConfig {
+	if c.Name == "" {
+		c.Name = "GRAFT_CHANGES"
+	}
+	if c.Subject == "" {
+		c.Subject = "graft.changes"
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 24 * time.Hour
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	return c
+}
+
+// EnsureStream creates or updates the change-event stream.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
+	cfg = cfg.withDefaults()
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        cfg.Name,
+		Description: "graft change events: path, revision and operation of every committed change (never values)",
+		Subjects:    []string{cfg.Subject},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      cfg.MaxAge,
+		Duplicates:  2 * time.Minute,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create JetStream stream %s: %w (is JetStream enabled on the NATS server?)", cfg.Name, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,183 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/graft-sh/graft/acl"
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/replicator"
+)
+
+// Replication manages replication rules.
+type Replication interface {
+	Share(ctx context.Context, author, source string, dests []string, onDelete string) (replicator.Rule, int, error)
+	Unshare(ctx context.Context, author, id string, orphan bool) (replicator.Rule, int, error)
+	Rule(ctx context.Context, id string) (replicator.Rule, error)
+	Rules() *replicator.Index
+	Status(ctx context.Context, path string) (replicator.Status, error)
+}
+
+// Share implements graftv1.ReplicationServiceServer. The guard has checked
+// the share action on the source.
+func (s *Server) Share(ctx context.Context, req *graftv1.ShareRequest) (*graftv1.ShareResponse, error) {
+	if len(req.GetDestinations()) == 0 {
+		return nil, toStatus(invalid("share %s: give at least one destination with --to", req.GetSource()))
+	}
+	rule, filled, err := s.replication.Share(ctx, principal(ctx).Name, req.GetSource(), req.GetDestinations(), req.GetOnDelete())
+	if err != nil && rule.ID == "" {
+		return nil, toStatus(fmt.Errorf("share %s: %w", req.GetSource(), err))
+	}
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &graftv1.ShareResponse{Rule: ruleProto(rule), Filled: int64(filled)}, nil
+}
+
+// mayManage reports whether the caller may see a rule: it may list its
+// source or one of its destinations.
+func (s *Server) maySee(ctx context.Context, r replicator.Rule) bool {
+	if s.may(ctx, acl.ActionList, r.Source) {
+		return true
+	}
+	for _, d := range r.Destinations {
+		if s.may(ctx, acl.ActionList, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// ListRules implements graftv1.ReplicationServiceServer.
+func (s *Server) ListRules(ctx context.Context, req *graftv1.ListRulesRequest) (*graftv1.ListRulesResponse, error) {
+	resp := &graftv1.ListRulesResponse{}
+	for _, r := range s.replication.Rules().Rules() {
+		if src := req.GetSource(); src != "" && !replicator.Overlap(src, r.Source) {
+			continue
+		}
+		if dst := req.GetDestination(); dst != "" && !overlapsAny(dst, r.Destinations) {
+			continue
+		}
+		if s.maySee(ctx, r) {
+			resp.Rules = append(resp.Rules, ruleProto(r))
+		}
+	}
+	return resp, nil
+}
+
+func overlapsAny(p string, paths []string) bool {
+	for _, q := range paths {
+		if replicator.Overlap(p, q) {
+			return true
+		}
+	}
+	return false
+}
+
+// GetRule implements graftv1.ReplicationServiceServer.
+func (s *Server) GetRule(ctx context.Context, req *graftv1.GetRuleRequest) (*graftv1.GetRuleResponse, error) {
+	r, err := s.replication.Rule(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if !s.maySee(ctx, r) {
+		// As if it did not exist: its paths are not the caller's to know.
+		return nil, status.Errorf(codes.NotFound, "rule %s: not found (see `graft rules ls`)", req.GetId())
+	}
+	return &graftv1.GetRuleResponse{Rule: ruleProto(r)}, nil
+}
+
+// Unshare implements graftv1.ReplicationServiceServer.
+func (s *Server) Unshare(ctx context.Context, req *graftv1.UnshareRequest) (*graftv1.UnshareResponse, error) {
+	r, err := s.replication.Rule(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	p := principal(ctx)
+	if d := s.access.Decide(p, acl.ActionShare, r.Source); !d.Allowed {
+		if !s.maySee(ctx, r) {
+			return nil, status.Errorf(codes.NotFound, "rule %s: not found (see `graft rules ls`)", req.GetId())
+		}
+		return nil, status.Error(codes.PermissionDenied, d.Err(p, acl.ActionShare, r.Source).Error())
+	}
+	r, pruned, err := s.replication.Unshare(ctx, p.Name, req.GetId(), req.GetOrphan())
+	if err != nil && r.ID == "" {
+		return nil, toStatus(err)
+	}
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &graftv1.UnshareResponse{Rule: ruleProto(r), Pruned: int64(pruned)}, nil
+}
+
+// ReplicationStatus implements graftv1.ReplicationServiceServer.
+func (s *Server) ReplicationStatus(ctx context.Context, req *graftv1.ReplicationStatusRequest) (*graftv1.ReplicationStatusResponse, error) {
+	st, err := s.replication.Status(ctx, req.GetPath())
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("status %s: %w", req.GetPath(), err))
+	}
+	resp := &graftv1.ReplicationStatusResponse{
+		Path:                  st.Path,
+		Source:                st.Source,
+		SourceRevision:        st.SourceRevision,
+		AppliedSourceRevision: st.AppliedSourceRevision,
+		DestinationRevision:   st.DestinationRevision,
+		InSync:                st.InSync,
+	}
+	if st.Rule != nil {
+		resp.Rule = ruleProto(*st.Rule)
+	}
+	if !st.Applied.IsZero() {
+		resp.Applied = timestamppb.New(st.Applied)
+		resp.Lag = durationpb.New(st.Lag)
+	}
+	if p := st.Parked; p != nil {
+		resp.LastError = p.Error
+		resp.Attempts = int32(p.Attempts)
+		resp.LastErrorTime = timestamppb.New(timeOf(p.Time))
+	}
+	for _, r := range st.Feeds {
+		if s.maySee(ctx, r) {
+			resp.Feeds = append(resp.Feeds, ruleProto(r))
+		}
+	}
+	return resp, nil
+}
+
+// dependents refuses deleting a source that rules still copy, unless
+// forced, naming the destinations.
+func (s *Server) dependents(path string) error {
+	rules := s.replication.Rules().BySource(path)
+	if len(rules) == 0 {
+		return nil
+	}
+	var dests []string
+	for _, r := range rules {
+		for _, d := range r.Destinations {
+			if dest, ok := r.Map(path, d); ok {
+				dests = append(dests, fmt.Sprintf("%s (rule %s)", dest, r.ID))
+			}
+		}
+	}
+	return status.Errorf(codes.FailedPrecondition, "delete %s: it is replicated to %s; repeat with --force to delete it anyway (its copies follow their rule's on-delete setting), or `graft unshare` first", path, strings.Join(dests, ", "))
+}
+
+func timeOf(unixNanos int64) time.Time { return time.Unix(0, unixNanos).UTC() }
+
+func ruleProto(r replicator.Rule) *graftv1.Rule {
+	return &graftv1.Rule{
+		Id:           r.ID,
+		Source:       r.Source,
+		Destinations: r.Destinations,
+		OnDelete:     r.OnDelete,
+		Author:       r.Author,
+		Created:      timestamppb.New(r.Created),
+	}
+}
