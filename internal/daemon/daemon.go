@@ -645,6 +645,9 @@ func (d *Daemon) close() {
 		if d.cancel != nil {
 			d.cancel()
 		}
+		// Background work ends first, while etcd and NATS still answer: the
+		// relay saves its cursor and resigns its election on the way out.
+		d.wg.Wait()
 		if d.audit != nil {
 			d.audit.Close()
 		}
@@ -654,7 +657,6 @@ func (d *Daemon) close() {
 		if d.cli != nil {
 			d.cli.Close()
 		}
-		d.wg.Wait()
 		if d.nats != nil {
 			d.nats.Close()
 		}
