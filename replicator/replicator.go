@@ -278,29 +278,30 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 	if len(matched) == 0 {
 		return nil
 	}
-	found, absent, err := r.cfg.Store.ReadSources(ctx, matched)
+	src, err := r.cfg.Store.ReadSources(ctx, matched)
 	if err != nil {
 		return err
 	}
 	var ws []store.ReplicaWrite
 	for _, p := range matched {
 		for _, rule := range ix.BySource(p) {
-			ws = append(ws, writesFor(rule, p, found, absent)...)
+			ws = append(ws, writesFor(rule, p, src.Found, src.Absent)...)
 		}
 	}
-	if len(ws) == 0 {
-		return nil
+	if len(ws) > 0 {
+		res, err := r.cfg.Store.ApplyReplicas(ctx, ws)
+		if err != nil {
+			return err
+		}
+		r.observe(ws, res, false)
 	}
-	res, err := r.cfg.Store.ApplyReplicas(ctx, ws)
-	if err != nil {
-		return err
-	}
-	r.observe(ws, res, false)
-	for _, p := range matched {
-		if e, ok := found[p]; ok {
-			r.cfg.Store.ClearParked(ctx, p, e.Revision)
-		} else {
-			r.cfg.Store.ClearParked(ctx, p, absent[p])
+	for p := range src.Parked {
+		rev := src.Absent[p]
+		if e, ok := src.Found[p]; ok {
+			rev = e.Revision
+		}
+		if err := r.cfg.Store.ClearParked(ctx, p, rev); err != nil {
+			r.log.Warn("clearing a parked change failed", "path", p, "err", err)
 		}
 	}
 	return nil

@@ -53,6 +53,7 @@ type Client struct {
 	tokens   graftv1.TokenServiceClient
 	policies graftv1.PolicyServiceClient
 	audit    graftv1.AuditServiceClient
+	repl     graftv1.ReplicationServiceClient
 }
 
 // Connection backoff for the gRPC channel: the defaults (1s growing to
@@ -97,6 +98,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		tokens:   graftv1.NewTokenServiceClient(conn),
 		policies: graftv1.NewPolicyServiceClient(conn),
 		audit:    graftv1.NewAuditServiceClient(conn),
+		repl:     graftv1.NewReplicationServiceClient(conn),
 	}, nil
 }
 

@@ -22,12 +22,20 @@ func AtRevision(n int64) GetOption { return func(o *getOptions) { o.revision = n
 // WriteOption qualifies a Put or Delete.
 type WriteOption func(*writeOptions)
 
-type writeOptions struct{ ifRevision *int64 }
+type writeOptions struct {
+	ifRevision *int64
+	force      bool
+}
 
 // IfRevision makes a write a compare-and-swap: it happens only if the
 // path's current revision is n; 0 means the path must not exist. A lost
 // race is an error matching ErrFailedPrecondition.
 func IfRevision(n int64) WriteOption { return func(o *writeOptions) { o.ifRevision = &n } }
+
+// Force lets Delete remove a path that replication rules copy elsewhere;
+// without it such a delete is an error matching ErrFailedPrecondition that
+// lists the copies. The copies then follow their rule's on-delete setting.
+func Force() WriteOption { return func(o *writeOptions) { o.force = true } }
 
 // ListOption qualifies a List.
 type ListOption func(*listOptions)
@@ -72,7 +80,7 @@ func (c *Client) Delete(ctx context.Context, path string, opts ...WriteOption) (
 	for _, opt := range opts {
 		opt(&o)
 	}
-	resp, err := c.kv.Delete(ctx, &graftv1.DeleteRequest{Path: path, IfRevision: o.ifRevision})
+	resp, err := c.kv.Delete(ctx, &graftv1.DeleteRequest{Path: path, IfRevision: o.ifRevision, Force: o.force})
 	if err != nil {
 		return 0, wrap(ctx, err)
 	}

@@ -401,40 +401,52 @@ func (s *Store) ForgetApplied(ctx context.Context, root string) error {
 
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
 
-// ReadSources reads the current versions of paths, with values, in as few
-// transactions as etcd allows. A path that does not exist is in absent,
-// with the revision at which it was read as absent.
-func (s *Store) ReadSources(ctx context.Context, paths []string) (found map[string]Entry, absent map[string]int64, err error) {
-	found, absent = make(map[string]Entry, len(paths)), map[string]int64{}
+// SourceState is what ReadSources found.
+type SourceState struct {
+	// Found holds the paths that exist, with values.
+	Found map[string]Entry
+	// Absent holds the paths that do not exist, with the revision at which
+	// each was read as absent.
+	Absent map[string]int64
+	// Parked holds the paths that have a parked change.
+	Parked map[string]bool
+}
+
+// ReadSources reads the current versions of paths, with values, and
+// whether each has a parked change, in as few transactions as etcd allows.
+func (s *Store) ReadSources(ctx context.Context, paths []string) (SourceState, error) {
+	st := SourceState{Found: make(map[string]Entry, len(paths)), Absent: map[string]int64{}, Parked: map[string]bool{}}
 	for len(paths) > 0 {
-		n := min(len(paths), 128)
+		n := min(len(paths), 64)
 		chunk := paths[:n]
 		paths = paths[n:]
-		ops := make([]clientv3.Op, n)
-		for i, p := range chunk {
-			ops[i] = clientv3.OpGet(s.kvKey(p))
+		ops := make([]clientv3.Op, 0, 2*n)
+		for _, p := range chunk {
+			ops = append(ops, clientv3.OpGet(s.kvKey(p)), clientv3.OpGet(s.parkedKey(p), clientv3.WithKeysOnly()))
 		}
 		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
-			return nil, nil, fmt.Errorf("read sources: %w", err)
+			return SourceState{}, fmt.Errorf("read sources: %w", err)
 		}
-		for i, r := range resp.Responses {
-			p := chunk[i]
-			kvs := r.GetResponseRange().Kvs
+		for i, p := range chunk {
+			if len(resp.Responses[2*i+1].GetResponseRange().Kvs) > 0 {
+				st.Parked[p] = true
+			}
+			kvs := resp.Responses[2*i].GetResponseRange().Kvs
 			if len(kvs) == 0 {
-				absent[p] = resp.Header.Revision
+				st.Absent[p] = resp.Header.Revision
 				continue
 			}
 			rec, err := decodeRecord(kvs[0].Value)
 			if err != nil {
-				return nil, nil, fmt.Errorf("read %s: %w", p, err)
+				return SourceState{}, fmt.Errorf("read %s: %w", p, err)
 			}
 			e := rec.entry(p, rec.revision(kvs[0].ModRevision))
 			if e.Value, err = s.open(p, rec); err != nil {
-				return nil, nil, err
+				return SourceState{}, err
 			}
-			found[p] = e
+			st.Found[p] = e
 		}
 	}
-	return found, absent, nil
+	return st, nil
 }

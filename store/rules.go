@@ -102,10 +102,17 @@ func (s *Store) ownedKey(root string) string   { return s.prefix + "owned" + roo
 func (s *Store) appliedKey(path string) string { return s.prefix + "applied" + path }
 func (s *Store) parkedKey(path string) string  { return s.prefix + "parked" + path }
 
-// CreateRule stores a new rule and takes ownership of its destinations,
-// atomically. check sees every existing rule (as their records) and may
-// refuse; it runs again if another rule changes meanwhile. A destination
-// holding values that no rule wrote is refused with a NotEmptyError.
+// ownersPerTxn bounds the destinations claimed in one transaction: each
+// takes one put and two compares, inside etcd's 128-operation limit.
+const ownersPerTxn = 60
+
+// CreateRule stores a new rule and takes ownership of its destinations.
+// check sees every existing rule and may refuse; it runs again if another
+// rule changes meanwhile, so rules are validated one after another. The
+// rule is stored first; its destinations are then claimed in batches, each
+// only if nothing was written below them since they were checked empty.
+// If a claim fails the rule is removed again. A destination holding values
+// that no rule wrote is refused with a NotEmptyError.
 func (s *Store) CreateRule(ctx context.Context, rec RuleRecord, check func(existing []RuleRecord) error) (int64, error) {
 	data, err := json.Marshal(storedRule{Data: rec.Data, Owners: rec.Owners})
 	if err != nil {
@@ -124,31 +131,84 @@ func (s *Store) CreateRule(ctx context.Context, rec RuleRecord, check func(exist
 		if err := check(existing); err != nil {
 			return 0, err
 		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.rulesPrefix()), "<", readRev+1).WithPrefix()}
 		for _, o := range rec.Owners {
 			if err := s.checkEmpty(ctx, o.Root, readRev); err != nil {
 				return 0, err
 			}
-			// Nothing written below the destination since the check.
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.rulesPrefix()), "<", readRev+1).WithPrefix()).
+			Then(clientv3.OpPut(s.rulesPrefix()+rec.ID, string(data))).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("create rule %s: %w", rec.ID, err)
+		}
+		if !resp.Succeeded {
+			continue // another rule changed: check again
+		}
+		rev, err := s.claim(ctx, rec, readRev)
+		if err != nil {
+			s.dropRule(context.WithoutCancel(ctx), rec)
+			return 0, err
+		}
+		return rev, nil
+	}
+	return 0, fmt.Errorf("create rule %s: %w; retry", rec.ID, ErrContention)
+}
+
+// claim writes the owner keys of rec's destinations in batches.
+func (s *Store) claim(ctx context.Context, rec RuleRecord, readRev int64) (int64, error) {
+	var rev int64
+	for owners := rec.Owners; len(owners) > 0; {
+		n := min(len(owners), ownersPerTxn)
+		batch := owners[:n]
+		owners = owners[n:]
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, o := range batch {
 			start, end := rangeOf(s.kvPrefix, o.Root)
 			cmps = append(cmps,
 				clientv3.Compare(clientv3.CreateRevision(s.ownedKey(o.Root)), "=", 0),
 				clientv3.Compare(clientv3.ModRevision(start), "<", readRev+1).WithRange(end))
-		}
-		ops := []clientv3.Op{clientv3.OpPut(s.rulesPrefix()+rec.ID, string(data))}
-		for _, o := range rec.Owners {
-			b, _ := json.Marshal(o)
-			ops = append(ops, clientv3.OpPut(s.ownedKey(o.Root), string(b)))
+			ops = append(ops, clientv3.OpPut(s.ownedKey(o.Root), ownerJSON(o)))
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return 0, fmt.Errorf("create rule %s: %w", rec.ID, err)
+			return 0, fmt.Errorf("create rule %s: claim destinations: %w", rec.ID, err)
 		}
-		if resp.Succeeded {
-			return resp.Header.Revision, nil
+		if !resp.Succeeded {
+			return 0, fmt.Errorf("create rule %s: %w: a destination was written to while the rule was being created; retry", rec.ID, ErrContention)
+		}
+		rev = resp.Header.Revision
+	}
+	return rev, nil
+}
+
+// dropRule removes a rule and whatever owner keys of it exist.
+func (s *Store) dropRule(ctx context.Context, rec RuleRecord) error {
+	for owners := rec.Owners; len(owners) > 0; {
+		n := min(len(owners), ownersPerTxn)
+		var ops []clientv3.Op
+		for _, o := range owners[:n] {
+			// Only this rule's claims: another rule may own a root this
+			// one failed to claim.
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(s.ownedKey(o.Root)), "=", ownerJSON(o))},
+				[]clientv3.Op{clientv3.OpDelete(s.ownedKey(o.Root))}, nil))
+		}
+		owners = owners[n:]
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("delete rule %s: release destinations: %w", rec.ID, err)
 		}
 	}
-	return 0, fmt.Errorf("create rule %s: %w; retry", rec.ID, ErrContention)
+	if _, err := s.cli.Delete(ctx, s.rulesPrefix()+rec.ID); err != nil {
+		return fmt.Errorf("delete rule %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+func ownerJSON(o Owner) string {
+	b, _ := json.Marshal(o)
+	return string(b)
 }
 
 // checkEmpty refuses a destination that holds values no rule wrote.
@@ -213,25 +273,17 @@ func (s *Store) GetRule(ctx context.Context, id string) (RuleRecord, error) {
 	return s.decodeRule(resp.Kvs[0])
 }
 
-// DeleteRule removes a rule and its ownership of its destinations. The
-// destinations' values stay; the caller prunes them if it wants.
+// DeleteRule removes a rule and its ownership of its destinations: the
+// owner keys first (in batches), then the rule, so an interrupted delete
+// leaves a rule that a second delete finishes. The destinations' values
+// stay; the caller prunes them if it wants.
 func (s *Store) DeleteRule(ctx context.Context, id string) (RuleRecord, error) {
 	rec, err := s.GetRule(ctx, id)
 	if err != nil {
 		return RuleRecord{}, err
 	}
-	ops := []clientv3.Op{clientv3.OpDelete(s.rulesPrefix() + id)}
-	for _, o := range rec.Owners {
-		ops = append(ops, clientv3.OpDelete(s.ownedKey(o.Root)))
-	}
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(s.rulesPrefix()+id), "=", rec.Revision)).
-		Then(ops...).Commit()
-	if err != nil {
-		return RuleRecord{}, fmt.Errorf("delete rule %s: %w", id, err)
-	}
-	if !resp.Succeeded {
-		return RuleRecord{}, fmt.Errorf("delete rule %s: %w; retry", id, ErrContention)
+	if err := s.dropRule(ctx, rec); err != nil {
+		return RuleRecord{}, err
 	}
 	return rec, nil
 }

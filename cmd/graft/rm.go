@@ -16,18 +16,28 @@ type deletedView struct {
 }
 
 func (a *app) rmCmd() *cobra.Command {
-	var ifRevision int64
+	var (
+		ifRevision int64
+		force      bool
+	)
 	cmd := &cobra.Command{
 		Use:   "rm PATH",
 		Short: "Delete a value (its history is kept)",
 		Long: `Delete the value at PATH. Its history is kept: 'graft history PATH' still
 lists it and 'graft restore PATH --revision N' brings it back. With
---if-revision the delete happens only if PATH is still at that revision.`,
+--if-revision the delete happens only if PATH is still at that revision.
+
+A path that replication rules copy elsewhere is deleted only with --force
+(the refusal lists the copies); its copies then follow their rule's
+on-delete setting.`,
 		Args: args(1, 1, "PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var opts []sdk.WriteOption
 			if cmd.Flags().Changed("if-revision") {
 				opts = append(opts, sdk.IfRevision(ifRevision))
+			}
+			if force {
+				opts = append(opts, sdk.Force())
 			}
 			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				r, err := c.Delete(ctx, args[0], opts...)
@@ -42,5 +52,6 @@ lists it and 'graft restore PATH --revision N' brings it back. With
 		},
 	}
 	cmd.Flags().Int64Var(&ifRevision, "if-revision", 0, "delete only if PATH is at this revision")
+	cmd.Flags().BoolVar(&force, "force", false, "delete even though replication rules copy PATH elsewhere")
 	return cmd
 }

@@ -112,6 +112,11 @@ Start a local graftd with 'make run' (graftd --dev), then:
 		a.tokenCmd(),
 		a.policyCmd(),
 		a.auditCmd(),
+		a.shareCmd(),
+		a.rulesCmd(),
+		a.unshareCmd(),
+		a.statusCmd(),
+		a.benchCmd(),
 		a.versionCmd(),
 	)
 	return root

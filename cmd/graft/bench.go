@@ -1,0 +1,372 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/sdk"
+)
+
+func (a *app) benchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure graft",
+		Args:  args(0, 0, "a subcommand"),
+	}
+	cmd.AddCommand(a.benchReplicateCmd())
+	return cmd
+}
+
+// benchConfig is what graft bench replicate is asked to do.
+type benchConfig struct {
+	duration      time.Duration
+	rate          int
+	fanout        int
+	valueBytes    int
+	etcdEndpoints []string
+}
+
+// benchResult is what it reports; -o json prints it as is.
+type benchResult struct {
+	Mode                    string   `json:"mode"`
+	Rate                    int      `json:"rate"`
+	DurationS               float64  `json:"duration_s"`
+	Fanout                  int      `json:"fanout"`
+	Writes                  int      `json:"writes"`
+	DestinationWrites       int      `json:"destination_writes"`
+	DestinationWritesPerSec float64  `json:"destination_writes_per_sec"`
+	P50MS                   float64  `json:"p50_ms"`
+	P99MS                   float64  `json:"p99_ms"`
+	MaxMS                   float64  `json:"max_ms"`
+	FloorP50MS              float64  `json:"floor_p50_ms,omitempty"`
+	FloorP99MS              float64  `json:"floor_p99_ms,omitempty"`
+	RatioP50                float64  `json:"ratio_p50,omitempty"`
+	RatioP99                float64  `json:"ratio_p99,omitempty"`
+	Missing                 int      `json:"missing"`
+	Notes                   []string `json:"notes,omitempty"`
+}
+
+func (a *app) benchReplicateCmd() *cobra.Command {
+	var bc benchConfig
+	cmd := &cobra.Command{
+		Use:   "replicate",
+		Short: "Measure source commit to destination commit through replication",
+		Long: `Write to a shared source at a fixed rate and measure, for each write, the time
+from sending it until every destination holds it (seen through a watch). In
+the same run it measures the floor: the same path done by hand on etcd (two
+sequential puts and one watch delivery), so the overhead shows as a ratio.
+
+Without --addr (or GRAFT_ADDR) it starts its own graftd in dev mode in a
+temporary directory. With one it uses that graftd and needs the share action
+on /bench; the floor then needs --etcd-endpoints.`,
+		Example: `  graft bench replicate --duration 5s --rate 500 -o json
+  graft bench replicate --duration 5s --rate 500 --fanout 10
+  graft bench replicate --duration 3s --rate 2 --fanout 1000`,
+		Args: args(0, 0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case bc.duration <= 0:
+				return fmt.Errorf("bench replicate: --duration %s: want a positive duration such as 5s", bc.duration)
+			case bc.rate <= 0 || bc.rate > 100000:
+				return fmt.Errorf("bench replicate: --rate %d: want 1 to 100000 writes per second", bc.rate)
+			case bc.fanout < 1 || bc.fanout > 10000:
+				return fmt.Errorf("bench replicate: --fanout %d: want 1 to 10000 destinations", bc.fanout)
+			case bc.valueBytes < 16 || bc.valueBytes > 64<<10:
+				return fmt.Errorf("bench replicate: --value-bytes %d: want 16 to 65536", bc.valueBytes)
+			}
+			remote := cmd.Flags().Changed("addr") || a.getenv("GRAFT_ADDR") != ""
+			res, err := a.benchReplicate(cmd, bc, remote)
+			if err != nil {
+				return err
+			}
+			if err := a.emit(res, func(w io.Writer) error { return writeBench(w, res) }); err != nil {
+				return err
+			}
+			if res.Missing > 0 {
+				return fmt.Errorf("bench replicate: %d write(s) did not reach every destination within 10s", res.Missing)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&bc.duration, "duration", 5*time.Second, "how long to write")
+	f.IntVar(&bc.rate, "rate", 500, "source writes per second")
+	f.IntVar(&bc.fanout, "fanout", 1, "destinations per source")
+	f.IntVar(&bc.valueBytes, "value-bytes", 64, "size of each value")
+	f.StringSliceVar(&bc.etcdEndpoints, "etcd-endpoints", nil, "etcd endpoints for the floor measurement against a remote graftd")
+	return cmd
+}
+
+func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (benchResult, error) {
+	ctx := cmd.Context()
+	res := benchResult{Mode: "dev", Rate: bc.rate, DurationS: bc.duration.Seconds(), Fanout: bc.fanout}
+	var (
+		c   *sdk.Client
+		err error
+	)
+	if remote {
+		res.Mode = "remote"
+		if c, err = a.client(ctx, cmd); err != nil {
+			return res, err
+		}
+	} else {
+		d, cleanup, err := startBenchGraftd(ctx)
+		if err != nil {
+			return res, err
+		}
+		defer cleanup()
+		bc.etcdEndpoints = d.EtcdEndpoints()
+		if c, err = sdk.New(ctx, sdk.Config{Addr: d.Addr(), Token: d.RootToken()}); err != nil {
+			return res, err
+		}
+	}
+	defer c.Close()
+
+	run := fmt.Sprintf("run-%d", time.Now().UnixNano())
+	source := "/bench/" + run
+	dests := make([]string, bc.fanout)
+	for i := range dests {
+		dests[i] = fmt.Sprintf("/app/bench-%d/replicated/%s", i, run)
+	}
+	rule, _, err := c.Share(ctx, source, dests, sdk.ShareOptions{})
+	if err != nil {
+		return res, fmt.Errorf("bench replicate: share %s: %w", source, err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		c.Unshare(cctx, rule.ID, false)
+		for k := range min(100, res.Writes) {
+			c.Delete(cctx, fmt.Sprintf("%s/k%d", source, k))
+		}
+	}()
+
+	lat, writes, missing, elapsed, err := measureReplication(ctx, c, bc, source, run)
+	if err != nil {
+		return res, err
+	}
+	res.Writes, res.Missing = writes, missing
+	res.DestinationWrites = (writes - missing) * bc.fanout
+	res.DestinationWritesPerSec = float64(res.DestinationWrites) / elapsed.Seconds()
+	res.P50MS, res.P99MS, res.MaxMS = quantileMS(lat, 0.5), quantileMS(lat, 0.99), quantileMS(lat, 1)
+
+	if len(bc.etcdEndpoints) == 0 {
+		res.Notes = append(res.Notes, "no floor: give --etcd-endpoints to measure raw etcd against a remote graftd")
+		return res, nil
+	}
+	floor, err := measureFloor(ctx, bc.etcdEndpoints, min(len(lat), 2000), run)
+	if err != nil {
+		res.Notes = append(res.Notes, "no floor: "+err.Error())
+		return res, nil
+	}
+	res.FloorP50MS, res.FloorP99MS = quantileMS(floor, 0.5), quantileMS(floor, 0.99)
+	if res.FloorP50MS > 0 {
+		res.RatioP50 = math.Round(res.P50MS/res.FloorP50MS*100) / 100
+	}
+	if res.FloorP99MS > 0 {
+		res.RatioP99 = math.Round(res.P99MS/res.FloorP99MS*100) / 100
+	}
+	return res, nil
+}
+
+// startBenchGraftd runs a dev-mode graftd in a temporary directory.
+func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
+	dir, err := os.MkdirTemp("", "graft-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := daemon.Defaults()
+	cfg.Dev = true
+	cfg.DataDir = dir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTPListen = "127.0.0.1:0"
+	cfg.DevRootToken = acl.NewToken()
+	cfg.MaxValueBytes = 64 << 10
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := daemon.Start(ctx, cfg, log)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("bench replicate: start a dev graftd: %w", err)
+	}
+	return d, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		d.Shutdown(sctx)
+		cancel()
+		os.RemoveAll(dir)
+	}, nil
+}
+
+// measureReplication writes at the configured rate and returns, per write
+// that reached every destination, the time from sending it to its last
+// destination's arrival.
+func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, source, run string) (lat []time.Duration, writes, missing int, elapsed time.Duration, err error) {
+	// Values carry their sequence number, so the watch reads values.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	events := c.Watch(wctx, "/app", 0)
+
+	var (
+		mu      sync.Mutex
+		sent    = map[int]time.Time{}
+		arrived = map[int]int{}
+		done    = map[int]time.Duration{}
+		all     = make(chan struct{})
+		total   = -1
+	)
+	marker := "/replicated/" + run + "/"
+	go func() {
+		for resp := range events {
+			now := time.Now()
+			for _, e := range resp.Events {
+				if e.Type != sdk.EventPut || !strings.Contains(e.Entry.Path, marker) {
+					continue
+				}
+				v := string(e.Entry.Value)
+				seq, err := strconv.Atoi(v[:strings.IndexByte(v, '|')])
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				arrived[seq]++
+				if arrived[seq] == bc.fanout {
+					done[seq] = now.Sub(sent[seq])
+					if len(done) == total {
+						close(all)
+					}
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+
+	pad := strings.Repeat("x", bc.valueBytes)
+	interval := time.Second / time.Duration(bc.rate)
+	n := int(bc.duration / interval)
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	var werr error
+	var errOnce sync.Once
+	for i := range n {
+		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		val := []byte((strconv.Itoa(i) + "|" + pad)[:bc.valueBytes])
+		path := fmt.Sprintf("%s/k%d", source, i%100)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			mu.Lock()
+			sent[i] = time.Now()
+			mu.Unlock()
+			if _, err := c.Put(ctx, path, val); err != nil {
+				errOnce.Do(func() { werr = err })
+			}
+		}()
+	}
+	wg.Wait()
+	if werr != nil {
+		return nil, n, 0, 0, fmt.Errorf("bench replicate: write: %w", werr)
+	}
+	mu.Lock()
+	total = n
+	if len(done) == n {
+		close(all)
+	}
+	mu.Unlock()
+	select {
+	case <-all:
+	case <-time.After(10 * time.Second):
+	case <-ctx.Done():
+		return nil, n, 0, 0, ctx.Err()
+	}
+	elapsed = time.Since(start)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, d := range done {
+		lat = append(lat, d)
+	}
+	return lat, n, n - len(done), elapsed, nil
+}
+
+// measureFloor does by hand on etcd what replication does for one write:
+// put the source, put the destination, see the destination's watch event.
+func measureFloor(ctx context.Context, endpoints []string, samples int, run string) ([]time.Duration, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	k1, k2 := "/graft-bench-floor/"+run+"/source", "/graft-bench-floor/"+run+"/dest"
+	defer cli.Delete(context.WithoutCancel(ctx), "/graft-bench-floor/"+run+"/", clientv3.WithPrefix())
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	wch := cli.Watch(wctx, k2, clientv3.WithCreatedNotify())
+	if _, ok := <-wch; !ok {
+		return nil, fmt.Errorf("etcd watch at %v did not start", endpoints)
+	}
+	out := make([]time.Duration, 0, samples)
+	for i := range max(samples, 1) {
+		v := strconv.Itoa(i)
+		t0 := time.Now()
+		if _, err := cli.Put(ctx, k1, v); err != nil {
+			return nil, err
+		}
+		if _, err := cli.Put(ctx, k2, v); err != nil {
+			return nil, err
+		}
+		for got := false; !got; {
+			resp, ok := <-wch
+			if !ok {
+				return nil, fmt.Errorf("etcd watch ended")
+			}
+			for _, e := range resp.Events {
+				got = got || string(e.Kv.Value) == v
+			}
+		}
+		out = append(out, time.Since(t0))
+	}
+	return out, nil
+}
+
+func quantileMS(d []time.Duration, q float64) float64 {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	i = max(0, min(i, len(s)-1))
+	return math.Round(float64(s[i])/float64(time.Microsecond)) / 1000
+}
+
+func writeBench(w io.Writer, r benchResult) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "replication (%s): %d writes at %d/s for %.1fs, fan-out %d\n", r.Mode, r.Writes, r.Rate, r.DurationS, r.Fanout)
+	fmt.Fprintf(&b, "  source → every destination: p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.P50MS, r.P99MS, r.MaxMS)
+	fmt.Fprintf(&b, "  destination writes: %d (%.0f/s), missing %d\n", r.DestinationWrites, r.DestinationWritesPerSec, r.Missing)
+	if r.FloorP50MS > 0 {
+		fmt.Fprintf(&b, "  floor (2 etcd puts + 1 watch event): p50 %.2f ms  p99 %.2f ms; ratio p50 %.2f  p99 %.2f\n", r.FloorP50MS, r.FloorP99MS, r.RatioP50, r.RatioP99)
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "  note: %s\n", n)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
