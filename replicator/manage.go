@@ -12,7 +12,8 @@ import (
 )
 
 // Share creates a rule copying source to dests and fills the destinations
-// before it returns. It returns the rule and how many values it wrote.
+// before it returns. It returns the rule and how many values the
+// destinations then hold copies of.
 func (r *Replicator) Share(ctx context.Context, author, source string, dests []string, onDelete string) (Rule, int, error) {
 	if onDelete == "" {
 		onDelete = OnDeleteDelete
@@ -41,7 +42,7 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 	if err := r.cfg.Rules.Refresh(ctx); err != nil {
 		r.log.Warn("reloading rules after share failed; the watch will apply it", "err", err)
 	}
-	n, err := r.Reconcile(ctx, rule, false)
+	_, n, err := r.reconcile(ctx, rule, false)
 	if err != nil {
 		// The rule stands; the reconciler finishes filling it.
 		return rule, n, fmt.Errorf("rule %s created, but filling its destinations failed (the reconciler retries): %w", rule.ID, err)

@@ -23,10 +23,18 @@ const DefaultReconcileInterval = 5 * time.Minute
 // destinations it changed. With repair set, each change is counted and
 // logged as a repair: the event path should have made it.
 func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int, error) {
+	n, _, err := r.reconcile(ctx, rule, repair)
+	return n, err
+}
+
+// reconcile is Reconcile that also returns how many source values the
+// destinations hold copies of afterwards.
+func (r *Replicator) reconcile(ctx context.Context, rule Rule, repair bool) (changed, mirrored int, err error) {
 	entries, readRev, err := r.cfg.Store.ReadTree(ctx, rule.Source)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
+	mirrored = len(entries) * len(rule.Destinations)
 	found := make(map[string]store.Entry, len(entries))
 	for _, e := range entries {
 		found[e.Path] = e
@@ -35,7 +43,7 @@ func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int
 	for _, d := range rule.Destinations {
 		applied, err := r.cfg.Store.AppliedUnder(ctx, d)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for _, e := range entries {
 			dest, ok := rule.Map(e.Path, d)
@@ -63,21 +71,22 @@ func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int
 		}
 	}
 	if len(ws) == 0 {
-		return 0, nil
+		return 0, mirrored, nil
 	}
 	res, err := r.cfg.Store.ApplyReplicas(ctx, ws)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return r.observe(ws, res, repair), nil
+	return r.observe(ws, res, repair), mirrored, nil
 }
 
-// ReconcileAll reconciles every rule and returns the number of repairs.
-func (r *Replicator) ReconcileAll(ctx context.Context) (int, error) {
+// ReconcileAll reconciles every rule and returns the number of
+// destinations it changed; with repair set each counts as a repair.
+func (r *Replicator) ReconcileAll(ctx context.Context, repair bool) (int, error) {
 	total := 0
 	var errs []error
 	for _, rule := range r.cfg.Rules.Index().Rules() {
-		n, err := r.Reconcile(ctx, rule, true)
+		n, err := r.Reconcile(ctx, rule, repair)
 		total += n
 		if err != nil {
 			errs = append(errs, fmt.Errorf("rule %s: %w", rule.ID, err))
@@ -140,9 +149,11 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 	<-r.cfg.Rules.Loaded()
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
+	// After a rule change the pass fills new rules (should their creator
+	// have failed to) and is not a repair; the others are.
 	pass := func(why string) {
 		start := time.Now()
-		n, err := r.ReconcileAll(ctx)
+		n, err := r.ReconcileAll(ctx, why != "rules changed")
 		if err != nil && ctx.Err() == nil {
 			r.log.Error("reconcile pass failed; the next one retries", "why", why, "repairs", n, "err", err)
 			return

@@ -1,0 +1,31 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// graft bench replicate starts its own dev graftd, replicates every write
+// and reports a floor; nothing may go missing.
+func TestBenchReplicate(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), strings.Fields("bench replicate --duration 1s --rate 50 --fanout 2 -o json"), strings.NewReader(""), &stdout, &stderr, func(string) string { return "" })
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	var r benchResult
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("-o json output %q: %v", stdout.String(), err)
+	}
+	if r.Mode != "dev" || r.Writes != 50 || r.Missing != 0 || r.DestinationWrites != 100 || r.P50MS <= 0 || r.MaxMS < r.P99MS || r.FloorP50MS <= 0 || r.RatioP50 <= 0 {
+		t.Fatalf("result %+v", r)
+	}
+	for _, bad := range []string{"--rate 0", "--duration 0s", "--fanout 0", "--fanout 10001"} {
+		stderr.Reset()
+		if code := run(t.Context(), append([]string{"bench", "replicate"}, strings.Fields(bad)...), strings.NewReader(""), &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.HasPrefix(stderr.String(), "graft: bench replicate: ") {
+			t.Errorf("bench replicate %s: exit %d, %q", bad, code, stderr.String())
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/internal/graftdtest"
+)
+
+// eventually polls graft get PATH until it prints want ("" waits for a
+// failure: the path is gone).
+func (c *cli) eventually(path, want string) {
+	c.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := c.run("get", path)
+		if (want == "" && r.code != 0) || (want != "" && r.code == 0 && r.stdout == want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("get %s after 5s: exit %d, %q %q; want %q", path, r.code, r.stdout, r.stderr, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func shareID(t *testing.T, c *cli, args ...string) string {
+	t.Helper()
+	var v sharedView
+	if err := json.Unmarshal([]byte(c.ok(append(append([]string{"share"}, args...), "-o", "json")...)), &v); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(v.Rule.ID, "r-") {
+		t.Fatalf("share printed rule %+v", v.Rule)
+	}
+	return v.Rule.ID
+}
+
+func TestShare(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/dba/mp/mongo/password", "s3cret")
+	admin.put("/dba/mp/mongo/user", "mp")
+
+	// A prefix rule fills its destination before share returns.
+	out := admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	if !strings.HasPrefix(out, "rule r-") || !strings.Contains(out, "/dba/mp/mongo → /app/mp/replicated/mongo (2 value(s) copied)") {
+		t.Fatalf("share printed %q", out)
+	}
+	if got := admin.ok("get", "/app/mp/replicated/mongo/password"); got != "s3cret" {
+		t.Fatalf("destination right after share = %q", got)
+	}
+	// Later changes follow.
+	admin.put("/dba/mp/mongo/password", "rotated")
+	admin.eventually("/app/mp/replicated/mongo/password", "rotated")
+	admin.put("/dba/mp/mongo/host", "db1")
+	admin.eventually("/app/mp/replicated/mongo/host", "db1")
+
+	// Fan-out of a single key.
+	admin.put("/shared/dd/api-key", "k1")
+	fan := shareID(t, admin, "/shared/dd/api-key", "--to", "/app/a/replicated/dd,/app/b/replicated/dd")
+	admin.eventually("/app/b/replicated/dd", "k1")
+
+	ls := admin.ok("rules", "ls")
+	if !strings.HasPrefix(ls, "ID ") || strings.Count(ls, "\nr-") != 2 || !strings.Contains(ls, "/app/a/replicated/dd,/app/b/replicated/dd") {
+		t.Fatalf("rules ls:\n%s", ls)
+	}
+	if got := admin.ok("rules", "ls", "--dest", "/app/b"); !strings.Contains(got, fan) || strings.Contains(got, "/dba/mp") {
+		t.Fatalf("rules ls --dest /app/b:\n%s", got)
+	}
+	if got := admin.ok("rules", "get", fan); !strings.Contains(got, "source: /shared/dd/api-key\n") {
+		t.Fatalf("rules get:\n%s", got)
+	}
+
+	st := admin.ok("status", "/app/mp/replicated/mongo/password")
+	for _, want := range []string{"source:             /dba/mp/mongo/password\n", "in sync:            yes\n", "last copied:"} {
+		if !strings.Contains(st, want) {
+			t.Fatalf("status lacks %q:\n%s", want, st)
+		}
+	}
+	if st := admin.ok("status", "/dba/mp/mongo/password"); !strings.Contains(st, "copied by:\n  /dba/mp/mongo → /app/mp/replicated/mongo") {
+		t.Fatalf("status of a source:\n%s", st)
+	}
+	if st := admin.ok("status", "/dba/other"); st != "/dba/other takes no part in replication\n" {
+		t.Fatalf("status of an unrelated path = %q", st)
+	}
+
+	// Only the replicator writes a destination.
+	if got := admin.fails("put", "/app/mp/replicated/mongo/password", "mine"); !strings.Contains(got, "is replicated from /dba/mp/mongo by rule r-") || !strings.Contains(got, "change the source instead") {
+		t.Fatalf("put into a destination: %q", got)
+	}
+	admin.fails("put", "/app/mp/replicated/mongo/new", "x")
+	admin.put("/app/mp/replicated/mongo-evil", "x") // a sibling is not a destination
+
+	// Deleting a shared source needs --force.
+	if got := admin.fails("rm", "/dba/mp/mongo/host"); !strings.Contains(got, "it is replicated to /app/mp/replicated/mongo/host (rule r-") || !strings.Contains(got, "--force") {
+		t.Fatalf("rm of a shared source: %q", got)
+	}
+	admin.ok("rm", "/dba/mp/mongo/host", "--force")
+	admin.eventually("/app/mp/replicated/mongo/host", "")
+
+	// Conflicts are refused, naming the other rule.
+	if got := admin.fails("share", "/dba/mp/other", "--to", "/app/a/replicated/dd/x"); !strings.Contains(got, "overlaps destination /app/a/replicated/dd of rule "+fan) {
+		t.Fatalf("overlapping destination: %q", got)
+	}
+	if got := admin.fails("share", "/dba/mp/x", "--to", "/dba/elsewhere"); !strings.Contains(got, "is not a replication destination") {
+		t.Fatalf("destination outside replicated trees: %q", got)
+	}
+	admin.fails("share", "/dba/mp/x")
+
+	// unshare prunes; --orphan keeps.
+	if got := admin.ok("unshare", fan); got != "unshared "+fan+": deleted 2 copie(s)\n" {
+		t.Fatalf("unshare = %q", got)
+	}
+	admin.fails("get", "/app/a/replicated/dd")
+	mongo := strings.Fields(strings.Split(admin.ok("rules", "ls", "--source", "/dba/mp"), "\n")[1])[0]
+	admin.ok("unshare", mongo, "--orphan")
+	if got := admin.ok("get", "/app/mp/replicated/mongo/password"); got != "rotated" {
+		t.Fatalf("orphaned copy = %q", got)
+	}
+	admin.put("/app/mp/replicated/mongo/password", "now mine") // an ordinary value again
+	admin.fails("rules", "get", mongo)
+}
+
+func TestShareNeedsTheShareAction(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/dba/x/k", "v")
+	token, _ := admin.createToken("--principal", "app:mp", "--role", "app")
+	app := admin.as(token)
+	if got := app.fails("share", "/dba/x", "--to", "/app/mp/replicated/x"); !strings.Contains(got, "permission denied: app:mp may not share /dba/x") {
+		t.Fatalf("share by an app: %q", got)
+	}
+	shareID(t, admin, "/dba/x", "--to", "/app/mp/replicated/x")
+	shareID(t, admin, "/dba/x/k", "--to", "/app/other/replicated/k")
+	// The app sees the rule that writes its tree, not the other app's.
+	ls := app.ok("rules", "ls")
+	if !strings.Contains(ls, "/app/mp/replicated/x") || strings.Contains(ls, "/app/other") {
+		t.Fatalf("rules ls by app:mp:\n%s", ls)
+	}
+	if got := app.ok("get", "/app/mp/replicated/x/k"); got != "v" {
+		t.Fatalf("app reads its copy = %q", got)
+	}
+}
+
+func TestShareRefusesCycles(t *testing.T) {
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+		c.ReplicaDestinations = []string{"/app/+/replicated/**", "/shared/**"}
+	}))
+	admin := newCLI(t, g)
+	// Chains are fine: /dba → /shared → /app.
+	shareID(t, admin, "/dba/a", "--to", "/shared/a")
+	shareID(t, admin, "/shared/a", "--to", "/app/x/replicated/a")
+	admin.put("/dba/a/k", "v")
+	admin.eventually("/app/x/replicated/a/k", "v")
+
+	shareID(t, admin, "/shared/p", "--to", "/shared/q")
+	shareID(t, admin, "/shared/q", "--to", "/shared/r")
+	if got := admin.fails("share", "/shared/r", "--to", "/shared/p"); !strings.Contains(got, "rule would make a cycle: /shared/r → /shared/p") {
+		t.Fatalf("closing a cycle: %q", got)
+	}
+	if got := admin.fails("share", "/shared/s", "--to", "/shared/s/t"); !strings.Contains(got, "a rule cannot copy a tree into itself") {
+		t.Fatalf("copy into itself: %q", got)
+	}
+	if got := admin.fails("share", "/shared/z", "--to", "/shared/a/deeper"); !strings.Contains(got, "overlaps destination /shared/a of rule r-") {
+		t.Fatalf("destination inside another rule's: %q", got)
+	}
+}
