@@ -278,23 +278,33 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 	if len(matched) == 0 {
 		return nil
 	}
-	src, err := r.cfg.Store.ReadSources(ctx, matched)
+	// The destinations follow from the rules alone, so their state is
+	// read together with the sources.
+	var targets []store.ReplicaTarget
+	for _, p := range matched {
+		for _, rule := range ix.BySource(p) {
+			for _, d := range rule.Destinations {
+				if dest, ok := rule.Map(p, d); ok {
+					targets = append(targets, store.ReplicaTarget{Path: dest, Root: d})
+				}
+			}
+		}
+	}
+	var src store.SourceState
+	ws, res, err := r.cfg.Store.ReplicateFrom(ctx, matched, targets, func(st store.SourceState) []store.ReplicaWrite {
+		src = st
+		var ws []store.ReplicaWrite
+		for _, p := range matched {
+			for _, rule := range ix.BySource(p) {
+				ws = append(ws, writesFor(rule, p, st.Found, st.Absent)...)
+			}
+		}
+		return ws
+	})
 	if err != nil {
 		return err
 	}
-	var ws []store.ReplicaWrite
-	for _, p := range matched {
-		for _, rule := range ix.BySource(p) {
-			ws = append(ws, writesFor(rule, p, src.Found, src.Absent)...)
-		}
-	}
-	if len(ws) > 0 {
-		res, err := r.cfg.Store.ApplyReplicas(ctx, ws)
-		if err != nil {
-			return err
-		}
-		r.observe(ws, res, false)
-	}
+	r.observe(ws, res, false)
 	for p := range src.Parked {
 		rev := src.Absent[p]
 		if e, ok := src.Found[p]; ok {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -66,18 +67,8 @@ type ReplicaResult struct {
 // races another writer is read and tried again. Results are in the order of
 // ws.
 func (s *Store) ApplyReplicas(ctx context.Context, ws []ReplicaWrite) ([]ReplicaResult, error) {
-	seen := make(map[string]bool, len(ws))
-	for _, w := range ws {
-		if seen[w.Path] {
-			return nil, fmt.Errorf("replicate to %s: %w: the path appears twice in one call", w.Path, ErrInvalidArgument)
-		}
-		seen[w.Path] = true
-		if _, err := ParsePath(w.Path); err != nil {
-			return nil, fmt.Errorf("replicate to %s: %w", w.Path, err)
-		}
-		if !w.Delete && len(w.Value) > s.maxValue {
-			return nil, fmt.Errorf("replicate to %s: %w", w.Path, &ValueTooLargeError{Size: len(w.Value), Max: s.maxValue})
-		}
+	if err := s.checkReplicas(ws); err != nil {
+		return nil, err
 	}
 	out := make([]ReplicaResult, len(ws))
 	batches := s.replicaBatches(ws)
@@ -106,6 +97,24 @@ func (s *Store) ApplyReplicas(ctx context.Context, ws []ReplicaWrite) ([]Replica
 	}
 	wg.Wait()
 	return out, first
+}
+
+// checkReplicas validates writes before any is made.
+func (s *Store) checkReplicas(ws []ReplicaWrite) error {
+	seen := make(map[string]bool, len(ws))
+	for _, w := range ws {
+		if seen[w.Path] {
+			return fmt.Errorf("replicate to %s: %w: the path appears twice in one call", w.Path, ErrInvalidArgument)
+		}
+		seen[w.Path] = true
+		if _, err := ParsePath(w.Path); err != nil {
+			return fmt.Errorf("replicate to %s: %w", w.Path, err)
+		}
+		if !w.Delete && len(w.Value) > s.maxValue {
+			return fmt.Errorf("replicate to %s: %w", w.Path, &ValueTooLargeError{Size: len(w.Value), Max: s.maxValue})
+		}
+	}
+	return nil
 }
 
 // replicaBatches splits ws into index ranges that fit one transaction,
@@ -142,15 +151,25 @@ type replicaState struct {
 }
 
 func (s *Store) applyBatch(ctx context.Context, ws []ReplicaWrite, idx []int, out []ReplicaResult) error {
+	return s.applyBatchFrom(ctx, ws, idx, out, nil)
+}
+
+// applyBatchFrom is applyBatch whose first attempt uses states already
+// read (when not nil) instead of reading them.
+func (s *Store) applyBatchFrom(ctx context.Context, ws []ReplicaWrite, idx []int, out []ReplicaResult, first []replicaState) error {
 	for attempt := range maxWriteAttempts {
 		if attempt > 0 {
 			if err := backoff(ctx, attempt); err != nil {
 				return err
 			}
 		}
-		states, err := s.readReplicas(ctx, ws, idx)
-		if err != nil {
-			return fmt.Errorf("replicate: read destinations: %w", err)
+		states := first
+		first = nil
+		if states == nil {
+			var err error
+			if states, err = s.readReplicas(ctx, ws, idx); err != nil {
+				return fmt.Errorf("replicate: read destinations: %w", err)
+			}
 		}
 		var (
 			cmps    []clientv3.Cmp
@@ -263,12 +282,7 @@ func (s *Store) archiveReplica(path string, c current, now int64, deleted bool) 
 func (s *Store) readReplicas(ctx context.Context, ws []ReplicaWrite, idx []int) ([]replicaState, error) {
 	ops := make([]clientv3.Op, 0, replicaReadOps*len(idx))
 	for _, i := range idx {
-		p := ws[i].Path
-		ops = append(ops,
-			clientv3.OpGet(s.kvKey(p)),
-			clientv3.OpGet(s.histPrefix(p), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
-			clientv3.OpGet(s.appliedKey(p)),
-			clientv3.OpGet(s.ownedKey(ws[i].Root)))
+		ops = append(ops, s.replicaReads(ws[i].Path, ws[i].Root)...)
 	}
 	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
@@ -276,30 +290,115 @@ func (s *Store) readReplicas(ctx context.Context, ws []ReplicaWrite, idx []int) 
 	}
 	states := make([]replicaState, len(idx))
 	for k := range idx {
-		r := resp.Responses[replicaReadOps*k : replicaReadOps*(k+1)]
-		st := &states[k]
-		st.readRev = resp.Header.Revision
-		if kvs := r[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			if st.rec, err = decodeRecord(kvs[0].Value); err != nil {
-				return nil, err
-			}
-			st.exists, st.modRev = true, kvs[0].ModRevision
-			st.rev = st.rec.revision(st.modRev)
-		}
-		for _, kv := range r[1].GetResponseRange().Kvs {
-			if _, rev, ok := s.parseHistKey(string(kv.Key)); ok {
-				st.history = append(st.history, rev)
-			}
-		}
-		if kvs := r[2].GetResponseRange().Kvs; len(kvs) > 0 {
-			st.hasApplied = json.Unmarshal(kvs[0].Value, &st.applied) == nil
-			st.appliedMod = kvs[0].ModRevision
-		}
-		if o, ok := ownerOf([][]*mvccpb.KeyValue{r[3].GetResponseRange().Kvs}); ok {
-			st.owner, st.ownerMod = &o, r[3].GetResponseRange().Kvs[0].ModRevision
+		if err := s.parseReplicaState(&states[k], resp.Responses[replicaReadOps*k:replicaReadOps*(k+1)], resp.Header.Revision); err != nil {
+			return nil, err
 		}
 	}
 	return states, nil
+}
+
+// replicaReads are the reads of one destination's state.
+func (s *Store) replicaReads(path, root string) []clientv3.Op {
+	return []clientv3.Op{
+		clientv3.OpGet(s.kvKey(path)),
+		clientv3.OpGet(s.histPrefix(path), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)),
+		clientv3.OpGet(s.appliedKey(path)),
+		clientv3.OpGet(s.ownedKey(root)),
+	}
+}
+
+// parseReplicaState fills st from the responses of replicaReads.
+func (s *Store) parseReplicaState(st *replicaState, r []*etcdserverpb.ResponseOp, readRev int64) error {
+	st.readRev = readRev
+	if kvs := r[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		var err error
+		if st.rec, err = decodeRecord(kvs[0].Value); err != nil {
+			return err
+		}
+		st.exists, st.modRev = true, kvs[0].ModRevision
+		st.rev = st.rec.revision(st.modRev)
+	}
+	for _, kv := range r[1].GetResponseRange().Kvs {
+		if _, rev, ok := s.parseHistKey(string(kv.Key)); ok {
+			st.history = append(st.history, rev)
+		}
+	}
+	if kvs := r[2].GetResponseRange().Kvs; len(kvs) > 0 {
+		st.hasApplied = json.Unmarshal(kvs[0].Value, &st.applied) == nil
+		st.appliedMod = kvs[0].ModRevision
+	}
+	if o, ok := ownerOf([][]*mvccpb.KeyValue{r[3].GetResponseRange().Kvs}); ok {
+		st.owner, st.ownerMod = &o, r[3].GetResponseRange().Kvs[0].ModRevision
+	}
+	return nil
+}
+
+// ReplicaTarget is a destination a source maps to: its path and the root
+// its rule owns.
+type ReplicaTarget struct{ Path, Root string }
+
+// ReplicateFrom reads sources and, in the same transaction when they fit,
+// the state of targets; build turns the sources into destination writes,
+// which are then applied as by ApplyReplicas. One round trip fewer than
+// ReadSources followed by ApplyReplicas: the replicator's hot path.
+func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []ReplicaTarget, build func(SourceState) []ReplicaWrite) ([]ReplicaWrite, []ReplicaResult, error) {
+	if 2*len(sources)+replicaReadOps*len(targets) > 128 || len(targets) > replicaBatch {
+		st, err := s.ReadSources(ctx, sources)
+		if err != nil {
+			return nil, nil, err
+		}
+		ws := build(st)
+		res, err := s.ApplyReplicas(ctx, ws)
+		return ws, res, err
+	}
+	ops := make([]clientv3.Op, 0, 2*len(sources)+replicaReadOps*len(targets))
+	for _, p := range sources {
+		ops = append(ops, clientv3.OpGet(s.kvKey(p)), clientv3.OpGet(s.parkedKey(p), clientv3.WithKeysOnly()))
+	}
+	for _, t := range targets {
+		ops = append(ops, s.replicaReads(t.Path, t.Root)...)
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, nil, fmt.Errorf("read sources: %w", err)
+	}
+	st := SourceState{Found: make(map[string]Entry, len(sources)), Absent: map[string]int64{}, Parked: map[string]bool{}}
+	if err := s.parseSources(&st, sources, resp.Responses, resp.Header.Revision); err != nil {
+		return nil, nil, err
+	}
+	states := make(map[string]replicaState, len(targets))
+	base := 2 * len(sources)
+	for k, t := range targets {
+		var rs replicaState
+		if err := s.parseReplicaState(&rs, resp.Responses[base+replicaReadOps*k:base+replicaReadOps*(k+1)], resp.Header.Revision); err != nil {
+			return nil, nil, err
+		}
+		states[t.Path] = rs
+	}
+	ws := build(st)
+	if len(ws) == 0 {
+		return nil, nil, nil
+	}
+	if err := s.checkReplicas(ws); err != nil {
+		return nil, nil, err
+	}
+	idx := make([]int, len(ws))
+	first := make([]replicaState, len(ws))
+	for i, w := range ws {
+		idx[i] = i
+		rs, ok := states[w.Path]
+		if !ok || w.Root == "" {
+			first = nil // not read with the sources: read it now
+			break
+		}
+		first[i] = rs
+	}
+	out := make([]ReplicaResult, len(ws))
+	if len(s.replicaBatches(ws)) > 1 {
+		res, err := s.ApplyReplicas(ctx, ws)
+		return ws, res, err
+	}
+	return ws, out, s.applyBatchFrom(ctx, ws, idx, out, first)
 }
 
 // ReadTree returns every current version at or below root with its value,
@@ -428,25 +527,34 @@ func (s *Store) ReadSources(ctx context.Context, paths []string) (SourceState, e
 		if err != nil {
 			return SourceState{}, fmt.Errorf("read sources: %w", err)
 		}
-		for i, p := range chunk {
-			if len(resp.Responses[2*i+1].GetResponseRange().Kvs) > 0 {
-				st.Parked[p] = true
-			}
-			kvs := resp.Responses[2*i].GetResponseRange().Kvs
-			if len(kvs) == 0 {
-				st.Absent[p] = resp.Header.Revision
-				continue
-			}
-			rec, err := decodeRecord(kvs[0].Value)
-			if err != nil {
-				return SourceState{}, fmt.Errorf("read %s: %w", p, err)
-			}
-			e := rec.entry(p, rec.revision(kvs[0].ModRevision))
-			if e.Value, err = s.open(p, rec); err != nil {
-				return SourceState{}, err
-			}
-			st.Found[p] = e
+		if err := s.parseSources(&st, chunk, resp.Responses, resp.Header.Revision); err != nil {
+			return SourceState{}, err
 		}
 	}
 	return st, nil
+}
+
+// parseSources fills st from the two reads per source path (kv, parked)
+// at the start of r.
+func (s *Store) parseSources(st *SourceState, paths []string, r []*etcdserverpb.ResponseOp, readRev int64) error {
+	for i, p := range paths {
+		if len(r[2*i+1].GetResponseRange().Kvs) > 0 {
+			st.Parked[p] = true
+		}
+		kvs := r[2*i].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			st.Absent[p] = readRev
+			continue
+		}
+		rec, err := decodeRecord(kvs[0].Value)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", p, err)
+		}
+		e := rec.entry(p, rec.revision(kvs[0].ModRevision))
+		if e.Value, err = s.open(p, rec); err != nil {
+			return err
+		}
+		st.Found[p] = e
+	}
+	return nil
 }

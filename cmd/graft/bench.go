@@ -53,6 +53,12 @@ type benchResult struct {
 	P50MS                   float64  `json:"p50_ms"`
 	P99MS                   float64  `json:"p99_ms"`
 	MaxMS                   float64  `json:"max_ms"`
+	// Commit* are the same from graftd's own commit timestamps: the
+	// source version's time to its last destination version's time,
+	// without the client's put round trip and watch delivery.
+	CommitP50MS float64 `json:"commit_p50_ms"`
+	CommitP99MS float64 `json:"commit_p99_ms"`
+	CommitMaxMS float64 `json:"commit_max_ms"`
 	FloorP50MS              float64  `json:"floor_p50_ms,omitempty"`
 	FloorP99MS              float64  `json:"floor_p99_ms,omitempty"`
 	RatioP50                float64  `json:"ratio_p50,omitempty"`
@@ -156,10 +162,11 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 		}
 	}()
 
-	lat, writes, missing, elapsed, err := measureReplication(ctx, c, bc, source, run)
+	lat, commit, writes, missing, elapsed, err := measureReplication(ctx, c, bc, source, run)
 	if err != nil {
 		return res, err
 	}
+	res.CommitP50MS, res.CommitP99MS, res.CommitMaxMS = quantileMS(commit, 0.5), quantileMS(commit, 0.99), quantileMS(commit, 1)
 	res.Writes, res.Missing = writes, missing
 	res.DestinationWrites = (writes - missing) * bc.fanout
 	res.DestinationWritesPerSec = float64(res.DestinationWrites) / elapsed.Seconds()
@@ -214,7 +221,7 @@ func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
 // measureReplication writes at the configured rate and returns, per write
 // that reached every destination, the time from sending it to its last
 // destination's arrival.
-func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, source, run string) (lat []time.Duration, writes, missing int, elapsed time.Duration, err error) {
+func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, source, run string) (lat, commit []time.Duration, writes, missing int, elapsed time.Duration, err error) {
 	// Values carry their sequence number, so the watch reads values.
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -223,6 +230,8 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	var (
 		mu      sync.Mutex
 		sent    = map[int]time.Time{}
+		srcAt   = map[int]time.Time{} // the source version's commit time
+		destAt  = map[int]time.Time{} // the last destination version's
 		arrived = map[int]int{}
 		done    = map[int]time.Duration{}
 		all     = make(chan struct{})
@@ -242,6 +251,9 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 					continue
 				}
 				mu.Lock()
+				if e.Entry.Time.After(destAt[seq]) {
+					destAt[seq] = e.Entry.Time
+				}
 				arrived[seq]++
 				if arrived[seq] == bc.fanout {
 					done[seq] = now.Sub(sent[seq])
@@ -275,14 +287,19 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 			mu.Lock()
 			sent[i] = time.Now()
 			mu.Unlock()
-			if _, err := c.Put(ctx, path, val); err != nil {
+			e, err := c.Put(ctx, path, val)
+			if err != nil {
 				errOnce.Do(func() { werr = err })
+				return
 			}
+			mu.Lock()
+			srcAt[i] = e.Time
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	if werr != nil {
-		return nil, n, 0, 0, fmt.Errorf("bench replicate: write: %w", werr)
+		return nil, nil, n, 0, 0, fmt.Errorf("bench replicate: write: %w", werr)
 	}
 	mu.Lock()
 	total = n
@@ -294,15 +311,16 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	case <-all:
 	case <-time.After(10 * time.Second):
 	case <-ctx.Done():
-		return nil, n, 0, 0, ctx.Err()
+		return nil, nil, n, 0, 0, ctx.Err()
 	}
 	elapsed = time.Since(start)
 	mu.Lock()
 	defer mu.Unlock()
-	for _, d := range done {
+	for seq, d := range done {
 		lat = append(lat, d)
+		commit = append(commit, destAt[seq].Sub(srcAt[seq]))
 	}
-	return lat, n, n - len(done), elapsed, nil
+	return lat, commit, n, n - len(done), elapsed, nil
 }
 
 // measureFloor does by hand on etcd what replication does for one write:
@@ -359,7 +377,8 @@ func quantileMS(d []time.Duration, q float64) float64 {
 func writeBench(w io.Writer, r benchResult) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "replication (%s): %d writes at %d/s for %.1fs, fan-out %d\n", r.Mode, r.Writes, r.Rate, r.DurationS, r.Fanout)
-	fmt.Fprintf(&b, "  source → every destination: p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.P50MS, r.P99MS, r.MaxMS)
+	fmt.Fprintf(&b, "  source put → every destination seen: p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.P50MS, r.P99MS, r.MaxMS)
+	fmt.Fprintf(&b, "  source commit → last destination commit (graftd's clock): p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.CommitP50MS, r.CommitP99MS, r.CommitMaxMS)
 	fmt.Fprintf(&b, "  destination writes: %d (%.0f/s), missing %d\n", r.DestinationWrites, r.DestinationWritesPerSec, r.Missing)
 	if r.FloorP50MS > 0 {
 		fmt.Fprintf(&b, "  floor (2 etcd puts + 1 watch event): p50 %.2f ms  p99 %.2f ms; ratio p50 %.2f  p99 %.2f\n", r.FloorP50MS, r.FloorP99MS, r.RatioP50, r.RatioP99)
