@@ -43,28 +43,28 @@ type benchConfig struct {
 
 // benchResult is what it reports; -o json prints it as is.
 type benchResult struct {
-	Mode                    string   `json:"mode"`
-	Rate                    int      `json:"rate"`
-	DurationS               float64  `json:"duration_s"`
-	Fanout                  int      `json:"fanout"`
-	Writes                  int      `json:"writes"`
-	DestinationWrites       int      `json:"destination_writes"`
-	DestinationWritesPerSec float64  `json:"destination_writes_per_sec"`
-	P50MS                   float64  `json:"p50_ms"`
-	P99MS                   float64  `json:"p99_ms"`
-	MaxMS                   float64  `json:"max_ms"`
+	Mode                    string  `json:"mode"`
+	Rate                    int     `json:"rate"`
+	DurationS               float64 `json:"duration_s"`
+	Fanout                  int     `json:"fanout"`
+	Writes                  int     `json:"writes"`
+	DestinationWrites       int     `json:"destination_writes"`
+	DestinationWritesPerSec float64 `json:"destination_writes_per_sec"`
+	P50MS                   float64 `json:"p50_ms"`
+	P99MS                   float64 `json:"p99_ms"`
+	MaxMS                   float64 `json:"max_ms"`
 	// Commit* are the same from graftd's own commit timestamps: the
 	// source version's time to its last destination version's time,
 	// without the client's put round trip and watch delivery.
-	CommitP50MS float64 `json:"commit_p50_ms"`
-	CommitP99MS float64 `json:"commit_p99_ms"`
-	CommitMaxMS float64 `json:"commit_max_ms"`
-	FloorP50MS              float64  `json:"floor_p50_ms,omitempty"`
-	FloorP99MS              float64  `json:"floor_p99_ms,omitempty"`
-	RatioP50                float64  `json:"ratio_p50,omitempty"`
-	RatioP99                float64  `json:"ratio_p99,omitempty"`
-	Missing                 int      `json:"missing"`
-	Notes                   []string `json:"notes,omitempty"`
+	CommitP50MS float64  `json:"commit_p50_ms"`
+	CommitP99MS float64  `json:"commit_p99_ms"`
+	CommitMaxMS float64  `json:"commit_max_ms"`
+	FloorP50MS  float64  `json:"floor_p50_ms,omitempty"`
+	FloorP99MS  float64  `json:"floor_p99_ms,omitempty"`
+	RatioP50    float64  `json:"ratio_p50,omitempty"`
+	RatioP99    float64  `json:"ratio_p99,omitempty"`
+	Missing     int      `json:"missing"`
+	Notes       []string `json:"notes,omitempty"`
 }
 
 func (a *app) benchReplicateCmd() *cobra.Command {
