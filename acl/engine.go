@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -66,12 +68,17 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		return rev, err
 	}
-	follow(ctx, e.log, "policies", load, func(ctx context.Context, rev int64) {
+	retry.Forever(ctx, e.log, "loading policies", 50*time.Millisecond, 2*time.Second, func(ctx context.Context) error {
+		rev, err := load(ctx)
+		if err != nil {
+			return err
+		}
 		for range e.store.WatchPolicies(ctx, rev) {
 			if _, err := e.reload(ctx); err != nil {
-				return // follow loads again
+				return err
 			}
 		}
+		return nil
 	})
 	return nil
 }

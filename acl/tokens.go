@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -130,7 +131,14 @@ func NewTokens(cfg TokensConfig) (*Tokens, error) {
 // Run loads the token records and follows their changes until ctx ends,
 // reloading whenever the watch breaks.
 func (t *Tokens) Run(ctx context.Context) error {
-	follow(ctx, t.log, "tokens", t.load, t.apply)
+	retry.Forever(ctx, t.log, "loading tokens", 50*time.Millisecond, 2*time.Second, func(ctx context.Context) error {
+		rev, err := t.load(ctx)
+		if err != nil {
+			return err
+		}
+		t.apply(ctx, rev)
+		return nil
+	})
 	return nil
 }
 

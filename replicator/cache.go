@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -54,28 +55,18 @@ func (r *Rules) Changed() <-chan struct{} { return r.changed }
 
 // Run loads the rules and follows their changes until ctx ends.
 func (r *Rules) Run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
+	retry.Forever(ctx, r.log, "loading replication rules", 50*time.Millisecond, 2*time.Second, func(ctx context.Context) error {
 		rev, err := r.load(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			r.log.Warn("loading replication rules failed; retrying", "err", err, "backoff", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			backoff = min(2*backoff, 2*time.Second)
-			continue
+			return err
 		}
-		backoff = 50 * time.Millisecond
 		for range r.store.WatchRules(ctx, rev) {
 			if _, err := r.load(ctx); err != nil {
-				break
+				return err
 			}
 		}
-	}
+		return nil
+	})
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -115,19 +116,9 @@ func (r *Replicator) RunReconciler(ctx context.Context, cfg ReconcilerConfig) er
 	if cfg.Prefix == "" {
 		cfg.Prefix = store.DefaultPrefix
 	}
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.leadReconciler(ctx, cfg)
-		if ctx.Err() != nil {
-			break
-		}
-		r.log.Warn("reconciler lost its election or failed; campaigning again", "err", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	retry.Forever(ctx, r.log, "reconciling", 100*time.Millisecond, 5*time.Second, func(ctx context.Context) error {
+		return r.leadReconciler(ctx, cfg)
+	})
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -99,19 +100,7 @@ func (r *Relay) Leader() bool { return r.leader.Load() }
 
 // Run campaigns for the relay and relays while leader, until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.lead(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		r.log.Warn("relay stopped; campaigning again", "err", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
+	retry.Forever(ctx, r.log, "relaying", 50*time.Millisecond, 2*time.Second, r.lead)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -112,19 +113,7 @@ func New(cfg Config) (*Replicator, error) {
 
 // Run consumes change events until ctx ends, reconnecting after errors.
 func (r *Replicator) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.consume(ctx)
-		if ctx.Err() != nil {
-			break
-		}
-		r.log.Warn("replicator stopped consuming; restarting", "err", err, "backoff", backoff)
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
+	retry.Forever(ctx, r.log, "consuming change events", 100*time.Millisecond, 5*time.Second, r.consume)
 	return nil
 }
 
