@@ -128,7 +128,8 @@ func (r *Replicator) Status(ctx context.Context, path string) (Status, error) {
 	st.Rule = &rule
 	st.Source = rule.Source + strings.TrimPrefix(path, owner.Root)
 	src, srcFound, _, err := r.cfg.Store.ReadSource(ctx, st.Source)
-	if err != nil {
+	unreadable := errors.Is(err, store.ErrDecrypt) // shown through its parked change
+	if err != nil && !unreadable {
 		return st, err
 	}
 	if srcFound {
@@ -154,6 +155,8 @@ func (r *Replicator) Status(ctx context.Context, path string) (Status, error) {
 		st.DestinationRevision = dst.Revision
 	}
 	switch {
+	case unreadable:
+		st.InSync = false
 	case srcFound:
 		st.InSync = dstFound && hasApplied && a.SourceRevision >= src.Revision
 	case rule.OnDelete == OnDeleteRetain:

@@ -32,8 +32,23 @@ func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int
 // destinations hold copies of afterwards.
 func (r *Replicator) reconcile(ctx context.Context, rule Rule, repair bool) (changed, mirrored int, err error) {
 	entries, readRev, err := r.cfg.Store.ReadTree(ctx, rule.Source)
-	if err != nil {
+	var unreadable *store.UnreadableError
+	if errors.As(err, &unreadable) {
+		// Copy what can be read; leave the copies of what cannot alone
+		// (they are not orphans) and report it after.
+		defer func() {
+			if err == nil {
+				err = fmt.Errorf("rule %s: %w", rule.ID, unreadable)
+			}
+		}()
+	} else if err != nil {
 		return 0, 0, err
+	}
+	skip := map[string]bool{}
+	if unreadable != nil {
+		for _, p := range unreadable.Paths {
+			skip[p] = true
+		}
 	}
 	mirrored = len(entries) * len(rule.Destinations)
 	found := make(map[string]store.Entry, len(entries))
@@ -65,7 +80,7 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, repair bool) (cha
 				continue
 			}
 			src := rule.Source + strings.TrimPrefix(dest, d)
-			if _, ok := found[src]; ok || a.SourceRevision >= readRev {
+			if _, ok := found[src]; ok || skip[src] || a.SourceRevision >= readRev {
 				continue
 			}
 			ws = append(ws, store.ReplicaWrite{Path: dest, Root: d, Rule: rule.ID, Source: src, SourceRevision: readRev, Delete: true})

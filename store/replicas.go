@@ -401,8 +401,22 @@ func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []R
 	return ws, out, s.applyBatchFrom(ctx, ws, idx, out, first)
 }
 
+// UnreadableError lists paths whose values could not be decrypted.
+type UnreadableError struct {
+	Paths []string
+	Err   error // the first decryption error
+}
+
+func (e *UnreadableError) Error() string {
+	return fmt.Sprintf("%d value(s) cannot be decrypted, such as %s: %v", len(e.Paths), e.Paths[0], e.Err)
+}
+
+func (e *UnreadableError) Unwrap() error { return e.Err }
+
 // ReadTree returns every current version at or below root with its value,
-// and the revision it was read at: a rule's sources, in one read.
+// and the revision it was read at: a rule's sources, in one read. Values
+// that cannot be decrypted are left out and named by an *UnreadableError
+// returned with the rest.
 func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, error) {
 	if _, err := ParsePath(root); err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", root, err)
@@ -412,21 +426,30 @@ func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, erro
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", root, err)
 	}
-	var out []Entry
+	var (
+		out        []Entry
+		unreadable *UnreadableError
+	)
 	for _, kv := range resp.Kvs {
 		p := string(kv.Key[len(s.kvPrefix):])
 		if !Under(p, root) {
 			continue
 		}
 		r, err := decodeRecord(kv.Value)
-		if err != nil {
-			return nil, 0, fmt.Errorf("read %s: %w", p, err)
+		if err == nil {
+			e := r.entry(p, r.revision(kv.ModRevision))
+			if e.Value, err = s.open(p, r); err == nil {
+				out = append(out, e)
+				continue
+			}
 		}
-		e := r.entry(p, r.revision(kv.ModRevision))
-		if e.Value, err = s.open(p, r); err != nil {
-			return nil, 0, err
+		if unreadable == nil {
+			unreadable = &UnreadableError{Err: err}
 		}
-		out = append(out, e)
+		unreadable.Paths = append(unreadable.Paths, p)
+	}
+	if unreadable != nil {
+		return out, resp.Header.Revision, unreadable
 	}
 	return out, resp.Header.Revision, nil
 }
