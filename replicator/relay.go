@@ -132,6 +132,11 @@ func (r *Relay) lead(ctx context.Context) error {
 		case <-lctx.Done():
 		}
 	}()
+	// The stream may not exist yet (a fresh NATS, or one whose store was
+	// lost): a relay that published into nothing would retry for ever.
+	if _, err := EnsureStream(lctx, r.cfg.JetStream, r.cfg.Stream); err != nil {
+		return err
+	}
 	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
 	return r.relay(lctx, guard)
 }
@@ -298,6 +303,11 @@ func (r *Relay) publish(ctx context.Context, kvPrefix string, evs []*clientv3.Ev
 		}
 		r.errors.Inc()
 		r.log.Warn("publishing change events failed; retrying", "events", len(evs), "err", err, "backoff", backoff)
+		if errors.Is(err, jetstream.ErrNoStreamResponse) {
+			if _, serr := EnsureStream(ctx, r.cfg.JetStream, r.cfg.Stream); serr != nil {
+				r.log.Warn("recreating the change-event stream failed", "err", serr)
+			}
+		}
 		select {
 		case <-time.After(backoff):
 		case <-ctx.Done():
