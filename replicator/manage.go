@@ -42,7 +42,7 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 	if err := r.cfg.Rules.Refresh(ctx); err != nil {
 		r.log.Warn("reloading rules after share failed; the watch will apply it", "err", err)
 	}
-	_, n, err := r.reconcile(ctx, rule, false)
+	_, n, err := r.reconcile(ctx, rule, writeFill)
 	if err != nil {
 		// The rule stands; the reconciler finishes filling it.
 		return rule, n, fmt.Errorf("rule %s created, but filling its destinations failed (the reconciler retries): %w", rule.ID, err)

@@ -24,13 +24,17 @@ const DefaultReconcileInterval = 5 * time.Minute
 // destinations it changed. With repair set, each change is counted and
 // logged as a repair: the event path should have made it.
 func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int, error) {
-	n, _, err := r.reconcile(ctx, rule, repair)
+	kind := writeFill
+	if repair {
+		kind = writeRepair
+	}
+	n, _, err := r.reconcile(ctx, rule, kind)
 	return n, err
 }
 
 // reconcile is Reconcile that also returns how many source values the
 // destinations hold copies of afterwards.
-func (r *Replicator) reconcile(ctx context.Context, rule Rule, repair bool) (changed, mirrored int, err error) {
+func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (changed, mirrored int, err error) {
 	entries, readRev, err := r.cfg.Store.ReadTree(ctx, rule.Source)
 	var unreadable *store.UnreadableError
 	if errors.As(err, &unreadable) {
@@ -93,7 +97,7 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, repair bool) (cha
 	if err != nil {
 		return 0, 0, err
 	}
-	return r.observe(ws, res, repair), mirrored, nil
+	return r.observe(ws, res, kind), mirrored, nil
 }
 
 // ReconcileAll reconciles every rule and returns the number of
@@ -117,13 +121,33 @@ type ReconcilerConfig struct {
 	// Prefix is the store prefix; the election lives under it.
 	Prefix   string
 	Interval time.Duration
-	// Now triggers an immediate pass, e.g. when the relay finds its cursor
-	// compacted.
-	Now <-chan struct{}
+}
+
+// reconcileRequestKey is where anyone asks the reconciling graftd, on
+// whichever replica it runs, for a pass now.
+func reconcileRequestKey(prefix string) string { return prefix + "reconcile/request" }
+
+// reconcileRequest is an Op that asks for a reconcile pass; the relay puts
+// it in the same transaction as the cursor move that needs it.
+func reconcileRequest(prefix, reason string) clientv3.Op {
+	return clientv3.OpPut(reconcileRequestKey(prefix), reason)
+}
+
+// RequestReconcile asks the reconciler for a full pass as soon as it can,
+// on whichever graftd it runs.
+func RequestReconcile(ctx context.Context, cli *clientv3.Client, prefix, reason string) error {
+	if prefix == "" {
+		prefix = store.DefaultPrefix
+	}
+	if _, err := cli.Do(ctx, reconcileRequest(prefix, reason)); err != nil {
+		return fmt.Errorf("request a reconcile: %w", err)
+	}
+	return nil
 }
 
 // RunReconciler reconciles on one graftd at a time (an etcd election): at
-// start, after every rule change, on cfg.Now and every cfg.Interval.
+// start, after every rule change, on every RequestReconcile and every
+// cfg.Interval.
 func (r *Replicator) RunReconciler(ctx context.Context, cfg ReconcilerConfig) error {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultReconcileInterval
@@ -166,6 +190,16 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 		}
 		r.log.Debug("reconcile pass", "why", why, "repairs", n, "took", time.Since(start))
 	}
+	// Requests made before the start pass are answered by it; watch for
+	// the ones after.
+	reqKey := reconcileRequestKey(cfg.Prefix)
+	resp, err := cfg.Client.Get(ctx, reqKey)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	requests := cfg.Client.Watch(wctx, reqKey, clientv3.WithRev(resp.Header.Revision+1))
 	pass("start")
 	for {
 		select {
@@ -175,8 +209,16 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 			return errors.New("election session expired")
 		case <-r.cfg.Rules.Changed():
 			pass("rules changed")
-		case <-cfg.Now:
-			pass("requested")
+		case w, ok := <-requests:
+			if !ok || w.Err() != nil {
+				return fmt.Errorf("watch reconcile requests: %v", w.Err())
+			}
+			for _, ev := range w.Events {
+				r.log.Info("reconciling on request", "reason", string(ev.Kv.Value))
+			}
+			if len(w.Events) > 0 {
+				pass("requested")
+			}
 		case <-tick.C:
 			pass("interval")
 		}

@@ -28,11 +28,6 @@ type RelayConfig struct {
 	Prefix    string // the store prefix; default store.DefaultPrefix
 	JetStream jetstream.JetStream
 	Stream    StreamConfig
-	// OnCompacted is called when the cursor is older than etcd's
-	// compaction: changes in between are gone from etcd's log, so the
-	// caller runs a full reconcile. The cursor has already moved to the
-	// current revision, so every later change is still relayed.
-	OnCompacted func(ctx context.Context)
 	// SessionTTL is the election lease in seconds; default 5.
 	SessionTTL int
 	// Holder names this replica in the election; default host:pid.
@@ -193,7 +188,7 @@ func (r *Relay) relay(ctx context.Context, guard clientv3.Cmp) error {
 					break watch
 				}
 				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-					if err := r.compacted(ctx, &cursor, save); err != nil {
+					if err := r.compacted(ctx, &cursor, guard); err != nil {
 						tick.Stop()
 						cancel()
 						return err
@@ -249,32 +244,44 @@ func (r *Relay) readCursor(ctx context.Context, guard clientv3.Cmp) (int64, erro
 		r.cursorRev.Set(float64(c))
 		return c, nil
 	}
+	// Changes up to c are not relayed: ask the reconciler, in the same
+	// transaction, for a pass that copies them.
 	c := resp.Header.Revision
-	tx, err := r.cfg.Client.Txn(ctx).If(guard).Then(clientv3.OpPut(r.cursorKey(), strconv.FormatInt(c, 10))).Commit()
+	tx, err := r.cfg.Client.Txn(ctx).If(guard).Then(
+		clientv3.OpPut(r.cursorKey(), strconv.FormatInt(c, 10)),
+		reconcileRequest(r.cfg.Prefix, "the relay started for the first time"),
+	).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("start relay cursor: %w", err)
 	}
 	if !tx.Succeeded {
 		return 0, errors.New("lost the relay election")
 	}
-	r.log.Info("relaying changes for the first time; earlier values are filled by the reconciler", "from_revision", c+1)
+	r.log.Info("relaying changes for the first time; the reconciler copies earlier values", "from_revision", c+1)
 	return c, nil
 }
 
-// compacted moves the cursor past a compaction and asks for a reconcile.
-func (r *Relay) compacted(ctx context.Context, cursor *int64, save func(context.Context) error) error {
+// compacted moves the cursor past a compaction and, in the same
+// transaction, asks the reconciler for the changes in between: they are
+// gone from etcd's log. Every later change is still relayed.
+func (r *Relay) compacted(ctx context.Context, cursor *int64, guard clientv3.Cmp) error {
 	resp, err := r.cfg.Client.Get(ctx, r.cursorKey())
 	if err != nil {
 		return err
 	}
-	r.log.Warn("relay cursor was compacted away: changes in between cannot be relayed; running a full reconcile", "cursor", *cursor, "now", resp.Header.Revision)
-	*cursor = resp.Header.Revision
-	if err := save(ctx); err != nil {
-		return err
+	r.log.Warn("relay cursor was compacted away: changes in between cannot be relayed; asking for a full reconcile", "cursor", *cursor, "now", resp.Header.Revision)
+	now := resp.Header.Revision
+	tx, err := r.cfg.Client.Txn(ctx).If(guard).Then(
+		clientv3.OpPut(r.cursorKey(), strconv.FormatInt(now, 10)),
+		reconcileRequest(r.cfg.Prefix, fmt.Sprintf("relay cursor %d was compacted; resumed at %d", *cursor, now)),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("move the relay cursor past a compaction: %w", err)
 	}
-	if r.cfg.OnCompacted != nil {
-		go r.cfg.OnCompacted(context.WithoutCancel(ctx))
+	if !tx.Succeeded {
+		return errors.New("lost the relay election")
 	}
+	*cursor = now
 	return nil
 }
 

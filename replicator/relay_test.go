@@ -247,24 +247,40 @@ func TestRelayCompactedCursorAsksForReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	reconciles := make(chan struct{}, 1)
-	r2, _ := e.startRelay(t, replicator.RelayConfig{OnCompacted: func(context.Context) {
-		select {
-		case reconciles <- struct{}{}:
-		default:
-		}
-	}})
-	select {
-	case <-reconciles:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the relay did not ask for a reconcile after its cursor was compacted")
-	}
+	before := reconcileRequests(t, e)
+	r2, _ := e.startRelay(t, replicator.RelayConfig{})
+	testenv.WaitFor(t, 10*time.Second, func() bool { return reconcileRequests(t, e) > before })
 	testenv.WaitFor(t, 5*time.Second, r2.Leader)
 	after := e.put(t, "/dba/a/after", "v")
 	got := e.waitEvents(t, 2)
 	if ev := got[len(got)-1]; ev.Path != "/dba/a/after" || ev.Revision != after {
 		t.Fatalf("last event = %+v, want /dba/a/after at %d: the relay stopped after the compaction", ev, after)
 	}
+}
+
+// reconcileRequests returns the version of the reconcile request key:
+// how many times a reconcile was asked for.
+func reconcileRequests(t *testing.T, e *relayEnv) int64 {
+	t.Helper()
+	resp, err := e.Client.Get(e.ctx, "/graft/reconcile/request")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0
+	}
+	return resp.Kvs[0].Version
+}
+
+// TestRelayFirstStartAsksForReconcile: the first relay starts its cursor
+// at the current revision, so it must ask for the values written before
+// it (for instance between graftd's start and its election).
+func TestRelayFirstStartAsksForReconcile(t *testing.T) {
+	e := newRelayEnv(t)
+	e.put(t, "/dba/a/early", "v")
+	r, _ := e.startRelay(t, replicator.RelayConfig{})
+	testenv.WaitFor(t, 5*time.Second, r.Leader)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return reconcileRequests(t, e) == 1 })
 }
 
 // TestRelayFailover runs two relays: one leads, and when it stops the

@@ -293,7 +293,7 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 	if err != nil {
 		return err
 	}
-	r.observe(ws, res, false)
+	r.observe(ws, res, writeEvent)
 	for p := range src.Parked {
 		rev := src.Absent[p]
 		if e, ok := src.Found[p]; ok {
@@ -330,8 +330,18 @@ func writesFor(rule Rule, p string, found map[string]store.Entry, absent map[str
 	return ws
 }
 
-// observe counts the outcomes of a write and the lag of each value written.
-func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, repair bool) int {
+// writeKind says why destinations were written.
+type writeKind int
+
+const (
+	writeEvent  writeKind = iota // a change event: its delay is replication lag
+	writeFill                    // a new rule's first copy: not lag, not a repair
+	writeRepair                  // the reconciler found the event path missed it
+)
+
+// observe counts the outcomes of replica writes and returns how many
+// destinations changed.
+func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, kind writeKind) int {
 	now := time.Now()
 	n := 0
 	for i, x := range res {
@@ -340,10 +350,10 @@ func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult,
 			continue
 		}
 		n++
-		if ws[i].SourceTime > 0 {
+		if ws[i].SourceTime > 0 && kind != writeFill {
 			r.metrics.lag.Observe(now.Sub(time.Unix(0, ws[i].SourceTime)).Seconds())
 		}
-		if repair {
+		if kind == writeRepair {
 			r.metrics.repairs.Inc()
 			r.log.Warn("reconciler repaired a destination the event path missed", "destination", ws[i].Path, "source", ws[i].Source, "source_revision", ws[i].SourceRevision, "outcome", x.Outcome)
 		}

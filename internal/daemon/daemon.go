@@ -207,15 +207,8 @@ func (d *Daemon) startReplication(ctx, bg context.Context, reg prometheus.Regist
 	if _, err := replicator.EnsureStream(ctx, d.js, stream); err != nil {
 		return err
 	}
-	reconcileNow := make(chan struct{}, 1)
 	d.relay, err = replicator.NewRelay(replicator.RelayConfig{
 		Client: d.cli, Prefix: d.cfg.Etcd.Prefix, JetStream: d.js, Stream: stream,
-		OnCompacted: func(context.Context) {
-			select {
-			case reconcileNow <- struct{}{}:
-			default:
-			}
-		},
 		Logger: log.With("subsystem", "relay"), Registerer: reg,
 	})
 	if err != nil {
@@ -224,7 +217,7 @@ func (d *Daemon) startReplication(ctx, bg context.Context, reg prometheus.Regist
 	d.goRun(func() error { return d.relay.Run(bg) })
 	d.goRun(func() error { return d.repl.Run(bg) })
 	d.goRun(func() error {
-		return d.repl.RunReconciler(bg, replicator.ReconcilerConfig{Client: d.cli, Prefix: d.cfg.Etcd.Prefix, Interval: d.cfg.ReconcileInterval, Now: reconcileNow})
+		return d.repl.RunReconciler(bg, replicator.ReconcilerConfig{Client: d.cli, Prefix: d.cfg.Etcd.Prefix, Interval: d.cfg.ReconcileInterval})
 	})
 	return nil
 }

@@ -1,0 +1,156 @@
+package replicator_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/store"
+)
+
+// reconcileEnv is a replicator with no relay and no consumer running: only
+// what a test calls moves destinations, as when the event path is down.
+type reconcileEnv struct {
+	*testenv.Env
+	ctx  context.Context
+	repl *replicator.Replicator
+	reg  *prometheus.Registry
+}
+
+func newReconcileEnv(t *testing.T) *reconcileEnv {
+	t.Helper()
+	env := testenv.Start(t)
+	log := testenv.Logger(t)
+	ns := testenv.StartNATS(t, t.TempDir())
+	nc, err := nats.Connect(ns.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	rules := replicator.NewRules(env.Store, log)
+	go rules.Run(ctx)
+	<-rules.Loaded()
+	reg := prometheus.NewRegistry()
+	repl, err := replicator.New(replicator.Config{Store: env.Store, JetStream: js, Rules: rules, Logger: log, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &reconcileEnv{Env: env, ctx: ctx, repl: repl, reg: reg}
+}
+
+func (e *reconcileEnv) put(t *testing.T, path, value string) {
+	t.Helper()
+	if _, err := e.Store.Put(e.ctx, path, []byte(value), store.WriteOptions{Author: "user:dba"}); err != nil {
+		t.Fatalf("put %s: %v", path, err)
+	}
+}
+
+func (e *reconcileEnv) repairs(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "graft_replication_repairs_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("no graft_replication_repairs_total metric")
+	return 0
+}
+
+// TestReconcileRepairsMissingStaleAndOrphaned changes sources while no
+// event is delivered: one reconcile pass writes the missing copy, updates
+// the stale one and deletes the orphan, and counts three repairs. A rule
+// that retains deleted sources keeps its orphan.
+func TestReconcileRepairsMissingStaleAndOrphaned(t *testing.T) {
+	e := newReconcileEnv(t)
+	e.put(t, "/dba/p/stale", "v1")
+	e.put(t, "/dba/p/orphan", "v1")
+	e.put(t, "/dba/p/same", "v1")
+	del, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/p", []string{"/app/a/replicated/p"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/p", []string{"/app/b/replicated/p"}, replicator.OnDeleteRetain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.repairs(t); got != 0 {
+		t.Fatalf("filling new rules counted %v repairs; a fill is not a repair", got)
+	}
+
+	e.put(t, "/dba/p/missing", "new")
+	e.put(t, "/dba/p/stale", "v2")
+	if _, err := e.Store.Delete(e.ctx, "/dba/p/orphan", store.WriteOptions{Author: "user:dba"}); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := e.repl.Reconcile(e.ctx, del, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Errorf("reconcile changed %d destinations, want 3 (missing, stale, orphan)", n)
+	}
+	if got := e.repairs(t); got != 3 {
+		t.Errorf("repairs metric = %v, want 3", got)
+	}
+	if d := compareTrees(t, e.Store, "/dba/p", "/app/a/replicated/p"); d != "" {
+		t.Fatalf("after reconcile:\n%s", d)
+	}
+	// A second pass finds nothing to do.
+	if n, err := e.repl.Reconcile(e.ctx, del, true); err != nil || n != 0 {
+		t.Fatalf("second pass changed %d (%v), want 0", n, err)
+	}
+
+	if _, err := e.repl.Reconcile(e.ctx, keep, true); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := e.Store.Get(e.ctx, "/app/b/replicated/p/orphan"); err != nil || string(v.Value) != "v1" {
+		t.Fatalf("a retain rule lost the copy of a deleted source: %v", err)
+	}
+	if v, err := e.Store.Get(e.ctx, "/app/b/replicated/p/stale"); err != nil || string(v.Value) != "v2" {
+		t.Fatalf("retain rule's stale copy = %v, %v; want v2", v, err)
+	}
+}
+
+// TestReconcilerRunsOnRequest runs the reconciler with a long interval: a
+// request from another etcd client (as another graftd's relay would make)
+// starts a pass that copies a change no event carried.
+func TestReconcilerRunsOnRequest(t *testing.T) {
+	e := newReconcileEnv(t)
+	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/q", []string{"/app/a/replicated/q"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Client: e.Client, Interval: time.Hour})
+	// Let it finish its start pass, then change a source behind its back.
+	time.Sleep(200 * time.Millisecond)
+	e.put(t, "/dba/q/k", "v")
+	time.Sleep(200 * time.Millisecond)
+	if _, err := e.Store.Get(e.ctx, "/app/a/replicated/q/k"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the destination was written with no event and no request (%v): the test proves nothing", err)
+	}
+	other := testenv.Client(t, e.Etcd.Endpoint)
+	if err := replicator.RequestReconcile(e.ctx, other, "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		v, err := e.Store.Get(e.ctx, "/app/a/replicated/q/k")
+		return err == nil && string(v.Value) == "v"
+	})
+	if got := e.repairs(t); got != 1 {
+		t.Errorf("repairs metric = %v, want 1", got)
+	}
+}
