@@ -78,8 +78,10 @@ the same run it measures the floor: the same path done by hand on etcd (two
 sequential puts and one watch delivery), so the overhead shows as a ratio.
 
 Without --addr (or GRAFT_ADDR) it starts its own graftd in dev mode in a
-temporary directory. With one it uses that graftd and needs the share action
-on /bench; the floor then needs --etcd-endpoints.`,
+temporary directory. With --addr it uses that graftd and needs the share
+action on /bench; the floor then needs --etcd-endpoints. Either way it first
+replicates one value end to end and waits for it, so the figures describe a
+running pipeline, not its start.`,
 		Example: `  graft bench replicate --duration 5s --rate 500 -o json
   graft bench replicate --duration 5s --rate 500 --fanout 10
   graft bench replicate --duration 3s --rate 2 --fanout 1000`,
@@ -236,6 +238,8 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 		done    = map[int]time.Duration{}
 		all     = make(chan struct{})
 		total   = -1
+		warm    = make(chan struct{})
+		warmed  = 0
 	)
 	marker := "/replicated/" + run + "/"
 	go func() {
@@ -246,6 +250,12 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 					continue
 				}
 				v := string(e.Entry.Value)
+				if strings.HasPrefix(v, "warmup|") {
+					if warmed++; warmed == bc.fanout {
+						close(warm)
+					}
+					continue
+				}
 				seq, err := strconv.Atoi(v[:strings.IndexByte(v, '|')])
 				if err != nil {
 					continue
@@ -267,6 +277,18 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	}()
 
 	pad := strings.Repeat("x", bc.valueBytes)
+	// Replicate one value end to end before the clock starts, so that the
+	// figures describe a running pipeline rather than its start.
+	if _, err := c.Put(ctx, source+"/warmup", []byte("warmup|"+pad)); err != nil {
+		return nil, nil, 0, 0, 0, fmt.Errorf("bench replicate: write: %w", err)
+	}
+	select {
+	case <-warm:
+	case <-time.After(30 * time.Second):
+		return nil, nil, 0, 0, 0, fmt.Errorf("bench replicate: a first value (%s/warmup) did not reach its %d destination(s) within 30s; `graft status` on a destination shows why", source, bc.fanout)
+	case <-ctx.Done():
+		return nil, nil, 0, 0, 0, ctx.Err()
+	}
 	interval := time.Second / time.Duration(bc.rate)
 	n := int(bc.duration / interval)
 	start := time.Now()
