@@ -63,6 +63,7 @@ type benchResult struct {
 	FloorP99MS  float64  `json:"floor_p99_ms,omitempty"`
 	RatioP50    float64  `json:"ratio_p50,omitempty"`
 	RatioP99    float64  `json:"ratio_p99,omitempty"`
+	Superseded  int      `json:"superseded"`
 	Missing     int      `json:"missing"`
 	Notes       []string `json:"notes,omitempty"`
 }
@@ -106,7 +107,7 @@ running pipeline, not its start.`,
 				return err
 			}
 			if res.Missing > 0 {
-				return fmt.Errorf("bench replicate: %d write(s) did not reach every destination within 10s", res.Missing)
+				return fmt.Errorf("bench replicate: %d write(s) were not reflected at every destination within 10s of the last write", res.Missing)
 			}
 			return nil
 		},
@@ -164,15 +165,21 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 		}
 	}()
 
-	lat, commit, writes, missing, elapsed, err := measureReplication(ctx, c, bc, source, run)
+	m, err := measureReplication(ctx, c, bc, source, run)
 	if err != nil {
 		return res, err
 	}
-	res.CommitP50MS, res.CommitP99MS, res.CommitMaxMS = quantileMS(commit, 0.5), quantileMS(commit, 0.99), quantileMS(commit, 1)
-	res.Writes, res.Missing = writes, missing
-	res.DestinationWrites = (writes - missing) * bc.fanout
-	res.DestinationWritesPerSec = float64(res.DestinationWrites) / elapsed.Seconds()
+	lat := m.lat
+	res.CommitP50MS, res.CommitP99MS, res.CommitMaxMS = quantileMS(m.commit, 0.5), quantileMS(m.commit, 0.99), quantileMS(m.commit, 1)
+	res.Writes, res.Superseded, res.Missing = m.writes, m.superseded, m.missing
+	res.DestinationWrites = m.destWrites
+	if m.elapsed > 0 {
+		res.DestinationWritesPerSec = math.Round(float64(m.destWrites) / m.elapsed.Seconds())
+	}
 	res.P50MS, res.P99MS, res.MaxMS = quantileMS(lat, 0.5), quantileMS(lat, 0.99), quantileMS(lat, 1)
+	if m.superseded > 0 {
+		res.Notes = append(res.Notes, fmt.Sprintf("%d write(s) were overtaken by a newer value of the same key before they were copied (replication copies a source's current value); their latency is the newer value's", m.superseded))
+	}
 
 	if len(bc.etcdEndpoints) == 0 {
 		res.Notes = append(res.Notes, "no floor: give --etcd-endpoints to measure raw etcd against a remote graftd")
@@ -220,26 +227,43 @@ func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
 	}, nil
 }
 
-// measureReplication writes at the configured rate and returns, per write
-// that reached every destination, the time from sending it to its last
-// destination's arrival.
-func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, source, run string) (lat, commit []time.Duration, writes, missing int, elapsed time.Duration, err error) {
+// benchKeys is how many source keys a run cycles through: at 500 writes/s
+// each key changes every 200 ms.
+const benchKeys = 100
+
+// replication is what measureReplication observed.
+type replication struct {
+	lat, commit []time.Duration
+	writes      int
+	superseded  int // copied only as a newer value of the same key
+	missing     int // not reflected at every destination within 10 s
+	destWrites  int // destination versions seen
+	elapsed     time.Duration
+}
+
+// measureReplication writes at the configured rate and returns, for each
+// write, the time from sending it until every destination holds it or a
+// newer value of the same key. The replicator copies a source's current
+// value, so a write overtaken by the next one before it was copied is never
+// seen itself; its latency is that of the first later write that reached
+// every destination, and it is counted as superseded.
+func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, source, run string) (replication, error) {
 	// Values carry their sequence number, so the watch reads values.
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	events := c.Watch(wctx, "/app", 0)
 
 	var (
-		mu      sync.Mutex
-		sent    = map[int]time.Time{}
-		srcAt   = map[int]time.Time{} // the source version's commit time
-		destAt  = map[int]time.Time{} // the last destination version's
-		arrived = map[int]int{}
-		done    = map[int]time.Duration{}
-		all     = make(chan struct{})
-		total   = -1
-		warm    = make(chan struct{})
-		warmed  = 0
+		mu       sync.Mutex
+		sent     = map[int]time.Time{}
+		srcAt    = map[int]time.Time{} // the source version's commit time
+		destAt   = map[int]time.Time{} // the last destination version's
+		arrived  = map[int]int{}
+		doneAt   = map[int]time.Time{} // when the last destination was seen
+		lastSeen time.Time
+		dests    int
+		warm     = make(chan struct{})
+		warmed   = 0
 	)
 	marker := "/replicated/" + run + "/"
 	go func() {
@@ -261,15 +285,13 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 					continue
 				}
 				mu.Lock()
+				dests++
+				lastSeen = now
 				if e.Entry.Time.After(destAt[seq]) {
 					destAt[seq] = e.Entry.Time
 				}
-				arrived[seq]++
-				if arrived[seq] == bc.fanout {
-					done[seq] = now.Sub(sent[seq])
-					if len(done) == total {
-						close(all)
-					}
+				if arrived[seq]++; arrived[seq] == bc.fanout {
+					doneAt[seq] = now
 				}
 				mu.Unlock()
 			}
@@ -280,15 +302,16 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	// Replicate one value end to end before the clock starts, so that the
 	// figures describe a running pipeline rather than its start.
 	if _, err := c.Put(ctx, source+"/warmup", []byte("warmup|"+pad)); err != nil {
-		return nil, nil, 0, 0, 0, fmt.Errorf("bench replicate: write: %w", err)
+		return replication{}, fmt.Errorf("bench replicate: write: %w", err)
 	}
 	select {
 	case <-warm:
 	case <-time.After(30 * time.Second):
-		return nil, nil, 0, 0, 0, fmt.Errorf("bench replicate: a first value (%s/warmup) did not reach its %d destination(s) within 30s; `graft status` on a destination shows why", source, bc.fanout)
+		return replication{}, fmt.Errorf("bench replicate: a first value (%s/warmup) did not reach its %d destination(s) within 30s; `graft status` on a destination shows why", source, bc.fanout)
 	case <-ctx.Done():
-		return nil, nil, 0, 0, 0, ctx.Err()
+		return replication{}, ctx.Err()
 	}
+
 	interval := time.Second / time.Duration(bc.rate)
 	n := int(bc.duration / interval)
 	start := time.Now()
@@ -301,7 +324,7 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 			time.Sleep(d)
 		}
 		val := []byte((strconv.Itoa(i) + "|" + pad)[:bc.valueBytes])
-		path := fmt.Sprintf("%s/k%d", source, i%100)
+		path := fmt.Sprintf("%s/k%d", source, i%benchKeys)
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -321,28 +344,52 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	}
 	wg.Wait()
 	if werr != nil {
-		return nil, nil, n, 0, 0, fmt.Errorf("bench replicate: write: %w", werr)
+		return replication{}, fmt.Errorf("bench replicate: write: %w", werr)
 	}
-	mu.Lock()
-	total = n
-	if len(done) == n {
-		close(all)
+	// Wait until the last write of every key has reached every destination:
+	// then every earlier write is reflected too.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		all := true
+		for k := max(0, n-benchKeys); k < n; k++ {
+			if _, ok := doneAt[k]; !ok {
+				all = false
+				break
+			}
+		}
+		mu.Unlock()
+		if all || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return replication{}, ctx.Err()
+		}
 	}
-	mu.Unlock()
-	select {
-	case <-all:
-	case <-time.After(10 * time.Second):
-	case <-ctx.Done():
-		return nil, nil, n, 0, 0, ctx.Err()
-	}
-	elapsed = time.Since(start)
 	mu.Lock()
 	defer mu.Unlock()
-	for seq, d := range done {
-		lat = append(lat, d)
-		commit = append(commit, destAt[seq].Sub(srcAt[seq]))
+	r := replication{writes: n, destWrites: dests, elapsed: lastSeen.Sub(start)}
+	// Walk each key's writes from the newest: a write is reflected when it,
+	// or the first later write of its key that arrived everywhere, did.
+	for k := range min(benchKeys, n) {
+		var reflectAt, reflectCommit time.Time
+		for i := n - 1 - (n-1-k)%benchKeys; i >= 0; i -= benchKeys {
+			if t, ok := doneAt[i]; ok {
+				reflectAt, reflectCommit = t, destAt[i]
+			} else if !reflectAt.IsZero() {
+				r.superseded++
+			}
+			if reflectAt.IsZero() {
+				r.missing++
+				continue
+			}
+			r.lat = append(r.lat, reflectAt.Sub(sent[i]))
+			r.commit = append(r.commit, reflectCommit.Sub(srcAt[i]))
+		}
 	}
-	return lat, commit, n, n - len(done), elapsed, nil
+	return r, nil
 }
 
 // measureFloor does by hand on etcd what replication does for one write:
@@ -401,7 +448,7 @@ func writeBench(w io.Writer, r benchResult) error {
 	fmt.Fprintf(&b, "replication (%s): %d writes at %d/s for %.1fs, fan-out %d\n", r.Mode, r.Writes, r.Rate, r.DurationS, r.Fanout)
 	fmt.Fprintf(&b, "  source put → every destination seen: p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.P50MS, r.P99MS, r.MaxMS)
 	fmt.Fprintf(&b, "  source commit → last destination commit (graftd's clock): p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.CommitP50MS, r.CommitP99MS, r.CommitMaxMS)
-	fmt.Fprintf(&b, "  destination writes: %d (%.0f/s), missing %d\n", r.DestinationWrites, r.DestinationWritesPerSec, r.Missing)
+	fmt.Fprintf(&b, "  destination writes: %d (%.0f/s); superseded %d, missing %d\n", r.DestinationWrites, r.DestinationWritesPerSec, r.Superseded, r.Missing)
 	if r.FloorP50MS > 0 {
 		fmt.Fprintf(&b, "  floor (2 etcd puts + 1 watch event): p50 %.2f ms  p99 %.2f ms; ratio p50 %.2f  p99 %.2f\n", r.FloorP50MS, r.FloorP99MS, r.RatioP50, r.RatioP99)
 	}

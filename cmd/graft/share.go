@@ -253,7 +253,7 @@ func writeStatus(w io.Writer, st sdk.ReplicationStatus) error {
 		fmt.Fprintf(&b, "source revision:    %s\ncopied from:        %s\ndestination:        %s\nin sync:            %s\n",
 			revOrNone(st.SourceRevision, "(source deleted)"), revOrNone(st.AppliedSourceRevision, "-"), revOrNone(st.DestinationRevision, "(absent)"), yes[st.InSync])
 		if !st.Applied.IsZero() {
-			fmt.Fprintf(&b, "last copied:        %s (lag %s)\n", tableTime(st.Applied), st.Lag.Round(100*time.Microsecond))
+			fmt.Fprintf(&b, "last copied:        %s, %s after the source changed\n", tableTime(st.Applied), st.Lag.Round(100*time.Microsecond))
 		}
 		if st.LastError != "" {
 			fmt.Fprintf(&b, "last error:         %s (%d attempts, parked %s)\n", st.LastError, st.Attempts, tableTime(st.LastErrorTime))
