@@ -18,28 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/internal/testenv"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// startJS starts an embedded NATS server and returns it with a JetStream
-// client on it.
-func startJS(t testing.TB) (*embedded.NATS, jetstream.JetStream) {
-	t.Helper()
-	n := testenv.StartNATS(t, t.TempDir())
-	nc, err := nats.Connect(n.URL)
-	if err != nil {
-		t.Fatalf("connect nats: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	return n, js
-}
 
 func testKey(t testing.TB) []byte {
 	t.Helper()
@@ -100,7 +81,7 @@ func streamMsgs(t testing.TB, js jetstream.JetStream, name string) uint64 {
 }
 
 func TestAppendThenQuery(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	fixed := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
 	l := newLog(t, js, func(c *Config) { c.Now = func() time.Time { return fixed } })
 
@@ -133,7 +114,7 @@ func TestAppendThenQuery(t *testing.T) {
 }
 
 func TestAppendKeepsCallerTime(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	at := time.Now().Add(-time.Hour).UTC()
 	if err := l.Append(ctxT(t), Record{RequestID: "r", Result: "ok", Time: at}); err != nil {
@@ -146,7 +127,7 @@ func TestAppendKeepsCallerTime(t *testing.T) {
 }
 
 func TestQueryFilters(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	now := time.Now()
 	records := []Record{
@@ -195,7 +176,7 @@ func TestQueryFilters(t *testing.T) {
 }
 
 func TestQueryInvalidFilter(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	now := time.Now()
 	for _, f := range []Filter{
@@ -210,7 +191,7 @@ func TestQueryInvalidFilter(t *testing.T) {
 }
 
 func TestQueryLimitReturnsNewest(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	var all []string
 	for i := range 30 {
@@ -245,7 +226,7 @@ func TestQueryLimitReturnsNewest(t *testing.T) {
 }
 
 func TestQueryEmptyStreamReturnsQuickly(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	for _, f := range []Filter{{}, {Since: time.Now().Add(-time.Hour)}, {PathPrefix: "/app/x"}} {
 		start := time.Now()
@@ -263,7 +244,7 @@ func TestQueryEmptyStreamReturnsQuickly(t *testing.T) {
 // filter matches nothing, end at the stream's end rather than waiting for
 // records that will never come.
 func TestQueryEndsAtStreamEnd(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	for i := range 3 {
 		if err := l.Append(ctxT(t), Record{RequestID: fmt.Sprint(i), Result: "ok"}); err != nil {
@@ -288,7 +269,7 @@ func TestQueryEndsAtStreamEnd(t *testing.T) {
 // Query reads up to the last record stored when it began, so a busy stream
 // does not keep it reading forever.
 func TestQueryEndsWhileRecordsArrive(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	for i := range 100 {
 		if err := l.Append(ctxT(t), Record{RequestID: fmt.Sprint("before-", i), Result: "ok"}); err != nil {
@@ -315,7 +296,7 @@ func TestQueryEndsWhileRecordsArrive(t *testing.T) {
 }
 
 func TestAppendAsyncArrives(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	const n = 50
 	for i := range n {
@@ -355,7 +336,7 @@ func (c *lineCounter) count(msg string) int {
 }
 
 func TestAppendAsyncLogsEveryDropWhenNATSIsDown(t *testing.T) {
-	n, js := startJS(t)
+	n, js := testenv.StartJetStream(t)
 	logs := &lineCounter{}
 	l := newLog(t, js, func(c *Config) {
 		c.QueueSize = 2
@@ -385,7 +366,7 @@ func TestAppendAsyncLogsEveryDropWhenNATSIsDown(t *testing.T) {
 }
 
 func TestAppendFailsPromptlyWhenNATSIsDown(t *testing.T) {
-	n, js := startJS(t)
+	n, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	if err := l.Append(ctxT(t), Record{RequestID: "before", Result: "ok"}); err != nil {
 		t.Fatalf("Append before shutdown: %v", err)
@@ -406,7 +387,7 @@ func TestAppendFailsPromptlyWhenNATSIsDown(t *testing.T) {
 }
 
 func TestFileSink(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	file := filepath.Join(t.TempDir(), "logs", "audit.jsonl")
 	l := newLog(t, js, func(c *Config) { c.File = file })
 
@@ -460,7 +441,7 @@ func readLines(t *testing.T, file string) []string {
 }
 
 func TestFileSinkTightensExistingMode(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	file := filepath.Join(t.TempDir(), "audit.jsonl")
 	if err := os.WriteFile(file, []byte(`{"request_id":"old"}`+"\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -485,7 +466,7 @@ func TestFileSinkTightensExistingMode(t *testing.T) {
 }
 
 func TestHMAC(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	// RFC 4231 test case 6: a key longer than the hash's block size.
 	rfcKey := bytes.Repeat([]byte{0xaa}, 131)
 	l1 := newLog(t, js, func(c *Config) { c.HMACKey = rfcKey })
@@ -516,7 +497,7 @@ func TestHMAC(t *testing.T) {
 }
 
 func TestSecretValueNeverStored(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	file := filepath.Join(t.TempDir(), "audit.jsonl")
 	l := newLog(t, js, func(c *Config) { c.File = file })
 	secret := "pw-" + rand.Text()
@@ -567,7 +548,7 @@ func TestSecretValueNeverStored(t *testing.T) {
 }
 
 func TestStreamConfig(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	newLog(t, js, func(c *Config) { c.MaxAge = 36 * time.Hour })
 	info := streamInfo(t, js, DefaultStream)
 	if info.Config.Storage != jetstream.FileStorage {
@@ -618,7 +599,7 @@ func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.St
 }
 
 func TestDeduplication(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	r := Record{RequestID: "req-9", Method: "CreateRule", Action: "share", Path: "/dba/db", Result: "allowed"}
 	for range 3 { // a retried publish
@@ -648,7 +629,7 @@ func TestDeduplication(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	key := testKey(t)
 	tests := []struct {
 		name string
@@ -682,7 +663,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 }
 
 func TestClose(t *testing.T) {
-	_, js := startJS(t)
+	_, js := testenv.StartJetStream(t)
 	l := newLog(t, js, nil)
 	l.AppendAsync(Record{RequestID: "queued", Result: "allowed"})
 	if err := l.Close(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 func benchRecord(l *Log, i int) Record {
@@ -25,7 +27,7 @@ func benchRecord(l *Log, i int) Record {
 // BenchmarkAppend measures a synchronous append: publish and JetStream ack
 // on a loopback embedded server.
 func BenchmarkAppend(b *testing.B) {
-	_, js := startJS(b)
+	_, js := testenv.StartJetStream(b)
 	l := newLog(b, js, nil)
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -40,7 +42,7 @@ func BenchmarkAppend(b *testing.B) {
 // BenchmarkAppendAsync measures queued appends until every one is stored,
 // so the figure is throughput, not just the cost of queueing.
 func BenchmarkAppendAsync(b *testing.B) {
-	_, js := startJS(b)
+	_, js := testenv.StartJetStream(b)
 	l := newLog(b, js, nil)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -61,7 +63,7 @@ func BenchmarkAppendAsync(b *testing.B) {
 // BenchmarkAppendWithFile adds the file sink's write and fsync to each
 // synchronous append.
 func BenchmarkAppendWithFile(b *testing.B) {
-	_, js := startJS(b)
+	_, js := testenv.StartJetStream(b)
 	l := newLog(b, js, func(c *Config) { c.File = filepath.Join(b.TempDir(), "audit.jsonl") })
 	ctx := context.Background()
 	b.ReportAllocs()

@@ -1,13 +1,9 @@
 package replicator_test
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/replicator"
@@ -18,25 +14,9 @@ import (
 // decrypted) is parked after MaxDeliver attempts and shown by Status,
 // while the changes around it replicate; fixing the source clears it.
 func TestFailingChangeIsParkedWithoutBlockingOthers(t *testing.T) {
-	env := testenv.Start(t)
-	log := testenv.Logger(t)
-	ns := testenv.StartNATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	rules := replicator.NewRules(env.Store, log)
-	go rules.Run(ctx)
-	<-rules.Loaded()
-	repl, err := replicator.New(replicator.Config{Store: env.Store, JetStream: js, Rules: rules, Logger: log, MaxDeliver: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay, _ := replicator.NewRelay(replicator.RelayConfig{Client: env.Client, JetStream: js, Logger: log})
+	e := newReplEnv(t, replicator.Config{MaxDeliver: 2})
+	env, ctx, repl := e.Env, e.ctx, e.repl
+	relay, _ := replicator.NewRelay(replicator.RelayConfig{Client: env.Client, JetStream: e.js, Logger: testenv.Logger(t)})
 	go relay.Run(ctx)
 	go repl.Run(ctx)
 	testenv.WaitFor(t, 5*time.Second, relay.Leader)
@@ -55,7 +35,10 @@ func TestFailingChangeIsParkedWithoutBlockingOthers(t *testing.T) {
 		e, err := env.Store.Get(ctx, "/app/a/replicated/m/good")
 		return err == nil && string(e.Value) == "fine"
 	})
-	var st replicator.Status
+	var (
+		st  replicator.Status
+		err error
+	)
 	testenv.WaitFor(t, 10*time.Second, func() bool {
 		st, err = repl.Status(ctx, "/app/a/replicated/m/bad")
 		return err == nil && st.Parked != nil

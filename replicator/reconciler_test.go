@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -15,47 +14,45 @@ import (
 	"github.com/graft-sh/graft/store"
 )
 
-// reconcileEnv is a replicator with no relay and no consumer running: only
-// what a test calls moves destinations, as when the event path is down.
-type reconcileEnv struct {
+// replEnv is a replicator on real etcd and NATS with nothing running: only
+// what a test calls or starts moves destinations.
+type replEnv struct {
 	*testenv.Env
 	ctx  context.Context
+	js   jetstream.JetStream
 	repl *replicator.Replicator
 	reg  *prometheus.Registry
 }
 
-func newReconcileEnv(t *testing.T) *reconcileEnv {
+// newReplEnv builds a replicator from cfg, filling in the store, JetStream,
+// rules, logger and a metrics registry.
+func newReplEnv(t *testing.T, cfg replicator.Config) *replEnv {
 	t.Helper()
 	env := testenv.Start(t)
 	log := testenv.Logger(t)
-	ns := testenv.StartNATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, js := testenv.StartJetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	rules := replicator.NewRules(env.Store, log)
 	go rules.Run(ctx)
 	<-rules.Loaded()
 	reg := prometheus.NewRegistry()
-	repl, err := replicator.New(replicator.Config{Store: env.Store, JetStream: js, Rules: rules, Logger: log, Registerer: reg})
+	cfg.Store, cfg.JetStream, cfg.Rules, cfg.Logger, cfg.Registerer = env.Store, js, rules, log, reg
+	repl, err := replicator.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &reconcileEnv{Env: env, ctx: ctx, repl: repl, reg: reg}
+	return &replEnv{Env: env, ctx: ctx, js: js, repl: repl, reg: reg}
 }
 
-func (e *reconcileEnv) put(t *testing.T, path, value string) {
+func (e *replEnv) put(t *testing.T, path, value string) {
 	t.Helper()
 	if _, err := e.Store.Put(e.ctx, path, []byte(value), store.WriteOptions{Author: "user:dba"}); err != nil {
 		t.Fatalf("put %s: %v", path, err)
 	}
 }
 
-func (e *reconcileEnv) repairs(t *testing.T) float64 {
+func (e *replEnv) repairs(t *testing.T) float64 {
 	t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
@@ -75,7 +72,7 @@ func (e *reconcileEnv) repairs(t *testing.T) float64 {
 // the stale one and deletes the orphan, and counts three repairs. A rule
 // that retains deleted sources keeps its orphan.
 func TestReconcileRepairsMissingStaleAndOrphaned(t *testing.T) {
-	e := newReconcileEnv(t)
+	e := newReplEnv(t, replicator.Config{})
 	e.put(t, "/dba/p/stale", "v1")
 	e.put(t, "/dba/p/orphan", "v1")
 	e.put(t, "/dba/p/same", "v1")
@@ -130,7 +127,7 @@ func TestReconcileRepairsMissingStaleAndOrphaned(t *testing.T) {
 // request from another etcd client (as another graftd's relay would make)
 // starts a pass that copies a change no event carried.
 func TestReconcilerRunsOnRequest(t *testing.T) {
-	e := newReconcileEnv(t)
+	e := newReplEnv(t, replicator.Config{})
 	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/q", []string{"/app/a/replicated/q"}, ""); err != nil {
 		t.Fatal(err)
 	}

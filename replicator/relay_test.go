@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/graft-sh/graft/internal/testenv"
@@ -28,16 +27,7 @@ type relayEnv struct {
 func newRelayEnv(t *testing.T) *relayEnv {
 	t.Helper()
 	env := testenv.Start(t)
-	ns := testenv.StartNATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.StartJetStream(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	return &relayEnv{Env: env, js: js, ctx: ctx}
@@ -69,6 +59,17 @@ func (e *relayEnv) startRelay(t *testing.T, cfg replicator.RelayConfig) (*replic
 	}
 	t.Cleanup(stop)
 	return r, stop
+}
+
+// waitRelaying waits until r leads and has started its cursor at the
+// current revision, so that later writes are after it.
+func (e *relayEnv) waitRelaying(t *testing.T, r *replicator.Relay) {
+	t.Helper()
+	testenv.WaitFor(t, 5*time.Second, r.Leader)
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		resp, err := e.Client.Get(e.ctx, "/graft/relay/cursor")
+		return err == nil && len(resp.Kvs) == 1
+	})
 }
 
 func (e *relayEnv) put(t *testing.T, path, value string) int64 {
@@ -142,13 +143,7 @@ func (e *relayEnv) waitEvents(t *testing.T, n int) []replicator.Event {
 func TestRelayPublishesChangesInOrder(t *testing.T) {
 	e := newRelayEnv(t)
 	r, _ := e.startRelay(t, replicator.RelayConfig{})
-	testenv.WaitFor(t, 5*time.Second, r.Leader)
-	// The relay starts its cursor at the current revision: wait until it
-	// has, so that the writes below are after it.
-	testenv.WaitFor(t, 5*time.Second, func() bool {
-		resp, err := e.Client.Get(e.ctx, "/graft/relay/cursor")
-		return err == nil && len(resp.Kvs) == 1
-	})
+	e.waitRelaying(t, r)
 
 	var want []replicator.Event
 	for i := range 5 {
@@ -193,11 +188,7 @@ func TestRelayPublishesChangesInOrder(t *testing.T) {
 func TestRelayResumesFromItsCursor(t *testing.T) {
 	e := newRelayEnv(t)
 	r, stop := e.startRelay(t, replicator.RelayConfig{})
-	testenv.WaitFor(t, 5*time.Second, r.Leader)
-	testenv.WaitFor(t, 5*time.Second, func() bool {
-		resp, err := e.Client.Get(e.ctx, "/graft/relay/cursor")
-		return err == nil && len(resp.Kvs) == 1
-	})
+	e.waitRelaying(t, r)
 	var revs []int64
 	for i := range 20 {
 		revs = append(revs, e.put(t, fmt.Sprintf("/dba/a/k%d", i), "v"))
@@ -231,11 +222,7 @@ func TestRelayResumesFromItsCursor(t *testing.T) {
 func TestRelayCompactedCursorAsksForReconcile(t *testing.T) {
 	e := newRelayEnv(t)
 	r, stop := e.startRelay(t, replicator.RelayConfig{})
-	testenv.WaitFor(t, 5*time.Second, r.Leader)
-	testenv.WaitFor(t, 5*time.Second, func() bool {
-		resp, err := e.Client.Get(e.ctx, "/graft/relay/cursor")
-		return err == nil && len(resp.Kvs) == 1
-	})
+	e.waitRelaying(t, r)
 	e.put(t, "/dba/a/before", "v")
 	e.waitEvents(t, 1)
 	stop()
@@ -288,16 +275,12 @@ func TestRelayFirstStartAsksForReconcile(t *testing.T) {
 func TestRelayFailover(t *testing.T) {
 	e := newRelayEnv(t)
 	a, stopA := e.startRelay(t, replicator.RelayConfig{Holder: "a"})
-	testenv.WaitFor(t, 5*time.Second, a.Leader)
+	e.waitRelaying(t, a)
 	b, _ := e.startRelay(t, replicator.RelayConfig{Holder: "b"})
 	time.Sleep(100 * time.Millisecond)
 	if b.Leader() {
 		t.Fatal("two relays lead at once")
 	}
-	testenv.WaitFor(t, 5*time.Second, func() bool {
-		resp, err := e.Client.Get(e.ctx, "/graft/relay/cursor")
-		return err == nil && len(resp.Kvs) == 1
-	})
 	var revs []int64
 	for i := range 10 {
 		revs = append(revs, e.put(t, fmt.Sprintf("/dba/a/k%d", i), "v"))

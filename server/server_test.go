@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,22 +25,6 @@ import (
 )
 
 const rootToken = "graft_test-root-token"
-
-// startJetStream connects to a real embedded NATS JetStream.
-func startJetStream(t *testing.T) jetstream.JetStream {
-	t.Helper()
-	ns := testenv.StartNATS(t, t.TempDir())
-	nc, err := nats.Connect(ns.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
 
 // startAudit opens an audit log on js.
 func startAudit(t *testing.T, js jetstream.JetStream) *audit.Log {
@@ -99,7 +82,7 @@ func start(t *testing.T) *harness {
 	go func() { engine.Run(runCtx); close(engineDone) }()
 	t.Cleanup(func() { cancel(); <-engineDone })
 	<-engine.Loaded()
-	js := startJetStream(t)
+	_, js := testenv.StartJetStream(t)
 	auditLog := startAudit(t, js)
 	rules := replicator.NewRules(env.Store, testenv.Logger(t))
 	rulesDone := make(chan struct{})

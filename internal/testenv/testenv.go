@@ -13,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/store"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Env is a running etcd (and optionally NATS) with a client and a Store.
@@ -75,6 +78,30 @@ func StartNATS(t testing.TB, dir string) *embedded.NATS {
 	}
 	t.Cleanup(n.Close)
 	return n
+}
+
+// JetStream connects to the NATS server at url and returns a JetStream
+// client; the connection is closed at cleanup.
+func JetStream(t testing.TB, url string, opts ...nats.Option) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("connect nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
+}
+
+// StartJetStream starts an embedded NATS server and returns it with a
+// JetStream client on it.
+func StartJetStream(t testing.TB) (*embedded.NATS, jetstream.JetStream) {
+	t.Helper()
+	n := StartNATS(t, t.TempDir())
+	return n, JetStream(t, n.URL)
 }
 
 // Client returns an etcd client closed at cleanup.
