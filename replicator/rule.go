@@ -155,6 +155,9 @@ func (v *Validator) Check(existing []Rule, r Rule) error {
 			return invalid("destination %s: %v", d, err)
 		}
 		for _, e := range r.Destinations[:i] {
+			if d == e {
+				return invalid("destination %s is given twice", d)
+			}
 			if Overlap(d, e) {
 				return invalid("destinations %s and %s overlap: a path can have only one source", e, d)
 			}

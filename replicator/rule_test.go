@@ -38,6 +38,7 @@ func TestCheck(t *testing.T) {
 		{"no destination", rule("n", "/dba/x"), false, "has no destination"},
 		{"bad on-delete", Rule{ID: "n", Source: "/dba/x", Destinations: []string{"/app/a/replicated/x"}, OnDelete: "keep"}, false, `on-delete "keep"`},
 		{"destinations overlap each other", rule("n", "/dba/x", "/app/a/replicated/x", "/app/a/replicated/x/y"), false, "destinations /app/a/replicated/x and /app/a/replicated/x/y overlap"},
+		{"a destination twice", rule("n", "/dba/x", "/app/a/replicated/x", "/app/a/replicated/x"), false, "destination /app/a/replicated/x is given twice"},
 		{"outside the patterns", rule("n", "/dba/x", "/app/a/config/x"), false, "destination /app/a/config/x is not a replication destination: destinations must match /app/+/replicated/** or /shared/**"},
 		{"into itself", rule("n", "/shared/s", "/shared/s/t"), false, "source /shared/s and destination /shared/s/t overlap"},
 		{"inside another rule's destination", rule("n", "/dba/z", "/app/mp/replicated/mongo/z"), true, "destination /app/mp/replicated/mongo/z overlaps destination /app/mp/replicated/mongo of rule r-1 (source /dba/mp)"},
