@@ -2,7 +2,10 @@ package replicator_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,4 +153,84 @@ func TestReconcilerRunsOnRequest(t *testing.T) {
 	if got := e.repairs(t); got != 1 {
 		t.Errorf("repairs metric = %v, want 1", got)
 	}
+}
+
+// TestReplicationSurvivesALostStream deletes the change stream, as a NATS
+// that lost its store would, with a change in it that no replicator has
+// applied: the relay creates the stream again and asks for a reconcile,
+// which copies that change, and the replicator follows the new stream.
+func TestReplicationSurvivesALostStream(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	relay, err := replicator.NewRelay(replicator.RelayConfig{Client: e.Client, JetStream: e.js, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go relay.Run(e.ctx)
+	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Client: e.Client, Interval: time.Hour})
+	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/s", []string{"/app/a/replicated/s"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, relay.Leader)
+	reached := func(path, want string) func() bool {
+		return func() bool {
+			v, err := e.Store.Get(e.ctx, path)
+			return err == nil && string(v.Value) == want
+		}
+	}
+	consumer, stopConsumer := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); e.repl.Run(consumer) }()
+	e.put(t, "/dba/s/a", "1")
+	testenv.WaitFor(t, 5*time.Second, reached("/app/a/replicated/s/a", "1"))
+
+	// A change is relayed but not applied (no replicator runs), then the
+	// stream and its consumer vanish.
+	stopConsumer()
+	<-done
+	two, err := e.Store.Put(e.ctx, "/dba/s/a", []byte("2"), store.WriteOptions{Author: "user:dba"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		s, err := e.js.Stream(e.ctx, "GRAFT_CHANGES")
+		if err != nil {
+			return false
+		}
+		m, err := s.GetLastMsgForSubject(e.ctx, "graft.changes")
+		if err != nil {
+			return false
+		}
+		var ev replicator.Event
+		return json.Unmarshal(m.Data, &ev) == nil && ev.Revision == two.Revision
+	})
+	if err := e.js.DeleteStream(e.ctx, "GRAFT_CHANGES"); err != nil {
+		t.Fatal(err)
+	}
+	go e.repl.Run(e.ctx)
+	e.put(t, "/dba/s/b", "1")
+	testenv.WaitFor(t, 10*time.Second, reached("/app/a/replicated/s/b", "1"))
+	testenv.WaitFor(t, 10*time.Second, reached("/app/a/replicated/s/a", "2"))
+
+	// The replicator consumes the new stream: changes come by events, not
+	// by repairs.
+	byEvents := func(path string) {
+		t.Helper()
+		repairs := e.repairs(t)
+		for i := range 5 {
+			e.put(t, path, strconv.Itoa(i))
+		}
+		testenv.WaitFor(t, 15*time.Second, reached("/app/a/replicated/s/"+strings.TrimPrefix(path, "/dba/s/"), "4"))
+		if got := e.repairs(t); got != repairs {
+			t.Fatalf("%s came by %v repairs, not by events: the replicator is not consuming", path, got-repairs)
+		}
+	}
+	byEvents("/dba/s/x")
+
+	// And a replicator that is running when the stream goes keeps up.
+	if err := e.js.DeleteStream(e.ctx, "GRAFT_CHANGES"); err != nil {
+		t.Fatal(err)
+	}
+	e.put(t, "/dba/s/c", "1")
+	testenv.WaitFor(t, 15*time.Second, reached("/app/a/replicated/s/c", "1"))
+	byEvents("/dba/s/d")
 }

@@ -129,7 +129,7 @@ func (r *Relay) lead(ctx context.Context) error {
 	}()
 	// The stream may not exist yet (a fresh NATS, or one whose store was
 	// lost): a relay that published into nothing would retry for ever.
-	if _, err := EnsureStream(lctx, r.cfg.JetStream, r.cfg.Stream); err != nil {
+	if err := OpenStream(lctx, r.cfg.JetStream, r.cfg.Stream, r.cfg.Client, r.cfg.Prefix); err != nil {
 		return err
 	}
 	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
@@ -311,7 +311,7 @@ func (r *Relay) publish(ctx context.Context, kvPrefix string, evs []*clientv3.Ev
 		r.errors.Inc()
 		r.log.Warn("publishing change events failed; retrying", "events", len(evs), "err", err, "backoff", backoff)
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
-			if _, serr := EnsureStream(ctx, r.cfg.JetStream, r.cfg.Stream); serr != nil {
+			if serr := OpenStream(ctx, r.cfg.JetStream, r.cfg.Stream, r.cfg.Client, r.cfg.Prefix); serr != nil {
 				r.log.Warn("recreating the change-event stream failed", "err", serr)
 			}
 		}

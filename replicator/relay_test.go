@@ -264,6 +264,10 @@ func reconcileRequests(t *testing.T, e *relayEnv) int64 {
 // it (for instance between graftd's start and its election).
 func TestRelayFirstStartAsksForReconcile(t *testing.T) {
 	e := newRelayEnv(t)
+	// With the stream there already, only the first start asks.
+	if _, err := replicator.EnsureStream(e.ctx, e.js, replicator.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
 	e.put(t, "/dba/a/early", "v")
 	r, _ := e.startRelay(t, replicator.RelayConfig{})
 	testenv.WaitFor(t, 5*time.Second, r.Leader)

@@ -118,7 +118,13 @@ func (r *Replicator) Run(ctx context.Context) error {
 }
 
 func (r *Replicator) consume(ctx context.Context) error {
-	if _, err := EnsureStream(ctx, r.cfg.JetStream, r.cfg.Stream); err != nil {
+	// The relay (and graftd at start) create the stream, and ask for a
+	// reconcile when they do: a stream created here would hide from them
+	// that the events of a lost one never arrived.
+	if _, err := r.cfg.JetStream.Stream(ctx, r.cfg.Stream.Name); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("change stream %s does not exist yet; the relay creates it", r.cfg.Stream.Name)
+		}
 		return err
 	}
 	cons, err := r.cfg.JetStream.CreateOrUpdateConsumer(ctx, r.cfg.Stream.Name, jetstream.ConsumerConfig{
@@ -133,13 +139,21 @@ func (r *Replicator) consume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create consumer %s: %w", r.cfg.Consumer, err)
 	}
+	// A consumer deleted under us (with its stream, or by an operator)
+	// delivers nothing more: stop, and let Run create it again.
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	msgs := make(chan jetstream.Msg, defaultBatch*r.cfg.Workers)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		select {
 		case msgs <- m:
-		case <-ctx.Done():
+		case <-wctx.Done():
 		}
-	}, jetstream.PullMaxMessages(defaultBatch*r.cfg.Workers))
+	}, jetstream.PullMaxMessages(defaultBatch*r.cfg.Workers), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			cancel(fmt.Errorf("consumer %s is gone: %w", r.cfg.Consumer, err))
+		}
+	}))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", r.cfg.Consumer, err)
 	}
@@ -148,13 +162,16 @@ func (r *Replicator) consume(ctx context.Context) error {
 	for range r.cfg.Workers {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			r.work(ctx, msgs)
+			r.work(wctx, msgs)
 		}()
 	}
 	for range r.cfg.Workers {
 		<-done
 	}
-	return ctx.Err()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return context.Cause(wctx)
 }
 
 // work takes whatever events are waiting (up to a batch) and handles them

@@ -2,10 +2,12 @@ package replicator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Event is one committed change of a path. It never carries the value:
@@ -50,10 +52,14 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	return c
 }
 
-// EnsureStream creates or updates the change-event stream.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
+// EnsureStream creates or updates the change-event stream, and reports
+// whether it had to create it.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (created bool, err error) {
 	cfg = cfg.withDefaults()
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if _, err := js.Stream(ctx, cfg.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
+		created = true
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        cfg.Name,
 		Description: "graft change events: path, revision and operation of every committed change (never values)",
 		Subjects:    []string{cfg.Subject},
@@ -64,7 +70,18 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		Replicas:    cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create JetStream stream %s: %w (is JetStream enabled on the NATS server?)", cfg.Name, err)
+		return false, fmt.Errorf("create JetStream stream %s: %w (is JetStream enabled on the NATS server?)", cfg.Name, err)
 	}
-	return s, nil
+	return created, nil
+}
+
+// OpenStream creates the change stream if it is missing and, if it was,
+// asks for a reconcile: events in a lost stream that no replicator applied
+// are gone, and only a full pass copies their changes.
+func OpenStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, cli *clientv3.Client, prefix string) error {
+	created, err := EnsureStream(ctx, js, cfg)
+	if err != nil || !created {
+		return err
+	}
+	return RequestReconcile(ctx, cli, prefix, "the change stream "+cfg.withDefaults().Name+" was created (new, or its store was lost)")
 }

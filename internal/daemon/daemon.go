@@ -204,7 +204,7 @@ func (d *Daemon) startReplication(ctx, bg context.Context, reg prometheus.Regist
 	if err != nil {
 		return err
 	}
-	if _, err := replicator.EnsureStream(ctx, d.js, stream); err != nil {
+	if err := replicator.OpenStream(ctx, d.js, stream, d.cli, d.cfg.Etcd.Prefix); err != nil {
 		return err
 	}
 	d.relay, err = replicator.NewRelay(replicator.RelayConfig{
