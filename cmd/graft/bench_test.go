@@ -19,7 +19,7 @@ func TestBenchReplicate(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("-o json output %q: %v", stdout.String(), err)
 	}
-	if r.Mode != "dev" || r.Writes != 50 || r.Missing != 0 || r.Superseded != 0 || r.DestinationWrites != 100 || r.P50MS <= 0 || r.MaxMS < r.P99MS || r.FloorP50MS <= 0 || r.RatioP50 <= 0 || r.CommitP50MS <= 0 || r.CommitMaxMS < r.CommitP50MS {
+	if r.Mode != "dev" || r.Writes != 50 || r.Missing != 0 || r.Superseded != 0 || r.DestinationWrites != 100 || r.P50MS <= 0 || r.MaxMS < r.P99MS || r.P99MS < r.P50MS || r.FloorP50MS <= 0 || r.RatioP50 <= 0 || r.SeenP50MS < r.P50MS || r.SeenMaxMS < r.SeenP99MS {
 		t.Fatalf("result %+v", r)
 	}
 	for _, bad := range []string{"--rate 0", "--duration 0s", "--fanout 0", "--fanout 10001"} {
