@@ -2,7 +2,7 @@
 BUF := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help run build test bench fuzz generate lint fmt
+.PHONY: help run build test bench fuzz generate lint fmt images integration
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,6 +15,25 @@ build: ## build the binaries in cmd/ into ./bin (static, CGO_ENABLED=0)
 
 test: ## run every unit and in-process test with the race detector
 	go test $(GO_TEST_FLAGS) ./...
+
+# Images for the Docker integration suite, FROM scratch: graftd from this
+# module, etcd and nats-server built from the versions go.mod pins.
+GRAFT_IMAGE ?= graft-graftd:dev
+GRAFT_ETCD_IMAGE ?= graft-etcd:dev
+GRAFT_NATS_IMAGE ?= graft-nats:dev
+export GRAFT_IMAGE GRAFT_ETCD_IMAGE GRAFT_NATS_IMAGE
+
+images: ## build FROM-scratch Docker images of graftd, etcd and nats-server (names: GRAFT_IMAGE, GRAFT_ETCD_IMAGE, GRAFT_NATS_IMAGE)
+	mkdir -p build/graftd build/etcd build/nats
+	CGO_ENABLED=0 go build -trimpath -o build/graftd/app ./cmd/graftd
+	CGO_ENABLED=0 go build -trimpath -o build/etcd/app go.etcd.io/etcd/server/v3
+	CGO_ENABLED=0 go build -trimpath -o build/nats/app github.com/nats-io/nats-server/v2
+	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_IMAGE) build/graftd
+	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_ETCD_IMAGE) build/etcd
+	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_NATS_IMAGE) build/nats
+
+integration: images ## run the Docker integration suite in integration/ (needs a Docker engine)
+	TESTCONTAINERS_RYUK_DISABLED=true go test -tags integration -count=1 -timeout 20m -v ./integration/
 
 bench: ## run the benchmarks (figures, never gates)
 	go test -run '^$$' -bench . -benchtime 3s ./...

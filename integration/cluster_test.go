@@ -1,0 +1,231 @@
+//go:build integration
+
+// Package integration runs graft as it is deployed: graftd, etcd and
+// nats-server each in their own container (images built FROM scratch by
+// `make images`) on a private Docker network, driven from the host through
+// the SDK. Run it with `make integration`.
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/testcontainers/testcontainers-go"
+	"github.com/testcontainers/testcontainers-go/network"
+	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/graft-sh/graft/sdk"
+	"github.com/graft-sh/graft/store"
+)
+
+func TestMain(m *testing.M) {
+	// No reaper: its image cannot be pulled here, and every test
+	// terminates what it starts. Ports are published on this machine's
+	// loopback; testcontainers would otherwise guess the VM's gateway.
+	setDefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+	setDefault("TESTCONTAINERS_HOST_OVERRIDE", "localhost")
+	os.Exit(m.Run())
+}
+
+func setDefault(env, v string) {
+	if os.Getenv(env) == "" {
+		os.Setenv(env, v)
+	}
+}
+
+// image returns the image named by env, or def.
+func image(env, def string) string {
+	if v := os.Getenv(env); v != "" {
+		return v
+	}
+	return def
+}
+
+// cluster is etcd, NATS and any number of graftd containers on one network.
+type cluster struct {
+	t       *testing.T
+	ctx     context.Context
+	net     *testcontainers.DockerNetwork
+	etcd    testcontainers.Container
+	nats    testcontainers.Container
+	keyring string
+}
+
+// newCluster starts etcd and NATS, and writes the keyring every graftd of
+// the cluster shares. Without Docker or the images the test is skipped, or
+// fails when GRAFT_REQUIRE_DOCKER=1 (as in CI).
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	ctx := context.Background()
+	nw, err := network.New(ctx)
+	if err != nil {
+		if os.Getenv("GRAFT_REQUIRE_DOCKER") == "1" {
+			t.Fatalf("docker: %v", err)
+		}
+		t.Skipf("no Docker engine (%v); set GRAFT_REQUIRE_DOCKER=1 to fail instead", err)
+	}
+	t.Cleanup(func() { nw.Remove(context.Background()) })
+	c := &cluster{t: t, ctx: ctx, net: nw}
+
+	c.etcd = c.start(testcontainers.ContainerRequest{
+		Image: image("GRAFT_ETCD_IMAGE", "graft-etcd:dev"),
+		Cmd: []string{"--name", "etcd", "--data-dir", "/data",
+			"--listen-client-urls", "http://0.0.0.0:2379", "--advertise-client-urls", "http://etcd:2379",
+			"--listen-peer-urls", "http://0.0.0.0:2380", "--initial-advertise-peer-urls", "http://etcd:2380",
+			"--initial-cluster", "etcd=http://etcd:2380"},
+		ExposedPorts: []string{"2379/tcp"},
+		WaitingFor:   wait.ForHTTP("/health").WithPort("2379/tcp").WithStartupTimeout(60 * time.Second),
+	}, "etcd")
+	c.nats = c.start(testcontainers.ContainerRequest{
+		Image:        image("GRAFT_NATS_IMAGE", "graft-nats:dev"),
+		Cmd:          []string{"--jetstream", "--store_dir", "/data", "--http_port", "8222"},
+		ExposedPorts: []string{"4222/tcp", "8222/tcp"},
+		WaitingFor:   wait.ForHTTP("/healthz?js-enabled-only=true").WithPort("8222/tcp").WithStartupTimeout(60 * time.Second),
+	}, "nats")
+
+	c.keyring = filepath.Join(t.TempDir(), "keyring.json")
+	if err := store.CreateKeyringFile(c.keyring); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// start runs a container on the cluster's network under alias, and
+// terminates it at the end of the test.
+func (c *cluster) start(req testcontainers.ContainerRequest, alias string) testcontainers.Container {
+	c.t.Helper()
+	req.Networks = []string{c.net.Name}
+	req.NetworkAliases = map[string][]string{c.net.Name: {alias}}
+	ctr, err := testcontainers.GenericContainer(c.ctx, testcontainers.GenericContainerRequest{ContainerRequest: req, Started: true})
+	if ctr != nil {
+		c.t.Cleanup(func() {
+			if c.t.Failed() {
+				c.dumpLogs(alias, ctr)
+			}
+			ctr.Terminate(context.Background())
+		})
+	}
+	if err != nil {
+		if os.Getenv("GRAFT_REQUIRE_DOCKER") != "1" && strings.Contains(err.Error(), "No such image") {
+			c.t.Skipf("image %s is missing (make images): %v", req.Image, err)
+		}
+		c.t.Fatalf("start %s (%s): %v", alias, req.Image, err)
+	}
+	return ctr
+}
+
+// kill sends SIGKILL to a container: no graceful shutdown, its etcd
+// leases and JetStream pulls simply stop.
+func (c *cluster) kill(ctr testcontainers.Container) {
+	c.t.Helper()
+	cli, err := testcontainers.NewDockerClientWithOpts(c.ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.ContainerKill(c.ctx, ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		c.t.Fatalf("kill %s: %v", ctr.GetContainerID(), err)
+	}
+}
+
+// dumpLogs writes the last lines of a container's log to the test log.
+func (c *cluster) dumpLogs(name string, ctr testcontainers.Container) {
+	rc, err := ctr.Logs(context.Background())
+	if err != nil {
+		return
+	}
+	defer rc.Close()
+	var lines []string
+	sc := bufio.NewScanner(rc)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	c.t.Logf("--- %s log (last %d lines)\n%s", name, len(lines), strings.Join(lines, "\n"))
+}
+
+// graftdArgs is how every graftd of the cluster runs: production mode
+// against the cluster's etcd and NATS, plaintext on the private network.
+func (c *cluster) graftdArgs(extra ...string) []string {
+	return append([]string{
+		"--etcd-endpoints", "http://etcd:2379", "--nats-url", "nats://nats:4222",
+		"--keyring-file", "/etc/graft/keyring.json", "--data-dir", "/data",
+		"--listen", "0.0.0.0:7420", "--http-listen", "0.0.0.0:7421", "--insecure-listen",
+		"--log-format", "json",
+	}, extra...)
+}
+
+func (c *cluster) keyringFile() []testcontainers.ContainerFile {
+	return []testcontainers.ContainerFile{{HostFilePath: c.keyring, ContainerFilePath: "/etc/graft/keyring.json", FileMode: 0o600}}
+}
+
+// graftd starts a graftd replica named name and waits until it is ready.
+func (c *cluster) graftd(name string) testcontainers.Container {
+	c.t.Helper()
+	return c.start(testcontainers.ContainerRequest{
+		Image:        image("GRAFT_IMAGE", "graft-graftd:dev"),
+		Cmd:          c.graftdArgs(),
+		Files:        c.keyringFile(),
+		ExposedPorts: []string{"7420/tcp", "7421/tcp"},
+		WaitingFor:   wait.ForHTTP("/readyz").WithPort("7421/tcp").WithStartupTimeout(60 * time.Second),
+	}, name)
+}
+
+// breakGlass mints a root token the way an operator of a new cluster does,
+// with `graftd break-glass` in a container of its own.
+func (c *cluster) breakGlass() string {
+	c.t.Helper()
+	ctr := c.start(testcontainers.ContainerRequest{
+		Image:      image("GRAFT_IMAGE", "graft-graftd:dev"),
+		Cmd:        append([]string{"break-glass", "--reason", "integration test", "--ttl", "1h"}, c.graftdArgs()...),
+		Files:      c.keyringFile(),
+		WaitingFor: wait.ForExit().WithExitTimeout(60 * time.Second),
+	}, "break-glass")
+	st, err := ctr.State(c.ctx)
+	if err != nil || st.ExitCode != 0 {
+		c.dumpLogs("break-glass", ctr)
+		c.t.Fatalf("break-glass exited %v (%v)", st, err)
+	}
+	rc, err := ctr.Logs(c.ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer rc.Close()
+	out, _ := io.ReadAll(rc)
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "graft_") {
+			return l
+		}
+	}
+	c.t.Fatalf("break-glass printed no token:\n%s", out)
+	return ""
+}
+
+// client connects the SDK from the host to a graftd container.
+func (c *cluster) client(g testcontainers.Container, token string) *sdk.Client {
+	c.t.Helper()
+	host, err := g.Host(c.ctx)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	port, err := g.MappedPort(c.ctx, "7420/tcp")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cl, err := sdk.New(c.ctx, sdk.Config{Addr: fmt.Sprintf("%s:%s", host, port.Port()), Token: token, Insecure: true})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
