@@ -2,8 +2,10 @@ package replicator
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,7 @@ type Rules struct {
 
 	mu  sync.Mutex
 	rev int64
+	fp  [sha256.Size]byte // of the rules in cur
 	// changed receives a signal after every change, for the reconciler.
 	changed chan struct{}
 }
@@ -91,19 +94,42 @@ func (r *Rules) load(ctx context.Context) (int64, error) {
 		}
 		rules = append(rules, rule)
 	}
-	ix := NewIndex(rules)
+	fp := fingerprint(recs)
 	r.mu.Lock()
+	changed := false
 	if rev > r.rev {
-		r.cur.Store(ix)
+		changed = fp != r.fp
+		if changed {
+			r.cur.Store(NewIndex(rules))
+			r.fp = fp
+		}
 		r.rev = rev
 	}
 	r.mu.Unlock()
-	r.once.Do(func() { close(r.loaded) })
-	select {
-	case r.changed <- struct{}{}:
-	default:
+	first := false
+	r.once.Do(func() { close(r.loaded); first = true })
+	// The first load is what the reconciler's start pass reads; after
+	// that, only a different set of rules is news (a Refresh and the
+	// watch often read the same change).
+	if changed && !first {
+		select {
+		case r.changed <- struct{}{}:
+		default:
+		}
 	}
 	return rev, nil
+}
+
+// fingerprint identifies a set of rule records (ListRules sorts them).
+func fingerprint(recs []store.RuleRecord) [sha256.Size]byte {
+	h := sha256.New()
+	for _, rec := range recs {
+		fmt.Fprintf(h, "%d:%s%d:", len(rec.ID), rec.ID, len(rec.Data))
+		h.Write(rec.Data)
+	}
+	var fp [sha256.Size]byte
+	h.Sum(fp[:0])
+	return fp
 }
 
 func decodeRule(rec store.RuleRecord) (Rule, error) {
