@@ -100,6 +100,17 @@ func TestReplicationAcrossContainers(t *testing.T) {
 	token := c.breakGlass()
 	b := c.graftd("graftd-b")
 	ca, cb := c.client(a, token), c.client(b, token)
+	// break-glass wrote the token to etcd; each replica learns of it
+	// through its watch.
+	for _, cl := range []*sdk.Client{ca, cb} {
+		deadline := time.Now().Add(10 * time.Second)
+		for _, err := cl.WhoAmI(ctx); err != nil; _, err = cl.WhoAmI(ctx) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the break-glass token: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 
 	const source = "/dba/orders/db"
 	dests := []string{"/app/orders/replicated/db", "/app/billing/replicated/db"}

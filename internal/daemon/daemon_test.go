@@ -103,8 +103,15 @@ func TestExternalBackends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kvClient(t, d.Addr()).Put(authed(root), &graftv1.PutRequest{Path: "/a/b", Value: []byte("v")}); err != nil {
-		t.Fatal(err)
+	// break-glass wrote the token to etcd from outside this graftd, which
+	// learns of it through its watch, as any other replica would.
+	var putErr error
+	testenv.WaitFor(t, 2*time.Second, func() bool {
+		_, putErr = kvClient(t, d.Addr()).Put(authed(root), &graftv1.PutRequest{Path: "/a/b", Value: []byte("v")})
+		return status.Code(putErr) != codes.Unauthenticated
+	})
+	if putErr != nil {
+		t.Fatal(putErr)
 	}
 	conn, err := grpc.NewClient(d.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
