@@ -210,8 +210,11 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 		case <-r.cfg.Rules.Changed():
 			pass("rules changed")
 		case w, ok := <-requests:
-			if !ok || w.Err() != nil {
-				return fmt.Errorf("watch reconcile requests: %v", w.Err())
+			if !ok {
+				return errors.New("the watch of reconcile requests ended")
+			}
+			if err := w.Err(); err != nil {
+				return fmt.Errorf("watch reconcile requests: %w", err)
 			}
 			for _, ev := range w.Events {
 				r.log.Info("reconciling on request", "reason", string(ev.Kv.Value))

@@ -164,7 +164,8 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		c.Unshare(cctx, rule.ID, false)
-		for k := range min(100, res.Writes) {
+		c.Delete(cctx, source+"/warmup")
+		for k := range min(benchKeys, res.Writes) {
 			c.Delete(cctx, fmt.Sprintf("%s/k%d", source, k))
 		}
 	}()
