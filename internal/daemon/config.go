@@ -1,19 +1,13 @@
 package daemon
 
 import (
-	"bytes"
-	"errors"
-	"fmt"
-	"io"
 	"net"
-	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
-	"gopkg.in/yaml.v3"
 
+	"github.com/graft-sh/graft/internal/config"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
@@ -92,172 +86,57 @@ func Defaults() Config {
 	}
 }
 
-// option binds one setting to its flag, environment variable and field.
-type option struct {
-	flag, usage string
-	get         func(*Config) any // pointer to the field
-}
-
-func options() []option {
-	return []option{
-		{"dev", "run everything in one process: embedded etcd and NATS, generated keyring and root token, loopback only", func(c *Config) any { return &c.Dev }},
-		{"data-dir", "directory for dev-mode data, the generated keyring and the root token", func(c *Config) any { return &c.DataDir }},
-		{"listen", "gRPC listen address", func(c *Config) any { return &c.Listen }},
-		{"http-listen", "HTTP listen address for /healthz, /readyz and /metrics", func(c *Config) any { return &c.HTTPListen }},
-		{"insecure-listen", "allow listening on a non-loopback address without TLS", func(c *Config) any { return &c.InsecureListen }},
-		{"tls-cert-file", "server certificate (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSCertFile }},
-		{"tls-key-file", "server private key (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSKeyFile }},
-		{"client-ca-file", "CA bundle (PEM) that signs client certificates; enables mTLS identities (needs --tls-cert-file)", func(c *Config) any { return &c.ClientCAFile }},
-		{"spiffe-trust-domain", "accept only client SPIFFE IDs in this trust domain (empty: any)", func(c *Config) any { return &c.TrustDomain }},
-		{"audit-file", "also append audit records to this JSON-lines file (0600)", func(c *Config) any { return &c.AuditFile }},
-		{"audit-max-age", "how long the GRAFT_AUDIT stream keeps records", func(c *Config) any { return &c.AuditMaxAge }},
-		{"replica-destinations", "path patterns replication destinations must match, comma separated (+ one segment, ** any below)", func(c *Config) any { return &c.ReplicaDestinations }},
-		{"reconcile-interval", "how often every replication rule's destinations are compared with its sources and repaired", func(c *Config) any { return &c.ReconcileInterval }},
-		{"changes-max-age", "how long the GRAFT_CHANGES stream keeps change events", func(c *Config) any { return &c.ChangesMaxAge }},
-		{"keyring-file", "keyring that encrypts values at rest (dev default: <data-dir>/keyring.json)", func(c *Config) any { return &c.KeyringFile }},
-		{"dev-root-token", "use this root token in dev mode instead of a generated one", func(c *Config) any { return &c.DevRootToken }},
-		{"max-value-bytes", "largest value accepted, in bytes", func(c *Config) any { return &c.MaxValueBytes }},
-		{"history-limit", "previous versions kept per path", func(c *Config) any { return &c.HistoryLimit }},
-		{"log-format", "log format: json or text (dev default text)", func(c *Config) any { return &c.LogFormat }},
-		{"log-level", "log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
-		{"shutdown-timeout", "how long in-flight calls may take to finish at shutdown", func(c *Config) any { return &c.ShutdownTimeout }},
-		{"etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }},
-		{"etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }},
-		{"etcd-ca-file", "CA bundle to verify etcd's certificate", func(c *Config) any { return &c.Etcd.CAFile }},
-		{"etcd-cert-file", "client certificate for etcd", func(c *Config) any { return &c.Etcd.CertFile }},
-		{"etcd-key-file", "client key for etcd", func(c *Config) any { return &c.Etcd.KeyFile }},
-		{"etcd-username", "etcd user name", func(c *Config) any { return &c.Etcd.Username }},
-		{"etcd-password", "etcd password (prefer GRAFT_ETCD_PASSWORD)", func(c *Config) any { return &c.Etcd.Password }},
-		{"nats-url", "NATS server URLs, comma separated", func(c *Config) any { return &c.NATS.URL }},
-		{"nats-creds-file", "NATS credentials file", func(c *Config) any { return &c.NATS.CredsFile }},
-		{"nats-ca-file", "CA bundle to verify NATS's certificate", func(c *Config) any { return &c.NATS.CAFile }},
-		{"nats-cert-file", "client certificate for NATS", func(c *Config) any { return &c.NATS.CertFile }},
-		{"nats-key-file", "client key for NATS", func(c *Config) any { return &c.NATS.KeyFile }},
-	}
-}
-
-func envName(flag string) string {
-	return "GRAFT_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+// options is graftd's option table: one line per setting, its flag, its
+// GRAFT_* variable and, through the yaml tags above, its file key.
+var options = config.Table[Config]{
+	EnvPrefix: "GRAFT_",
+	Defaults:  Defaults,
+	Options: []config.Option[Config]{
+		config.Flag("dev", "run everything in one process: embedded etcd and NATS, generated keyring and root token, loopback only", func(c *Config) any { return &c.Dev }),
+		config.Flag("data-dir", "directory for dev-mode data, the generated keyring and the root token", func(c *Config) any { return &c.DataDir }),
+		config.Flag("listen", "gRPC listen address", func(c *Config) any { return &c.Listen }),
+		config.Flag("http-listen", "HTTP listen address for /healthz, /readyz and /metrics", func(c *Config) any { return &c.HTTPListen }),
+		config.Flag("insecure-listen", "allow listening on a non-loopback address without TLS", func(c *Config) any { return &c.InsecureListen }),
+		config.Flag("tls-cert-file", "server certificate (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSCertFile }),
+		config.Flag("tls-key-file", "server private key (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSKeyFile }),
+		config.Flag("client-ca-file", "CA bundle (PEM) that signs client certificates; enables mTLS identities (needs --tls-cert-file)", func(c *Config) any { return &c.ClientCAFile }),
+		config.Flag("spiffe-trust-domain", "accept only client SPIFFE IDs in this trust domain (empty: any)", func(c *Config) any { return &c.TrustDomain }),
+		config.Flag("audit-file", "also append audit records to this JSON-lines file (0600)", func(c *Config) any { return &c.AuditFile }),
+		config.Flag("audit-max-age", "how long the GRAFT_AUDIT stream keeps records", func(c *Config) any { return &c.AuditMaxAge }),
+		config.Flag("replica-destinations", "path patterns replication destinations must match, comma separated (+ one segment, ** any below)", func(c *Config) any { return &c.ReplicaDestinations }),
+		config.Flag("reconcile-interval", "how often every replication rule's destinations are compared with its sources and repaired", func(c *Config) any { return &c.ReconcileInterval }),
+		config.Flag("changes-max-age", "how long the GRAFT_CHANGES stream keeps change events", func(c *Config) any { return &c.ChangesMaxAge }),
+		config.Flag("keyring-file", "keyring that encrypts values at rest (dev default: <data-dir>/keyring.json)", func(c *Config) any { return &c.KeyringFile }),
+		config.Flag("dev-root-token", "use this root token in dev mode instead of a generated one", func(c *Config) any { return &c.DevRootToken }),
+		config.Flag("max-value-bytes", "largest value accepted, in bytes", func(c *Config) any { return &c.MaxValueBytes }),
+		config.Flag("history-limit", "previous versions kept per path", func(c *Config) any { return &c.HistoryLimit }),
+		config.Flag("log-format", "log format: json or text (dev default text)", func(c *Config) any { return &c.LogFormat }),
+		config.Flag("log-level", "log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
+		config.Flag("shutdown-timeout", "how long in-flight calls may take to finish at shutdown", func(c *Config) any { return &c.ShutdownTimeout }),
+		config.Flag("etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }),
+		config.Flag("etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }),
+		config.Flag("etcd-ca-file", "CA bundle to verify etcd's certificate", func(c *Config) any { return &c.Etcd.CAFile }),
+		config.Flag("etcd-cert-file", "client certificate for etcd", func(c *Config) any { return &c.Etcd.CertFile }),
+		config.Flag("etcd-key-file", "client key for etcd", func(c *Config) any { return &c.Etcd.KeyFile }),
+		config.Flag("etcd-username", "etcd user name", func(c *Config) any { return &c.Etcd.Username }),
+		config.Flag("etcd-password", "etcd password (prefer GRAFT_ETCD_PASSWORD)", func(c *Config) any { return &c.Etcd.Password }),
+		config.Flag("nats-url", "NATS server URLs, comma separated", func(c *Config) any { return &c.NATS.URL }),
+		config.Flag("nats-creds-file", "NATS credentials file", func(c *Config) any { return &c.NATS.CredsFile }),
+		config.Flag("nats-ca-file", "CA bundle to verify NATS's certificate", func(c *Config) any { return &c.NATS.CAFile }),
+		config.Flag("nats-cert-file", "client certificate for NATS", func(c *Config) any { return &c.NATS.CertFile }),
+		config.Flag("nats-key-file", "client key for NATS", func(c *Config) any { return &c.NATS.KeyFile }),
+	},
 }
 
 // Flags binds every option to fs, with the defaults shown in the help. The
 // returned function loads the final Config: defaults, file, environment,
 // then the flags the user set.
-func Flags(fs *pflag.FlagSet) func(configFile string, env func(string) (string, bool)) (Config, error) {
-	flagVals := Defaults()
-	def := Defaults()
-	for _, o := range options() {
-		usage := fmt.Sprintf("%s (env %s)", o.usage, envName(o.flag))
-		switch p := o.get(&flagVals).(type) {
-		case *bool:
-			fs.BoolVar(p, o.flag, *o.get(&def).(*bool), usage)
-		case *string:
-			fs.StringVar(p, o.flag, *o.get(&def).(*string), usage)
-		case *int:
-			fs.IntVar(p, o.flag, *o.get(&def).(*int), usage)
-		case *time.Duration:
-			fs.DurationVar(p, o.flag, *o.get(&def).(*time.Duration), usage)
-		case *[]string:
-			fs.StringSliceVar(p, o.flag, *o.get(&def).(*[]string), usage)
-		}
-	}
-	return func(configFile string, env func(string) (string, bool)) (Config, error) {
-		cfg := Defaults()
-		var problems []error
-		if configFile != "" {
-			if err := loadFile(configFile, &cfg); err != nil {
-				problems = append(problems, err)
-			}
-		}
-		for _, o := range options() {
-			if v, ok := env(envName(o.flag)); ok {
-				if err := setString(o.get(&cfg), v); err != nil {
-					problems = append(problems, fmt.Errorf("%s=%q: %w", envName(o.flag), v, err))
-				}
-			}
-		}
-		for _, o := range options() {
-			if fs.Changed(o.flag) {
-				copyValue(o.get(&cfg), o.get(&flagVals))
-			}
-		}
-		if len(problems) > 0 {
-			return cfg, errors.Join(problems...)
-		}
-		return cfg, nil
-	}
-}
-
-func loadFile(name string, cfg *Config) error {
-	data, err := os.ReadFile(name)
-	if err != nil {
-		return fmt.Errorf("config file: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) { // an empty file sets nothing
-		return fmt.Errorf("config file %s: %w", name, err)
-	}
-	return nil
-}
-
-func setString(p any, v string) error {
-	switch p := p.(type) {
-	case *bool:
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return errors.New("want true or false")
-		}
-		*p = b
-	case *string:
-		*p = v
-	case *int:
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return errors.New("want a whole number")
-		}
-		*p = n
-	case *time.Duration:
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return errors.New("want a duration such as 10s")
-		}
-		*p = d
-	case *[]string:
-		*p = splitList(v)
-	}
-	return nil
-}
-
-func copyValue(dst, src any) {
-	switch d := dst.(type) {
-	case *bool:
-		*d = *src.(*bool)
-	case *string:
-		*d = *src.(*string)
-	case *int:
-		*d = *src.(*int)
-	case *time.Duration:
-		*d = *src.(*time.Duration)
-	case *[]string:
-		*d = *src.(*[]string)
-	}
-}
-
-func splitList(v string) []string {
-	var out []string
-	for s := range strings.SplitSeq(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
-}
+func Flags(fs *pflag.FlagSet) config.Loader[Config] { return options.Bind(fs) }
 
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
-	var problems []string
-	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	var p config.Problems
+	add := p.Add
 	for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			add("%s %q: want host:port", name, addr)
@@ -337,10 +216,7 @@ func (c Config) Validate() error {
 	if p := c.Etcd.Prefix; !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") {
 		add("--etcd-prefix %q must start and end with /", p)
 	}
-	if len(problems) == 0 {
-		return nil
-	}
-	return fmt.Errorf("invalid configuration:\n  - %s", strings.Join(problems, "\n  - "))
+	return p.Err()
 }
 
 // IsLoopback reports whether a host:port address is on the loopback
