@@ -49,31 +49,32 @@ file given with --config (keys as in the flag names with _ for -).`,
 	return cmd
 }
 
+// serve runs graftd until SIGINT or SIGTERM, or until a part of it fails.
 func serve(cmd *cobra.Command, cfg daemon.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := daemon.NewLogger(cfg, os.Stderr)
-	d, err := daemon.Start(ctx, cfg, log)
+	context.AfterFunc(ctx, func() {
+		stop() // a second signal now kills the process at once
+		log.Info("shutting down", "signal", "received")
+	})
+	d, err := daemon.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	if cfg.Dev {
-		out := cmd.OutOrStdout()
-		fmt.Fprintf(out, "graftd is running in dev mode (data in %s)\n\n", cfg.DataDir)
-		fmt.Fprintf(out, "  export GRAFT_ADDR=%s\n", d.Addr())
-		fmt.Fprintf(out, "  export GRAFT_TOKEN=%s\n\n", d.RootToken())
-		fmt.Fprintf(out, "The root token is also in %s. Health: http://%s/readyz\n", d.RootTokenFile(), d.HTTPAddr())
+		go func() {
+			select {
+			case <-d.Ready():
+			case <-ctx.Done():
+				return
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "graftd is running in dev mode (data in %s)\n\n", cfg.DataDir)
+			fmt.Fprintf(out, "  export GRAFT_ADDR=%s\n", d.Addr())
+			fmt.Fprintf(out, "  export GRAFT_TOKEN=%s\n\n", d.RootToken())
+			fmt.Fprintf(out, "The root token is also in %s. Health: http://%s/readyz\n", d.RootTokenFile(), d.HTTPAddr())
+		}()
 	}
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "signal", "received")
-	case runErr = <-d.Err():
-		log.Error("shutting down after a failure", "err", runErr)
-	}
-	stop() // a second signal now kills the process at once
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	d.Shutdown(shutdownCtx)
-	return runErr
+	return d.Run(ctx)
 }

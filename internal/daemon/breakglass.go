@@ -32,11 +32,9 @@ func BreakGlass(ctx context.Context, cfg Config, log *slog.Logger, ttl time.Dura
 	if err := cfg.Validate(); err != nil {
 		return "", err
 	}
-	d := &Daemon{cfg: cfg, log: log, errc: make(chan error, 4)}
+	d := &Daemon{cfg: cfg, log: log}
 	defer d.close()
-	bg, cancel := context.WithCancel(context.Background())
-	d.cancel = cancel
-	if err := d.openCore(ctx, bg); err != nil {
+	if err := d.openCore(ctx); err != nil {
 		return "", err
 	}
 	token := acl.NewToken()

@@ -37,12 +37,14 @@ import (
 	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/internal/atomicfile"
 	"github.com/graft-sh/graft/internal/embedded"
+	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
 )
 
-// Daemon is a running graftd.
+// Daemon is graftd: its backends, its servers and the long-running parts
+// that Run runs as tasks.
 type Daemon struct {
 	cfg Config
 	log *slog.Logger
@@ -70,12 +72,26 @@ type Daemon struct {
 	rootTokenFile string
 	keyringFile   string
 
-	ready  atomic.Bool
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errc   chan error
-	closed sync.Once
+	// ready is closed once the API serves; serving says whether it still
+	// does, for /readyz.
+	ready   chan struct{}
+	serving atomic.Bool
+	closed  sync.Once
+
+	// Set by Start, for Shutdown.
+	stop    context.CancelFunc
+	stopped chan struct{}
+	runErr  error
 }
+
+// startupTimeout bounds how long graftd waits for its caches (policies,
+// tokens, replication rules) to load before it serves.
+const startupTimeout = 15 * time.Second
+
+// drainSlack is how much longer than --shutdown-timeout the background
+// work may take to stop: the gRPC drain has that bound, the rest need
+// only moments.
+const drainSlack = 5 * time.Second
 
 // NewLogger returns the logger graftd uses: text or JSON on w.
 func NewLogger(cfg Config, w io.Writer) *slog.Logger {
@@ -95,26 +111,23 @@ func NewLogger(cfg Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
 
-// Start validates cfg, brings every part of graftd up and returns once it
-// serves. On error everything already started is stopped again.
-func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err error) {
+// New validates cfg, opens graftd's backends (starting the embedded ones in
+// dev mode), builds every part and binds the listeners, so that a port in
+// use fails here. Nothing serves until Run. If New fails, what it opened is
+// closed again.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, errc: make(chan error, 4)}
+	d := &Daemon{cfg: cfg, log: log, ready: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			d.close()
 		}
 	}()
-	bg, cancel := context.WithCancel(context.Background())
-	d.cancel = cancel
-
-	if err := d.openCore(ctx, bg); err != nil {
+	if err := d.openCore(ctx); err != nil {
 		return nil, err
 	}
-	pingCtx, cancelPing := context.WithTimeout(ctx, 15*time.Second)
-	defer cancelPing()
 	if cfg.Dev {
 		// The root token is stored before the token cache loads, so the
 		// cache knows it by the time the API serves its first call.
@@ -129,30 +142,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 			log.Info("installed the default policies", "roles", installed)
 		}
 	}
-	d.engine, err = acl.NewEngine(acl.EngineConfig{Store: d.store, Logger: log.With("subsystem", "policies")})
-	if err != nil {
+	if d.engine, err = acl.NewEngine(acl.EngineConfig{Store: d.store, Logger: log.With("subsystem", "policies")}); err != nil {
 		return nil, err
 	}
-	d.goRun(func() error { return d.engine.Run(bg) })
-	select {
-	case <-d.engine.Loaded():
-	case <-pingCtx.Done():
-		return nil, fmt.Errorf("load policies: %w", pingCtx.Err())
-	}
-	d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")})
-	if err != nil {
+	if d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")}); err != nil {
 		return nil, err
 	}
-	d.goRun(func() error { return d.tokens.Run(bg) })
-	select {
-	case <-d.tokens.Loaded():
-	case <-pingCtx.Done():
-		return nil, fmt.Errorf("load tokens: %w", pingCtx.Err())
-	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if err := d.startReplication(ctx, bg, reg); err != nil {
+	if err := d.newReplication(ctx, reg); err != nil {
 		return nil, err
 	}
 	d.srv, err = server.New(server.Config{
@@ -170,31 +168,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err er
 	if err != nil {
 		return nil, err
 	}
-	if err := d.startGRPC(); err != nil {
+	if err := d.newGRPC(); err != nil {
 		return nil, err
 	}
-	if err := d.startHTTP(reg); err != nil {
+	if err := d.newHTTP(reg); err != nil {
 		return nil, err
 	}
-	d.goRun(func() error { d.watchKeyringFile(bg); return nil })
-	d.ready.Store(true)
-	log.Info("graftd ready", "grpc", d.Addr(), "http", d.HTTPAddr(), "dev", cfg.Dev, "keyring_primary", d.store.Keyring().Primary())
 	return d, nil
 }
 
-// startReplication starts the rule index, the relay (one graftd at a time
-// publishes change events), the replicator (every graftd consumes them) and
-// the reconciler (one graftd at a time).
-func (d *Daemon) startReplication(ctx, bg context.Context, reg prometheus.Registerer) error {
+// newReplication builds the rule index, the replicator (every graftd
+// consumes change events), the relay (one graftd at a time publishes
+// them) and makes sure the change stream exists.
+func (d *Daemon) newReplication(ctx context.Context, reg prometheus.Registerer) error {
 	log := d.log
 	stream := replicator.StreamConfig{MaxAge: d.cfg.ChangesMaxAge}
 	d.rules = replicator.NewRules(d.store, log.With("subsystem", "rules"))
-	d.goRun(func() error { return d.rules.Run(bg) })
-	select {
-	case <-d.rules.Loaded():
-	case <-ctx.Done():
-		return fmt.Errorf("load replication rules: %w", ctx.Err())
-	}
 	var err error
 	d.repl, err = replicator.New(replicator.Config{
 		Store: d.store, JetStream: d.js, Stream: stream, Rules: d.rules,
@@ -211,21 +200,95 @@ func (d *Daemon) startReplication(ctx, bg context.Context, reg prometheus.Regist
 		Client: d.cli, Prefix: d.cfg.Etcd.Prefix, JetStream: d.js, Stream: stream,
 		Logger: log.With("subsystem", "relay"), Registerer: reg,
 	})
+	return err
+}
+
+// tasks are graftd's long-running parts, run together by Run.
+func (d *Daemon) tasks() []task.Task {
+	ts := []task.Task{
+		task.New("policies", d.engine.Run),
+		task.New("tokens", d.tokens.Run),
+		task.New("replication rules", d.rules.Run),
+		task.New("relay", d.relay.Run),
+		task.New("replicator", d.repl.Run),
+		task.New("reconciler", func(ctx context.Context) error {
+			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Client: d.cli, Prefix: d.cfg.Etcd.Prefix, Interval: d.cfg.ReconcileInterval})
+		}),
+		task.New("keyring file", d.watchKeyringFile),
+		task.New("gRPC server", d.serveGRPC),
+		task.New("HTTP server", d.serveHTTP),
+	}
+	if d.etcd != nil {
+		ts = append(ts, task.New("embedded etcd", d.watchEmbeddedEtcd))
+	}
+	return ts
+}
+
+// Run serves until ctx ends or a part fails. Then it stops taking calls,
+// ends watch streams with Unavailable, lets in-flight calls finish within
+// --shutdown-timeout, stops the background work (the relay saves its
+// cursor and resigns) and closes the backends, embedded ones last. It
+// returns every failure, and nil after a clean stop.
+func (d *Daemon) Run(ctx context.Context) error {
+	err := task.Run(ctx, d.cfg.ShutdownTimeout+drainSlack, d.tasks()...)
+	d.close()
 	if err != nil {
+		d.log.Error("graftd stopped after a failure", "err", err)
 		return err
 	}
-	d.goRun(func() error { return d.relay.Run(bg) })
-	d.goRun(func() error { return d.repl.Run(bg) })
-	d.goRun(func() error {
-		return d.repl.RunReconciler(bg, replicator.ReconcilerConfig{Client: d.cli, Prefix: d.cfg.Etcd.Prefix, Interval: d.cfg.ReconcileInterval})
-	})
+	d.log.Info("graftd stopped")
 	return nil
+}
+
+// Ready is closed once graftd serves its API.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Start is New followed by Run in the background, for tests and tools
+// that embed graftd: it returns once the API serves, and the daemon runs
+// until Shutdown. ctx bounds the start only.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
+	d, err := New(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.stop, d.stopped = cancel, make(chan struct{})
+	go func() {
+		defer close(d.stopped)
+		d.runErr = d.Run(runCtx)
+	}()
+	select {
+	case <-d.ready:
+		return d, nil
+	case <-d.stopped:
+		cancel()
+		return nil, d.runErr
+	case <-ctx.Done():
+		cancel()
+		<-d.stopped
+		return nil, ctx.Err()
+	}
+}
+
+// Shutdown stops a graftd begun with Start, as Run does when its context
+// ends, and waits until it has stopped or ctx ends.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	if d.stop == nil {
+		return errors.New("graftd: Shutdown needs a daemon begun with Start")
+	}
+	d.stop()
+	select {
+	case <-d.stopped:
+		return d.runErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // openCore connects (or in dev mode starts) etcd and NATS and opens the
 // store and the audit log: what both serving and break-glass need.
-func (d *Daemon) openCore(ctx, bg context.Context) error {
-	if err := d.startBackends(ctx, bg); err != nil {
+func (d *Daemon) openCore(ctx context.Context) error {
+	if err := d.startBackends(ctx); err != nil {
 		return err
 	}
 	ring, err := store.LoadKeyring(d.keyringFile)
@@ -243,7 +306,7 @@ func (d *Daemon) openCore(ctx, bg context.Context) error {
 	if err != nil {
 		return err
 	}
-	pingCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	pingCtx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
 	if err := d.store.Ping(pingCtx); err != nil {
 		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.cli.Endpoints(), ","), err)
@@ -266,26 +329,39 @@ func (d *Daemon) openCore(ctx, bg context.Context) error {
 	return nil
 }
 
-func (d *Daemon) goRun(f func() error) {
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := f(); err != nil {
-			d.fail(err)
-		}
-	}()
-}
-
-func (d *Daemon) fail(err error) {
+// watchEmbeddedEtcd fails graftd when its embedded etcd fails.
+func (d *Daemon) watchEmbeddedEtcd(ctx context.Context) error {
 	select {
-	case d.errc <- err:
-	default:
+	case err, ok := <-d.etcd.Err():
+		if ok && err != nil {
+			return fmt.Errorf("embedded etcd: %w", err)
+		}
+	case <-ctx.Done():
 	}
+	return nil
 }
 
-// Err delivers a failure that should stop graftd (a server that stopped
-// serving, embedded etcd failing).
-func (d *Daemon) Err() <-chan error { return d.errc }
+// awaitCaches waits, within one bound, until the caches the API decides
+// with have loaded: policies, tokens and replication rules.
+func (d *Daemon) awaitCaches(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, startupTimeout)
+	defer cancel()
+	caches := []struct {
+		name   string
+		loaded <-chan struct{}
+	}{{"policies", d.engine.Loaded()}, {"tokens", d.tokens.Loaded()}, {"replication rules", d.rules.Loaded()}}
+	for _, c := range caches {
+		select {
+		case <-c.loaded:
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("load %s: not loaded within %s; is etcd answering? (the log says why)", c.name, startupTimeout)
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}
 
 // Addr is the gRPC address graftd listens on.
 func (d *Daemon) Addr() string { return d.grpcLn.Addr().String() }
@@ -308,7 +384,7 @@ func (d *Daemon) EtcdDir() string { return d.etcd.Dir }
 // NATSDir is the embedded NATS JetStream store directory (dev).
 func (d *Daemon) NATSDir() string { return d.nats.Dir }
 
-func (d *Daemon) startBackends(ctx, bg context.Context) error {
+func (d *Daemon) startBackends(ctx context.Context) error {
 	cfg := d.cfg
 	etcdEndpoints := cfg.Etcd.Endpoints
 	natsURL := cfg.NATS.URL
@@ -330,16 +406,6 @@ func (d *Daemon) startBackends(ctx, bg context.Context) error {
 		if d.etcd, err = embedded.StartEtcd(ctx, embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd")}); err != nil {
 			return err
 		}
-		d.goRun(func() error {
-			select {
-			case err, ok := <-d.etcd.Err():
-				if ok && err != nil {
-					return fmt.Errorf("embedded etcd: %w", err)
-				}
-			case <-bg.Done():
-			}
-			return nil
-		})
 		if d.nats, err = embedded.StartNATS(embedded.NATSConfig{Dir: filepath.Join(cfg.DataDir, "nats")}); err != nil {
 			return err
 		}
@@ -476,7 +542,8 @@ func (d *Daemon) writeRootToken(file, token string) error {
 	return nil
 }
 
-func (d *Daemon) startGRPC() error {
+// newGRPC builds the gRPC server and binds its listener.
+func (d *Daemon) newGRPC() error {
 	opts := append(d.srv.ServerOptions(),
 		// Let clients ping every 10s so a half-open connection under a
 		// quiet watch is found; ping idle clients ourselves every minute.
@@ -499,16 +566,47 @@ func (d *Daemon) startGRPC() error {
 		return fmt.Errorf("listen %s: %w", d.cfg.Listen, err)
 	}
 	d.grpcLn = ln
-	d.goRun(func() error {
-		if err := d.grpcSrv.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			return fmt.Errorf("gRPC server: %w", err)
-		}
-		return nil
-	})
 	return nil
 }
 
-func (d *Daemon) startHTTP(reg *prometheus.Registry) error {
+// serveGRPC serves the API once the caches have loaded, until ctx ends;
+// then it ends watch streams and lets in-flight calls finish within
+// --shutdown-timeout before it stops the rest.
+func (d *Daemon) serveGRPC(ctx context.Context) error {
+	if err := d.awaitCaches(ctx); err != nil {
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- d.grpcSrv.Serve(d.grpcLn) }()
+	d.serving.Store(true)
+	close(d.ready)
+	d.log.Info("graftd ready", "grpc", d.Addr(), "http", d.HTTPAddr(), "dev", d.cfg.Dev, "keyring_primary", d.store.Keyring().Primary())
+	select {
+	case err := <-served:
+		d.serving.Store(false)
+		return err
+	case <-ctx.Done():
+	}
+	d.serving.Store(false)
+	d.health.Shutdown()
+	d.srv.Stop()
+	drained := make(chan struct{})
+	go func() { d.grpcSrv.GracefulStop(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(d.cfg.ShutdownTimeout):
+		d.log.Warn("in-flight calls did not finish in time; stopping them", "shutdown_timeout", d.cfg.ShutdownTimeout)
+		d.grpcSrv.Stop()
+		<-drained
+	}
+	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+// newHTTP builds the health and metrics server and binds its listener.
+func (d *Daemon) newHTTP(reg *prometheus.Registry) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
@@ -521,12 +619,24 @@ func (d *Daemon) startHTTP(reg *prometheus.Registry) error {
 	}
 	d.httpLn = ln
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	d.goRun(func() error {
-		if err := d.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("HTTP server: %w", err)
-		}
-		return nil
-	})
+	return nil
+}
+
+// serveHTTP serves /healthz, /readyz and /metrics until ctx ends.
+func (d *Daemon) serveHTTP(ctx context.Context) error {
+	served := make(chan error, 1)
+	go func() { served <- d.httpSrv.Serve(d.httpLn) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.cfg.ShutdownTimeout)
+	defer cancel()
+	d.httpSrv.Shutdown(sctx)
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
 	return nil
 }
 
@@ -534,7 +644,7 @@ func (d *Daemon) startHTTP(reg *prometheus.Registry) error {
 // the API is serving; otherwise 503 naming what is not ready.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems []string
-	if !d.ready.Load() {
+	if !d.serving.Load() {
 		problems = append(problems, "api: not serving")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -568,7 +678,7 @@ func (d *Daemon) reloadKeyring() error {
 
 // watchKeyringFile reloads the keyring when its file changes, so a
 // `graftd keyring rotate` takes effect without a restart.
-func (d *Daemon) watchKeyringFile(ctx context.Context) {
+func (d *Daemon) watchKeyringFile(ctx context.Context) error {
 	stat := func() (time.Time, int64) {
 		info, err := os.Stat(d.keyringFile)
 		if err != nil {
@@ -582,7 +692,7 @@ func (d *Daemon) watchKeyringFile(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 		m, s := stat()
@@ -596,51 +706,15 @@ func (d *Daemon) watchKeyringFile(ctx context.Context) {
 	}
 }
 
-// Shutdown stops graftd: it stops taking calls, ends watch streams with
-// Unavailable, lets in-flight calls finish (bounded by ctx), then stops the
-// embedded servers.
-func (d *Daemon) Shutdown(ctx context.Context) error {
-	d.ready.Store(false)
-	if d.health != nil {
-		d.health.Shutdown()
-	}
-	if d.srv != nil {
-		d.srv.Stop()
-	}
-	if d.grpcSrv != nil {
-		done := make(chan struct{})
-		go func() { d.grpcSrv.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			d.log.Warn("in-flight calls did not finish in time; stopping them")
-			d.grpcSrv.Stop()
-			<-done
-		}
-	}
-	if d.httpSrv != nil {
-		d.httpSrv.Shutdown(ctx)
-	}
-	d.close()
-	d.log.Info("graftd stopped")
-	return nil
-}
-
-// close stops whatever was started, in reverse order.
+// close releases whatever New opened, in reverse order: clients first,
+// the embedded servers last. Run calls it after every task has returned.
 func (d *Daemon) close() {
 	d.closed.Do(func() {
-		if d.grpcSrv != nil {
-			d.grpcSrv.Stop()
+		for _, ln := range []net.Listener{d.grpcLn, d.httpLn} {
+			if ln != nil {
+				ln.Close()
+			}
 		}
-		if d.httpSrv != nil {
-			d.httpSrv.Close()
-		}
-		if d.cancel != nil {
-			d.cancel()
-		}
-		// Background work ends first, while etcd and NATS still answer: the
-		// relay saves its cursor and resigns its election on the way out.
-		d.wg.Wait()
 		if d.audit != nil {
 			d.audit.Close()
 		}
