@@ -114,7 +114,7 @@ func TestNoLossUnderChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay := &restartable{t: t, start: func(ctx context.Context) {
-		r, err := replicator.NewRelay(replicator.RelayConfig{Client: env.Client, JetStream: js, Logger: log})
+		r, err := replicator.NewRelay(replicator.RelayConfig{Store: env.Store, JetStream: js, Logger: log})
 		if err != nil {
 			t.Error(err)
 			return

@@ -16,7 +16,7 @@ import (
 func TestFailingChangeIsParkedWithoutBlockingOthers(t *testing.T) {
 	e := newReplEnv(t, replicator.Config{MaxDeliver: 2})
 	env, ctx, repl := e.Env, e.ctx, e.repl
-	relay, _ := replicator.NewRelay(replicator.RelayConfig{Client: env.Client, JetStream: e.js, Logger: testenv.Logger(t)})
+	relay, _ := replicator.NewRelay(replicator.RelayConfig{Store: env.Store, JetStream: e.js, Logger: testenv.Logger(t)})
 	go relay.Run(ctx)
 	go repl.Run(ctx)
 	testenv.WaitFor(t, 5*time.Second, relay.Leader)

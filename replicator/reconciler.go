@@ -7,9 +7,6 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
-
 	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
 )
@@ -117,29 +114,28 @@ func (r *Replicator) ReconcileAll(ctx context.Context, repair bool) (int, error)
 
 // ReconcilerConfig configures RunReconciler.
 type ReconcilerConfig struct {
-	Client *clientv3.Client
-	// Prefix is the store prefix; the election lives under it.
-	Prefix   string
 	Interval time.Duration
 }
 
-// reconcileRequestKey is where anyone asks the reconciling graftd, on
-// whichever replica it runs, for a pass now.
-func reconcileRequestKey(prefix string) string { return prefix + "reconcile/request" }
+// reconcileKey is the record in store.SpaceReconcile where anyone asks the
+// reconciling graftd, on whichever replica it runs, for a pass now; its
+// value says why.
+const reconcileKey = "request"
 
-// reconcileRequest is an Op that asks for a reconcile pass; the relay puts
-// it in the same transaction as the cursor move that needs it.
-func reconcileRequest(prefix, reason string) clientv3.Op {
-	return clientv3.OpPut(reconcileRequestKey(prefix), reason)
+func reconcileRequests(s *store.Store) *store.Records[string] {
+	return store.NewRecords[string](s, store.SpaceReconcile)
+}
+
+// reconcileRequest is the write that asks for a reconcile pass; the relay
+// commits it in the same transaction as the cursor move that needs it.
+func reconcileRequest(s *store.Store, reason string) (store.Op, error) {
+	return reconcileRequests(s).PutOp(reconcileKey, reason)
 }
 
 // RequestReconcile asks the reconciler for a full pass as soon as it can,
 // on whichever graftd it runs.
-func RequestReconcile(ctx context.Context, cli *clientv3.Client, prefix, reason string) error {
-	if prefix == "" {
-		prefix = store.DefaultPrefix
-	}
-	if _, err := cli.Do(ctx, reconcileRequest(prefix, reason)); err != nil {
+func RequestReconcile(ctx context.Context, s *store.Store, reason string) error {
+	if _, err := reconcileRequests(s).Put(ctx, reconcileKey, reason); err != nil {
 		return fmt.Errorf("request a reconcile: %w", err)
 	}
 	return nil
@@ -152,31 +148,20 @@ func (r *Replicator) RunReconciler(ctx context.Context, cfg ReconcilerConfig) er
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultReconcileInterval
 	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = store.DefaultPrefix
-	}
 	retry.Forever(ctx, r.log, "reconciling", 100*time.Millisecond, 5*time.Second, func(ctx context.Context) error {
-		return r.leadReconciler(ctx, cfg)
+		return r.cfg.Store.Lead(ctx, store.ElectionReconciler, "reconciler", 5*time.Second, func(ctx context.Context, _ *store.Leader) error {
+			return r.leadReconciler(ctx, cfg)
+		})
 	})
 	return nil
 }
 
 func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) error {
-	sess, err := concurrency.NewSession(cfg.Client, concurrency.WithTTL(5), concurrency.WithContext(ctx))
-	if err != nil {
-		return err
+	select {
+	case <-r.cfg.Rules.Loaded():
+	case <-ctx.Done():
+		return nil
 	}
-	defer sess.Close()
-	el := concurrency.NewElection(sess, cfg.Prefix+"reconciler/leader")
-	if err := el.Campaign(ctx, "reconciler"); err != nil {
-		return err
-	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		el.Resign(rctx)
-		cancel()
-	}()
-	<-r.cfg.Rules.Loaded()
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	// After a rule change the pass fills new rules (should their creator
@@ -192,34 +177,32 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 	}
 	// Requests made before the start pass are answered by it; watch for
 	// the ones after.
-	reqKey := reconcileRequestKey(cfg.Prefix)
-	resp, err := cfg.Client.Get(ctx, reqKey)
+	reqs := reconcileRequests(r.cfg.Store)
+	_, rev, err := reqs.List(ctx)
 	if err != nil {
 		return err
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	requests := cfg.Client.Watch(wctx, reqKey, clientv3.WithRev(resp.Header.Revision+1))
+	requests := reqs.Watch(wctx, rev)
 	pass("start")
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-sess.Done():
-			return errors.New("election session expired")
 		case <-r.cfg.Rules.Changed():
 			pass("rules changed")
-		case w, ok := <-requests:
+		case batch, ok := <-requests:
 			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
 				return errors.New("the watch of reconcile requests ended")
 			}
-			if err := w.Err(); err != nil {
-				return fmt.Errorf("watch reconcile requests: %w", err)
+			for _, req := range batch {
+				r.log.Info("reconciling on request", "reason", req.Value)
 			}
-			for _, ev := range w.Events {
-				r.log.Info("reconciling on request", "reason", string(ev.Kv.Value))
-			}
-			if len(w.Events) > 0 {
+			if len(batch) > 0 {
 				pass("requested")
 			}
 		case <-tick.C:

@@ -134,7 +134,7 @@ func TestReconcilerRunsOnRequest(t *testing.T) {
 	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/q", []string{"/app/a/replicated/q"}, ""); err != nil {
 		t.Fatal(err)
 	}
-	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Client: e.Client, Interval: time.Hour})
+	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Interval: time.Hour})
 	// Let it finish its start pass, then change a source behind its back.
 	time.Sleep(200 * time.Millisecond)
 	e.put(t, "/dba/q/k", "v")
@@ -142,8 +142,11 @@ func TestReconcilerRunsOnRequest(t *testing.T) {
 	if _, err := e.Store.Get(e.ctx, "/app/a/replicated/q/k"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the destination was written with no event and no request (%v): the test proves nothing", err)
 	}
-	other := testenv.Client(t, e.Etcd.Endpoint)
-	if err := replicator.RequestReconcile(e.ctx, other, "", "test"); err != nil {
+	other, err := store.New(store.Config{Client: testenv.Client(t, e.Etcd.Endpoint), Keyring: e.Keyring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replicator.RequestReconcile(e.ctx, other, "test"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 5*time.Second, func() bool {
@@ -161,12 +164,12 @@ func TestReconcilerRunsOnRequest(t *testing.T) {
 // which copies that change, and the replicator follows the new stream.
 func TestReplicationSurvivesALostStream(t *testing.T) {
 	e := newReplEnv(t, replicator.Config{})
-	relay, err := replicator.NewRelay(replicator.RelayConfig{Client: e.Client, JetStream: e.js, Logger: testenv.Logger(t)})
+	relay, err := replicator.NewRelay(replicator.RelayConfig{Store: e.Store, JetStream: e.js, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go relay.Run(e.ctx)
-	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Client: e.Client, Interval: time.Hour})
+	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Interval: time.Hour})
 	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/s", []string{"/app/a/replicated/s"}, ""); err != nil {
 		t.Fatal(err)
 	}

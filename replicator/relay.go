@@ -7,16 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/store"
@@ -24,8 +19,7 @@ import (
 
 // RelayConfig configures a Relay.
 type RelayConfig struct {
-	Client    *clientv3.Client
-	Prefix    string // the store prefix; default store.DefaultPrefix
+	Store     *store.Store
 	JetStream jetstream.JetStream
 	Stream    StreamConfig
 	// SessionTTL is the election lease in seconds; default 5.
@@ -44,6 +38,7 @@ type Relay struct {
 	cfg    RelayConfig
 	log    *slog.Logger
 	leader atomic.Bool
+	cursor *store.Records[int64]
 
 	events    prometheus.Counter
 	errors    prometheus.Counter
@@ -55,15 +50,13 @@ type Relay struct {
 const (
 	cursorEvery  = 50 * time.Millisecond
 	cursorEvents = 1000
+	cursorKey    = "cursor"
 )
 
 // NewRelay returns a Relay; Run starts it.
 func NewRelay(cfg RelayConfig) (*Relay, error) {
-	if cfg.Client == nil || cfg.JetStream == nil {
-		return nil, errors.New("replicator: RelayConfig.Client and JetStream are required")
-	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = store.DefaultPrefix
+	if cfg.Store == nil || cfg.JetStream == nil {
+		return nil, errors.New("replicator: RelayConfig.Store and JetStream are required")
 	}
 	cfg.Stream = cfg.Stream.withDefaults()
 	if cfg.SessionTTL <= 0 {
@@ -79,6 +72,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	r := &Relay{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		cursor:    store.NewRecords[int64](cfg.Store, store.SpaceRelay),
 		events:    prometheus.NewCounter(prometheus.CounterOpts{Name: "graft_relay_events_total", Help: "Change events the relay published."}),
 		errors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "graft_relay_publish_errors_total", Help: "Failed publishes (retried)."}),
 		isLeader:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "graft_relay_leader", Help: "1 while this graftd relays."}),
@@ -95,52 +89,33 @@ func (r *Relay) Leader() bool { return r.leader.Load() }
 
 // Run campaigns for the relay and relays while leader, until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
-	retry.Forever(ctx, r.log, "relaying", 50*time.Millisecond, 2*time.Second, r.lead)
+	ttl := time.Duration(r.cfg.SessionTTL) * time.Second
+	retry.Forever(ctx, r.log, "relaying", 50*time.Millisecond, 2*time.Second, func(ctx context.Context) error {
+		return r.cfg.Store.Lead(ctx, store.ElectionRelay, r.cfg.Holder, ttl, r.lead)
+	})
 	return nil
 }
 
-func (r *Relay) lead(ctx context.Context) error {
-	sess, err := concurrency.NewSession(r.cfg.Client, concurrency.WithTTL(r.cfg.SessionTTL), concurrency.WithContext(ctx))
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	el := concurrency.NewElection(sess, r.cfg.Prefix+"relay/leader")
-	if err := el.Campaign(ctx, r.cfg.Holder); err != nil {
-		return err
-	}
+func (r *Relay) lead(ctx context.Context, l *store.Leader) error {
 	r.leader.Store(true)
 	r.isLeader.Set(1)
 	defer func() {
 		r.leader.Store(false)
 		r.isLeader.Set(0)
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		el.Resign(rctx)
-		cancel()
-	}()
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-sess.Done():
-			cancel()
-		case <-lctx.Done():
-		}
 	}()
 	// The stream may not exist yet (a fresh NATS, or one whose store was
 	// lost): a relay that published into nothing would retry for ever.
-	if err := OpenStream(lctx, r.cfg.JetStream, r.cfg.Stream, r.cfg.Client, r.cfg.Prefix); err != nil {
+	if err := OpenStream(ctx, r.cfg.JetStream, r.cfg.Stream, r.cfg.Store); err != nil {
 		return err
 	}
-	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
-	return r.relay(lctx, guard)
+	return r.relay(ctx, l)
 }
 
-func (r *Relay) cursorKey() string { return r.cfg.Prefix + "relay/cursor" }
+var errLostElection = errors.New("lost the relay election")
 
 // relay publishes changes from the cursor on, as long as it leads.
-func (r *Relay) relay(ctx context.Context, guard clientv3.Cmp) error {
-	cursor, err := r.readCursor(ctx, guard)
+func (r *Relay) relay(ctx context.Context, l *store.Leader) error {
+	cursor, err := r.readCursor(ctx, l)
 	if err != nil {
 		return err
 	}
@@ -149,12 +124,11 @@ func (r *Relay) relay(ctx context.Context, guard clientv3.Cmp) error {
 		if cursor == saved {
 			return nil
 		}
-		resp, err := r.cfg.Client.Txn(ctx).If(guard).Then(clientv3.OpPut(r.cursorKey(), strconv.FormatInt(cursor, 10))).Commit()
-		if err != nil {
+		if _, err := r.cursor.Put(ctx, cursorKey, cursor, l.Cond()); err != nil {
+			if errors.Is(err, store.ErrRevisionChanged) {
+				return errLostElection
+			}
 			return fmt.Errorf("save relay cursor: %w", err)
-		}
-		if !resp.Succeeded {
-			return errors.New("lost the relay election")
 		}
 		saved = cursor
 		r.cursorRev.Set(float64(cursor))
@@ -165,134 +139,126 @@ func (r *Relay) relay(ctx context.Context, guard clientv3.Cmp) error {
 		save(sctx)
 		cancel()
 	}()
-	kvPrefix := r.cfg.Prefix + "kv"
 	for ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := r.cfg.Client.Watch(wctx, kvPrefix+"/", clientv3.WithPrefix(), clientv3.WithRev(cursor+1), clientv3.WithProgressNotify())
+		fctx, cancel := context.WithCancel(ctx)
+		feed := r.cfg.Store.Changes(fctx, cursor)
 		tick := time.NewTicker(cursorEvery)
-		pending := 0
-	watch:
-		for {
-			select {
-			case <-ctx.Done():
-				break watch
-			case <-tick.C:
-				if err := save(ctx); err != nil {
-					tick.Stop()
-					cancel()
-					return err
-				}
-				pending = 0
-			case resp, ok := <-wch:
-				if !ok {
-					break watch
-				}
-				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-					if err := r.compacted(ctx, &cursor, guard); err != nil {
-						tick.Stop()
-						cancel()
-						return err
-					}
-					break watch
-				}
-				if err := resp.Err(); err != nil {
-					r.log.Warn("relay watch failed; resuming from the cursor", "cursor", cursor, "err", err)
-					break watch
-				}
-				if len(resp.Events) == 0 {
-					if resp.IsProgressNotify() && resp.Header.Revision > cursor {
-						cursor = resp.Header.Revision
-					}
-					continue
-				}
-				if err := r.publish(ctx, kvPrefix, resp.Events); err != nil {
-					tick.Stop()
-					cancel()
-					return err
-				}
-				cursor = resp.Events[len(resp.Events)-1].Kv.ModRevision
-				pending += len(resp.Events)
-				if pending >= cursorEvents {
+		err := func() error {
+			defer tick.Stop()
+			defer cancel()
+			pending := 0
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-tick.C:
 					if err := save(ctx); err != nil {
-						tick.Stop()
-						cancel()
 						return err
 					}
 					pending = 0
+				case b, ok := <-feed:
+					switch {
+					case !ok:
+						return nil
+					case errors.Is(b.Err, store.ErrCompacted):
+						return r.compacted(ctx, &cursor, l)
+					case b.Err != nil:
+						r.log.Warn("relay watch failed; resuming from the cursor", "cursor", cursor, "err", b.Err)
+						return nil
+					case len(b.Changes) == 0:
+						cursor = max(cursor, b.Revision) // a progress notice
+						continue
+					}
+					if err := r.publish(ctx, b.Changes); err != nil {
+						return err
+					}
+					cursor = b.Revision
+					if pending += len(b.Changes); pending >= cursorEvents {
+						if err := save(ctx); err != nil {
+							return err
+						}
+						pending = 0
+					}
 				}
 			}
+		}()
+		if err != nil {
+			return err
 		}
-		tick.Stop()
-		cancel()
 	}
 	return ctx.Err()
 }
 
 // readCursor returns the cursor, starting one at the current revision if
 // there is none (the first start: earlier values are the reconciler's).
-func (r *Relay) readCursor(ctx context.Context, guard clientv3.Cmp) (int64, error) {
-	resp, err := r.cfg.Client.Get(ctx, r.cursorKey())
-	if err != nil {
-		return 0, fmt.Errorf("read relay cursor: %w", err)
+func (r *Relay) readCursor(ctx context.Context, l *store.Leader) (int64, error) {
+	rec, err := r.cursor.Get(ctx, cursorKey)
+	if err == nil {
+		r.log.Info("relaying changes", "from_revision", rec.Value+1)
+		r.cursorRev.Set(float64(rec.Value))
+		return rec.Value, nil
 	}
-	if len(resp.Kvs) > 0 {
-		c, err := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("relay cursor %q: %w", resp.Kvs[0].Value, err)
-		}
-		r.log.Info("relaying changes", "from_revision", c+1)
-		r.cursorRev.Set(float64(c))
-		return c, nil
+	if !errors.Is(err, store.ErrNotFound) {
+		return 0, fmt.Errorf("read relay cursor: %w", err)
 	}
 	// Changes up to c are not relayed: ask the reconciler, in the same
 	// transaction, for a pass that copies them.
-	c := resp.Header.Revision
-	tx, err := r.cfg.Client.Txn(ctx).If(guard).Then(
-		clientv3.OpPut(r.cursorKey(), strconv.FormatInt(c, 10)),
-		reconcileRequest(r.cfg.Prefix, "the relay started for the first time"),
-	).Commit()
+	c, err := r.moveCursor(ctx, l, "the relay started for the first time")
 	if err != nil {
 		return 0, fmt.Errorf("start relay cursor: %w", err)
-	}
-	if !tx.Succeeded {
-		return 0, errors.New("lost the relay election")
 	}
 	r.log.Info("relaying changes for the first time; the reconciler copies earlier values", "from_revision", c+1)
 	return c, nil
 }
 
+// moveCursor puts the cursor at the current revision and, in the same
+// transaction, asks for a reconcile pass, for the changes it skips.
+func (r *Relay) moveCursor(ctx context.Context, l *store.Leader, why string) (int64, error) {
+	now, err := r.cfg.Store.Revision(ctx)
+	if err != nil {
+		return 0, err
+	}
+	put, err := r.cursor.PutOp(cursorKey, now)
+	if err != nil {
+		return 0, err
+	}
+	req, err := reconcileRequest(r.cfg.Store, why)
+	if err != nil {
+		return 0, err
+	}
+	_, ok, err := r.cfg.Store.Commit(ctx, []store.Cond{l.Cond()}, put, req)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, errLostElection
+	}
+	r.cursorRev.Set(float64(now))
+	return now, nil
+}
+
 // compacted moves the cursor past a compaction and, in the same
 // transaction, asks the reconciler for the changes in between: they are
 // gone from etcd's log. Every later change is still relayed.
-func (r *Relay) compacted(ctx context.Context, cursor *int64, guard clientv3.Cmp) error {
-	resp, err := r.cfg.Client.Get(ctx, r.cursorKey())
-	if err != nil {
-		return err
-	}
-	r.log.Warn("relay cursor was compacted away: changes in between cannot be relayed; asking for a full reconcile", "cursor", *cursor, "now", resp.Header.Revision)
-	now := resp.Header.Revision
-	tx, err := r.cfg.Client.Txn(ctx).If(guard).Then(
-		clientv3.OpPut(r.cursorKey(), strconv.FormatInt(now, 10)),
-		reconcileRequest(r.cfg.Prefix, fmt.Sprintf("relay cursor %d was compacted; resumed at %d", *cursor, now)),
-	).Commit()
+func (r *Relay) compacted(ctx context.Context, cursor *int64, l *store.Leader) error {
+	old := *cursor
+	now, err := r.moveCursor(ctx, l, fmt.Sprintf("relay cursor %d was compacted", old))
 	if err != nil {
 		return fmt.Errorf("move the relay cursor past a compaction: %w", err)
 	}
-	if !tx.Succeeded {
-		return errors.New("lost the relay election")
-	}
+	r.log.Warn("relay cursor was compacted away: changes in between cannot be relayed; asked for a full reconcile", "cursor", old, "now", now)
 	*cursor = now
 	return nil
 }
 
 // publish sends one event per change and waits until JetStream has stored
 // every one, retrying until it has or leadership ends.
-func (r *Relay) publish(ctx context.Context, kvPrefix string, evs []*clientv3.Event) error {
+func (r *Relay) publish(ctx context.Context, evs []store.Change) error {
 	msgs := make([][]byte, len(evs))
 	ids := make([]string, len(evs))
 	for i, ev := range evs {
-		e := Event{Path: string(ev.Kv.Key[len(kvPrefix):]), Revision: ev.Kv.ModRevision, Op: OpPut}
-		if ev.Type == mvccpb.DELETE {
+		e := Event{Path: ev.Path, Revision: ev.Revision, Op: OpPut}
+		if ev.Deleted {
 			e.Op = OpDelete
 		}
 		msgs[i], _ = json.Marshal(e)
@@ -311,7 +277,7 @@ func (r *Relay) publish(ctx context.Context, kvPrefix string, evs []*clientv3.Ev
 		r.errors.Inc()
 		r.log.Warn("publishing change events failed; retrying", "events", len(evs), "err", err, "backoff", backoff)
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
-			if serr := OpenStream(ctx, r.cfg.JetStream, r.cfg.Stream, r.cfg.Client, r.cfg.Prefix); serr != nil {
+			if serr := OpenStream(ctx, r.cfg.JetStream, r.cfg.Stream, r.cfg.Store); serr != nil {
 				r.log.Warn("recreating the change-event stream failed", "err", serr)
 			}
 		}

@@ -37,7 +37,7 @@ func newRelayEnv(t *testing.T) *relayEnv {
 // ends).
 func (e *relayEnv) startRelay(t *testing.T, cfg replicator.RelayConfig) (*replicator.Relay, func()) {
 	t.Helper()
-	cfg.Client = e.Client
+	cfg.Store = e.Store
 	cfg.JetStream = e.js
 	cfg.Logger = testenv.Logger(t)
 	if cfg.SessionTTL == 0 {

@@ -7,7 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/graft-sh/graft/store"
 )
 
 // Event is one committed change of a path. It never carries the value:
@@ -78,10 +79,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 // OpenStream creates the change stream if it is missing and, if it was,
 // asks for a reconcile: events in a lost stream that no replicator applied
 // are gone, and only a full pass copies their changes.
-func OpenStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, cli *clientv3.Client, prefix string) error {
+func OpenStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig, s *store.Store) error {
 	created, err := EnsureStream(ctx, js, cfg)
 	if err != nil || !created {
 		return err
 	}
-	return RequestReconcile(ctx, cli, prefix, "the change stream "+cfg.withDefaults().Name+" was created (new, or its store was lost)")
+	return RequestReconcile(ctx, s, "the change stream "+cfg.withDefaults().Name+" was created (new, or its store was lost)")
 }

@@ -12,7 +12,7 @@ import (
 // not a path in the tree, so no value can be moved onto it.
 const auditKeyName = "graft:audit-hmac-key"
 
-func (s *Store) auditKeyKey() string { return s.prefix + "audit/hmac-key" }
+func (s *Store) auditKeyKey() string { return s.prefix + auditKeyBase }
 
 // AuditKey returns the cluster's audit HMAC key, creating it on first use.
 // It is stored encrypted like a value; every replica gets the same key, so

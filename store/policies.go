@@ -20,7 +20,7 @@ type PolicyRecord struct {
 	Updated time.Time `json:"updated"`
 }
 
-func (s *Store) policyPrefix() string { return s.prefix + "acl/policies/" }
+func (s *Store) policyPrefix() string { return s.prefix + string(SpacePolicies) }
 
 // PutPolicy creates or replaces a role's policy.
 func (s *Store) PutPolicy(ctx context.Context, rec PolicyRecord) error {

@@ -97,10 +97,8 @@ type storedRule struct {
 	Owners []Owner         `json:"owners"`
 }
 
-func (s *Store) rulesPrefix() string           { return s.prefix + "rules/" }
-func (s *Store) ownedKey(root string) string   { return s.prefix + "owned" + root }
-func (s *Store) appliedKey(path string) string { return s.prefix + "applied" + path }
-func (s *Store) parkedKey(path string) string  { return s.prefix + "parked" + path }
+func (s *Store) rulesPrefix() string          { return s.prefix + "rules/" }
+func (s *Store) parkedKey(path string) string { return s.prefix + string(SpaceParked) + path }
 
 // ownersPerTxn bounds the destinations claimed in one transaction: each
 // takes one put and two compares, inside etcd's 128-operation limit.
@@ -342,14 +340,14 @@ func (s *Store) Applied(ctx context.Context, path string) (Applied, error) {
 // AppliedUnder returns the applied records of every destination path at or
 // below root.
 func (s *Store) AppliedUnder(ctx context.Context, root string) (map[string]Applied, error) {
-	start, end := rangeOf(s.prefix+"applied", root)
+	start, end := rangeOf(s.prefix+appliedBase, root)
 	resp, err := s.cli.Get(ctx, start, withRange(end)...)
 	if err != nil {
 		return nil, err
 	}
 	out := make(map[string]Applied, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		p := string(kv.Key[len(s.prefix+"applied"):])
+		p := string(kv.Key[len(s.prefix+appliedBase):])
 		if !Under(p, root) {
 			continue
 		}
@@ -418,7 +416,7 @@ func (s *Store) ClearParked(ctx context.Context, path string, rev int64) error {
 
 // ListParked returns the parked changes of sources at or below root.
 func (s *Store) ListParked(ctx context.Context, root string) ([]Parked, error) {
-	start, end := rangeOf(s.prefix+"parked", root)
+	start, end := rangeOf(s.prefix+string(SpaceParked), root)
 	resp, err := s.cli.Get(ctx, start, withRange(end)...)
 	if err != nil {
 		return nil, err

@@ -41,6 +41,8 @@ var (
 	ErrCompacted       = errors.New("revision compacted")
 	ErrDecrypt         = errors.New("cannot decrypt")
 	ErrContention      = errors.New("too much write contention")
+	ErrLeaseLost       = errors.New("lease lost: it expired or was revoked")
+	ErrLeadershipLost  = errors.New("leadership lost: the election session expired")
 )
 
 // RevisionMismatchError is returned when a compare-and-swap finds another
@@ -175,8 +177,8 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{
 		cli:      cfg.Client,
 		prefix:   cfg.Prefix,
-		kvPrefix: cfg.Prefix + "kv",
-		hist:     cfg.Prefix + "hist",
+		kvPrefix: cfg.Prefix + kvBase,
+		hist:     cfg.Prefix + histBase,
 		maxValue: cfg.MaxValueBytes,
 		histMax:  cfg.HistoryLimit,
 		now:      cfg.Now,
@@ -200,7 +202,7 @@ func (s *Store) MaxValueBytes() int { return s.maxValue }
 
 // Ping checks that etcd answers a linearizable read, i.e. has a quorum.
 func (s *Store) Ping(ctx context.Context) error {
-	_, err := s.cli.Get(ctx, s.prefix+"ping", clientv3.WithCountOnly())
+	_, err := s.cli.Get(ctx, s.prefix+pingKey, clientv3.WithCountOnly())
 	return err
 }
 
@@ -257,14 +259,6 @@ func (r record) entry(path string, rev int64) Entry {
 		Origin:   r.Origin,
 		Size:     r.Size,
 	}
-}
-
-func (s *Store) kvKey(path string) string { return s.kvPrefix + path }
-
-func (s *Store) histPrefix(path string) string { return s.hist + path + "@" }
-
-func (s *Store) histKey(path string, rev int64) string {
-	return fmt.Sprintf("%s%019d", s.histPrefix(path), rev)
 }
 
 // parseHistKey splits a hist key into path and revision.

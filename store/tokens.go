@@ -33,7 +33,7 @@ type TokenChange struct {
 	Revision int64
 }
 
-func (s *Store) tokenKey(hash string) string { return s.prefix + "tokens/" + hash }
+func (s *Store) tokenKey(hash string) string { return s.spaceKey(SpaceTokens, hash) }
 
 // PutToken stores a token record.
 func (s *Store) PutToken(ctx context.Context, rec TokenRecord) error {

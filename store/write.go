@@ -173,7 +173,7 @@ func (s *Store) lockPath(ctx context.Context, path string) (func(), error) {
 func (s *Store) unchanged(path string, c current) []clientv3.Cmp {
 	cmps := []clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(s.kvKey(path)), "=", c.modRev),
-		clientv3.Compare(clientv3.ModRevision(s.prefix+"owned"), "<", c.readRev+1).WithPrefix(),
+		clientv3.Compare(clientv3.ModRevision(s.prefix+ownedBase), "<", c.readRev+1).WithPrefix(),
 	}
 	if !c.exists {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.histPrefix(path)), "<", c.readRev+1).WithPrefix())

@@ -193,11 +193,11 @@ func (d *Daemon) newReplication(ctx context.Context, reg prometheus.Registerer) 
 	if err != nil {
 		return err
 	}
-	if err := replicator.OpenStream(ctx, d.js, stream, d.cli, d.cfg.Etcd.Prefix); err != nil {
+	if err := replicator.OpenStream(ctx, d.js, stream, d.store); err != nil {
 		return err
 	}
 	d.relay, err = replicator.NewRelay(replicator.RelayConfig{
-		Client: d.cli, Prefix: d.cfg.Etcd.Prefix, JetStream: d.js, Stream: stream,
+		Store: d.store, JetStream: d.js, Stream: stream,
 		Logger: log.With("subsystem", "relay"), Registerer: reg,
 	})
 	return err
@@ -212,7 +212,7 @@ func (d *Daemon) tasks() []task.Task {
 		task.New("relay", d.relay.Run),
 		task.New("replicator", d.repl.Run),
 		task.New("reconciler", func(ctx context.Context) error {
-			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Client: d.cli, Prefix: d.cfg.Etcd.Prefix, Interval: d.cfg.ReconcileInterval})
+			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Interval: d.cfg.ReconcileInterval})
 		}),
 		task.New("keyring file", d.watchKeyringFile),
 		task.New("gRPC server", d.serveGRPC),

@@ -1,0 +1,174 @@
+package snapshot_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/graft-sh/graft/internal/snapshot"
+)
+
+// memSource is a collection in memory with a revision counter, like etcd
+// in miniature: every write moves the revision, watchers get the changes
+// after the revision they ask for, and a watch can be broken.
+type memSource struct {
+	mu       sync.Mutex
+	rev      int64
+	items    map[string]snapshot.Item[string]
+	log      []snapshot.Change[string]
+	watchers []chan []snapshot.Change[string]
+	lists    int
+}
+
+func newMemSource() *memSource { return &memSource{items: map[string]snapshot.Item[string]{}} }
+
+func (m *memSource) put(key, v string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rev++
+	it := snapshot.Item[string]{Key: key, Value: v, Revision: m.rev}
+	m.items[key] = it
+	m.publish(snapshot.Change[string]{Item: it})
+	return m.rev
+}
+
+func (m *memSource) del(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rev++
+	delete(m.items, key)
+	m.publish(snapshot.Change[string]{Item: snapshot.Item[string]{Key: key, Revision: m.rev}, Deleted: true})
+}
+
+func (m *memSource) publish(c snapshot.Change[string]) {
+	m.log = append(m.log, c)
+	for _, w := range m.watchers {
+		w <- []snapshot.Change[string]{c}
+	}
+}
+
+// breakWatches closes every open watch, as a lost etcd connection would.
+func (m *memSource) breakWatches() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range m.watchers {
+		close(w)
+	}
+	m.watchers = nil
+}
+
+func (m *memSource) List(context.Context) ([]snapshot.Item[string], int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lists++
+	var out []snapshot.Item[string]
+	for _, it := range m.items {
+		out = append(out, it)
+	}
+	return out, m.rev, nil
+}
+
+func (m *memSource) Watch(ctx context.Context, after int64) <-chan []snapshot.Change[string] {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ch := make(chan []snapshot.Change[string], 1024)
+	for _, c := range m.log {
+		if c.Revision > after {
+			ch <- []snapshot.Change[string]{c}
+		}
+	}
+	m.watchers = append(m.watchers, ch)
+	return ch
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestSnapshotFollowsListAndWatch(t *testing.T) {
+	src := newMemSource()
+	src.put("a", "1")
+	var (
+		mu    sync.Mutex
+		calls []int64
+	)
+	s, err := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(items []snapshot.Item[string], rev int64) {
+		mu.Lock()
+		calls = append(calls, rev)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	<-s.Loaded()
+	if v, ok := s.Get("a"); !ok || v != "1" {
+		t.Fatalf("after load: a = %q, %v", v, ok)
+	}
+	src.put("b", "2")
+	src.put("a", "3")
+	src.del("b")
+	waitFor(t, func() bool { _, rev := s.Items(); return rev == 4 })
+	items, _ := s.Items()
+	if len(items) != 1 || items[0].Key != "a" || items[0].Value != "3" {
+		t.Fatalf("items = %+v, want only a=3", items)
+	}
+	mu.Lock()
+	if len(calls) != 4 || calls[0] != 1 || calls[3] != 4 {
+		t.Errorf("OnChange revisions = %v, want 1, 2, 3, 4", calls)
+	}
+	mu.Unlock()
+
+	// A broken watch makes it list again and go on from there.
+	lists := src.lists
+	src.breakWatches()
+	waitFor(t, func() bool { src.mu.Lock(); defer src.mu.Unlock(); return src.lists > lists && len(src.watchers) == 1 })
+	src.put("c", "5")
+	waitFor(t, func() bool { v, ok := s.Get("c"); return ok && v == "5" })
+}
+
+// staleSource lists a=new at revision 2, then its watch delivers the
+// older a=old of revision 1, as a watch racing a Refresh can.
+type staleSource struct{}
+
+func (staleSource) List(context.Context) ([]snapshot.Item[string], int64, error) {
+	return []snapshot.Item[string]{{Key: "a", Value: "new", Revision: 2}}, 2, nil
+}
+
+func (staleSource) Watch(ctx context.Context, _ int64) <-chan []snapshot.Change[string] {
+	ch := make(chan []snapshot.Change[string], 2)
+	ch <- []snapshot.Change[string]{{Item: snapshot.Item[string]{Key: "a", Value: "old", Revision: 1}}}
+	ch <- []snapshot.Change[string]{{Item: snapshot.Item[string]{Key: "b", Revision: 2}, Deleted: true}}
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
+}
+
+// Changes no newer than the snapshot are ignored: a Refresh may have read
+// them already, and applying them would undo a later change.
+func TestSnapshotIgnoresOlderChanges(t *testing.T) {
+	changes := 0
+	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: staleSource{}, OnChange: func([]snapshot.Item[string], int64) { changes++ }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	<-s.Loaded()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	<-done
+	if v, _ := s.Get("a"); v != "new" {
+		t.Fatalf("a = %q after an older change arrived, want new", v)
+	}
+	if items, rev := s.Items(); len(items) != 1 || rev != 2 || changes != 1 {
+		t.Fatalf("items %+v at %d after %d OnChange calls; want a=new at 2, one call", items, rev, changes)
+	}
+}

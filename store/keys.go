@@ -1,0 +1,76 @@
+package store
+
+import "fmt"
+
+// The key layout. Every key graft writes lives under Config.Prefix
+// (default /graft/) and is named here; no other file builds one.
+//
+//	kv<path>               the current version of a value (record, sealed)
+//	hist<path>@<rev>       a previous version, rev as 19 digits
+//	owned<dest root>       the rule that owns a destination subtree
+//	applied<dest path>     the source revision a destination was last written from
+//	audit/hmac-key         the cluster's audit HMAC key, sealed
+//	ping                   read (never written) to check for a quorum
+//	<space><key>           a typed record (Records) in one of the spaces below
+//	<election>/<lease>     a candidate in one of the elections below
+//
+// `@` cannot occur in a path, so the history of /a never mixes with that
+// of /a/b; kv, hist, owned and applied are followed directly by the path,
+// so each is one contiguous range per subtree.
+const (
+	kvBase       = "kv"
+	histBase     = "hist"
+	ownedBase    = "owned"
+	appliedBase  = "applied"
+	auditKeyBase = "audit/hmac-key"
+	pingKey      = "ping"
+)
+
+// Space is a sub-prefix holding one kind of typed record. New domain
+// state gets a Space here, not new methods on Store.
+type Space string
+
+// The record spaces, by owner.
+const (
+	// SpaceTokens holds acl token records by SHA-256 hash.
+	SpaceTokens Space = "tokens/"
+	// SpacePolicies holds acl policies by role.
+	SpacePolicies Space = "acl/policies/"
+	// SpaceRules holds replication rules by id.
+	SpaceRules Space = "rules/"
+	// SpaceParked holds, by source path, the last change the replicator
+	// gave up on.
+	SpaceParked Space = "parked"
+	// SpaceRelay holds the relay's cursor (key "cursor"): the last
+	// revision published as a change event.
+	SpaceRelay Space = "relay/"
+	// SpaceReconcile holds requests for a full reconcile pass (key
+	// "request").
+	SpaceReconcile Space = "reconcile/"
+)
+
+// Election is the prefix one leader election campaigns under.
+type Election string
+
+// The elections: jobs that must have one runner among graftd replicas.
+const (
+	ElectionRelay      Election = "relay/leader"
+	ElectionReconciler Election = "reconciler/leader"
+)
+
+func (s *Store) key(base, path string) string { return s.prefix + base + path }
+
+func (s *Store) kvKey(path string) string { return s.key(kvBase, path) }
+
+func (s *Store) histPrefix(path string) string { return s.key(histBase, path) + "@" }
+
+func (s *Store) histKey(path string, rev int64) string {
+	return fmt.Sprintf("%s%019d", s.histPrefix(path), rev)
+}
+
+func (s *Store) ownedKey(root string) string   { return s.key(ownedBase, root) }
+func (s *Store) appliedKey(path string) string { return s.key(appliedBase, path) }
+func (s *Store) spaceKey(sp Space, key string) string {
+	return s.prefix + string(sp) + key
+}
+func (s *Store) electionKey(e Election) string { return s.prefix + string(e) }
