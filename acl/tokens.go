@@ -13,10 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
-	"github.com/graft-sh/graft/internal/retry"
+	"github.com/graft-sh/graft/internal/snapshot"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -86,32 +85,35 @@ func HashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// TokenStore is where token records live.
-type TokenStore interface {
-	ListTokens(ctx context.Context) ([]store.TokenRecord, int64, error)
-	WatchTokens(ctx context.Context, after int64) <-chan store.TokenChange
+// TokenRecord is what graft keeps of a token: never the token itself, only
+// its SHA-256 hash (hex) and what it stands for. Records live in the
+// store's tokens space, keyed by hash.
+type TokenRecord struct {
+	Hash string `json:"hash"`
+	// Accessor is a non-secret id for listing and revoking the token.
+	Accessor  string    `json:"accessor,omitempty"`
+	Principal string    `json:"principal"`
+	Roles     []string  `json:"roles,omitempty"`
+	Created   time.Time `json:"created"`
+	Creator   string    `json:"creator,omitempty"`
+	Expires   time.Time `json:"expires,omitzero"`
 }
 
 // TokensConfig configures Tokens.
 type TokensConfig struct {
-	Store  TokenStore
+	Store  *store.Store
 	Logger *slog.Logger
 	Now    func() time.Time
 }
 
-// Tokens authenticates bearer tokens against the stored records. It keeps
-// an in-memory copy that a store watch keeps current, so a revocation on
-// any replica takes effect here without a restart.
+// Tokens keeps the token records and authenticates bearer tokens against
+// them. It holds an in-memory copy that a store watch keeps current, so a
+// revocation on any replica takes effect here without a restart. Writes
+// (Put, Delete, ReplacePrincipal) go to the store and work without Run.
 type Tokens struct {
-	store TokenStore
-	log   *slog.Logger
-	now   func() time.Time
-
-	mu     sync.RWMutex
-	byHash map[string]store.TokenRecord
-	rev    int64 // the store revision byHash reflects
-	loaded chan struct{}
-	once   sync.Once
+	recs *store.Records[TokenRecord]
+	snap *snapshot.Snapshot[TokenRecord]
+	now  func() time.Time
 }
 
 // NewTokens returns a Tokens; call Run to load and follow the records.
@@ -125,74 +127,26 @@ func NewTokens(cfg TokensConfig) (*Tokens, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Tokens{store: cfg.Store, log: cfg.Logger, now: cfg.Now, byHash: map[string]store.TokenRecord{}, loaded: make(chan struct{})}, nil
+	recs := store.NewRecords[TokenRecord](cfg.Store, store.SpaceTokens)
+	snap, err := snapshot.New(snapshot.Config[TokenRecord]{Name: "tokens", Source: recs, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return &Tokens{recs: recs, snap: snap, now: cfg.Now}, nil
 }
 
 // Run loads the token records and follows their changes until ctx ends,
 // reloading whenever the watch breaks.
-func (t *Tokens) Run(ctx context.Context) error {
-	retry.Forever(ctx, t.log, "loading tokens", 50*time.Millisecond, 2*time.Second, func(ctx context.Context) error {
-		rev, err := t.load(ctx)
-		if err != nil {
-			return err
-		}
-		t.apply(ctx, rev)
-		return nil
-	})
-	return nil
-}
-
-func (t *Tokens) load(ctx context.Context) (int64, error) {
-	recs, rev, err := t.store.ListTokens(ctx)
-	if err != nil {
-		return 0, err
-	}
-	t.replace(recs, rev)
-	t.once.Do(func() { close(t.loaded) })
-	return rev, nil
-}
-
-// apply applies the changes after rev until the watch ends.
-func (t *Tokens) apply(ctx context.Context, rev int64) {
-	for c := range t.store.WatchTokens(ctx, rev) {
-		t.mu.Lock()
-		// A Refresh may already have applied this change.
-		if c.Revision > t.rev {
-			if c.Deleted {
-				delete(t.byHash, c.Record.Hash)
-			} else {
-				t.byHash[c.Record.Hash] = c.Record
-			}
-			t.rev = c.Revision
-		}
-		t.mu.Unlock()
-	}
-}
+func (t *Tokens) Run(ctx context.Context) error { return t.snap.Run(ctx) }
 
 // Refresh reads the records again, so that every change committed before
 // the call is in effect when it returns. graftd calls it after creating or
 // revoking a token, so its caller can use the result at once; other
 // replicas learn of the change from the watch.
-func (t *Tokens) Refresh(ctx context.Context) error {
-	_, err := t.load(ctx)
-	return err
-}
-
-// replace installs the records read at rev unless newer ones are in place.
-func (t *Tokens) replace(recs []store.TokenRecord, rev int64) {
-	m := make(map[string]store.TokenRecord, len(recs))
-	for _, r := range recs {
-		m[r.Hash] = r
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if rev > t.rev {
-		t.byHash, t.rev = m, rev
-	}
-}
+func (t *Tokens) Refresh(ctx context.Context) error { return t.snap.Refresh(ctx) }
 
 // Loaded is closed once the records have been read.
-func (t *Tokens) Loaded() <-chan struct{} { return t.loaded }
+func (t *Tokens) Loaded() <-chan struct{} { return t.snap.Loaded() }
 
 // Authenticate returns the principal a token stands for.
 func (t *Tokens) Authenticate(_ context.Context, token string) (Principal, error) {
@@ -200,15 +154,13 @@ func (t *Tokens) Authenticate(_ context.Context, token string) (Principal, error
 		return Principal{}, ErrNoToken
 	}
 	select {
-	case <-t.loaded:
+	case <-t.snap.Loaded():
 	default:
 		return Principal{}, ErrNotReady
 	}
 	hash := HashToken(token)
-	t.mu.RLock()
-	rec, ok := t.byHash[hash]
-	t.mu.RUnlock()
-	// The map lookup is by hash, so timing reveals at most a hash; the
+	rec, ok := t.snap.Get(hash)
+	// The lookup is by hash, so timing reveals at most a hash; the
 	// constant-time compare keeps the final check free of early exits.
 	if !ok || subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(hash)) != 1 {
 		return Principal{}, ErrUnknownToken
@@ -217,4 +169,63 @@ func (t *Tokens) Authenticate(_ context.Context, token string) (Principal, error
 		return Principal{}, fmt.Errorf("%w at %s", ErrExpiredToken, rec.Expires.UTC().Format(time.RFC3339))
 	}
 	return Principal{Name: rec.Principal, Roles: rec.Roles, Method: "token", Accessor: rec.Accessor, Expires: rec.Expires}, nil
+}
+
+// Put stores a token record.
+func (t *Tokens) Put(ctx context.Context, rec TokenRecord) error {
+	if _, err := t.recs.Put(ctx, rec.Hash, rec); err != nil {
+		return fmt.Errorf("store token for %s: %w", rec.Principal, err)
+	}
+	return nil
+}
+
+// List returns every token record as stored now.
+func (t *Tokens) List(ctx context.Context) ([]TokenRecord, error) {
+	recs, _, err := t.recs.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	out := make([]TokenRecord, len(recs))
+	for i, r := range recs {
+		out[i] = r.Value
+	}
+	return out, nil
+}
+
+// Delete removes the token record with the given hash, or returns
+// store.ErrNotFound.
+func (t *Tokens) Delete(ctx context.Context, hash string) error {
+	if _, err := t.recs.Delete(ctx, hash); err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	return nil
+}
+
+// ReplacePrincipal atomically removes every token of principal and stores
+// rec in their place. Dev mode uses it so that the root token of the
+// current run is the only one.
+func (t *Tokens) ReplacePrincipal(ctx context.Context, principal string, rec TokenRecord) error {
+	return store.RetryConflicts(ctx, "replace tokens of "+principal, func() (bool, error) {
+		recs, rev, err := t.recs.List(ctx)
+		if err != nil {
+			return false, err
+		}
+		put, err := t.recs.PutOp(rec.Hash, rec)
+		if err != nil {
+			return false, err
+		}
+		ops := []store.Op{put}
+		for _, r := range recs {
+			if r.Value.Principal == principal && r.Key != rec.Hash {
+				ops = append(ops, t.recs.DeleteOp(r.Key))
+			}
+		}
+		// Commit only if no token was stored since the list; otherwise one
+		// of principal's could be left beside rec.
+		_, ok, err := t.recs.Store().Commit(ctx, []store.Cond{t.recs.Since(rev)}, ops...)
+		if err != nil {
+			return false, fmt.Errorf("replace tokens of %s: %w", principal, err)
+		}
+		return ok, nil
+	})
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/testenv"
-	"github.com/graft-sh/graft/store"
 )
 
 func TestNewTokenAndHash(t *testing.T) {
@@ -26,9 +25,13 @@ func TestAuthenticate(t *testing.T) {
 	env := testenv.Start(t)
 	ctx := context.Background()
 	now := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	put := func(token, principal string, expires time.Time) {
 		t.Helper()
-		if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken(token), Principal: principal, Roles: []string{"app"}, Expires: expires}); err != nil {
+		if err := tokens.Put(ctx, acl.TokenRecord{Hash: acl.HashToken(token), Principal: principal, Roles: []string{"app"}, Expires: expires}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -36,10 +39,6 @@ func TestAuthenticate(t *testing.T) {
 	put("graft_soon", "app:billing", now.Add(time.Minute))
 	put("graft_past", "app:old", now.Add(-time.Second))
 
-	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t), Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := tokens.Authenticate(ctx, "graft_live"); !errors.Is(err, acl.ErrNotReady) {
 		t.Fatalf("before loading: %v, want ErrNotReady", err)
 	}
@@ -93,8 +92,8 @@ func TestTokensRefresh(t *testing.T) {
 	tokens := runTokens(t, acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
 
 	for i := range 50 {
-		rec := store.TokenRecord{Hash: acl.HashToken("graft_short-lived"), Principal: "app:a", Roles: []string{"app"}}
-		if err := env.Store.PutToken(ctx, rec); err != nil {
+		rec := acl.TokenRecord{Hash: acl.HashToken("graft_short-lived"), Principal: "app:a", Roles: []string{"app"}}
+		if err := tokens.Put(ctx, rec); err != nil {
 			t.Fatal(err)
 		}
 		if err := tokens.Refresh(ctx); err != nil {
@@ -103,7 +102,7 @@ func TestTokensRefresh(t *testing.T) {
 		if _, err := tokens.Authenticate(ctx, "graft_short-lived"); err != nil {
 			t.Fatalf("round %d: right after Refresh, a created token: %v", i, err)
 		}
-		if err := env.Store.DeleteToken(ctx, rec.Hash); err != nil {
+		if err := tokens.Delete(ctx, rec.Hash); err != nil {
 			t.Fatal(err)
 		}
 		if err := tokens.Refresh(ctx); err != nil {

@@ -20,8 +20,8 @@ func (s *Server) PutPolicy(ctx context.Context, req *graftv1.PutPolicyRequest) (
 	if err != nil {
 		return nil, toStatus(invalid("policy put: %v", err))
 	}
-	rec := store.PolicyRecord{Role: pol.Role, YAML: req.GetYaml(), Author: principal(ctx).Name, Updated: time.Now().UTC()}
-	if err := s.store.PutPolicy(ctx, rec); err != nil {
+	rec := acl.PolicyRecord{Role: pol.Role, YAML: req.GetYaml(), Author: principal(ctx).Name, Updated: time.Now().UTC()}
+	if err := s.policies.Put(ctx, rec); err != nil {
 		return nil, toStatus(err)
 	}
 	s.refreshPolicies(ctx)
@@ -31,7 +31,7 @@ func (s *Server) PutPolicy(ctx context.Context, req *graftv1.PutPolicyRequest) (
 
 // GetPolicy implements graftv1.PolicyServiceServer.
 func (s *Server) GetPolicy(ctx context.Context, req *graftv1.GetPolicyRequest) (*graftv1.GetPolicyResponse, error) {
-	rec, err := s.store.GetPolicy(ctx, req.GetRole())
+	rec, err := s.policies.Get(ctx, req.GetRole())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -40,7 +40,7 @@ func (s *Server) GetPolicy(ctx context.Context, req *graftv1.GetPolicyRequest) (
 
 // ListPolicies implements graftv1.PolicyServiceServer.
 func (s *Server) ListPolicies(ctx context.Context, _ *graftv1.ListPoliciesRequest) (*graftv1.ListPoliciesResponse, error) {
-	recs, _, err := s.store.ListPolicies(ctx)
+	recs, err := s.policies.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -53,7 +53,7 @@ func (s *Server) ListPolicies(ctx context.Context, _ *graftv1.ListPoliciesReques
 
 // DeletePolicy implements graftv1.PolicyServiceServer.
 func (s *Server) DeletePolicy(ctx context.Context, req *graftv1.DeletePolicyRequest) (*graftv1.DeletePolicyResponse, error) {
-	if err := s.store.DeletePolicy(ctx, req.GetRole()); err != nil {
+	if err := s.policies.Delete(ctx, req.GetRole()); err != nil {
 		return nil, toStatus(err)
 	}
 	s.refreshPolicies(ctx)
@@ -86,7 +86,7 @@ func (s *Server) CheckPolicy(ctx context.Context, req *graftv1.CheckPolicyReques
 
 // InitPolicies implements graftv1.PolicyServiceServer.
 func (s *Server) InitPolicies(ctx context.Context, req *graftv1.InitPoliciesRequest) (*graftv1.InitPoliciesResponse, error) {
-	installed, kept, err := InstallDefaultPolicies(ctx, s.store, principal(ctx).Name, req.GetOverwrite())
+	installed, kept, err := s.policies.InstallDefaults(ctx, principal(ctx).Name, req.GetOverwrite())
 	if len(installed) > 0 {
 		s.refreshPolicies(ctx)
 	}
@@ -105,45 +105,7 @@ func (s *Server) refreshPolicies(ctx context.Context) {
 	}
 }
 
-// PolicyWriter stores policies.
-type PolicyWriter interface {
-	PutPolicy(ctx context.Context, rec store.PolicyRecord) error
-	PutPolicyIfAbsent(ctx context.Context, rec store.PolicyRecord) (bool, error)
-}
-
-// InstallDefaultPolicies writes the default policies (admin, dba, app),
-// keeping existing ones unless overwrite is set. graftd --dev calls it at
-// start; `graft policy init` through InitPolicies.
-func InstallDefaultPolicies(ctx context.Context, w PolicyWriter, author string, overwrite bool) (installed, kept []string, err error) {
-	defaults := acl.DefaultPolicyYAML()
-	roles := make([]string, 0, len(defaults))
-	for role := range defaults {
-		roles = append(roles, role)
-	}
-	slices.Sort(roles)
-	for _, role := range roles {
-		rec := store.PolicyRecord{Role: role, YAML: string(defaults[role]), Author: author, Updated: time.Now().UTC()}
-		if overwrite {
-			if err := w.PutPolicy(ctx, rec); err != nil {
-				return installed, kept, err
-			}
-			installed = append(installed, role)
-			continue
-		}
-		ok, err := w.PutPolicyIfAbsent(ctx, rec)
-		if err != nil {
-			return installed, kept, err
-		}
-		if ok {
-			installed = append(installed, role)
-		} else {
-			kept = append(kept, role)
-		}
-	}
-	return installed, kept, nil
-}
-
-func policyProto(r store.PolicyRecord) *graftv1.Policy {
+func policyProto(r acl.PolicyRecord) *graftv1.Policy {
 	return &graftv1.Policy{Role: r.Role, Yaml: r.YAML, Author: r.Author, Updated: timestamppb.New(r.Updated)}
 }
 

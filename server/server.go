@@ -25,14 +25,19 @@ import (
 	"github.com/graft-sh/graft/store"
 )
 
-// Authenticator turns a bearer token into a principal. Refresh makes every
-// token change committed before the call take effect; the server calls it
-// after creating or revoking a token, so the caller can rely on the result
-// at once.
-type Authenticator interface {
+// Tokens turns a bearer token into a principal and keeps the token
+// records. Refresh makes every token change committed before the call take
+// effect; the server calls it after creating or revoking a token, so the
+// caller can rely on the result at once.
+type Tokens interface {
 	Authenticate(ctx context.Context, token string) (acl.Principal, error)
 	Refresh(ctx context.Context) error
+	Put(ctx context.Context, rec acl.TokenRecord) error
+	List(ctx context.Context) ([]acl.TokenRecord, error)
+	Delete(ctx context.Context, hash string) error
 }
+
+var _ Tokens = (*acl.Tokens)(nil)
 
 // KeyringReloader reloads the keyring from wherever it is kept (the
 // keyring file) and installs it in the store.
@@ -41,7 +46,7 @@ type KeyringReloader func() error
 // Config configures a Server.
 type Config struct {
 	Store  *store.Store
-	Auth   Authenticator
+	Auth   Tokens
 	Access Authorizer
 	Audit  Auditor
 	// Policies is the policy engine behind Access; PolicyService.CheckPolicy
@@ -69,7 +74,7 @@ type Server struct {
 	graftv1.UnimplementedReplicationServiceServer
 
 	store       *store.Store
-	auth        Authenticator
+	auth        Tokens
 	access      Authorizer
 	audit       Auditor
 	policies    *acl.Engine

@@ -52,17 +52,17 @@ func start(t *testing.T) *harness {
 	t.Helper()
 	env := testenv.Start(t)
 	ctx := context.Background()
-	if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken(rootToken), Principal: acl.RootPrincipal}); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken("graft_expired"), Principal: "app:x", Expires: time.Now().Add(-time.Minute)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Store.PutToken(ctx, store.TokenRecord{Hash: acl.HashToken("graft_app"), Principal: "app:x", Roles: []string{"app"}}); err != nil {
-		t.Fatal(err)
-	}
 	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tokens.Put(ctx, acl.TokenRecord{Hash: acl.HashToken(rootToken), Principal: acl.RootPrincipal}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tokens.Put(ctx, acl.TokenRecord{Hash: acl.HashToken("graft_expired"), Principal: "app:x", Expires: time.Now().Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tokens.Put(ctx, acl.TokenRecord{Hash: acl.HashToken("graft_app"), Principal: "app:x", Roles: []string{"app"}}); err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
@@ -71,11 +71,11 @@ func start(t *testing.T) *harness {
 	t.Cleanup(func() { cancel(); <-done })
 	<-tokens.Loaded()
 
-	if _, _, err := server.InstallDefaultPolicies(ctx, env.Store, "test", false); err != nil {
-		t.Fatal(err)
-	}
 	engine, err := acl.NewEngine(acl.EngineConfig{Store: env.Store, Logger: testenv.Logger(t)})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := engine.InstallDefaults(ctx, "test", false); err != nil {
 		t.Fatal(err)
 	}
 	engineDone := make(chan struct{})

@@ -31,7 +31,7 @@ func (s *Server) CreateToken(ctx context.Context, req *graftv1.CreateTokenReques
 		return nil, toStatus(invalid("token create %s: give at least one --role (see `graft policy ls`)", name))
 	}
 	for _, role := range roles {
-		if _, err := s.store.GetPolicy(ctx, role); err != nil {
+		if _, err := s.policies.Get(ctx, role); err != nil {
 			if isNotFound(err) {
 				return nil, toStatus(invalid("token create %s: role %q has no policy; create it with `graft policy put` or pick one from `graft policy ls`", name, role))
 			}
@@ -48,7 +48,7 @@ func (s *Server) CreateToken(ctx context.Context, req *graftv1.CreateTokenReques
 		}
 	}
 	token := acl.NewToken()
-	rec := store.TokenRecord{
+	rec := acl.TokenRecord{
 		Hash:      acl.HashToken(token),
 		Accessor:  acl.NewAccessor(),
 		Principal: name,
@@ -57,7 +57,7 @@ func (s *Server) CreateToken(ctx context.Context, req *graftv1.CreateTokenReques
 		Creator:   principal(ctx).Name,
 		Expires:   expires,
 	}
-	if err := s.store.PutToken(ctx, rec); err != nil {
+	if err := s.auth.Put(ctx, rec); err != nil {
 		return nil, toStatus(err)
 	}
 	s.refreshTokens(ctx)
@@ -67,11 +67,11 @@ func (s *Server) CreateToken(ctx context.Context, req *graftv1.CreateTokenReques
 
 // ListTokens implements graftv1.TokenServiceServer.
 func (s *Server) ListTokens(ctx context.Context, req *graftv1.ListTokensRequest) (*graftv1.ListTokensResponse, error) {
-	recs, _, err := s.store.ListTokens(ctx)
+	recs, err := s.auth.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	slices.SortFunc(recs, func(a, b store.TokenRecord) int {
+	slices.SortFunc(recs, func(a, b acl.TokenRecord) int {
 		if c := strings.Compare(a.Principal, b.Principal); c != 0 {
 			return c
 		}
@@ -92,14 +92,14 @@ func (s *Server) RevokeToken(ctx context.Context, req *graftv1.RevokeTokenReques
 	if arg == "" {
 		return nil, toStatus(invalid("token revoke: give the token or its accessor (see `graft token ls`)"))
 	}
-	recs, _, err := s.store.ListTokens(ctx)
+	recs, err := s.auth.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	hash := acl.HashToken(arg)
 	for _, r := range recs {
 		if r.Hash == hash || (r.Accessor != "" && r.Accessor == arg) {
-			if err := s.store.DeleteToken(ctx, r.Hash); err != nil {
+			if err := s.auth.Delete(ctx, r.Hash); err != nil {
 				return nil, toStatus(err)
 			}
 			s.refreshTokens(ctx)
@@ -151,7 +151,7 @@ func (s *Server) effectiveRoles(p acl.Principal) []string {
 	return slices.Compact(roles)
 }
 
-func tokenInfo(r store.TokenRecord) *graftv1.TokenInfo {
+func tokenInfo(r acl.TokenRecord) *graftv1.TokenInfo {
 	info := &graftv1.TokenInfo{
 		Accessor:  r.Accessor,
 		Principal: r.Principal,

@@ -311,3 +311,6 @@ func (l *Lease) Revoke(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Store is the store the records are in, for a Commit of them.
+func (r *Records[T]) Store() *Store { return r.s }

@@ -250,3 +250,23 @@ func TestChangesFromACursor(t *testing.T) {
 		t.Fatal("no report of the compaction")
 	}
 }
+
+func TestRecordsWatchClosesOnCancel(t *testing.T) {
+	env := testenv.Start(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	recs := store.NewRecords[thing](env.Store, space)
+	_, rev, err := recs.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := recs.Watch(ctx, rev)
+	cancel()
+	select {
+	case _, ok := <-changes:
+		if ok {
+			t.Error("a change arrived on a cancelled watch")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch still open after cancel")
+	}
+}

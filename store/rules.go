@@ -430,3 +430,26 @@ func (s *Store) ListParked(ctx context.Context, root string) ([]Parked, error) {
 	}
 	return out, nil
 }
+
+// watchSignal signals whenever a key under prefix changes after revision
+// after, coalescing bursts, until ctx ends or the watch fails.
+func (s *Store) watchSignal(ctx context.Context, prefix string, after int64) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(after+1))
+	go func() {
+		defer close(out)
+		for resp := range wch {
+			if resp.Err() != nil {
+				return
+			}
+			if len(resp.Events) == 0 {
+				continue
+			}
+			select {
+			case out <- struct{}{}:
+			default: // a signal is already pending
+			}
+		}
+	}()
+	return out
+}

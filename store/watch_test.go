@@ -161,7 +161,7 @@ func TestWatchRoot(t *testing.T) {
 	a := put(t, s, "/a", "1")
 	b := put(t, s, "/b/c", "2")
 	// Token records live outside the namespace tree.
-	if err := s.PutToken(t.Context(), store.TokenRecord{Hash: "h", Principal: "p"}); err != nil {
+	if _, err := store.NewRecords[string](s, store.SpaceTokens).Put(t.Context(), "h", "p"); err != nil {
 		t.Fatal(err)
 	}
 	c := put(t, s, "/c", "3")

@@ -9,7 +9,6 @@ import (
 
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/audit"
-	"github.com/graft-sh/graft/store"
 )
 
 // MaxBreakGlassTTL bounds how long an emergency root token lives.
@@ -39,7 +38,7 @@ func BreakGlass(ctx context.Context, cfg Config, log *slog.Logger, ttl time.Dura
 	}
 	token := acl.NewToken()
 	now := time.Now().UTC()
-	rec := store.TokenRecord{
+	rec := acl.TokenRecord{
 		Hash:      acl.HashToken(token),
 		Accessor:  acl.NewAccessor(),
 		Principal: acl.RootPrincipal,
@@ -58,7 +57,11 @@ func BreakGlass(ctx context.Context, cfg Config, log *slog.Logger, ttl time.Dura
 	}); err != nil {
 		return "", fmt.Errorf("break-glass: the audit log is unavailable, so no token was made: %w", err)
 	}
-	if err := d.store.PutToken(ctx, rec); err != nil {
+	tokens, err := acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log})
+	if err != nil {
+		return "", err
+	}
+	if err := tokens.Put(ctx, rec); err != nil {
 		return "", err
 	}
 	return token, nil

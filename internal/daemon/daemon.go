@@ -128,25 +128,25 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 	if err := d.openCore(ctx); err != nil {
 		return nil, err
 	}
+	if d.engine, err = acl.NewEngine(acl.EngineConfig{Store: d.store, Logger: log.With("subsystem", "policies")}); err != nil {
+		return nil, err
+	}
+	if d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")}); err != nil {
+		return nil, err
+	}
 	if cfg.Dev {
 		// The root token is stored before the token cache loads, so the
 		// cache knows it by the time the API serves its first call.
 		if err := d.setupRootToken(ctx); err != nil {
 			return nil, err
 		}
-		installed, _, err := server.InstallDefaultPolicies(ctx, d.store, "graftd --dev", false)
+		installed, _, err := d.engine.InstallDefaults(ctx, "graftd --dev", false)
 		if err != nil {
 			return nil, err
 		}
 		if len(installed) > 0 {
 			log.Info("installed the default policies", "roles", installed)
 		}
-	}
-	if d.engine, err = acl.NewEngine(acl.EngineConfig{Store: d.store, Logger: log.With("subsystem", "policies")}); err != nil {
-		return nil, err
-	}
-	if d.tokens, err = acl.NewTokens(acl.TokensConfig{Store: d.store, Logger: log.With("subsystem", "tokens")}); err != nil {
-		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -526,8 +526,8 @@ func (d *Daemon) setupRootToken(ctx context.Context) error {
 	if token == "" {
 		token = acl.NewToken()
 	}
-	rec := store.TokenRecord{Hash: acl.HashToken(token), Accessor: acl.NewAccessor(), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd --dev"}
-	if err := d.store.ReplacePrincipalTokens(ctx, acl.RootPrincipal, rec); err != nil {
+	rec := acl.TokenRecord{Hash: acl.HashToken(token), Accessor: acl.NewAccessor(), Principal: acl.RootPrincipal, Created: time.Now().UTC(), Creator: "graftd --dev"}
+	if err := d.tokens.ReplacePrincipal(ctx, acl.RootPrincipal, rec); err != nil {
 		return err
 	}
 	d.rootToken = token

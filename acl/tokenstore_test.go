@@ -1,19 +1,19 @@
-package store_test
+package acl_test
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/store"
 )
 
-func token(hash, principal string) store.TokenRecord {
-	return store.TokenRecord{
+func token(hash, principal string) acl.TokenRecord {
+	return acl.TokenRecord{
 		Hash:      hash,
 		Principal: principal,
 		Roles:     []string{"reader"},
@@ -23,9 +23,9 @@ func token(hash, principal string) store.TokenRecord {
 	}
 }
 
-func tokenHashes(t *testing.T, s *store.Store) []string {
+func tokenHashes(t *testing.T, s *acl.Tokens) []string {
 	t.Helper()
-	recs, _, err := s.ListTokens(t.Context())
+	recs, err := s.List(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,47 +37,61 @@ func tokenHashes(t *testing.T, s *store.Store) []string {
 	return out
 }
 
-func TestTokens(t *testing.T) {
+func newTokens(t *testing.T, env *testenv.Env) *acl.Tokens {
+	t.Helper()
+	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tokens
+}
+
+func TestTokenRecords(t *testing.T) {
 	env := testenv.Start(t)
 	ctx := t.Context()
-	s := env.Store
+	s := newTokens(t, env)
 
 	if got := tokenHashes(t, s); len(got) != 0 {
 		t.Fatalf("tokens in a new store: %v", got)
 	}
 	want := token("aaa", "alice")
-	for _, rec := range []store.TokenRecord{want, token("bbb", "alice"), token("ccc", "bob")} {
-		if err := s.PutToken(ctx, rec); err != nil {
+	for _, rec := range []acl.TokenRecord{want, token("bbb", "alice"), token("ccc", "bob")} {
+		if err := s.Put(ctx, rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	recs, listRev, err := s.ListTokens(ctx)
+	raw := store.NewRecords[acl.TokenRecord](env.Store, store.SpaceTokens)
+	_, listRev, err := raw.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(recs) != 3 {
 		t.Fatalf("ListTokens = %d records, want 3", len(recs))
 	}
-	got := recs[slices.IndexFunc(recs, func(r store.TokenRecord) bool { return r.Hash == "aaa" })]
+	got := recs[slices.IndexFunc(recs, func(r acl.TokenRecord) bool { return r.Hash == "aaa" })]
 	if got.Principal != want.Principal || !slices.Equal(got.Roles, want.Roles) || !got.Created.Equal(want.Created) ||
 		got.Creator != want.Creator || !got.Expires.Equal(want.Expires) {
 		t.Errorf("stored record = %+v, want %+v", got, want)
 	}
 
 	// Token records are not part of the namespace tree.
-	if items, _, err := s.List(ctx, "/", true); err != nil || len(items) != 0 {
+	if items, _, err := env.Store.List(ctx, "/", true); err != nil || len(items) != 0 {
 		t.Errorf("List / = %+v, %v; token records leaked into the tree", items, err)
 	}
 
-	changes := s.WatchTokens(ctx, listRev)
-	if err := s.ReplacePrincipalTokens(ctx, "alice", token("ddd", "alice")); err != nil {
+	changes := raw.Watch(ctx, listRev)
+	if err := s.ReplacePrincipal(ctx, "alice", token("ddd", "alice")); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := tokenHashes(t, s), []string{"alice:ddd", "bob:ccc"}; !slices.Equal(got, want) {
 		t.Errorf("tokens after replacing alice's = %v, want %v", got, want)
 	}
 	// Replacing with a token the principal already holds keeps just it.
-	if err := s.ReplacePrincipalTokens(ctx, "alice", token("ddd", "alice")); err != nil {
+	if err := s.ReplacePrincipal(ctx, "alice", token("ddd", "alice")); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := tokenHashes(t, s), []string{"alice:ddd", "bob:ccc"}; !slices.Equal(got, want) {
@@ -87,16 +101,18 @@ func TestTokens(t *testing.T) {
 	var seen []string
 	for len(seen) < 4 {
 		select {
-		case c, ok := <-changes:
+		case batch, ok := <-changes:
 			if !ok {
 				t.Fatalf("token watch closed after %v", seen)
 			}
-			kind := "put"
-			if c.Deleted {
-				kind = "delete"
+			for _, c := range batch {
+				kind := "put"
+				if c.Deleted {
+					kind = "delete"
+				}
+				seen = append(seen, kind+" "+c.Key)
 			}
-			seen = append(seen, kind+" "+c.Record.Hash)
-		case <-time.After(waitFor):
+		case <-time.After(10 * time.Second):
 			t.Fatalf("token changes so far %v, want 4", seen)
 		}
 	}
@@ -108,32 +124,13 @@ func TestTokens(t *testing.T) {
 	}
 }
 
-func TestWatchTokensClosesOnCancel(t *testing.T) {
-	env := testenv.Start(t)
-	ctx, cancel := context.WithCancel(t.Context())
-	_, rev, err := env.Store.ListTokens(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	changes := env.Store.WatchTokens(ctx, rev)
-	cancel()
-	select {
-	case _, ok := <-changes:
-		if ok {
-			t.Error("a change arrived on a cancelled token watch")
-		}
-	case <-time.After(waitFor):
-		t.Fatal("token watch still open after cancel")
-	}
-}
-
-// ReplacePrincipalTokens is atomic: a token of the principal stored before
+// ReplacePrincipal is atomic: a token of the principal stored before
 // the replacement commits is removed with the others, never left beside
 // the replacement. (One stored after it survives, as it should.)
-func TestReplacePrincipalTokensConcurrent(t *testing.T) {
+func TestReplacePrincipalConcurrent(t *testing.T) {
 	env := testenv.Start(t)
 	ctx := t.Context()
-	s := env.Store
+	s := newTokens(t, env)
 	modRev := func(hash string) int64 {
 		resp, err := env.Client.Get(ctx, store.DefaultPrefix+"tokens/"+hash)
 		if err != nil {
@@ -148,11 +145,11 @@ func TestReplacePrincipalTokensConcurrent(t *testing.T) {
 		stray := fmt.Sprintf("stray-%d", i)
 		var wg sync.WaitGroup
 		wg.Go(func() {
-			if err := s.PutToken(ctx, token(stray, "root")); err != nil {
+			if err := s.Put(ctx, token(stray, "root")); err != nil {
 				t.Error(err)
 			}
 		})
-		if err := s.ReplacePrincipalTokens(ctx, "root", token("only", "root")); err != nil {
+		if err := s.ReplacePrincipal(ctx, "root", token("only", "root")); err != nil {
 			t.Fatal(err)
 		}
 		wg.Wait()
@@ -160,7 +157,7 @@ func TestReplacePrincipalTokensConcurrent(t *testing.T) {
 		if strayRev != 0 && strayRev < replaced {
 			t.Fatalf("round %d: token %s stored at revision %d survived the replacement committed at %d", i, stray, strayRev, replaced)
 		}
-		if err := s.ReplacePrincipalTokens(ctx, "root", token("only", "root")); err != nil {
+		if err := s.ReplacePrincipal(ctx, "root", token("only", "root")); err != nil {
 			t.Fatal(err)
 		}
 	}
