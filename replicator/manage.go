@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -23,18 +22,8 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 	if err := r.validator.Check(nil, rule); err != nil {
 		return Rule{}, 0, err
 	}
-	rec, err := record(rule)
-	if err != nil {
-		return Rule{}, 0, err
-	}
-	_, err = r.cfg.Store.CreateRule(ctx, rec, func(existing []store.RuleRecord) error {
-		rules := make([]Rule, 0, len(existing))
-		for _, e := range existing {
-			if x, err := decodeRule(e); err == nil {
-				rules = append(rules, x)
-			}
-		}
-		return r.validator.Check(rules, rule)
+	err := r.cfg.Rules.create(ctx, rule, func(existing []Rule) error {
+		return r.validator.Check(existing, rule)
 	})
 	if err != nil {
 		return Rule{}, 0, err
@@ -54,13 +43,9 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 // Unshare deletes a rule. Unless orphan is set it deletes the values the
 // rule wrote; with orphan they stay, as ordinary values.
 func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool) (Rule, int, error) {
-	rec, err := r.cfg.Store.DeleteRule(ctx, id)
+	rule, err := r.cfg.Rules.delete(ctx, id)
 	if err != nil {
 		return Rule{}, 0, err
-	}
-	rule, err := decodeRule(rec)
-	if err != nil {
-		return Rule{}, 0, fmt.Errorf("rule %s: %w", id, err)
 	}
 	if err := r.cfg.Rules.Refresh(ctx); err != nil {
 		r.log.Warn("reloading rules after unshare failed; the watch will apply it", "err", err)
@@ -84,11 +69,11 @@ func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool
 
 // Rule returns a rule by id.
 func (r *Replicator) Rule(ctx context.Context, id string) (Rule, error) {
-	rec, err := r.cfg.Store.GetRule(ctx, id)
+	rec, err := r.cfg.Rules.get(ctx, id)
 	if err != nil {
 		return Rule{}, err
 	}
-	return decodeRule(rec)
+	return rec.Data, nil
 }
 
 // Rules returns the rule index.
@@ -106,7 +91,7 @@ type Status struct {
 	DestinationRevision   int64
 	InSync                bool
 	Lag                   time.Duration
-	Parked                *store.Parked
+	Parked                *Parked
 	// As a source.
 	Feeds []Rule
 }
@@ -164,12 +149,46 @@ func (r *Replicator) Status(ctx context.Context, path string) (Status, error) {
 	default:
 		st.InSync = !dstFound
 	}
-	parked, err := r.cfg.Store.ListParked(ctx, st.Source)
-	if err != nil {
+	parked, err := r.parked.get(ctx, st.Source)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return st, err
 	}
-	if i := slices.IndexFunc(parked, func(p store.Parked) bool { return p.Path == st.Source }); i >= 0 {
-		st.Parked = &parked[i]
+	if err == nil {
+		st.Parked = &parked
 	}
 	return st, nil
+}
+
+// ErrSourceInUse marks the deletion of a source that rules still copy.
+var ErrSourceInUse = errors.New("source is replicated")
+
+// SourceInUseError names the copies that deleting a source would affect.
+type SourceInUseError struct {
+	Path   string
+	Copies []string // "<destination> (rule <id>)"
+}
+
+func (e *SourceInUseError) Error() string {
+	return fmt.Sprintf("delete %s: it is replicated to %s; repeat with --force to delete it anyway (its copies follow their rule's on-delete setting), or `graft unshare` first",
+		e.Path, strings.Join(e.Copies, ", "))
+}
+
+func (e *SourceInUseError) Unwrap() error { return ErrSourceInUse }
+
+// CheckDelete refuses, with a *SourceInUseError, deleting a source that
+// rules still copy: the delete guard of `graft rm` without --force.
+func (r *Replicator) CheckDelete(path string) error {
+	rules := r.cfg.Rules.Index().BySource(path)
+	if len(rules) == 0 {
+		return nil
+	}
+	e := &SourceInUseError{Path: path}
+	for _, rule := range rules {
+		for _, d := range rule.Destinations {
+			if dest, ok := rule.Map(path, d); ok {
+				e.Copies = append(e.Copies, fmt.Sprintf("%s (rule %s)", dest, rule.ID))
+			}
+		}
+	}
+	return e
 }

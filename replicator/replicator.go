@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/graft-sh/graft/internal/retry"
+	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -52,6 +53,7 @@ type Replicator struct {
 	log       *slog.Logger
 	metrics   *metrics
 	validator *Validator
+	parked    *parkedChanges
 }
 
 type metrics struct {
@@ -108,13 +110,19 @@ func New(cfg Config) (*Replicator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Replicator{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), validator: v}, nil
+	return &Replicator{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), validator: v, parked: newParkedChanges(cfg.Store, cfg.Logger)}, nil
 }
 
-// Run consumes change events until ctx ends, reconnecting after errors.
+// Run consumes change events until ctx ends, reconnecting after errors,
+// and follows the parked changes it clears as their sources replicate.
 func (r *Replicator) Run(ctx context.Context) error {
-	retry.Forever(ctx, r.log, "consuming change events", 100*time.Millisecond, 5*time.Second, r.consume)
-	return nil
+	return task.Run(ctx, 0,
+		task.New("parked changes", r.parked.snap.Run),
+		task.New("change events", func(ctx context.Context) error {
+			retry.Forever(ctx, r.log, "consuming change events", 100*time.Millisecond, 5*time.Second, r.consume)
+			return nil
+		}),
+	)
 }
 
 func (r *Replicator) consume(ctx context.Context) error {
@@ -256,8 +264,8 @@ func (r *Replicator) retry(ctx context.Context, m jetstream.Msg, e Event) {
 		r.metrics.events.WithLabelValues("retried").Inc()
 		return
 	}
-	p := store.Parked{Path: e.Path, Revision: e.Revision, Op: e.Op, Error: err.Error(), Attempts: attempts, Time: time.Now().UnixNano()}
-	if perr := r.cfg.Store.PutParked(ctx, p); perr != nil {
+	p := Parked{Path: e.Path, Revision: e.Revision, Op: e.Op, Error: err.Error(), Attempts: attempts, Time: time.Now().UnixNano()}
+	if perr := r.parked.put(ctx, p); perr != nil {
 		r.log.Error("cannot park a failing change; it will be redelivered", "path", e.Path, "err", perr)
 		m.NakWithDelay(30 * time.Second)
 		return
@@ -296,9 +304,14 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 			}
 		}
 	}
-	var src store.SourceState
+	replicated := make(map[string]int64, len(matched))
 	ws, res, err := r.cfg.Store.ReplicateFrom(ctx, matched, targets, func(st store.SourceState) []store.ReplicaWrite {
-		src = st
+		for p, rev := range st.Absent {
+			replicated[p] = rev
+		}
+		for p, e := range st.Found {
+			replicated[p] = e.Revision
+		}
 		var ws []store.ReplicaWrite
 		for _, p := range matched {
 			for _, rule := range ix.BySource(p) {
@@ -311,15 +324,7 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 		return err
 	}
 	r.observe(ws, res, writeEvent)
-	for p := range src.Parked {
-		rev := src.Absent[p]
-		if e, ok := src.Found[p]; ok {
-			rev = e.Revision
-		}
-		if err := r.cfg.Store.ClearParked(ctx, p, rev); err != nil {
-			r.log.Warn("clearing a parked change failed", "path", p, "err", err)
-		}
-	}
+	r.parked.clear(ctx, replicated)
 	return nil
 }
 

@@ -44,8 +44,8 @@ func (s *Server) Put(ctx context.Context, req *graftv1.PutRequest) (*graftv1.Put
 // Delete implements graftv1.KVServiceServer.
 func (s *Server) Delete(ctx context.Context, req *graftv1.DeleteRequest) (*graftv1.DeleteResponse, error) {
 	if !req.GetForce() {
-		if err := s.dependents(req.GetPath()); err != nil {
-			return nil, err
+		if err := s.replication.CheckDelete(req.GetPath()); err != nil {
+			return nil, toStatus(err)
 		}
 	}
 	rev, err := s.store.Delete(ctx, req.GetPath(), store.WriteOptions{

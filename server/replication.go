@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -23,6 +22,7 @@ type Replication interface {
 	Rule(ctx context.Context, id string) (replicator.Rule, error)
 	Rules() *replicator.Index
 	Status(ctx context.Context, path string) (replicator.Status, error)
+	CheckDelete(path string) error
 }
 
 // Share implements graftv1.ReplicationServiceServer. The guard has checked
@@ -149,24 +149,6 @@ func (s *Server) ReplicationStatus(ctx context.Context, req *graftv1.Replication
 		}
 	}
 	return resp, nil
-}
-
-// dependents refuses deleting a source that rules still copy, unless
-// forced, naming the destinations.
-func (s *Server) dependents(path string) error {
-	rules := s.replication.Rules().BySource(path)
-	if len(rules) == 0 {
-		return nil
-	}
-	var dests []string
-	for _, r := range rules {
-		for _, d := range r.Destinations {
-			if dest, ok := r.Map(path, d); ok {
-				dests = append(dests, fmt.Sprintf("%s (rule %s)", dest, r.ID))
-			}
-		}
-	}
-	return status.Errorf(codes.FailedPrecondition, "delete %s: it is replicated to %s; repeat with --force to delete it anyway (its copies follow their rule's on-delete setting), or `graft unshare` first", path, strings.Join(dests, ", "))
 }
 
 func timeOf(unixNanos int64) time.Time { return time.Unix(0, unixNanos).UTC() }

@@ -36,7 +36,7 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, store.ErrValueTooLarge):
 		code = codes.InvalidArgument
-	case errors.Is(err, replicator.ErrRuleConflict), errors.Is(err, store.ErrDestination), errors.Is(err, store.ErrDestinationNotEmpty):
+	case errors.Is(err, replicator.ErrRuleConflict), errors.Is(err, replicator.ErrSourceInUse), errors.Is(err, store.ErrDestination), errors.Is(err, store.ErrDestinationNotEmpty):
 		code = codes.FailedPrecondition
 	case errors.Is(err, replicator.ErrInvalidRule):
 		code = codes.InvalidArgument

@@ -342,7 +342,7 @@ type ReplicaTarget struct{ Path, Root string }
 // which are then applied as by ApplyReplicas. One round trip fewer than
 // ReadSources followed by ApplyReplicas: the replicator's hot path.
 func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []ReplicaTarget, build func(SourceState) []ReplicaWrite) ([]ReplicaWrite, []ReplicaResult, error) {
-	if 2*len(sources)+replicaReadOps*len(targets) > 128 || len(targets) > replicaBatch {
+	if len(sources)+replicaReadOps*len(targets) > 128 || len(targets) > replicaBatch {
 		st, err := s.ReadSources(ctx, sources)
 		if err != nil {
 			return nil, nil, err
@@ -351,9 +351,9 @@ func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []R
 		res, err := s.ApplyReplicas(ctx, ws)
 		return ws, res, err
 	}
-	ops := make([]clientv3.Op, 0, 2*len(sources)+replicaReadOps*len(targets))
+	ops := make([]clientv3.Op, 0, len(sources)+replicaReadOps*len(targets))
 	for _, p := range sources {
-		ops = append(ops, clientv3.OpGet(s.kvKey(p)), clientv3.OpGet(s.parkedKey(p), clientv3.WithKeysOnly()))
+		ops = append(ops, clientv3.OpGet(s.kvKey(p)))
 	}
 	for _, t := range targets {
 		ops = append(ops, s.replicaReads(t.Path, t.Root)...)
@@ -362,12 +362,12 @@ func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []R
 	if err != nil {
 		return nil, nil, fmt.Errorf("read sources: %w", err)
 	}
-	st := SourceState{Found: make(map[string]Entry, len(sources)), Absent: map[string]int64{}, Parked: map[string]bool{}}
+	st := SourceState{Found: make(map[string]Entry, len(sources)), Absent: map[string]int64{}}
 	if err := s.parseSources(&st, sources, resp.Responses, resp.Header.Revision); err != nil {
 		return nil, nil, err
 	}
 	states := make(map[string]replicaState, len(targets))
-	base := 2 * len(sources)
+	base := len(sources)
 	for k, t := range targets {
 		var rs replicaState
 		if err := s.parseReplicaState(&rs, resp.Responses[base+replicaReadOps*k:base+replicaReadOps*(k+1)], resp.Header.Revision); err != nil {
@@ -530,21 +530,19 @@ type SourceState struct {
 	// Absent holds the paths that do not exist, with the revision at which
 	// each was read as absent.
 	Absent map[string]int64
-	// Parked holds the paths that have a parked change.
-	Parked map[string]bool
 }
 
-// ReadSources reads the current versions of paths, with values, and
-// whether each has a parked change, in as few transactions as etcd allows.
+// ReadSources reads the current versions of paths, with values,
+// in as few transactions as etcd allows.
 func (s *Store) ReadSources(ctx context.Context, paths []string) (SourceState, error) {
-	st := SourceState{Found: make(map[string]Entry, len(paths)), Absent: map[string]int64{}, Parked: map[string]bool{}}
+	st := SourceState{Found: make(map[string]Entry, len(paths)), Absent: map[string]int64{}}
 	for len(paths) > 0 {
-		n := min(len(paths), 64)
+		n := min(len(paths), 128)
 		chunk := paths[:n]
 		paths = paths[n:]
-		ops := make([]clientv3.Op, 0, 2*n)
+		ops := make([]clientv3.Op, 0, n)
 		for _, p := range chunk {
-			ops = append(ops, clientv3.OpGet(s.kvKey(p)), clientv3.OpGet(s.parkedKey(p), clientv3.WithKeysOnly()))
+			ops = append(ops, clientv3.OpGet(s.kvKey(p)))
 		}
 		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
@@ -557,14 +555,11 @@ func (s *Store) ReadSources(ctx context.Context, paths []string) (SourceState, e
 	return st, nil
 }
 
-// parseSources fills st from the two reads per source path (kv, parked)
+// parseSources fills st from the read of each source path
 // at the start of r.
 func (s *Store) parseSources(st *SourceState, paths []string, r []*etcdserverpb.ResponseOp, readRev int64) error {
 	for i, p := range paths {
-		if len(r[2*i+1].GetResponseRange().Kvs) > 0 {
-			st.Parked[p] = true
-		}
-		kvs := r[2*i].GetResponseRange().Kvs
+		kvs := r[i].GetResponseRange().Kvs
 		if len(kvs) == 0 {
 			st.Absent[p] = readRev
 			continue

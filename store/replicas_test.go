@@ -9,21 +9,30 @@ import (
 	"github.com/graft-sh/graft/store"
 )
 
-func createRule(t *testing.T, s *store.Store, id, source string, dests ...string) {
+// claim makes rule id own dests, as creating a replication rule does.
+func claim(t *testing.T, s *store.Store, id, source string, dests ...string) []store.Owner {
 	t.Helper()
-	rec := store.RuleRecord{ID: id, Data: []byte(`{}`)}
+	var owners []store.Owner
 	for _, d := range dests {
-		rec.Owners = append(rec.Owners, store.Owner{Rule: id, Source: source, SourceRoot: source, Root: d})
+		owners = append(owners, store.Owner{Rule: id, Source: source, SourceRoot: source, Root: d})
 	}
-	if _, err := s.CreateRule(t.Context(), rec, func([]store.RuleRecord) error { return nil }); err != nil {
-		t.Fatalf("CreateRule %s: %v", id, err)
+	rev, err := s.Revision(t.Context())
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := s.CheckDestinationsEmpty(t.Context(), dests, rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimDestinations(t.Context(), owners, rev); err != nil {
+		t.Fatalf("claim destinations of %s: %v", id, err)
+	}
+	return owners
 }
 
 func TestDestinationsBelongToTheReplicator(t *testing.T) {
 	s := testenv.Start(t).Store
 	ctx := t.Context()
-	createRule(t, s, "r-1", "/dba/mongo", "/app/mp/replicated/mongo")
+	owners := claim(t, s, "r-1", "/dba/mongo", "/app/mp/replicated/mongo")
 
 	// Ordinary writes into the destination, or below it, are refused and
 	// name the rule and the source.
@@ -82,7 +91,7 @@ func TestDestinationsBelongToTheReplicator(t *testing.T) {
 
 	// Once the rule is gone the replicator no longer writes there, and the
 	// destination is an ordinary path again.
-	if _, err := s.DeleteRule(ctx, "r-1"); err != nil {
+	if err := s.ReleaseDestinations(ctx, owners); err != nil {
 		t.Fatal(err)
 	}
 	w.SourceRevision = 20
@@ -94,26 +103,28 @@ func TestDestinationsBelongToTheReplicator(t *testing.T) {
 	}
 }
 
-func TestCreateRuleRefusesOccupiedDestinations(t *testing.T) {
+func TestClaimRefusesOccupiedDestinations(t *testing.T) {
 	s := testenv.Start(t).Store
 	ctx := t.Context()
 	if _, err := s.Put(ctx, "/app/mp/replicated/mongo/user", []byte("hand-written"), store.WriteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rec := store.RuleRecord{ID: "r-1", Data: []byte(`{}`), Owners: []store.Owner{{Rule: "r-1", Source: "/dba/m", Root: "/app/mp/replicated/mongo"}}}
-	_, err := s.CreateRule(ctx, rec, func([]store.RuleRecord) error { return nil })
+	rev, _ := s.Revision(ctx)
+	err := s.CheckDestinationsEmpty(ctx, []string{"/app/mp/replicated/other", "/app/mp/replicated/mongo"}, rev)
 	var ne *store.NotEmptyError
-	if !errors.As(err, &ne) || ne.Count != 1 || ne.Paths[0] != "/app/mp/replicated/mongo/user" {
-		t.Fatalf("CreateRule over a hand-written value: %v", err)
+	if !errors.As(err, &ne) || !errors.Is(err, store.ErrDestinationNotEmpty) || ne.Count != 1 || ne.Paths[0] != "/app/mp/replicated/mongo/user" {
+		t.Fatalf("CheckDestinationsEmpty over a hand-written value: %v", err)
 	}
-	if rules, _, _ := s.ListRules(ctx); len(rules) != 0 {
-		t.Fatalf("a refused rule was stored: %+v", rules)
+	// A value written after the check makes the claim fail.
+	owners := []store.Owner{{Rule: "r-1", Source: "/dba/m", Root: "/app/mp/replicated/other"}}
+	if _, err := s.Put(ctx, "/app/mp/replicated/other/late", []byte("x"), store.WriteOptions{}); err != nil {
+		t.Fatal(err)
 	}
-	// The check sees the existing rules and can refuse.
-	refuse := errors.New("no")
-	rec.Owners[0].Root = "/app/mp/replicated/other"
-	if _, err := s.CreateRule(ctx, rec, func([]store.RuleRecord) error { return refuse }); !errors.Is(err, refuse) {
-		t.Fatalf("CreateRule with a refusing check: %v", err)
+	if _, err := s.ClaimDestinations(ctx, owners, rev); !errors.Is(err, store.ErrContention) {
+		t.Fatalf("a claim after a write below the destination = %v, want ErrContention", err)
+	}
+	if _, err := s.Owner(ctx, "/app/mp/replicated/other/late"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a failed claim left an owner: %v", err)
 	}
 }
 
@@ -124,15 +135,13 @@ func TestApplyReplicasFanOut(t *testing.T) {
 	ctx := t.Context()
 	const n = 300
 	var ws []store.ReplicaWrite
-	rec := store.RuleRecord{ID: "r-fan", Data: []byte(`{}`)}
+	var roots []string
 	for i := range n {
 		root := fmt.Sprintf("/app/a%03d/replicated/dd", i)
-		rec.Owners = append(rec.Owners, store.Owner{Rule: "r-fan", Source: "/shared/dd", Root: root})
+		roots = append(roots, root)
 		ws = append(ws, store.ReplicaWrite{Path: root, Root: root, Rule: "r-fan", Source: "/shared/dd", SourceRevision: 5, Value: []byte("key")})
 	}
-	if _, err := s.CreateRule(ctx, rec, func([]store.RuleRecord) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
+	claim(t, s, "r-fan", "/shared/dd", roots...)
 	res, err := s.ApplyReplicas(ctx, ws)
 	if err != nil {
 		t.Fatal(err)

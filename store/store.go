@@ -1,6 +1,12 @@
-// Package store owns graft's state in etcd: the namespace tree of encrypted
-// values, their history, and the token records. It speaks graft types to its
-// callers and never hands out etcd types.
+// Package store owns graft's state in etcd and is the only package that
+// talks to it. It keeps the namespace tree of encrypted values (entries,
+// history, restore, watch), encrypts with a versioned keyring, enforces
+// who may write a replicated destination and that a destination never goes
+// backwards, and offers the building blocks other packages keep their own
+// state with: typed records in named spaces (Records), leader elections
+// (Lead), leases and the feed of committed changes (Changes). keys.go names
+// every key it writes. It speaks graft types to its callers and never hands
+// out etcd types.
 package store
 
 import (

@@ -2,11 +2,13 @@ package replicator_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/store"
 )
 
 // Changed signals once per change of the rule set: not for the first load
@@ -63,5 +65,38 @@ func TestRulesSignalEachChangeOnce(t *testing.T) {
 	}
 	if n := signals(); n != 1 {
 		t.Fatalf("%d signals after one unshare, want 1", n)
+	}
+}
+
+// A share refused by the store (hand-written values in the destination) or
+// by validation (a destination another rule owns) stores no rule.
+func TestRefusedShareStoresNoRule(t *testing.T) {
+	env := testenv.Start(t)
+	_, js := testenv.StartJetStream(t)
+	ctx := t.Context()
+	rules := replicator.NewRules(env.Store, testenv.Logger(t))
+	repl, err := replicator.New(replicator.Config{Store: env.Store, JetStream: js, Rules: rules, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Store.Put(ctx, "/app/mp/replicated/mongo/user", []byte("hand-written"), store.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = repl.Share(ctx, "user:dba", "/dba/m", []string{"/app/mp/replicated/mongo"}, "")
+	var ne *store.NotEmptyError
+	if !errors.As(err, &ne) || ne.Count != 1 || ne.Paths[0] != "/app/mp/replicated/mongo/user" {
+		t.Fatalf("Share over a hand-written value: %v", err)
+	}
+	if _, _, err := repl.Share(ctx, "user:dba", "/dba/m", []string{"/app/mp/replicated/other"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := repl.Share(ctx, "user:dba", "/dba/n", []string{"/app/mp/replicated/other/x"}, ""); !errors.Is(err, replicator.ErrRuleConflict) {
+		t.Fatalf("Share into another rule's destination: %v", err)
+	}
+	if err := rules.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := rules.Index().Rules(); len(got) != 1 || got[0].Source != "/dba/m" {
+		t.Fatalf("rules after two refused shares: %+v", got)
 	}
 }

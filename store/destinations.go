@@ -1,0 +1,280 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Destinations: the part of replication the store enforces.
+//
+//	owned<dest root>    which rule owns a destination subtree (one owner each)
+//	applied<dest path>  the source revision a destination was last written from
+//
+// The store knows rules only by id and the destination roots they own: the
+// rules themselves (their records, validation, the index) belong to the
+// replicator. The guarantees (one owner per destination, only the
+// replicator writes one, a destination never goes backwards) belong here,
+// where they are enforced inside the transactions that write.
+
+// ErrDestination marks a write into a replicated destination by anyone but
+// the replicator.
+var ErrDestination = errors.New("replicated destination")
+
+// DestinationError says that path lies in a destination owned by a rule.
+type DestinationError struct {
+	Path  string
+	Owner Owner
+}
+
+func (e *DestinationError) Error() string {
+	return fmt.Sprintf("%s is replicated from %s by rule %s: only the replicator writes it; change the source instead (or `graft unshare %s --orphan` to take the copy over)",
+		e.Path, e.Owner.Source, e.Owner.Rule, e.Owner.Rule)
+}
+
+func (e *DestinationError) Unwrap() error { return ErrDestination }
+
+// ErrDestinationNotEmpty marks a new rule whose destination already holds
+// values that no rule wrote.
+var ErrDestinationNotEmpty = errors.New("destination not empty")
+
+// NotEmptyError names what a new rule's destination already holds.
+type NotEmptyError struct {
+	Dest  string
+	Paths []string // up to a few examples
+	Count int
+}
+
+func (e *NotEmptyError) Error() string {
+	return fmt.Sprintf("destination %s already holds %d value(s) that no rule wrote (such as %s): graft will not overwrite them; remove them or choose another destination",
+		e.Dest, e.Count, strings.Join(e.Paths, ", "))
+}
+
+func (e *NotEmptyError) Unwrap() error { return ErrDestinationNotEmpty }
+
+// Owner is the rule that owns a destination subtree.
+type Owner struct {
+	Rule   string `json:"rule"`
+	Source string `json:"source"`
+	// Root is the destination subtree the rule owns.
+	Root string `json:"root"`
+	// SourceRoot is the rule's source; Root mirrors it.
+	SourceRoot string `json:"source_root"`
+}
+
+// Applied is the source state a destination path was last written from.
+type Applied struct {
+	Rule           string `json:"rule"`
+	Source         string `json:"source"`
+	SourceRevision int64  `json:"sr"`
+	// SourceTime is when the source version was committed (unix nanos);
+	// zero for deletions.
+	SourceTime int64 `json:"st,omitempty"`
+	// Deleted says the destination was deleted because its source was.
+	Deleted bool `json:"d,omitempty"`
+	// Time is when the replicator committed this (unix nanos).
+	Time int64 `json:"t"`
+}
+
+// ownersPerTxn bounds the destinations claimed in one transaction: each
+// takes one put and two compares, inside etcd's 128-operation limit.
+const ownersPerTxn = 60
+
+// CheckDestinationsEmpty refuses, with a *NotEmptyError, a destination
+// root that held values at revision rev: a new rule never takes over
+// values that no rule wrote.
+func (s *Store) CheckDestinationsEmpty(ctx context.Context, roots []string, rev int64) error {
+	for _, root := range roots {
+		if err := s.checkEmpty(ctx, root, rev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClaimDestinations takes ownership of each owner's Root for its rule, in
+// batches of one transaction each, every root only if it has no owner yet
+// and nothing was written below it after rev (when the caller checked it
+// empty with CheckDestinationsEmpty). From then on only the replicator
+// writes there. On a failed batch the caller releases what was claimed.
+func (s *Store) ClaimDestinations(ctx context.Context, owners []Owner, rev int64) (int64, error) {
+	return s.claim(ctx, owners, rev)
+}
+
+// ReleaseDestinations gives up the owners' claims, each only if its rule
+// still holds it (another rule may own a root this one failed to claim).
+// The values stay.
+func (s *Store) ReleaseDestinations(ctx context.Context, owners []Owner) error {
+	return s.release(ctx, owners)
+}
+
+// claim writes the owner keys of owners in batches.
+func (s *Store) claim(ctx context.Context, owners []Owner, readRev int64) (int64, error) {
+	var rev int64
+	for len(owners) > 0 {
+		n := min(len(owners), ownersPerTxn)
+		batch := owners[:n]
+		owners = owners[n:]
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, o := range batch {
+			start, end := rangeOf(s.kvPrefix, o.Root)
+			cmps = append(cmps,
+				clientv3.Compare(clientv3.CreateRevision(s.ownedKey(o.Root)), "=", 0),
+				clientv3.Compare(clientv3.ModRevision(start), "<", readRev+1).WithRange(end))
+			ops = append(ops, clientv3.OpPut(s.ownedKey(o.Root), ownerJSON(o)))
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("create rule %s: claim destinations: %w", batch[0].Rule, err)
+		}
+		if !resp.Succeeded {
+			return 0, fmt.Errorf("create rule %s: %w: a destination was written to while the rule was being created; retry", batch[0].Rule, ErrContention)
+		}
+		rev = resp.Header.Revision
+	}
+	return rev, nil
+}
+
+// release removes whatever owner keys of owners exist.
+func (s *Store) release(ctx context.Context, owners []Owner) error {
+	for len(owners) > 0 {
+		n := min(len(owners), ownersPerTxn)
+		var ops []clientv3.Op
+		for _, o := range owners[:n] {
+			// Only this rule's claims: another rule may own a root this
+			// one failed to claim.
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(s.ownedKey(o.Root)), "=", ownerJSON(o))},
+				[]clientv3.Op{clientv3.OpDelete(s.ownedKey(o.Root))}, nil))
+		}
+		rule := owners[0].Rule
+		owners = owners[n:]
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("delete rule %s: release destinations: %w", rule, err)
+		}
+	}
+	return nil
+}
+
+func ownerJSON(o Owner) string {
+	b, _ := json.Marshal(o)
+	return string(b)
+}
+
+// checkEmpty refuses a destination that holds values no rule wrote.
+func (s *Store) checkEmpty(ctx context.Context, root string, rev int64) error {
+	start, end := rangeOf(s.kvPrefix, root)
+	resp, err := s.cli.Get(ctx, start, append(withRange(end), clientv3.WithRev(rev), clientv3.WithKeysOnly())...)
+	if err != nil {
+		return err
+	}
+	e := &NotEmptyError{Dest: root}
+	for _, kv := range resp.Kvs {
+		p := string(kv.Key[len(s.kvPrefix):])
+		if !Under(p, root) {
+			continue
+		}
+		e.Count++
+		if len(e.Paths) < 3 {
+			e.Paths = append(e.Paths, p)
+		}
+	}
+	if e.Count > 0 {
+		return e
+	}
+	return nil
+}
+
+// ownerOf returns the owner of path from the owned keys read for its
+// ancestors, if any.
+func ownerOf(kvs [][]*mvccpb.KeyValue) (Owner, bool) {
+	for _, k := range kvs {
+		if len(k) == 0 {
+			continue
+		}
+		var o Owner
+		if json.Unmarshal(k[0].Value, &o) == nil {
+			return o, true
+		}
+	}
+	return Owner{}, false
+}
+
+// ancestors returns path and each of its ancestors below the root,
+// nearest first.
+func ancestors(path string) []string {
+	out := []string{path}
+	for p := path; ; {
+		i := strings.LastIndexByte(p, '/')
+		if i <= 0 {
+			return out
+		}
+		p = p[:i]
+		out = append(out, p)
+	}
+}
+
+// Applied returns what a destination was last written from, or ErrNotFound.
+func (s *Store) Applied(ctx context.Context, path string) (Applied, error) {
+	resp, err := s.cli.Get(ctx, s.appliedKey(path))
+	if err != nil {
+		return Applied{}, err
+	}
+	if len(resp.Kvs) == 0 {
+		return Applied{}, fmt.Errorf("%s: %w", path, ErrNotFound)
+	}
+	var a Applied
+	if err := json.Unmarshal(resp.Kvs[0].Value, &a); err != nil {
+		return Applied{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return a, nil
+}
+
+// AppliedUnder returns the applied records of every destination path at or
+// below root.
+func (s *Store) AppliedUnder(ctx context.Context, root string) (map[string]Applied, error) {
+	start, end := rangeOf(s.prefix+appliedBase, root)
+	resp, err := s.cli.Get(ctx, start, withRange(end)...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Applied, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		p := string(kv.Key[len(s.prefix+appliedBase):])
+		if !Under(p, root) {
+			continue
+		}
+		var a Applied
+		if err := json.Unmarshal(kv.Value, &a); err == nil {
+			out[p] = a
+		}
+	}
+	return out, nil
+}
+
+// Owner returns the rule owning path (path is a destination root or lies
+// below one), or ErrNotFound.
+func (s *Store) Owner(ctx context.Context, path string) (Owner, error) {
+	var ops []clientv3.Op
+	for _, a := range ancestors(path) {
+		ops = append(ops, clientv3.OpGet(s.ownedKey(a)))
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return Owner{}, err
+	}
+	kvs := make([][]*mvccpb.KeyValue, len(resp.Responses))
+	for i, r := range resp.Responses {
+		kvs[i] = r.GetResponseRange().Kvs
+	}
+	if o, ok := ownerOf(kvs); ok {
+		return o, nil
+	}
+	return Owner{}, fmt.Errorf("%s: %w", path, ErrNotFound)
+}
