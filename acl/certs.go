@@ -2,16 +2,11 @@ package acl
 
 import (
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/graft-sh/graft/store"
 )
-
-// ErrUntrustedCert is returned for a client certificate that verified but
-// names no principal graft accepts.
-var ErrUntrustedCert = errors.New("client certificate names no graft principal")
 
 // PrincipalFromCert maps a verified client certificate to a principal. A
 // URI SAN spiffe://<trustDomain>/app/<name> becomes "app:<name>" with role

@@ -12,13 +12,6 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Errors of the policy engine. (The token errors are in tokens.go.)
-var (
-	ErrInvalidPolicy    = errors.New("invalid policy")
-	ErrInvalidPattern   = errors.New("invalid pattern")
-	ErrPermissionDenied = errors.New("permission denied")
-)
-
 // Action is something a principal does to a path.
 type Action string
 

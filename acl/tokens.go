@@ -25,14 +25,6 @@ const RootPrincipal = "root"
 // tokenPrefix marks graft tokens so they are recognisable in a leak scan.
 const tokenPrefix = "graft_"
 
-// Errors.
-var (
-	ErrNoToken      = errors.New("no token: pass one as `authorization: Bearer <token>` (graft: --token or GRAFT_TOKEN)")
-	ErrUnknownToken = errors.New("unknown or revoked token")
-	ErrExpiredToken = errors.New("token expired")
-	ErrNotReady     = errors.New("token cache not loaded yet; retry")
-)
-
 // Principal is an authenticated caller.
 type Principal struct {
 	// Name is "<kind>:<name>", such as "app:message-processor" or

@@ -34,7 +34,7 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 	_, n, err := r.reconcile(ctx, rule, writeFill)
 	if err != nil {
 		// The rule stands; the reconciler finishes filling it.
-		return rule, n, fmt.Errorf("rule %s created, but filling its destinations failed (the reconciler retries): %w", rule.ID, err)
+		return rule, n, &IncompleteError{Msg: fmt.Sprintf("rule %s created, but filling its destinations failed (the reconciler retries): %v", rule.ID, err), Err: err}
 	}
 	r.log.Info("rule created", "rule", rule.ID, "source", rule.Source, "destinations", rule.Destinations, "author", author, "filled", n)
 	return rule, n, nil
@@ -60,7 +60,7 @@ func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool
 			pruned += n
 		}
 		if err != nil {
-			return rule, pruned, fmt.Errorf("rule %s deleted, but cleaning %s failed: %w; its values are ordinary values now, remove them with `graft rm`", id, d, err)
+			return rule, pruned, &IncompleteError{Msg: fmt.Sprintf("rule %s deleted, but cleaning %s failed: %v; its values are ordinary values now, remove them with `graft rm`", id, d, err), Err: err}
 		}
 	}
 	r.log.Info("rule deleted", "rule", id, "author", author, "orphan", orphan, "pruned", pruned)
@@ -158,22 +158,6 @@ func (r *Replicator) Status(ctx context.Context, path string) (Status, error) {
 	}
 	return st, nil
 }
-
-// ErrSourceInUse marks the deletion of a source that rules still copy.
-var ErrSourceInUse = errors.New("source is replicated")
-
-// SourceInUseError names the copies that deleting a source would affect.
-type SourceInUseError struct {
-	Path   string
-	Copies []string // "<destination> (rule <id>)"
-}
-
-func (e *SourceInUseError) Error() string {
-	return fmt.Sprintf("delete %s: it is replicated to %s; repeat with --force to delete it anyway (its copies follow their rule's on-delete setting), or `graft unshare` first",
-		e.Path, strings.Join(e.Copies, ", "))
-}
-
-func (e *SourceInUseError) Unwrap() error { return ErrSourceInUse }
 
 // CheckDelete refuses, with a *SourceInUseError, deleting a source that
 // rules still copy: the delete guard of `graft rm` without --force.

@@ -6,7 +6,6 @@ package replicator
 
 import (
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -61,29 +60,6 @@ func (r Rule) Map(p, dest string) (string, bool) {
 		return "", false
 	}
 	return dest + strings.TrimPrefix(p, r.Source), true
-}
-
-// Errors of rule validation. A RuleError matches ErrInvalidRule when the
-// rule itself is malformed, and ErrRuleConflict when it conflicts with
-// existing rules.
-var (
-	ErrInvalidRule  = errors.New("invalid replication rule")
-	ErrRuleConflict = errors.New("replication rule conflict")
-)
-
-// RuleError says why a rule was refused.
-type RuleError struct {
-	// Rule is the conflicting existing rule, if any.
-	Rule     string
-	Msg      string
-	conflict bool
-}
-
-func (e *RuleError) Error() string { return e.Msg }
-
-// Is matches ErrInvalidRule or ErrRuleConflict.
-func (e *RuleError) Is(target error) bool {
-	return (target == ErrRuleConflict && e.conflict) || (target == ErrInvalidRule && !e.conflict)
 }
 
 func invalid(format string, args ...any) error {

@@ -2,9 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/graft-sh/graft/acl"
@@ -129,7 +128,7 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 		}
 		p := principal(ctx)
 		if err := s.access.Decide(p, act, st.Path).Err(p, act, st.Path); err != nil {
-			return nil, status.Errorf(codes.PermissionDenied, "restore %s: %v; nothing was changed", req.GetPrefix(), err)
+			return nil, toStatus(fmt.Errorf("restore %s: %w; nothing was changed", req.GetPrefix(), err))
 		}
 	}
 	if !req.GetDryRun() {
@@ -156,13 +155,17 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 
 // Watch implements graftv1.KVServiceServer.
 func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_WatchServer) error {
-	if err := checkPath("Watch", req.GetPrefix()); err != nil {
-		return err
+	a, err := accessOf(graftv1.KVService_Watch_FullMethodName, req)
+	if err == nil {
+		err = a.checkPath()
+	}
+	if err != nil {
+		return toStatus(err)
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	after, batches, err := s.store.Watch(ctx, req.GetPrefix(), req.GetStartRevision(), req.GetKeysOnly())
-	s.audit.AppendAsync(s.record(ctx, "Watch", access{action: acl.ActionList, path: req.GetPrefix()}, "ok", err))
+	s.audit.AppendAsync(s.record(ctx, "Watch", a, "ok", err))
 	if err != nil {
 		return toStatus(err)
 	}
@@ -174,7 +177,7 @@ func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_Watch
 	for {
 		select {
 		case <-s.stopping:
-			return status.Errorf(codes.Unavailable, "watch %s: graftd is shutting down; reconnect and resume from revision %d", req.GetPrefix(), reached+1)
+			return toStatus(unavailable("watch %s: graftd is shutting down; reconnect and resume from revision %d", req.GetPrefix(), reached+1))
 		case b, ok := <-batches:
 			if !ok {
 				return toStatus(ctx.Err())

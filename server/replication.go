@@ -2,17 +2,17 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/graft-sh/graft/acl"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/store"
 )
 
 // Replication manages replication rules.
@@ -32,11 +32,11 @@ func (s *Server) Share(ctx context.Context, req *graftv1.ShareRequest) (*graftv1
 		return nil, toStatus(invalid("share %s: give at least one destination with --to", req.GetSource()))
 	}
 	rule, filled, err := s.replication.Share(ctx, principal(ctx).Name, req.GetSource(), req.GetDestinations(), req.GetOnDelete())
-	if err != nil && rule.ID == "" {
-		return nil, toStatus(fmt.Errorf("share %s: %w", req.GetSource(), err))
+	if errors.Is(err, replicator.ErrIncomplete) {
+		return nil, toStatus(err)
 	}
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, toStatus(fmt.Errorf("share %s: %w", req.GetSource(), err))
 	}
 	return &graftv1.ShareResponse{Rule: ruleProto(rule), Filled: int64(filled)}, nil
 }
@@ -89,7 +89,7 @@ func (s *Server) GetRule(ctx context.Context, req *graftv1.GetRuleRequest) (*gra
 	}
 	if !s.maySee(ctx, r) {
 		// As if it did not exist: its paths are not the caller's to know.
-		return nil, status.Errorf(codes.NotFound, "rule %s: not found (see `graft rules ls`)", req.GetId())
+		return nil, toStatus(ruleNotFound(req.GetId()))
 	}
 	return &graftv1.GetRuleResponse{Rule: ruleProto(r)}, nil
 }
@@ -103,16 +103,13 @@ func (s *Server) Unshare(ctx context.Context, req *graftv1.UnshareRequest) (*gra
 	p := principal(ctx)
 	if d := s.access.Decide(p, acl.ActionShare, r.Source); !d.Allowed {
 		if !s.maySee(ctx, r) {
-			return nil, status.Errorf(codes.NotFound, "rule %s: not found (see `graft rules ls`)", req.GetId())
+			return nil, toStatus(ruleNotFound(req.GetId()))
 		}
-		return nil, status.Error(codes.PermissionDenied, d.Err(p, acl.ActionShare, r.Source).Error())
+		return nil, toStatus(d.Err(p, acl.ActionShare, r.Source))
 	}
 	r, pruned, err := s.replication.Unshare(ctx, p.Name, req.GetId(), req.GetOrphan())
-	if err != nil && r.ID == "" {
-		return nil, toStatus(err)
-	}
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, toStatus(err)
 	}
 	return &graftv1.UnshareResponse{Rule: ruleProto(r), Pruned: int64(pruned)}, nil
 }
@@ -149,6 +146,11 @@ func (s *Server) ReplicationStatus(ctx context.Context, req *graftv1.Replication
 		}
 	}
 	return resp, nil
+}
+
+// ruleNotFound is what a caller who may not see a rule is told of it.
+func ruleNotFound(id string) error {
+	return fmt.Errorf("rule %s: %w (see `graft rules ls`)", id, store.ErrNotFound)
 }
 
 func timeOf(unixNanos int64) time.Time { return time.Unix(0, unixNanos).UTC() }

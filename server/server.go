@@ -163,20 +163,16 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 		if cert := clientCert(ctx); cert != nil {
 			p, err := acl.PrincipalFromCert(cert, s.trustDomain)
 			if err != nil {
-				return nil, status.Error(codes.Unauthenticated, err.Error())
+				return nil, toStatus(err)
 			}
 			return acl.WithPrincipal(ctx, p), nil
 		}
 	}
 	p, err := s.auth.Authenticate(ctx, token)
-	switch {
-	case err == nil:
-		return acl.WithPrincipal(ctx, p), nil
-	case errors.Is(err, acl.ErrNotReady):
-		return nil, status.Error(codes.Unavailable, err.Error())
-	default:
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+	if err != nil {
+		return nil, toStatus(err)
 	}
+	return acl.WithPrincipal(ctx, p), nil
 }
 
 // clientCert returns the verified client certificate of the connection.
@@ -215,7 +211,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 			return nil, err
 		}
 		grpc.SetHeader(ctx, metadata.Pairs("x-graft-request-id", requestID(ctx)))
-		return s.guard(ctx, method, req, handler)
+		return s.guard(ctx, info.FullMethod, req, handler)
 	}()
 	code := status.Code(err)
 	s.requests.WithLabelValues(method, code.String()).Inc()

@@ -8,14 +8,63 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
 
-// toStatus maps a domain error to the gRPC status a client sees. The
-// message is the error's own text, which says what failed on which path and
-// what to do; context errors pass through as their own codes.
+// errorCodes is the one table in which domain errors become the gRPC
+// codes clients see, in the spirit of etcd's rpctypes: handlers return
+// domain errors and nothing else, and toStatus looks them up here. The
+// first row the error matches (errors.Is) decides, so more specific rows
+// come first. The message is always the error's own text, which says what
+// failed on which path and what to do.
+var errorCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	// Done in part, the rest to follow or to retry: the caller should
+	// look again shortly.
+	{replicator.ErrIncomplete, codes.Unavailable},
+	{errUnavailable, codes.Unavailable},
+	{audit.ErrClosed, codes.Unavailable},
+	{acl.ErrNotReady, codes.Unavailable},
+
+	{acl.ErrNoToken, codes.Unauthenticated},
+	{acl.ErrUnknownToken, codes.Unauthenticated},
+	{acl.ErrExpiredToken, codes.Unauthenticated},
+	{acl.ErrUntrustedCert, codes.Unauthenticated},
+	{acl.ErrPermissionDenied, codes.PermissionDenied},
+
+	{store.ErrInvalidPath, codes.InvalidArgument},
+	{store.ErrInvalidArgument, codes.InvalidArgument},
+	{store.ErrValueTooLarge, codes.InvalidArgument},
+	{errInvalidArgument, codes.InvalidArgument},
+	{audit.ErrInvalidFilter, codes.InvalidArgument},
+	{acl.ErrInvalidPolicy, codes.InvalidArgument},
+	{acl.ErrInvalidPattern, codes.InvalidArgument},
+	{replicator.ErrInvalidRule, codes.InvalidArgument},
+
+	{store.ErrNotFound, codes.NotFound},
+
+	{replicator.ErrRuleConflict, codes.FailedPrecondition},
+	{replicator.ErrSourceInUse, codes.FailedPrecondition},
+	{store.ErrDestination, codes.FailedPrecondition},
+	{store.ErrDestinationNotEmpty, codes.FailedPrecondition},
+	{store.ErrRevisionChanged, codes.FailedPrecondition},
+
+	{store.ErrCompacted, codes.OutOfRange},
+	{store.ErrContention, codes.Aborted},
+	{store.ErrDecrypt, codes.DataLoss},
+}
+
+// toStatus maps a domain error to the gRPC status a client sees. A status
+// error passed through as it is (a client stream's) keeps its code; an
+// error that only wraps one somewhere (etcd client errors do) is mapped,
+// with etcd being unreachable or leaderless as Unavailable: retry.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -24,52 +73,44 @@ func toStatus(err error) error {
 		return err
 	}
 	code := codes.Internal
-	switch {
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, store.ErrInvalidPath), errors.Is(err, store.ErrInvalidArgument), errors.Is(err, errInvalidArgument),
-		errors.Is(err, audit.ErrInvalidFilter):
-		code = codes.InvalidArgument
-	case errors.Is(err, store.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, store.ErrValueTooLarge):
-		code = codes.InvalidArgument
-	case errors.Is(err, replicator.ErrRuleConflict), errors.Is(err, replicator.ErrSourceInUse), errors.Is(err, store.ErrDestination), errors.Is(err, store.ErrDestinationNotEmpty):
-		code = codes.FailedPrecondition
-	case errors.Is(err, replicator.ErrInvalidRule):
-		code = codes.InvalidArgument
-	case errors.Is(err, store.ErrRevisionChanged):
-		code = codes.FailedPrecondition
-	case errors.Is(err, store.ErrCompacted):
-		code = codes.OutOfRange
-	case errors.Is(err, store.ErrContention):
-		code = codes.Aborted
-	case errors.Is(err, store.ErrDecrypt):
-		code = codes.DataLoss
-	case errors.Is(err, errPermissionDenied):
-		code = codes.PermissionDenied
-	case errors.Is(err, audit.ErrClosed), isUnavailable(err):
+	for _, row := range errorCodes {
+		if errors.Is(err, row.err) {
+			code = row.code
+			break
+		}
+	}
+	if code == codes.Internal && isUnavailable(err) {
 		code = codes.Unavailable
 	}
 	return status.Error(code, err.Error())
 }
 
+// The server's own errors, for what only the transport knows: a request
+// the server itself finds malformed, and a service that cannot answer now.
 var (
-	errInvalidArgument  = errors.New("invalid argument")
-	errPermissionDenied = errors.New("permission denied")
+	errInvalidArgument = errors.New("invalid argument")
+	errUnavailable     = errors.New("unavailable")
 )
 
-// invalidArgument is a bad request caught by the server itself; its
-// message is the whole story, without a category prefix.
-type invalidArgument struct{ msg string }
+// serverError is one of the server's own errors; its message is the whole
+// story, without a category prefix.
+type serverError struct {
+	msg  string
+	kind error
+}
 
-func (e *invalidArgument) Error() string        { return e.msg }
-func (e *invalidArgument) Is(target error) bool { return target == errInvalidArgument }
+func (e *serverError) Error() string        { return e.msg }
+func (e *serverError) Is(target error) bool { return target == e.kind }
 
+// invalid is a bad request caught by the server itself.
 func invalid(format string, args ...any) error {
-	return &invalidArgument{msg: fmt.Sprintf(format, args...)}
+	return &serverError{msg: fmt.Sprintf(format, args...), kind: errInvalidArgument}
+}
+
+// unavailable is a request the server cannot serve now; the client should
+// retry (or resume) shortly.
+func unavailable(format string, args ...any) error {
+	return &serverError{msg: fmt.Sprintf(format, args...), kind: errUnavailable}
 }
 
 // isWrapped tells a status error passed straight through from one that

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -22,10 +21,6 @@ import (
 // replicator writes one, a destination never goes backwards) belong here,
 // where they are enforced inside the transactions that write.
 
-// ErrDestination marks a write into a replicated destination by anyone but
-// the replicator.
-var ErrDestination = errors.New("replicated destination")
-
 // DestinationError says that path lies in a destination owned by a rule.
 type DestinationError struct {
 	Path  string
@@ -38,10 +33,6 @@ func (e *DestinationError) Error() string {
 }
 
 func (e *DestinationError) Unwrap() error { return ErrDestination }
-
-// ErrDestinationNotEmpty marks a new rule whose destination already holds
-// values that no rule wrote.
-var ErrDestinationNotEmpty = errors.New("destination not empty")
 
 // NotEmptyError names what a new rule's destination already holds.
 type NotEmptyError struct {

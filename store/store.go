@@ -49,6 +49,11 @@ var (
 	ErrContention      = errors.New("too much write contention")
 	ErrLeaseLost       = errors.New("lease lost: it expired or was revoked")
 	ErrLeadershipLost  = errors.New("leadership lost: the election session expired")
+	// ErrDestination marks a write into a replicated destination by
+	// anyone but the replicator; ErrDestinationNotEmpty a new rule whose
+	// destination already holds values that no rule wrote.
+	ErrDestination         = errors.New("replicated destination")
+	ErrDestinationNotEmpty = errors.New("destination not empty")
 )
 
 // RevisionMismatchError is returned when a compare-and-swap finds another
