@@ -7,13 +7,13 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // BenchmarkLatency measures put and get through the whole path a client
@@ -47,11 +47,7 @@ func BenchmarkLatency(b *testing.B) {
 		})
 	})
 	b.Run("put/raw-etcd", func(b *testing.B) {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: g.Daemon.EtcdEndpoints()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cli.Close()
+		cli := testenv.Client(b, g.Daemon.EtcdEndpoints()[0])
 		measure(b, func(i int) error {
 			_, err := cli.Put(context.Background(), fmt.Sprintf("/raw/k%d", i%keys), string(value))
 			return err

@@ -121,8 +121,10 @@ type Entry struct {
 
 // Config configures a Store.
 type Config struct {
-	// Client is the etcd client; the Store does not close it.
+	// Client is an etcd client to use; the Store does not close it.
+	// Without one, New connects with Etcd and Close closes.
 	Client *clientv3.Client
+	Etcd   EtcdConfig
 	// Prefix under which every key lives; default "/graft/".
 	Prefix string
 	// Keyring encrypts values; required. Replace it with SetKeyring.
@@ -139,15 +141,16 @@ type Config struct {
 
 // Store reads and writes graft's state in etcd.
 type Store struct {
-	cli      *clientv3.Client
-	prefix   string
-	kvPrefix string
-	hist     string
-	maxValue int
-	histMax  int
-	now      func() time.Time
-	log      *slog.Logger
-	keyring  atomic.Pointer[Keyring]
+	cli        *clientv3.Client
+	ownsClient bool
+	prefix     string
+	kvPrefix   string
+	hist       string
+	maxValue   int
+	histMax    int
+	now        func() time.Time
+	log        *slog.Logger
+	keyring    atomic.Pointer[Keyring]
 	// writeLocks are one-slot semaphores that serialize writes to a path
 	// within this process; see lockPath.
 	writeLocks [writeLockStripes]chan struct{}
@@ -155,9 +158,6 @@ type Store struct {
 
 // New validates cfg and returns a Store.
 func New(cfg Config) (*Store, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("store: Config.Client is required")
-	}
 	if cfg.Keyring == nil {
 		return nil, errors.New("store: Config.Keyring is required")
 	}
@@ -185,15 +185,27 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	owns := false
+	if cfg.Client == nil && len(cfg.Etcd.Endpoints) == 0 {
+		return nil, errors.New("store: Config.Etcd.Endpoints or Config.Client is required")
+	}
+	if cfg.Client == nil {
+		cli, err := dial(cfg.Etcd)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Client, owns = cli, true
+	}
 	s := &Store{
-		cli:      cfg.Client,
-		prefix:   cfg.Prefix,
-		kvPrefix: cfg.Prefix + kvBase,
-		hist:     cfg.Prefix + histBase,
-		maxValue: cfg.MaxValueBytes,
-		histMax:  cfg.HistoryLimit,
-		now:      cfg.Now,
-		log:      cfg.Logger,
+		cli:        cfg.Client,
+		ownsClient: owns,
+		prefix:     cfg.Prefix,
+		kvPrefix:   cfg.Prefix + kvBase,
+		hist:       cfg.Prefix + histBase,
+		maxValue:   cfg.MaxValueBytes,
+		histMax:    cfg.HistoryLimit,
+		now:        cfg.Now,
+		log:        cfg.Logger,
 	}
 	s.keyring.Store(cfg.Keyring)
 	for i := range s.writeLocks {

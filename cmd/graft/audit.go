@@ -58,7 +58,7 @@ others. -o json prints one JSON object per line. Needs the admin action.`,
 				}
 				f.Since = t
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				recs, err := c.QueryAudit(ctx, f)
 				if err != nil {
 					return err
@@ -92,16 +92,16 @@ func (a *app) printAudit(recs []sdk.AuditRecord) error {
 			Detail:    r.Detail,
 		})
 	}
-	if a.output == "json" {
+	if a.Output == "json" {
 		// One object per line, like a log: grep and jq take it as it is.
 		for _, v := range views {
-			if err := writeJSONLine(a.stdout, v); err != nil {
+			if err := writeJSONLine(a.Stdout, v); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	return a.emit(views, func(w io.Writer) error {
+	return a.Emit(views, func(w io.Writer) error {
 		if len(recs) == 0 {
 			_, err := fmt.Fprintln(a.stderr, "no audit records match")
 			return err

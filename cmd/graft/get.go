@@ -29,12 +29,12 @@ value_base64. --revision reads an older version kept in history.`,
 			if revision != 0 {
 				opts = append(opts, sdk.AtRevision(revision))
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				e, err := c.Get(ctx, args[0], opts...)
 				if err != nil {
 					return err
 				}
-				return a.emit(viewEntry(e, true), func(w io.Writer) error {
+				return a.Emit(viewEntry(e, true), func(w io.Writer) error {
 					if _, err := w.Write(e.Value); err != nil {
 						return err
 					}

@@ -30,7 +30,7 @@ deletion, and which were written by a restore. Read an old value with
 --revision N'.`,
 		Args: args(1, 1, "PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				items, err := c.History(ctx, args[0])
 				if err != nil {
 					return err
@@ -44,7 +44,7 @@ deletion, and which were written by a restore. Read an old value with
 						Deleted:   it.Deleted,
 					})
 				}
-				return a.emit(views, func(w io.Writer) error {
+				return a.Emit(views, func(w io.Writer) error {
 					tab := newTable(w, "REVISION", "TIME", "AUTHOR", "NOTE")
 					for _, it := range items {
 						tab.row(fmt.Sprint(it.Entry.Revision), tableTime(it.Entry.Time), it.Entry.Author, historyNote(it))

@@ -38,12 +38,12 @@ can be retired. Key material never leaves graftd.`,
 		Short: "Show which keys graftd holds and which one encrypts new writes",
 		Args:  args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				primary, ids, err := c.KeyringStatus(ctx)
 				if err != nil {
 					return err
 				}
-				return a.emit(keyringView{PrimaryKeyID: primary, KeyIDs: ids}, func(w io.Writer) error {
+				return a.Emit(keyringView{PrimaryKeyID: primary, KeyIDs: ids}, func(w io.Writer) error {
 					list := make([]string, len(ids))
 					for i, id := range ids {
 						list[i] = fmt.Sprint(id)
@@ -59,12 +59,12 @@ can be retired. Key material never leaves graftd.`,
 		Short: "Re-encrypt every stored value not yet under the primary key",
 		Args:  args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				r, err := c.ReencryptSweep(ctx)
 				if err != nil {
 					return err
 				}
-				return a.emit(sweepView(r), func(w io.Writer) error {
+				return a.Emit(sweepView(r), func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "re-encrypted %d of %d stored records; all are now under key %d\n", r.Reencrypted, r.Examined, r.PrimaryKeyID)
 					return err
 				})

@@ -37,7 +37,7 @@ Values are never listed.`,
 			if recursive {
 				opts = append(opts, sdk.Recursive())
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				items, err := c.List(ctx, prefix, opts...)
 				if err != nil {
 					return err
@@ -51,7 +51,7 @@ Values are never listed.`,
 					}
 					views = append(views, v)
 				}
-				return a.emit(views, func(w io.Writer) error {
+				return a.Emit(views, func(w io.Writer) error {
 					if len(items) == 0 {
 						_, err := fmt.Fprintf(a.stderr, "nothing under %s\n", prefix)
 						return err

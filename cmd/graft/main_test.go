@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graft-sh/graft/internal/cmdline"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 )
@@ -142,7 +143,7 @@ func TestGetAddsNewlineOnlyOnATerminal(t *testing.T) {
 		{"/t/term/a", false, "no-newline"},
 	} {
 		var stdout, stderr bytes.Buffer
-		a := &app{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: c.getenv,
+		a := &app{Globals: cmdline.Globals{Stdout: &stdout, Getenv: c.getenv}, stdin: strings.NewReader(""), stderr: &stderr,
 			isTerminal: func(io.Writer) bool { return tt.terminal }}
 		cmd := a.rootCmd()
 		cmd.SetArgs([]string{"get", tt.path})

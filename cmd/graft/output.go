@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -11,30 +10,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/graft-sh/graft/sdk"
 )
-
-// emit writes v as JSON or YAML when -o asks for it, otherwise calls table.
-// YAML is made from the JSON form so both use the same field names.
-func (a *app) emit(v any, table func(w io.Writer) error) error {
-	switch a.output {
-	case "json":
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		enc.SetEscapeHTML(false)
-		return enc.Encode(v)
-	case "yaml":
-		data, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = a.stdout.Write(data)
-		return err
-	}
-	return table(a.stdout)
-}
 
 // table writes aligned columns, without the trailing blanks tabwriter
 // leaves after empty last cells.

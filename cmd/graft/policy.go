@@ -93,12 +93,12 @@ bad pattern) is refused with the line at fault, and nothing changes.`,
 			if err != nil {
 				return err
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				p, err := c.PutPolicy(ctx, doc)
 				if err != nil {
 					return err
 				}
-				return a.emit(viewPolicy(p), func(w io.Writer) error {
+				return a.Emit(viewPolicy(p), func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "policy %s written\n", p.Role)
 					return err
 				})
@@ -143,12 +143,12 @@ file' can be edited and put back. -o json and -o yaml add its author and
 update time.`,
 		Args: args(1, 1, "ROLE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				p, err := c.GetPolicy(ctx, args[0])
 				if err != nil {
 					return err
 				}
-				return a.emit(viewPolicy(p), func(w io.Writer) error {
+				return a.Emit(viewPolicy(p), func(w io.Writer) error {
 					if _, err := w.Write(p.YAML); err != nil {
 						return err
 					}
@@ -170,7 +170,7 @@ func (a *app) policyListCmd() *cobra.Command {
 		Short:   "List the policies",
 		Args:    args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				pols, err := c.ListPolicies(ctx)
 				if err != nil {
 					return err
@@ -179,7 +179,7 @@ func (a *app) policyListCmd() *cobra.Command {
 				for _, p := range pols {
 					views = append(views, viewPolicy(p))
 				}
-				return a.emit(views, func(w io.Writer) error {
+				return a.Emit(views, func(w io.Writer) error {
 					if len(pols) == 0 {
 						_, err := fmt.Fprintln(a.stderr, "no policies: everything but root is denied; install the defaults with graft policy init")
 						return err
@@ -203,11 +203,11 @@ func (a *app) policyRemoveCmd() *cobra.Command {
 nothing until a policy for it is put again.`,
 		Args: args(1, 1, "ROLE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				if err := c.DeletePolicy(ctx, args[0]); err != nil {
 					return err
 				}
-				return a.emit(policyDeletedView{Role: args[0]}, func(w io.Writer) error {
+				return a.Emit(policyDeletedView{Role: args[0]}, func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "policy %s deleted\n", args[0])
 					return err
 				})
@@ -227,12 +227,12 @@ outside replicated destinations). Roles that already have a policy are
 kept unless --overwrite is given, so running it again changes nothing.`,
 		Args: args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				installed, kept, err := c.InitPolicies(ctx, overwrite)
 				if err != nil {
 					return err
 				}
-				return a.emit(policyInitView{Installed: nonNil(installed), Kept: nonNil(kept)}, func(w io.Writer) error {
+				return a.Emit(policyInitView{Installed: nonNil(installed), Kept: nonNil(kept)}, func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "installed: %s\nkept: %s\n", listOrNone(installed), listOrNone(kept))
 					return err
 				})
@@ -274,13 +274,13 @@ unreachable, no admin right).`,
 			if len(missing) > 0 {
 				return fmt.Errorf("policy check: give %s", strings.Join(missing, ", "))
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				d, err := c.CheckPolicy(ctx, principal, roles, action, path)
 				if err != nil {
 					return err
 				}
 				v := decisionView{Allowed: d.Allowed, Role: d.Role, Rule: d.Rule, Reason: d.Reason, EffectiveRoles: nonNil(d.EffectiveRoles)}
-				err = a.emit(v, func(w io.Writer) error {
+				err = a.Emit(v, func(w io.Writer) error {
 					verdict, rule := "denied", "none matched"
 					if d.Allowed {
 						verdict = "allowed"

@@ -44,12 +44,12 @@ secrets.`,
 			if cmd.Flags().Changed("if-revision") {
 				opts = append(opts, sdk.IfRevision(ifRevision))
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				e, err := c.Put(ctx, path, value, opts...)
 				if err != nil {
 					return err
 				}
-				return a.emit(viewEntry(e, false), func(w io.Writer) error {
+				return a.Emit(viewEntry(e, false), func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "%s revision %d\n", e.Path, e.Revision)
 					return err
 				})

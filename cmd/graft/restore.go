@@ -91,12 +91,12 @@ func parseAt(s string) (time.Time, error) {
 }
 
 func (a *app) restorePath(cmd *cobra.Command, path string, revision int64) error {
-	return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+	return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 		e, err := c.Restore(ctx, path, revision)
 		if err != nil {
 			return err
 		}
-		return a.emit(viewEntry(e, false), func(w io.Writer) error {
+		return a.Emit(viewEntry(e, false), func(w io.Writer) error {
 			_, err := fmt.Fprintf(w, "%s revision %d (restored from revision %d)\n", e.Path, e.Revision, revision)
 			return err
 		})
@@ -104,7 +104,7 @@ func (a *app) restorePath(cmd *cobra.Command, path string, revision int64) error
 }
 
 func (a *app) restorePrefix(cmd *cobra.Command, prefix string, at time.Time, dryRun bool) error {
-	return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+	return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 		steps, err := c.RestorePrefix(ctx, prefix, at, dryRun)
 		if err != nil {
 			return err
@@ -122,7 +122,7 @@ func (a *app) restorePrefix(cmd *cobra.Command, prefix string, at time.Time, dry
 				Reason:       s.Reason,
 			})
 		}
-		return a.emit(view, func(w io.Writer) error {
+		return a.Emit(view, func(w io.Writer) error {
 			when := at.UTC().Format(time.RFC3339)
 			if len(steps) == 0 {
 				_, err := fmt.Fprintf(w, "nothing to do: %s is already as it was at %s\n", prefix, when)

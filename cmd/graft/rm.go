@@ -39,12 +39,12 @@ on-delete setting.`,
 			if force {
 				opts = append(opts, sdk.Force())
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				r, err := c.Delete(ctx, args[0], opts...)
 				if err != nil {
 					return err
 				}
-				return a.emit(deletedView{Path: args[0], Revision: r}, func(w io.Writer) error {
+				return a.Emit(deletedView{Path: args[0], Revision: r}, func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "%s deleted at revision %d\n", args[0], r)
 					return err
 				})

@@ -64,12 +64,12 @@ that already holds hand-written values is refused, naming the conflict.`,
 			if onDelete != "delete" && onDelete != "retain" {
 				return fmt.Errorf("share: --on-delete %q: want delete or retain", onDelete)
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				r, n, err := c.Share(ctx, args[0], dests, sdk.ShareOptions{OnDelete: onDelete})
 				if err != nil {
 					return err
 				}
-				return a.emit(sharedView{Rule: viewRule(r), Filled: n}, func(w io.Writer) error {
+				return a.Emit(sharedView{Rule: viewRule(r), Filled: n}, func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "rule %s: %s → %s (%d value(s) copied)\n", r.ID, r.Source, strings.Join(r.Destinations, ", "), n)
 					return err
 				})
@@ -102,7 +102,7 @@ func (a *app) rulesListCmd() *cobra.Command {
   graft rules ls --dest /app/message-processor`,
 		Args: args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				rules, err := c.ListRules(ctx, f)
 				if err != nil {
 					return err
@@ -111,7 +111,7 @@ func (a *app) rulesListCmd() *cobra.Command {
 				for _, r := range rules {
 					views = append(views, viewRule(r))
 				}
-				return a.emit(views, func(w io.Writer) error {
+				return a.Emit(views, func(w io.Writer) error {
 					if len(rules) == 0 {
 						_, err := fmt.Fprintln(a.stderr, "no rules")
 						return err
@@ -136,12 +136,12 @@ func (a *app) rulesGetCmd() *cobra.Command {
 		Short: "Show one rule",
 		Args:  args(1, 1, "ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				r, err := c.GetRule(ctx, args[0])
 				if err != nil {
 					return err
 				}
-				return a.emit(viewRule(r), func(w io.Writer) error {
+				return a.Emit(viewRule(r), func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "id: %s\nsource: %s\ndestinations: %s\non-delete: %s\nauthor: %s\ncreated: %s\n",
 						r.ID, r.Source, strings.Join(r.Destinations, ", "), r.OnDelete, r.Author, tableTime(r.Created))
 					return err
@@ -169,12 +169,12 @@ updates any more. Needs the share action on the rule's source.`,
   graft unshare r-5kq2m7xw3a --orphan`,
 		Args: args(1, 1, "ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				r, n, err := c.Unshare(ctx, args[0], orphan)
 				if err != nil {
 					return err
 				}
-				return a.emit(unsharedView{Rule: viewRule(r), Pruned: n, Orphan: orphan}, func(w io.Writer) error {
+				return a.Emit(unsharedView{Rule: viewRule(r), Pruned: n, Orphan: orphan}, func(w io.Writer) error {
 					msg := fmt.Sprintf("unshared %s: deleted %d copie(s)", r.ID, n)
 					if orphan {
 						msg = fmt.Sprintf("unshared %s: kept its copies as ordinary values", r.ID)
@@ -213,7 +213,7 @@ func (a *app) statusCmd() *cobra.Command {
   graft status /dba/passpack/services/message-processor/mongo/password   # the rules copying it`,
 		Args: args(1, 1, "PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				st, err := c.ReplicationStatus(ctx, args[0])
 				if err != nil {
 					return err
@@ -236,7 +236,7 @@ func (a *app) statusCmd() *cobra.Command {
 				for _, r := range st.Feeds {
 					v.Feeds = append(v.Feeds, viewRule(r))
 				}
-				return a.emit(v, func(w io.Writer) error { return writeStatus(w, st) })
+				return a.Emit(v, func(w io.Writer) error { return writeStatus(w, st) })
 			})
 		},
 	}

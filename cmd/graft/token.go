@@ -89,12 +89,12 @@ that it can be captured, and only this once; the accessor that names it in
 			if principal == "" {
 				return errors.New("token create: give --principal, such as app:message-processor or user:alice")
 			}
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				token, info, err := c.CreateToken(ctx, principal, roles, ttl)
 				if err != nil {
 					return err
 				}
-				return a.emit(newTokenView{Token: token, Info: viewTokenInfo(info)}, func(w io.Writer) error {
+				return a.Emit(newTokenView{Token: token, Info: viewTokenInfo(info)}, func(w io.Writer) error {
 					if _, err := fmt.Fprintln(w, token); err != nil {
 						return err
 					}
@@ -126,7 +126,7 @@ principal, roles, creation and expiry times, and creator. The tokens
 themselves are not stored and cannot be shown.`,
 		Args: args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				infos, err := c.ListTokens(ctx, principal)
 				if err != nil {
 					return err
@@ -135,7 +135,7 @@ themselves are not stored and cannot be shown.`,
 				for _, t := range infos {
 					views = append(views, viewTokenInfo(t))
 				}
-				return a.emit(views, func(w io.Writer) error {
+				return a.Emit(views, func(w io.Writer) error {
 					if len(infos) == 0 {
 						what := "no tokens"
 						if principal != "" {
@@ -177,13 +177,13 @@ never printed: the result names the accessor and principal.`,
 				}
 				arg = strings.TrimSpace(line)
 			}
-			a.secrets = append(a.secrets, arg)
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			a.Secrets = append(a.Secrets, arg)
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				info, err := c.RevokeToken(ctx, arg)
 				if err != nil {
 					return err
 				}
-				return a.emit(viewTokenInfo(info), func(w io.Writer) error {
+				return a.Emit(viewTokenInfo(info), func(w io.Writer) error {
 					_, err := fmt.Fprintf(w, "revoked %s (%s)\n", info.Accessor, info.Principal)
 					return err
 				})
@@ -202,13 +202,13 @@ authenticated (token, certificate or root), the token's accessor and when
 it expires.`,
 		Args: args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.withClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 				id, err := c.WhoAmI(ctx)
 				if err != nil {
 					return err
 				}
 				v := identityView{Principal: id.Principal, Roles: nonNil(id.Roles), Method: id.Method, Accessor: id.Accessor, Expires: jsonTime(id.Expires)}
-				return a.emit(v, func(w io.Writer) error {
+				return a.Emit(v, func(w io.Writer) error {
 					roles, accessor, expires := strings.Join(id.Roles, ", "), id.Accessor, "never"
 					if roles == "" {
 						roles = "-"

@@ -22,7 +22,7 @@ func (a *app) versionCmd() *cobra.Command {
 		Args:  args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v := buildVersion()
-			return a.emit(v, func(w io.Writer) error {
+			return a.Emit(v, func(w io.Writer) error {
 				line := fmt.Sprintf("graft %s (%s", v.Version, v.Go)
 				if v.Commit != "" {
 					line += ", commit " + v.Commit

@@ -53,7 +53,7 @@ graftd restarts and resumes where it stopped; Ctrl-C ends it.`,
 			}
 			// No --timeout: a watch runs until Ctrl-C.
 			ctx := cmd.Context()
-			c, err := a.client(ctx, cmd)
+			c, err := a.Client(ctx, cmd)
 			if err != nil {
 				return err
 			}
@@ -85,7 +85,7 @@ graftd restarts and resumes where it stopped; Ctrl-C ends it.`,
 
 func (a *app) printEvent(revision int64, ev sdk.Event, values bool) error {
 	e := ev.Entry
-	switch a.output {
+	switch a.Output {
 	case "json", "yaml":
 		v := eventView{Revision: revision, Type: ev.Type.String(), Path: e.Path}
 		if ev.Type == sdk.EventPut {
@@ -94,24 +94,24 @@ func (a *app) printEvent(revision int64, ev sdk.Event, values bool) error {
 				v.Value, v.ValueBase64 = viewValue(e.Value)
 			}
 		}
-		if a.output == "json" {
-			return writeJSONLine(a.stdout, v)
+		if a.Output == "json" {
+			return writeJSONLine(a.Stdout, v)
 		}
 		data, err := yaml.Marshal(v)
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(a.stdout, "---\n%s", data)
+		_, err = fmt.Fprintf(a.Stdout, "---\n%s", data)
 		return err
 	}
 	var err error
 	switch {
 	case ev.Type == sdk.EventDelete:
-		_, err = fmt.Fprintf(a.stdout, "%d delete %s\n", revision, e.Path)
+		_, err = fmt.Fprintf(a.Stdout, "%d delete %s\n", revision, e.Path)
 	case values:
-		_, err = fmt.Fprintf(a.stdout, "%d put %s %s %s\n", revision, e.Path, e.Author, strconv.Quote(string(e.Value)))
+		_, err = fmt.Fprintf(a.Stdout, "%d put %s %s %s\n", revision, e.Path, e.Author, strconv.Quote(string(e.Value)))
 	default:
-		_, err = fmt.Fprintf(a.stdout, "%d put %s %s\n", revision, e.Path, e.Author)
+		_, err = fmt.Fprintf(a.Stdout, "%d put %s %s\n", revision, e.Path, e.Author)
 	}
 	return err
 }

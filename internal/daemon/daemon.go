@@ -25,8 +25,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -51,7 +49,6 @@ type Daemon struct {
 
 	etcd    *embedded.Etcd
 	nats    *embedded.NATS
-	cli     *clientv3.Client
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	store   *store.Store
@@ -68,6 +65,7 @@ type Daemon struct {
 	grpcLn  net.Listener
 	httpLn  net.Listener
 
+	etcdCfg       store.EtcdConfig
 	rootToken     string
 	rootTokenFile string
 	keyringFile   string
@@ -296,7 +294,7 @@ func (d *Daemon) openCore(ctx context.Context) error {
 		return err
 	}
 	d.store, err = store.New(store.Config{
-		Client:        d.cli,
+		Etcd:          d.etcdCfg,
 		Prefix:        d.cfg.Etcd.Prefix,
 		Keyring:       ring,
 		MaxValueBytes: d.cfg.MaxValueBytes,
@@ -309,7 +307,7 @@ func (d *Daemon) openCore(ctx context.Context) error {
 	pingCtx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
 	if err := d.store.Ping(pingCtx); err != nil {
-		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.cli.Endpoints(), ","), err)
+		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.store.Endpoints(), ","), err)
 	}
 
 	auditKey, err := d.store.AuditKey(pingCtx)
@@ -417,17 +415,7 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("etcd TLS: %w", err)
 	}
-	d.cli, err = clientv3.New(clientv3.Config{
-		Endpoints:   etcdEndpoints,
-		DialTimeout: 5 * time.Second,
-		TLS:         etcdTLS,
-		Username:    cfg.Etcd.Username,
-		Password:    cfg.Etcd.Password,
-		Logger:      zap.NewNop(),
-	})
-	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
-	}
+	d.etcdCfg = store.EtcdConfig{Endpoints: etcdEndpoints, TLS: etcdTLS, Username: cfg.Etcd.Username, Password: cfg.Etcd.Password}
 
 	opts := []nats.Option{
 		nats.Name("graftd"),
@@ -721,8 +709,8 @@ func (d *Daemon) close() {
 		if d.nc != nil {
 			d.nc.Close()
 		}
-		if d.cli != nil {
-			d.cli.Close()
+		if d.store != nil {
+			d.store.Close()
 		}
 		if d.nats != nil {
 			d.nats.Close()
@@ -734,7 +722,7 @@ func (d *Daemon) close() {
 }
 
 // EtcdEndpoints are the etcd client URLs graftd uses.
-func (d *Daemon) EtcdEndpoints() []string { return d.cli.Endpoints() }
+func (d *Daemon) EtcdEndpoints() []string { return d.store.Endpoints() }
 
 // KeyringFile is the keyring file graftd loads and watches.
 func (d *Daemon) KeyringFile() string { return d.keyringFile }

@@ -14,25 +14,15 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/internal/cmdline"
 	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/sdk"
+	"github.com/graft-sh/graft/store"
 )
 
-func (a *app) benchCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "bench",
-		Short: "Measure graft",
-		Args:  args(0, 0, "a subcommand"),
-	}
-	cmd.AddCommand(a.benchReplicateCmd())
-	return cmd
-}
-
-// benchConfig is what graft bench replicate is asked to do.
+// benchConfig is what graft-bench replicate is asked to do.
 type benchConfig struct {
 	duration      time.Duration
 	rate          int
@@ -72,7 +62,7 @@ type benchResult struct {
 	Notes      []string `json:"notes,omitempty"`
 }
 
-func (a *app) benchReplicateCmd() *cobra.Command {
+func (a *app) replicateCmd() *cobra.Command {
 	var bc benchConfig
 	cmd := &cobra.Command{
 		Use:   "replicate",
@@ -87,31 +77,31 @@ temporary directory. With --addr it uses that graftd and needs the share
 action on /bench; the floor then needs --etcd-endpoints. Either way it first
 replicates one value end to end and waits for it, so the figures describe a
 running pipeline, not its start.`,
-		Example: `  graft bench replicate --duration 5s --rate 500 -o json
-  graft bench replicate --duration 5s --rate 500 --fanout 10
-  graft bench replicate --duration 3s --rate 2 --fanout 1000`,
-		Args: args(0, 0, "nothing"),
+		Example: `  graft-bench replicate --duration 5s --rate 500 -o json
+  graft-bench replicate --duration 5s --rate 500 --fanout 10
+  graft-bench replicate --duration 3s --rate 2 --fanout 1000`,
+		Args: cmdline.Args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
 			case bc.duration <= 0:
-				return fmt.Errorf("bench replicate: --duration %s: want a positive duration such as 5s", bc.duration)
+				return fmt.Errorf("replicate: --duration %s: want a positive duration such as 5s", bc.duration)
 			case bc.rate <= 0 || bc.rate > 100000:
-				return fmt.Errorf("bench replicate: --rate %d: want 1 to 100000 writes per second", bc.rate)
+				return fmt.Errorf("replicate: --rate %d: want 1 to 100000 writes per second", bc.rate)
 			case bc.fanout < 1 || bc.fanout > 10000:
-				return fmt.Errorf("bench replicate: --fanout %d: want 1 to 10000 destinations", bc.fanout)
+				return fmt.Errorf("replicate: --fanout %d: want 1 to 10000 destinations", bc.fanout)
 			case bc.valueBytes < 16 || bc.valueBytes > 64<<10:
-				return fmt.Errorf("bench replicate: --value-bytes %d: want 16 to 65536", bc.valueBytes)
+				return fmt.Errorf("replicate: --value-bytes %d: want 16 to 65536", bc.valueBytes)
 			}
-			remote := cmd.Flags().Changed("addr") || a.getenv("GRAFT_ADDR") != ""
+			remote := cmd.Flags().Changed("addr") || a.Getenv("GRAFT_ADDR") != ""
 			res, err := a.benchReplicate(cmd, bc, remote)
 			if err != nil {
 				return err
 			}
-			if err := a.emit(res, func(w io.Writer) error { return writeBench(w, res) }); err != nil {
+			if err := a.Emit(res, func(w io.Writer) error { return writeBench(w, res) }); err != nil {
 				return err
 			}
 			if res.Missing > 0 {
-				return fmt.Errorf("bench replicate: %d write(s) were not reflected at every destination within 10s of the last write", res.Missing)
+				return fmt.Errorf("replicate: %d write(s) were not reflected at every destination within 10s of the last write", res.Missing)
 			}
 			return nil
 		},
@@ -134,7 +124,7 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 	)
 	if remote {
 		res.Mode = "remote"
-		if c, err = a.client(ctx, cmd); err != nil {
+		if c, err = a.Client(ctx, cmd); err != nil {
 			return res, err
 		}
 	} else {
@@ -158,7 +148,7 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 	}
 	rule, _, err := c.Share(ctx, source, dests, sdk.ShareOptions{})
 	if err != nil {
-		return res, fmt.Errorf("bench replicate: share %s: %w", source, err)
+		return res, fmt.Errorf("replicate: share %s: %w", source, err)
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -190,7 +180,7 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 		res.Notes = append(res.Notes, "no floor: give --etcd-endpoints to measure raw etcd against a remote graftd")
 		return res, nil
 	}
-	floor, err := measureFloor(ctx, bc.etcdEndpoints, min(len(lat), 2000), run)
+	floor, err := store.Floor(ctx, store.EtcdConfig{Endpoints: bc.etcdEndpoints}, "/graft-bench-floor/"+run, min(len(lat), 2000))
 	if err != nil {
 		res.Notes = append(res.Notes, "no floor: "+err.Error())
 		return res, nil
@@ -222,7 +212,7 @@ func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
 	d, err := daemon.Start(ctx, cfg, log)
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, nil, fmt.Errorf("bench replicate: start a dev graftd: %w", err)
+		return nil, nil, fmt.Errorf("replicate: start a dev graftd: %w", err)
 	}
 	return d, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -307,12 +297,12 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	// Replicate one value end to end before the clock starts, so that the
 	// figures describe a running pipeline rather than its start.
 	if _, err := c.Put(ctx, source+"/warmup", []byte("warmup|"+pad)); err != nil {
-		return replication{}, fmt.Errorf("bench replicate: write: %w", err)
+		return replication{}, fmt.Errorf("replicate: write: %w", err)
 	}
 	select {
 	case <-warm:
 	case <-time.After(30 * time.Second):
-		return replication{}, fmt.Errorf("bench replicate: a first value (%s/warmup) did not reach its %d destination(s) within 30s; `graft status` on a destination shows why", source, bc.fanout)
+		return replication{}, fmt.Errorf("replicate: a first value (%s/warmup) did not reach its %d destination(s) within 30s; `graft status` on a destination shows why", source, bc.fanout)
 	case <-ctx.Done():
 		return replication{}, ctx.Err()
 	}
@@ -349,7 +339,7 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 	}
 	wg.Wait()
 	if werr != nil {
-		return replication{}, fmt.Errorf("bench replicate: write: %w", werr)
+		return replication{}, fmt.Errorf("replicate: write: %w", werr)
 	}
 	// Wait until the last write of every key has reached every destination:
 	// then every earlier write is reflected too.
@@ -395,46 +385,6 @@ func measureReplication(ctx context.Context, c *sdk.Client, bc benchConfig, sour
 		}
 	}
 	return r, nil
-}
-
-// measureFloor does by hand on etcd what replication does for one write:
-// put the source, put the destination, see the destination's watch event.
-func measureFloor(ctx context.Context, endpoints []string, samples int, run string) ([]time.Duration, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return nil, err
-	}
-	defer cli.Close()
-	k1, k2 := "/graft-bench-floor/"+run+"/source", "/graft-bench-floor/"+run+"/dest"
-	defer cli.Delete(context.WithoutCancel(ctx), "/graft-bench-floor/"+run+"/", clientv3.WithPrefix())
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	wch := cli.Watch(wctx, k2, clientv3.WithCreatedNotify())
-	if _, ok := <-wch; !ok {
-		return nil, fmt.Errorf("etcd watch at %v did not start", endpoints)
-	}
-	out := make([]time.Duration, 0, samples)
-	for i := range max(samples, 1) {
-		v := strconv.Itoa(i)
-		t0 := time.Now()
-		if _, err := cli.Put(ctx, k1, v); err != nil {
-			return nil, err
-		}
-		if _, err := cli.Put(ctx, k2, v); err != nil {
-			return nil, err
-		}
-		for got := false; !got; {
-			resp, ok := <-wch
-			if !ok {
-				return nil, fmt.Errorf("etcd watch ended")
-			}
-			for _, e := range resp.Events {
-				got = got || string(e.Kv.Value) == v
-			}
-		}
-		out = append(out, time.Since(t0))
-	}
-	return out, nil
 }
 
 func quantileMS(d []time.Duration, q float64) float64 {

@@ -1,4 +1,4 @@
-package main
+package cmdline
 
 import (
 	"context"
@@ -11,17 +11,17 @@ import (
 	"github.com/graft-sh/graft/sdk"
 )
 
-// errorLine turns any error into the one line graft prints after
-// "graft: ". A server error is its status message, which already names the
+// ErrorLine turns any error into the one line a program prints after its
+// name ("graft: "). A server error is its status message, which already names the
 // operation and path; failures to connect or authenticate add what to do.
-func (a *app) errorLine(err error) string {
+func (g *Globals) ErrorLine(err error) string {
 	var msg string
 	var se *sdk.Error
 	switch {
 	case errors.As(err, &se):
-		msg = a.statusLine(se)
+		msg = g.statusLine(se)
 	case errors.Is(err, sdk.ErrPlaintext):
-		msg = fmt.Sprintf("refusing a plaintext connection to %s, which is not a loopback address: pass --ca-file (GRAFT_CA_FILE) to use TLS, or --insecure (GRAFT_INSECURE=1) to send the token in the clear", a.addr)
+		msg = fmt.Sprintf("refusing a plaintext connection to %s, which is not a loopback address: pass --ca-file (GRAFT_CA_FILE) to use TLS, or --insecure (GRAFT_INSECURE=1) to send the token in the clear", g.Addr)
 	case errors.Is(err, sdk.ErrBadToken):
 		msg = "the token contains whitespace or control characters; check GRAFT_TOKEN"
 	case errors.Is(err, context.Canceled):
@@ -45,7 +45,7 @@ func (a *app) errorLine(err error) string {
 	// Defence in depth: no message should hold the token, or an argument
 	// that may be one, but never print them. (A token too short to be
 	// real would only garble the message.)
-	for _, secret := range append([]string{a.token}, a.secrets...) {
+	for _, secret := range append([]string{g.Token}, g.Secrets...) {
 		if len(secret) >= 8 {
 			msg = strings.ReplaceAll(msg, secret, "[token]")
 		}
@@ -53,15 +53,15 @@ func (a *app) errorLine(err error) string {
 	return msg
 }
 
-func (a *app) statusLine(e *sdk.Error) string {
+func (g *Globals) statusLine(e *sdk.Error) string {
 	switch e.Code {
 	case codes.Unavailable:
-		return fmt.Sprintf("cannot reach graftd at %s: %s; is it running? (make run)", a.addr, transportReason(e.Message))
+		return fmt.Sprintf("cannot reach graftd at %s: %s; is it running? (make run)", g.Addr, transportReason(e.Message))
 	case codes.Unauthenticated:
 		return e.Message + "; check GRAFT_TOKEN"
 	case codes.DeadlineExceeded:
 		if errors.Is(e, context.DeadlineExceeded) {
-			return fmt.Sprintf("graftd at %s did not answer within %s; is it running? (--timeout sets the limit)", a.addr, a.timeout)
+			return fmt.Sprintf("graftd at %s did not answer within %s; is it running? (--timeout sets the limit)", g.Addr, g.Timeout)
 		}
 	case codes.Canceled:
 		if errors.Is(e, context.Canceled) {

@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// graft bench replicate starts its own dev graftd, replicates every write
+// graft-bench replicate starts its own dev graftd, replicates every write
 // and reports a floor; nothing may go missing.
 func TestBenchReplicate(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), strings.Fields("bench replicate --duration 1s --rate 50 --fanout 2 -o json"), strings.NewReader(""), &stdout, &stderr, func(string) string { return "" })
+	code := run(t.Context(), strings.Fields("replicate --duration 1s --rate 50 --fanout 2 -o json"), &stdout, &stderr, func(string) string { return "" })
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
@@ -24,8 +24,8 @@ func TestBenchReplicate(t *testing.T) {
 	}
 	for _, bad := range []string{"--rate 0", "--duration 0s", "--fanout 0", "--fanout 10001"} {
 		stderr.Reset()
-		if code := run(t.Context(), append([]string{"bench", "replicate"}, strings.Fields(bad)...), strings.NewReader(""), &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.HasPrefix(stderr.String(), "graft: bench replicate: ") {
-			t.Errorf("bench replicate %s: exit %d, %q", bad, code, stderr.String())
+		if code := run(t.Context(), append([]string{"replicate"}, strings.Fields(bad)...), &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.HasPrefix(stderr.String(), "graft-bench: replicate: ") {
+			t.Errorf("replicate %s: exit %d, %q", bad, code, stderr.String())
 		}
 	}
 }
