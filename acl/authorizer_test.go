@@ -345,19 +345,19 @@ func TestDecideWithoutPolicies(t *testing.T) {
 }
 
 func TestNewAuthorizerRejectsInvalidPolicies(t *testing.T) {
-	good := Rule{Effect: EffectAllow, Actions: []Action{ActionRead}, Paths: []string{"/x"}}
+	good := PolicyRule{Effect: EffectAllow, Actions: []Action{ActionRead}, Paths: []string{"/x"}}
 	tests := []struct {
 		name   string
 		policy []Policy
 		want   string
 	}{
-		{"root role", []Policy{{Role: "root", Rules: []Rule{good}}}, `role "root" is reserved`},
-		{"bad action", []Policy{{Role: "r", Rules: []Rule{{Effect: EffectAllow, Actions: []Action{"all"}, Paths: []string{"/x"}}}}}, `unknown action "all"`},
-		{"bad pattern", []Policy{{Role: "r", Rules: []Rule{{Effect: EffectAllow, Actions: []Action{ActionRead}, Paths: []string{"/x/**/y"}}}}}, "** must be the last segment"},
-		{"bad effect", []Policy{{Role: "r", Rules: []Rule{{Effect: "permit", Actions: []Action{ActionRead}, Paths: []string{"/x"}}}}}, `effect "permit"`},
+		{"root role", []Policy{{Role: "root", Rules: []PolicyRule{good}}}, `role "root" is reserved`},
+		{"bad action", []Policy{{Role: "r", Rules: []PolicyRule{{Effect: EffectAllow, Actions: []Action{"all"}, Paths: []string{"/x"}}}}}, `unknown action "all"`},
+		{"bad pattern", []Policy{{Role: "r", Rules: []PolicyRule{{Effect: EffectAllow, Actions: []Action{ActionRead}, Paths: []string{"/x/**/y"}}}}}, "** must be the last segment"},
+		{"bad effect", []Policy{{Role: "r", Rules: []PolicyRule{{Effect: "permit", Actions: []Action{ActionRead}, Paths: []string{"/x"}}}}}, `effect "permit"`},
 		{"no rules", []Policy{{Role: "r"}}, "no rules"},
-		{"bad principal", []Policy{{Role: "r", Principals: []string{"root"}, Rules: []Rule{good}}}, "principal root"},
-		{"role twice", []Policy{{Role: "r", Rules: []Rule{good}}, {Role: "r", Rules: []Rule{good}}}, `role "r" has two policies`},
+		{"bad principal", []Policy{{Role: "r", Principals: []string{"root"}, Rules: []PolicyRule{good}}}, "principal root"},
+		{"role twice", []Policy{{Role: "r", Rules: []PolicyRule{good}}, {Role: "r", Rules: []PolicyRule{good}}}, `role "r" has two policies`},
 	}
 	for _, tt := range tests {
 		_, err := NewAuthorizer(tt.policy)

@@ -74,11 +74,11 @@ type Policy struct {
 	// Principals hold the role without a credential that says so, such
 	// as identities from client certificates.
 	Principals []string
-	Rules      []Rule
+	Rules      []PolicyRule
 }
 
-// Rule allows or denies actions on paths.
-type Rule struct {
+// PolicyRule is one rule of a policy: it allows or denies actions on paths.
+type PolicyRule struct {
 	// Effect is EffectAllow or EffectDeny.
 	Effect  string
 	Actions []Action
@@ -88,7 +88,7 @@ type Rule struct {
 
 // String renders the rule as explanations show it:
 // "allow [read list] /app/{name}/**".
-func (r Rule) String() string {
+func (r PolicyRule) String() string {
 	return ruleString(r.Effect, r.Actions, strings.Join(r.Paths, " "))
 }
 
@@ -285,12 +285,12 @@ func (pp *policyParser) policy(n *yaml.Node) Policy {
 	return p
 }
 
-func (pp *policyParser) rule(n *yaml.Node) Rule {
+func (pp *policyParser) rule(n *yaml.Node) PolicyRule {
 	f := pp.fields(n, "a rule", "allow", "deny", "paths")
 	if f == nil {
-		return Rule{}
+		return PolicyRule{}
 	}
-	var r Rule
+	var r PolicyRule
 	actions := f[EffectAllow]
 	r.Effect = EffectAllow
 	switch {

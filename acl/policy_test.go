@@ -26,7 +26,7 @@ func TestParsePolicy(t *testing.T) {
 		Role:        "dba",
 		Description: "Database team owns /dba",
 		Principals:  []string{"user:alice"},
-		Rules: []Rule{
+		Rules: []PolicyRule{
 			{Effect: EffectAllow, Actions: []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare}, Paths: []string{"/dba/**"}},
 			{Effect: EffectDeny, Actions: []Action{ActionWrite}, Paths: []string{"/dba/frozen/**"}},
 		},
@@ -41,7 +41,7 @@ func TestParsePolicyMinimal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Policy{Role: "r", Rules: []Rule{{Effect: EffectDeny, Actions: []Action{ActionRead}, Paths: []string{"/app/{name}/**", "/x"}}}}
+	want := Policy{Role: "r", Rules: []PolicyRule{{Effect: EffectDeny, Actions: []Action{ActionRead}, Paths: []string{"/app/{name}/**", "/x"}}}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("ParsePolicy =\n%#v\nwant\n%#v", got, want)
 	}
@@ -178,13 +178,13 @@ func TestParsePolicyReportsEveryProblem(t *testing.T) {
 
 func TestPolicyYAMLRoundTrip(t *testing.T) {
 	policies := append(DefaultPolicies(),
-		Policy{Role: "lines", Description: "\n0\n", Rules: []Rule{{Effect: EffectDeny, Actions: []Action{ActionDelete}, Paths: []string{"/"}}}},
-		Policy{Role: "spaces", Description: "  padded\t", Rules: []Rule{{Effect: EffectDeny, Actions: []Action{ActionDelete}, Paths: []string{"/"}}}},
+		Policy{Role: "lines", Description: "\n0\n", Rules: []PolicyRule{{Effect: EffectDeny, Actions: []Action{ActionDelete}, Paths: []string{"/"}}}},
+		Policy{Role: "spaces", Description: "  padded\t", Rules: []PolicyRule{{Effect: EffectDeny, Actions: []Action{ActionDelete}, Paths: []string{"/"}}}},
 		Policy{
 			Role:        "odd",
 			Description: "colons: yes, #hash, 'quotes', \"double\", {braces} [brackets] & * ! | > % @ `tick`\nand a second line  ",
 			Principals:  []string{"user:alice", "app:billing", "user:yes"},
-			Rules: []Rule{
+			Rules: []PolicyRule{
 				{Effect: EffectAllow, Actions: Actions(), Paths: []string{"/**"}},
 				{Effect: EffectDeny, Actions: []Action{ActionIssue}, Paths: []string{"/app/{name}/+/x", "/", "/true", "/123", "/null"}},
 			},

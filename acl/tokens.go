@@ -1,6 +1,3 @@
-// Package acl decides who a caller is and what it may do: it turns bearer
-// tokens into principals. Tokens are stored hashed; the token itself is
-// shown once, when it is created, and never kept.
 package acl
 
 import (

@@ -1,6 +1,7 @@
-// Package daemon assembles graftd: it starts (or connects to) etcd and
-// NATS, builds the store, the token cache and the gRPC and HTTP servers,
-// and shuts them down in order.
+// Package daemon assembles graftd: its configuration (the option table
+// and its validation), its backends (etcd and NATS, embedded in dev mode),
+// every part built on them, and its lifecycle, which runs those parts as
+// tasks and stops them in order. It also mints break-glass root tokens.
 package daemon
 
 import (

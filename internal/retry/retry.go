@@ -1,5 +1,5 @@
-// Package retry keeps background work running: the loops behind graftd's
-// watch-fed caches, elections and consumers.
+// Package retry keeps background work running: the loop behind the
+// watch-fed snapshots, the elections and the change consumer.
 package retry
 
 import (
