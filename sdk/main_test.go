@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/daemon"
 )
 
@@ -25,12 +24,7 @@ func runWithExampleServer(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cfg := daemon.Defaults()
-	cfg.Dev = true
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
-	cfg.DevRootToken = acl.NewToken()
+	cfg := daemon.DevConfig(dir)
 	d, err := daemon.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start graftd for the examples:", err)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/cmdline"
 	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/sdk"
@@ -201,12 +200,7 @@ func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg := daemon.Defaults()
-	cfg.Dev = true
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
-	cfg.DevRootToken = acl.NewToken()
+	cfg := daemon.DevConfig(dir)
 	cfg.MaxValueBytes = 64 << 10
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	d, err := daemon.Start(ctx, cfg, log)

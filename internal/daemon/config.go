@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/config"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
@@ -84,6 +85,19 @@ func Defaults() Config {
 		ChangesMaxAge:       24 * time.Hour,
 		Etcd:                EtcdConfig{Prefix: store.DefaultPrefix},
 	}
+}
+
+// DevConfig is graftd --dev with its data in dataDir, on loopback ports
+// the kernel chooses and with a fresh root token: a graftd for tests and
+// tools to run inside themselves.
+func DevConfig(dataDir string) Config {
+	cfg := Defaults()
+	cfg.Dev = true
+	cfg.DataDir = dataDir
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTPListen = "127.0.0.1:0"
+	cfg.DevRootToken = acl.NewToken()
+	return cfg
 }
 
 // options is graftd's option table: one line per setting, its flag, its

@@ -196,13 +196,10 @@ func TestGRPCHealthNeedsNoToken(t *testing.T) {
 }
 
 // devConfig is graftd --dev on kernel-chosen loopback ports with its data
-// in dir.
+// in dir, generating its root token as a user's graftd --dev does.
 func devConfig(dir string) daemon.Config {
-	cfg := daemon.Defaults()
-	cfg.Dev = true
-	cfg.DataDir = dir
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
+	cfg := daemon.DevConfig(dir)
+	cfg.DevRootToken = ""
 	return cfg
 }
 

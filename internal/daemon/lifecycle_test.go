@@ -11,11 +11,7 @@ import (
 )
 
 func devTestConfig(t *testing.T) Config {
-	cfg := Defaults()
-	cfg.Dev = true
-	cfg.DataDir = t.TempDir()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
+	cfg := DevConfig(t.TempDir())
 	cfg.ShutdownTimeout = 2 * time.Second
 	return cfg
 }

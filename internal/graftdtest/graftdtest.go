@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/graft-sh/graft/acl"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/internal/testenv"
@@ -36,12 +35,7 @@ func WithConfig(f func(*daemon.Config)) Option { return Option(f) }
 // Start runs graftd until the test ends.
 func Start(t testing.TB, opts ...Option) *Graftd {
 	t.Helper()
-	cfg := daemon.Defaults()
-	cfg.Dev = true
-	cfg.DataDir = t.TempDir()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.HTTPListen = "127.0.0.1:0"
-	cfg.DevRootToken = acl.NewToken()
+	cfg := daemon.DevConfig(t.TempDir())
 	cfg.ShutdownTimeout = 5 * time.Second
 	for _, o := range opts {
 		o(&cfg)
