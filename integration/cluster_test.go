@@ -22,8 +22,8 @@ import (
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
 
+	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/sdk"
-	"github.com/graft-sh/graft/store"
 )
 
 func TestMain(m *testing.M) {
@@ -92,7 +92,7 @@ func newCluster(t *testing.T) *cluster {
 	}, "nats")
 
 	c.keyring = filepath.Join(t.TempDir(), "keyring.json")
-	if err := store.CreateKeyringFile(c.keyring); err != nil {
+	if err := keyring.CreateFile(c.keyring); err != nil {
 		t.Fatal(err)
 	}
 	return c

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/graft-sh/graft/keyring"
 )
 
 // auditKeyName is the additional data the audit key is sealed under; it is
@@ -62,7 +64,7 @@ func (s *Store) reencryptAuditKey(ctx context.Context, res *SweepResult) error {
 	kv := resp.Kvs[0]
 	res.Examined++
 	ring := s.keyring.Load()
-	if id, err := KeyID(kv.Value); err == nil && id == ring.Primary() {
+	if id, err := keyring.KeyID(kv.Value); err == nil && id == ring.Primary() {
 		return nil
 	}
 	plain, err := ring.Open(auditKeyName, kv.Value)

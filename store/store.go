@@ -22,6 +22,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/graft-sh/graft/keyring"
 )
 
 // Defaults and bounds.
@@ -45,7 +47,7 @@ var (
 	ErrValueTooLarge   = errors.New("value too large")
 	ErrRevisionChanged = errors.New("revision changed")
 	ErrCompacted       = errors.New("revision compacted")
-	ErrDecrypt         = errors.New("cannot decrypt")
+	ErrDecrypt         = keyring.ErrDecrypt
 	ErrContention      = errors.New("too much write contention")
 	ErrLeaseLost       = errors.New("lease lost: it expired or was revoked")
 	ErrLeadershipLost  = errors.New("leadership lost: the election session expired")
@@ -128,7 +130,7 @@ type Config struct {
 	// Prefix under which every key lives; default "/graft/".
 	Prefix string
 	// Keyring encrypts values; required. Replace it with SetKeyring.
-	Keyring *Keyring
+	Keyring *keyring.Keyring
 	// MaxValueBytes bounds a value; default 256 KiB.
 	MaxValueBytes int
 	// HistoryLimit is how many previous versions a path keeps; default 50.
@@ -150,7 +152,7 @@ type Store struct {
 	histMax    int
 	now        func() time.Time
 	log        *slog.Logger
-	keyring    atomic.Pointer[Keyring]
+	keyring    atomic.Pointer[keyring.Keyring]
 	// writeLocks are one-slot semaphores that serialize writes to a path
 	// within this process; see lockPath.
 	writeLocks [writeLockStripes]chan struct{}
@@ -215,10 +217,10 @@ func New(cfg Config) (*Store, error) {
 }
 
 // SetKeyring replaces the keyring, for example after a rotation.
-func (s *Store) SetKeyring(k *Keyring) { s.keyring.Store(k) }
+func (s *Store) SetKeyring(k *keyring.Keyring) { s.keyring.Store(k) }
 
 // Keyring returns the keyring in use.
-func (s *Store) Keyring() *Keyring { return s.keyring.Load() }
+func (s *Store) Keyring() *keyring.Keyring { return s.keyring.Load() }
 
 // MaxValueBytes is the configured value bound.
 func (s *Store) MaxValueBytes() int { return s.maxValue }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/graft-sh/graft/keyring"
 )
 
 const sweepPage = 256
@@ -49,7 +51,7 @@ func (s *Store) sweepRange(ctx context.Context, base string, res *SweepResult) e
 			if err != nil {
 				return fmt.Errorf("re-encrypt %s: %w", kv.Key, err)
 			}
-			if id, err := KeyID(r.Cipher); err == nil && id == ring.Primary() {
+			if id, err := keyring.KeyID(r.Cipher); err == nil && id == ring.Primary() {
 				continue
 			}
 			path := string(kv.Key[len(base)-1:])

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -19,11 +20,11 @@ func TestReencrypt(t *testing.T) {
 	const prefix = "/sweep/"
 	env := testenv.Start(t)
 	ctx := t.Context()
-	key1, key2 := randomKey(t), randomKey(t)
+	key1, key2 := testenv.RandomKey(), testenv.RandomKey()
 	ring1 := mustRing(t, 1, map[uint32][]byte{1: key1})
 	ring12 := mustRing(t, 2, map[uint32][]byte{1: key1, 2: key2})
 	ring2 := mustRing(t, 2, map[uint32][]byte{2: key2})
-	open := func(ring *store.Keyring) *store.Store {
+	open := func(ring *keyring.Keyring) *store.Store {
 		s, err := store.New(store.Config{Client: env.Client, Keyring: ring, Prefix: prefix, Logger: testenv.Logger(t)})
 		if err != nil {
 			t.Fatal(err)
@@ -196,7 +197,7 @@ func checkKeyIDs(t *testing.T, cli *clientv3.Client, prefix string, want uint32)
 	kv, hist := rawRecords(t, cli, prefix)
 	for _, records := range []map[string]rawRecord{kv, hist} {
 		for key, r := range records {
-			if id, err := store.KeyID(r.Cipher); err != nil || id != want {
+			if id, err := keyring.KeyID(r.Cipher); err != nil || id != want {
 				t.Errorf("%s sealed with key %d (%v), want %d", key, id, err, want)
 			}
 			if strings.Contains(string(r.Cipher), "value of") {
@@ -206,9 +207,9 @@ func checkKeyIDs(t *testing.T, cli *clientv3.Client, prefix string, want uint32)
 	}
 }
 
-func mustRing(t *testing.T, primary uint32, keys map[uint32][]byte) *store.Keyring {
+func mustRing(t *testing.T, primary uint32, keys map[uint32][]byte) *keyring.Keyring {
 	t.Helper()
-	k, err := store.NewKeyring(primary, keys)
+	k, err := keyring.New(primary, keys)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/graft-sh/graft/store"
+	"github.com/graft-sh/graft/keyring"
 )
 
 func newKeyringCmd() *cobra.Command {
@@ -30,7 +30,7 @@ func newKeyringCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := resolve()
-			if err := store.CreateKeyringFile(path); err != nil {
+			if err := keyring.CreateFile(path); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "created %s with key 1\n", path)
@@ -48,7 +48,7 @@ keyring file before sweeping.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := resolve()
-			id, err := store.RotateKeyringFile(path)
+			id, err := keyring.RotateFile(path)
 			if err != nil {
 				return err
 			}

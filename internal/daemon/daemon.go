@@ -37,6 +37,7 @@ import (
 	"github.com/graft-sh/graft/internal/atomicfile"
 	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/internal/task"
+	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
@@ -290,7 +291,7 @@ func (d *Daemon) openCore(ctx context.Context) error {
 	if err := d.startBackends(ctx); err != nil {
 		return err
 	}
-	ring, err := store.LoadKeyring(d.keyringFile)
+	ring, err := keyring.Load(d.keyringFile)
 	if err != nil {
 		return err
 	}
@@ -396,7 +397,7 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 			d.keyringFile = filepath.Join(cfg.DataDir, "keyring.json")
 		}
 		if _, err := os.Stat(d.keyringFile); errors.Is(err, os.ErrNotExist) {
-			if err := store.CreateKeyringFile(d.keyringFile); err != nil {
+			if err := keyring.CreateFile(d.keyringFile); err != nil {
 				return err
 			}
 			d.log.Info("generated a keyring", "file", d.keyringFile)
@@ -654,7 +655,7 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 
 // reloadKeyring rereads the keyring file and installs it in the store.
 func (d *Daemon) reloadKeyring() error {
-	ring, err := store.LoadKeyring(d.keyringFile)
+	ring, err := keyring.Load(d.keyringFile)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
-	"github.com/graft-sh/graft/store"
+	"github.com/graft-sh/graft/keyring"
 )
 
 func kvClient(t *testing.T, addr string) graftv1.KVServiceClient {
@@ -84,7 +84,7 @@ func TestExternalBackends(t *testing.T) {
 	if _, err := daemon.Start(context.Background(), cfg, testenv.Logger(t)); err == nil || !strings.Contains(err.Error(), "graftd keyring init") {
 		t.Fatalf("start without a keyring file: %v", err)
 	}
-	if err := store.CreateKeyringFile(cfg.KeyringFile); err != nil {
+	if err := keyring.CreateFile(cfg.KeyringFile); err != nil {
 		t.Fatal(err)
 	}
 	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))

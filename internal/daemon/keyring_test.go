@@ -9,7 +9,7 @@ import (
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/graftdtest"
-	"github.com/graft-sh/graft/store"
+	"github.com/graft-sh/graft/keyring"
 )
 
 // TestKeyringRotation follows the operator's path: rotate the keyring file
@@ -34,7 +34,7 @@ func TestKeyringRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	id, err := store.RotateKeyringFile(g.KeyringFile())
+	id, err := keyring.RotateFile(g.KeyringFile())
 	if err != nil || id != 2 {
 		t.Fatalf("rotate = %d, %v", id, err)
 	}

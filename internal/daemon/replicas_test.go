@@ -15,7 +15,7 @@ import (
 	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
-	"github.com/graft-sh/graft/store"
+	"github.com/graft-sh/graft/keyring"
 )
 
 // TestTwoReplicasEnforceChangesWithinASecond runs two graftd replicas on one
@@ -83,7 +83,7 @@ func twoReplicas(t *testing.T) (a, b *daemon.Daemon, root string) {
 	base.Etcd.Endpoints = []string{etcd.Endpoint}
 	base.NATS.URL = nats.URL
 	base.KeyringFile = filepath.Join(dir, "keyring.json")
-	if err := store.CreateKeyringFile(base.KeyringFile); err != nil {
+	if err := keyring.CreateFile(base.KeyringFile); err != nil {
 		t.Fatal(err)
 	}
 	replica := func(name string) *daemon.Daemon {

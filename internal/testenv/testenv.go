@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/graft-sh/graft/internal/embedded"
+	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -26,7 +27,7 @@ type Env struct {
 	Etcd    *embedded.Etcd
 	Client  *clientv3.Client
 	Store   *store.Store
-	Keyring *store.Keyring
+	Keyring *keyring.Keyring
 }
 
 // Option adjusts the Store an Env builds.
@@ -116,15 +117,20 @@ func Client(t testing.TB, endpoint string) *clientv3.Client {
 }
 
 // NewKeyring returns a keyring with one random key.
-func NewKeyring(t testing.TB) *store.Keyring {
+func NewKeyring(t testing.TB) *keyring.Keyring {
 	t.Helper()
-	key := make([]byte, 32)
-	rand.Read(key)
-	k, err := store.NewKeyring(1, map[uint32][]byte{1: key})
+	k, err := keyring.New(1, map[uint32][]byte{1: RandomKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// RandomKey returns a random 32-byte key.
+func RandomKey() []byte {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return key
 }
 
 // Logger returns a logger that writes through t.Log at warn level and

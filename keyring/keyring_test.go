@@ -1,4 +1,4 @@
-package store_test
+package keyring_test
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/graft-sh/graft/store"
+	"github.com/graft-sh/graft/keyring"
 )
 
 func TestKeyringSealOpen(t *testing.T) {
@@ -32,7 +32,7 @@ func TestKeyringSealOpen(t *testing.T) {
 			if len(want) > 8 && bytes.Contains(sealed, want[:8]) {
 				t.Errorf("ciphertext contains the plaintext")
 			}
-			if id, err := store.KeyID(sealed); err != nil || id != 1 {
+			if id, err := keyring.KeyID(sealed); err != nil || id != 1 {
 				t.Errorf("KeyID = %d, %v; want 1, nil", id, err)
 			}
 			got, err := ring.Open("/app/key", sealed)
@@ -87,7 +87,7 @@ func TestKeyringOpenFailures(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ring.Open(tc.path, tc.ciphertext)
-			if !errors.Is(err, store.ErrDecrypt) {
+			if !errors.Is(err, keyring.ErrDecrypt) {
 				t.Fatalf("Open = %q, %v; want ErrDecrypt", got, err)
 			}
 			if !strings.Contains(err.Error(), tc.wantMsg) {
@@ -103,7 +103,7 @@ func TestKeyringUnknownKeyID(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = newRing(t, 2, 2).Open("/app/key", sealed)
-	if !errors.Is(err, store.ErrDecrypt) {
+	if !errors.Is(err, keyring.ErrDecrypt) {
 		t.Fatalf("Open with a ring lacking key 1 = %v, want ErrDecrypt", err)
 	}
 	for _, want := range []string{"/app/key", "key 1 is not in the keyring", "load the keyring that holds it"} {
@@ -129,7 +129,7 @@ func TestNewKeyringRejects(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			k, err := store.NewKeyring(tc.primary, tc.keys)
+			k, err := keyring.New(tc.primary, tc.keys)
 			if err == nil {
 				t.Fatalf("NewKeyring = %v, nil; want an error", k)
 			}
@@ -141,7 +141,7 @@ func TestNewKeyringRejects(t *testing.T) {
 }
 
 func TestKeyringIDs(t *testing.T) {
-	k, err := store.NewKeyring(2, map[uint32][]byte{3: randomKey(t), 1: randomKey(t), 2: randomKey(t)})
+	k, err := keyring.New(2, map[uint32][]byte{3: randomKey(t), 1: randomKey(t), 2: randomKey(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestKeyringIDs(t *testing.T) {
 
 func TestCreateKeyringFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring.json")
-	if err := store.CreateKeyringFile(path); err != nil {
+	if err := keyring.CreateFile(path); err != nil {
 		t.Fatal(err)
 	}
 	info, err := os.Stat(path)
@@ -169,7 +169,7 @@ func TestCreateKeyringFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ring, err := store.LoadKeyring(path)
+	ring, err := keyring.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestCreateKeyringFile(t *testing.T) {
 		t.Errorf("new keyring IDs = %v primary %d, want [1] primary 1", got, ring.Primary())
 	}
 
-	err = store.CreateKeyringFile(path)
+	err = keyring.CreateFile(path)
 	if err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("second CreateKeyringFile = %v, want an 'already exists' error", err)
 	}
@@ -199,7 +199,7 @@ func TestCreateKeyringFileConcurrent(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make([]error, n)
 		for i := range n {
-			wg.Go(func() { errs[i] = store.CreateKeyringFile(path) })
+			wg.Go(func() { errs[i] = keyring.CreateFile(path) })
 		}
 		wg.Wait()
 		succeeded := 0
@@ -213,7 +213,7 @@ func TestCreateKeyringFileConcurrent(t *testing.T) {
 		if succeeded != 1 {
 			t.Fatalf("%d of %d concurrent CreateKeyringFile calls succeeded, want exactly 1", succeeded, n)
 		}
-		if _, err := store.LoadKeyring(path); err != nil {
+		if _, err := keyring.Load(path); err != nil {
 			t.Fatal(err)
 		}
 		entries, _ := os.ReadDir(filepath.Dir(path))
@@ -226,7 +226,7 @@ func TestCreateKeyringFileConcurrent(t *testing.T) {
 func TestLoadKeyringRejects(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.json")
-	if err := store.CreateKeyringFile(good); err != nil {
+	if err := keyring.CreateFile(good); err != nil {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(good)
@@ -259,7 +259,7 @@ func TestLoadKeyringRejects(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			k, err := store.LoadKeyring(tc.path)
+			k, err := keyring.Load(tc.path)
 			if err == nil {
 				t.Fatalf("LoadKeyring = %v, nil; want an error", k)
 			}
@@ -274,10 +274,10 @@ func TestLoadKeyringRejects(t *testing.T) {
 
 func TestRotateKeyringFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring.json")
-	if err := store.CreateKeyringFile(path); err != nil {
+	if err := keyring.CreateFile(path); err != nil {
 		t.Fatal(err)
 	}
-	ring1, err := store.LoadKeyring(path)
+	ring1, err := keyring.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestRotateKeyringFile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	id, err := store.RotateKeyringFile(path)
+	id, err := keyring.RotateFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +300,7 @@ func TestRotateKeyringFile(t *testing.T) {
 	if got := info.Mode().Perm(); got != 0o600 {
 		t.Errorf("rotated keyring mode = %#o, want 0600", got)
 	}
-	ring2, err := store.LoadKeyring(path)
+	ring2, err := keyring.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,38 +317,38 @@ func TestRotateKeyringFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, _ := store.KeyID(sealed2); id != 2 {
+	if id, _ := keyring.KeyID(sealed2); id != 2 {
 		t.Errorf("new values sealed with key %d, want 2", id)
 	}
-	if _, err := ring1.Open("/app/key", sealed2); !errors.Is(err, store.ErrDecrypt) {
+	if _, err := ring1.Open("/app/key", sealed2); !errors.Is(err, keyring.ErrDecrypt) {
 		t.Errorf("the old ring opened a key-2 value: %v", err)
 	}
 
-	if id, err := store.RotateKeyringFile(path); err != nil || id != 3 {
+	if id, err := keyring.RotateFile(path); err != nil || id != 3 {
 		t.Errorf("second rotation = %d, %v; want 3, nil", id, err)
 	}
 }
 
 func TestRotateKeyringFileRefusesOpenFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring.json")
-	if err := store.CreateKeyringFile(path); err != nil {
+	if err := keyring.CreateFile(path); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.RotateKeyringFile(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+	if _, err := keyring.RotateFile(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("RotateKeyringFile on a 0644 file = %v, want a chmod 600 error", err)
 	}
 }
 
-func newRing(t testing.TB, primary uint32, ids ...uint32) *store.Keyring {
+func newRing(t testing.TB, primary uint32, ids ...uint32) *keyring.Keyring {
 	t.Helper()
 	keys := map[uint32][]byte{}
 	for _, id := range ids {
 		keys[id] = randomKey(t)
 	}
-	k, err := store.NewKeyring(primary, keys)
+	k, err := keyring.New(primary, keys)
 	if err != nil {
 		t.Fatal(err)
 	}

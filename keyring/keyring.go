@@ -1,4 +1,10 @@
-package store
+// Package keyring owns the keys that encrypt graft's values at rest: a
+// versioned set of AES-256-GCM keys, the highest added being the primary
+// one, kept in a JSON file (mode 0600, refused when others may read it).
+// It seals a value with the path as additional data, so a ciphertext
+// cannot be moved to another path or relabelled with another key. It knows
+// nothing of etcd; the store seals and opens with it.
+package keyring
 
 import (
 	"crypto/aes"
@@ -16,6 +22,10 @@ import (
 
 	"github.com/graft-sh/graft/internal/atomicfile"
 )
+
+// ErrDecrypt marks a value that cannot be opened: its key is not in the
+// keyring, or it was damaged or moved.
+var ErrDecrypt = errors.New("cannot decrypt")
 
 // Ciphertext layout: version byte, key id (uint32, big endian), 12-byte
 // nonce, then the AES-256-GCM sealed value. The first five bytes and the
@@ -47,8 +57,8 @@ type keyringItem struct {
 	Key     []byte    `json:"key"`
 }
 
-// NewKeyring builds a keyring from raw 32-byte keys by id.
-func NewKeyring(primary uint32, keys map[uint32][]byte) (*Keyring, error) {
+// New builds a keyring from raw 32-byte keys by id.
+func New(primary uint32, keys map[uint32][]byte) (*Keyring, error) {
 	k := &Keyring{primary: primary, aeads: make(map[uint32]cipher.AEAD, len(keys))}
 	for id, raw := range keys {
 		if id == 0 {
@@ -133,9 +143,9 @@ func additionalData(header []byte, path string) []byte {
 	return append(ad, path...)
 }
 
-// LoadKeyring reads a keyring file. The file must not be readable by group
+// Load reads a keyring file. The file must not be readable by group
 // or others.
-func LoadKeyring(path string) (*Keyring, error) {
+func Load(path string) (*Keyring, error) {
 	info, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("load keyring: %s does not exist; create one with `graftd keyring init --keyring-file %s`", path, path)
@@ -164,16 +174,16 @@ func LoadKeyring(path string) (*Keyring, error) {
 		}
 		keys[item.ID] = item.Key
 	}
-	k, err := NewKeyring(f.Primary, keys)
+	k, err := New(f.Primary, keys)
 	if err != nil {
 		return nil, fmt.Errorf("load keyring %s: %w", path, err)
 	}
 	return k, nil
 }
 
-// CreateKeyringFile writes a new keyring with one random key. It refuses to
+// CreateFile writes a new keyring with one random key. It refuses to
 // overwrite an existing file, which would make stored values unreadable.
-func CreateKeyringFile(path string) error {
+func CreateFile(path string) error {
 	f := keyringFile{}
 	if err := f.add(); err != nil {
 		return err
@@ -233,11 +243,11 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// RotateKeyringFile adds a new random key to a keyring file and makes it
+// RotateFile adds a new random key to a keyring file and makes it
 // the primary. Old keys stay, so values sealed with them still open. It
 // returns the new key id.
-func RotateKeyringFile(path string) (uint32, error) {
-	if _, err := LoadKeyring(path); err != nil {
+func RotateFile(path string) (uint32, error) {
+	if _, err := Load(path); err != nil {
 		return 0, err
 	}
 	data, err := os.ReadFile(path)
