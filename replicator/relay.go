@@ -84,7 +84,8 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	return r, nil
 }
 
-// Leader reports whether this replica is relaying.
+// Leader reports whether this replica is relaying: it leads and has its
+// cursor, so every change committed from now on will be published.
 func (r *Relay) Leader() bool { return r.leader.Load() }
 
 // Run campaigns for the relay and relays while leader, until ctx ends.
@@ -97,8 +98,6 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 func (r *Relay) lead(ctx context.Context, l *store.Leader) error {
-	r.leader.Store(true)
-	r.isLeader.Set(1)
 	defer func() {
 		r.leader.Store(false)
 		r.isLeader.Set(0)
@@ -119,6 +118,10 @@ func (r *Relay) relay(ctx context.Context, l *store.Leader) error {
 	if err != nil {
 		return err
 	}
+	// Leading means relaying: every change after the cursor will be
+	// published.
+	r.leader.Store(true)
+	r.isLeader.Set(1)
 	saved := cursor
 	save := func(ctx context.Context) error {
 		if cursor == saved {

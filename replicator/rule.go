@@ -1,7 +1,3 @@
-// Package replicator copies values from their owners' trees into the trees
-// of the applications that use them: replication rules, the relay that
-// turns etcd's change log into JetStream events, the replicator that applies
-// them, and the reconciler that repairs what the event path missed.
 package replicator
 
 import (
