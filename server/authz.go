@@ -19,6 +19,8 @@ type Authorizer interface {
 	Decide(p acl.Principal, act acl.Action, path string) acl.Decision
 }
 
+var _ Authorizer = (*acl.Engine)(nil)
+
 // Auditor records requests. Append must have stored the record when it
 // returns; AppendAsync may store it later.
 type Auditor interface {
@@ -27,6 +29,8 @@ type Auditor interface {
 	HMAC(value []byte) string
 	Query(ctx context.Context, f audit.Filter) ([]audit.Record, error)
 }
+
+var _ Auditor = (*audit.Log)(nil)
 
 // may reports whether the caller in ctx may do act on path.
 func (s *Server) may(ctx context.Context, act acl.Action, path string) bool {

@@ -25,6 +25,8 @@ type Replication interface {
 	CheckDelete(path string) error
 }
 
+var _ Replication = (*replicator.Replicator)(nil)
+
 // Share implements graftv1.ReplicationServiceServer. The guard has checked
 // the share action on the source.
 func (s *Server) Share(ctx context.Context, req *graftv1.ShareRequest) (*graftv1.ShareResponse, error) {

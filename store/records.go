@@ -31,6 +31,8 @@ type Records[T any] struct {
 	base  string
 }
 
+var _ snapshot.Source[int64] = (*Records[int64])(nil)
+
 // NewRecords returns the records of space, of type T.
 func NewRecords[T any](s *Store, space Space) *Records[T] {
 	return &Records[T]{s: s, space: space, base: s.prefix + string(space)}
