@@ -120,15 +120,7 @@ func (e *Engine) Get(ctx context.Context, role string) (PolicyRecord, error) {
 
 // List returns every policy as stored, sorted by role.
 func (e *Engine) List(ctx context.Context) ([]PolicyRecord, error) {
-	recs, _, err := e.recs.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list policies: %w", err)
-	}
-	out := make([]PolicyRecord, len(recs))
-	for i, r := range recs {
-		out[i] = r.Value
-	}
-	return out, nil
+	return e.recs.Values(ctx)
 }
 
 // Delete removes a role's policy, or returns store.ErrNotFound.

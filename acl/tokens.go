@@ -170,15 +170,7 @@ func (t *Tokens) Put(ctx context.Context, rec TokenRecord) error {
 
 // List returns every token record as stored now.
 func (t *Tokens) List(ctx context.Context) ([]TokenRecord, error) {
-	recs, _, err := t.recs.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list tokens: %w", err)
-	}
-	out := make([]TokenRecord, len(recs))
-	for i, r := range recs {
-		out[i] = r.Value
-	}
-	return out, nil
+	return t.recs.Values(ctx)
 }
 
 // Delete removes the token record with the given hash, or returns

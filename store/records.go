@@ -85,6 +85,19 @@ func (r *Records[T]) ListPrefix(ctx context.Context, keyPrefix string) ([]Record
 	return out, resp.Header.Revision, nil
 }
 
+// Values returns the value of every record of the space, sorted by key.
+func (r *Records[T]) Values(ctx context.Context) ([]T, error) {
+	recs, _, err := r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, len(recs))
+	for i, rec := range recs {
+		out[i] = rec.Value
+	}
+	return out, nil
+}
+
 // Watch delivers the changes of the space after revision after, one batch
 // per etcd watch response. The channel closes when ctx ends or the watch
 // fails; list again then. Undecodable records are skipped and logged.
