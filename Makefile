@@ -7,8 +7,10 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# run builds graftd and execs it rather than `go run`, which exits 1 after
+# Ctrl-C however cleanly graftd stopped. GRAFTD_FLAGS adds flags.
 run: ## start graftd in dev mode (embedded etcd and NATS, data in ./graft-data)
-	go run ./cmd/graftd --dev
+	go build -o bin/graftd ./cmd/graftd && exec ./bin/graftd --dev $(GRAFTD_FLAGS)
 
 build: ## build the binaries in cmd/ into ./bin (static, CGO_ENABLED=0)
 	CGO_ENABLED=0 go build -o bin/ ./cmd/...

@@ -51,13 +51,20 @@ file given with --config (keys as in the flag names with _ for -).`,
 
 // serve runs graftd until SIGINT or SIGTERM, or until a part of it fails.
 func serve(cmd *cobra.Command, cfg daemon.Config) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	log := daemon.NewLogger(cfg, os.Stderr)
-	context.AfterFunc(ctx, func() {
-		stop() // a second signal now kills the process at once
-		log.Info("shutting down", "signal", "received")
-	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case sig := <-sigs:
+			signal.Stop(sigs) // a second signal now kills the process at once
+			log.Info("shutting down", "signal", sig.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	d, err := daemon.New(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -68,6 +68,7 @@ type Daemon struct {
 	httpLn  net.Listener
 
 	etcdCfg       store.EtcdConfig
+	unlock        func() // releases the data directory
 	rootToken     string
 	rootTokenFile string
 	keyringFile   string
@@ -393,6 +394,11 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
+		release, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		d.unlock = release
 		if d.keyringFile == "" {
 			d.keyringFile = filepath.Join(cfg.DataDir, "keyring.json")
 		}
@@ -402,7 +408,6 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 			}
 			d.log.Info("generated a keyring", "file", d.keyringFile)
 		}
-		var err error
 		if d.etcd, err = embedded.StartEtcd(ctx, embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd")}); err != nil {
 			return err
 		}
@@ -719,6 +724,9 @@ func (d *Daemon) close() {
 		}
 		if d.etcd != nil {
 			d.etcd.Close()
+		}
+		if d.unlock != nil {
+			d.unlock()
 		}
 	})
 }

@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -63,5 +66,27 @@ func TestAFailingPartStopsGraftd(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run after its context ended = %v, want nil", err)
+	}
+}
+
+// A second graftd on a data directory in use fails at once, naming the
+// process that holds it and what to do, instead of waiting for ever on
+// the embedded etcd's lock.
+func TestDataDirInUseFailsAtOnce(t *testing.T) {
+	cfg := devTestConfig(t)
+	first, err := Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Shutdown(context.Background())
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = New(ctx, cfg, testenv.Logger(t))
+	if !errors.Is(err, ErrDataDirInUse) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) || !strings.Contains(err.Error(), "--data-dir") {
+		t.Fatalf("second graftd on the same data = %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("the refusal took %s; want under a second", d)
 	}
 }

@@ -66,9 +66,31 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
 	ec.MaxTxnOps = 1024
-	e, err := embed.StartEtcd(ec)
-	if err != nil {
-		return nil, fmt.Errorf("start etcd in %s: %w", cfg.Dir, err)
+	// embed.StartEtcd itself can block (on the database file's lock, say):
+	// wait for it as for readiness, so that ctx ends the wait.
+	type started struct {
+		e   *embed.Etcd
+		err error
+	}
+	startc := make(chan started, 1)
+	go func() {
+		e, err := embed.StartEtcd(ec)
+		startc <- started{e, err}
+	}()
+	var e *embed.Etcd
+	select {
+	case st := <-startc:
+		if st.err != nil {
+			return nil, fmt.Errorf("start etcd in %s: %w", cfg.Dir, st.err)
+		}
+		e = st.e
+	case <-ctx.Done():
+		go func() { // close it should it start after all
+			if st := <-startc; st.e != nil {
+				st.e.Close()
+			}
+		}()
+		return nil, ctx.Err()
 	}
 	select {
 	case <-e.Server.ReadyNotify():
