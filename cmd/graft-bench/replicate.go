@@ -201,6 +201,7 @@ func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
 		return nil, nil, err
 	}
 	cfg := daemon.DevConfig(dir)
+	cfg.EmbeddedListen = true // for the floor: raw etcd over loopback, as a remote etcd would be
 	cfg.MaxValueBytes = 64 << 10
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	d, err := daemon.Start(ctx, cfg, log)

@@ -3,12 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -342,4 +344,84 @@ func TestMakeRunStopsCleanlyOnCtrlC(t *testing.T) {
 	if strings.Contains(logs, "make: ***") || !strings.Contains(logs, "graftd stopped") || !strings.Contains(logs, `msg="shutting down" signal=interrupt`) {
 		t.Errorf("make run's output after Ctrl-C, want a clean stop and no make error:\n%s", logs)
 	}
+}
+
+// graftd --dev opens no port but its own two: its embedded etcd and NATS,
+// which have no authentication, are reached in process, so no other local
+// process can read the token records or delete the audit stream through
+// them.
+func TestDevOpensOnlyItsOwnTwoPorts(t *testing.T) {
+	addr := testenv.FreeAddr(t)
+	p := startGraftd(t, t.TempDir(), addr, "graft_ports-test-token")
+	got := listeners(t, p.cmd.Process.Pid)
+	var grpcSeen, httpSeen int
+	for _, l := range got {
+		switch {
+		case l == "tcp "+addr:
+			grpcSeen++
+		case strings.HasPrefix(l, "tcp 127.0.0.1:"):
+			httpSeen++
+		}
+	}
+	if len(got) != 2 || grpcSeen != 1 || httpSeen != 1 {
+		t.Fatalf("graftd --dev listens on %v; want only its gRPC (%s) and HTTP listeners", got, addr)
+	}
+}
+
+// listeners returns what process pid listens on, as "tcp ADDR", "udp ADDR"
+// or "unix PATH", from /proc: the sockets among its descriptors that are
+// in the listening state (any UDP socket counts).
+func listeners(t *testing.T, pid int) []string {
+	t.Helper()
+	inodes := map[string]bool{}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	var out []string
+	for _, table := range []struct{ file, kind string }{{"tcp", "tcp"}, {"tcp6", "tcp"}, {"udp", "udp"}, {"udp6", "udp"}, {"unix", "unix"}} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			f := strings.Fields(line)
+			if i == 0 || len(f) < 7 {
+				continue
+			}
+			switch table.kind {
+			case "unix": // Num RefCount Protocol Flags Type St Inode [Path]
+				if inodes[f[6]] && f[3] == "00010000" { // __SO_ACCEPTCON: listening
+					path := ""
+					if len(f) > 7 {
+						path = f[7]
+					}
+					out = append(out, "unix "+path)
+				}
+			default: // sl local rem st ... uid timeout inode
+				if len(f) < 10 || !inodes[f[9]] || (table.kind == "tcp" && f[3] != "0A") {
+					continue
+				}
+				out = append(out, table.kind+" "+procAddr(f[1]))
+			}
+		}
+	}
+	return out
+}
+
+// procAddr turns /proc/net's "0100007F:1F40" into "127.0.0.1:8000".
+func procAddr(s string) string {
+	host, port, _ := strings.Cut(s, ":")
+	p, _ := strconv.ParseUint(port, 16, 16)
+	b, _ := hex.DecodeString(host)
+	if len(b) == 4 {
+		return fmt.Sprintf("%d.%d.%d.%d:%d", b[3], b[2], b[1], b[0], p)
+	}
+	return fmt.Sprintf("[%x]:%d", b, p)
 }

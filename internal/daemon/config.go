@@ -44,6 +44,12 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight calls may take to finish.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 
+	// EmbeddedListen makes dev mode's embedded etcd and NATS also listen
+	// on loopback TCP, without authentication. Only tools and tests that
+	// measure or inspect them beside graftd set it (graft-bench's raw etcd
+	// floor); it has no flag, variable or file key.
+	EmbeddedListen bool `yaml:"-"`
+
 	Etcd EtcdConfig `yaml:"etcd"`
 	NATS NATSConfig `yaml:"nats"`
 }

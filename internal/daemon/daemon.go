@@ -296,21 +296,25 @@ func (d *Daemon) openCore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.store, err = store.New(store.Config{
+	scfg := store.Config{
 		Etcd:          d.etcdCfg,
 		Prefix:        d.cfg.Etcd.Prefix,
 		Keyring:       ring,
 		MaxValueBytes: d.cfg.MaxValueBytes,
 		HistoryLimit:  d.cfg.HistoryLimit,
 		Logger:        d.log.With("subsystem", "store"),
-	})
+	}
+	if d.etcd != nil {
+		scfg.Client = d.etcd.Client() // in process: the embedded etcd opens no port
+	}
+	d.store, err = store.New(scfg)
 	if err != nil {
 		return err
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
 	if err := d.store.Ping(pingCtx); err != nil {
-		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.store.Endpoints(), ","), err)
+		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.EtcdEndpoints(), ","), err)
 	}
 
 	auditKey, err := d.store.AuditKey(pingCtx)
@@ -408,14 +412,16 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 			}
 			d.log.Info("generated a keyring", "file", d.keyringFile)
 		}
-		if d.etcd, err = embedded.StartEtcd(ctx, embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd")}); err != nil {
+		// Neither embedded server has authentication, so neither opens a
+		// port: graftd reaches both in process (EmbeddedListen aside).
+		inProcess := !cfg.EmbeddedListen
+		if d.etcd, err = embedded.StartEtcd(ctx, embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd"), InProcess: inProcess}); err != nil {
 			return err
 		}
-		if d.nats, err = embedded.StartNATS(embedded.NATSConfig{Dir: filepath.Join(cfg.DataDir, "nats")}); err != nil {
+		if d.nats, err = embedded.StartNATS(embedded.NATSConfig{Dir: filepath.Join(cfg.DataDir, "nats"), InProcess: inProcess}); err != nil {
 			return err
 		}
-		etcdEndpoints = []string{d.etcd.Endpoint}
-		natsURL = d.nats.URL
+		natsURL = "in-process NATS"
 	}
 
 	etcdTLS, err := clientTLS(cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile)
@@ -444,7 +450,12 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 	if cfg.NATS.CertFile != "" {
 		opts = append(opts, nats.ClientCert(cfg.NATS.CertFile, cfg.NATS.KeyFile))
 	}
-	if d.nc, err = nats.Connect(natsURL, opts...); err != nil {
+	url := natsURL
+	if d.nats != nil {
+		url = ""
+		opts = append(opts, nats.InProcessServer(d.nats.Server))
+	}
+	if d.nc, err = nats.Connect(url, opts...); err != nil {
 		return fmt.Errorf("cannot reach NATS at %s: %w", natsURL, err)
 	}
 	if d.js, err = jetstream.New(d.nc); err != nil {
@@ -732,7 +743,16 @@ func (d *Daemon) close() {
 }
 
 // EtcdEndpoints are the etcd client URLs graftd uses.
-func (d *Daemon) EtcdEndpoints() []string { return d.store.Endpoints() }
+// In dev mode that is none, unless EmbeddedListen asked for a listener.
+func (d *Daemon) EtcdEndpoints() []string {
+	if d.etcd != nil {
+		if d.etcd.Endpoint == "" {
+			return nil
+		}
+		return []string{d.etcd.Endpoint}
+	}
+	return d.store.Endpoints()
+}
 
 // KeyringFile is the keyring file graftd loads and watches.
 func (d *Daemon) KeyringFile() string { return d.keyringFile }

@@ -13,16 +13,20 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
 )
 
 // Etcd is a running single-node etcd.
 type Etcd struct {
-	// Endpoint is the client URL, e.g. http://127.0.0.1:41234.
+	// Endpoint is the client URL, e.g. http://127.0.0.1:41234; empty
+	// when it serves only in process.
 	Endpoint string
 	Dir      string
 	e        *embed.Etcd
+	client   *clientv3.Client
 	once     sync.Once
 }
 
@@ -32,6 +36,10 @@ type EtcdConfig struct {
 	Dir string
 	// Verbose logs etcd's own messages at info level; otherwise only errors.
 	Verbose bool
+	// InProcess opens no port at all: the only client is Client(), which
+	// calls the server directly. graftd --dev runs so, so that no other
+	// local process can reach its etcd (which has no authentication).
+	InProcess bool
 }
 
 // StartEtcd starts etcd on loopback ports chosen by the kernel and waits
@@ -57,11 +65,18 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	local := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
 	ec.ListenClientUrls = []url.URL{local}
 	ec.AdvertiseClientUrls = []url.URL{local}
-	// A single node never talks to peers, but etcd insists on a peer
-	// listener; a kernel-chosen loopback port keeps it out of the way.
+	// A single node never talks to peers, but etcd wants a peer URL; a
+	// kernel-chosen loopback port keeps its listener out of the way.
 	peer := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
 	ec.ListenPeerUrls = []url.URL{peer}
 	ec.AdvertisePeerUrls = []url.URL{peer}
+	if cfg.InProcess {
+		// No listener at all. The advertised URLs only name the single
+		// member in its own membership; nothing listens on them.
+		ec.ListenClientUrls, ec.ListenClientHttpUrls, ec.ListenPeerUrls = nil, nil, nil
+		ec.AdvertiseClientUrls = []url.URL{{Scheme: "unix", Host: "graft-in-process"}}
+		ec.AdvertisePeerUrls = []url.URL{{Scheme: "unix", Host: "graft-in-process-peer"}}
+	}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
@@ -104,12 +119,25 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Etcd{Endpoint: "http://" + e.Clients[0].Addr().String(), Dir: cfg.Dir, e: e}, nil
+	out := &Etcd{Dir: cfg.Dir, e: e, client: v3client.New(e.Server)}
+	if len(e.Clients) > 0 {
+		out.Endpoint = "http://" + e.Clients[0].Addr().String()
+	}
+	return out, nil
 }
+
+// Client is an etcd client that calls the server in process, without a
+// network connection. Close closes it; do not close it yourself.
+func (e *Etcd) Client() *clientv3.Client { return e.client }
 
 // Close stops etcd and waits until its files are closed. It may be called
 // more than once.
-func (e *Etcd) Close() { e.once.Do(e.e.Close) }
+func (e *Etcd) Close() {
+	e.once.Do(func() {
+		e.client.Close()
+		e.e.Close()
+	})
+}
 
 // Err reports a fatal etcd error after start.
 func (e *Etcd) Err() <-chan error { return e.e.Err() }
@@ -117,7 +145,8 @@ func (e *Etcd) Err() <-chan error { return e.e.Err() }
 // NATS is a running NATS server with JetStream.
 type NATS struct {
 	Server *server.Server
-	// URL is the client URL, e.g. nats://127.0.0.1:4222.
+	// URL is the client URL, e.g. nats://127.0.0.1:4222; empty when it
+	// serves only in process.
 	URL  string
 	Dir  string
 	once sync.Once
@@ -130,6 +159,11 @@ type NATSConfig struct {
 	// Port is the client port; 0 lets the kernel choose. Tests restart a
 	// server on its old port to simulate an outage.
 	Port int
+	// InProcess opens no port: clients connect with
+	// nats.InProcessServer(n.Server). graftd --dev runs so, so that no
+	// other local process can reach its NATS (which has no
+	// authentication).
+	InProcess bool
 }
 
 // StartNATS starts NATS with JetStream on a loopback port chosen by the
@@ -146,6 +180,7 @@ func StartNATS(cfg NATSConfig) (*NATS, error) {
 		StoreDir:   cfg.Dir,
 		NoSigs:     true,
 		NoLog:      true,
+		DontListen: cfg.InProcess,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start nats: %w", err)
@@ -155,7 +190,11 @@ func StartNATS(cfg NATSConfig) (*NATS, error) {
 		ns.Shutdown()
 		return nil, errors.New("start nats: not ready after 30s")
 	}
-	return &NATS{Server: ns, URL: ns.ClientURL(), Dir: cfg.Dir}, nil
+	n := &NATS{Server: ns, Dir: cfg.Dir}
+	if !cfg.InProcess {
+		n.URL = ns.ClientURL()
+	}
+	return n, nil
 }
 
 // Close shuts NATS down and waits until it has stopped.
