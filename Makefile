@@ -2,7 +2,7 @@
 BUF := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help run build test bench fuzz generate lint fmt images integration
+.PHONY: help run build test bench fuzz generate lint fmt images cluster cluster-down integration
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,15 @@ images: ## build FROM-scratch Docker images of graftd, etcd and nats-server (nam
 	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_IMAGE) build/graftd
 	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_ETCD_IMAGE) build/etcd
 	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_NATS_IMAGE) build/nats
+
+COMPOSE := docker-compose -f deploy/docker-compose.yml
+
+cluster: images ## run deploy/docker-compose.yml (etcd, NATS, graftd on 127.0.0.1:7520 and :7530); a failed start stops it all
+	test -f deploy/keyring.json || go run ./cmd/graftd keyring init --keyring-file deploy/keyring.json
+	$(COMPOSE) up -d || { $(COMPOSE) down; echo "cluster: start failed; stopped what had started" >&2; exit 1; }
+
+cluster-down: ## stop the compose cluster (its data volumes stay)
+	$(COMPOSE) down
 
 integration: images ## run the Docker integration suite in integration/ (needs a Docker engine)
 	TESTCONTAINERS_RYUK_DISABLED=true go test -tags integration -count=1 -timeout 20m -v ./integration/
