@@ -121,16 +121,14 @@ func (a *app) printAudit(recs []sdk.AuditRecord) error {
 // parseSince reads --since: a duration means that long before now, else
 // an RFC3339 time.
 func parseSince(s string, now time.Time) (time.Time, error) {
-	if d, err := time.ParseDuration(s); err == nil {
-		if d < 0 {
-			return time.Time{}, fmt.Errorf("audit: --since %q: give a positive duration, meaning that long ago", s)
-		}
-		return now.Add(-d), nil
+	t, ago, ok := timeOrAgo(s, now)
+	switch {
+	case !ok:
+		return time.Time{}, fmt.Errorf("audit: --since %q is neither a duration such as 1h nor an RFC3339 time such as 2026-11-22T10:00:00Z", s)
+	case ago < 0:
+		return time.Time{}, fmt.Errorf("audit: --since %q: give a positive duration, meaning that long ago", s)
 	}
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t, nil
-	}
-	return time.Time{}, fmt.Errorf("audit: --since %q is neither a duration such as 1h nor an RFC3339 time such as 2026-11-22T10:00:00Z", s)
+	return t, nil
 }
 
 // dash is a text column's "-" for none.

@@ -327,11 +327,30 @@ func TestRestorePrefixAt(t *testing.T) {
 		{[]string{"restore", "/t/pit"}, "graft: restore: give exactly one of --revision N (one path) or --at TIME (a whole prefix)\n"},
 		{[]string{"restore", "/t/pit/a", "--revision", "3", "--at", at}, "graft: restore: give exactly one of --revision N (one path) or --at TIME (a whole prefix)\n"},
 		{[]string{"restore", "/t/pit/a", "--revision", "3", "--dry-run"}, "graft: restore: --dry-run goes with --at; a --revision restore changes one path, shown by graft get PATH --revision N\n"},
-		{[]string{"restore", "/t/pit", "--at", "yesterday"}, "graft: restore: --at \"yesterday\" is not an RFC3339 time such as 2026-11-22T10:00:00Z\n"},
+		{[]string{"restore", "/t/pit", "--at", "yesterday"}, "graft: restore: --at \"yesterday\" is neither a duration such as 10m (that long ago) nor an RFC3339 time such as 2026-11-22T10:00:00Z\n"},
 	} {
 		if got := c.fails(tt.args...); got != tt.want {
 			t.Errorf("graft %s:\n got %q\nwant %q", strings.Join(tt.args, " "), got, tt.want)
 		}
+	}
+}
+
+// --revision -N counts versions back from the current one.
+func TestRestoreCountsBack(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	c.put("/t/back/a", "one")
+	c.put("/t/back/a", "two")
+	c.put("/t/back/a", "three")
+	c.ok("restore", "/t/back/a", "--revision", "-2")
+	if got := c.ok("get", "/t/back/a"); got != "one" {
+		t.Fatalf("after --revision -2: %q, want one", got)
+	}
+	c.ok("restore", "/t/back/a", "--revision", "-1")
+	if got := c.ok("get", "/t/back/a"); got != "three" {
+		t.Fatalf("after --revision -1: %q, want three (the version before the current one)", got)
+	}
+	if got := c.fails("restore", "/t/back/a", "--revision", "-9"); !strings.Contains(got, "--revision -9: it keeps only 4 earlier version(s)") {
+		t.Fatalf("too far back: %q", got)
 	}
 }
 
@@ -344,10 +363,18 @@ func TestParseAt(t *testing.T) {
 		{"2026-11-22T12:00:00+02:00", "2026-11-22T10:00:00.999999999Z"},
 		{"2026-11-22T10:00:00.5Z", "2026-11-22T10:00:00.5Z"},
 		{"2026-11-22T10:00:00.000Z", "2026-11-22T10:00:00Z"},
+		// A duration is that long before now, exactly.
+		{"10m", "2026-11-22T09:50:00Z"},
+		{"1h30m", "2026-11-22T08:30:00Z"},
 	} {
-		got, err := parseAt(tt.in)
+		got, err := parseAt(tt.in, time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
 		if err != nil || got.UTC().Format(time.RFC3339Nano) != tt.want {
 			t.Errorf("parseAt(%q) = %v, %v; want %s", tt.in, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"yesterday", "-5m", "2026-11-22"} {
+		if _, err := parseAt(bad, time.Now()); err == nil || !strings.HasPrefix(err.Error(), "restore: --at ") {
+			t.Errorf("parseAt(%q) = %v; want an error naming --at", bad, err)
 		}
 	}
 }

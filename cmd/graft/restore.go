@@ -39,17 +39,21 @@ func (a *app) restoreCmd() *cobra.Command {
 		Use:   "restore PATH --revision N | restore PREFIX --at TIME [--dry-run]",
 		Short: "Bring back an old value, or a whole prefix as it was at a time",
 		Long: `With --revision, write a new revision of PATH holding the value it had at
-revision N (see graft history). History is never rewritten.
+revision N (see graft history). A negative N counts versions back: -1 is the
+version before the current one (or, for a deleted path, its last version).
+History is never rewritten.
 
-With --at, return every path under PREFIX to its state at TIME (RFC3339,
-e.g. 2026-11-22T10:00:00Z): paths changed since get their old value back,
+With --at, return every path under PREFIX to its state at TIME, an RFC3339
+time (2026-11-22T10:00:00Z) or a duration meaning that long ago (10m, 2h):
+paths changed since get their old value back,
 paths created since are deleted, and paths whose state then is unknown
 because history was trimmed are skipped. A time without fractional seconds
 covers that whole second, as the times graft history shows do; use the
 nanosecond times of -o json to pick between versions written within one
 second. --dry-run prints the plan and changes nothing.`,
 		Example: `  graft restore /dba/orders/postgres/password --revision 41
-  graft restore /dba/orders --at 2026-11-22T10:00:00Z --dry-run
+  graft restore /dba/orders/postgres/password --revision -1
+  graft restore /dba/orders --at 10m --dry-run
   graft restore /dba/orders --at 2026-11-22T10:00:00Z`,
 		Args: args(1, 1, "PATH or PREFIX"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -63,35 +67,77 @@ second. --dry-run prints the plan and changes nothing.`,
 			if byRevision {
 				return a.restorePath(cmd, args[0], revision)
 			}
-			t, err := parseAt(at)
+			t, err := parseAt(at, time.Now())
 			if err != nil {
 				return err
 			}
 			return a.restorePrefix(cmd, trimPrefix(args[0]), t, dryRun)
 		},
 	}
-	cmd.Flags().Int64Var(&revision, "revision", 0, "restore PATH to the value it had at this revision")
-	cmd.Flags().StringVar(&at, "at", "", "restore every path under PREFIX to its state at this RFC3339 time")
+	cmd.Flags().Int64Var(&revision, "revision", 0, "restore PATH to the value it had at this revision (-1: the version before the current one)")
+	cmd.Flags().StringVar(&at, "at", "", "restore every path under PREFIX to its state at this RFC3339 time, or this long ago (10m)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "with --at: print the plan, change nothing")
 	return cmd
 }
 
-// parseAt reads an RFC3339 time. Without fractional seconds it means the
-// end of that second, so that a version listed by graft history at
-// 10:00:00Z is included by --at 10:00:00Z.
-func parseAt(s string) (time.Time, error) {
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("restore: --at %q is not an RFC3339 time such as 2026-11-22T10:00:00Z", s)
-	}
-	if !strings.Contains(s, ".") {
+// parseAt reads --at: a duration means that long before now, else an
+// RFC3339 time. A time without fractional seconds means the end of that
+// second, so that a version listed by graft history at 10:00:00Z is
+// included by --at 10:00:00Z.
+func parseAt(s string, now time.Time) (time.Time, error) {
+	t, ago, ok := timeOrAgo(s, now)
+	switch {
+	case !ok:
+		return time.Time{}, fmt.Errorf("restore: --at %q is neither a duration such as 10m (that long ago) nor an RFC3339 time such as 2026-11-22T10:00:00Z", s)
+	case ago < 0:
+		return time.Time{}, fmt.Errorf("restore: --at %q: give a positive duration, meaning that long ago", s)
+	case ago == 0 && !strings.Contains(s, "."):
 		t = t.Add(time.Second - time.Nanosecond)
 	}
 	return t, nil
 }
 
+// timeOrAgo reads a duration (that long before now, returned as ago) or an
+// RFC3339 time (ago 0), as --since and --at take them.
+func timeOrAgo(s string, now time.Time) (t time.Time, ago time.Duration, ok bool) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d == 0 {
+			d = time.Nanosecond // "0s" is now, not a time
+		}
+		return now.Add(-d), d, true
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, 0, true
+	}
+	return time.Time{}, 0, false
+}
+
+// resolveRevision turns a negative --revision (-N: N versions back) into
+// the revision it names, from the path's history.
+func resolveRevision(ctx context.Context, c *sdk.Client, path string, revision int64) (int64, error) {
+	if revision >= 0 {
+		return revision, nil
+	}
+	items, err := c.History(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	if len(items) > 0 && items[0].Current {
+		items = items[1:]
+	}
+	back := -revision
+	if back > int64(len(items)) {
+		return 0, fmt.Errorf("restore %s: --revision %d: it keeps only %d earlier version(s) (see graft history %s)", path, revision, len(items), path)
+	}
+	return items[back-1].Entry.Revision, nil
+}
+
 func (a *app) restorePath(cmd *cobra.Command, path string, revision int64) error {
 	return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+		revision, err := resolveRevision(ctx, c, path, revision)
+		if err != nil {
+			return err
+		}
 		e, err := c.Restore(ctx, path, revision)
 		if err != nil {
 			return err
