@@ -101,12 +101,18 @@ func (e *Engine) Decide(p Principal, act Action, path string) Decision {
 	return e.cur.Load().Decide(p, act, path)
 }
 
-// Put creates or replaces a role's policy.
-func (e *Engine) Put(ctx context.Context, rec PolicyRecord) error {
-	if _, err := e.recs.Put(ctx, rec.Role, rec); err != nil {
+// Put creates or replaces a role's policy. Unless force is set, it refuses
+// with a *LastAdminError to take admin on / away from the last policy that
+// grants it.
+func (e *Engine) Put(ctx context.Context, rec PolicyRecord, force bool) error {
+	p, err := ParsePolicy([]byte(rec.YAML))
+	if err != nil {
 		return fmt.Errorf("put policy %s: %w", rec.Role, err)
 	}
-	return nil
+	return e.change(ctx, "put policy "+rec.Role, rec.Role, &p, force, func(conds []store.Cond) error {
+		_, err := e.recs.Put(ctx, rec.Role, rec, conds...)
+		return err
+	})
 }
 
 // Get returns a role's policy as stored, or store.ErrNotFound.
@@ -123,13 +129,93 @@ func (e *Engine) List(ctx context.Context) ([]PolicyRecord, error) {
 	return e.recs.Values(ctx)
 }
 
-// Delete removes a role's policy, or returns store.ErrNotFound.
-func (e *Engine) Delete(ctx context.Context, role string) error {
-	if _, err := e.recs.Delete(ctx, role); err != nil {
-		return fmt.Errorf("delete policy %s: %w", role, err)
-	}
-	return nil
+// Delete removes a role's policy, or returns store.ErrNotFound. Unless
+// force is set, it refuses with a *LastAdminError to remove the last
+// policy that grants admin on /.
+func (e *Engine) Delete(ctx context.Context, role string, force bool) error {
+	return e.change(ctx, "delete policy "+role, role, nil, force, func(conds []store.Cond) error {
+		if _, err := e.recs.Get(ctx, role); err != nil {
+			return err
+		}
+		_, err := e.recs.Delete(ctx, role, conds...)
+		return err
+	})
 }
+
+// change makes one change of role's policy to next (nil: deleted). Unless
+// force is set it first checks, against the policies as stored, that some
+// policy still grants admin on / afterwards if one did before, and commits
+// only if no policy changed since that check.
+func (e *Engine) change(ctx context.Context, what, role string, next *Policy, force bool, commit func(conds []store.Cond) error) error {
+	if force {
+		if err := commit(nil); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+	return store.RetryConflicts(ctx, what, func() (bool, error) {
+		recs, rev, err := e.recs.List(ctx)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		var before, after []Policy
+		for _, r := range recs {
+			p, err := ParsePolicy([]byte(r.Value.YAML))
+			if err != nil {
+				continue // grants nothing, as in the engine
+			}
+			before = append(before, p)
+			if r.Key != role {
+				after = append(after, p)
+			}
+		}
+		if next != nil {
+			after = append(after, *next)
+		}
+		if grantsAdmin(before) && !grantsAdmin(after) {
+			return false, &LastAdminError{Role: role, Deleting: next == nil}
+		}
+		err = commit([]store.Cond{e.recs.Since(rev)})
+		switch {
+		case errors.Is(err, store.ErrRevisionChanged):
+			return false, nil // a policy changed meanwhile: check again
+		case err != nil:
+			return false, fmt.Errorf("%s: %w", what, err)
+		}
+		return true, nil
+	})
+}
+
+// grantsAdmin reports whether any of policies lets a holder of its role
+// administer / (tokens, policies, the keyring).
+func grantsAdmin(policies []Policy) bool {
+	a, err := NewAuthorizer(policies)
+	if err != nil {
+		return false
+	}
+	for _, p := range policies {
+		if a.Decide(Principal{Name: "user:admin-check", Roles: []string{p.Role}}, ActionAdmin, "/").Allowed {
+			return true
+		}
+	}
+	return false
+}
+
+// LastAdminError refuses a change that would leave no policy granting
+// admin on /: nobody but root could then manage tokens and policies.
+type LastAdminError struct {
+	Role     string
+	Deleting bool
+}
+
+func (e *LastAdminError) Error() string {
+	if e.Deleting {
+		return fmt.Sprintf("policy rm %s: it is the last policy that grants admin on /; without it nobody but root can manage tokens and policies. Give another role admin first, or repeat with --force", e.Role)
+	}
+	return fmt.Sprintf("policy put %s: it would take admin on / away from the last policy that grants it; without it nobody but root can manage tokens and policies. Give another role admin first, or repeat with --force", e.Role)
+}
+
+func (e *LastAdminError) Unwrap() error { return ErrLastAdmin }
 
 // InstallDefaults writes the default policies (admin, dba, app), keeping
 // existing ones unless overwrite is set, and reports which it wrote and
@@ -139,7 +225,7 @@ func (e *Engine) InstallDefaults(ctx context.Context, author string, overwrite b
 	for _, p := range DefaultPolicies() {
 		rec := PolicyRecord{Role: p.Role, YAML: string(DefaultPolicyYAML()[p.Role]), Author: author, Updated: time.Now().UTC()}
 		if overwrite {
-			if err := e.Put(ctx, rec); err != nil {
+			if err := e.Put(ctx, rec, false); err != nil {
 				return installed, kept, err
 			}
 			installed = append(installed, p.Role)

@@ -32,9 +32,11 @@ type writeOptions struct {
 // race is an error matching ErrFailedPrecondition.
 func IfRevision(n int64) WriteOption { return func(o *writeOptions) { o.ifRevision = &n } }
 
-// Force lets Delete remove a path that replication rules copy elsewhere;
-// without it such a delete is an error matching ErrFailedPrecondition that
-// lists the copies. The copies then follow their rule's on-delete setting.
+// Force overrides a guard. It lets Delete remove a path that replication
+// rules copy elsewhere (without it such a delete is an error matching
+// ErrFailedPrecondition that lists the copies; the copies then follow
+// their rule's on-delete setting), and PutPolicy or DeletePolicy take
+// admin on / away from the last policy that grants it.
 func Force() WriteOption { return func(o *writeOptions) { o.force = true } }
 
 // ListOption qualifies a List.

@@ -27,9 +27,15 @@ type PolicyDecision struct {
 // PutPolicy creates or replaces the policy of the role its role: field
 // names. graftd validates it first: a bad document is an error matching
 // ErrInvalidArgument whose message names the line. Changes apply on every
-// replica within a second. Needs the admin action.
-func (c *Client) PutPolicy(ctx context.Context, yaml []byte) (Policy, error) {
-	resp, err := c.policies.PutPolicy(ctx, &graftv1.PutPolicyRequest{Yaml: string(yaml)})
+// replica within a second. Taking admin on / away from the last policy
+// that grants it is an error matching ErrFailedPrecondition, unless
+// Force() is given. Needs the admin action.
+func (c *Client) PutPolicy(ctx context.Context, yaml []byte, opts ...WriteOption) (Policy, error) {
+	var o writeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	resp, err := c.policies.PutPolicy(ctx, &graftv1.PutPolicyRequest{Yaml: string(yaml), Force: o.force})
 	if err != nil {
 		return Policy{}, wrap(ctx, err)
 	}
@@ -59,9 +65,15 @@ func (c *Client) ListPolicies(ctx context.Context) ([]Policy, error) {
 	return pols, nil
 }
 
-// DeletePolicy removes role's policy. Needs the admin action.
-func (c *Client) DeletePolicy(ctx context.Context, role string) error {
-	if _, err := c.policies.DeletePolicy(ctx, &graftv1.DeletePolicyRequest{Role: role}); err != nil {
+// DeletePolicy removes role's policy. Removing the last policy that grants
+// admin on / is an error matching ErrFailedPrecondition, unless Force() is
+// given. Needs the admin action.
+func (c *Client) DeletePolicy(ctx context.Context, role string, opts ...WriteOption) error {
+	var o writeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if _, err := c.policies.DeletePolicy(ctx, &graftv1.DeletePolicyRequest{Role: role, Force: o.force}); err != nil {
 		return wrap(ctx, err)
 	}
 	return nil

@@ -21,7 +21,7 @@ func (s *Server) PutPolicy(ctx context.Context, req *graftv1.PutPolicyRequest) (
 		return nil, toStatus(invalid("policy put: %v", err))
 	}
 	rec := acl.PolicyRecord{Role: pol.Role, YAML: req.GetYaml(), Author: principal(ctx).Name, Updated: time.Now().UTC()}
-	if err := s.policies.Put(ctx, rec); err != nil {
+	if err := s.policies.Put(ctx, rec, req.GetForce()); err != nil {
 		return nil, toStatus(err)
 	}
 	s.refreshPolicies(ctx)
@@ -53,7 +53,7 @@ func (s *Server) ListPolicies(ctx context.Context, _ *graftv1.ListPoliciesReques
 
 // DeletePolicy implements graftv1.PolicyServiceServer.
 func (s *Server) DeletePolicy(ctx context.Context, req *graftv1.DeletePolicyRequest) (*graftv1.DeletePolicyResponse, error) {
-	if err := s.policies.Delete(ctx, req.GetRole()); err != nil {
+	if err := s.policies.Delete(ctx, req.GetRole(), req.GetForce()); err != nil {
 		return nil, toStatus(err)
 	}
 	s.refreshPolicies(ctx)

@@ -50,6 +50,7 @@ var errorCodes = []struct {
 
 	{store.ErrNotFound, codes.NotFound},
 
+	{acl.ErrLastAdmin, codes.FailedPrecondition},
 	{replicator.ErrRuleConflict, codes.FailedPrecondition},
 	{replicator.ErrSourceInUse, codes.FailedPrecondition},
 	{store.ErrDestination, codes.FailedPrecondition},

@@ -521,3 +521,17 @@ func TestParseSince(t *testing.T) {
 		}
 	}
 }
+
+// graft policy rm admin is refused while it is the last policy granting
+// admin: it used to lock every admin-token holder out.
+func TestPolicyRmLastAdmin(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	got := c.fails("policy", "rm", "admin")
+	if !strings.HasPrefix(got, "graft: policy rm admin: it is the last policy that grants admin on /;") || !strings.Contains(got, "repeat with --force") {
+		t.Fatalf("policy rm admin: %q", got)
+	}
+	c.ok("policy", "get", "admin")
+	if out := c.ok("policy", "rm", "admin", "--force"); out != "policy admin deleted\n" {
+		t.Fatalf("policy rm admin --force: %q", out)
+	}
+}

@@ -70,7 +70,10 @@ Writing, deleting and initialising policies needs the admin action.`,
 }
 
 func (a *app) policyPutCmd() *cobra.Command {
-	var file string
+	var (
+		file  string
+		force bool
+	)
 	cmd := &cobra.Command{
 		Use:   "put FILE",
 		Short: "Create or replace a role's policy from a YAML file",
@@ -94,7 +97,11 @@ bad pattern) is refused with the line at fault, and nothing changes.`,
 				return err
 			}
 			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
-				p, err := c.PutPolicy(ctx, doc)
+				var opts []sdk.WriteOption
+				if force {
+					opts = append(opts, sdk.Force())
+				}
+				p, err := c.PutPolicy(ctx, doc, opts...)
 				if err != nil {
 					return err
 				}
@@ -106,6 +113,7 @@ bad pattern) is refused with the line at fault, and nothing changes.`,
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "read the policy from this file; - reads stdin")
+	cmd.Flags().BoolVar(&force, "force", false, "store it even if it takes admin on / away from the last policy that grants it")
 	return cmd
 }
 
@@ -196,15 +204,22 @@ func (a *app) policyListCmd() *cobra.Command {
 }
 
 func (a *app) policyRemoveCmd() *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:   "rm ROLE",
 		Short: "Delete a role's policy",
 		Long: `Delete ROLE's policy. Tokens holding the role keep it, but it grants
-nothing until a policy for it is put again.`,
+nothing until a policy for it is put again. The last policy that grants
+admin on / is kept unless --force is given: without it nobody but root could
+manage tokens and policies.`,
 		Args: args(1, 1, "ROLE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
-				if err := c.DeletePolicy(ctx, args[0]); err != nil {
+				var opts []sdk.WriteOption
+				if force {
+					opts = append(opts, sdk.Force())
+				}
+				if err := c.DeletePolicy(ctx, args[0], opts...); err != nil {
 					return err
 				}
 				return a.Emit(policyDeletedView{Role: args[0]}, func(w io.Writer) error {
@@ -214,6 +229,8 @@ nothing until a policy for it is put again.`,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete it even if it is the last policy that grants admin on /")
+	return cmd
 }
 
 func (a *app) policyInitCmd() *cobra.Command {

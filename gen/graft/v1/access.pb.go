@@ -615,7 +615,10 @@ func (x *Policy) GetUpdated() *timestamppb.Timestamp {
 type PutPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The policy as YAML; its role: field names the role.
-	Yaml          string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	Yaml string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// Store it even if it takes admin on / away from the last policy that
+	// grants it, leaving only root to manage tokens and policies.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -655,6 +658,13 @@ func (x *PutPolicyRequest) GetYaml() string {
 		return x.Yaml
 	}
 	return ""
+}
+
+func (x *PutPolicyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // PutPolicyResponse returns the stored policy.
@@ -882,7 +892,10 @@ func (x *ListPoliciesResponse) GetPolicies() []*Policy {
 type DeletePolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The role whose policy to delete.
-	Role          string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// Delete it even if it is the last policy that grants admin on /,
+	// leaving only root to manage tokens and policies.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -922,6 +935,13 @@ func (x *DeletePolicyRequest) GetRole() string {
 		return x.Role
 	}
 	return ""
+}
+
+func (x *DeletePolicyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // DeletePolicyResponse is empty.
@@ -1520,9 +1540,10 @@ const file_graft_v1_access_proto_rawDesc = "" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x12\n" +
 	"\x04yaml\x18\x02 \x01(\tR\x04yaml\x12\x16\n" +
 	"\x06author\x18\x03 \x01(\tR\x06author\x124\n" +
-	"\aupdated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aupdated\"&\n" +
+	"\aupdated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aupdated\"<\n" +
 	"\x10PutPolicyRequest\x12\x12\n" +
-	"\x04yaml\x18\x01 \x01(\tR\x04yaml\"=\n" +
+	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"=\n" +
 	"\x11PutPolicyResponse\x12(\n" +
 	"\x06policy\x18\x01 \x01(\v2\x10.graft.v1.PolicyR\x06policy\"&\n" +
 	"\x10GetPolicyRequest\x12\x12\n" +
@@ -1531,9 +1552,10 @@ const file_graft_v1_access_proto_rawDesc = "" +
 	"\x06policy\x18\x01 \x01(\v2\x10.graft.v1.PolicyR\x06policy\"\x15\n" +
 	"\x13ListPoliciesRequest\"D\n" +
 	"\x14ListPoliciesResponse\x12,\n" +
-	"\bpolicies\x18\x01 \x03(\v2\x10.graft.v1.PolicyR\bpolicies\")\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x10.graft.v1.PolicyR\bpolicies\"?\n" +
 	"\x13DeletePolicyRequest\x12\x12\n" +
-	"\x04role\x18\x01 \x01(\tR\x04role\"\x16\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x16\n" +
 	"\x14DeletePolicyResponse\"t\n" +
 	"\x12CheckPolicyRequest\x12\x1c\n" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12\x14\n" +
