@@ -334,8 +334,12 @@ func TestPolicyCheckExplains(t *testing.T) {
 	for _, tt := range tests {
 		r := admin.run(append(check, "--action", tt.action, "--path", tt.path)...)
 		lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-		if r.code != 0 || r.stderr != "" || len(lines) != 4 {
-			t.Fatalf("policy check %s %s = %+v; want exit 0 and four lines", tt.action, tt.path, r)
+		wantCode := 0
+		if tt.verdict == "denied" {
+			wantCode = exitDenied // the answer is the exit status, for scripts
+		}
+		if r.code != wantCode || r.stderr != "" || len(lines) != 4 {
+			t.Fatalf("policy check %s %s = %+v; want exit %d and four lines", tt.action, tt.path, r, wantCode)
 		}
 		if lines[0] != tt.verdict || !strings.HasPrefix(lines[1], "reason: ") || len(lines[1]) < len("reason: ")+10 || lines[3] != "roles: app" {
 			t.Errorf("policy check %s %s =\n%s", tt.action, tt.path, r.stdout)
@@ -351,23 +355,27 @@ func TestPolicyCheckExplains(t *testing.T) {
 		t.Errorf("denial reason %q does not name the principal and path", reason)
 	}
 
-	// --exit-code: denied exits 3, allowed 0, with the same output.
+	// --exit-code (now the default) still works; --exit-zero answers a
+	// denial with 0 and the same output.
 	r = admin.run(append(check, "--action", "read", "--path", "/dba/x", "--exit-code")...)
 	if r.code != exitDenied || !strings.HasPrefix(r.stdout, "denied\n") || r.stderr != "" {
 		t.Fatalf("policy check --exit-code of a denial = %+v; want exit 3", r)
+	}
+	if r := admin.run(append(check, "--action", "read", "--path", "/dba/x", "--exit-zero")...); r.code != 0 || !strings.HasPrefix(r.stdout, "denied\n") {
+		t.Fatalf("policy check --exit-zero of a denial = %+v; want exit 0", r)
 	}
 	if r := admin.run(append(check, "--action", "read", "--path", "/app/message-processor/x", "--exit-code")...); r.code != 0 || !strings.HasPrefix(r.stdout, "allowed\n") {
 		t.Fatalf("policy check --exit-code of an allowed action = %+v", r)
 	}
 
 	var d decisionView
-	decode(t, admin.ok(append(check, "--action", "write", "--path", "/app/message-processor/replicated/db", "-o", "json")...), &d)
+	decode(t, admin.ok(append(check, "--action", "write", "--path", "/app/message-processor/replicated/db", "-o", "json", "--exit-zero")...), &d)
 	if d.Allowed || d.Role != "app" || !strings.HasPrefix(d.Rule, "deny ") || d.Reason == "" || strings.Join(d.EffectiveRoles, ",") != "app" {
 		t.Fatalf("policy check -o json = %+v", d)
 	}
 
 	// Without --role a principal has only the roles policies bind to it.
-	if out := admin.ok("policy", "check", "--principal", "user:alice", "--action", "read", "--path", "/dba/x"); !strings.HasPrefix(out, "denied\n") || !strings.HasSuffix(out, "roles: none\n") {
+	if out := admin.ok("policy", "check", "--principal", "user:alice", "--action", "read", "--path", "/dba/x", "--exit-zero"); !strings.HasPrefix(out, "denied\n") || !strings.HasSuffix(out, "roles: none\n") {
 		t.Fatalf("policy check without roles =\n%s", out)
 	}
 

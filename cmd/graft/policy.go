@@ -17,8 +17,8 @@ import (
 // maxPolicy bounds what policy put reads; a policy is a few hundred bytes.
 const maxPolicy = 1 << 20
 
-// exitDenied is graft policy check --exit-code's exit status for a denial:
-// apart from 1, which means the question could not be answered.
+// exitDenied is graft policy check's exit status for a denial, apart from
+// 1, which means the question could not be answered.
 const exitDenied = 3
 
 // policyView is a policy as -o json and -o yaml show it.
@@ -264,7 +264,7 @@ func (a *app) policyCheckCmd() *cobra.Command {
 	var (
 		principal, action, path string
 		roles                   []string
-		exitCodeOnDeny          bool
+		exitCodeOnDeny, zero    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "check --principal KIND:NAME [--role ROLE...] --action ACTION --path PATH",
@@ -274,12 +274,12 @@ any given with --role (as a token would grant), may do ACTION (read, list,
 write, delete, share, admin, rotate, issue) on PATH. Prints allowed or
 denied, the reason, and the rule that decided.
 
-The exit status is 0 whether the answer is allowed or denied: the question
-was answered. With --exit-code a denial exits 3 instead, for scripts. 1
-means the question could not be answered (a bad action or path, graftd
-unreachable, no admin right).`,
+The exit status says the answer, for scripts (as kubectl auth can-i's
+does): 0 allowed, 3 denied, and 1 when the question could not be answered
+(a bad action or path, graftd unreachable, no admin right). --exit-zero
+exits 0 for a denial too.`,
 		Example: `  graft policy check --principal app:message-processor --role app --action read --path /dba/orders/postgres/password
-  graft policy check --principal user:alice --role dba --action write --path /dba/orders/x --exit-code`,
+  graft policy check --principal user:alice --role dba --action write --path /dba/orders/x && echo may`,
 		Args: args(0, 0, "nothing (use --principal, --action and --path)"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var missing []string
@@ -311,7 +311,7 @@ unreachable, no admin right).`,
 					_, err := fmt.Fprintf(w, "%s\nreason: %s\nrule: %s\nroles: %s\n", verdict, d.Reason, rule, listOrNone(d.EffectiveRoles))
 					return err
 				})
-				if err == nil && exitCodeOnDeny && !d.Allowed {
+				if err == nil && !zero && !d.Allowed {
 					return exitCode(exitDenied)
 				}
 				return err
@@ -322,7 +322,10 @@ unreachable, no admin right).`,
 	cmd.Flags().StringSliceVar(&roles, "role", nil, "a role to assume the principal holds; repeat it or separate roles with commas")
 	cmd.Flags().StringVar(&action, "action", "", "read, list, write, delete, share, admin, rotate or issue")
 	cmd.Flags().StringVar(&path, "path", "", "the path to check")
-	cmd.Flags().BoolVar(&exitCodeOnDeny, "exit-code", false, "exit 3 when the answer is denied")
+	cmd.Flags().BoolVar(&zero, "exit-zero", false, "exit 0 when the answer is denied (the default is 3)")
+	// --exit-code asked for what is now the default; it stays accepted.
+	cmd.Flags().BoolVar(&exitCodeOnDeny, "exit-code", true, "exit 3 when the answer is denied (the default)")
+	cmd.Flags().MarkHidden("exit-code")
 	return cmd
 }
 
