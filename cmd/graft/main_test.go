@@ -100,6 +100,16 @@ func TestPutGet(t *testing.T) {
 		t.Fatalf("get after put --file = %q, want %q", got, content)
 	}
 
+	// With no value, or with -, put reads standard input, as etcdctl and
+	// vault do; - used to be stored as the one-byte value "-".
+	for _, args := range [][]string{{"put", "/t/pg/piped"}, {"put", "/t/pg/dash", "-"}} {
+		if r := c.runIn("piped\n", args...); r.code != 0 {
+			t.Fatalf("graft %v with a value on stdin: %+v", args, r)
+		}
+		if got := c.ok("get", args[1]); got != "piped\n" {
+			t.Fatalf("get %s after put from stdin = %q", args[1], got)
+		}
+	}
 	if r := c.runIn("from stdin\n", "put", "/t/pg/stdin", "--file", "-"); r.code != 0 {
 		t.Fatalf("put --file -: %+v", r)
 	}
@@ -111,7 +121,7 @@ func TestPutGet(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"put", "/t/pg/none"}, "graft: put: no value: give VALUE, --file FILE, or --file - to read stdin\n"},
+		{[]string{"put", "/t/pg/none"}, "graft: put: no value: standard input was empty; give VALUE, --file FILE, or pipe the value in\n"},
 		{[]string{"put", "/t/pg/both", "v", "--file", file}, "graft: put: give the value as an argument or with --file, not both\n"},
 		{[]string{"get"}, "graft: graft get: missing PATH (usage: graft get PATH [flags])\n"},
 		{[]string{"put", "/t/pg/x", "secret", "words"}, "graft: graft put: 3 arguments given, at most 2 accepted (usage: graft put PATH [VALUE] [flags])\n"},

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/graft-sh/graft/sdk"
 )
@@ -23,15 +24,19 @@ func (a *app) putCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "put PATH [VALUE]",
 		Short: "Write a value",
-		Long: `Write a value at PATH, given as an argument or read with --file (--file -
-reads stdin). With --if-revision the write is a compare-and-swap: it happens
-only if PATH is still at that revision (0: only if PATH does not exist yet).
+		Long: `Write a value at PATH, given as an argument, read with --file, or read from
+standard input when no value is given or the value is - (as etcdctl and
+vault do; --file - too). Standard input is read whole, newlines included;
+an empty one is refused. To store a literal "-", put it in a file. With
+--if-revision the write is a compare-and-swap: it happens only if PATH is
+still at that revision (0: only if PATH does not exist yet).
 
-A value given as an argument lands in your shell history; prefer --file for
-secrets.`,
+A value given as an argument lands in your shell history; prefer standard
+input or --file for secrets.`,
 		Example: `  graft put /dba/orders/postgres/user orders-blue
   graft put /dba/orders/postgres/password --file password.txt
-  pwgen 32 1 | graft put /dba/orders/postgres/password --file -
+  pwgen 32 1 | graft put /dba/orders/postgres/password
+  pwgen 32 1 | graft put /dba/orders/postgres/password -
   graft put /dba/orders/postgres/user orders-green --if-revision 41`,
 		Args: args(1, 2, "PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -61,15 +66,24 @@ secrets.`,
 	return cmd
 }
 
-// putValue returns the value from the argument or from --file.
+// putValue returns the value from the argument, from --file, or from
+// standard input: with no value, or with the value -, as etcdctl and vault
+// read it.
 func (a *app) putValue(args []string, file string, fileSet bool) ([]byte, error) {
 	switch {
 	case len(args) == 1 && fileSet:
 		return nil, errors.New("put: give the value as an argument or with --file, not both")
-	case len(args) == 1:
+	case len(args) == 1 && args[0] != "-":
 		return []byte(args[0]), nil
-	case !fileSet:
-		return nil, errors.New("put: no value: give VALUE, --file FILE, or --file - to read stdin")
+	case len(args) == 1 || !fileSet:
+		if readerIsTerminal(a.stdin) {
+			fmt.Fprintln(a.stderr, "graft: reading the value from standard input; end it with Ctrl-D")
+		}
+		data, err := a.readValue(a.stdin, "stdin")
+		if err == nil && len(data) == 0 && len(args) == 0 {
+			return nil, errors.New("put: no value: standard input was empty; give VALUE, --file FILE, or pipe the value in")
+		}
+		return data, err
 	case file == "":
 		return nil, errors.New("put: --file needs a file name, or - to read stdin")
 	}
@@ -83,6 +97,11 @@ func (a *app) putValue(args []string, file string, fileSet bool) ([]byte, error)
 		defer f.Close()
 		r, name = f, file
 	}
+	return a.readValue(r, name)
+}
+
+// readValue reads a whole value, bounded.
+func (a *app) readValue(r io.Reader, name string) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxInput+1))
 	if err != nil {
 		return nil, fmt.Errorf("put: read %s: %w", name, err)
@@ -91,4 +110,10 @@ func (a *app) putValue(args []string, file string, fileSet bool) ([]byte, error)
 		return nil, fmt.Errorf("put: %s holds more than %d MiB; graftd values are far smaller", name, maxInput>>20)
 	}
 	return data, nil
+}
+
+// readerIsTerminal reports whether r is a terminal (a person, not a pipe).
+func readerIsTerminal(r io.Reader) bool {
+	f, ok := r.(interface{ Fd() uintptr })
+	return ok && term.IsTerminal(int(f.Fd()))
 }
