@@ -90,8 +90,10 @@ type Status struct {
 	Applied               time.Time
 	DestinationRevision   int64
 	InSync                bool
-	Lag                   time.Duration
-	Parked                *Parked
+	// Lag is how long after the source change (or, for a copy of a value
+	// older than its rule, after the rule's creation) the copy was made.
+	Lag    time.Duration
+	Parked *Parked
 	// As a source.
 	Feeds []Rule
 }
@@ -129,7 +131,10 @@ func (r *Replicator) Status(ctx context.Context, path string) (Status, error) {
 		st.AppliedSourceRevision = a.SourceRevision
 		st.Applied = time.Unix(0, a.Time).UTC()
 		if a.SourceTime > 0 {
-			st.Lag = time.Duration(a.Time - a.SourceTime)
+			// A copy cannot lag behind a change made before its rule
+			// existed: measure from the later of the two.
+			from := max(a.SourceTime, rule.Created.UnixNano())
+			st.Lag = max(time.Duration(a.Time-from), 0)
 		}
 	}
 	dst, dstFound, _, err := r.cfg.Store.ReadSource(ctx, path)

@@ -100,3 +100,22 @@ func TestRefusedShareStoresNoRule(t *testing.T) {
 		t.Fatalf("rules after two refused shares: %+v", got)
 	}
 }
+
+// The first fill of a new rule is not lag: status measures from the later
+// of the source change and the rule's creation (it used to report the age
+// of the source value).
+func TestStatusLagOfTheFirstFill(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	e.put(t, "/dba/old/k", "v")
+	time.Sleep(300 * time.Millisecond) // the value is this old when shared
+	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/old", []string{"/app/a/replicated/old"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.repl.Status(e.ctx, "/app/a/replicated/old/k")
+	if err != nil || !st.InSync {
+		t.Fatalf("status after share: %+v, %v", st, err)
+	}
+	if st.Lag >= 300*time.Millisecond {
+		t.Fatalf("lag of the first fill = %s; the share itself took far less", st.Lag)
+	}
+}
