@@ -113,7 +113,7 @@ func TestKV(t *testing.T) {
 	t.Run("errors", func(t *testing.T) {
 		_, err := c.Get(ctx, "/app/x/db")
 		assertCode(t, err, codes.NotFound, sdk.ErrNotFound)
-		if got, want := err.Error(), "get /app/x/db: not found"; got != want {
+		if got, want := err.Error(), "get /app/x/db: not found (see `graft ls /app/x`)"; got != want {
 			t.Fatalf("not-found message = %q, want %q", got, want)
 		}
 		_, err = c.Put(ctx, "/kv/../etc", []byte("x"))

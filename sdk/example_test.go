@@ -46,7 +46,7 @@ func ExampleClient_Get_notFound() {
 	fmt.Println(err)
 	fmt.Println(errors.Is(err, sdk.ErrNotFound))
 	// Output:
-	// get /app/x/db: not found
+	// get /app/x/db: not found (see `graft ls /app/x`)
 	// true
 }
 

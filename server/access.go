@@ -132,7 +132,7 @@ func (r request) checkPath() error {
 		parse = store.ParsePath
 	}
 	if _, err := parse(r.path); err != nil {
-		return fmt.Errorf("%s %s: %w", r.verb, r.path, err)
+		return fmt.Errorf("%s %s: %w", r.verb, store.ShortPath(r.path), err)
 	}
 	return nil
 }

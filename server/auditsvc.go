@@ -19,7 +19,7 @@ func (s *Server) QueryAudit(ctx context.Context, req *graftv1.QueryAuditRequest)
 	}
 	if p := req.GetPathPrefix(); p != "" && p != "/" {
 		if _, err := store.ParsePrefix(strings.TrimSuffix(p, "/")); err != nil {
-			return nil, toStatus(fmt.Errorf("audit --path %s: %w", p, err))
+			return nil, toStatus(fmt.Errorf("audit --path %s: %w", store.ShortPath(p), err))
 		}
 	}
 	f := audit.Filter{PathPrefix: req.GetPathPrefix(), Principal: req.GetPrincipal(), Limit: int(req.GetLimit())}

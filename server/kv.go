@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"path"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -21,11 +23,31 @@ func (s *Server) Get(ctx context.Context, req *graftv1.GetRequest) (*graftv1.Get
 		e, err = s.store.GetRevision(ctx, req.GetPath(), req.GetRevision())
 	} else {
 		e, err = s.store.Get(ctx, req.GetPath())
+		if errors.Is(err, store.ErrNotFound) {
+			err = s.notFoundHint(ctx, req.GetPath(), err)
+		}
 	}
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &graftv1.GetResponse{Entry: entryProto(e)}, nil
+}
+
+// notFoundHint adds the next step to a get of a missing key: the listing
+// of the path itself when keys lie below it (it is a prefix), else of its
+// parent; each only if the caller may list it, so it reveals nothing.
+func (s *Server) notFoundHint(ctx context.Context, p string, err error) error {
+	if s.may(ctx, acl.ActionList, p) {
+		below, lerr := s.store.HasBelow(ctx, p)
+		if lerr == nil && below {
+			return fmt.Errorf("%w: %s is a prefix with keys below it; list them with `graft ls %s`", err, p, p)
+		}
+	}
+	parent := path.Dir(p)
+	if s.may(ctx, acl.ActionList, parent) {
+		return fmt.Errorf("%w (see `graft ls %s`)", err, parent)
+	}
+	return err
 }
 
 // Put implements graftv1.KVServiceServer.

@@ -68,7 +68,7 @@ func (s *Server) CheckPolicy(ctx context.Context, req *graftv1.CheckPolicyReques
 		return nil, toStatus(invalid("policy check: unknown action %q; actions are %v", req.GetAction(), acl.Actions()))
 	}
 	if _, err := store.ParsePrefix(req.GetPath()); err != nil {
-		return nil, toStatus(fmt.Errorf("policy check %s: %w", req.GetPath(), err))
+		return nil, toStatus(fmt.Errorf("policy check %s: %w", store.ShortPath(req.GetPath()), err))
 	}
 	if req.GetPrincipal() == "" {
 		return nil, toStatus(invalid("policy check: give --principal, such as app:message-processor"))

@@ -22,7 +22,7 @@ type HistoryItem struct {
 // no versions at all is ErrNotFound.
 func (s *Store) History(ctx context.Context, path string) ([]HistoryItem, error) {
 	if _, err := ParsePath(path); err != nil {
-		return nil, fmt.Errorf("history %s: %w", path, err)
+		return nil, fmt.Errorf("history %s: %w", ShortPath(path), err)
 	}
 	versions, err := s.versions(ctx, path)
 	if err != nil {
@@ -90,7 +90,7 @@ func (s *Store) RestorePrefix(ctx context.Context, prefix string, at time.Time, 
 // touched.
 func (s *Store) RestorePrefixFunc(ctx context.Context, prefix string, at time.Time, dryRun bool, author string, keep func(path string) bool) ([]RestoreStep, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", prefix, err)
+		return nil, fmt.Errorf("restore %s: %w", ShortPath(prefix), err)
 	}
 	plan, err := s.planRestore(ctx, prefix, at.UnixNano())
 	if err != nil {

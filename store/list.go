@@ -30,7 +30,7 @@ func (s *Store) List(ctx context.Context, prefix string, recursive bool) ([]List
 // listing never reveals the name of a path that keep hides.
 func (s *Store) ListFunc(ctx context.Context, prefix string, recursive bool, keep func(path string) bool) ([]ListItem, int64, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
-		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+		return nil, 0, fmt.Errorf("list %s: %w", ShortPath(prefix), err)
 	}
 	start, end := rangeOf(s.kvPrefix, prefix)
 	resp, err := s.cli.Get(ctx, start, withRange(end)...)
@@ -89,4 +89,21 @@ func child(prefix, p string) (string, bool) {
 
 func withRange(end string) []clientv3.OpOption {
 	return []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+}
+
+// HasBelow reports whether any path lies below p (p itself not counted):
+// whether p is a prefix.
+func (s *Store) HasBelow(ctx context.Context, p string) (bool, error) {
+	if _, err := ParsePrefix(p); err != nil {
+		return false, fmt.Errorf("list %s: %w", ShortPath(p), err)
+	}
+	base := s.kvKey(p) + "/"
+	if p == "/" {
+		base = s.kvKey("/")
+	}
+	resp, err := s.cli.Get(ctx, base, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithLimit(1))
+	if err != nil {
+		return false, err
+	}
+	return resp.Count > 0, nil
 }

@@ -102,3 +102,13 @@ func Under(path, prefix string) bool {
 	}
 	return len(path) == len(prefix) || path[len(prefix)] == '/'
 }
+
+// ShortPath is p as an error message shows it: a path too long to be one
+// is cut, with its length, rather than echoed whole.
+func ShortPath(p string) string {
+	const keep = 64
+	if len(p) <= keep+32 {
+		return p
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(p[:keep], ""), len(p))
+}

@@ -108,7 +108,7 @@ func (s *Store) checkReplicas(ws []ReplicaWrite) error {
 		}
 		seen[w.Path] = true
 		if _, err := ParsePath(w.Path); err != nil {
-			return fmt.Errorf("replicate to %s: %w", w.Path, err)
+			return fmt.Errorf("replicate to %s: %w", ShortPath(w.Path), err)
 		}
 		if !w.Delete && len(w.Value) > s.maxValue {
 			return fmt.Errorf("replicate to %s: %w", w.Path, &ValueTooLargeError{Size: len(w.Value), Max: s.maxValue})
@@ -419,7 +419,7 @@ func (e *UnreadableError) Unwrap() error { return e.Err }
 // returned with the rest.
 func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, error) {
 	if _, err := ParsePath(root); err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", root, err)
+		return nil, 0, fmt.Errorf("read %s: %w", ShortPath(root), err)
 	}
 	start, end := rangeOf(s.kvPrefix, root)
 	resp, err := s.cli.Get(ctx, start, withRange(end)...)

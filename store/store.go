@@ -320,7 +320,7 @@ func (s *Store) open(path string, r record) ([]byte, error) {
 // Get returns the current version of path with its value.
 func (s *Store) Get(ctx context.Context, path string) (Entry, error) {
 	if _, err := ParsePath(path); err != nil {
-		return Entry{}, fmt.Errorf("get %s: %w", path, err)
+		return Entry{}, fmt.Errorf("get %s: %w", ShortPath(path), err)
 	}
 	resp, err := s.cli.Get(ctx, s.kvKey(path))
 	if err != nil {
@@ -345,7 +345,7 @@ func (s *Store) Get(ctx context.Context, path string) (Entry, error) {
 // history, with its value.
 func (s *Store) GetRevision(ctx context.Context, path string, rev int64) (Entry, error) {
 	if _, err := ParsePath(path); err != nil {
-		return Entry{}, fmt.Errorf("get %s: %w", path, err)
+		return Entry{}, fmt.Errorf("get %s: %w", ShortPath(path), err)
 	}
 	// Read the two keys the version can be under rather than the whole
 	// history: that is up to HistoryLimit values of up to MaxValueBytes.

@@ -50,7 +50,7 @@ type WatchBatch struct {
 // a *CompactedError; one compacted while the watch runs, by the last batch.
 func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOnly bool) (int64, <-chan WatchBatch, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
-		return 0, nil, fmt.Errorf("watch %s: %w", prefix, err)
+		return 0, nil, fmt.Errorf("watch %s: %w", ShortPath(prefix), err)
 	}
 	if startRev < 0 {
 		return 0, nil, fmt.Errorf("watch %s: %w: start revision %d must not be negative", prefix, ErrInvalidArgument, startRev)

@@ -199,7 +199,7 @@ func backoff(ctx context.Context, attempt int) error {
 // Put writes value at path and returns the new version (without value).
 func (s *Store) Put(ctx context.Context, path string, value []byte, opts WriteOptions) (Entry, error) {
 	if _, err := ParsePath(path); err != nil {
-		return Entry{}, fmt.Errorf("put %s: %w", path, err)
+		return Entry{}, fmt.Errorf("put %s: %w", ShortPath(path), err)
 	}
 	if len(value) > s.maxValue {
 		return Entry{}, fmt.Errorf("put %s: %w", path, &ValueTooLargeError{Size: len(value), Max: s.maxValue})
@@ -233,7 +233,7 @@ func (s *Store) Put(ctx context.Context, path string, value []byte, opts WriteOp
 // deletion.
 func (s *Store) Delete(ctx context.Context, path string, opts WriteOptions) (int64, error) {
 	if _, err := ParsePath(path); err != nil {
-		return 0, fmt.Errorf("delete %s: %w", path, err)
+		return 0, fmt.Errorf("delete %s: %w", ShortPath(path), err)
 	}
 	rev, err := s.commit(ctx, path, func(c current) ([]clientv3.Op, error) {
 		if !c.exists {

@@ -284,7 +284,7 @@ func TestPolicyPutGetListRemove(t *testing.T) {
 	}{
 		{[]string{"policy", "put"}, "graft: policy put: no policy: give FILE, or - to read stdin\n"},
 		{[]string{"policy", "put", "a.yaml", "--file", "b.yaml"}, "graft: policy put: give the file as an argument or with --file, not both\n"},
-		{[]string{"policy", "get"}, "graft: graft policy get: missing ROLE (usage: graft policy get ROLE [flags])\n"},
+		{[]string{"policy", "get"}, "graft: policy get: missing ROLE (usage: graft policy get ROLE [flags])\n"},
 	} {
 		if got := admin.fails(tt.args...); got != tt.want {
 			t.Errorf("graft %s:\n got %q\nwant %q", strings.Join(tt.args, " "), got, tt.want)

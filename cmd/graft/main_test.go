@@ -123,9 +123,9 @@ func TestPutGet(t *testing.T) {
 	}{
 		{[]string{"put", "/t/pg/none"}, "graft: put: no value: standard input was empty; give VALUE, --file FILE, or pipe the value in\n"},
 		{[]string{"put", "/t/pg/both", "v", "--file", file}, "graft: put: give the value as an argument or with --file, not both\n"},
-		{[]string{"get"}, "graft: graft get: missing PATH (usage: graft get PATH [flags])\n"},
-		{[]string{"put", "/t/pg/x", "secret", "words"}, "graft: graft put: 3 arguments given, at most 2 accepted (usage: graft put PATH [VALUE] [flags])\n"},
-		{[]string{"get", "/app/x/db"}, "graft: get /app/x/db: not found\n"},
+		{[]string{"get"}, "graft: get: missing PATH (usage: graft get PATH [flags])\n"},
+		{[]string{"put", "/t/pg/x", "secret", "words"}, "graft: put: 3 arguments given, at most 2 accepted (usage: graft put PATH [VALUE] [flags])\n"},
+		{[]string{"get", "/app/x/db"}, "graft: get /app/x/db: not found (see `graft ls /app/x`)\n"},
 		{[]string{"get", "/t/pg/a", "--revision", "1"}, "graft: get /t/pg/a at revision 1: not found (see `graft history /t/pg/a` for the retained revisions)\n"},
 		{[]string{"put", "/t/../x", "v"}, "graft: put /t/../x: invalid path: segment \"..\" is not allowed\n"},
 		{[]string{"get", "/t/pg/a", "-o", "xml"}, "graft: invalid output format \"xml\": use -o table, -o json or -o yaml\n"},
@@ -260,7 +260,7 @@ func TestListHistoryRestoreRemove(t *testing.T) {
 	if !regexp.MustCompile(`^/t/tree/dir/x deleted at revision \d+\n$`).MatchString(rmOut) {
 		t.Fatalf("rm printed %q", rmOut)
 	}
-	if got := c.fails("get", "/t/tree/dir/x"); got != "graft: get /t/tree/dir/x: not found\n" {
+	if got := c.fails("get", "/t/tree/dir/x"); got != "graft: get /t/tree/dir/x: not found (see `graft ls /t/tree/dir`)\n" {
 		t.Fatalf("get after rm: %q", got)
 	}
 	assertTable(t, c.ok("history", "/t/tree/dir/x"), [][]string{{"REVISION", "TIME", "AUTHOR", "NOTE"}, {"*", "*", "root", "deleted"}})
@@ -323,7 +323,7 @@ func TestRestorePrefixAt(t *testing.T) {
 	if v := c.ok("get", "/t/pit/a"); v != "a1" {
 		t.Fatalf("after restore --at get = %q, want a1", v)
 	}
-	if got := c.fails("get", "/t/pit/b"); got != "graft: get /t/pit/b: not found\n" {
+	if got := c.fails("get", "/t/pit/b"); got != "graft: get /t/pit/b: not found (see `graft ls /t/pit`)\n" {
 		t.Fatalf("after restore --at: %q", got)
 	}
 	if out := c.ok("restore", "/t/pit", "--at", at); !strings.HasPrefix(out, "nothing to do: /t/pit is already as it was at ") {
@@ -400,7 +400,7 @@ func TestConnectionErrors(t *testing.T) {
 	// --token and --addr win over the environment.
 	c.env["GRAFT_TOKEN"] = "wrong-token-value"
 	c.env["GRAFT_ADDR"] = testenv.FreeAddr(t)
-	if got := c.fails("get", "/app/x/db", "--token", g.Token, "--addr", g.Addr); got != "graft: get /app/x/db: not found\n" {
+	if got := c.fails("get", "/app/x/db", "--token", g.Token, "--addr", g.Addr); got != "graft: get /app/x/db: not found (see `graft ls /app/x`)\n" {
 		t.Fatalf("with --token and --addr: %q", got)
 	}
 
@@ -608,5 +608,28 @@ func assertTable(t *testing.T, out string, want [][]string) {
 				t.Fatalf("row %d cell %d = %q, want %q:\n%s", i, j, cells[j], w, out)
 			}
 		}
+	}
+}
+
+// Errors say what to do next, name where the bad token came from, and do
+// not echo a giant path back whole.
+func TestErrorsSayWhatToDo(t *testing.T) {
+	g := graftdtest.Start(t)
+	c := newCLI(t, g)
+	c.put("/t/e/dir/x", "v")
+	if got, want := c.fails("get", "/t/e/dir"), "graft: get /t/e/dir: not found: /t/e/dir is a prefix with keys below it; list them with `graft ls /t/e/dir`\n"; got != want {
+		t.Errorf("get of a prefix:\n got %q\nwant %q", got, want)
+	}
+	if got := c.fails("get", "/t/e/dir", "--token", "graft_wrong"); !strings.HasSuffix(got, "; check --token\n") {
+		t.Errorf("a bad --token: %q, want it to name --token", got)
+	}
+	c.env["GRAFT_TOKEN"] = "graft_wrong"
+	if got := c.fails("get", "/t/e/dir"); !strings.HasSuffix(got, "; check GRAFT_TOKEN\n") {
+		t.Errorf("a bad GRAFT_TOKEN: %q, want it to name GRAFT_TOKEN", got)
+	}
+	c.env["GRAFT_TOKEN"] = g.Token
+	long := "/" + strings.Repeat("a", 1100)
+	if got := c.fails("get", long); len(got) > 200 || !strings.Contains(got, "(1101 bytes)") || !strings.Contains(got, "longer than 1024 bytes") {
+		t.Errorf("a path over the limit: %d bytes of error, %q", len(got), got)
 	}
 }

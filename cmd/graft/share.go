@@ -175,7 +175,7 @@ updates any more. Needs the share action on the rule's source.`,
 					return err
 				}
 				return a.Emit(unsharedView{Rule: viewRule(r), Pruned: n, Orphan: orphan}, func(w io.Writer) error {
-					msg := fmt.Sprintf("unshared %s: deleted %d copie(s)", r.ID, n)
+					msg := fmt.Sprintf("unshared %s: deleted %s", r.ID, plural(int(n), "copy", "copies"))
 					if orphan {
 						msg = fmt.Sprintf("unshared %s: kept its copies as ordinary values", r.ID)
 					}
@@ -274,4 +274,12 @@ func revOrNone(n int64, none string) string {
 		return none
 	}
 	return fmt.Sprintf("revision %d", n)
+}
+
+// plural is "1 copy", "2 copies".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -111,7 +111,7 @@ func TestShare(t *testing.T) {
 	admin.fails("share", "/dba/mp/x")
 
 	// unshare prunes; --orphan keeps.
-	if got := admin.ok("unshare", fan); got != "unshared "+fan+": deleted 2 copie(s)\n" {
+	if got := admin.ok("unshare", fan); got != "unshared "+fan+": deleted 2 copies\n" {
 		t.Fatalf("unshare = %q", got)
 	}
 	admin.fails("get", "/app/a/replicated/dd")

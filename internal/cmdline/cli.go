@@ -46,6 +46,9 @@ type Globals struct {
 	// Secrets are arguments that may be tokens (graft token revoke's):
 	// ErrorLine never prints them.
 	Secrets []string
+
+	// tokenFrom says where the token came from, for error messages.
+	tokenFrom string
 }
 
 // Bind registers the settings as persistent flags of root and resolves
@@ -90,8 +93,9 @@ func (g *Globals) Remote(cmd *cobra.Command) bool {
 // Client connects to graftd with the resolved settings. Close it.
 func (g *Globals) Client(ctx context.Context, cmd *cobra.Command) (*sdk.Client, error) {
 	flags := cmd.Flags()
+	g.tokenFrom = "--token"
 	if !flags.Changed("token") {
-		g.Token = g.Getenv("GRAFT_TOKEN")
+		g.Token, g.tokenFrom = g.Getenv("GRAFT_TOKEN"), "GRAFT_TOKEN"
 	}
 	g.Token = strings.TrimSpace(g.Token)
 	if g.Token == "" {
@@ -171,13 +175,15 @@ func (g *Globals) Emit(v any, table func(w io.Writer) error) error {
 // expected, with the usage line, when it is wrong.
 func Args(min, max int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
+		// The program's name starts the line already ("graft: get: ...").
+		name := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
 		switch {
 		case len(args) < min:
-			return fmt.Errorf("%s: missing %s (usage: %s)", cmd.CommandPath(), what, cmd.UseLine())
+			return fmt.Errorf("%s: missing %s (usage: %s)", name, what, cmd.UseLine())
 		case len(args) > max:
 			// The extra arguments are not echoed: an unquoted value split
 			// by the shell would land in the error line.
-			return fmt.Errorf("%s: %d arguments given, at most %d accepted (usage: %s)", cmd.CommandPath(), len(args), max, cmd.UseLine())
+			return fmt.Errorf("%s: %d arguments given, at most %d accepted (usage: %s)", name, len(args), max, cmd.UseLine())
 		}
 		return nil
 	}

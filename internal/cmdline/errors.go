@@ -23,7 +23,7 @@ func (g *Globals) ErrorLine(err error) string {
 	case errors.Is(err, sdk.ErrPlaintext):
 		msg = fmt.Sprintf("refusing a plaintext connection to %s, which is not a loopback address: pass --ca-file (GRAFT_CA_FILE) to use TLS, or --insecure (GRAFT_INSECURE=1) to send the token in the clear", g.Addr)
 	case errors.Is(err, sdk.ErrBadToken):
-		msg = "the token contains whitespace or control characters; check GRAFT_TOKEN"
+		msg = "the token contains whitespace or control characters; check " + g.tokenSource()
 	case errors.Is(err, context.Canceled):
 		msg = "interrupted"
 	default:
@@ -58,7 +58,7 @@ func (g *Globals) statusLine(e *sdk.Error) string {
 	case codes.Unavailable:
 		return fmt.Sprintf("cannot reach graftd at %s: %s; is it running? (make run)", g.Addr, transportReason(e.Message))
 	case codes.Unauthenticated:
-		return e.Message + "; check GRAFT_TOKEN"
+		return e.Message + "; check " + g.tokenSource()
 	case codes.DeadlineExceeded:
 		if errors.Is(e, context.DeadlineExceeded) {
 			return fmt.Sprintf("graftd at %s did not answer within %s; is it running? (--timeout sets the limit)", g.Addr, g.Timeout)
@@ -90,4 +90,13 @@ func transportReason(msg string) string {
 		}
 	}
 	return msg
+}
+
+// tokenSource names where the token in use came from: the flag or the
+// variable.
+func (g *Globals) tokenSource() string {
+	if g.tokenFrom == "" {
+		return "GRAFT_TOKEN"
+	}
+	return g.tokenFrom
 }
