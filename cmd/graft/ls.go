@@ -10,11 +10,13 @@ import (
 	"github.com/graft-sh/graft/sdk"
 )
 
-// listItemView is one listed path as -o json and -o yaml show it.
+// listItemView is one listed path as -o json and -o yaml show it: the
+// fields of get's entry, flat, for a path with a value, and directory for
+// one with paths below it (a path can be both).
 type listItemView struct {
-	Path      string     `json:"path"`
-	Directory bool       `json:"directory,omitempty"`
-	Entry     *entryView `json:"entry,omitempty"`
+	Path string `json:"path"`
+	*entryView
+	Directory bool `json:"directory,omitempty"`
 }
 
 func (a *app) lsCmd() *cobra.Command {
@@ -47,7 +49,7 @@ Values are never listed.`,
 					v := listItemView{Path: it.Path, Directory: it.Directory}
 					if it.Entry != nil {
 						e := viewEntry(it.Entry, false)
-						v.Entry = &e
+						v.entryView = &e
 					}
 					views = append(views, v)
 				}

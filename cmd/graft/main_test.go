@@ -633,3 +633,32 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 		t.Errorf("a path over the limit: %d bytes of error, %q", len(got), got)
 	}
 }
+
+// ls, get and history print one flat JSON shape: the entry's fields at the
+// top level, nothing nested, no path twice.
+func TestJSONIsOneFlatShape(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	c.put("/t/flat/a", "v")
+	c.put("/t/flat/a/b", "w")
+	var ls []map[string]any
+	decode(t, c.ok("ls", "/t/flat", "-o", "json"), &ls)
+	if len(ls) != 1 || ls[0]["path"] != "/t/flat/a" || ls[0]["directory"] != true || ls[0]["revision"] == nil || ls[0]["author"] != "root" {
+		t.Fatalf("ls -o json = %v", ls)
+	}
+	var get map[string]any
+	decode(t, c.ok("get", "/t/flat/a", "-o", "json"), &get)
+	var hist []map[string]any
+	decode(t, c.ok("history", "/t/flat/a", "-o", "json"), &hist)
+	for name, obj := range map[string]map[string]any{"ls": ls[0], "get": get, "history": hist[0]} {
+		for k, v := range obj {
+			if _, nested := v.(map[string]any); nested && k != "origin" {
+				t.Errorf("%s -o json nests %q: %v", name, k, obj)
+			}
+		}
+		for _, k := range []string{"path", "revision", "size", "author", "time"} {
+			if _, ok := obj[k]; !ok {
+				t.Errorf("%s -o json has no %q: %v", name, k, obj)
+			}
+		}
+	}
+}
