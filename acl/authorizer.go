@@ -256,6 +256,36 @@ func (a *Authorizer) Decide(p Principal, act Action, path string) Decision {
 	return Decision{Reason: fmt.Sprintf("no rule allows %s to %s %s (roles: %s); no match means deny", p.Name, act, path, shown)}
 }
 
+// MayBelow reports whether p may do act on some path at or below prefix:
+// whether an allow rule of one of its roles reaches into the subtree. It
+// weighs no deny rule, so a yes means "perhaps, path by path", for
+// requests decided item by item; a no is certain. Root may always.
+func (a *Authorizer) MayBelow(p Principal, act Action, prefix string) bool {
+	if p.IsRoot() {
+		return true
+	}
+	if _, err := store.ParsePrefix(prefix); err != nil || !act.valid() {
+		return false
+	}
+	roles := a.roles(p)
+	for _, pol := range a.policies {
+		if !slices.Contains(roles, pol.Role) {
+			continue
+		}
+		for _, r := range pol.Rules {
+			if r.Effect != EffectAllow || !slices.Contains(r.Actions, act) {
+				continue
+			}
+			for _, raw := range r.Paths {
+				if pat, ok := a.patterns[raw]; ok && pat.MatchesBelow(prefix, p) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // explain builds the decision made by one casbin policy line.
 func (a *Authorizer) explain(allowed bool, line []string) Decision {
 	role, act, pattern, effect := line[0], line[1], line[2], line[3]

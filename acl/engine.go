@@ -101,6 +101,12 @@ func (e *Engine) Decide(p Principal, act Action, path string) Decision {
 	return e.cur.Load().Decide(p, act, path)
 }
 
+// MayBelow asks the current policies whether p may do act on some path at
+// or below prefix (see Authorizer.MayBelow).
+func (e *Engine) MayBelow(p Principal, act Action, prefix string) bool {
+	return e.cur.Load().MayBelow(p, act, prefix)
+}
+
 // Put creates or replaces a role's policy. Unless force is set, it refuses
 // with a *LastAdminError to take admin on / away from the last policy that
 // grants it.

@@ -180,6 +180,36 @@ func (p Pattern) Match(path string, principal Principal) bool {
 	return p.rest || rest == ""
 }
 
+// MatchesBelow reports whether some path at or below prefix (canonical)
+// could match the pattern for principal: whether the pattern reaches into
+// the subtree at all.
+func (p Pattern) MatchesBelow(prefix string, principal Principal) bool {
+	if p.raw == "" || prefix == "" || prefix[0] != '/' {
+		return false
+	}
+	var name string
+	if p.templated {
+		name = templateName(principal.Name)
+		if !isPathSegment(name) {
+			return false
+		}
+	}
+	rest := prefix[1:]
+	for _, s := range p.segments {
+		if rest == "" {
+			return true // the pattern goes on below the prefix
+		}
+		seg, after, _ := strings.Cut(rest, "/")
+		switch {
+		case s.kind == segLiteral && seg != s.literal, s.kind == segName && seg != name:
+			return false
+		}
+		rest = after
+	}
+	// The pattern ends at or above the prefix's depth.
+	return p.rest || rest == ""
+}
+
 // templateName is the part of a principal's name that fills {name}: what
 // follows the kind, or the whole name when it has none.
 func templateName(principal string) string {

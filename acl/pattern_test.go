@@ -265,3 +265,37 @@ func BenchmarkPatternMatch(b *testing.B) {
 		p.Match("/app/message-processor/replicated/mongo/password", pr)
 	}
 }
+
+func TestPatternMatchesBelow(t *testing.T) {
+	mp := Principal{Name: "app:mp"}
+	tests := []struct {
+		pattern, prefix string
+		want            bool
+	}{
+		{"/dba/**", "/", true},
+		{"/dba/**", "/dba", true},
+		{"/dba/**", "/dba/x/y", true},
+		{"/dba/**", "/app", false},
+		{"/dba/**", "/dba-evil", false},
+		{"/app/{name}/**", "/app", true},
+		{"/app/{name}/**", "/app/mp/x", true},
+		{"/app/{name}/**", "/app/other", false},
+		{"/app/+/config", "/app", true},
+		{"/app/+/config", "/app/x/config", true},
+		{"/app/+/config", "/app/x/config/deeper", false},
+		{"/app/+/config", "/app/x/other", false},
+		{"/x", "/x", true},
+		{"/x", "/x/y", false},
+		{"/", "/", true},
+		{"/", "/x", false},
+	}
+	for _, tt := range tests {
+		p, err := ParsePattern(tt.pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.MatchesBelow(tt.prefix, mp); got != tt.want {
+			t.Errorf("%s.MatchesBelow(%s) = %v, want %v", tt.pattern, tt.prefix, got, tt.want)
+		}
+	}
+}

@@ -278,7 +278,7 @@ func TestKV(t *testing.T) {
 			{Path: "/kv/pit/a", Action: sdk.RestoreActionRestore, FromRevision: a2.Revision, ToRevision: a1.Revision},
 			{Path: "/kv/pit/b", Action: sdk.RestoreActionDelete, FromRevision: b.Revision},
 		}
-		if !slices.Equal(plan, want) {
+		if !slices.Equal(plan.Steps, want) || plan.OutOfReach != 0 {
 			t.Fatalf("dry run = %+v, want %+v", plan, want)
 		}
 		if got, _ := c.Get(ctx, "/kv/pit/a"); got == nil || string(got.Value) != "a2" {
@@ -288,7 +288,7 @@ func TestKV(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(done) != 2 || done[0].NewRevision <= b.Revision || done[1].NewRevision <= done[0].NewRevision {
+		if d := done.Steps; len(d) != 2 || d[0].NewRevision <= b.Revision || d[1].NewRevision <= d[0].NewRevision {
 			t.Fatalf("restore = %+v, want two steps with new revisions", done)
 		}
 		if got, _ := c.Get(ctx, "/kv/pit/a"); got == nil || string(got.Value) != "a1" {

@@ -170,7 +170,7 @@ func ExampleClient_RestorePrefix() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	for _, s := range plan {
+	for _, s := range plan.Steps {
 		fmt.Println("plan:", s.Action, s.Path)
 	}
 	if _, err := c.RestorePrefix(ctx, "/dba/ledger", before, false); err != nil {

@@ -140,19 +140,21 @@ func (c *Client) Restore(ctx context.Context, path string, revision int64) (*Ent
 // RestorePrefix returns every path under prefix to its state at time at:
 // changed paths get their old value back as a new revision and paths that
 // did not exist then are deleted. With dryRun nothing changes and the
-// steps are the plan.
-func (c *Client) RestorePrefix(ctx context.Context, prefix string, at time.Time, dryRun bool) ([]RestoreStep, error) {
+// steps are the plan. Only paths the caller may change are restored; the
+// others it may see are counted in OutOfReach. A caller that may write
+// nothing under prefix gets an error matching ErrPermissionDenied.
+func (c *Client) RestorePrefix(ctx context.Context, prefix string, at time.Time, dryRun bool) (RestorePlan, error) {
 	if at.IsZero() {
 		// A zero time would mean "before anything existed": delete it all.
-		return nil, invalidArgument(fmt.Sprintf("restore %s: a point in time is required", prefix))
+		return RestorePlan{}, invalidArgument(fmt.Sprintf("restore %s: a point in time is required", prefix))
 	}
 	resp, err := c.kv.RestorePrefix(ctx, &graftv1.RestorePrefixRequest{Prefix: prefix, At: timestamppb.New(at), DryRun: dryRun})
 	if err != nil {
-		return nil, wrap(ctx, err)
+		return RestorePlan{}, wrap(ctx, err)
 	}
-	steps := make([]RestoreStep, 0, len(resp.GetSteps()))
+	plan := RestorePlan{Steps: make([]RestoreStep, 0, len(resp.GetSteps())), OutOfReach: int(resp.GetOutOfReach())}
 	for _, s := range resp.GetSteps() {
-		steps = append(steps, RestoreStep{
+		plan.Steps = append(plan.Steps, RestoreStep{
 			Path:         s.GetPath(),
 			Action:       restoreActionFrom(s.GetAction()),
 			FromRevision: s.GetFromRevision(),
@@ -161,5 +163,5 @@ func (c *Client) RestorePrefix(ctx context.Context, prefix string, at time.Time,
 			Reason:       s.GetReason(),
 		})
 	}
-	return steps, nil
+	return plan, nil
 }

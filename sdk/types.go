@@ -76,6 +76,14 @@ type RestoreStep struct {
 	Reason       string // why a path was skipped
 }
 
+// RestorePlan is what a prefix restore did, or would do.
+type RestorePlan struct {
+	Steps []RestoreStep
+	// OutOfReach counts the paths under the prefix the caller may see but
+	// may not change: they are not in Steps and were left as they are.
+	OutOfReach int
+}
+
 // EventType tells a write from a deletion.
 type EventType int
 

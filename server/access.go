@@ -31,6 +31,9 @@ type rpcAccess struct {
 	// (listings, watches, prefix restores, rules); the caller only ever
 	// sees paths it may see.
 	perItem bool
+	// below, with perItem, still refuses the whole request when the
+	// caller may do the action nowhere at or below the path.
+	below bool
 	// anyone may make the rpc once authenticated (WhoAmI).
 	anyone bool
 	// value returns the written value, whose HMAC goes into the audit
@@ -60,7 +63,7 @@ var accessTable = map[string]rpcAccess{
 		value: field((*graftv1.PutRequest).GetValue)},
 	graftv1.KVService_Delete_FullMethodName:  {action: acl.ActionDelete, path: field((*graftv1.DeleteRequest).GetPath), verb: "delete", key: true, write: true},
 	graftv1.KVService_Restore_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestoreRequest).GetPath), verb: "restore", key: true, write: true},
-	graftv1.KVService_RestorePrefix_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestorePrefixRequest).GetPrefix), verb: "restore", write: true, perItem: true,
+	graftv1.KVService_RestorePrefix_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestorePrefixRequest).GetPrefix), verb: "restore", write: true, perItem: true, below: true,
 		dryRun: field((*graftv1.RestorePrefixRequest).GetDryRun)},
 	graftv1.KVService_List_FullMethodName:  {action: acl.ActionList, path: field((*graftv1.ListRequest).GetPrefix), verb: "list", perItem: true},
 	graftv1.KVService_Watch_FullMethodName: {action: acl.ActionList, path: field((*graftv1.WatchRequest).GetPrefix), verb: "watch", perItem: true},

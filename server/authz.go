@@ -17,6 +17,8 @@ import (
 // Authorizer decides whether a principal may do an action on a path.
 type Authorizer interface {
 	Decide(p acl.Principal, act acl.Action, path string) acl.Decision
+	// MayBelow reports whether p may do act somewhere at or below prefix.
+	MayBelow(p acl.Principal, act acl.Action, prefix string) bool
 }
 
 var _ Authorizer = (*acl.Engine)(nil)
@@ -39,10 +41,13 @@ func (s *Server) may(ctx context.Context, act acl.Action, path string) bool {
 
 // authorize checks one request; a denial is an *acl.DeniedError.
 func (s *Server) authorize(ctx context.Context, a request) error {
+	p := principal(ctx)
+	if a.below && !s.access.MayBelow(p, a.action, a.path) {
+		return &acl.DeniedError{Principal: p.Name, Action: a.action, Path: a.path}
+	}
 	if a.anyone || a.perItem {
 		return nil
 	}
-	p := principal(ctx)
 	return s.access.Decide(p, a.action, a.path).Err(p, a.action, a.path)
 }
 

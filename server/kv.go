@@ -135,33 +135,38 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 	if err := req.GetAt().CheckValid(); err != nil {
 		return nil, toStatus(invalid("restore %s: bad time: %v", req.GetPrefix(), err))
 	}
-	// Plan over the paths the caller may see, check it may do every step,
-	// then apply; paths it may not see are neither named nor touched.
+	// Plan over the paths the caller may see; keep the steps it may take
+	// (write to restore, delete to delete) and count the others, which
+	// stay as they are. Paths it may not see are neither named nor
+	// counted nor touched.
 	visible := func(path string) bool { return s.may(ctx, acl.ActionList, path) }
 	at, author := req.GetAt().AsTime(), principal(ctx).Name
-	steps, err := s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, true, author, visible)
+	plan, err := s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, true, author, visible)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	for _, st := range steps {
+	allowed := map[string]bool{}
+	steps := plan[:0:0]
+	outOfReach := 0
+	for _, st := range plan {
 		act := acl.ActionWrite
 		if st.Action == store.ActionDelete {
 			act = acl.ActionDelete
 		}
-		p := principal(ctx)
-		if err := s.access.Decide(p, act, st.Path).Err(p, act, st.Path); err != nil {
-			return nil, toStatus(fmt.Errorf("restore %s: %w; nothing was changed", req.GetPrefix(), err))
+		if st.Action != store.ActionSkip && !s.may(ctx, act, st.Path) {
+			outOfReach++
+			continue
 		}
+		allowed[st.Path] = true
+		steps = append(steps, st)
 	}
-	if !req.GetDryRun() {
-		steps, err = s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, false, author, func(path string) bool {
-			return visible(path) && s.may(ctx, acl.ActionWrite, path) && s.may(ctx, acl.ActionDelete, path)
-		})
+	if !req.GetDryRun() && len(steps) > 0 {
+		steps, err = s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, false, author, func(path string) bool { return allowed[path] })
 		if err != nil {
 			return nil, toStatus(err)
 		}
 	}
-	resp := &graftv1.RestorePrefixResponse{DryRun: req.GetDryRun(), Steps: make([]*graftv1.RestoreStep, 0, len(steps))}
+	resp := &graftv1.RestorePrefixResponse{DryRun: req.GetDryRun(), Steps: make([]*graftv1.RestoreStep, 0, len(steps)), OutOfReach: int64(outOfReach)}
 	for _, st := range steps {
 		resp.Steps = append(resp.Steps, &graftv1.RestoreStep{
 			Path:         st.Path,

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // as returns a cli like c but authenticating with token.
@@ -544,5 +547,66 @@ func TestPolicyRmLastAdmin(t *testing.T) {
 	c.ok("policy", "get", "admin")
 	if out := c.ok("policy", "rm", "admin", "--force"); out != "policy admin deleted\n" {
 		t.Fatalf("policy rm admin --force: %q", out)
+	}
+}
+
+// A prefix restore is refused, and audited as denied, for a caller that
+// may write nothing under the prefix; a caller that may write part of it
+// gets that part and a note that the rest was left alone. (An app used to
+// hear "nothing to do", exit 0, audited as allowed.)
+func TestRestorePrefixKeepsToWhatTheCallerMayChange(t *testing.T) {
+	g := graftdtest.Start(t)
+	admin := newCLI(t, g)
+	admin.put("/dba/passpack/k", "v1")
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	admin.put("/dba/passpack/k", "v2")
+
+	appToken, _ := admin.createToken("--principal", "app:mp", "--role", "app")
+	app := admin.as(appToken)
+	for _, dry := range [][]string{{"--dry-run"}, nil} {
+		args := append([]string{"restore", "/dba/passpack", "--at", at}, dry...)
+		if got, want := app.fails(args...), "graft: permission denied: app:mp may not write /dba/passpack\n"; got != want {
+			t.Errorf("app: graft %s:\n got %q\nwant %q", strings.Join(args, " "), got, want)
+		}
+	}
+	// Denials are audited asynchronously: wait for both records.
+	var results []string
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		results = nil
+		for line := range strings.Lines(admin.ok("audit", "--principal", "app:mp", "-o", "json")) {
+			var r struct{ Method, Result string }
+			if json.Unmarshal([]byte(line), &r) == nil && r.Method == "RestorePrefix" {
+				results = append(results, r.Result)
+			}
+		}
+		return len(results) >= 2
+	})
+	if strings.Join(results, ",") != "denied,denied" {
+		t.Errorf("the app's refused restores audited as %v, want denied twice", results)
+	}
+
+	// A DBA who may see all of /t but write only /t/mine.
+	policy := filepath.Join(t.TempDir(), "part.yaml")
+	os.WriteFile(policy, []byte("role: part\nrules:\n  - allow: [read, list]\n    paths: [/t/**]\n  - allow: [write, delete]\n    paths: [/t/mine/**]\n"), 0o600)
+	admin.ok("policy", "put", policy)
+	admin.put("/t/mine/a", "a1")
+	admin.put("/t/other/b", "b1")
+	at = time.Now().UTC().Format(time.RFC3339Nano)
+	admin.put("/t/mine/a", "a2")
+	admin.put("/t/other/b", "b2")
+	partToken, _ := admin.createToken("--principal", "user:part", "--role", "part")
+	part := admin.as(partToken)
+	r := part.run("restore", "/t", "--at", at)
+	if r.code != 0 || !strings.Contains(r.stdout, "/t/mine/a") || strings.Contains(r.stdout, "/t/other/b") {
+		t.Fatalf("partial restore: %+v", r)
+	}
+	if r.stderr != "note: left as they are: 1 path under /t that you may see but not change\n" {
+		t.Errorf("partial restore's note: %q", r.stderr)
+	}
+	if got := admin.ok("get", "/t/mine/a"); got != "a1" {
+		t.Errorf("/t/mine/a after the partial restore = %q, want a1", got)
+	}
+	if got := admin.ok("get", "/t/other/b"); got != "b2" {
+		t.Errorf("/t/other/b, out of reach, = %q, want b2 untouched", got)
 	}
 }

@@ -18,6 +18,8 @@ type restorePrefixView struct {
 	At     string            `json:"at"`
 	DryRun bool              `json:"dry_run"`
 	Steps  []restoreStepView `json:"steps"`
+	// OutOfReach counts paths the caller may see but not change.
+	OutOfReach int `json:"out_of_reach,omitempty"`
 }
 
 type restoreStepView struct {
@@ -151,11 +153,12 @@ func (a *app) restorePath(cmd *cobra.Command, path string, revision int64) error
 
 func (a *app) restorePrefix(cmd *cobra.Command, prefix string, at time.Time, dryRun bool) error {
 	return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
-		steps, err := c.RestorePrefix(ctx, prefix, at, dryRun)
+		plan, err := c.RestorePrefix(ctx, prefix, at, dryRun)
 		if err != nil {
 			return err
 		}
-		view := restorePrefixView{Prefix: prefix, At: jsonTime(at), DryRun: dryRun, Steps: make([]restoreStepView, 0, len(steps))}
+		steps := plan.Steps
+		view := restorePrefixView{Prefix: prefix, At: jsonTime(at), DryRun: dryRun, Steps: make([]restoreStepView, 0, len(steps)), OutOfReach: plan.OutOfReach}
 		counts := map[sdk.RestoreAction]int{}
 		for _, s := range steps {
 			counts[s.Action]++
@@ -170,6 +173,9 @@ func (a *app) restorePrefix(cmd *cobra.Command, prefix string, at time.Time, dry
 		}
 		return a.Emit(view, func(w io.Writer) error {
 			when := at.UTC().Format(time.RFC3339)
+			if plan.OutOfReach > 0 {
+				defer fmt.Fprintf(a.stderr, "note: left as they are: %s under %s that you may see but not change\n", plural(plan.OutOfReach, "path", "paths"), prefix)
+			}
 			if len(steps) == 0 {
 				_, err := fmt.Fprintf(w, "nothing to do: %s is already as it was at %s\n", prefix, when)
 				return err

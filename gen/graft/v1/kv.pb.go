@@ -1147,7 +1147,10 @@ type RestorePrefixResponse struct {
 	// requested time, or whose state then is unknown.
 	Steps []*RestoreStep `protobuf:"bytes,1,rep,name=steps,proto3" json:"steps,omitempty"`
 	// True when the steps were only planned.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// How many paths under the prefix the caller may see but not change:
+	// they were left out of the steps and left as they are.
+	OutOfReach    int64 `protobuf:"varint,3,opt,name=out_of_reach,json=outOfReach,proto3" json:"out_of_reach,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1194,6 +1197,13 @@ func (x *RestorePrefixResponse) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *RestorePrefixResponse) GetOutOfReach() int64 {
+	if x != nil {
+		return x.OutOfReach
+	}
+	return 0
 }
 
 // RestoreStep is what a prefix restore does to one path.
@@ -1542,10 +1552,12 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"\x14RestorePrefixRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"]\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\x7f\n" +
 	"\x15RestorePrefixResponse\x12+\n" +
 	"\x05steps\x18\x01 \x03(\v2\x15.graft.v1.RestoreStepR\x05steps\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xd3\x01\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12 \n" +
+	"\fout_of_reach\x18\x03 \x01(\x03R\n" +
+	"outOfReach\"\xd3\x01\n" +
 	"\vRestoreStep\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12/\n" +
 	"\x06action\x18\x02 \x01(\x0e2\x17.graft.v1.RestoreActionR\x06action\x12#\n" +
