@@ -234,18 +234,19 @@ func TestKV(t *testing.T) {
 			t.Fatal(err)
 		}
 		type row struct {
-			rev              int64
-			current, deleted bool
-			ended            bool
+			rev                        int64
+			current, deleted, deletion bool
+			ended                      bool
 		}
 		var got []row
 		for _, it := range h {
-			got = append(got, row{it.Entry.Revision, it.Current, it.Deleted, !it.Ended.IsZero()})
+			got = append(got, row{it.Entry.Revision, it.Current, it.Deleted, it.Deletion, !it.Ended.IsZero()})
 			if it.Entry.Value != nil {
 				t.Fatalf("History carries a value: %+v", it)
 			}
 		}
-		want := []row{{restored.Revision, true, false, false}, {v2.Revision, false, true, true}, {v1.Revision, false, false, true}}
+		// The deletion is a row of its own at its own revision.
+		want := []row{{restored.Revision, true, false, false, false}, {del, false, false, true, false}, {v2.Revision, false, true, false, true}, {v1.Revision, false, false, false, true}}
 		if !slices.Equal(got, want) {
 			t.Fatalf("History = %+v, want %+v (newest first)", got, want)
 		}

@@ -117,7 +117,7 @@ func (c *Client) History(ctx context.Context, path string) ([]HistoryItem, error
 	}
 	items := make([]HistoryItem, 0, len(resp.GetItems()))
 	for _, it := range resp.GetItems() {
-		item := HistoryItem{Entry: entryFrom(it.GetEntry()), Current: it.GetCurrent(), Deleted: it.GetDeleted()}
+		item := HistoryItem{Entry: entryFrom(it.GetEntry()), Current: it.GetCurrent(), Deleted: it.GetDeleted(), Deletion: it.GetDeletion()}
 		if t := it.GetEnded(); t != nil {
 			item.Ended = t.AsTime()
 		}

@@ -41,6 +41,10 @@ type HistoryItem struct {
 	Current bool      // the version the path holds now
 	Ended   time.Time // when it stopped being current; zero for the current one
 	Deleted bool      // it ended because the path was deleted
+	// Deletion marks the row of a deletion itself: its own revision,
+	// time and author, no value. It comes just before (is newer than)
+	// the version it ended.
+	Deletion bool
 }
 
 // RestoreAction is what a prefix restore does to one path.

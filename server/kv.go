@@ -106,6 +106,15 @@ func (s *Server) History(ctx context.Context, req *graftv1.HistoryRequest) (*gra
 	}
 	resp := &graftv1.HistoryResponse{Items: make([]*graftv1.HistoryItem, 0, len(items))}
 	for _, it := range items {
+		if it.Deleted && it.DeletedAt != 0 {
+			// Every change has its own row, the deletion too: at its own
+			// revision, by its author, newer than the version it ended.
+			del := &graftv1.HistoryItem{Entry: &graftv1.Entry{Path: it.Entry.Path, Revision: it.DeletedAt, Author: it.Deleter}, Deletion: true}
+			if !it.Ended.IsZero() {
+				del.Entry.Time = timestamppb.New(it.Ended)
+			}
+			resp.Items = append(resp.Items, del)
+		}
 		h := &graftv1.HistoryItem{Entry: entryProto(it.Entry), Current: it.Current, Deleted: it.Deleted}
 		if !it.Ended.IsZero() {
 			h.Ended = timestamppb.New(it.Ended)

@@ -16,6 +16,10 @@ type HistoryItem struct {
 	Current bool
 	Ended   time.Time // zero for the current version
 	Deleted bool      // the version ended with a deletion of the path
+	// DeletedAt and Deleter are, for a version that ended with a deletion,
+	// the revision of the deletion and who made it.
+	DeletedAt int64
+	Deleter   string
 }
 
 // History returns the retained versions of path, newest first. A path with
@@ -36,6 +40,9 @@ func (s *Store) History(ctx context.Context, path string) ([]HistoryItem, error)
 		item := HistoryItem{Entry: v.rec.entry(path, v.rev), Current: v.current, Deleted: v.rec.Deleted}
 		if v.rec.Ended != 0 {
 			item.Ended = time.Unix(0, v.rec.Ended).UTC()
+		}
+		if v.rec.Deleted {
+			item.DeletedAt, item.Deleter = v.endRev, v.rec.Deleter
 		}
 		items = append(items, item)
 	}

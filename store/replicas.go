@@ -267,10 +267,14 @@ const ReplicatorAuthor = "graft:replicator"
 // archiveReplica is archive with at most replicaMaxTrim history deletions,
 // so a batch's size stays bounded.
 func (s *Store) archiveReplica(path string, c current, now int64, deleted bool) []clientv3.Op {
+	author := ""
+	if deleted {
+		author = ReplicatorAuthor
+	}
 	if !c.exists {
 		return nil
 	}
-	ops := s.archive(path, c, now, deleted)
+	ops := s.archive(path, c, now, deleted, author)
 	if len(ops) > 1+replicaMaxTrim {
 		ops = ops[:1+replicaMaxTrim]
 	}

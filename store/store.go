@@ -247,9 +247,14 @@ type record struct {
 	// the etcd mod revision of the kv key.
 	Rev int64 `json:"r,omitempty"`
 	// Ended and Deleted are set on history records: when the version stopped
-	// being current, and whether a deletion ended it.
-	Ended   int64 `json:"e,omitempty"`
-	Deleted bool  `json:"d,omitempty"`
+	// being current, and whether a deletion ended it; Deleter is who
+	// deleted it. The revision it ended at is the history key's mod
+	// revision (written in the same transaction), unless EndRev pins it
+	// (a re-encryption sweep rewrote the record).
+	Ended   int64  `json:"e,omitempty"`
+	Deleted bool   `json:"d,omitempty"`
+	Deleter string `json:"da,omitempty"`
+	EndRev  int64  `json:"er,omitempty"`
 }
 
 func decodeRecord(data []byte) (record, error) {

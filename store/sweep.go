@@ -67,6 +67,8 @@ func (s *Store) sweepRange(ctx context.Context, base string, res *SweepResult) e
 			}
 			if base == s.kvPrefix+"/" {
 				r.Rev = r.revision(kv.ModRevision)
+			} else if r.EndRev == 0 {
+				r.EndRev = kv.ModRevision // the rewrite moves the key's mod revision
 			}
 			txn, err := s.cli.Txn(ctx).
 				If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).

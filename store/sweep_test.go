@@ -215,3 +215,36 @@ func mustRing(t *testing.T, primary uint32, keys map[uint32][]byte) *keyring.Key
 	}
 	return k
 }
+
+// A version that ended with a deletion knows the deletion's revision and
+// author, and a re-encryption sweep, which rewrites the history record,
+// does not move that revision.
+func TestDeletionRevisionSurvivesASweep(t *testing.T) {
+	env := testenv.Start(t)
+	ctx := t.Context()
+	key1, key2 := testenv.RandomKey(), testenv.RandomKey()
+	s, err := store.New(store.Config{Client: env.Client, Keyring: mustRing(t, 1, map[uint32][]byte{1: key1}), Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "/d/x", []byte("v"), store.WriteOptions{Author: "user:a"}); err != nil {
+		t.Fatal(err)
+	}
+	del, err := s.Delete(ctx, "/d/x", store.WriteOptions{Author: "user:b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		h, err := s.History(ctx, "/d/x")
+		if err != nil || len(h) != 1 || !h[0].Deleted || h[0].DeletedAt != del || h[0].Deleter != "user:b" {
+			t.Fatalf("%s: History = %+v, %v; want the version deleted at %d by user:b", when, h, err, del)
+		}
+	}
+	check("after the delete")
+	s.SetKeyring(mustRing(t, 2, map[uint32][]byte{1: key1, 2: key2}))
+	if res, err := s.Reencrypt(ctx); err != nil || res.Reencrypted == 0 {
+		t.Fatalf("Reencrypt = %+v, %v", res, err)
+	}
+	check("after a sweep")
+}

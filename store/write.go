@@ -87,11 +87,14 @@ func (c current) latest() int64 {
 
 // archive returns the ops that move the current version into history,
 // marked as ended now, and trim history to the retention limit.
-func (s *Store) archive(path string, c current, now int64, deleted bool) []clientv3.Op {
+func (s *Store) archive(path string, c current, now int64, deleted bool, author string) []clientv3.Op {
 	old := c.rec
 	old.Rev = 0
 	old.Ended = now
 	old.Deleted = deleted
+	if deleted {
+		old.Deleter = author
+	}
 	ops := []clientv3.Op{clientv3.OpPut(s.histKey(path, c.rev), old.encode())}
 	if excess := len(c.history) + 1 - s.histMax; excess > 0 {
 		// After the limit is lowered a path may hold far more history
@@ -219,7 +222,7 @@ func (s *Store) Put(ctx context.Context, path string, value []byte, opts WriteOp
 		rec.Prev = c.latest()
 		ops := []clientv3.Op{clientv3.OpPut(s.kvKey(path), rec.encode())}
 		if c.exists {
-			ops = append(ops, s.archive(path, c, rec.Time, false)...)
+			ops = append(ops, s.archive(path, c, rec.Time, false, "")...)
 		}
 		return ops, nil
 	})
@@ -243,7 +246,7 @@ func (s *Store) Delete(ctx context.Context, path string, opts WriteOptions) (int
 			return nil, err
 		}
 		ops := []clientv3.Op{clientv3.OpDelete(s.kvKey(path))}
-		return append(ops, s.archive(path, c, s.now().UnixNano(), true)...), nil
+		return append(ops, s.archive(path, c, s.now().UnixNano(), true, opts.Author)...), nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("delete %s: %w", path, err)
@@ -282,6 +285,8 @@ type version struct {
 	rev     int64
 	rec     record
 	current bool
+	// endRev is the revision the version ended at (history only).
+	endRev int64
 }
 
 // versions returns every retained version of path, oldest first, the
@@ -308,7 +313,11 @@ func (s *Store) versionsFrom(path string, hist, cur []*mvccpb.KeyValue) ([]versi
 		if err != nil {
 			return nil, fmt.Errorf("read history of %s: %w", path, err)
 		}
-		out = append(out, version{rev: rev, rec: r})
+		end := r.EndRev
+		if end == 0 {
+			end = kv.ModRevision
+		}
+		out = append(out, version{rev: rev, rec: r, endRev: end})
 	}
 	if len(cur) > 0 {
 		r, err := decodeRecord(cur[0].Value)

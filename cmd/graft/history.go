@@ -16,16 +16,20 @@ type historyItemView struct {
 	entryView
 	Current bool   `json:"current"`
 	Ended   string `json:"ended,omitempty"`
-	Deleted bool   `json:"deleted,omitempty"`
+	// Deleted: this version ended with a deletion; Deletion: this row is
+	// the deletion itself, at its own revision.
+	Deleted  bool `json:"deleted,omitempty"`
+	Deletion bool `json:"deletion,omitempty"`
 }
 
 func (a *app) historyCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "history PATH",
 		Short: "List the retained versions of a path, newest first",
-		Long: `List the versions of PATH that graftd keeps, newest first, without their
-values. NOTE says which version is current, which one ended with a
-deletion, and which were written by a restore. Read an old value with
+		Long: `List the changes of PATH that graftd keeps, newest first, each with its own
+revision: its versions, without their values, and its deletions. NOTE says
+which version is current, which rows are deletions, and which versions
+were written by a restore or copied by a rule. Read an old value with
 'graft get PATH --revision N'; bring it back with 'graft restore PATH
 --revision N'.`,
 		Args: args(1, 1, "PATH"),
@@ -42,6 +46,7 @@ deletion, and which were written by a restore. Read an old value with
 						Current:   it.Current,
 						Ended:     jsonTime(it.Ended),
 						Deleted:   it.Deleted,
+						Deletion:  it.Deletion,
 					})
 				}
 				return a.Emit(views, func(w io.Writer) error {
@@ -62,7 +67,7 @@ func historyNote(it sdk.HistoryItem) string {
 	if it.Current {
 		notes = append(notes, "current")
 	}
-	if it.Deleted {
+	if it.Deletion {
 		notes = append(notes, "deleted")
 	}
 	if o := it.Entry.Origin; o != nil {

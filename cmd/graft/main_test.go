@@ -263,7 +263,9 @@ func TestListHistoryRestoreRemove(t *testing.T) {
 	if got := c.fails("get", "/t/tree/dir/x"); got != "graft: get /t/tree/dir/x: not found (see `graft ls /t/tree/dir`)\n" {
 		t.Fatalf("get after rm: %q", got)
 	}
-	assertTable(t, c.ok("history", "/t/tree/dir/x"), [][]string{{"REVISION", "TIME", "AUTHOR", "NOTE"}, {"*", "*", "root", "deleted"}})
+	// The deletion has a row of its own, at its own revision, above the
+	// version it ended.
+	assertTable(t, c.ok("history", "/t/tree/dir/x"), [][]string{{"REVISION", "TIME", "AUTHOR", "NOTE"}, {"*", "*", "root", "deleted"}, {"*", "*", "root"}})
 	if got := c.fails("rm", "/t/tree/dir/x"); got != "graft: delete /t/tree/dir/x: not found\n" {
 		t.Fatalf("second rm: %q", got)
 	}
@@ -661,4 +663,31 @@ func TestJSONIsOneFlatShape(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A deletion, by rm or by a prefix restore, has its own history row at its
+// own revision; it used to show only as a note on the version before.
+func TestHistoryShowsDeletionsAtTheirRevision(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	keep := c.put("/t/hd/keep", "k")
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	gone := c.put("/t/hd/gone", "g")
+	var plan restorePrefixView
+	decode(t, c.ok("restore", "/t/hd", "--at", at, "-o", "json"), &plan)
+	if len(plan.Steps) != 1 || plan.Steps[0].Path != "/t/hd/gone" || plan.Steps[0].Action != "delete" {
+		t.Fatalf("restore plan = %+v", plan)
+	}
+	deletedAt := plan.Steps[0].NewRevision
+	var rows []historyItemView
+	decode(t, c.ok("history", "/t/hd/gone", "-o", "json"), &rows)
+	if len(rows) != 2 || !rows[0].Deletion || rows[0].Revision != deletedAt || rows[0].Author != "root" ||
+		rows[1].Deletion || rows[1].Revision != gone || !rows[1].Deleted {
+		t.Fatalf("history after a restore deleted the path = %+v; want the deletion at %d, then version %d", rows, deletedAt, gone)
+	}
+	// --revision -1 means the last version, not the deletion.
+	c.ok("restore", "/t/hd/gone", "--revision", "-1")
+	if got := c.ok("get", "/t/hd/gone"); got != "g" {
+		t.Fatalf("restore --revision -1 of a deleted path: %q", got)
+	}
+	_ = keep
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,6 +125,7 @@ func resolveRevision(ctx context.Context, c *sdk.Client, path string, revision i
 	if err != nil {
 		return 0, err
 	}
+	items = slices.DeleteFunc(items, func(it sdk.HistoryItem) bool { return it.Deletion })
 	if len(items) > 0 && items[0].Current {
 		items = items[1:]
 	}

@@ -911,7 +911,11 @@ type HistoryItem struct {
 	// When the version stopped being current; unset for the current one.
 	Ended *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=ended,proto3" json:"ended,omitempty"`
 	// True when the version ended because the path was deleted.
-	Deleted       bool `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Deleted bool `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// True for the row of a deletion itself: entry holds the deletion's own
+	// revision, time and author, and no value. It comes just before (is
+	// newer than) the version it ended.
+	Deletion      bool `protobuf:"varint,5,opt,name=deletion,proto3" json:"deletion,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -970,6 +974,13 @@ func (x *HistoryItem) GetEnded() *timestamppb.Timestamp {
 func (x *HistoryItem) GetDeleted() bool {
 	if x != nil {
 		return x.Deleted
+	}
+	return false
+}
+
+func (x *HistoryItem) GetDeletion() bool {
+	if x != nil {
+		return x.Deletion
 	}
 	return false
 }
@@ -1538,12 +1549,13 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"\x0eHistoryRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\">\n" +
 	"\x0fHistoryResponse\x12+\n" +
-	"\x05items\x18\x01 \x03(\v2\x15.graft.v1.HistoryItemR\x05items\"\x9a\x01\n" +
+	"\x05items\x18\x01 \x03(\v2\x15.graft.v1.HistoryItemR\x05items\"\xb6\x01\n" +
 	"\vHistoryItem\x12%\n" +
 	"\x05entry\x18\x01 \x01(\v2\x0f.graft.v1.EntryR\x05entry\x12\x18\n" +
 	"\acurrent\x18\x02 \x01(\bR\acurrent\x120\n" +
 	"\x05ended\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x18\n" +
-	"\adeleted\x18\x04 \x01(\bR\adeleted\"@\n" +
+	"\adeleted\x18\x04 \x01(\bR\adeleted\x12\x1a\n" +
+	"\bdeletion\x18\x05 \x01(\bR\bdeletion\"@\n" +
 	"\x0eRestoreRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"8\n" +
