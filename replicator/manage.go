@@ -69,11 +69,7 @@ func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool
 
 // Rule returns a rule by id.
 func (r *Replicator) Rule(ctx context.Context, id string) (Rule, error) {
-	rec, err := r.cfg.Rules.get(ctx, id)
-	if err != nil {
-		return Rule{}, err
-	}
-	return rec.Data, nil
+	return r.cfg.Rules.get(ctx, id)
 }
 
 // Rules returns the rule index.

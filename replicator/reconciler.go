@@ -56,12 +56,14 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (
 	for _, e := range entries {
 		found[e.Path] = e
 	}
+	// One read of every destination's applied records, many destinations
+	// a round trip: a rule may have a hundred thousand.
+	applied, err := r.cfg.Store.AppliedUnderAll(ctx, rule.Destinations)
+	if err != nil {
+		return 0, 0, err
+	}
 	var ws []store.ReplicaWrite
 	for _, d := range rule.Destinations {
-		applied, err := r.cfg.Store.AppliedUnder(ctx, d)
-		if err != nil {
-			return 0, 0, err
-		}
 		for _, e := range entries {
 			dest, ok := rule.Map(e.Path, d)
 			if !ok {
@@ -73,11 +75,18 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (
 			ws = append(ws, store.ReplicaWrite{Path: dest, Root: d, Rule: rule.ID, Source: e.Path,
 				SourceRevision: e.Revision, SourceTime: e.Time.UnixNano(), Value: e.Value})
 		}
-		if rule.OnDelete == OnDeleteRetain {
-			continue
+	}
+	if rule.OnDelete != OnDeleteRetain {
+		roots := make(map[string]bool, len(rule.Destinations))
+		for _, d := range rule.Destinations {
+			roots[d] = true
 		}
 		for dest, a := range applied {
 			if a.Rule != rule.ID || a.Deleted {
+				continue
+			}
+			d, ok := rootOf(dest, roots)
+			if !ok {
 				continue
 			}
 			src := rule.Source + strings.TrimPrefix(dest, d)
@@ -95,6 +104,17 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (
 		return 0, 0, err
 	}
 	return r.observe(ws, res, kind), mirrored, nil
+}
+
+// rootOf returns the root among roots that holds dest (dest itself or its
+// nearest ancestor there).
+func rootOf(dest string, roots map[string]bool) (string, bool) {
+	for _, a := range ancestors(dest) {
+		if roots[a] {
+			return a, true
+		}
+	}
+	return "", false
 }
 
 // ReconcileAll reconciles every rule and returns the number of

@@ -122,16 +122,29 @@ func (v *Validator) Check(existing []Rule, r Rule) error {
 	default:
 		return invalid("on-delete %q: want %q or %q", r.OnDelete, OnDeleteDelete, OnDeleteRetain)
 	}
-	for i, d := range r.Destinations {
+	// Overlaps are found through maps of paths and of their ancestors, not
+	// pair by pair: a rule may have a hundred thousand destinations.
+	seen := make(map[string]bool, len(r.Destinations))
+	below := map[string]string{} // ancestor of an earlier destination → that destination
+	for _, d := range r.Destinations {
 		if _, err := store.ParsePath(d); err != nil {
 			return invalid("destination %s: %v", d, err)
 		}
-		for _, e := range r.Destinations[:i] {
-			if d == e {
-				return invalid("destination %s is given twice", d)
+		if seen[d] {
+			return invalid("destination %s is given twice", d)
+		}
+		for _, a := range ancestors(d)[1:] {
+			if seen[a] {
+				return invalid("destinations %s and %s overlap: a path can have only one source", a, d)
 			}
-			if Overlap(d, e) {
-				return invalid("destinations %s and %s overlap: a path can have only one source", e, d)
+		}
+		if e, ok := below[d]; ok {
+			return invalid("destinations %s and %s overlap: a path can have only one source", e, d)
+		}
+		seen[d] = true
+		for _, a := range ancestors(d)[1:] {
+			if _, ok := below[a]; !ok {
+				below[a] = d
 			}
 		}
 		if !v.allowed(d) {
@@ -141,13 +154,34 @@ func (v *Validator) Check(existing []Rule, r Rule) error {
 			return invalid("source %s and destination %s overlap: a rule cannot copy a tree into itself", r.Source, d)
 		}
 	}
-	for _, d := range r.Destinations {
-		for _, x := range existing {
-			for _, xd := range x.Destinations {
-				if Overlap(d, xd) {
-					return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", d, xd, x.ID, x.Source, x.ID)
+	type owner struct {
+		rule *Rule
+		dest string
+	}
+	taken := map[string]owner{}      // existing destinations
+	takenBelow := map[string]owner{} // ancestors of existing destinations
+	for i := range existing {
+		x := &existing[i]
+		for _, xd := range x.Destinations {
+			taken[xd] = owner{x, xd}
+			for _, a := range ancestors(xd)[1:] {
+				if _, ok := takenBelow[a]; !ok {
+					takenBelow[a] = owner{x, xd}
 				}
 			}
+		}
+	}
+	for _, d := range r.Destinations {
+		o, ok := takenBelow[d]
+		for _, a := range ancestors(d) {
+			if t, hit := taken[a]; hit {
+				o, ok = t, true
+				break
+			}
+		}
+		if ok {
+			x := o.rule
+			return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", d, o.dest, x.ID, x.Source, x.ID)
 		}
 	}
 	if chain := cycle(existing, r); chain != nil {

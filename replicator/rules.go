@@ -7,33 +7,96 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/graft-sh/graft/internal/snapshot"
+	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/store"
 )
 
-// storedRule is a rule as kept in the store's rules space: the rule and
-// the destination subtrees it owns.
+// storedRule is a rule as kept in the store's rules space. A rule with
+// many destinations keeps them out of its record, in chunks in the
+// rule-destinations space (written before the record, so a rule record
+// that exists has all its chunks): one record must stay well inside
+// etcd's request limit, and a rule may have a hundred thousand.
 type storedRule struct {
-	Data   Rule          `json:"data"`
-	Owners []store.Owner `json:"owners"`
+	Data Rule `json:"data"`
+	// Owners is what records written before chunking held beside the
+	// rule; it is read for nothing and no longer written.
+	Owners []store.Owner `json:"owners,omitempty"`
+	// With Chunks > 0, Data has no destinations: they are in that many
+	// chunk records, Count in all.
+	Chunks int `json:"chunks,omitempty"`
+	Count  int `json:"count,omitempty"`
+}
+
+// Chunking of destinations: a chunk record is about 50 KB, and a
+// transaction of them stays under etcd's 1.5 MiB request limit.
+const (
+	inlineDestinations = 1000
+	destinationsChunk  = 1000
+	chunksPerTxn       = 16
+)
+
+// chunkKey is the key of chunk n of rule id's destinations.
+func chunkKey(id string, n int) string { return fmt.Sprintf("%s/%06d", id, n) }
+
+// split returns the record of rule and, for a wide one, its destination
+// chunks.
+func split(rule Rule) (storedRule, [][]string) {
+	if len(rule.Destinations) <= inlineDestinations {
+		return storedRule{Data: rule}, nil
+	}
+	var chunks [][]string
+	for d := rule.Destinations; len(d) > 0; {
+		n := min(len(d), destinationsChunk)
+		chunks = append(chunks, d[:n])
+		d = d[n:]
+	}
+	rec := storedRule{Data: rule, Chunks: len(chunks), Count: len(rule.Destinations)}
+	rec.Data.Destinations = nil
+	return rec, chunks
+}
+
+// join puts a rule's destinations back from its chunks (by key, in
+// order), and reports whether they are all there.
+func join(rec storedRule, chunks [][]string) (Rule, bool) {
+	rule := rec.Data
+	if rec.Chunks == 0 {
+		return rule, true
+	}
+	if len(chunks) != rec.Chunks {
+		return Rule{}, false
+	}
+	rule.Destinations = make([]string, 0, rec.Count)
+	for _, c := range chunks {
+		rule.Destinations = append(rule.Destinations, c...)
+	}
+	return rule, len(rule.Destinations) == rec.Count
 }
 
 // Rules keeps the replication rules: their records in the store, and an
-// in-memory index of them that a store watch keeps current on every
+// in-memory index of them that store watches keep current on every
 // replica.
 type Rules struct {
-	store *store.Store
-	recs  *store.Records[storedRule]
-	snap  *snapshot.Snapshot[storedRule]
-	log   *slog.Logger
-	cur   atomic.Pointer[Index]
+	store  *store.Store
+	recs   *store.Records[storedRule]
+	dests  *store.Records[[]string]
+	snap   *snapshot.Snapshot[storedRule]
+	dsnap  *snapshot.Snapshot[[]string]
+	log    *slog.Logger
+	cur    atomic.Pointer[Index]
+	loaded chan struct{}
+	once   sync.Once
 
-	mu     sync.Mutex
-	fp     [sha256.Size]byte // of the rules in cur
-	loaded bool
+	mu    sync.Mutex
+	fp    [sha256.Size]byte // of the rules in cur
+	ready bool              // the first full load is in cur
+	// have says which of the two snapshots has called in: each calls on
+	// its first load, and the index is built once both have.
+	haveRules, haveDests bool
 	// changed receives a signal after every change, for the reconciler.
 	changed chan struct{}
 }
@@ -43,10 +106,18 @@ func NewRules(s *store.Store, log *slog.Logger) *Rules {
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Rules{store: s, recs: store.NewRecords[storedRule](s, store.SpaceRules), log: log, changed: make(chan struct{}, 1)}
+	r := &Rules{
+		store:   s,
+		recs:    store.NewRecords[storedRule](s, store.SpaceRules),
+		dests:   store.NewRecords[[]string](s, store.SpaceRuleDestinations),
+		log:     log,
+		loaded:  make(chan struct{}),
+		changed: make(chan struct{}, 1),
+	}
 	r.cur.Store(NewIndex(nil))
-	// A snapshot's only failure is a missing source, which this is not.
-	r.snap, _ = snapshot.New(snapshot.Config[storedRule]{Name: "replication rules", Source: r.recs, OnChange: r.install, Logger: log})
+	// A snapshot's only failure is a missing source, which these are not.
+	r.snap, _ = snapshot.New(snapshot.Config[storedRule]{Name: "replication rules", Source: r.recs, OnChange: func([]snapshot.Item[storedRule], int64) { r.install(&r.haveRules) }, Logger: log})
+	r.dsnap, _ = snapshot.New(snapshot.Config[[]string]{Name: "replication rule destinations", Source: r.dests, OnChange: func([]snapshot.Item[[]string], int64) { r.install(&r.haveDests) }, Logger: log})
 	return r
 }
 
@@ -54,38 +125,67 @@ func NewRules(s *store.Store, log *slog.Logger) *Rules {
 func (r *Rules) Index() *Index { return r.cur.Load() }
 
 // Loaded is closed once the rules have been read.
-func (r *Rules) Loaded() <-chan struct{} { return r.snap.Loaded() }
+func (r *Rules) Loaded() <-chan struct{} { return r.loaded }
 
 // Changed signals (coalesced) after the rules change.
 func (r *Rules) Changed() <-chan struct{} { return r.changed }
 
 // Run loads the rules and follows their changes until ctx ends.
-func (r *Rules) Run(ctx context.Context) error { return r.snap.Run(ctx) }
+func (r *Rules) Run(ctx context.Context) error {
+	return task.Run(ctx, 0,
+		task.New("rule destinations", r.dsnap.Run),
+		task.New("rules", r.snap.Run),
+	)
+}
 
 // Refresh reads the rules again, so a change made by this replica applies
-// before its caller is answered.
-func (r *Rules) Refresh(ctx context.Context) error { return r.snap.Refresh(ctx) }
+// before its caller is answered. Destinations first: a rule's chunks are
+// written before its record.
+func (r *Rules) Refresh(ctx context.Context) error {
+	if err := r.dsnap.Refresh(ctx); err != nil {
+		return err
+	}
+	return r.snap.Refresh(ctx)
+}
 
-// install rebuilds the index from the stored rules.
-func (r *Rules) install(items []snapshot.Item[storedRule], _ int64) {
-	rules := make([]Rule, 0, len(items))
-	for _, it := range items {
+// install rebuilds the index from the stored rules and their chunks,
+// once both snapshots have loaded (from marks which one calls); a rule
+// whose chunks have not all arrived waits for them.
+func (r *Rules) install(from *bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	*from = true
+	if !r.haveRules || !r.haveDests {
+		return
+	}
+	recs, _ := r.snap.Items()
+	chunkItems, _ := r.dsnap.Items()
+	chunks := map[string][][]string{}
+	for _, c := range chunkItems { // sorted by key: chunk order
+		id, _, _ := strings.Cut(c.Key, "/")
+		chunks[id] = append(chunks[id], c.Value)
+	}
+	rules := make([]Rule, 0, len(recs))
+	for _, it := range recs {
 		if it.Value.Data.ID != it.Key {
 			r.log.Error("ignoring a stored rule that does not decode", "rule", it.Key, "err", "id does not match its key")
 			continue
 		}
-		rules = append(rules, it.Value.Data)
+		rule, complete := join(it.Value, chunks[it.Key])
+		if !complete {
+			continue // its chunks are still on their way
+		}
+		rules = append(rules, rule)
 	}
 	fp := fingerprint(rules)
-	r.mu.Lock()
-	first := !r.loaded
-	r.loaded = true
+	first := !r.ready
+	r.ready = true
 	changed := fp != r.fp
 	if changed {
 		r.cur.Store(NewIndex(rules))
 		r.fp = fp
 	}
-	r.mu.Unlock()
+	r.once.Do(func() { close(r.loaded) })
 	// The first load is what the reconciler's start pass reads; after
 	// that, only a different set of rules is news (a Refresh and the
 	// watch often read the same change).
@@ -119,23 +219,57 @@ func owners(rule Rule) []store.Owner {
 	return out
 }
 
+// list returns every stored rule with its destinations and the revision
+// of the rules read. The chunks are read after the rules, so every listed
+// rule's chunks (written before its record) are among them.
+func (r *Rules) list(ctx context.Context) ([]Rule, int64, error) {
+	stored, rev, err := r.recs.List(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	var chunks map[string][][]string
+	for _, s := range stored {
+		if s.Value.Chunks > 0 && chunks == nil {
+			items, _, err := r.dests.List(ctx)
+			if err != nil {
+				return nil, 0, err
+			}
+			chunks = map[string][][]string{}
+			for _, c := range items {
+				id, _, _ := strings.Cut(c.Key, "/")
+				chunks[id] = append(chunks[id], c.Value)
+			}
+		}
+	}
+	out := make([]Rule, 0, len(stored))
+	for _, s := range stored {
+		if rule, ok := join(s.Value, chunks[s.Key]); ok {
+			out = append(out, rule)
+		}
+	}
+	return out, rev, nil
+}
+
 // create stores a new rule and takes ownership of its destinations. check
 // sees every existing rule and may refuse; it runs again if another rule
-// changes meanwhile, so rules are validated one after another. The rule is
-// stored first; its destinations are then claimed in batches, each only if
-// nothing was written below them since they were checked empty. If a
-// claim fails the rule is removed again. A destination holding values that
-// no rule wrote is refused with a store.NotEmptyError.
-func (r *Rules) create(ctx context.Context, rule Rule, check func(existing []Rule) error) error {
-	rec := storedRule{Data: rule, Owners: owners(rule)}
+// changes meanwhile, so rules are validated one after another. A wide
+// rule's destination chunks are written first, then the rule record; its
+// destinations are then claimed in batches, each only if nothing was
+// written below them since they were checked empty. If a claim fails the
+// rule is removed again. A destination holding values that no rule wrote
+// is refused with a store.NotEmptyError.
+func (r *Rules) create(ctx context.Context, rule Rule, check func(existing []Rule) error) (err error) {
+	rec, chunks := split(rule)
+	wrote := false
+	defer func() {
+		if err != nil && wrote {
+			r.dropChunks(context.WithoutCancel(ctx), rule.ID)
+		}
+	}()
 	return store.RetryConflicts(ctx, "create rule "+rule.ID, func() (bool, error) {
-		stored, readRev, err := r.recs.List(ctx)
+		existing, readRev, err := r.list(ctx)
 		if err != nil {
 			return false, err
-		}
-		existing := make([]Rule, 0, len(stored))
-		for _, s := range stored {
-			existing = append(existing, s.Value.Data)
 		}
 		if err := check(existing); err != nil {
 			return false, err
@@ -143,53 +277,100 @@ func (r *Rules) create(ctx context.Context, rule Rule, check func(existing []Rul
 		if err := r.store.CheckDestinationsEmpty(ctx, rule.Destinations, readRev); err != nil {
 			return false, err
 		}
+		if len(chunks) > 0 && !wrote {
+			if err := r.putChunks(ctx, rule.ID, chunks); err != nil {
+				return false, err
+			}
+			wrote = true
+		}
 		if _, err := r.recs.Put(ctx, rule.ID, rec, r.recs.Since(readRev)); errors.Is(err, store.ErrRevisionChanged) {
 			return false, nil // another rule changed: check again
 		} else if err != nil {
 			return false, fmt.Errorf("create rule %s: %w", rule.ID, err)
 		}
-		if _, err := r.store.ClaimDestinations(ctx, rec.Owners, readRev); err != nil {
-			r.drop(context.WithoutCancel(ctx), rec)
+		if _, err := r.store.ClaimDestinations(ctx, owners(rule), readRev); err != nil {
+			r.drop(context.WithoutCancel(ctx), rule)
+			wrote = false // drop removed the chunks too
 			return false, err
 		}
 		return true, nil
 	})
 }
 
-// get returns one stored rule, or store.ErrNotFound.
-func (r *Rules) get(ctx context.Context, id string) (storedRule, error) {
+// putChunks writes a rule's destination chunks, several a transaction.
+func (r *Rules) putChunks(ctx context.Context, id string, chunks [][]string) error {
+	for i := 0; i < len(chunks); i += chunksPerTxn {
+		var ops []store.Op
+		for n := i; n < min(i+chunksPerTxn, len(chunks)); n++ {
+			op, err := r.dests.PutOp(chunkKey(id, n), chunks[n])
+			if err != nil {
+				return err
+			}
+			ops = append(ops, op)
+		}
+		if _, _, err := r.store.Commit(ctx, nil, ops...); err != nil {
+			return fmt.Errorf("create rule %s: store its destinations: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// dropChunks removes a rule's destination chunks, if any.
+func (r *Rules) dropChunks(ctx context.Context, id string) error {
+	if _, _, err := r.store.Commit(ctx, nil, r.dests.DeletePrefixOp(id+"/")); err != nil {
+		return fmt.Errorf("delete rule %s: its destinations: %w", id, err)
+	}
+	return nil
+}
+
+// get returns one stored rule with its destinations, or store.ErrNotFound.
+func (r *Rules) get(ctx context.Context, id string) (Rule, error) {
 	rec, err := r.recs.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return storedRule{}, fmt.Errorf("rule %s: %w (see `graft rules ls`)", id, store.ErrNotFound)
+		return Rule{}, fmt.Errorf("rule %s: %w (see `graft rules ls`)", id, store.ErrNotFound)
 	}
 	if err != nil {
-		return storedRule{}, fmt.Errorf("get rule %s: %w", id, err)
+		return Rule{}, fmt.Errorf("get rule %s: %w", id, err)
 	}
-	return rec.Value, nil
+	var chunks [][]string
+	if rec.Value.Chunks > 0 {
+		items, _, err := r.dests.ListPrefix(ctx, id+"/")
+		if err != nil {
+			return Rule{}, fmt.Errorf("get rule %s: %w", id, err)
+		}
+		for _, c := range items {
+			chunks = append(chunks, c.Value)
+		}
+	}
+	rule, ok := join(rec.Value, chunks)
+	if !ok {
+		return Rule{}, fmt.Errorf("get rule %s: its destinations are incomplete (%d of %d chunks); delete it with `graft unshare %s`", id, len(chunks), rec.Value.Chunks, id)
+	}
+	return rule, nil
 }
 
 // delete removes a rule and its ownership of its destinations: the owner
-// keys first, then the rule, so an interrupted delete leaves a rule that
-// a second delete finishes. The destinations' values stay; the caller
-// prunes them if it wants.
+// keys first, then the rule, then its chunks, so an interrupted delete
+// leaves a rule that a second delete finishes. The destinations' values
+// stay; the caller prunes them if it wants.
 func (r *Rules) delete(ctx context.Context, id string) (Rule, error) {
-	rec, err := r.get(ctx, id)
+	rule, err := r.get(ctx, id)
 	if err != nil {
 		return Rule{}, err
 	}
-	if err := r.drop(ctx, rec); err != nil {
+	if err := r.drop(ctx, rule); err != nil {
 		return Rule{}, err
 	}
-	return rec.Data, nil
+	return rule, nil
 }
 
-// drop releases a rule's destinations and removes its record.
-func (r *Rules) drop(ctx context.Context, rec storedRule) error {
-	if err := r.store.ReleaseDestinations(ctx, rec.Owners); err != nil {
+// drop releases a rule's destinations and removes its record and chunks.
+func (r *Rules) drop(ctx context.Context, rule Rule) error {
+	if err := r.store.ReleaseDestinations(ctx, owners(rule)); err != nil {
 		return err
 	}
-	if _, err := r.recs.Delete(ctx, rec.Data.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("delete rule %s: %w", rec.Data.ID, err)
+	if _, err := r.recs.Delete(ctx, rule.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("delete rule %s: %w", rule.ID, err)
 	}
-	return nil
+	return r.dropChunks(ctx, rule.ID)
 }

@@ -3,6 +3,7 @@ package replicator_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -117,5 +118,81 @@ func TestStatusLagOfTheFirstFill(t *testing.T) {
 	}
 	if st.Lag >= 300*time.Millisecond {
 		t.Fatalf("lag of the first fill = %s; the share itself took far less", st.Lag)
+	}
+}
+
+// A rule with more destinations than one record holds keeps them in
+// chunks: it is created, indexed, replicated to every destination,
+// validated against as a whole, and removed with its chunks.
+func TestWideRule(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	const n = 1100 // two chunks
+	dests := make([]string, n)
+	for i := range dests {
+		dests[i] = fmt.Sprintf("/app/a%04d/replicated/dd", i)
+	}
+	e.put(t, "/shared/dd/key", "v1")
+	rule, filled, err := e.repl.Share(e.ctx, "user:dba", "/shared/dd", dests, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filled != n {
+		t.Fatalf("share filled %d copies, want %d", filled, n)
+	}
+	got, err := e.repl.Rule(e.ctx, rule.ID)
+	if err != nil || len(got.Destinations) != n || got.Destinations[n-1] != dests[n-1] {
+		t.Fatalf("Rule = %d destinations, %v", len(got.Destinations), err)
+	}
+	if ix := e.repl.Rules(); len(ix.Rules()) != 1 || len(ix.Rules()[0].Destinations) != n {
+		t.Fatalf("index after a wide share: %+v", ix.Rules())
+	}
+	// Validation sees every chunk: the last destination is taken.
+	if _, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/other", []string{dests[n-1] + "/x"}, ""); !errors.Is(err, replicator.ErrRuleConflict) {
+		t.Fatalf("a share into the wide rule's last destination: %v", err)
+	}
+	// Every destination gets the next change.
+	e.put(t, "/shared/dd/key", "v2")
+	if err := e.repl.Apply(e.ctx, []string{"/shared/dd/key"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dests[0], dests[n/2], dests[n-1]} {
+		if v, err := e.Store.Get(e.ctx, d+"/key"); err != nil || string(v.Value) != "v2" {
+			t.Fatalf("%s/key = %v, %v; want v2", d, v, err)
+		}
+	}
+	if _, pruned, err := e.repl.Unshare(e.ctx, "user:dba", rule.ID, false); err != nil || pruned != n {
+		t.Fatalf("unshare = %d pruned, %v", pruned, err)
+	}
+	chunks, _, err := store.NewRecords[[]string](e.Store, store.SpaceRuleDestinations).List(e.ctx)
+	if err != nil || len(chunks) != 0 {
+		t.Fatalf("chunks left after unshare: %d, %v", len(chunks), err)
+	}
+}
+
+// A rule far wider than one etcd request is created and removed: its
+// record used to hold every destination, so 10,000 of them failed with
+// "message larger than max". (Its source is empty, so nothing is copied.)
+func TestRuleWiderThanARequest(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	const n = 12000 // the record of a rule this wide used to be over 2 MB
+	dests := make([]string, n)
+	for i := range dests {
+		dests[i] = fmt.Sprintf("/app/tenant-%05d/replicated/shared/datadog", i)
+	}
+	rule, _, err := e.repl.Share(e.ctx, "user:dba", "/shared/datadog", dests, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix := e.repl.Rules(); len(ix.Rules()) != 1 || len(ix.Rules()[0].Destinations) != n {
+		t.Fatalf("index after a %d-destination share holds %d rules", n, len(ix.Rules()))
+	}
+	if _, err := e.Store.Put(e.ctx, dests[n-1]+"/x", []byte("mine"), store.WriteOptions{}); !errors.Is(err, store.ErrDestination) {
+		t.Fatalf("a write into the last destination: %v, want it refused as replicated", err)
+	}
+	if _, _, err := e.repl.Unshare(e.ctx, "user:dba", rule.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Store.Put(e.ctx, dests[n-1]+"/x", []byte("mine"), store.WriteOptions{}); err != nil {
+		t.Fatalf("a write after unshare: %v", err)
 	}
 }

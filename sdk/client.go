@@ -69,6 +69,10 @@ var connectBackoff = backoff.Config{
 // New validates cfg and returns a Client. The connection is made lazily by
 // the first call and re-made after failures, so New succeeds while graftd
 // is down; ctx is reserved for future use.
+// MaxMessageBytes bounds one request or response: room for a rule with a
+// hundred thousand destinations. graftd accepts the same.
+const MaxMessageBytes = 64 << 20
+
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -87,6 +91,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		// permits them every 10s and more.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithUserAgent("graft-go-sdk"),
+		// A rule may have a hundred thousand destinations (about 5 MB).
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("sdk: connect to %s: %w", cfg.Addr, err)

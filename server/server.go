@@ -43,6 +43,10 @@ var _ Tokens = (*acl.Tokens)(nil)
 // keyring file) and installs it in the store.
 type KeyringReloader func() error
 
+// MaxMessageBytes bounds one request or response: room for a rule with a
+// hundred thousand destinations (about 5 MB). The SDK allows the same.
+const MaxMessageBytes = 64 << 20
+
 // Config configures a Server.
 type Config struct {
 	Store  *store.Store

@@ -80,9 +80,60 @@ const ownersPerTxn = 60
 // root that held values at revision rev: a new rule never takes over
 // values that no rule wrote.
 func (s *Store) CheckDestinationsEmpty(ctx context.Context, roots []string, rev int64) error {
-	for _, root := range roots {
-		if err := s.checkEmpty(ctx, root, rev); err != nil {
+	// A wide rule has many roots: count what lies at and below each, many
+	// roots a transaction, and read the names only of a root that holds
+	// something.
+	return s.subtrees(ctx, s.kvPrefix, roots, rev, true, func(root string, n int64, _ []*mvccpb.KeyValue) error {
+		if n == 0 {
+			return nil
+		}
+		return s.checkEmpty(ctx, root, rev)
+	})
+}
+
+// subtreesPerTxn bounds the roots one subtree read covers: two range reads
+// each, inside etcd's default of 128 operations a transaction.
+const subtreesPerTxn = 64
+
+// subtrees reads, for each root, what lies under base at the root itself
+// and below it (never beside it: /a-x is not under /a), many roots a
+// transaction, and calls f with each root's count and, unless countOnly,
+// its keys and values. rev 0 reads the current revision.
+func (s *Store) subtrees(ctx context.Context, base string, roots []string, rev int64, countOnly bool, f func(root string, n int64, kvs []*mvccpb.KeyValue) error) error {
+	for len(roots) > 0 {
+		n := min(len(roots), subtreesPerTxn)
+		chunk := roots[:n]
+		roots = roots[n:]
+		var opts []clientv3.OpOption
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		if countOnly {
+			opts = append(opts, clientv3.WithCountOnly())
+		}
+		ops := make([]clientv3.Op, 0, 2*n)
+		for _, root := range chunk {
+			below := base + root + "/"
+			if root == "/" {
+				below = base + "/"
+			}
+			ops = append(ops,
+				clientv3.OpGet(base+root, opts...),
+				clientv3.OpGet(below, append(opts, clientv3.WithPrefix())...))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
 			return err
+		}
+		for i, root := range chunk {
+			at, under := resp.Responses[2*i].GetResponseRange(), resp.Responses[2*i+1].GetResponseRange()
+			count := at.Count + under.Count
+			if root == "/" {
+				count = under.Count
+			}
+			if err := f(root, count, append(at.Kvs, under.Kvs...)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -225,6 +276,24 @@ func (s *Store) Applied(ctx context.Context, path string) (Applied, error) {
 		return Applied{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return a, nil
+}
+
+// AppliedUnderAll returns the applied records of every destination path
+// at or below any of roots, reading many roots a transaction: the state of
+// a wide rule's destinations in a few round trips.
+func (s *Store) AppliedUnderAll(ctx context.Context, roots []string) (map[string]Applied, error) {
+	base := s.prefix + appliedBase
+	out := map[string]Applied{}
+	err := s.subtrees(ctx, base, roots, 0, false, func(_ string, _ int64, kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			var a Applied
+			if err := json.Unmarshal(kv.Value, &a); err == nil {
+				out[string(kv.Key[len(base):])] = a
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // AppliedUnder returns the applied records of every destination path at or

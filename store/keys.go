@@ -36,8 +36,12 @@ const (
 	SpaceTokens Space = "tokens/"
 	// SpacePolicies holds acl policies by role.
 	SpacePolicies Space = "acl/policies/"
-	// SpaceRules holds replication rules by id.
+	// SpaceRules holds replication rules by id, without their
+	// destinations when they have many.
 	SpaceRules Space = "rules/"
+	// SpaceRuleDestinations holds the destinations of wide rules, in
+	// chunks keyed <rule id>/<chunk number>.
+	SpaceRuleDestinations Space = "ruledests/"
 	// SpaceParked holds, by source path, the last change the replicator
 	// gave up on.
 	SpaceParked Space = "parked"

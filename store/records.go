@@ -191,6 +191,13 @@ func (r *Records[T]) DeleteOp(key string) Op {
 	return Op{op: clientv3.OpDelete(k), key: k, del: true}
 }
 
+// DeletePrefixOp is the removal of every record whose key starts with
+// keyPrefix.
+func (r *Records[T]) DeletePrefixOp(keyPrefix string) Op {
+	k := r.key(keyPrefix)
+	return Op{op: clientv3.OpDelete(k, clientv3.WithPrefix()), key: k, del: true}
+}
+
 // WithLease binds a put to l: the record disappears when the lease ends
 // (its holder died or revoked it). It has no effect on a delete.
 func (o Op) WithLease(l *Lease) Op {

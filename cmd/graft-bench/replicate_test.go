@@ -22,7 +22,7 @@ func TestBenchReplicate(t *testing.T) {
 	if r.Mode != "dev" || r.Writes != 50 || r.Missing != 0 || r.Superseded != 0 || r.DestinationWrites != 100 || r.P50MS <= 0 || r.MaxMS < r.P99MS || r.P99MS < r.P50MS || r.FloorP50MS <= 0 || r.RatioP50 <= 0 || r.SeenP50MS < r.P50MS || r.SeenMaxMS < r.SeenP99MS {
 		t.Fatalf("result %+v", r)
 	}
-	for _, bad := range []string{"--rate 0", "--duration 0s", "--fanout 0", "--fanout 10001"} {
+	for _, bad := range []string{"--rate 0", "--duration 0s", "--fanout 0", "--fanout 100001"} {
 		stderr.Reset()
 		if code := run(t.Context(), append([]string{"replicate"}, strings.Fields(bad)...), &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.HasPrefix(stderr.String(), "graft-bench: replicate: ") {
 			t.Errorf("replicate %s: exit %d, %q", bad, code, stderr.String())

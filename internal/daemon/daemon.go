@@ -551,6 +551,7 @@ func (d *Daemon) writeRootToken(file, token string) error {
 // newGRPC builds the gRPC server and binds its listener.
 func (d *Daemon) newGRPC() error {
 	opts := append(d.srv.ServerOptions(),
+		grpc.MaxRecvMsgSize(server.MaxMessageBytes), grpc.MaxSendMsgSize(server.MaxMessageBytes),
 		// Let clients ping every 10s so a half-open connection under a
 		// quiet watch is found; ping idle clients ourselves every minute.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
