@@ -145,15 +145,9 @@ func (p Pattern) String() string { return p.raw }
 // ".." can never stretch a template over several segments or climb out of
 // one. Non-canonical paths match nothing.
 func (p Pattern) Match(path string, principal Principal) bool {
-	if p.raw == "" || path == "" || path[0] != '/' {
+	name, ok := p.prepare(path, principal)
+	if !ok {
 		return false
-	}
-	var name string
-	if p.templated {
-		name = templateName(principal.Name)
-		if !isPathSegment(name) {
-			return false
-		}
 	}
 	rest := path[1:] // "" for the root "/"
 	for _, s := range p.segments {
@@ -184,15 +178,9 @@ func (p Pattern) Match(path string, principal Principal) bool {
 // could match the pattern for principal: whether the pattern reaches into
 // the subtree at all.
 func (p Pattern) MatchesBelow(prefix string, principal Principal) bool {
-	if p.raw == "" || prefix == "" || prefix[0] != '/' {
+	name, ok := p.prepare(prefix, principal)
+	if !ok {
 		return false
-	}
-	var name string
-	if p.templated {
-		name = templateName(principal.Name)
-		if !isPathSegment(name) {
-			return false
-		}
 	}
 	rest := prefix[1:]
 	for _, s := range p.segments {
@@ -208,6 +196,21 @@ func (p Pattern) MatchesBelow(prefix string, principal Principal) bool {
 	}
 	// The pattern ends at or above the prefix's depth.
 	return p.rest || rest == ""
+}
+
+// prepare checks that p can match path at all and returns the name a
+// {name} segment stands for (see Match).
+func (p Pattern) prepare(path string, principal Principal) (name string, ok bool) {
+	if p.raw == "" || path == "" || path[0] != '/' {
+		return "", false
+	}
+	if p.templated {
+		name = templateName(principal.Name)
+		if !isPathSegment(name) {
+			return "", false
+		}
+	}
+	return name, true
 }
 
 // templateName is the part of a principal's name that fills {name}: what
