@@ -215,9 +215,29 @@ func TestReplicationSurvivesALostStream(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, reached("/app/a/replicated/s/a", "2"))
 
 	// The replicator consumes the new stream: changes come by events, not
-	// by repairs.
+	// by repairs. First let the reconcile passes the lost stream asked for
+	// finish: one still running would count the writes below, in flight,
+	// as repairs.
+	settle := func() {
+		t.Helper()
+		version := func() int64 {
+			resp, err := e.Client.Get(e.ctx, "/graft/reconcile/request")
+			if err != nil || len(resp.Kvs) == 0 {
+				return 0
+			}
+			return resp.Kvs[0].Version
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			r, v := e.repairs(t), version()
+			time.Sleep(300 * time.Millisecond)
+			if e.repairs(t) == r && version() == v {
+				return
+			}
+		}
+	}
 	byEvents := func(path string) {
 		t.Helper()
+		settle()
 		repairs := e.repairs(t)
 		for i := range 5 {
 			e.put(t, path, strconv.Itoa(i))
