@@ -314,7 +314,11 @@ func (d *Daemon) openCore(ctx context.Context) error {
 	pingCtx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
 	if err := d.store.Ping(pingCtx); err != nil {
-		return fmt.Errorf("cannot reach etcd at %s: %w", strings.Join(d.EtcdEndpoints(), ","), err)
+		where := "the embedded etcd (in process)"
+		if eps := d.EtcdEndpoints(); len(eps) > 0 {
+			where = "etcd at " + strings.Join(eps, ",")
+		}
+		return fmt.Errorf("cannot reach %s: %w", where, err)
 	}
 
 	auditKey, err := d.store.AuditKey(pingCtx)
