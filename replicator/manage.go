@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,18 +13,43 @@ import (
 
 // Share creates a rule copying source to dests and fills the destinations
 // before it returns. It returns the rule and how many values the
-// destinations then hold copies of.
+// destinations then hold copies of. A pattern destination (/app/+/...)
+// stands for that path in every application known now, and in each that
+// appears later (see AppSeen).
 func (r *Replicator) Share(ctx context.Context, author, source string, dests []string, onDelete string) (Rule, int, error) {
 	if onDelete == "" {
 		onDelete = OnDeleteDelete
 	}
-	rule := Rule{ID: NewRuleID(), Source: source, Destinations: dests, OnDelete: onDelete, Author: author, Created: time.Now().UTC()}
+	concrete, patterns := patternsOf(dests)
+	given := Rule{ID: NewRuleID(), Source: source, Destinations: concrete, Patterns: patterns, OnDelete: onDelete, Author: author, Created: time.Now().UTC()}
 	// Check the rule's own shape before touching the store.
-	if err := r.validator.Check(nil, rule); err != nil {
+	if err := r.validator.Check(nil, given); err != nil {
 		return Rule{}, 0, err
 	}
-	err := r.cfg.Rules.create(ctx, rule, func(existing []Rule) error {
-		return r.validator.Check(existing, rule)
+	rule, err := r.cfg.Rules.create(ctx, given.ID, func(ctx context.Context, existing []Rule, _ int64) (Rule, []store.Cond, error) {
+		if err := r.validator.Check(existing, given); err != nil {
+			return Rule{}, nil, err
+		}
+		if len(patterns) == 0 {
+			return given, nil, nil
+		}
+		// The applications known now, and a condition that no other
+		// appears before the rule is stored: one that does is read on the
+		// next try, or reads the rule when it registers.
+		known, appsRev, err := r.apps.recs.List(ctx)
+		if err != nil {
+			return Rule{}, nil, fmt.Errorf("list applications: %w", err)
+		}
+		rule := given
+		rule.Destinations = slices.Clone(concrete)
+		for _, a := range known {
+			for _, d := range rule.For(a.Key) {
+				if _, err := store.ParsePath(d); err == nil && r.validator.allowed(d) {
+					rule.Destinations = append(rule.Destinations, d)
+				}
+			}
+		}
+		return rule, []store.Cond{r.apps.recs.Since(appsRev)}, nil
 	})
 	if err != nil {
 		return Rule{}, 0, err
@@ -36,7 +62,7 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 		// The rule stands; the reconciler finishes filling it.
 		return rule, n, &IncompleteError{Msg: fmt.Sprintf("rule %s created, but filling its destinations failed (the reconciler retries): %v", rule.ID, err), Err: err}
 	}
-	r.log.Info("rule created", "rule", rule.ID, "source", rule.Source, "destinations", rule.Destinations, "author", author, "filled", n)
+	r.log.Info("rule created", "rule", rule.ID, "source", rule.Source, "destinations", len(rule.Destinations), "patterns", rule.Patterns, "author", author, "filled", n)
 	return rule, n, nil
 }
 

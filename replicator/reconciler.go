@@ -135,6 +135,11 @@ func (r *Replicator) ReconcileAll(ctx context.Context, repair bool) (int, error)
 // ReconcilerConfig configures RunReconciler.
 type ReconcilerConfig struct {
 	Interval time.Duration
+	// Identities, if set, returns the application names that have an
+	// identity (graftd: the app:<name> principals of its tokens). The
+	// start pass registers those graft does not know yet, so that pattern
+	// rules reach applications whose tokens predate the registry.
+	Identities func(ctx context.Context) ([]string, error)
 }
 
 // reconcileKey is the record in store.SpaceReconcile where anyone asks the
@@ -188,6 +193,16 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 	// have failed to) and is not a repair; the others are.
 	pass := func(why string) {
 		start := time.Now()
+		// Applications that pattern rules missed first (their registrar
+		// died, or a destination held values); the pass then fills them.
+		if added, err := r.expandAll(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("giving applications their pattern destinations failed; the next pass retries", "why", why, "added", added, "err", err)
+		} else if added > 0 {
+			r.log.Info("gave applications their pattern destinations", "why", why, "added", added)
+		}
+		if why == "applications changed" {
+			return // what changed in the rules is a pass of its own
+		}
 		n, err := r.ReconcileAll(ctx, why != "rules changed")
 		if err != nil && ctx.Err() == nil {
 			r.log.Error("reconcile pass failed; the next one retries", "why", why, "repairs", n, "err", err)
@@ -205,6 +220,15 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	requests := reqs.Watch(wctx, rev)
+	if cfg.Identities != nil {
+		if names, err := cfg.Identities(ctx); err != nil {
+			r.log.Warn("reading application identities failed; their applications appear when they next authenticate", "err", err)
+		} else if n, err := r.registerApps(ctx, names, "token"); err != nil {
+			r.log.Warn("registering applications with identities failed; they appear when they next authenticate", "err", err)
+		} else if n > 0 {
+			r.log.Info("registered applications that had identities", "apps", n)
+		}
+	}
 	pass("start")
 	for {
 		select {
@@ -212,6 +236,8 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 			return nil
 		case <-r.cfg.Rules.Changed():
 			pass("rules changed")
+		case <-r.apps.changed:
+			pass("applications changed")
 		case batch, ok := <-requests:
 			if !ok {
 				if ctx.Err() != nil {

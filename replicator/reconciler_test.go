@@ -29,7 +29,7 @@ type replEnv struct {
 
 // newReplEnv builds a replicator from cfg, filling in the store, JetStream,
 // rules, logger and a metrics registry.
-func newReplEnv(t *testing.T, cfg replicator.Config) *replEnv {
+func newReplEnv(t testing.TB, cfg replicator.Config) *replEnv {
 	t.Helper()
 	env := testenv.Start(t)
 	log := testenv.Logger(t)
@@ -48,7 +48,7 @@ func newReplEnv(t *testing.T, cfg replicator.Config) *replEnv {
 	return &replEnv{Env: env, ctx: ctx, js: js, repl: repl, reg: reg}
 }
 
-func (e *replEnv) put(t *testing.T, path, value string) {
+func (e *replEnv) put(t testing.TB, path, value string) {
 	t.Helper()
 	if _, err := e.Store.Put(e.ctx, path, []byte(value), store.WriteOptions{Author: "user:dba"}); err != nil {
 		t.Fatalf("put %s: %v", path, err)

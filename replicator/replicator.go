@@ -54,6 +54,7 @@ type Replicator struct {
 	metrics   *metrics
 	validator *Validator
 	parked    *parkedChanges
+	apps      *apps
 }
 
 type metrics struct {
@@ -110,7 +111,8 @@ func New(cfg Config) (*Replicator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Replicator{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), validator: v, parked: newParkedChanges(cfg.Store, cfg.Logger)}, nil
+	return &Replicator{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), validator: v,
+		parked: newParkedChanges(cfg.Store, cfg.Logger), apps: newApps(cfg.Store, cfg.Logger)}, nil
 }
 
 // Run consumes change events until ctx ends, reconnecting after errors,
@@ -118,6 +120,7 @@ func New(cfg Config) (*Replicator, error) {
 func (r *Replicator) Run(ctx context.Context) error {
 	return task.Run(ctx, 0,
 		task.New("parked changes", r.parked.snap.Run),
+		task.New("applications", r.apps.snap.Run),
 		task.New("change events", func(ctx context.Context) error {
 			retry.Forever(ctx, r.log, "consuming change events", 100*time.Millisecond, 5*time.Second, r.consume)
 			return nil

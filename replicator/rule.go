@@ -14,12 +14,16 @@ import (
 // Rule is a replication rule: the source path and every path below it
 // appear at the same relative paths under each destination.
 type Rule struct {
-	ID           string    `json:"id"`
-	Source       string    `json:"source"`
-	Destinations []string  `json:"destinations"`
-	OnDelete     string    `json:"on_delete"`
-	Author       string    `json:"author"`
-	Created      time.Time `json:"created"`
+	ID     string `json:"id"`
+	Source string `json:"source"`
+	// Destinations are concrete paths: those given, and what Patterns
+	// stand for in every application known.
+	Destinations []string `json:"destinations"`
+	// Patterns are the pattern destinations given (/app/+/...).
+	Patterns []string  `json:"patterns,omitempty"`
+	OnDelete string    `json:"on_delete"`
+	Author   string    `json:"author"`
+	Created  time.Time `json:"created"`
 }
 
 // What a source deletion does to its copies.
@@ -114,8 +118,11 @@ func (v *Validator) Check(existing []Rule, r Rule) error {
 	if _, err := store.ParsePath(r.Source); err != nil {
 		return invalid("source %s: %v", r.Source, err)
 	}
-	if len(r.Destinations) == 0 {
+	if len(r.Destinations) == 0 && len(r.Patterns) == 0 {
 		return invalid("rule for %s has no destination: give one or more with --to", r.Source)
+	}
+	if err := v.checkPatterns(existing, r); err != nil {
+		return err
 	}
 	switch r.OnDelete {
 	case "", OnDeleteDelete, OnDeleteRetain:
@@ -190,12 +197,78 @@ func (v *Validator) Check(existing []Rule, r Rule) error {
 	return nil
 }
 
+// checkPatterns checks a rule's pattern destinations as a whole, for
+// every application there is or will be: their shape, that they are
+// replication destinations, and that none overlaps the source, another
+// destination of the rule, or any destination or pattern of another rule.
+// r.Destinations are the concrete destinations given, not yet what the
+// patterns stand for (those follow from the checked patterns).
+func (v *Validator) checkPatterns(existing []Rule, r Rule) error {
+	if len(r.Patterns) == 0 && !patternsIn(existing) {
+		return nil
+	}
+	for i, p := range r.Patterns {
+		if err := checkPattern(p); err != nil {
+			return err
+		}
+		if !v.allowed(expand(p, "x")) {
+			return invalid("destination %s is not a replication destination: destinations must match %s (a `replicated` subtree of an application)", p, v.patternList())
+		}
+		if overlapWild(r.Source, p) {
+			return invalid("source %s and destination %s overlap: a rule cannot copy a tree into itself", r.Source, p)
+		}
+		for _, q := range r.Patterns[:i] {
+			if overlapWild(p, q) {
+				return invalid("destinations %s and %s overlap: a path can have only one source", q, p)
+			}
+		}
+		for _, d := range r.Destinations {
+			if overlapWild(p, d) {
+				return invalid("destinations %s and %s overlap: the pattern already stands for every application, and a path can have only one source", p, d)
+			}
+		}
+	}
+	for i := range existing {
+		x := &existing[i]
+		for _, p := range r.Patterns {
+			for _, xd := range append(slices.Clip(x.Patterns), x.Destinations...) {
+				if overlapWild(p, xd) {
+					return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", p, xd, x.ID, x.Source, x.ID)
+				}
+			}
+		}
+		for _, xp := range x.Patterns {
+			for _, d := range r.Destinations {
+				if overlapWild(xp, d) {
+					return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s), which stands for every application: a destination belongs to one rule; unshare %s first or choose another destination", d, xp, x.ID, x.Source, x.ID)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func patternsIn(rules []Rule) bool {
+	for _, r := range rules {
+		if len(r.Patterns) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // feeds reports whether rule a writes into rule b's source: one of a's
-// destinations overlaps b's source.
+// destinations, or what one of its patterns stands for in some
+// application, overlaps b's source.
 func feeds(a, b Rule) (string, bool) {
 	for _, d := range a.Destinations {
 		if Overlap(d, b.Source) {
 			return d, true
+		}
+	}
+	for _, p := range a.Patterns {
+		if overlapWild(p, b.Source) {
+			return p, true
 		}
 	}
 	return "", false

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,21 @@ type storedRule struct {
 	// chunk records, Count in all.
 	Chunks int `json:"chunks,omitempty"`
 	Count  int `json:"count,omitempty"`
+	// Deleting is set first by an unshare, so that no application's
+	// destinations are added to a rule on its way out.
+	Deleting bool `json:"deleting,omitempty"`
 }
+
+// appDestinations are the destinations a pattern rule took in one
+// application that appeared after the rule was created, kept in the
+// rule-apps space as <rule id>/<app name>.
+type appDestinations struct {
+	App          string   `json:"app"`
+	Destinations []string `json:"destinations"`
+}
+
+// appKey is the key of rule id's destinations in app.
+func appKey(id, app string) string { return id + "/" + app }
 
 // Chunking of destinations: a chunk record is about 50 KB, and a
 // transaction of them stays under etcd's 1.5 MiB request limit.
@@ -61,20 +76,39 @@ func split(rule Rule) (storedRule, [][]string) {
 }
 
 // join puts a rule's destinations back from its chunks (by key, in
-// order), and reports whether they are all there.
-func join(rec storedRule, chunks [][]string) (Rule, bool) {
+// order) and the applications it took later, and reports whether the
+// chunks are all there.
+func join(rec storedRule, chunks [][]string, apps []appDestinations) (Rule, bool) {
 	rule := rec.Data
-	if rec.Chunks == 0 {
-		return rule, true
+	if rec.Chunks > 0 {
+		if len(chunks) != rec.Chunks {
+			return Rule{}, false
+		}
+		rule.Destinations = make([]string, 0, rec.Count)
+		for _, c := range chunks {
+			rule.Destinations = append(rule.Destinations, c...)
+		}
+		if len(rule.Destinations) != rec.Count {
+			return Rule{}, false
+		}
 	}
-	if len(chunks) != rec.Chunks {
-		return Rule{}, false
+	if len(apps) > 0 {
+		rule.Destinations = slices.Clone(rule.Destinations)
+		for _, a := range apps {
+			rule.Destinations = append(rule.Destinations, a.Destinations...)
+		}
 	}
-	rule.Destinations = make([]string, 0, rec.Count)
-	for _, c := range chunks {
-		rule.Destinations = append(rule.Destinations, c...)
+	return rule, true
+}
+
+// byRule groups records keyed <rule id>/<...> by rule id, in key order.
+func byRule[T any](items []store.Record[T]) map[string][]T {
+	out := map[string][]T{}
+	for _, it := range items { // sorted by key
+		id, _, _ := strings.Cut(it.Key, "/")
+		out[id] = append(out[id], it.Value)
 	}
-	return rule, len(rule.Destinations) == rec.Count
+	return out
 }
 
 // Rules keeps the replication rules: their records in the store, and an
@@ -84,8 +118,10 @@ type Rules struct {
 	store  *store.Store
 	recs   *store.Records[storedRule]
 	dests  *store.Records[[]string]
+	apps   *store.Records[appDestinations]
 	snap   *snapshot.Snapshot[storedRule]
 	dsnap  *snapshot.Snapshot[[]string]
+	asnap  *snapshot.Snapshot[appDestinations]
 	log    *slog.Logger
 	cur    atomic.Pointer[Index]
 	loaded chan struct{}
@@ -94,9 +130,9 @@ type Rules struct {
 	mu    sync.Mutex
 	fp    [sha256.Size]byte // of the rules in cur
 	ready bool              // the first full load is in cur
-	// have says which of the two snapshots has called in: each calls on
-	// its first load, and the index is built once both have.
-	haveRules, haveDests bool
+	// have says which of the snapshots has called in: each calls on its
+	// first load, and the index is built once all have.
+	haveRules, haveDests, haveApps bool
 	// changed receives a signal after every change, for the reconciler.
 	changed chan struct{}
 }
@@ -110,6 +146,7 @@ func NewRules(s *store.Store, log *slog.Logger) *Rules {
 		store:   s,
 		recs:    store.NewRecords[storedRule](s, store.SpaceRules),
 		dests:   store.NewRecords[[]string](s, store.SpaceRuleDestinations),
+		apps:    store.NewRecords[appDestinations](s, store.SpaceRuleApps),
 		log:     log,
 		loaded:  make(chan struct{}),
 		changed: make(chan struct{}, 1),
@@ -118,6 +155,7 @@ func NewRules(s *store.Store, log *slog.Logger) *Rules {
 	// A snapshot's only failure is a missing source, which these are not.
 	r.snap, _ = snapshot.New(snapshot.Config[storedRule]{Name: "replication rules", Source: r.recs, OnChange: func([]snapshot.Item[storedRule], int64) { r.install(&r.haveRules) }, Logger: log})
 	r.dsnap, _ = snapshot.New(snapshot.Config[[]string]{Name: "replication rule destinations", Source: r.dests, OnChange: func([]snapshot.Item[[]string], int64) { r.install(&r.haveDests) }, Logger: log})
+	r.asnap, _ = snapshot.New(snapshot.Config[appDestinations]{Name: "replication rule applications", Source: r.apps, OnChange: func([]snapshot.Item[appDestinations], int64) { r.install(&r.haveApps) }, Logger: log})
 	return r
 }
 
@@ -134,6 +172,7 @@ func (r *Rules) Changed() <-chan struct{} { return r.changed }
 func (r *Rules) Run(ctx context.Context) error {
 	return task.Run(ctx, 0,
 		task.New("rule destinations", r.dsnap.Run),
+		task.New("rule applications", r.asnap.Run),
 		task.New("rules", r.snap.Run),
 	)
 }
@@ -145,8 +184,16 @@ func (r *Rules) Refresh(ctx context.Context) error {
 	if err := r.dsnap.Refresh(ctx); err != nil {
 		return err
 	}
+	if err := r.asnap.Refresh(ctx); err != nil {
+		return err
+	}
 	return r.snap.Refresh(ctx)
 }
+
+// RefreshApps reads again only what pattern rules took in applications
+// that appeared after them: the one part an application's arrival
+// changes, and cheap beside the chunks of a wide rule.
+func (r *Rules) RefreshApps(ctx context.Context) error { return r.asnap.Refresh(ctx) }
 
 // install rebuilds the index from the stored rules and their chunks,
 // once both snapshots have loaded (from marks which one calls); a rule
@@ -155,23 +202,21 @@ func (r *Rules) install(from *bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	*from = true
-	if !r.haveRules || !r.haveDests {
+	if !r.haveRules || !r.haveDests || !r.haveApps {
 		return
 	}
 	recs, _ := r.snap.Items()
 	chunkItems, _ := r.dsnap.Items()
-	chunks := map[string][][]string{}
-	for _, c := range chunkItems { // sorted by key: chunk order
-		id, _, _ := strings.Cut(c.Key, "/")
-		chunks[id] = append(chunks[id], c.Value)
-	}
+	chunks := byRule(chunkItems)
+	appItems, _ := r.asnap.Items()
+	apps := byRule(appItems)
 	rules := make([]Rule, 0, len(recs))
 	for _, it := range recs {
 		if it.Value.Data.ID != it.Key {
 			r.log.Error("ignoring a stored rule that does not decode", "rule", it.Key, "err", "id does not match its key")
 			continue
 		}
-		rule, complete := join(it.Value, chunks[it.Key])
+		rule, complete := join(it.Value, chunks[it.Key], apps[it.Key])
 		if !complete {
 			continue // its chunks are still on their way
 		}
@@ -220,81 +265,100 @@ func owners(rule Rule) []store.Owner {
 }
 
 // list returns every stored rule with its destinations and the revision
-// of the rules read. The chunks are read after the rules, so every listed
-// rule's chunks (written before its record) are among them.
+// of the rules read. The chunks and the applications' destinations are
+// read after the rules, so every listed rule's chunks (written before its
+// record) are among them.
 func (r *Rules) list(ctx context.Context) ([]Rule, int64, error) {
 	stored, rev, err := r.recs.List(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
 	var chunks map[string][][]string
+	var apps map[string][]appDestinations
 	for _, s := range stored {
 		if s.Value.Chunks > 0 && chunks == nil {
 			items, _, err := r.dests.List(ctx)
 			if err != nil {
 				return nil, 0, err
 			}
-			chunks = map[string][][]string{}
-			for _, c := range items {
-				id, _, _ := strings.Cut(c.Key, "/")
-				chunks[id] = append(chunks[id], c.Value)
+			chunks = byRule(items)
+		}
+		if len(s.Value.Data.Patterns) > 0 && apps == nil {
+			items, _, err := r.apps.List(ctx)
+			if err != nil {
+				return nil, 0, err
 			}
+			apps = byRule(items)
 		}
 	}
 	out := make([]Rule, 0, len(stored))
 	for _, s := range stored {
-		if rule, ok := join(s.Value, chunks[s.Key]); ok {
+		if rule, ok := join(s.Value, chunks[s.Key], apps[s.Key]); ok {
 			out = append(out, rule)
 		}
 	}
 	return out, rev, nil
 }
 
-// create stores a new rule and takes ownership of its destinations. check
-// sees every existing rule and may refuse; it runs again if another rule
-// changes meanwhile, so rules are validated one after another. A wide
-// rule's destination chunks are written first, then the rule record; its
-// destinations are then claimed in batches, each only if nothing was
-// written below them since they were checked empty. If a claim fails the
-// rule is removed again. A destination holding values that no rule wrote
-// is refused with a store.NotEmptyError.
-func (r *Rules) create(ctx context.Context, rule Rule, check func(existing []Rule) error) (err error) {
-	rec, chunks := split(rule)
-	wrote := false
+// plan decides, from the rules that exist at revision rev, the rule to
+// create with all its destinations, and the conditions that decision
+// rests on besides the rules themselves; or refuses it.
+type plan func(ctx context.Context, existing []Rule, rev int64) (Rule, []store.Cond, error)
+
+// create stores a new rule and takes ownership of its destinations. The
+// plan sees every existing rule and may refuse; it runs again if another
+// rule changes meanwhile (or one of its conditions fails), so rules are
+// validated one after another. A wide rule's destination chunks are
+// written first, then the rule record; its destinations are then claimed
+// in batches, each only if nothing was written below them since they were
+// checked empty. If a claim fails the rule is removed again. A destination
+// holding values that no rule wrote is refused with a store.NotEmptyError.
+func (r *Rules) create(ctx context.Context, id string, decide plan) (created Rule, err error) {
+	var wrote []string // the destinations whose chunks are stored
 	defer func() {
-		if err != nil && wrote {
-			r.dropChunks(context.WithoutCancel(ctx), rule.ID)
+		if err != nil && wrote != nil {
+			r.dropChunks(context.WithoutCancel(ctx), id)
 		}
 	}()
-	return store.RetryConflicts(ctx, "create rule "+rule.ID, func() (bool, error) {
+	err = store.RetryConflicts(ctx, "create rule "+id, func() (bool, error) {
 		existing, readRev, err := r.list(ctx)
 		if err != nil {
 			return false, err
 		}
-		if err := check(existing); err != nil {
+		rule, conds, err := decide(ctx, existing, readRev)
+		if err != nil {
 			return false, err
 		}
 		if err := r.store.CheckDestinationsEmpty(ctx, rule.Destinations, readRev); err != nil {
 			return false, err
 		}
-		if len(chunks) > 0 && !wrote {
-			if err := r.putChunks(ctx, rule.ID, chunks); err != nil {
+		rec, chunks := split(rule)
+		if len(chunks) > 0 && !slices.Equal(wrote, rule.Destinations) {
+			if wrote != nil {
+				if err := r.dropChunks(ctx, id); err != nil {
+					return false, err
+				}
+			}
+			wrote = nil
+			if err := r.putChunks(ctx, id, chunks); err != nil {
 				return false, err
 			}
-			wrote = true
+			wrote = rule.Destinations
 		}
-		if _, err := r.recs.Put(ctx, rule.ID, rec, r.recs.Since(readRev)); errors.Is(err, store.ErrRevisionChanged) {
+		if _, err := r.recs.Put(ctx, id, rec, append(conds, r.recs.Since(readRev))...); errors.Is(err, store.ErrRevisionChanged) {
 			return false, nil // another rule changed: check again
 		} else if err != nil {
-			return false, fmt.Errorf("create rule %s: %w", rule.ID, err)
+			return false, fmt.Errorf("create rule %s: %w", id, err)
 		}
 		if _, err := r.store.ClaimDestinations(ctx, owners(rule), readRev); err != nil {
 			r.drop(context.WithoutCancel(ctx), rule)
-			wrote = false // drop removed the chunks too
+			wrote = nil // drop removed the chunks too
 			return false, err
 		}
+		created = rule
 		return true, nil
 	})
+	return created, err
 }
 
 // putChunks writes a rule's destination chunks, several a transaction.
@@ -315,9 +379,10 @@ func (r *Rules) putChunks(ctx context.Context, id string, chunks [][]string) err
 	return nil
 }
 
-// dropChunks removes a rule's destination chunks, if any.
+// dropChunks removes a rule's destination chunks and what it took in
+// applications, if any.
 func (r *Rules) dropChunks(ctx context.Context, id string) error {
-	if _, _, err := r.store.Commit(ctx, nil, r.dests.DeletePrefixOp(id+"/")); err != nil {
+	if _, _, err := r.store.Commit(ctx, nil, r.dests.DeletePrefixOp(id+"/"), r.apps.DeletePrefixOp(id+"/")); err != nil {
 		return fmt.Errorf("delete rule %s: its destinations: %w", id, err)
 	}
 	return nil
@@ -338,11 +403,17 @@ func (r *Rules) get(ctx context.Context, id string) (Rule, error) {
 		if err != nil {
 			return Rule{}, fmt.Errorf("get rule %s: %w", id, err)
 		}
-		for _, c := range items {
-			chunks = append(chunks, c.Value)
-		}
+		chunks = byRule(items)[id]
 	}
-	rule, ok := join(rec.Value, chunks)
+	var apps []appDestinations
+	if len(rec.Value.Data.Patterns) > 0 {
+		items, _, err := r.apps.ListPrefix(ctx, id+"/")
+		if err != nil {
+			return Rule{}, fmt.Errorf("get rule %s: %w", id, err)
+		}
+		apps = byRule(items)[id]
+	}
+	rule, ok := join(rec.Value, chunks, apps)
 	if !ok {
 		return Rule{}, fmt.Errorf("get rule %s: its destinations are incomplete (%d of %d chunks); delete it with `graft unshare %s`", id, len(chunks), rec.Value.Chunks, id)
 	}
@@ -351,9 +422,33 @@ func (r *Rules) get(ctx context.Context, id string) (Rule, error) {
 
 // delete removes a rule and its ownership of its destinations: the owner
 // keys first, then the rule, then its chunks, so an interrupted delete
-// leaves a rule that a second delete finishes. The destinations' values
-// stay; the caller prunes them if it wants.
+// leaves a rule that a second delete finishes. A pattern rule is first
+// marked as going, so that no application that appears meanwhile adds a
+// destination the delete would miss. The destinations' values stay; the
+// caller prunes them if it wants.
 func (r *Rules) delete(ctx context.Context, id string) (Rule, error) {
+	err := store.RetryConflicts(ctx, "delete rule "+id, func() (bool, error) {
+		rec, err := r.recs.Get(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, fmt.Errorf("rule %s: %w (see `graft rules ls`)", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return false, fmt.Errorf("delete rule %s: %w", id, err)
+		}
+		if len(rec.Value.Data.Patterns) == 0 || rec.Value.Deleting {
+			return true, nil
+		}
+		rec.Value.Deleting = true
+		if _, err := r.recs.Put(ctx, id, rec.Value, r.recs.At(id, rec.Revision)); errors.Is(err, store.ErrRevisionChanged) {
+			return false, nil
+		} else if err != nil {
+			return false, fmt.Errorf("delete rule %s: %w", id, err)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return Rule{}, err
+	}
 	rule, err := r.get(ctx, id)
 	if err != nil {
 		return Rule{}, err
@@ -364,7 +459,8 @@ func (r *Rules) delete(ctx context.Context, id string) (Rule, error) {
 	return rule, nil
 }
 
-// drop releases a rule's destinations and removes its record and chunks.
+// drop releases a rule's destinations and removes its record, its chunks
+// and what it took in applications.
 func (r *Rules) drop(ctx context.Context, rule Rule) error {
 	if err := r.store.ReleaseDestinations(ctx, owners(rule)); err != nil {
 		return err

@@ -10,12 +10,16 @@ import (
 // Rule is a replication rule: Source and every path below it appear at
 // the same relative paths under each destination.
 type Rule struct {
-	ID           string
-	Source       string
+	ID     string
+	Source string
+	// Destinations are concrete paths; for a rule with Patterns they
+	// include what the patterns stand for in every application known.
 	Destinations []string
-	OnDelete     string // "delete" or "retain": what a source deletion does to the copies
-	Author       string
-	Created      time.Time
+	// Patterns are the pattern destinations given (/app/+/...).
+	Patterns []string
+	OnDelete string // "delete" or "retain": what a source deletion does to the copies
+	Author   string
+	Created  time.Time
 }
 
 // ShareOptions qualify Share.
@@ -57,7 +61,10 @@ type ReplicationStatus struct {
 // done before Share returns. Needs the share action on source. A rule that
 // conflicts with another (overlapping destinations, a cycle) or a
 // destination holding hand-written values is an error matching
-// ErrFailedPrecondition; a malformed one matches ErrInvalidArgument.
+// ErrFailedPrecondition; a malformed one matches ErrInvalidArgument. A
+// destination /app/+/PATH stands for PATH in every application graft
+// knows, and in each that appears later (a token is created for it, or it
+// first authenticates).
 func (c *Client) Share(ctx context.Context, source string, dests []string, opts ShareOptions) (Rule, int, error) {
 	resp, err := c.repl.Share(ctx, &graftv1.ShareRequest{Source: source, Destinations: dests, OnDelete: opts.OnDelete})
 	if err != nil {
@@ -138,6 +145,7 @@ func ruleFrom(r *graftv1.Rule) Rule {
 		ID:           r.GetId(),
 		Source:       r.GetSource(),
 		Destinations: r.GetDestinations(),
+		Patterns:     r.GetPatterns(),
 		OnDelete:     r.GetOnDelete(),
 		Author:       r.GetAuthor(),
 		Created:      r.GetCreated().AsTime(),

@@ -23,6 +23,9 @@ type Replication interface {
 	Rules() *replicator.Index
 	Status(ctx context.Context, path string) (replicator.Status, error)
 	CheckDelete(path string) error
+	// AppSeen registers an application whose identity was created or
+	// authenticated, and gives it every pattern rule's destinations.
+	AppSeen(ctx context.Context, name, via string) error
 }
 
 var _ Replication = (*replicator.Replicator)(nil)
@@ -64,7 +67,7 @@ func (s *Server) ListRules(ctx context.Context, req *graftv1.ListRulesRequest) (
 		if src := req.GetSource(); src != "" && !replicator.Overlap(src, r.Source) {
 			continue
 		}
-		if dst := req.GetDestination(); dst != "" && !overlapsAny(dst, r.Destinations) {
+		if dst := req.GetDestination(); dst != "" && !r.DestinationOverlaps(dst) {
 			continue
 		}
 		if s.maySee(ctx, r) {
@@ -72,15 +75,6 @@ func (s *Server) ListRules(ctx context.Context, req *graftv1.ListRulesRequest) (
 		}
 	}
 	return resp, nil
-}
-
-func overlapsAny(p string, paths []string) bool {
-	for _, q := range paths {
-		if replicator.Overlap(p, q) {
-			return true
-		}
-	}
-	return false
 }
 
 // GetRule implements graftv1.ReplicationServiceServer.
@@ -162,6 +156,7 @@ func ruleProto(r replicator.Rule) *graftv1.Rule {
 		Id:           r.ID,
 		Source:       r.Source,
 		Destinations: r.Destinations,
+		Patterns:     r.Patterns,
 		OnDelete:     r.OnDelete,
 		Author:       r.Author,
 		Created:      timestamppb.New(r.Created),

@@ -22,6 +22,7 @@ import (
 
 	"github.com/graft-sh/graft/acl"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -169,6 +170,7 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 			if err != nil {
 				return nil, toStatus(err)
 			}
+			s.appSeen(ctx, p)
 			return acl.WithPrincipal(ctx, p), nil
 		}
 	}
@@ -176,7 +178,26 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	s.appSeen(ctx, p)
 	return acl.WithPrincipal(ctx, p), nil
+}
+
+// appSeen makes an application known the first time its identity
+// authenticates (a certificate, or a token created before graft kept
+// applications), so its first request already finds the copies of every
+// pattern rule. For a known application it is a map lookup.
+func (s *Server) appSeen(ctx context.Context, p acl.Principal) {
+	app, ok := replicator.AppName(p.Name)
+	if !ok {
+		return
+	}
+	via := p.Method
+	if via == "token" {
+		via = "token-auth"
+	}
+	if err := s.replication.AppSeen(ctx, app, via); err != nil {
+		s.log.Warn("a new application's pattern destinations are not all in place yet; the reconciler retries", "app", app, "err", err)
+	}
 }
 
 // clientCert returns the verified client certificate of the connection.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/graft-sh/graft/acl"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -62,6 +63,13 @@ func (s *Server) CreateToken(ctx context.Context, req *graftv1.CreateTokenReques
 	}
 	s.refreshTokens(ctx)
 	s.log.Info("token created", "principal", name, "roles", roles, "accessor", rec.Accessor, "creator", rec.Creator)
+	if app, ok := replicator.AppName(name); ok {
+		// The application's copies are in place before its token is handed
+		// out; should that fail, the reconciler puts them there.
+		if err := s.replication.AppSeen(ctx, app, "token"); err != nil {
+			s.log.Warn("a new application's pattern destinations are not all in place yet; the reconciler retries", "app", app, "err", err)
+		}
+	}
 	return &graftv1.CreateTokenResponse{Token: token, Info: tokenInfo(rec)}, nil
 }
 

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -80,15 +81,48 @@ const ownersPerTxn = 60
 // root that held values at revision rev: a new rule never takes over
 // values that no rule wrote.
 func (s *Store) CheckDestinationsEmpty(ctx context.Context, roots []string, rev int64) error {
+	full, err := s.nonEmpty(ctx, roots, rev, true)
+	if err != nil {
+		return err
+	}
+	if len(full) > 0 {
+		return full[0]
+	}
+	return nil
+}
+
+// NonEmptyDestinations returns a *NotEmptyError for each destination root
+// that held values at revision rev, in the order of roots.
+func (s *Store) NonEmptyDestinations(ctx context.Context, roots []string, rev int64) ([]*NotEmptyError, error) {
+	return s.nonEmpty(ctx, roots, rev, false)
+}
+
+func (s *Store) nonEmpty(ctx context.Context, roots []string, rev int64, first bool) ([]*NotEmptyError, error) {
 	// A wide rule has many roots: count what lies at and below each, many
 	// roots a transaction, and read the names only of a root that holds
 	// something.
-	return s.subtrees(ctx, s.kvPrefix, roots, rev, true, func(root string, n int64, _ []*mvccpb.KeyValue) error {
+	var full []*NotEmptyError
+	errFull := errors.New("full")
+	err := s.subtrees(ctx, s.kvPrefix, roots, rev, true, func(root string, n int64, _ []*mvccpb.KeyValue) error {
 		if n == 0 {
 			return nil
 		}
-		return s.checkEmpty(ctx, root, rev)
+		var e *NotEmptyError
+		if err := s.checkEmpty(ctx, root, rev); errors.As(err, &e) {
+			full = append(full, e)
+			if first {
+				return errFull
+			}
+			return nil
+		} else if err != nil {
+			return err
+		}
+		return nil
 	})
+	if err != nil && err != errFull {
+		return nil, err
+	}
+	return full, nil
 }
 
 // subtreesPerTxn bounds the roots one subtree read covers: two range reads
@@ -148,6 +182,34 @@ func (s *Store) ClaimDestinations(ctx context.Context, owners []Owner, rev int64
 	return s.claim(ctx, owners, rev)
 }
 
+// ClaimDestinationsWith is ClaimDestinations in a single transaction
+// that also holds conds and applies ops, for a claim that must happen
+// together with a record of it (a pattern rule's destinations for a new
+// application). It reports whether it applied: false when a cond failed,
+// a root already has an owner or something was written below one after
+// rev. It takes at most ownersPerTxn-len(ops) owners.
+func (s *Store) ClaimDestinationsWith(ctx context.Context, owners []Owner, rev int64, conds []Cond, ops ...Op) (int64, bool, error) {
+	if len(owners)+len(ops) > ownersPerTxn {
+		return 0, false, fmt.Errorf("claim %d destinations in one transaction: at most %d", len(owners), ownersPerTxn-len(ops))
+	}
+	cmps := make([]clientv3.Cmp, 0, len(conds)+2*len(owners))
+	for _, c := range conds {
+		cmps = append(cmps, c.cmp)
+	}
+	eops := make([]clientv3.Op, 0, len(ops)+len(owners))
+	for _, o := range ops {
+		eops = append(eops, o.op)
+	}
+	for _, o := range owners {
+		cmps, eops = s.claimOf(o, rev, cmps, eops)
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(eops...).Commit()
+	if err != nil {
+		return 0, false, err
+	}
+	return resp.Header.Revision, resp.Succeeded, nil
+}
+
 // ReleaseDestinations gives up the owners' claims, each only if its rule
 // still holds it (another rule may own a root this one failed to claim).
 // The values stay.
@@ -165,11 +227,7 @@ func (s *Store) claim(ctx context.Context, owners []Owner, readRev int64) (int64
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
 		for _, o := range batch {
-			start, end := rangeOf(s.kvPrefix, o.Root)
-			cmps = append(cmps,
-				clientv3.Compare(clientv3.CreateRevision(s.ownedKey(o.Root)), "=", 0),
-				clientv3.Compare(clientv3.ModRevision(start), "<", readRev+1).WithRange(end))
-			ops = append(ops, clientv3.OpPut(s.ownedKey(o.Root), ownerJSON(o)))
+			cmps, ops = s.claimOf(o, readRev, cmps, ops)
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
@@ -181,6 +239,16 @@ func (s *Store) claim(ctx context.Context, owners []Owner, readRev int64) (int64
 		rev = resp.Header.Revision
 	}
 	return rev, nil
+}
+
+// claimOf appends the claim of o's root to a transaction: the root has
+// no owner, nothing at or below it changed after rev, and the owner key.
+func (s *Store) claimOf(o Owner, rev int64, cmps []clientv3.Cmp, ops []clientv3.Op) ([]clientv3.Cmp, []clientv3.Op) {
+	start, end := rangeOf(s.kvPrefix, o.Root)
+	cmps = append(cmps,
+		clientv3.Compare(clientv3.CreateRevision(s.ownedKey(o.Root)), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(start), "<", rev+1).WithRange(end))
+	return cmps, append(ops, clientv3.OpPut(s.ownedKey(o.Root), ownerJSON(o)))
 }
 
 // release removes whatever owner keys of owners exist.

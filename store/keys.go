@@ -42,6 +42,14 @@ const (
 	// SpaceRuleDestinations holds the destinations of wide rules, in
 	// chunks keyed <rule id>/<chunk number>.
 	SpaceRuleDestinations Space = "ruledests/"
+	// SpaceRuleApps holds what a rule with pattern destinations
+	// (/app/+/...) added for each application that appeared after it was
+	// created, keyed <rule id>/<app name>.
+	SpaceRuleApps Space = "ruleapps/"
+	// SpaceApps holds the applications graft knows, by name: an
+	// application appears when an identity for app:<name> is created or
+	// first authenticates.
+	SpaceApps Space = "apps/"
 	// SpaceParked holds, by source path, the last change the replicator
 	// gave up on.
 	SpaceParked Space = "parked"

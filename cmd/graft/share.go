@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,13 +17,46 @@ type ruleView struct {
 	ID           string   `json:"id"`
 	Source       string   `json:"source"`
 	Destinations []string `json:"destinations"`
+	Patterns     []string `json:"patterns,omitempty"`
 	OnDelete     string   `json:"on_delete"`
 	Author       string   `json:"author"`
 	Created      string   `json:"created"`
 }
 
 func viewRule(r sdk.Rule) ruleView {
-	return ruleView{ID: r.ID, Source: r.Source, Destinations: r.Destinations, OnDelete: r.OnDelete, Author: r.Author, Created: jsonTime(r.Created)}
+	return ruleView{ID: r.ID, Source: r.Source, Destinations: r.Destinations, Patterns: r.Patterns, OnDelete: r.OnDelete, Author: r.Author, Created: jsonTime(r.Created)}
+}
+
+// destinationsText is how a rule's destinations read in a line: its
+// patterns with how many paths they stand for now, then the others.
+func destinationsText(r sdk.Rule, sep string) string {
+	if len(r.Patterns) == 0 {
+		return strings.Join(r.Destinations, sep)
+	}
+	var others []string
+	apps := map[string]bool{}
+	for _, d := range r.Destinations {
+		if slices.ContainsFunc(r.Patterns, func(p string) bool { return matchesPattern(p, d) }) {
+			name, _, _ := strings.Cut(strings.TrimPrefix(d, "/app/"), "/")
+			apps[name] = true
+		} else {
+			others = append(others, d)
+		}
+	}
+	text := fmt.Sprintf("%s (in %s now)", strings.Join(r.Patterns, sep), plural(len(apps), "application", "applications"))
+	return strings.Join(append([]string{text}, others...), sep)
+}
+
+// matchesPattern reports whether d is what pattern p (/app/+/rest) stands
+// for in some application.
+func matchesPattern(p, d string) bool {
+	rest := strings.TrimPrefix(p, "/app/+")
+	app, ok := strings.CutPrefix(d, "/app/")
+	if !ok {
+		return false
+	}
+	name, tail, _ := strings.Cut(app, "/")
+	return name != "" && "/"+tail == rest
 }
 
 type sharedView struct {
@@ -44,12 +78,19 @@ an application's replicated tree (/app/<name>/replicated/... unless graftd is
 configured otherwise), and only the replicator writes them. The destinations
 are filled before the command returns.
 
+A destination of the form /app/+/PATH stands for PATH in every application's
+tree: those graft knows now, and each that appears later, which gets its copy
+before its first request is answered. An application appears when a token is
+created for app:<name>, or when app:<name> first authenticates (with a client
+certificate, or a token made before graft kept applications).
+
 Needs the share action on SOURCE. A destination that overlaps another rule's,
 a rule that would copy values back into their own source, or a destination
 that already holds hand-written values is refused, naming the conflict.`,
 		Example: `  graft share /dba/passpack/services/message-processor/mongo --to /app/message-processor/replicated/mongo
   graft share /shared/datadog/api-key --to /app/a/replicated/dd,/app/b/replicated/dd
-  graft share /dba/reports/url --to /app/reports/replicated/url --on-delete retain`,
+  graft share /dba/reports/url --to /app/reports/replicated/url --on-delete retain
+  graft share /shared/datadog/api-key --to '/app/+/replicated/datadog/api-key'   # every application, now and later`,
 		Args: args(1, 1, "SOURCE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var dests []string
@@ -70,7 +111,7 @@ that already holds hand-written values is refused, naming the conflict.`,
 					return err
 				}
 				return a.Emit(sharedView{Rule: viewRule(r), Filled: n}, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "rule %s: %s → %s (%d value(s) copied)\n", r.ID, r.Source, strings.Join(r.Destinations, ", "), n)
+					_, err := fmt.Fprintf(w, "rule %s: %s → %s (%s copied)\n", r.ID, r.Source, destinationsText(r, ", "), plural(n, "value", "values"))
 					return err
 				})
 			})
@@ -118,7 +159,7 @@ func (a *app) rulesListCmd() *cobra.Command {
 					}
 					tab := newTable(w, "ID", "SOURCE", "DESTINATIONS", "ON-DELETE", "AUTHOR", "CREATED")
 					for _, r := range rules {
-						tab.row(r.ID, r.Source, strings.Join(r.Destinations, ","), r.OnDelete, r.Author, tableTime(r.Created))
+						tab.row(r.ID, r.Source, destinationsText(r, ","), r.OnDelete, r.Author, tableTime(r.Created))
 					}
 					return tab.flush()
 				})
@@ -142,8 +183,14 @@ func (a *app) rulesGetCmd() *cobra.Command {
 					return err
 				}
 				return a.Emit(viewRule(r), func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "id: %s\nsource: %s\ndestinations: %s\non-delete: %s\nauthor: %s\ncreated: %s\n",
-						r.ID, r.Source, strings.Join(r.Destinations, ", "), r.OnDelete, r.Author, tableTime(r.Created))
+					var b strings.Builder
+					fmt.Fprintf(&b, "id: %s\nsource: %s\n", r.ID, r.Source)
+					if len(r.Patterns) > 0 {
+						fmt.Fprintf(&b, "patterns: %s (every application, including those that appear later)\n", strings.Join(r.Patterns, ", "))
+					}
+					fmt.Fprintf(&b, "destinations: %s\non-delete: %s\nauthor: %s\ncreated: %s\n",
+						strings.Join(r.Destinations, ", "), r.OnDelete, r.Author, tableTime(r.Created))
+					_, err := io.WriteString(w, b.String())
 					return err
 				})
 			})

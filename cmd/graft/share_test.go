@@ -46,7 +46,7 @@ func TestShare(t *testing.T) {
 
 	// A prefix rule fills its destination before share returns.
 	out := admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
-	if !strings.HasPrefix(out, "rule r-") || !strings.Contains(out, "/dba/mp/mongo → /app/mp/replicated/mongo (2 value(s) copied)") {
+	if !strings.HasPrefix(out, "rule r-") || !strings.Contains(out, "/dba/mp/mongo → /app/mp/replicated/mongo (2 values copied)") {
 		t.Fatalf("share printed %q", out)
 	}
 	if got := admin.ok("get", "/app/mp/replicated/mongo/password"); got != "s3cret" {
@@ -165,5 +165,42 @@ func TestShareRefusesCycles(t *testing.T) {
 	}
 	if got := admin.fails("share", "/shared/z", "--to", "/shared/a/deeper"); !strings.Contains(got, "overlaps destination /shared/a of rule r-") {
 		t.Fatalf("destination inside another rule's: %q", got)
+	}
+}
+
+// A pattern destination copies to every application, including one whose
+// token is created after the share: its copy is there when the token is
+// printed.
+func TestSharePattern(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/shared/datadog/api-key", "dd")
+	out := admin.ok("share", "/shared/datadog", "--to", "/app/+/replicated/datadog")
+	if !strings.Contains(out, "/shared/datadog → /app/+/replicated/datadog (in 0 applications now) (0 values copied)") {
+		t.Fatalf("share printed %q", out)
+	}
+	id := strings.TrimSuffix(strings.Fields(out)[1], ":")
+	if r := admin.run("token", "create", "--principal", "app:billing", "--role", "app"); r.code != 0 {
+		t.Fatalf("token create: %+v", r)
+	}
+	if got := admin.ok("get", "/app/billing/replicated/datadog/api-key"); got != "dd" {
+		t.Fatalf("the new application's copy right after token create = %q", got)
+	}
+	got := admin.ok("rules", "get", id)
+	for _, want := range []string{"patterns: /app/+/replicated/datadog (every application, including those that appear later)\n", "destinations: /app/billing/replicated/datadog\n"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("rules get lacks %q:\n%s", want, got)
+		}
+	}
+	if got := admin.ok("rules", "ls", "--dest", "/app/not-yet"); !strings.Contains(got, id) || !strings.Contains(got, "(in 1 application now)") {
+		t.Fatalf("rules ls --dest of an application the pattern will reach:\n%s", got)
+	}
+	if got := admin.ok("status", "/app/billing/replicated/datadog/api-key"); !strings.Contains(got, "in sync:            yes\n") {
+		t.Fatalf("status of the new application's copy:\n%s", got)
+	}
+	if got := admin.fails("share", "/shared/x", "--to", "/app/later/replicated/datadog/x"); !strings.Contains(got, "overlaps destination /app/+/replicated/datadog of rule "+id) {
+		t.Fatalf("share into the pattern: %q", got)
+	}
+	if got := admin.fails("share", "/shared/x", "--to", "/app/billing/+/x"); !strings.Contains(got, "a pattern destination is /app/+/<path>") {
+		t.Fatalf("share to a malformed pattern: %q", got)
 	}
 }

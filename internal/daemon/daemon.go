@@ -213,7 +213,7 @@ func (d *Daemon) tasks() []task.Task {
 		task.New("relay", d.relay.Run),
 		task.New("replicator", d.repl.Run),
 		task.New("reconciler", func(ctx context.Context) error {
-			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Interval: d.cfg.ReconcileInterval})
+			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Interval: d.cfg.ReconcileInterval, Identities: d.appIdentities})
 		}),
 		task.New("keyring file", d.watchKeyringFile),
 		task.New("gRPC server", d.serveGRPC),
@@ -223,6 +223,21 @@ func (d *Daemon) tasks() []task.Task {
 		ts = append(ts, task.New("embedded etcd", d.watchEmbeddedEtcd))
 	}
 	return ts
+}
+
+// appIdentities are the applications with a token that has not expired.
+func (d *Daemon) appIdentities(ctx context.Context) ([]string, error) {
+	recs, err := d.tokens.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, rec := range recs {
+		if name, ok := replicator.AppName(rec.Principal); ok && (rec.Expires.IsZero() || rec.Expires.After(time.Now())) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
 }
 
 // Run serves until ctx ends or a part fails. Then it stops taking calls,

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
@@ -110,6 +111,7 @@ func TestMutualTLSIdentities(t *testing.T) {
 	}))
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.cert)
+	var conn *grpc.ClientConn
 	connect := func(issuer *testCA, cn, uri string) (graftv1.KVServiceClient, graftv1.TokenServiceClient) {
 		t.Helper()
 		certPEM, keyPEM := issuer.issue(t, cn, uri, false)
@@ -118,16 +120,35 @@ func TestMutualTLSIdentities(t *testing.T) {
 			t.Fatal(err)
 		}
 		creds := credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})
-		conn, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(creds))
+		c, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { conn.Close() })
+		t.Cleanup(func() { c.Close() })
+		conn = c
 		return graftv1.NewKVServiceClient(conn), graftv1.NewTokenServiceClient(conn)
 	}
 	ctx := context.Background()
 
+	// A pattern share made before the application's first connection: its
+	// first request, over mTLS, already finds the copy (graftd never
+	// issued its certificate, so that request is where it appears).
+	// (A token takes precedence over the certificate: these are root's.)
 	kv, tokens := connect(ca, "ignored", "spiffe://graft.test/app/message-processor")
+	rootCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+g.Token)
+	if _, err := kv.Put(rootCtx, &graftv1.PutRequest{Path: "/shared/ca/pem", Value: []byte("pem")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := graftv1.NewReplicationServiceClient(conn).Share(rootCtx, &graftv1.ShareRequest{Source: "/shared/ca", Destinations: []string{"/app/+/replicated/ca"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(rootCtx, &graftv1.GetRequest{Path: "/app/message-processor/replicated/ca/pem"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("the copy before the application first connected: %v, want NotFound", err)
+	}
+	got, err := kv.Get(ctx, &graftv1.GetRequest{Path: "/app/message-processor/replicated/ca/pem"})
+	if err != nil || string(got.GetEntry().GetValue()) != "pem" {
+		t.Fatalf("the application's first request, for its copy: %v, %v", got, err)
+	}
 	who, err := tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{})
 	if err != nil || who.GetPrincipal() != "app:message-processor" || who.GetMethod() != "certificate" {
 		t.Fatalf("whoami over mTLS = %v, %v", who, err)

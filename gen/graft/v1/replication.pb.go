@@ -30,14 +30,19 @@ type Rule struct {
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The source path; the rule copies it and every path below it.
 	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
-	// Where the source appears: source/x appears at destination/x.
+	// Where the source appears: source/x appears at destination/x. For a
+	// rule with patterns, this includes what they stand for in every
+	// application known.
 	Destinations []string `protobuf:"bytes,3,rep,name=destinations,proto3" json:"destinations,omitempty"`
 	// What a source deletion does to its copies: "delete" or "retain".
 	OnDelete string `protobuf:"bytes,4,opt,name=on_delete,json=onDelete,proto3" json:"on_delete,omitempty"`
 	// Who created the rule.
 	Author string `protobuf:"bytes,5,opt,name=author,proto3" json:"author,omitempty"`
 	// When it was created.
-	Created       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	Created *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	// The pattern destinations given, such as /app/+/replicated/datadog:
+	// the path in every application, including those that appear later.
+	Patterns      []string `protobuf:"bytes,7,rep,name=patterns,proto3" json:"patterns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -114,12 +119,20 @@ func (x *Rule) GetCreated() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Rule) GetPatterns() []string {
+	if x != nil {
+		return x.Patterns
+	}
+	return nil
+}
+
 // ShareRequest describes a new rule.
 type ShareRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The source path.
 	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
-	// One or more destination paths.
+	// One or more destination paths; /app/+/... stands for that path in
+	// every application, now and later.
 	Destinations []string `protobuf:"bytes,2,rep,name=destinations,proto3" json:"destinations,omitempty"`
 	// "delete" (default) or "retain".
 	OnDelete      string `protobuf:"bytes,3,opt,name=on_delete,json=onDelete,proto3" json:"on_delete,omitempty"`
@@ -740,14 +753,15 @@ var File_graft_v1_replication_proto protoreflect.FileDescriptor
 
 const file_graft_v1_replication_proto_rawDesc = "" +
 	"\n" +
-	"\x1agraft/v1/replication.proto\x12\bgraft.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n" +
+	"\x1agraft/v1/replication.proto\x12\bgraft.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
 	"\x04Rule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\"\n" +
 	"\fdestinations\x18\x03 \x03(\tR\fdestinations\x12\x1b\n" +
 	"\ton_delete\x18\x04 \x01(\tR\bonDelete\x12\x16\n" +
 	"\x06author\x18\x05 \x01(\tR\x06author\x124\n" +
-	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"g\n" +
+	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12\x1a\n" +
+	"\bpatterns\x18\a \x03(\tR\bpatterns\"g\n" +
 	"\fShareRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\"\n" +
 	"\fdestinations\x18\x02 \x03(\tR\fdestinations\x12\x1b\n" +
