@@ -108,6 +108,30 @@ func (c *Client) List(ctx context.Context, prefix string, opts ...ListOption) ([
 	return items, nil
 }
 
+// Tree is a consistent read of a subtree: every value at and below a path
+// as of one store revision.
+type Tree struct {
+	Entries  []Entry // sorted by path
+	Revision int64   // watch from Revision+1 to follow it
+	// Unreadable are paths whose values exist but cannot be decrypted.
+	Unreadable []string
+}
+
+// ReadTree reads every value at and below path at one revision: a snapshot
+// to watch after. Paths the caller may not read are left out; a caller
+// who may read nothing there gets an error matching ErrPermissionDenied.
+func (c *Client) ReadTree(ctx context.Context, path string) (Tree, error) {
+	resp, err := c.kv.ReadTree(ctx, &graftv1.ReadTreeRequest{Path: path})
+	if err != nil {
+		return Tree{}, wrap(ctx, err)
+	}
+	t := Tree{Revision: resp.GetRevision(), Unreadable: resp.GetUnreadable(), Entries: make([]Entry, 0, len(resp.GetEntries()))}
+	for _, e := range resp.GetEntries() {
+		t.Entries = append(t.Entries, entryFrom(e))
+	}
+	return t, nil
+}
+
 // History returns the retained versions of path, newest first, without
 // values.
 func (c *Client) History(ctx context.Context, path string) ([]HistoryItem, error) {

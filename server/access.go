@@ -65,8 +65,9 @@ var accessTable = map[string]rpcAccess{
 	graftv1.KVService_Restore_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestoreRequest).GetPath), verb: "restore", key: true, write: true},
 	graftv1.KVService_RestorePrefix_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestorePrefixRequest).GetPrefix), verb: "restore", write: true, perItem: true, below: true,
 		dryRun: field((*graftv1.RestorePrefixRequest).GetDryRun)},
-	graftv1.KVService_List_FullMethodName:  {action: acl.ActionList, path: field((*graftv1.ListRequest).GetPrefix), verb: "list", perItem: true},
-	graftv1.KVService_Watch_FullMethodName: {action: acl.ActionList, path: field((*graftv1.WatchRequest).GetPrefix), verb: "watch", perItem: true},
+	graftv1.KVService_ReadTree_FullMethodName: {action: acl.ActionRead, path: field((*graftv1.ReadTreeRequest).GetPath), verb: "read", key: true, perItem: true, below: true},
+	graftv1.KVService_List_FullMethodName:     {action: acl.ActionList, path: field((*graftv1.ListRequest).GetPrefix), verb: "list", perItem: true},
+	graftv1.KVService_Watch_FullMethodName:    {action: acl.ActionList, path: field((*graftv1.WatchRequest).GetPrefix), verb: "watch", perItem: true},
 
 	graftv1.ReplicationService_Share_FullMethodName: {action: acl.ActionShare, path: field((*graftv1.ShareRequest).GetSource), verb: "share", key: true, write: true},
 	// The handler checks share on the rule's source.

@@ -98,6 +98,31 @@ func (s *Server) List(ctx context.Context, req *graftv1.ListRequest) (*graftv1.L
 	return resp, nil
 }
 
+// ReadTree implements graftv1.KVServiceServer. The guard has refused a
+// caller who may read nothing at or below the path; the rest is filtered
+// path by path.
+func (s *Server) ReadTree(ctx context.Context, req *graftv1.ReadTreeRequest) (*graftv1.ReadTreeResponse, error) {
+	entries, rev, err := s.store.ReadTree(ctx, req.GetPath())
+	var unreadable *store.UnreadableError
+	if err != nil && !errors.As(err, &unreadable) {
+		return nil, toStatus(err)
+	}
+	resp := &graftv1.ReadTreeResponse{Revision: rev, Entries: make([]*graftv1.Entry, 0, len(entries))}
+	for _, e := range entries {
+		if s.may(ctx, acl.ActionRead, e.Path) {
+			resp.Entries = append(resp.Entries, entryProto(e))
+		}
+	}
+	if unreadable != nil {
+		for _, p := range unreadable.Paths {
+			if s.may(ctx, acl.ActionRead, p) {
+				resp.Unreadable = append(resp.Unreadable, p)
+			}
+		}
+	}
+	return resp, nil
+}
+
 // History implements graftv1.KVServiceServer.
 func (s *Server) History(ctx context.Context, req *graftv1.HistoryRequest) (*graftv1.HistoryResponse, error) {
 	items, err := s.store.History(ctx, req.GetPath())

@@ -745,6 +745,118 @@ func (x *ListResponse) GetRevision() int64 {
 	return 0
 }
 
+// ReadTreeRequest names the tree to read.
+type ReadTreeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The canonical path whose value and every value below it are read.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadTreeRequest) Reset() {
+	*x = ReadTreeRequest{}
+	mi := &file_graft_v1_kv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadTreeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadTreeRequest) ProtoMessage() {}
+
+func (x *ReadTreeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_kv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadTreeRequest.ProtoReflect.Descriptor instead.
+func (*ReadTreeRequest) Descriptor() ([]byte, []int) {
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReadTreeRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+// ReadTreeResponse holds the tree, read at one revision.
+type ReadTreeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The current entries at and below the path, with their values, sorted
+	// by path.
+	Entries []*Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The store revision the tree was read at: watch from revision + 1.
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Paths whose values exist but cannot be decrypted (the keyring lacks
+	// their key); they are not in entries.
+	Unreadable    []string `protobuf:"bytes,3,rep,name=unreadable,proto3" json:"unreadable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadTreeResponse) Reset() {
+	*x = ReadTreeResponse{}
+	mi := &file_graft_v1_kv_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadTreeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadTreeResponse) ProtoMessage() {}
+
+func (x *ReadTreeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_kv_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadTreeResponse.ProtoReflect.Descriptor instead.
+func (*ReadTreeResponse) Descriptor() ([]byte, []int) {
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReadTreeResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ReadTreeResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ReadTreeResponse) GetUnreadable() []string {
+	if x != nil {
+		return x.Unreadable
+	}
+	return nil
+}
+
 // ListItem is one result of a listing.
 type ListItem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -760,7 +872,7 @@ type ListItem struct {
 
 func (x *ListItem) Reset() {
 	*x = ListItem{}
-	mi := &file_graft_v1_kv_proto_msgTypes[10]
+	mi := &file_graft_v1_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +884,7 @@ func (x *ListItem) String() string {
 func (*ListItem) ProtoMessage() {}
 
 func (x *ListItem) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[10]
+	mi := &file_graft_v1_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +897,7 @@ func (x *ListItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListItem.ProtoReflect.Descriptor instead.
 func (*ListItem) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{10}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListItem) GetEntry() *Entry {
@@ -820,7 +932,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[11]
+	mi := &file_graft_v1_kv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +944,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[11]
+	mi := &file_graft_v1_kv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +957,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{11}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HistoryRequest) GetPath() string {
@@ -866,7 +978,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[12]
+	mi := &file_graft_v1_kv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +990,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[12]
+	mi := &file_graft_v1_kv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1003,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{12}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HistoryResponse) GetItems() []*HistoryItem {
@@ -922,7 +1034,7 @@ type HistoryItem struct {
 
 func (x *HistoryItem) Reset() {
 	*x = HistoryItem{}
-	mi := &file_graft_v1_kv_proto_msgTypes[13]
+	mi := &file_graft_v1_kv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1046,7 @@ func (x *HistoryItem) String() string {
 func (*HistoryItem) ProtoMessage() {}
 
 func (x *HistoryItem) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[13]
+	mi := &file_graft_v1_kv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1059,7 @@ func (x *HistoryItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
 func (*HistoryItem) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{13}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HistoryItem) GetEntry() *Entry {
@@ -998,7 +1110,7 @@ type RestoreRequest struct {
 
 func (x *RestoreRequest) Reset() {
 	*x = RestoreRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[14]
+	mi := &file_graft_v1_kv_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1122,7 @@ func (x *RestoreRequest) String() string {
 func (*RestoreRequest) ProtoMessage() {}
 
 func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[14]
+	mi := &file_graft_v1_kv_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1135,7 @@ func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
 func (*RestoreRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{14}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RestoreRequest) GetPath() string {
@@ -1052,7 +1164,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[15]
+	mi := &file_graft_v1_kv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1176,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[15]
+	mi := &file_graft_v1_kv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1189,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{15}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestoreResponse) GetEntry() *Entry {
@@ -1102,7 +1214,7 @@ type RestorePrefixRequest struct {
 
 func (x *RestorePrefixRequest) Reset() {
 	*x = RestorePrefixRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[16]
+	mi := &file_graft_v1_kv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1226,7 @@ func (x *RestorePrefixRequest) String() string {
 func (*RestorePrefixRequest) ProtoMessage() {}
 
 func (x *RestorePrefixRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[16]
+	mi := &file_graft_v1_kv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1239,7 @@ func (x *RestorePrefixRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestorePrefixRequest.ProtoReflect.Descriptor instead.
 func (*RestorePrefixRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{16}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestorePrefixRequest) GetPrefix() string {
@@ -1168,7 +1280,7 @@ type RestorePrefixResponse struct {
 
 func (x *RestorePrefixResponse) Reset() {
 	*x = RestorePrefixResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[17]
+	mi := &file_graft_v1_kv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1292,7 @@ func (x *RestorePrefixResponse) String() string {
 func (*RestorePrefixResponse) ProtoMessage() {}
 
 func (x *RestorePrefixResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[17]
+	mi := &file_graft_v1_kv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1305,7 @@ func (x *RestorePrefixResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestorePrefixResponse.ProtoReflect.Descriptor instead.
 func (*RestorePrefixResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{17}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestorePrefixResponse) GetSteps() []*RestoreStep {
@@ -1238,7 +1350,7 @@ type RestoreStep struct {
 
 func (x *RestoreStep) Reset() {
 	*x = RestoreStep{}
-	mi := &file_graft_v1_kv_proto_msgTypes[18]
+	mi := &file_graft_v1_kv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1362,7 @@ func (x *RestoreStep) String() string {
 func (*RestoreStep) ProtoMessage() {}
 
 func (x *RestoreStep) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[18]
+	mi := &file_graft_v1_kv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1375,7 @@ func (x *RestoreStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreStep.ProtoReflect.Descriptor instead.
 func (*RestoreStep) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{18}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestoreStep) GetPath() string {
@@ -1323,7 +1435,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[19]
+	mi := &file_graft_v1_kv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1447,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[19]
+	mi := &file_graft_v1_kv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1460,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{19}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1389,7 +1501,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[20]
+	mi := &file_graft_v1_kv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1513,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[20]
+	mi := &file_graft_v1_kv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1526,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{20}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchResponse) GetCreated() bool {
@@ -1452,7 +1564,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_graft_v1_kv_proto_msgTypes[21]
+	mi := &file_graft_v1_kv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1576,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[21]
+	mi := &file_graft_v1_kv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1589,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{21}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Event) GetType() EventType {
@@ -1541,7 +1653,15 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"\trecursive\x18\x02 \x01(\bR\trecursive\"T\n" +
 	"\fListResponse\x12(\n" +
 	"\x05items\x18\x01 \x03(\v2\x12.graft.v1.ListItemR\x05items\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"c\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"%\n" +
+	"\x0fReadTreeRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"y\n" +
+	"\x10ReadTreeResponse\x12)\n" +
+	"\aentries\x18\x01 \x03(\v2\x0f.graft.v1.EntryR\aentries\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x1e\n" +
+	"\n" +
+	"unreadable\x18\x03 \x03(\tR\n" +
+	"unreadable\"c\n" +
 	"\bListItem\x12%\n" +
 	"\x05entry\x18\x01 \x01(\v2\x0f.graft.v1.EntryR\x05entry\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1c\n" +
@@ -1597,12 +1717,13 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x022\xf5\x03\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x022\xb8\x04\n" +
 	"\tKVService\x122\n" +
 	"\x03Get\x12\x14.graft.v1.GetRequest\x1a\x15.graft.v1.GetResponse\x122\n" +
 	"\x03Put\x12\x14.graft.v1.PutRequest\x1a\x15.graft.v1.PutResponse\x12;\n" +
 	"\x06Delete\x12\x17.graft.v1.DeleteRequest\x1a\x18.graft.v1.DeleteResponse\x125\n" +
-	"\x04List\x12\x15.graft.v1.ListRequest\x1a\x16.graft.v1.ListResponse\x12>\n" +
+	"\x04List\x12\x15.graft.v1.ListRequest\x1a\x16.graft.v1.ListResponse\x12A\n" +
+	"\bReadTree\x12\x19.graft.v1.ReadTreeRequest\x1a\x1a.graft.v1.ReadTreeResponse\x12>\n" +
 	"\aHistory\x12\x18.graft.v1.HistoryRequest\x1a\x19.graft.v1.HistoryResponse\x12>\n" +
 	"\aRestore\x12\x18.graft.v1.RestoreRequest\x1a\x19.graft.v1.RestoreResponse\x12P\n" +
 	"\rRestorePrefix\x12\x1e.graft.v1.RestorePrefixRequest\x1a\x1f.graft.v1.RestorePrefixResponse\x12:\n" +
@@ -1622,7 +1743,7 @@ func file_graft_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_graft_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_graft_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_graft_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_graft_v1_kv_proto_goTypes = []any{
 	(RestoreAction)(0),            // 0: graft.v1.RestoreAction
 	(EventType)(0),                // 1: graft.v1.EventType
@@ -1636,58 +1757,63 @@ var file_graft_v1_kv_proto_goTypes = []any{
 	(*DeleteResponse)(nil),        // 9: graft.v1.DeleteResponse
 	(*ListRequest)(nil),           // 10: graft.v1.ListRequest
 	(*ListResponse)(nil),          // 11: graft.v1.ListResponse
-	(*ListItem)(nil),              // 12: graft.v1.ListItem
-	(*HistoryRequest)(nil),        // 13: graft.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 14: graft.v1.HistoryResponse
-	(*HistoryItem)(nil),           // 15: graft.v1.HistoryItem
-	(*RestoreRequest)(nil),        // 16: graft.v1.RestoreRequest
-	(*RestoreResponse)(nil),       // 17: graft.v1.RestoreResponse
-	(*RestorePrefixRequest)(nil),  // 18: graft.v1.RestorePrefixRequest
-	(*RestorePrefixResponse)(nil), // 19: graft.v1.RestorePrefixResponse
-	(*RestoreStep)(nil),           // 20: graft.v1.RestoreStep
-	(*WatchRequest)(nil),          // 21: graft.v1.WatchRequest
-	(*WatchResponse)(nil),         // 22: graft.v1.WatchResponse
-	(*Event)(nil),                 // 23: graft.v1.Event
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*ReadTreeRequest)(nil),       // 12: graft.v1.ReadTreeRequest
+	(*ReadTreeResponse)(nil),      // 13: graft.v1.ReadTreeResponse
+	(*ListItem)(nil),              // 14: graft.v1.ListItem
+	(*HistoryRequest)(nil),        // 15: graft.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 16: graft.v1.HistoryResponse
+	(*HistoryItem)(nil),           // 17: graft.v1.HistoryItem
+	(*RestoreRequest)(nil),        // 18: graft.v1.RestoreRequest
+	(*RestoreResponse)(nil),       // 19: graft.v1.RestoreResponse
+	(*RestorePrefixRequest)(nil),  // 20: graft.v1.RestorePrefixRequest
+	(*RestorePrefixResponse)(nil), // 21: graft.v1.RestorePrefixResponse
+	(*RestoreStep)(nil),           // 22: graft.v1.RestoreStep
+	(*WatchRequest)(nil),          // 23: graft.v1.WatchRequest
+	(*WatchResponse)(nil),         // 24: graft.v1.WatchResponse
+	(*Event)(nil),                 // 25: graft.v1.Event
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
 }
 var file_graft_v1_kv_proto_depIdxs = []int32{
-	24, // 0: graft.v1.Entry.time:type_name -> google.protobuf.Timestamp
+	26, // 0: graft.v1.Entry.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: graft.v1.Entry.origin:type_name -> graft.v1.Origin
 	2,  // 2: graft.v1.GetResponse.entry:type_name -> graft.v1.Entry
 	2,  // 3: graft.v1.PutResponse.entry:type_name -> graft.v1.Entry
-	12, // 4: graft.v1.ListResponse.items:type_name -> graft.v1.ListItem
-	2,  // 5: graft.v1.ListItem.entry:type_name -> graft.v1.Entry
-	15, // 6: graft.v1.HistoryResponse.items:type_name -> graft.v1.HistoryItem
-	2,  // 7: graft.v1.HistoryItem.entry:type_name -> graft.v1.Entry
-	24, // 8: graft.v1.HistoryItem.ended:type_name -> google.protobuf.Timestamp
-	2,  // 9: graft.v1.RestoreResponse.entry:type_name -> graft.v1.Entry
-	24, // 10: graft.v1.RestorePrefixRequest.at:type_name -> google.protobuf.Timestamp
-	20, // 11: graft.v1.RestorePrefixResponse.steps:type_name -> graft.v1.RestoreStep
-	0,  // 12: graft.v1.RestoreStep.action:type_name -> graft.v1.RestoreAction
-	23, // 13: graft.v1.WatchResponse.events:type_name -> graft.v1.Event
-	1,  // 14: graft.v1.Event.type:type_name -> graft.v1.EventType
-	2,  // 15: graft.v1.Event.entry:type_name -> graft.v1.Entry
-	4,  // 16: graft.v1.KVService.Get:input_type -> graft.v1.GetRequest
-	6,  // 17: graft.v1.KVService.Put:input_type -> graft.v1.PutRequest
-	8,  // 18: graft.v1.KVService.Delete:input_type -> graft.v1.DeleteRequest
-	10, // 19: graft.v1.KVService.List:input_type -> graft.v1.ListRequest
-	13, // 20: graft.v1.KVService.History:input_type -> graft.v1.HistoryRequest
-	16, // 21: graft.v1.KVService.Restore:input_type -> graft.v1.RestoreRequest
-	18, // 22: graft.v1.KVService.RestorePrefix:input_type -> graft.v1.RestorePrefixRequest
-	21, // 23: graft.v1.KVService.Watch:input_type -> graft.v1.WatchRequest
-	5,  // 24: graft.v1.KVService.Get:output_type -> graft.v1.GetResponse
-	7,  // 25: graft.v1.KVService.Put:output_type -> graft.v1.PutResponse
-	9,  // 26: graft.v1.KVService.Delete:output_type -> graft.v1.DeleteResponse
-	11, // 27: graft.v1.KVService.List:output_type -> graft.v1.ListResponse
-	14, // 28: graft.v1.KVService.History:output_type -> graft.v1.HistoryResponse
-	17, // 29: graft.v1.KVService.Restore:output_type -> graft.v1.RestoreResponse
-	19, // 30: graft.v1.KVService.RestorePrefix:output_type -> graft.v1.RestorePrefixResponse
-	22, // 31: graft.v1.KVService.Watch:output_type -> graft.v1.WatchResponse
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	14, // 4: graft.v1.ListResponse.items:type_name -> graft.v1.ListItem
+	2,  // 5: graft.v1.ReadTreeResponse.entries:type_name -> graft.v1.Entry
+	2,  // 6: graft.v1.ListItem.entry:type_name -> graft.v1.Entry
+	17, // 7: graft.v1.HistoryResponse.items:type_name -> graft.v1.HistoryItem
+	2,  // 8: graft.v1.HistoryItem.entry:type_name -> graft.v1.Entry
+	26, // 9: graft.v1.HistoryItem.ended:type_name -> google.protobuf.Timestamp
+	2,  // 10: graft.v1.RestoreResponse.entry:type_name -> graft.v1.Entry
+	26, // 11: graft.v1.RestorePrefixRequest.at:type_name -> google.protobuf.Timestamp
+	22, // 12: graft.v1.RestorePrefixResponse.steps:type_name -> graft.v1.RestoreStep
+	0,  // 13: graft.v1.RestoreStep.action:type_name -> graft.v1.RestoreAction
+	25, // 14: graft.v1.WatchResponse.events:type_name -> graft.v1.Event
+	1,  // 15: graft.v1.Event.type:type_name -> graft.v1.EventType
+	2,  // 16: graft.v1.Event.entry:type_name -> graft.v1.Entry
+	4,  // 17: graft.v1.KVService.Get:input_type -> graft.v1.GetRequest
+	6,  // 18: graft.v1.KVService.Put:input_type -> graft.v1.PutRequest
+	8,  // 19: graft.v1.KVService.Delete:input_type -> graft.v1.DeleteRequest
+	10, // 20: graft.v1.KVService.List:input_type -> graft.v1.ListRequest
+	12, // 21: graft.v1.KVService.ReadTree:input_type -> graft.v1.ReadTreeRequest
+	15, // 22: graft.v1.KVService.History:input_type -> graft.v1.HistoryRequest
+	18, // 23: graft.v1.KVService.Restore:input_type -> graft.v1.RestoreRequest
+	20, // 24: graft.v1.KVService.RestorePrefix:input_type -> graft.v1.RestorePrefixRequest
+	23, // 25: graft.v1.KVService.Watch:input_type -> graft.v1.WatchRequest
+	5,  // 26: graft.v1.KVService.Get:output_type -> graft.v1.GetResponse
+	7,  // 27: graft.v1.KVService.Put:output_type -> graft.v1.PutResponse
+	9,  // 28: graft.v1.KVService.Delete:output_type -> graft.v1.DeleteResponse
+	11, // 29: graft.v1.KVService.List:output_type -> graft.v1.ListResponse
+	13, // 30: graft.v1.KVService.ReadTree:output_type -> graft.v1.ReadTreeResponse
+	16, // 31: graft.v1.KVService.History:output_type -> graft.v1.HistoryResponse
+	19, // 32: graft.v1.KVService.Restore:output_type -> graft.v1.RestoreResponse
+	21, // 33: graft.v1.KVService.RestorePrefix:output_type -> graft.v1.RestorePrefixResponse
+	24, // 34: graft.v1.KVService.Watch:output_type -> graft.v1.WatchResponse
+	26, // [26:35] is the sub-list for method output_type
+	17, // [17:26] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_graft_v1_kv_proto_init() }
@@ -1703,7 +1829,7 @@ func file_graft_v1_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_graft_v1_kv_proto_rawDesc), len(file_graft_v1_kv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

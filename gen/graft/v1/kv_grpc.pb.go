@@ -26,6 +26,7 @@ const (
 	KVService_Put_FullMethodName           = "/graft.v1.KVService/Put"
 	KVService_Delete_FullMethodName        = "/graft.v1.KVService/Delete"
 	KVService_List_FullMethodName          = "/graft.v1.KVService/List"
+	KVService_ReadTree_FullMethodName      = "/graft.v1.KVService/ReadTree"
 	KVService_History_FullMethodName       = "/graft.v1.KVService/History"
 	KVService_Restore_FullMethodName       = "/graft.v1.KVService/Restore"
 	KVService_RestorePrefix_FullMethodName = "/graft.v1.KVService/RestorePrefix"
@@ -55,6 +56,11 @@ type KVServiceClient interface {
 	// List returns the entries under a prefix (segment-aware: /app/foo does not
 	// include /app/foo-evil), without their values.
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
+	// ReadTree returns every value at or below a path, read at one revision:
+	// a consistent snapshot to render from and then watch after
+	// (graft-agent). Paths the caller may not read are left out; a caller
+	// who may read nothing there is refused with PermissionDenied.
+	ReadTree(ctx context.Context, in *ReadTreeRequest, opts ...grpc.CallOption) (*ReadTreeResponse, error)
 	// History returns the retained entries of one path, newest first, without
 	// their values.
 	History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
@@ -115,6 +121,16 @@ func (c *kVServiceClient) List(ctx context.Context, in *ListRequest, opts ...grp
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListResponse)
 	err := c.cc.Invoke(ctx, KVService_List_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVServiceClient) ReadTree(ctx context.Context, in *ReadTreeRequest, opts ...grpc.CallOption) (*ReadTreeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadTreeResponse)
+	err := c.cc.Invoke(ctx, KVService_ReadTree_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +209,11 @@ type KVServiceServer interface {
 	// List returns the entries under a prefix (segment-aware: /app/foo does not
 	// include /app/foo-evil), without their values.
 	List(context.Context, *ListRequest) (*ListResponse, error)
+	// ReadTree returns every value at or below a path, read at one revision:
+	// a consistent snapshot to render from and then watch after
+	// (graft-agent). Paths the caller may not read are left out; a caller
+	// who may read nothing there is refused with PermissionDenied.
+	ReadTree(context.Context, *ReadTreeRequest) (*ReadTreeResponse, error)
 	// History returns the retained entries of one path, newest first, without
 	// their values.
 	History(context.Context, *HistoryRequest) (*HistoryResponse, error)
@@ -230,6 +251,9 @@ func (UnimplementedKVServiceServer) Delete(context.Context, *DeleteRequest) (*De
 }
 func (UnimplementedKVServiceServer) List(context.Context, *ListRequest) (*ListResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedKVServiceServer) ReadTree(context.Context, *ReadTreeRequest) (*ReadTreeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadTree not implemented")
 }
 func (UnimplementedKVServiceServer) History(context.Context, *HistoryRequest) (*HistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method History not implemented")
@@ -336,6 +360,24 @@ func _KVService_List_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KVService_ReadTree_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadTreeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServiceServer).ReadTree(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KVService_ReadTree_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServiceServer).ReadTree(ctx, req.(*ReadTreeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KVService_History_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(HistoryRequest)
 	if err := dec(in); err != nil {
@@ -423,6 +465,10 @@ var KVService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "List",
 			Handler:    _KVService_List_Handler,
+		},
+		{
+			MethodName: "ReadTree",
+			Handler:    _KVService_ReadTree_Handler,
 		},
 		{
 			MethodName: "History",
