@@ -12,6 +12,12 @@ import (
 // directory with the given mode, fsyncs it, renames it over name and fsyncs
 // the directory so the rename survives a crash.
 func Write(name string, data []byte, perm os.FileMode) error {
+	return WriteOwned(name, data, perm, -1, -1)
+}
+
+// WriteOwned is Write that also gives the file owner uid and group gid
+// before it takes name's place (-1 leaves either as the writer's).
+func WriteOwned(name string, data []byte, perm os.FileMode, uid, gid int) error {
 	dir := filepath.Dir(name)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp-*")
 	if err != nil {
@@ -21,6 +27,12 @@ func Write(name string, data []byte, perm os.FileMode) error {
 	if err := tmp.Chmod(perm); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if uid >= 0 || gid >= 0 {
+		if err := tmp.Chown(uid, gid); err != nil {
+			tmp.Close()
+			return fmt.Errorf("write %s: %w", name, err)
+		}
 	}
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()

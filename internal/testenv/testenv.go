@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -182,5 +183,29 @@ func WaitFor(t testing.TB, timeout time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %s", timeout)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// LinksNoServer fails t if the package in the working directory links
+// graftd: a server package, etcd or NATS. Clients (graft, graft-agent)
+// talk to graftd through the SDK only.
+func LinksNoServer(t testing.TB, program string) {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	forbidden := []string{
+		"github.com/graft-sh/graft/server", "github.com/graft-sh/graft/store", "github.com/graft-sh/graft/acl",
+		"github.com/graft-sh/graft/replicator", "github.com/graft-sh/graft/audit", "github.com/graft-sh/graft/internal/daemon",
+		"go.etcd.io/etcd/", "github.com/nats-io/",
+	}
+	for dep := range strings.Lines(string(out)) {
+		dep = strings.TrimSpace(dep)
+		for _, f := range forbidden {
+			if dep == f || strings.HasPrefix(dep, strings.TrimSuffix(f, "/")+"/") {
+				t.Errorf("%s links %s", program, dep)
+			}
+		}
 	}
 }

@@ -1,0 +1,446 @@
+// Package agent is graft-agent: it runs next to an application, renders
+// the application's values from its tree in graft (/app/<name>) into
+// files, and makes the application use them (a signal, an HTTP call or a
+// command after any file changed, then a health check). It reads one
+// consistent snapshot of the tree, renders everything from it, then
+// follows one watch stream from that revision, resuming after graftd
+// restarts and reading a new snapshot if its revision was compacted. It
+// never applies an older revision over a newer one, writes a file only
+// when its bytes change, and keeps values out of its logs, metrics and
+// errors. It links no graftd code: it talks to graftd through the SDK.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/graft-sh/graft/sdk"
+)
+
+// Agent renders one application's templates and reloads it.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	out     io.Writer // --dry-run's report
+	client  *sdk.Client
+	metrics *metrics
+	reg     *prometheus.Registry
+
+	values   map[string][]byte
+	times    map[string]time.Time // commit time of each value, for lag
+	revision int64
+	state    []rendered
+	modTimes []time.Time
+
+	ready    atomic.Bool
+	applied  atomic.Int64
+	listener net.Listener
+}
+
+// New returns an agent for cfg, connected lazily to graftd. out receives
+// the --dry-run report (nil: stdout).
+func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	if out == nil {
+		out = os.Stdout
+	}
+	sc := sdk.Config{Addr: cfg.Server, Insecure: cfg.Insecure}
+	if cfg.TokenFile != "" {
+		data, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("token_file: %w", err)
+		}
+		sc.Token = strings.TrimSpace(string(data))
+		if sc.Token == "" {
+			return nil, fmt.Errorf("token_file %s is empty: put the token from `graft token create --principal app:%s` in it", cfg.TokenFile, cfg.App)
+		}
+	}
+	if cfg.TLS.CAFile != "" {
+		tc, err := cfg.TLS.config()
+		if err != nil {
+			return nil, err
+		}
+		sc.TLS = tc
+	}
+	client, err := sdk.New(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	a := &Agent{cfg: cfg, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
+		values: map[string][]byte{}, times: map[string]time.Time{},
+		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
+	if cfg.Listen != "off" && !cfg.Once && !cfg.DryRun {
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			client.Close()
+			return nil, fmt.Errorf("listen %s: %w (set listen: to a free loopback port, or off)", cfg.Listen, err)
+		}
+		a.listener = l
+	}
+	return a, nil
+}
+
+func (t TLS) config() (*tls.Config, error) {
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls.ca_file %s holds no PEM certificate", t.CAFile)
+	}
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if t.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.cert_file/key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return tc, nil
+}
+
+// Addr is the address of the agent's HTTP endpoints, if it serves them.
+func (a *Agent) Addr() string {
+	if a.listener == nil {
+		return ""
+	}
+	return a.listener.Addr().String()
+}
+
+// Ready reports whether the first complete render is done.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Revision is the store revision of the tree the agent last applied.
+func (a *Agent) Revision() int64 { return a.applied.Load() }
+
+// ErrTemplates says that, in --once or --dry-run, a template failed.
+var ErrTemplates = errors.New("a template failed")
+
+// Run renders and reloads until ctx ends; it never gives up because
+// graftd is away. With Once or DryRun it reads one snapshot, renders (or
+// reports) and returns, with ErrTemplates if a template failed.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.client.Close()
+	if a.cfg.Once || a.cfg.DryRun {
+		return a.runOnce(ctx)
+	}
+	if a.listener != nil {
+		stop := a.serve()
+		defer stop()
+	}
+	backoff := newBackoff()
+	for ctx.Err() == nil {
+		if err := a.snapshot(ctx); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			a.log.Warn("cannot read the application's tree; retrying", "tree", a.cfg.Root(), "err", err, "in", backoff.peek())
+			backoff.sleep(ctx)
+			continue
+		}
+		backoff.reset()
+		a.renderAndReload(ctx, nil, true)
+		err := a.follow(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		a.log.Warn("the watch of the application's tree ended; reading it again", "tree", a.cfg.Root(), "err", err)
+		backoff.sleep(ctx)
+	}
+	return nil
+}
+
+func (a *Agent) runOnce(ctx context.Context) error {
+	if err := a.snapshot(ctx); err != nil {
+		return err
+	}
+	if a.cfg.DryRun {
+		return a.dryRun()
+	}
+	failed := 0
+	for i := range a.cfg.Templates {
+		if _, err := a.renderOne(i); err != nil {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%w: %d of %d templates did not render (see the log)", ErrTemplates, failed, len(a.cfg.Templates))
+	}
+	return nil
+}
+
+// snapshot replaces the agent's view with one consistent read of its tree,
+// unless it is older than what the agent has applied.
+func (a *Agent) snapshot(ctx context.Context) error {
+	tree, err := a.client.ReadTree(ctx, a.cfg.Root())
+	if err != nil {
+		return err
+	}
+	if tree.Revision < a.revision {
+		return fmt.Errorf("graftd answered with revision %d, older than the %d applied; retrying", tree.Revision, a.revision)
+	}
+	values := make(map[string][]byte, len(tree.Entries))
+	times := make(map[string]time.Time, len(tree.Entries))
+	for _, e := range tree.Entries {
+		values[e.Path] = e.Value
+		times[e.Path] = e.Time
+	}
+	for _, p := range tree.Unreadable {
+		a.log.Error("a value in the tree cannot be decrypted by graftd; templates that read it fail", "path", p)
+	}
+	a.values, a.times, a.revision = values, times, tree.Revision
+	a.applied.Store(tree.Revision)
+	a.metrics.revision.Set(float64(tree.Revision))
+	return nil
+}
+
+// follow applies the watch from the snapshot's revision, debounced, until
+// the stream ends (it resumes by itself across graftd restarts; it ends
+// when the revision to resume from was compacted, or the agent lost
+// access).
+func (a *Agent) follow(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := a.client.Watch(wctx, a.cfg.Root(), a.revision+1)
+	changed := map[string]bool{}
+	var quiet, deadline <-chan time.Time
+	tick := time.NewTicker(time.Second) // template source files
+	defer tick.Stop()
+	flush := func() {
+		a.renderAndReload(ctx, changed, false)
+		changed = map[string]bool{}
+		quiet, deadline = nil, nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case resp, ok := <-events:
+			if !ok {
+				return errors.New("watch closed")
+			}
+			if resp.Err != nil {
+				return resp.Err
+			}
+			if resp.Revision <= a.revision {
+				continue // never older over newer
+			}
+			for _, ev := range resp.Events {
+				if ev.Type == sdk.EventDelete {
+					delete(a.values, ev.Entry.Path)
+					delete(a.times, ev.Entry.Path)
+				} else {
+					a.values[ev.Entry.Path] = ev.Entry.Value
+					a.times[ev.Entry.Path] = ev.Entry.Time
+				}
+				changed[ev.Entry.Path] = true
+			}
+			a.revision = resp.Revision
+			if a.cfg.Wait.Min <= 0 {
+				flush()
+				continue
+			}
+			quiet = time.After(a.cfg.Wait.Min)
+			if deadline == nil && a.cfg.Wait.Max > 0 {
+				deadline = time.After(a.cfg.Wait.Max)
+			}
+		case <-quiet:
+			flush()
+		case <-deadline:
+			flush()
+		case <-tick.C:
+			if a.sourcesChanged() {
+				a.renderAndReload(ctx, nil, true)
+			}
+		}
+	}
+}
+
+// sourcesChanged reports whether a template's source file changed since
+// its last render.
+func (a *Agent) sourcesChanged() bool {
+	for i, t := range a.cfg.Templates {
+		if t.Source != "" && !t.sourceModTime(a.cfg.base).Equal(a.modTimes[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// renderAndReload renders the templates that read a changed path (all with
+// every set), and, if a file was written, runs the reload actions and
+// waits for health.
+func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, every bool) {
+	wrote, failed := 0, 0
+	var newest time.Time
+	for p := range changed {
+		if t := a.times[p]; t.After(newest) {
+			newest = t
+		}
+	}
+	for i := range a.cfg.Templates {
+		st := a.state[i]
+		if !every && st.err == nil && !touched(st.deps, changed) {
+			continue
+		}
+		w, err := a.renderOne(i)
+		if err != nil {
+			failed++
+		}
+		if w {
+			wrote++
+		}
+	}
+	a.applied.Store(a.revision)
+	a.metrics.revision.Set(float64(a.revision))
+	if wrote > 0 && !newest.IsZero() {
+		a.metrics.lag.Observe(time.Since(newest).Seconds())
+	}
+	if wrote > 0 {
+		a.reload(ctx)
+	}
+	if failed == 0 && !a.ready.Load() {
+		a.ready.Store(true)
+		a.log.Info("first complete render done", "revision", a.revision, "templates", len(a.cfg.Templates))
+	}
+}
+
+func touched(d deps, changed map[string]bool) bool {
+	for p := range changed {
+		if d.touches(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// renderOne renders template i, writes it if its bytes changed, and
+// reports whether it wrote. A failure leaves the previous file in place.
+func (a *Agent) renderOne(i int) (bool, error) {
+	t := a.cfg.Templates[i]
+	a.modTimes[i] = t.sourceModTime(a.cfg.base)
+	text, err := t.text(a.cfg.base)
+	if err == nil {
+		var data []byte
+		var d deps
+		v := &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
+		data, d, err = v.render(t.Destination, text)
+		a.state[i].deps = d
+		if err == nil {
+			var wrote bool
+			wrote, err = t.write(data)
+			if err == nil {
+				a.state[i].hash, a.state[i].err, a.state[i].text = hashOf(data), nil, text
+				outcome := "unchanged"
+				if wrote {
+					outcome = "written"
+					a.log.Info("file written", "file", t.Destination, "revision", a.revision, "sha256", hashOf(data)[:12])
+				}
+				a.metrics.renders.WithLabelValues(outcome).Inc()
+				return wrote, nil
+			}
+		}
+	}
+	a.state[i].err = err
+	a.metrics.renders.WithLabelValues("failed").Inc()
+	a.log.Error("template failed; the previous file stays", "file", t.Destination, "revision", a.revision, "err", err)
+	return false, err
+}
+
+// reload runs the reload actions in order, each retried with backoff, then
+// waits for the health check.
+func (a *Agent) reload(ctx context.Context) {
+	for _, act := range a.cfg.Reload {
+		var err error
+		for attempt, delay := 1, 500*time.Millisecond; ; attempt, delay = attempt+1, delay*2 {
+			if err = act.run(ctx); err == nil || attempt == reloadAttempts || ctx.Err() != nil {
+				break
+			}
+			a.log.Warn("reload failed; retrying", "action", act.kind(), "attempt", attempt, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+		}
+		if err != nil {
+			a.metrics.reloads.WithLabelValues(act.kind(), "failed").Inc()
+			a.log.Error("reload failed", "action", act.kind(), "attempts", reloadAttempts, "err", err)
+			continue
+		}
+		a.metrics.reloads.WithLabelValues(act.kind(), "ok").Inc()
+		a.log.Info("reloaded", "action", act.kind(), "revision", a.revision)
+	}
+	if err := a.cfg.Health.wait(ctx); err != nil {
+		a.metrics.health.Set(0)
+		a.log.Error("the application is unhealthy after the reload", "revision", a.revision, "err", err)
+		return
+	}
+	a.metrics.health.Set(1)
+}
+
+// reloadAttempts bounds the tries of one reload action.
+const reloadAttempts = 4
+
+// dryRun reports which files would change and which keys they read,
+// never the values.
+func (a *Agent) dryRun() error {
+	failed := 0
+	for _, t := range a.cfg.Templates {
+		text, err := t.text(a.cfg.base)
+		var data []byte
+		var d deps
+		if err == nil {
+			v := &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
+			data, d, err = v.render(t.Destination, text)
+		}
+		switch {
+		case err != nil:
+			failed++
+			fmt.Fprintf(a.out, "fail   %s: %v\n", t.Destination, err)
+		case onDisk(t.Destination) == hashOf(data):
+			fmt.Fprintf(a.out, "same   %s\n", t.Destination)
+		default:
+			fmt.Fprintf(a.out, "write  %s (reads %s)\n", t.Destination, strings.Join(d.keys(), ", "))
+		}
+	}
+	fmt.Fprintf(a.out, "at revision %d; nothing was written\n", a.revision)
+	if failed > 0 {
+		return fmt.Errorf("%w: %d of %d templates would not render", ErrTemplates, failed, len(a.cfg.Templates))
+	}
+	return nil
+}
+
+// backoff is exponential with full jitter, 100 ms doubling to 10 s.
+type backoff struct{ next time.Duration }
+
+func newBackoff() *backoff      { return &backoff{next: 100 * time.Millisecond} }
+func (b *backoff) reset()       { b.next = 100 * time.Millisecond }
+func (b *backoff) peek() string { return b.next.String() }
+func (b *backoff) sleep(ctx context.Context) {
+	d := time.Duration(rand.Int64N(int64(b.next))) + b.next/2
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+	b.next = min(b.next*2, 10*time.Second)
+}

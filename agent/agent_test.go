@@ -1,0 +1,438 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/sdk"
+)
+
+// TestMain doubles as the example application of the signal test: with
+// GRAFT_AGENT_TEST_APP set it writes its pid and, on every SIGHUP, copies
+// the file it was given to the file it serves from.
+func TestMain(m *testing.M) {
+	if os.Getenv("GRAFT_AGENT_TEST_APP") != "" {
+		testApp(os.Args[1], os.Args[2], os.Args[3])
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func testApp(pidfile, config, served string) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	os.WriteFile(pidfile, []byte(strconv.Itoa(os.Getpid())), 0o600)
+	for range hup {
+		data, _ := os.ReadFile(config)
+		os.WriteFile(served, data, 0o600)
+	}
+}
+
+// env is a dev graftd with an application, message-processor, whose
+// replicated tree is fed by a share from the DBA's tree.
+type env struct {
+	t     testing.TB
+	g     *graftdtest.Graftd
+	root  *sdk.Client
+	token string // app:message-processor's
+	dir   string
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	g := graftdtest.Start(t)
+	ctx := t.Context()
+	root, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: g.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	e := &env{t: t, g: g, root: root, dir: t.TempDir()}
+	e.put("/dba/mp/mongo/user", "mp-user")
+	e.put("/dba/mp/mongo/password", "s3cret-1")
+	if _, _, err := root.Share(ctx, "/dba/mp/mongo", []string{"/app/message-processor/replicated/mongo"}, sdk.ShareOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.token, _, err = root.CreateToken(ctx, "app:message-processor", []string{"app"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) put(path, value string) {
+	e.t.Helper()
+	if _, err := e.root.Put(e.t.Context(), path, []byte(value)); err != nil {
+		e.t.Fatalf("put %s: %v", path, err)
+	}
+}
+
+// config is an agent configuration for the application with the given
+// templates and reloads, debounced by 50 ms.
+func (e *env) config(templates []agent.Template, reload ...agent.Action) agent.Config {
+	tokenFile := filepath.Join(e.dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(e.token+"\n"), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := agent.DefaultConfig()
+	cfg.Server, cfg.TokenFile, cfg.App, cfg.Listen = e.g.Addr, tokenFile, "message-processor", "127.0.0.1:0"
+	cfg.Templates, cfg.Reload = templates, reload
+	cfg.Wait = agent.Wait{Min: 50 * time.Millisecond, Max: time.Second}
+	return cfg
+}
+
+// start runs an agent until the test ends (or stop is called) and waits
+// for its first complete render.
+func (e *env) start(cfg agent.Config) (a *agent.Agent, stop func()) {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := agent.New(ctx, cfg, testenv.Logger(e.t), nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	stop = func() { cancel(); <-done }
+	e.t.Cleanup(stop)
+	testenv.WaitFor(e.t, 5*time.Second, a.Ready)
+	return a, stop
+}
+
+func read(t testing.TB, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// countingCommand is a reload command that appends a line to a file, and
+// a function that counts the lines.
+func countingCommand(t *testing.T, dir string) (agent.Action, func() int) {
+	log := filepath.Join(dir, "reloads")
+	return agent.Action{Command: []string{"/bin/sh", "-c", "echo reloaded >> " + log}}, func() int {
+		return strings.Count(read(t, log), "\n")
+	}
+}
+
+const dbEnv = `DB_USER={{ secret "replicated/mongo/user" }}
+DB_PASSWORD={{ secret "/app/message-processor/replicated/mongo/password" }}
+`
+
+// A DBA's change reaches the rendered file through replication and the
+// agent's watch, and the reload runs once for it; the file is written
+// atomically with the mode asked for.
+func TestAgentRendersAndFollows(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "secrets", "db.env")
+	cmd, reloads := countingCommand(t, e.dir)
+	tree := filepath.Join(e.dir, "tree.txt")
+	cfg := e.config([]agent.Template{
+		{Destination: out, Contents: dbEnv, Mode: "0640"},
+		{Destination: tree, Contents: `{{ range $k, $v := tree "replicated/mongo" }}{{ $k }}={{ $v | upper }};{{ end }}@{{ revision }}`},
+	}, cmd)
+	a, _ := e.start(cfg)
+	if got := read(t, out); got != "DB_USER=mp-user\nDB_PASSWORD=s3cret-1\n" {
+		t.Fatalf("db.env = %q", got)
+	}
+	if st, err := os.Stat(out); err != nil || st.Mode().Perm() != 0o640 {
+		t.Fatalf("db.env mode = %v, %v", st.Mode(), err)
+	}
+	if got := read(t, tree); !strings.HasPrefix(got, "password=S3CRET-1;user=MP-USER;@") || !strings.HasSuffix(got, "@"+strconv.FormatInt(a.Revision(), 10)) {
+		t.Fatalf("tree.txt = %q (revision %d)", got, a.Revision())
+	}
+	if n := reloads(); n != 1 {
+		t.Fatalf("%d reloads after the first render, want 1", n)
+	}
+
+	e.put("/dba/mp/mongo/password", "s3cret-2")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-2") })
+	testenv.WaitFor(t, 5*time.Second, func() bool { return reloads() == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if n := reloads(); n != 2 {
+		t.Fatalf("%d reloads after one change, want 2", n)
+	}
+
+	// A write that changes nothing in the files reloads nothing.
+	e.put("/app/message-processor/config/unrelated", "x")
+	time.Sleep(300 * time.Millisecond)
+	if n := reloads(); n != 2 {
+		t.Fatalf("a change no template reads caused a reload (%d)", n)
+	}
+
+	resp, err := http.Get("http://" + a.Addr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	if _, err := fmt.Fprint(&b, readAll(t, resp)); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`graft_agent_renders_total{outcome="written"}`, `graft_agent_reloads_total{kind="command",outcome="ok"} 2`, "graft_agent_applied_revision", "graft_agent_render_lag_seconds_count"} {
+		if !strings.Contains(b.String(), want) {
+			t.Fatalf("metrics lack %s:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "s3cret") {
+		t.Fatal("a value appears in the metrics")
+	}
+}
+
+func readAll(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			return b.String()
+		}
+	}
+}
+
+// A template that reads a missing key fails alone: its previous file stays,
+// the other template goes on updating, and it renders once the key exists.
+func TestAgentMissingKeyFailsOneTemplate(t *testing.T) {
+	e := newEnv(t)
+	good, bad := filepath.Join(e.dir, "good"), filepath.Join(e.dir, "bad")
+	if err := os.WriteFile(bad, []byte("previous"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config([]agent.Template{
+		{Destination: good, Contents: `{{ secret "replicated/mongo/password" }}`},
+		{Destination: bad, Contents: `{{ secret "replicated/mongo/port" }}`},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &lockedBuffer{}
+	a, err := agent.New(ctx, cfg, slogTo(logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go a.Run(ctx)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, good) == "s3cret-1" })
+	if a.Ready() {
+		t.Fatal("ready with a template that does not render")
+	}
+	if got := read(t, bad); got != "previous" {
+		t.Fatalf("the failing template's file = %q, want the previous content", got)
+	}
+	if !strings.Contains(logs.String(), "template "+bad+": key /app/message-processor/replicated/mongo/port does not exist") {
+		t.Fatalf("the log does not name the key and the template:\n%s", logs.String())
+	}
+	e.put("/dba/mp/mongo/password", "s3cret-2")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, good) == "s3cret-2" })
+	e.put("/dba/mp/mongo/port", "27017")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, bad) == "27017" })
+	testenv.WaitFor(t, time.Second, a.Ready)
+	if strings.Contains(logs.String(), "s3cret") {
+		t.Fatalf("a value appears in the log:\n%s", logs.String())
+	}
+}
+
+// An agent restarted with unchanged values writes nothing and reloads
+// nothing.
+func TestAgentRestartWritesNothing(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "db.env")
+	cmd, reloads := countingCommand(t, e.dir)
+	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}}, cmd)
+	_, stop := e.start(cfg)
+	stop()
+	st1, _ := os.Stat(out)
+	time.Sleep(20 * time.Millisecond)
+	e.start(cfg)
+	st2, _ := os.Stat(out)
+	if !st1.ModTime().Equal(st2.ModTime()) {
+		t.Fatal("the restarted agent rewrote an unchanged file")
+	}
+	if n := reloads(); n != 1 {
+		t.Fatalf("%d reloads across a restart with unchanged values, want 1", n)
+	}
+}
+
+// 100 changes within 200 ms cause one render and one reload.
+func TestAgentDebounces(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "burst")
+	cmd, reloads := countingCommand(t, e.dir)
+	cfg := e.config([]agent.Template{{Destination: out, Contents: `{{ secret "config/n" }}`}}, cmd)
+	cfg.Wait = agent.Wait{Min: 500 * time.Millisecond, Max: 5 * time.Second}
+	e.put("/app/message-processor/config/n", "0")
+	e.start(cfg)
+	start := time.Now()
+	for i := 1; i <= 100; i++ {
+		e.put("/app/message-processor/config/n", strconv.Itoa(i))
+	}
+	t.Logf("100 writes took %s", time.Since(start))
+	testenv.WaitFor(t, 10*time.Second, func() bool { return read(t, out) == "100" })
+	time.Sleep(700 * time.Millisecond)
+	if n := reloads(); n != 2 { // the first render's, and the burst's
+		t.Fatalf("%d reloads, want 2: one for the first render and one for the burst", n)
+	}
+}
+
+// A signal reload makes a running application re-read its file; an HTTP
+// reload and an HTTP health check run after it.
+func TestAgentSignalAndHTTPReload(t *testing.T) {
+	e := newEnv(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, pidfile, served := filepath.Join(e.dir, "app.conf"), filepath.Join(e.dir, "app.pid"), filepath.Join(e.dir, "served")
+	app := exec(t, exe, pidfile, conf, served)
+	defer app()
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, pidfile) != "" })
+
+	var posts, probes atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/-/reload":
+			if r.Method == http.MethodPost {
+				posts.Add(1)
+			}
+		case "/healthz":
+			probes.Add(1)
+		}
+	}))
+	defer srv.Close()
+	cfg := e.config([]agent.Template{{Destination: conf, Contents: `password={{ secret "replicated/mongo/password" }}`}},
+		agent.Action{Signal: &agent.SignalAction{Pidfile: pidfile, Signal: "SIGHUP"}},
+		agent.Action{HTTP: &agent.HTTPAction{URL: srv.URL + "/-/reload"}})
+	cfg.Health = agent.Health{HTTP: srv.URL + "/healthz", Timeout: 5 * time.Second}
+	e.start(cfg)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, served) == "password=s3cret-1" })
+	e.put("/dba/mp/mongo/password", "s3cret-2")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, served) == "password=s3cret-2" })
+	testenv.WaitFor(t, 5*time.Second, func() bool { return posts.Load() == 2 && probes.Load() >= 2 })
+}
+
+// exec starts this test binary as the example application.
+func exec(t *testing.T, exe string, args ...string) (stop func()) {
+	t.Helper()
+	p, err := os.StartProcess(exe, append([]string{exe}, args...), &os.ProcAttr{
+		Env:   append(os.Environ(), "GRAFT_AGENT_TEST_APP=1"),
+		Files: []*os.File{nil, os.Stderr, os.Stderr},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() { p.Kill(); p.Wait() }
+}
+
+// --once renders and exits, non-zero if a template failed; --dry-run says
+// which files would change and which keys they read, never the values.
+func TestAgentOnceAndDryRun(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "db.env")
+	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}})
+	cfg.DryRun = true
+	var report strings.Builder
+	a, err := agent.New(t.Context(), cfg, testenv.Logger(t), &report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	want := "write  " + out + " (reads /app/message-processor/replicated/mongo/password, /app/message-processor/replicated/mongo/user)\n"
+	if !strings.HasPrefix(report.String(), want) || strings.Contains(report.String(), "s3cret") {
+		t.Fatalf("dry run reported %q, want it to start %q and hold no value", report.String(), want)
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a dry run wrote the file")
+	}
+
+	cfg.DryRun, cfg.Once = false, true
+	a, _ = agent.New(t.Context(), cfg, testenv.Logger(t), nil)
+	if err := a.Run(t.Context()); err != nil || read(t, out) != "DB_USER=mp-user\nDB_PASSWORD=s3cret-1\n" {
+		t.Fatalf("once: %v, file %q", err, read(t, out))
+	}
+	cfg.Templates = append(cfg.Templates, agent.Template{Destination: out + ".2", Contents: `{{ secret "nope" }}`})
+	a, _ = agent.New(t.Context(), cfg, testenv.Logger(t), nil)
+	if err := a.Run(t.Context()); !errors.Is(err, agent.ErrTemplates) {
+		t.Fatalf("once with a failing template: %v, want ErrTemplates", err)
+	}
+}
+
+// The agent keeps its files and follows again after graftd restarts: a
+// change made after the restart is rendered, and nothing is reloaded twice.
+func TestAgentResumesAfterGraftdRestarts(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "db.env")
+	cmd, reloads := countingCommand(t, e.dir)
+	e.start(e.config([]agent.Template{{Destination: out, Contents: dbEnv}}, cmd))
+	e.g.Restart(t)
+	if got := read(t, out); !strings.Contains(got, "s3cret-1") {
+		t.Fatalf("the file while graftd restarted = %q", got)
+	}
+	e.put("/dba/mp/mongo/password", "s3cret-3")
+	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-3") })
+	time.Sleep(300 * time.Millisecond)
+	if n := reloads(); n != 2 {
+		t.Fatalf("%d reloads, want 2 (the first render and the change)", n)
+	}
+}
+
+// Edits to a template's source file are picked up.
+func TestAgentPicksUpTemplateEdits(t *testing.T) {
+	e := newEnv(t)
+	src, out := filepath.Join(e.dir, "config.json.tmpl"), filepath.Join(e.dir, "config.json")
+	if err := os.WriteFile(src, []byte(`{"user": "{{ secret "replicated/mongo/user" }}"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.start(e.config([]agent.Template{{Destination: out, Source: src}}))
+	if got := read(t, out); got != `{"user": "mp-user"}` {
+		t.Fatalf("config.json = %q", got)
+	}
+	time.Sleep(10 * time.Millisecond) // a later modification time
+	if err := os.WriteFile(src, []byte(`{"db_user": "{{ secret "replicated/mongo/user" }}"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, out) == `{"db_user": "mp-user"}` })
+}
+
+// BenchmarkSourceWriteToFile measures a DBA's write in /dba → replicated
+// → file rendered by one agent (no debounce): p50 and p99 over the run.
+func BenchmarkSourceWriteToFile(b *testing.B) {
+	e := newEnv(b)
+	out := filepath.Join(e.dir, "pw")
+	cfg := e.config([]agent.Template{{Destination: out, Contents: `{{ secret "replicated/mongo/password" }}`}})
+	cfg.Wait = agent.Wait{}
+	e.start(cfg)
+	var lat []time.Duration
+	n := 0
+	for b.Loop() {
+		n++
+		want := "v" + strconv.Itoa(n)
+		start := time.Now()
+		e.put("/dba/mp/mongo/password", want)
+		for read(e.t, out) != want {
+			time.Sleep(50 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}

@@ -1,0 +1,303 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/graft-sh/graft/internal/config"
+)
+
+// segmentRE is one segment of a graft path.
+var segmentRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,255}$`)
+
+// Config is graft-agent's configuration. Scalars come from the option
+// table (defaults, the YAML file, GRAFT_AGENT_*, flags); templates, reload
+// actions, health and wait from the YAML file.
+type Config struct {
+	// Server is graftd's gRPC address.
+	Server string `yaml:"server"`
+	// TokenFile holds the agent's token (app:<name>); with TLS client
+	// certificates instead, leave it empty.
+	TokenFile string `yaml:"token_file"`
+	TLS       TLS    `yaml:"tls"`
+	// Insecure allows plaintext to a non-loopback server.
+	Insecure bool `yaml:"insecure"`
+	// App names the agent's tree, /app/<app>.
+	App       string     `yaml:"app"`
+	Templates []Template `yaml:"templates"`
+	Reload    []Action   `yaml:"reload"`
+	Health    Health     `yaml:"health"`
+	Wait      Wait       `yaml:"wait"`
+	// Listen is the loopback address of /healthz, /readyz and /metrics;
+	// "off" serves none.
+	Listen   string `yaml:"listen"`
+	LogLevel string `yaml:"log_level"`
+	// Once renders and exits; DryRun reports what would change and exits.
+	Once   bool `yaml:"-"`
+	DryRun bool `yaml:"-"`
+	// base is the directory relative template sources are read from (the
+	// configuration file's).
+	base string
+}
+
+// TLS are the files of a TLS connection to graftd: the CA that signed
+// graftd's certificate and, for an mTLS identity (spiffe://<td>/app/<name>),
+// the agent's certificate and key.
+type TLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Template is one file the agent renders.
+type Template struct {
+	// Destination is the file written.
+	Destination string `yaml:"destination"`
+	// Contents is the template text, or Source the file holding it
+	// (relative to the configuration file); edits to it are picked up.
+	Contents string `yaml:"contents"`
+	Source   string `yaml:"source"`
+	// Mode is the file's permission bits, in octal (default "0600").
+	Mode string `yaml:"mode"`
+	// UID and GID own the file, when set.
+	UID *int `yaml:"uid"`
+	GID *int `yaml:"gid"`
+}
+
+// Action is one reload step; exactly one of its fields is set.
+type Action struct {
+	Signal  *SignalAction `yaml:"signal"`
+	HTTP    *HTTPAction   `yaml:"http"`
+	Command []string      `yaml:"command"`
+}
+
+// SignalAction sends Signal to the process whose pid is in Pidfile.
+type SignalAction struct {
+	Pidfile string `yaml:"pidfile"`
+	Signal  string `yaml:"signal"`
+}
+
+// HTTPAction calls URL with Method (default POST); any 2xx answer is
+// success.
+type HTTPAction struct {
+	URL     string        `yaml:"url"`
+	Method  string        `yaml:"method"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Health is the check that must pass after a reload, within Timeout: an
+// HTTP GET answering 2xx, a TCP connect, or a command exiting 0.
+type Health struct {
+	HTTP    string        `yaml:"http"`
+	TCP     string        `yaml:"tcp"`
+	Command []string      `yaml:"command"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Wait debounces changes as consul-template does: render once nothing
+// changed for Min, and at most Max after the first change.
+type Wait struct {
+	Min time.Duration `yaml:"min"`
+	Max time.Duration `yaml:"max"`
+}
+
+// Defaults of the agent.
+const (
+	DefaultListen    = "127.0.0.1:7431"
+	defaultMode      = "0600"
+	defaultHealthTTL = 60 * time.Second
+	defaultHTTPTime  = 10 * time.Second
+)
+
+// DefaultConfig is the configuration before any layer applies.
+func DefaultConfig() Config {
+	return Config{Server: "127.0.0.1:7420", Listen: DefaultListen, LogLevel: "info",
+		Wait: Wait{Min: 100 * time.Millisecond, Max: time.Second}}
+}
+
+// options is the table of the agent's scalar settings.
+var options = config.Table[Config]{
+	EnvPrefix: "GRAFT_AGENT_",
+	Defaults:  DefaultConfig,
+	Options: []config.Option[Config]{
+		config.Flag("server", "graftd's gRPC address", func(c *Config) any { return &c.Server }),
+		config.Flag("token-file", "file holding the agent's token (app:<name>)", func(c *Config) any { return &c.TokenFile }),
+		config.Flag("tls-ca-file", "CA of graftd's certificate (enables TLS)", func(c *Config) any { return &c.TLS.CAFile }),
+		config.Flag("tls-cert-file", "the agent's client certificate, for an mTLS identity", func(c *Config) any { return &c.TLS.CertFile }),
+		config.Flag("tls-key-file", "the key of --tls-cert-file", func(c *Config) any { return &c.TLS.KeyFile }),
+		config.Flag("insecure", "allow plaintext to a non-loopback server; the token crosses the network in the clear", func(c *Config) any { return &c.Insecure }),
+		config.Flag("app", "the application whose tree (/app/<app>) the agent renders", func(c *Config) any { return &c.App }),
+		config.Flag("listen", `loopback address of /healthz, /readyz and /metrics ("off" for none)`, func(c *Config) any { return &c.Listen }),
+		config.Flag("log-level", "debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
+	},
+}
+
+// Flags registers the agent's options on fs and returns the loader of its
+// configuration: Load(file, env) then applies validation.
+func Flags(fs *pflag.FlagSet) func(file string, env func(string) (string, bool)) (Config, error) {
+	load := options.Bind(fs)
+	return func(file string, env func(string) (string, bool)) (Config, error) {
+		cfg, err := load(file, env)
+		if err != nil {
+			return cfg, err
+		}
+		if file != "" {
+			cfg.base = filepath.Dir(file)
+		}
+		return cfg, cfg.Validate()
+	}
+}
+
+// Root is the agent's tree.
+func (c Config) Root() string { return "/app/" + c.App }
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var p config.Problems
+	if c.App == "" {
+		p.Add("app: name the application whose tree the agent renders (app: message-processor for /app/message-processor)")
+	} else if !segmentRE.MatchString(c.App) || c.App == "." || c.App == ".." {
+		p.Add("app %q: want one path segment of A-Z a-z 0-9 . _ -", c.App)
+	}
+	if c.Server == "" {
+		p.Add("server: give graftd's address, such as 127.0.0.1:7420")
+	}
+	if c.TokenFile == "" && c.TLS.CertFile == "" {
+		p.Add("token_file: give the file holding the agent's token, or tls.cert_file and tls.key_file for a certificate identity")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		p.Add("tls: cert_file and key_file go together")
+	}
+	if c.TLS.CertFile != "" && c.TLS.CAFile == "" {
+		p.Add("tls.ca_file: a client certificate needs TLS; give the CA of graftd's certificate")
+	}
+	if len(c.Templates) == 0 {
+		p.Add("templates: give at least one template (destination and contents or source)")
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Templates {
+		where := fmt.Sprintf("templates[%d]", i)
+		switch {
+		case t.Destination == "":
+			p.Add("%s: destination is required", where)
+		case !filepath.IsAbs(t.Destination):
+			p.Add("%s: destination %q must be an absolute path", where, t.Destination)
+		case seen[filepath.Clean(t.Destination)]:
+			p.Add("%s: destination %s is written by another template too", where, t.Destination)
+		}
+		seen[filepath.Clean(t.Destination)] = true
+		if (t.Contents == "") == (t.Source == "") {
+			p.Add("%s (%s): give exactly one of contents and source", where, t.Destination)
+		}
+		if t.Mode != "" {
+			if m, err := strconv.ParseUint(t.Mode, 8, 32); err != nil || m > 0o7777 {
+				p.Add("%s (%s): mode %q: want octal permission bits such as \"0600\"", where, t.Destination, t.Mode)
+			}
+		}
+	}
+	for i, a := range c.Reload {
+		where := fmt.Sprintf("reload[%d]", i)
+		n := 0
+		if a.Signal != nil {
+			n++
+			if a.Signal.Pidfile == "" {
+				p.Add("%s: signal.pidfile is required", where)
+			}
+			if _, err := parseSignal(a.Signal.Signal); err != nil {
+				p.Add("%s: signal %q: %v", where, a.Signal.Signal, err)
+			}
+		}
+		if a.HTTP != nil {
+			n++
+			if u, err := url.Parse(a.HTTP.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				p.Add("%s: http.url %q: want an http:// or https:// URL", where, a.HTTP.URL)
+			}
+		}
+		if a.Command != nil {
+			n++
+			if len(a.Command) == 0 || a.Command[0] == "" {
+				p.Add("%s: command: give the program and its arguments as a list", where)
+			}
+		}
+		if n != 1 {
+			p.Add("%s: give exactly one of signal, http and command", where)
+		}
+	}
+	checks := 0
+	if c.Health.HTTP != "" {
+		checks++
+		if u, err := url.Parse(c.Health.HTTP); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+			p.Add("health.http %q: want an http:// or https:// URL", c.Health.HTTP)
+		}
+	}
+	if c.Health.TCP != "" {
+		checks++
+		if _, _, err := net.SplitHostPort(c.Health.TCP); err != nil {
+			p.Add("health.tcp %q: want host:port", c.Health.TCP)
+		}
+	}
+	if len(c.Health.Command) > 0 {
+		checks++
+	}
+	if checks > 1 {
+		p.Add("health: give one of http, tcp and command")
+	}
+	if c.Health.Timeout < 0 {
+		p.Add("health.timeout must not be negative")
+	}
+	if c.Wait.Min < 0 || c.Wait.Max < 0 || (c.Wait.Max > 0 && c.Wait.Max < c.Wait.Min) {
+		p.Add("wait: want 0 <= min <= max (such as {min: 1s, max: 10s})")
+	}
+	if c.Listen != "off" {
+		host, _, err := net.SplitHostPort(c.Listen)
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			p.Add("listen %q: want a loopback host:port such as %s, or off", c.Listen, DefaultListen)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		p.Add("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return p.Err()
+}
+
+// mode is a template's file mode.
+func (t Template) mode() os.FileMode {
+	m := t.Mode
+	if m == "" {
+		m = defaultMode
+	}
+	n, _ := strconv.ParseUint(m, 8, 32)
+	return os.FileMode(n)
+}
+
+// signals are the signals a reload may send, by name.
+var signals = map[string]syscall.Signal{
+	"SIGHUP": syscall.SIGHUP, "SIGUSR1": syscall.SIGUSR1, "SIGUSR2": syscall.SIGUSR2,
+	"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT,
+}
+
+func parseSignal(name string) (syscall.Signal, error) {
+	if name == "" {
+		return syscall.SIGHUP, nil
+	}
+	n := strings.ToUpper(name)
+	if !strings.HasPrefix(n, "SIG") {
+		n = "SIG" + n
+	}
+	if s, ok := signals[n]; ok {
+		return s, nil
+	}
+	return 0, fmt.Errorf("want one of SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT, SIGQUIT")
+}
