@@ -144,21 +144,24 @@ func (r *Replicator) expandApp(ctx context.Context, app string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("application %s: read rules: %w", app, err)
 	}
-	var added []Rule
+	var held []Rule
 	var errs []error
 	for _, rec := range recs {
 		if len(rec.Value.Data.Patterns) == 0 || rec.Value.Deleting {
 			continue
 		}
-		rule, err := r.expandRule(ctx, rec.Key, app)
+		_, in, err := r.expandRule(ctx, rec.Key, app)
 		if err != nil {
 			errs = append(errs, err)
 		}
-		if len(rule.Destinations) > 0 {
-			added = append(added, rule)
+		if len(in.Destinations) > 0 {
+			held = append(held, in)
 		}
 	}
-	n, err := r.fillAdded(ctx, added)
+	// Fill what the rules hold in app, not only what this call claimed:
+	// the reconciler may have claimed it a moment before and not filled
+	// it yet, and the caller answers the application only after this.
+	n, err := r.fillAdded(ctx, held)
 	return n, errors.Join(append(errs, err)...)
 }
 
@@ -178,22 +181,23 @@ func (r *Replicator) fillAdded(ctx context.Context, added []Rule) (int, error) {
 			errs = append(errs, fmt.Errorf("rule %s: fill %s (the reconciler retries): %w", rule.ID, strings.Join(rule.Destinations, ", "), err))
 		}
 		n += len(rule.Destinations)
-		r.log.Info("pattern rule took a new application", "rule", rule.ID, "source", rule.Source, "destinations", rule.Destinations)
+		r.log.Info("filled an application's pattern destinations", "rule", rule.ID, "source", rule.Source, "destinations", rule.Destinations)
 	}
 	return n, errors.Join(errs...)
 }
 
 // expandRule claims for rule id the destinations its patterns stand for
-// in app that it does not have yet, together with the record of them, and
-// returns the rule with just those destinations. It claims nothing for a
+// in app that it does not have yet, together with the record of them. It
+// returns the rule with just the destinations it claimed, and with all it
+// holds in app (claimed now, by another replica, or at its creation). It claims nothing for a
 // rule on its way out, and leaves out (and logs) a destination that holds
 // values no rule wrote, or that another rule owns: the reconciler tries
 // again on each pass, so removing the values is enough.
-func (r *Replicator) expandRule(ctx context.Context, id, app string) (Rule, error) {
+func (r *Replicator) expandRule(ctx context.Context, id, app string) (added, in Rule, err error) {
 	rules := r.cfg.Rules
 	key := appKey(id, app)
-	var out Rule
-	err := store.RetryConflicts(ctx, "rule "+id+": add application "+app, func() (bool, error) {
+	err = store.RetryConflicts(ctx, "rule "+id+": add application "+app, func() (bool, error) {
+		added, in = Rule{}, Rule{}
 		rec, err := rules.recs.Get(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
 			return true, nil
@@ -205,6 +209,7 @@ func (r *Replicator) expandRule(ctx context.Context, id, app string) (Rule, erro
 			return true, nil
 		}
 		rule := rec.Value.Data
+		in = Rule{ID: id, Source: rule.Source, OnDelete: rule.OnDelete, Created: rule.Created}
 		cur, err := rules.apps.Get(ctx, key)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return false, err
@@ -215,7 +220,11 @@ func (r *Replicator) expandRule(ctx context.Context, id, app string) (Rule, erro
 		}
 		var todo []string
 		for _, d := range rule.For(app) {
-			if slices.Contains(cur.Value.Destinations, d) || !r.validator.allowed(d) {
+			if slices.Contains(cur.Value.Destinations, d) {
+				in.Destinations = append(in.Destinations, d)
+				continue
+			}
+			if !r.validator.allowed(d) {
 				continue
 			}
 			if _, err := store.ParsePath(d); err != nil {
@@ -225,8 +234,10 @@ func (r *Replicator) expandRule(ctx context.Context, id, app string) (Rule, erro
 			if err == nil {
 				if o.Rule != id {
 					r.log.Warn("a pattern rule cannot take an application's destination: another rule owns it", "rule", id, "app", app, "destination", d, "owner", o.Rule)
+				} else {
+					in.Destinations = append(in.Destinations, d) // taken when the rule was created
 				}
-				continue // this rule took it when it was created
+				continue
 			}
 			if !errors.Is(err, store.ErrNotFound) {
 				return false, err
@@ -255,11 +266,12 @@ func (r *Replicator) expandRule(ctx context.Context, id, app string) (Rule, erro
 			return false, fmt.Errorf("rule %s: add application %s: %w", id, app, err)
 		}
 		if ok {
-			out = part
+			added = part
+			in.Destinations = append(in.Destinations, todo...)
 		}
 		return ok, nil
 	})
-	return out, err
+	return added, in, err
 }
 
 // expandAll gives every known application the pattern destinations it
@@ -287,7 +299,7 @@ func (r *Replicator) expandAll(ctx context.Context) (int, error) {
 			if !missing {
 				continue
 			}
-			part, err := r.expandRule(ctx, rule.ID, a.Key)
+			part, _, err := r.expandRule(ctx, rule.ID, a.Key)
 			if err != nil {
 				errs = append(errs, err)
 			}

@@ -273,3 +273,26 @@ func BenchmarkSharePatternOverManyApplications(b *testing.B) {
 		}
 	}
 }
+
+// With the reconciler running (it gives applications their destinations
+// too, when it sees them appear), an application still finds its copy the
+// moment AppSeen returns, whichever of the two claimed it.
+func TestAppSeenWithTheReconcilerRunning(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	e.put(t, "/shared/ca/pem", "pem")
+	if _, _, err := e.repl.Share(e.ctx, "user:ops", "/shared/ca", []string{"/app/+/replicated/ca"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	go e.repl.Run(e.ctx)
+	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Interval: time.Hour})
+	for i := range 40 {
+		app := fmt.Sprintf("app%02d", i)
+		if err := e.repl.AppSeen(e.ctx, app, "certificate"); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := e.value(t, "/app/"+app+"/replicated/ca/pem"); v != "pem" {
+			t.Fatalf("%s's copy right after AppSeen = %q, %v", app, v, ok)
+		}
+		time.Sleep(time.Duration(i%5) * time.Millisecond) // let the reconciler get ahead now and then
+	}
+}

@@ -229,6 +229,15 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 			r.log.Info("registered applications that had identities", "apps", n)
 		}
 	}
+	// The start pass covers every change made before it: a signal still
+	// pending from one would only run the same pass again (and, coming
+	// late, copy as a fill what a later pass should count as a repair).
+	for _, ch := range []<-chan struct{}{r.cfg.Rules.Changed(), r.apps.changed} {
+		select {
+		case <-ch:
+		default:
+		}
+	}
 	pass("start")
 	for {
 		select {
