@@ -45,10 +45,26 @@ type Agent struct {
 	state    []rendered
 	modTimes []time.Time
 
+	// What the last reload did, for reports.
+	reloads []sdk.ReloadReport
+	healthy bool
+	reason  string
+	host    string
+	// reportFailing is set while reports fail, to log once per outage.
+	reportFailing bool
+
 	ready    atomic.Bool
 	applied  atomic.Int64
 	listener net.Listener
 }
+
+// Reports: every reportEvery, and after every render; a report lives
+// reportTTL, so an agent that died drops out of `graft agents ls` and
+// rollout status within it.
+const (
+	reportEvery = 5 * time.Second
+	reportTTL   = 15 * time.Second
+)
 
 // New returns an agent for cfg, connected lazily to graftd. out receives
 // the --dry-run report (nil: stdout).
@@ -84,8 +100,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	if err != nil {
 		return nil, err
 	}
+	host, _ := os.Hostname()
+	if cfg.ID == "" {
+		cfg.ID = host
+	}
 	reg := prometheus.NewRegistry()
-	a := &Agent{cfg: cfg, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
+	a := &Agent{cfg: cfg, host: host, healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
 	if cfg.Listen != "off" && !cfg.Once && !cfg.DryRun {
@@ -226,6 +246,8 @@ func (a *Agent) follow(ctx context.Context) error {
 	var quiet, deadline <-chan time.Time
 	tick := time.NewTicker(time.Second) // template source files
 	defer tick.Stop()
+	heartbeat := time.NewTicker(reportEvery)
+	defer heartbeat.Stop()
 	flush := func() {
 		a.renderAndReload(ctx, changed, false)
 		changed = map[string]bool{}
@@ -272,6 +294,8 @@ func (a *Agent) follow(ctx context.Context) error {
 			if a.sourcesChanged() {
 				a.renderAndReload(ctx, nil, true)
 			}
+		case <-heartbeat.C:
+			a.report(ctx)
 		}
 	}
 }
@@ -323,6 +347,35 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 		a.ready.Store(true)
 		a.log.Info("first complete render done", "revision", a.revision, "templates", len(a.cfg.Templates))
 	}
+	a.report(ctx)
+}
+
+// report tells graftd what the agent runs. A failure is logged once per
+// outage; the next heartbeat tries again.
+func (a *Agent) report(ctx context.Context) {
+	rep := sdk.AgentReport{ID: a.cfg.ID, App: a.cfg.App, Host: a.host, Revision: a.applied.Load(),
+		Reloads: a.reloads, Healthy: a.healthy, Reason: a.reason}
+	for i, t := range a.cfg.Templates {
+		st := a.state[i]
+		tr := sdk.TemplateReport{Destination: t.Destination, SHA256: st.hash, Keys: st.deps.keys()}
+		if st.err != nil {
+			tr.Error = st.err.Error()
+		}
+		rep.Templates = append(rep.Templates, tr)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.client.Report(rctx, rep, reportTTL); err != nil {
+		if !a.reportFailing && ctx.Err() == nil {
+			a.log.Warn("cannot report to graftd; retrying every heartbeat", "err", err)
+		}
+		a.reportFailing = true
+		return
+	}
+	if a.reportFailing {
+		a.log.Info("reporting to graftd again")
+	}
+	a.reportFailing = false
 }
 
 func touched(d deps, changed map[string]bool) bool {
@@ -370,6 +423,7 @@ func (a *Agent) renderOne(i int) (bool, error) {
 // reload runs the reload actions in order, each retried with backoff, then
 // waits for the health check.
 func (a *Agent) reload(ctx context.Context) {
+	a.reloads, a.healthy, a.reason = nil, true, ""
 	for _, act := range a.cfg.Reload {
 		var err error
 		for attempt, delay := 1, 500*time.Millisecond; ; attempt, delay = attempt+1, delay*2 {
@@ -385,17 +439,25 @@ func (a *Agent) reload(ctx context.Context) {
 		if err != nil {
 			a.metrics.reloads.WithLabelValues(act.kind(), "failed").Inc()
 			a.log.Error("reload failed", "action", act.kind(), "attempts", reloadAttempts, "err", err)
+			a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), Error: err.Error()})
+			a.healthy, a.reason = false, fmt.Sprintf("reload (%s) failed: %v", act.kind(), err)
 			continue
 		}
+		a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), OK: true})
 		a.metrics.reloads.WithLabelValues(act.kind(), "ok").Inc()
 		a.log.Info("reloaded", "action", act.kind(), "revision", a.revision)
 	}
 	if err := a.cfg.Health.wait(ctx); err != nil {
 		a.metrics.health.Set(0)
+		a.healthy, a.reason = false, err.Error()
 		a.log.Error("the application is unhealthy after the reload", "revision", a.revision, "err", err)
 		return
 	}
-	a.metrics.health.Set(1)
+	if a.healthy {
+		a.metrics.health.Set(1)
+	} else {
+		a.metrics.health.Set(0)
+	}
 }
 
 // reloadAttempts bounds the tries of one reload action.

@@ -33,7 +33,10 @@ type Config struct {
 	// Insecure allows plaintext to a non-loopback server.
 	Insecure bool `yaml:"insecure"`
 	// App names the agent's tree, /app/<app>.
-	App       string     `yaml:"app"`
+	App string `yaml:"app"`
+	// ID names the agent in its reports, unique within the application
+	// (default: the host name).
+	ID        string     `yaml:"id"`
 	Templates []Template `yaml:"templates"`
 	Reload    []Action   `yaml:"reload"`
 	Health    Health     `yaml:"health"`
@@ -137,6 +140,7 @@ var options = config.Table[Config]{
 		config.Flag("tls-key-file", "the key of --tls-cert-file", func(c *Config) any { return &c.TLS.KeyFile }),
 		config.Flag("insecure", "allow plaintext to a non-loopback server; the token crosses the network in the clear", func(c *Config) any { return &c.Insecure }),
 		config.Flag("app", "the application whose tree (/app/<app>) the agent renders", func(c *Config) any { return &c.App }),
+		config.Flag("id", "the agent's name in its reports, unique within the application (default: the host name)", func(c *Config) any { return &c.ID }),
 		config.Flag("listen", `loopback address of /healthz, /readyz and /metrics ("off" for none)`, func(c *Config) any { return &c.Listen }),
 		config.Flag("log-level", "debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
 	},
@@ -168,6 +172,9 @@ func (c Config) Validate() error {
 		p.Add("app: name the application whose tree the agent renders (app: message-processor for /app/message-processor)")
 	} else if !segmentRE.MatchString(c.App) || c.App == "." || c.App == ".." {
 		p.Add("app %q: want one path segment of A-Z a-z 0-9 . _ -", c.App)
+	}
+	if c.ID != "" && (strings.ContainsAny(c.ID, "/\n") || len(c.ID) > 253) {
+		p.Add("id %q: want a name of at most 253 characters without /", c.ID)
 	}
 	if c.Server == "" {
 		p.Add("server: give graftd's address, such as 127.0.0.1:7420")

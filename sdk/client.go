@@ -54,6 +54,7 @@ type Client struct {
 	policies graftv1.PolicyServiceClient
 	audit    graftv1.AuditServiceClient
 	repl     graftv1.ReplicationServiceClient
+	agents   graftv1.AgentServiceClient
 }
 
 // Connection backoff for the gRPC channel: the defaults (1s growing to
@@ -105,6 +106,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		policies: graftv1.NewPolicyServiceClient(conn),
 		audit:    graftv1.NewAuditServiceClient(conn),
 		repl:     graftv1.NewReplicationServiceClient(conn),
+		agents:   graftv1.NewAgentServiceClient(conn),
 	}, nil
 }
 

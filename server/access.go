@@ -77,6 +77,11 @@ var accessTable = map[string]rpcAccess{
 	graftv1.ReplicationService_GetRule_FullMethodName:           {action: acl.ActionList, perItem: true},
 	graftv1.ReplicationService_ReplicationStatus_FullMethodName: {action: acl.ActionRead, path: field((*graftv1.ReplicationStatusRequest).GetPath), verb: "status", key: true},
 
+	// The handler lets an app report only for itself.
+	graftv1.AgentService_Report_FullMethodName:        {action: acl.ActionWrite, perItem: true},
+	graftv1.AgentService_ListAgents_FullMethodName:    {action: acl.ActionList, perItem: true},
+	graftv1.AgentService_RolloutStatus_FullMethodName: {action: acl.ActionList, path: field((*graftv1.RolloutStatusRequest).GetPath), verb: "rollout status", key: true},
+
 	graftv1.TokenService_WhoAmI_FullMethodName:      {anyone: true},
 	graftv1.TokenService_CreateToken_FullMethodName: adminWrite,
 	graftv1.TokenService_RevokeToken_FullMethodName: adminWrite,

@@ -67,6 +67,8 @@ type Config struct {
 	ReloadKeyring KeyringReloader
 	// Replication manages replication rules; required.
 	Replication Replication
+	// Agents keeps graft-agents' reports; nil keeps none.
+	Agents Agents
 }
 
 // Server implements the graft.v1 services.
@@ -77,6 +79,7 @@ type Server struct {
 	graftv1.UnimplementedPolicyServiceServer
 	graftv1.UnimplementedAuditServiceServer
 	graftv1.UnimplementedReplicationServiceServer
+	graftv1.UnimplementedAgentServiceServer
 
 	store       *store.Store
 	auth        Tokens
@@ -87,6 +90,7 @@ type Server struct {
 	log         *slog.Logger
 	reload      KeyringReloader
 	replication Replication
+	agents      Agents
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -113,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 		log:         cfg.Logger,
 		reload:      cfg.ReloadKeyring,
 		replication: cfg.Replication,
+		agents:      cfg.Agents,
 		stopping:    make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "graft_grpc_requests_total",
@@ -142,6 +147,7 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	graftv1.RegisterPolicyServiceServer(r, s)
 	graftv1.RegisterAuditServiceServer(r, s)
 	graftv1.RegisterReplicationServiceServer(r, s)
+	graftv1.RegisterAgentServiceServer(r, s)
 }
 
 // ServerOptions returns the interceptors that authenticate, log and measure

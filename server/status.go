@@ -11,6 +11,7 @@ import (
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/rollout"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -47,6 +48,7 @@ var errorCodes = []struct {
 	{acl.ErrInvalidPolicy, codes.InvalidArgument},
 	{acl.ErrInvalidPattern, codes.InvalidArgument},
 	{replicator.ErrInvalidRule, codes.InvalidArgument},
+	{rollout.ErrInvalid, codes.InvalidArgument},
 
 	{store.ErrNotFound, codes.NotFound},
 

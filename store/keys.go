@@ -50,6 +50,9 @@ const (
 	// application appears when an identity for app:<name> is created or
 	// first authenticates.
 	SpaceApps Space = "apps/"
+	// SpaceAgents holds graft-agents' reports, keyed <app>/<agent id>,
+	// each bound to a lease its agent renews by reporting.
+	SpaceAgents Space = "agents/"
 	// SpaceParked holds, by source path, the last change the replicator
 	// gave up on.
 	SpaceParked Space = "parked"

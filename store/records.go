@@ -3,11 +3,13 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/graft-sh/graft/internal/snapshot"
@@ -324,6 +326,25 @@ func (l *Lease) KeepAlive(ctx context.Context) error {
 		return nil
 	}
 	return ErrLeaseLost
+}
+
+// ID identifies the lease, for renewing it from another replica
+// (LeaseByID).
+func (l *Lease) ID() int64 { return int64(l.id) }
+
+// LeaseByID is the lease with id, granted earlier, perhaps by another
+// graftd.
+func (s *Store) LeaseByID(id int64) *Lease { return &Lease{s: s, id: clientv3.LeaseID(id)} }
+
+// Renew refreshes the lease once; a lease that has expired is
+// ErrLeaseLost.
+func (l *Lease) Renew(ctx context.Context) error {
+	if _, err := l.s.cli.KeepAliveOnce(ctx, l.id); errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return ErrLeaseLost
+	} else if err != nil {
+		return fmt.Errorf("renew a lease: %w", err)
+	}
+	return nil
 }
 
 // Revoke ends the lease and removes its records.

@@ -87,6 +87,8 @@ Start a local graftd with 'make run' (graftd --dev), then:
 		a.rulesCmd(),
 		a.unshareCmd(),
 		a.statusCmd(),
+		a.agentsCmd(),
+		a.rolloutCmd(),
 		a.versionCmd(),
 	)
 	return root

@@ -39,6 +39,7 @@ import (
 	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/rollout"
 	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
 )
@@ -165,6 +166,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		Registerer:    reg,
 		ReloadKeyring: d.reloadKeyring,
 		Replication:   d.repl,
+		Agents:        rollout.New(d.store),
 	})
 	if err != nil {
 		return nil, err

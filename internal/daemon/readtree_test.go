@@ -44,3 +44,24 @@ func TestReadTreeIsAuthorizedPathByPath(t *testing.T) {
 		t.Fatalf("a non-canonical path: %v, want InvalidArgument", err)
 	}
 }
+
+// An application reports only for itself.
+func TestAgentReportsOnlyForItsOwnApp(t *testing.T) {
+	g := graftdtest.Start(t)
+	c := graftdtest.Dial(t, g.Addr)
+	created, err := c.Tokens.CreateToken(authed(g.Token), &graftv1.CreateTokenRequest{Principal: "app:orders", Roles: []string{"app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := authed(created.GetToken())
+	if _, err := c.Agents.Report(app, &graftv1.ReportRequest{Report: &graftv1.AgentReport{Id: "h1", App: "orders"}}); err != nil {
+		t.Fatalf("reporting for itself: %v", err)
+	}
+	if _, err := c.Agents.Report(app, &graftv1.ReportRequest{Report: &graftv1.AgentReport{Id: "h1", App: "billing"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("reporting for another app: %v, want PermissionDenied", err)
+	}
+	list, err := c.Agents.ListAgents(app, &graftv1.ListAgentsRequest{})
+	if err != nil || len(list.GetAgents()) != 1 || list.GetAgents()[0].GetPrincipal() != "app:orders" {
+		t.Fatalf("agents ls as the app: %v, %v", list, err)
+	}
+}

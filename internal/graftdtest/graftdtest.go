@@ -97,6 +97,8 @@ type Clients struct {
 	Admin  graftv1.AdminServiceClient
 	// Replication manages replication rules.
 	Replication graftv1.ReplicationServiceClient
+	// Agents takes and shows graft-agents' reports.
+	Agents graftv1.AgentServiceClient
 }
 
 // Dial connects to addr without TLS until the test ends. Calls carry no
@@ -115,5 +117,6 @@ func Dial(t testing.TB, addr string) Clients {
 		Audit:       graftv1.NewAuditServiceClient(conn),
 		Admin:       graftv1.NewAdminServiceClient(conn),
 		Replication: graftv1.NewReplicationServiceClient(conn),
+		Agents:      graftv1.NewAgentServiceClient(conn),
 	}
 }

@@ -1,0 +1,111 @@
+package sdk
+
+import (
+	"context"
+	"time"
+
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+)
+
+// AgentReport is what one graft-agent runs.
+type AgentReport struct {
+	ID        string // unique within its application; the host by default
+	App       string
+	Host      string
+	Revision  int64 // the store revision of the tree it last rendered from
+	Templates []TemplateReport
+	Reloads   []ReloadReport // of its last reload
+	Healthy   bool
+	Reason    string    // why not healthy, or why a reload failed; never a value
+	Time      time.Time // set by graftd
+	Principal string    // set by graftd
+}
+
+// TemplateReport is one rendered file.
+type TemplateReport struct {
+	Destination string
+	SHA256      string   // of its content, hex
+	Keys        []string // paths its last render read; a tree prefix ends in "/"
+	Error       string   // why its last render failed; the file holds the last good content
+}
+
+// ReloadReport is one reload action's outcome.
+type ReloadReport struct {
+	Kind  string // signal, http or command
+	OK    bool
+	Error string
+}
+
+// Report records what an agent runs, for ttl (0: graftd's default, 15s);
+// report again before it ends to stay listed. An application may report
+// only for itself.
+func (c *Client) Report(ctx context.Context, r AgentReport, ttl time.Duration) error {
+	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason}
+	for _, t := range r.Templates {
+		p.Templates = append(p.Templates, &graftv1.TemplateReport{Destination: t.Destination, Sha256: t.SHA256, Keys: t.Keys, Error: t.Error})
+	}
+	for _, l := range r.Reloads {
+		p.Reloads = append(p.Reloads, &graftv1.ReloadReport{Kind: l.Kind, Ok: l.OK, Error: l.Error})
+	}
+	_, err := c.agents.Report(ctx, &graftv1.ReportRequest{Report: p, TtlSeconds: int64(ttl / time.Second)})
+	return wrap(ctx, err)
+}
+
+// ListAgents returns the live reports of the agents the caller may see
+// (of applications whose tree it may list), of one application if app is
+// set.
+func (c *Client) ListAgents(ctx context.Context, app string) ([]AgentReport, error) {
+	resp, err := c.agents.ListAgents(ctx, &graftv1.ListAgentsRequest{App: app})
+	if err != nil {
+		return nil, wrap(ctx, err)
+	}
+	out := make([]AgentReport, 0, len(resp.GetAgents()))
+	for _, a := range resp.GetAgents() {
+		out = append(out, reportFrom(a))
+	}
+	return out, nil
+}
+
+func reportFrom(p *graftv1.AgentReport) AgentReport {
+	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal()}
+	if t := p.GetTime(); t != nil {
+		r.Time = t.AsTime()
+	}
+	for _, t := range p.GetTemplates() {
+		r.Templates = append(r.Templates, TemplateReport{Destination: t.GetDestination(), SHA256: t.GetSha256(), Keys: t.GetKeys(), Error: t.GetError()})
+	}
+	for _, l := range p.GetReloads() {
+		r.Reloads = append(r.Reloads, ReloadReport{Kind: l.GetKind(), OK: l.GetOk(), Error: l.GetError()})
+	}
+	return r
+}
+
+// Consumer is an agent that reads a value or a copy of it.
+type Consumer struct {
+	Agent  AgentReport
+	Reads  string // the path it reads
+	OK     bool   // it runs the revision asked for or newer, rendered, healthy
+	Reason string // why not
+}
+
+// Rollout says where a value has rolled out.
+type Rollout struct {
+	Revision  int64
+	Consumers []Consumer
+	Complete  bool // every consumer is OK
+}
+
+// RolloutStatus lists every consumer of path (an agent whose templates
+// read it or a copy of it) and whether each runs revision rev of it or a
+// newer one (0: its current revision) and is healthy.
+func (c *Client) RolloutStatus(ctx context.Context, path string, rev int64) (Rollout, error) {
+	resp, err := c.agents.RolloutStatus(ctx, &graftv1.RolloutStatusRequest{Path: path, Revision: rev})
+	if err != nil {
+		return Rollout{}, wrap(ctx, err)
+	}
+	out := Rollout{Revision: resp.GetRevision(), Complete: resp.GetComplete()}
+	for _, con := range resp.GetConsumers() {
+		out.Consumers = append(out.Consumers, Consumer{Agent: reportFrom(con.GetAgent()), Reads: con.GetReads(), OK: con.GetOk(), Reason: con.GetReason()})
+	}
+	return out, nil
+}

@@ -1,0 +1,120 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/graft-sh/graft/acl"
+	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/rollout"
+)
+
+// Agents keeps graft-agents' reports.
+type Agents interface {
+	Put(ctx context.Context, r rollout.Report, ttl time.Duration) error
+	List(ctx context.Context, app string) ([]rollout.Report, error)
+	Status(ctx context.Context, copies []rollout.Copy, rev int64) (rollout.Status, error)
+}
+
+var _ Agents = (*rollout.Registry)(nil)
+
+// Report implements graftv1.AgentServiceServer: an agent reports for its
+// own application only (admins for any).
+func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graftv1.ReportResponse, error) {
+	if s.agents == nil {
+		return nil, toStatus(unavailable("this graftd keeps no agent reports"))
+	}
+	rep := reportFrom(req.GetReport())
+	p := principal(ctx)
+	if !segment(rep.App) {
+		return nil, toStatus(invalid("report: app %q: want the application's name, one path segment", rep.App))
+	}
+	if app, ok := replicator.AppName(p.Name); (!ok || app != rep.App) && !s.may(ctx, acl.ActionAdmin, adminPath) {
+		return nil, toStatus(&acl.DeniedError{Principal: p.Name, Action: "report", Path: "/app/" + rep.App})
+	}
+	rep.Principal, rep.Time = p.Name, time.Now().UTC()
+	if err := s.agents.Put(ctx, rep, time.Duration(req.GetTtlSeconds())*time.Second); err != nil {
+		return nil, toStatus(err)
+	}
+	return &graftv1.ReportResponse{}, nil
+}
+
+// ListAgents implements graftv1.AgentServiceServer: the reports of
+// applications whose tree the caller may list.
+func (s *Server) ListAgents(ctx context.Context, req *graftv1.ListAgentsRequest) (*graftv1.ListAgentsResponse, error) {
+	if s.agents == nil {
+		return &graftv1.ListAgentsResponse{}, nil
+	}
+	reps, err := s.agents.List(ctx, req.GetApp())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &graftv1.ListAgentsResponse{}
+	for _, r := range reps {
+		if s.may(ctx, acl.ActionList, "/app/"+r.App) {
+			resp.Agents = append(resp.Agents, reportProto(r))
+		}
+	}
+	return resp, nil
+}
+
+// RolloutStatus implements graftv1.AgentServiceServer. The guard has
+// checked list on the path; the consumers are found through the path's
+// copies (the replication rules whose source covers it).
+func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRequest) (*graftv1.RolloutStatusResponse, error) {
+	if s.agents == nil {
+		return nil, toStatus(unavailable("this graftd keeps no agent reports"))
+	}
+	path := req.GetPath()
+	copies := []rollout.Copy{{Path: path}}
+	for _, rule := range s.replication.Rules().BySource(path) {
+		for _, d := range rule.Destinations {
+			if c, ok := rule.Map(path, d); ok {
+				copies = append(copies, rollout.Copy{Path: c, Rule: rule.ID})
+			}
+		}
+	}
+	st, err := s.agents.Status(ctx, copies, req.GetRevision())
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("rollout status %s: %w", path, err))
+	}
+	resp := &graftv1.RolloutStatusResponse{Revision: st.Revision, Complete: st.Complete}
+	for _, c := range st.Consumers {
+		resp.Consumers = append(resp.Consumers, &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason})
+	}
+	return resp, nil
+}
+
+// segmentRE is one segment of a graft path.
+var segmentRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,255}$`)
+
+func segment(s string) bool {
+	return s != "" && s != "." && s != ".." && segmentRE.MatchString(s)
+}
+
+func reportFrom(p *graftv1.AgentReport) rollout.Report {
+	r := rollout.Report{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason()}
+	for _, t := range p.GetTemplates() {
+		r.Templates = append(r.Templates, rollout.TemplateReport{Destination: t.GetDestination(), SHA256: t.GetSha256(), Keys: t.GetKeys(), Error: t.GetError()})
+	}
+	for _, l := range p.GetReloads() {
+		r.Reloads = append(r.Reloads, rollout.ReloadReport{Kind: l.GetKind(), OK: l.GetOk(), Error: l.GetError()})
+	}
+	return r
+}
+
+func reportProto(r rollout.Report) *graftv1.AgentReport {
+	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Principal: r.Principal, Time: timestamppb.New(r.Time)}
+	for _, t := range r.Templates {
+		p.Templates = append(p.Templates, &graftv1.TemplateReport{Destination: t.Destination, Sha256: t.SHA256, Keys: t.Keys, Error: t.Error})
+	}
+	for _, l := range r.Reloads {
+		p.Reloads = append(p.Reloads, &graftv1.ReloadReport{Kind: l.Kind, Ok: l.OK, Error: l.Error})
+	}
+	return p
+}
