@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +53,14 @@ type Agent struct {
 	host    string
 	// reportFailing is set while reports fail, to log once per outage.
 	reportFailing bool
+
+	// exec: the running application (guarded by mu for the signal
+	// forwarder), the environment it runs with, what exec.env read.
+	mu       sync.Mutex
+	child    *child
+	childEnv []string
+	envDeps  deps
+	signals  <-chan os.Signal
 
 	ready    atomic.Bool
 	applied  atomic.Int64
@@ -139,6 +148,11 @@ func (t TLS) config() (*tls.Config, error) {
 	return tc, nil
 }
 
+// ForwardSignals makes an agent that runs its application (exec) pass the
+// signals from ch to it. Call it before Run; graft-agent gives it SIGTERM,
+// SIGINT and SIGHUP.
+func (a *Agent) ForwardSignals(ch <-chan os.Signal) { a.signals = ch }
+
 // Addr is the address of the agent's HTTP endpoints, if it serves them.
 func (a *Agent) Addr() string {
 	if a.listener == nil {
@@ -168,6 +182,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		stop := a.serve()
 		defer stop()
 	}
+	if a.cfg.Exec != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		if a.signals != nil {
+			go a.forward(a.signals, cancel)
+		}
+		defer a.stop()
+	}
 	backoff := newBackoff()
 	for ctx.Err() == nil {
 		if err := a.snapshot(ctx); err != nil {
@@ -181,6 +204,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		backoff.reset()
 		a.renderAndReload(ctx, nil, true)
 		err := a.follow(ctx)
+		var exit *ExitError
+		if errors.As(err, &exit) {
+			return err
+		}
 		if ctx.Err() != nil {
 			break
 		}
@@ -296,6 +323,14 @@ func (a *Agent) follow(ctx context.Context) error {
 			}
 		case <-heartbeat.C:
 			a.report(ctx)
+		case <-a.childDone():
+			c := a.child
+			a.mu.Lock()
+			a.child = nil
+			a.mu.Unlock()
+			code := exitCode(c)
+			a.log.Info("the application exited; so does the agent", "status", code)
+			return &ExitError{Code: code}
 		}
 	}
 }
@@ -340,8 +375,17 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 	if wrote > 0 && !newest.IsZero() {
 		a.metrics.lag.Observe(time.Since(newest).Seconds())
 	}
-	if wrote > 0 {
+	restarted := a.superviseEnv(failed == 0, wrote > 0)
+	switch {
+	case restarted:
+		a.reloads, a.healthy, a.reason = []sdk.ReloadReport{{Kind: "exec", OK: true}}, true, ""
+		a.metrics.reloads.WithLabelValues("exec", "ok").Inc()
+		a.checkHealth(ctx)
+	case wrote > 0:
 		a.reload(ctx)
+	}
+	if a.cfg.Exec != nil && a.child == nil {
+		failed++ // not ready until the application runs
 	}
 	if failed == 0 && !a.ready.Load() {
 		a.ready.Store(true)
@@ -447,6 +491,11 @@ func (a *Agent) reload(ctx context.Context) {
 		a.metrics.reloads.WithLabelValues(act.kind(), "ok").Inc()
 		a.log.Info("reloaded", "action", act.kind(), "revision", a.revision)
 	}
+	a.checkHealth(ctx)
+}
+
+// checkHealth waits for the health check after a reload or restart.
+func (a *Agent) checkHealth(ctx context.Context) {
 	if err := a.cfg.Health.wait(ctx); err != nil {
 		a.metrics.health.Set(0)
 		a.healthy, a.reason = false, err.Error()

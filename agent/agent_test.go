@@ -31,6 +31,10 @@ func TestMain(m *testing.M) {
 		testApp(os.Args[1], os.Args[2], os.Args[3])
 		return
 	}
+	if os.Getenv("GRAFT_AGENT_TEST_EXEC") != "" {
+		execApp(os.Args[1])
+		return
+	}
 	os.Exit(m.Run())
 }
 
@@ -41,6 +45,27 @@ func testApp(pidfile, config, served string) {
 	for range hup {
 		data, _ := os.ReadFile(config)
 		os.WriteFile(served, data, 0o600)
+	}
+}
+
+// execApp is the application the exec tests run: it appends a line with
+// its pid and DB_PASSWORD to a file, then the signals it gets, and exits 0
+// on SIGTERM, or at once with GRAFT_TEST_EXIT's code.
+func execApp(out string) {
+	f, _ := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	defer f.Close()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+	fmt.Fprintf(f, "start %d %s\n", os.Getpid(), os.Getenv("DB_PASSWORD"))
+	if code := os.Getenv("GRAFT_TEST_EXIT"); code != "" {
+		n, _ := strconv.Atoi(code)
+		os.Exit(n)
+	}
+	for sig := range sigs {
+		fmt.Fprintf(f, "%d got %s\n", os.Getpid(), sig)
+		if sig == syscall.SIGTERM {
+			return
+		}
 	}
 }
 
@@ -434,4 +459,75 @@ func BenchmarkSourceWriteToFile(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// runExec runs an agent that runs the exec test application, and returns
+// the agent's signal channel and its result.
+func (e *env) runExec(out string, extraEnv map[string]string) (chan os.Signal, <-chan error) {
+	e.t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	env := map[string]string{"DB_PASSWORD": `{{ secret "replicated/mongo/password" }}`, "GRAFT_AGENT_TEST_EXEC": "1"}
+	for k, v := range extraEnv {
+		env[k] = v
+	}
+	cfg := e.config(nil)
+	cfg.Exec = &agent.Exec{Command: []string{exe, out}, Env: env, RestartOnChange: true, StopTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.t.Cleanup(cancel)
+	a, err := agent.New(ctx, cfg, testenv.Logger(e.t), nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	a.ForwardSignals(sigs)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	return sigs, done
+}
+
+// exec runs the application after the first complete render, with the
+// values in its environment; restarts it (stop signal first) with the new
+// environment when a value changes; forwards signals; and exits with the
+// application's exit code when it exits on its own.
+func TestAgentExecRestartsWithTheNewEnvironment(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "app.log")
+	sigs, done := e.runExec(out, nil)
+	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(read(t, out), " s3cret-1\n") })
+	first := strings.Fields(read(t, out))[1]
+	e.put("/dba/mp/mongo/password", "s3cret-2")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(read(t, out), " s3cret-2\n") })
+	log := read(t, out)
+	if !strings.Contains(log, first+" got terminated\n") || strings.Index(log, first+" got terminated") > strings.Index(log, " s3cret-2") {
+		t.Fatalf("the first process was not stopped before the second started:\n%s", log)
+	}
+	sigs <- syscall.SIGHUP
+	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(read(t, out), "got hangup") })
+	sigs <- syscall.SIGTERM
+	select {
+	case err := <-done:
+		var exit *agent.ExitError
+		if !errors.As(err, &exit) || exit.Code != 0 {
+			t.Fatalf("the agent after its application exited on SIGTERM: %v, want exit status 0", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not exit with its application")
+	}
+}
+
+func TestAgentExecExitsWithTheApplicationsCode(t *testing.T) {
+	e := newEnv(t)
+	_, done := e.runExec(filepath.Join(e.dir, "app.log"), map[string]string{"GRAFT_TEST_EXIT": "7"})
+	select {
+	case err := <-done:
+		var exit *agent.ExitError
+		if !errors.As(err, &exit) || exit.Code != 7 {
+			t.Fatalf("Run = %v, want the application's exit status 7", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not exit with its application")
+	}
 }

@@ -39,6 +39,7 @@ type Config struct {
 	ID        string     `yaml:"id"`
 	Templates []Template `yaml:"templates"`
 	Reload    []Action   `yaml:"reload"`
+	Exec      *Exec      `yaml:"exec"`
 	Health    Health     `yaml:"health"`
 	Wait      Wait       `yaml:"wait"`
 	// Listen is the loopback address of /healthz, /readyz and /metrics;
@@ -188,8 +189,11 @@ func (c Config) Validate() error {
 	if c.TLS.CertFile != "" && c.TLS.CAFile == "" {
 		p.Add("tls.ca_file: a client certificate needs TLS; give the CA of graftd's certificate")
 	}
-	if len(c.Templates) == 0 {
-		p.Add("templates: give at least one template (destination and contents or source)")
+	if len(c.Templates) == 0 && (c.Exec == nil || len(c.Exec.Env) == 0) {
+		p.Add("templates: give at least one template (destination and contents or source), or exec.env")
+	}
+	if c.Exec != nil {
+		c.Exec.validate(p.Add)
 	}
 	seen := map[string]bool{}
 	for i, t := range c.Templates {

@@ -19,11 +19,21 @@ import (
 )
 
 func main() {
-	if err := newRootCmd(os.Stdout, os.Stderr).Execute(); err != nil {
+	err := newRootCmd(os.Stdout, os.Stderr).Execute()
+	var code exitStatus
+	if errors.As(err, &code) {
+		os.Exit(int(code))
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "graft-agent: %v\n", err)
 		os.Exit(1)
 	}
 }
+
+// exitStatus ends graft-agent with the code of the application it ran.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	var configFile string
@@ -61,18 +71,28 @@ at once.
 		}
 		cfg.Once, cfg.DryRun = once, dryRun
 		log := newLogger(cfg.LogLevel, stderr)
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
+		ctx := context.Background()
+		sigs := make(chan os.Signal, 1)
+		if cfg.Exec != nil && !once && !dryRun {
+			// The application gets the signals; the agent exits with it.
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+		} else {
+			var stop context.CancelFunc
+			ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+		}
 		a, err := agent.New(ctx, cfg, log, stdout)
 		if err != nil {
 			return err
 		}
+		a.ForwardSignals(sigs)
 		if addr := a.Addr(); addr != "" {
 			log.Info("graft-agent started", "app", cfg.App, "server", cfg.Server, "endpoints", "http://"+addr)
 		}
 		err = a.Run(ctx)
-		if errors.Is(err, agent.ErrTemplates) {
-			return err
+		var exit *agent.ExitError
+		if errors.As(err, &exit) {
+			return exitStatus(exit.Code)
 		}
 		if err != nil {
 			return err
