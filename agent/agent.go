@@ -37,6 +37,8 @@ type Agent struct {
 	log     *slog.Logger
 	out     io.Writer // --dry-run's report
 	client  *sdk.Client
+	sc      sdk.Config // the connection, without the token
+	token   string     // the token client uses, from TokenFile
 	metrics *metrics
 	reg     *prometheus.Registry
 
@@ -88,16 +90,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		out = os.Stdout
 	}
 	sc := sdk.Config{Addr: cfg.Server, Insecure: cfg.Insecure}
-	if cfg.TokenFile != "" {
-		data, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("token_file: %w", err)
-		}
-		sc.Token = strings.TrimSpace(string(data))
-		if sc.Token == "" {
-			return nil, fmt.Errorf("token_file %s is empty: put the token from `graft token create --principal app:%s` in it", cfg.TokenFile, cfg.App)
-		}
-	}
 	if cfg.TLS.CAFile != "" {
 		tc, err := cfg.TLS.config()
 		if err != nil {
@@ -105,7 +97,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		}
 		sc.TLS = tc
 	}
-	client, err := sdk.New(ctx, sc)
+	client, token, err := dial(ctx, cfg, sc)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +106,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		cfg.ID = host
 	}
 	reg := prometheus.NewRegistry()
-	a := &Agent{cfg: cfg, host: host, healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
+	a := &Agent{cfg: cfg, sc: sc, token: token, host: host, healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
 	if cfg.Listen != "off" && !cfg.Once && !cfg.DryRun {
@@ -126,6 +118,44 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		a.listener = l
 	}
 	return a, nil
+}
+
+// dial connects to graftd with the token in the configuration's token
+// file, if it has one, and returns the client and the token.
+func dial(ctx context.Context, cfg Config, sc sdk.Config) (*sdk.Client, string, error) {
+	if cfg.TokenFile != "" {
+		data, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("token_file: %w", err)
+		}
+		sc.Token = strings.TrimSpace(string(data))
+		if sc.Token == "" {
+			return nil, "", fmt.Errorf("token_file %s is empty: put the token from `graft token create --principal app:%s` in it", cfg.TokenFile, cfg.App)
+		}
+	}
+	c, err := sdk.New(ctx, sc)
+	return c, sc.Token, err
+}
+
+// redial connects again if graftd refused the agent's token and the token
+// file now holds another one (the token was rotated or provisioned late).
+func (a *Agent) redial(ctx context.Context, err error) {
+	if a.cfg.TokenFile == "" || !errors.Is(err, sdk.ErrUnauthenticated) {
+		return
+	}
+	c, token, derr := dial(ctx, a.cfg, a.sc)
+	if derr != nil {
+		a.log.Warn("graftd refused the token, and the token file cannot be read again", "token_file", a.cfg.TokenFile, "err", derr)
+		return
+	}
+	if token == a.token {
+		c.Close()
+		a.log.Warn("graftd refuses the agent's token; put a valid one in the token file (graft token create --principal app:"+a.cfg.App+")", "token_file", a.cfg.TokenFile)
+		return
+	}
+	a.client.Close()
+	a.client, a.token = c, token
+	a.log.Info("connected again with the new token from the token file", "token_file", a.cfg.TokenFile)
 }
 
 func (t TLS) config() (*tls.Config, error) {
@@ -174,7 +204,7 @@ var ErrTemplates = errors.New("a template failed")
 // graftd is away. With Once or DryRun it reads one snapshot, renders (or
 // reports) and returns, with ErrTemplates if a template failed.
 func (a *Agent) Run(ctx context.Context) error {
-	defer a.client.Close()
+	defer func() { a.client.Close() }()
 	if a.cfg.Once || a.cfg.DryRun {
 		return a.runOnce(ctx)
 	}
@@ -198,6 +228,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				break
 			}
 			a.log.Warn("cannot read the application's tree; retrying", "tree", a.cfg.Root(), "err", err, "in", backoff.peek())
+			a.redial(ctx, err)
 			backoff.sleep(ctx)
 			continue
 		}
@@ -212,6 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			break
 		}
 		a.log.Warn("the watch of the application's tree ended; reading it again", "tree", a.cfg.Root(), "err", err)
+		a.redial(ctx, err)
 		backoff.sleep(ctx)
 	}
 	return nil

@@ -531,3 +531,31 @@ func TestAgentExecExitsWithTheApplicationsCode(t *testing.T) {
 		t.Fatal("the agent did not exit with its application")
 	}
 }
+
+// An agent whose token graftd refuses reads its token file again: once a
+// valid token is there (provisioned late, or rotated), it connects with it.
+func TestAgentPicksUpANewTokenFile(t *testing.T) {
+	e := newEnv(t)
+	out := filepath.Join(e.dir, "db.env")
+	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}})
+	if err := os.WriteFile(cfg.TokenFile, []byte("graft_not-a-valid-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, err := agent.New(ctx, cfg, testenv.Logger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("rendered with a token graftd refuses")
+	}
+	if err := os.WriteFile(cfg.TokenFile, []byte(e.token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-1") })
+}
