@@ -282,7 +282,7 @@ func (a *Agent) snapshot(ctx context.Context) error {
 	times := make(map[string]time.Time, len(tree.Entries))
 	for _, e := range tree.Entries {
 		values[e.Path] = e.Value
-		times[e.Path] = e.Time
+		times[e.Path] = commitTime(e)
 	}
 	for _, p := range tree.Unreadable {
 		a.log.Error("a value in the tree cannot be decrypted by graftd; templates that read it fail", "path", p)
@@ -332,7 +332,7 @@ func (a *Agent) follow(ctx context.Context) error {
 					delete(a.times, ev.Entry.Path)
 				} else {
 					a.values[ev.Entry.Path] = ev.Entry.Value
-					a.times[ev.Entry.Path] = ev.Entry.Time
+					a.times[ev.Entry.Path] = commitTime(ev.Entry)
 				}
 				changed[ev.Entry.Path] = true
 			}
@@ -586,4 +586,13 @@ func (b *backoff) sleep(ctx context.Context) {
 	case <-time.After(d):
 	}
 	b.next = min(b.next*2, 10*time.Second)
+}
+
+// commitTime is when a change was first committed: for a replicated copy
+// its source's commit, so that the lag metric covers replication too.
+func commitTime(e sdk.Entry) time.Time {
+	if e.Origin != nil && !e.Origin.SourceTime.IsZero() {
+		return e.Origin.SourceTime
+	}
+	return e.Time
 }

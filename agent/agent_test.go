@@ -559,3 +559,24 @@ func TestAgentPicksUpANewTokenFile(t *testing.T) {
 	}
 	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-1") })
 }
+
+// A replicated copy carries its source's commit time, and the agent's lag
+// metric measures from it: replication is part of what it reports.
+func TestAgentLagCountsFromTheSourceCommit(t *testing.T) {
+	e := newEnv(t)
+	tree, err := e.root.ReadTree(t.Context(), "/app/message-processor/replicated/mongo")
+	if err != nil || len(tree.Entries) != 2 {
+		t.Fatalf("read the copies: %+v, %v", tree, err)
+	}
+	src, err := e.root.Get(t.Context(), "/dba/mp/mongo/password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range tree.Entries {
+		if c.Path == "/app/message-processor/replicated/mongo/password" {
+			if c.Origin == nil || !c.Origin.SourceTime.Equal(src.Time) || !c.Time.After(c.Origin.SourceTime) {
+				t.Fatalf("copy origin %+v, copy time %s; want the source's commit time %s", c.Origin, c.Time, src.Time)
+			}
+		}
+	}
+}

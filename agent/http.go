@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "graft_agent_render_lag_seconds",
-			Help:    "From the commit of a change in the application's tree to its file written.",
+			Help:    "From the commit of a change to its file written: the source's commit for a replicated copy.",
 			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 	}

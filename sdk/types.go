@@ -25,6 +25,9 @@ type Origin struct {
 	RuleID         string // the replication rule, if any
 	SourcePath     string // the path the value came from
 	SourceRevision int64  // the revision of the source it came from
+	// SourceTime is when that source version was committed, for a
+	// replicated copy.
+	SourceTime time.Time
 }
 
 // ListItem is one result of List: an entry, or in a non-recursive listing
@@ -139,6 +142,9 @@ func entryFrom(p *graftv1.Entry) Entry {
 	}
 	if o := p.GetOrigin(); o != nil {
 		e.Origin = &Origin{Kind: o.GetKind(), RuleID: o.GetRuleId(), SourcePath: o.GetSourcePath(), SourceRevision: o.GetSourceRevision()}
+		if t := o.GetSourceTime(); t != nil {
+			e.Origin.SourceTime = t.AsTime()
+		}
 	}
 	return e
 }

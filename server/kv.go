@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -279,6 +280,9 @@ func entryProto(e store.Entry) *graftv1.Entry {
 	}
 	if o := e.Origin; o != nil {
 		out.Origin = &graftv1.Origin{Kind: o.Kind, RuleId: o.RuleID, SourcePath: o.SourcePath, SourceRevision: o.SourceRevision}
+		if o.SourceTime > 0 {
+			out.Origin.SourceTime = timestamppb.New(time.Unix(0, o.SourceTime))
+		}
 	}
 	return out
 }

@@ -252,7 +252,7 @@ func (s *Store) replicaOps(w ReplicaWrite, st replicaState) ([]clientv3.Op, erro
 	}
 	rec := record{
 		Cipher: sealed, Author: ReplicatorAuthor, Size: len(w.Value), Time: now, Prev: c.latest(),
-		Origin: &Origin{Kind: "replication", RuleID: w.Rule, SourcePath: w.Source, SourceRevision: w.SourceRevision},
+		Origin: &Origin{Kind: "replication", RuleID: w.Rule, SourcePath: w.Source, SourceRevision: w.SourceRevision, SourceTime: w.SourceTime},
 	}
 	ops = append(ops, clientv3.OpPut(s.kvKey(w.Path), rec.encode()))
 	if c.exists {

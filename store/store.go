@@ -108,6 +108,9 @@ type Origin struct {
 	RuleID         string `json:"ri,omitempty"`
 	SourcePath     string `json:"sp,omitempty"`
 	SourceRevision int64  `json:"sr,omitempty"`
+	// SourceTime is when the source version was committed (unix nanos),
+	// for a replicated copy.
+	SourceTime int64 `json:"st,omitempty"`
 }
 
 // Entry is one version of the value at a path.

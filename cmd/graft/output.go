@@ -63,6 +63,7 @@ type originView struct {
 	RuleID         string `json:"rule_id,omitempty"`
 	SourcePath     string `json:"source_path,omitempty"`
 	SourceRevision int64  `json:"source_revision,omitempty"`
+	SourceTime     string `json:"source_time,omitempty"`
 }
 
 func viewEntry(e *sdk.Entry, withValue bool) entryView {
@@ -77,7 +78,7 @@ func viewEntry(e *sdk.Entry, withValue bool) entryView {
 		v.Value, v.ValueBase64 = viewValue(e.Value)
 	}
 	if o := e.Origin; o != nil {
-		v.Origin = &originView{Kind: o.Kind, RuleID: o.RuleID, SourcePath: o.SourcePath, SourceRevision: o.SourceRevision}
+		v.Origin = &originView{Kind: o.Kind, RuleID: o.RuleID, SourcePath: o.SourcePath, SourceRevision: o.SourceRevision, SourceTime: jsonTime(o.SourceTime)}
 	}
 	return v
 }

@@ -248,8 +248,10 @@ type Origin struct {
 	SourcePath string `protobuf:"bytes,3,opt,name=source_path,json=sourcePath,proto3" json:"source_path,omitempty"`
 	// The revision of the source the value was copied or restored from.
 	SourceRevision int64 `protobuf:"varint,4,opt,name=source_revision,json=sourceRevision,proto3" json:"source_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// When that source version was committed, for a replicated copy.
+	SourceTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=source_time,json=sourceTime,proto3" json:"source_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Origin) Reset() {
@@ -308,6 +310,13 @@ func (x *Origin) GetSourceRevision() int64 {
 		return x.SourceRevision
 	}
 	return 0
+}
+
+func (x *Origin) GetSourceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SourceTime
+	}
+	return nil
 }
 
 // GetRequest names the path to read.
@@ -1618,13 +1627,15 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"\x06author\x18\x04 \x01(\tR\x06author\x12.\n" +
 	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12(\n" +
 	"\x06origin\x18\x06 \x01(\v2\x10.graft.v1.OriginR\x06origin\x12\x12\n" +
-	"\x04size\x18\a \x01(\x03R\x04size\"\x7f\n" +
+	"\x04size\x18\a \x01(\x03R\x04size\"\xbc\x01\n" +
 	"\x06Origin\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x17\n" +
 	"\arule_id\x18\x02 \x01(\tR\x06ruleId\x12\x1f\n" +
 	"\vsource_path\x18\x03 \x01(\tR\n" +
 	"sourcePath\x12'\n" +
-	"\x0fsource_revision\x18\x04 \x01(\x03R\x0esourceRevision\"<\n" +
+	"\x0fsource_revision\x18\x04 \x01(\x03R\x0esourceRevision\x12;\n" +
+	"\vsource_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"sourceTime\"<\n" +
 	"\n" +
 	"GetRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1a\n" +
@@ -1776,44 +1787,45 @@ var file_graft_v1_kv_proto_goTypes = []any{
 var file_graft_v1_kv_proto_depIdxs = []int32{
 	26, // 0: graft.v1.Entry.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: graft.v1.Entry.origin:type_name -> graft.v1.Origin
-	2,  // 2: graft.v1.GetResponse.entry:type_name -> graft.v1.Entry
-	2,  // 3: graft.v1.PutResponse.entry:type_name -> graft.v1.Entry
-	14, // 4: graft.v1.ListResponse.items:type_name -> graft.v1.ListItem
-	2,  // 5: graft.v1.ReadTreeResponse.entries:type_name -> graft.v1.Entry
-	2,  // 6: graft.v1.ListItem.entry:type_name -> graft.v1.Entry
-	17, // 7: graft.v1.HistoryResponse.items:type_name -> graft.v1.HistoryItem
-	2,  // 8: graft.v1.HistoryItem.entry:type_name -> graft.v1.Entry
-	26, // 9: graft.v1.HistoryItem.ended:type_name -> google.protobuf.Timestamp
-	2,  // 10: graft.v1.RestoreResponse.entry:type_name -> graft.v1.Entry
-	26, // 11: graft.v1.RestorePrefixRequest.at:type_name -> google.protobuf.Timestamp
-	22, // 12: graft.v1.RestorePrefixResponse.steps:type_name -> graft.v1.RestoreStep
-	0,  // 13: graft.v1.RestoreStep.action:type_name -> graft.v1.RestoreAction
-	25, // 14: graft.v1.WatchResponse.events:type_name -> graft.v1.Event
-	1,  // 15: graft.v1.Event.type:type_name -> graft.v1.EventType
-	2,  // 16: graft.v1.Event.entry:type_name -> graft.v1.Entry
-	4,  // 17: graft.v1.KVService.Get:input_type -> graft.v1.GetRequest
-	6,  // 18: graft.v1.KVService.Put:input_type -> graft.v1.PutRequest
-	8,  // 19: graft.v1.KVService.Delete:input_type -> graft.v1.DeleteRequest
-	10, // 20: graft.v1.KVService.List:input_type -> graft.v1.ListRequest
-	12, // 21: graft.v1.KVService.ReadTree:input_type -> graft.v1.ReadTreeRequest
-	15, // 22: graft.v1.KVService.History:input_type -> graft.v1.HistoryRequest
-	18, // 23: graft.v1.KVService.Restore:input_type -> graft.v1.RestoreRequest
-	20, // 24: graft.v1.KVService.RestorePrefix:input_type -> graft.v1.RestorePrefixRequest
-	23, // 25: graft.v1.KVService.Watch:input_type -> graft.v1.WatchRequest
-	5,  // 26: graft.v1.KVService.Get:output_type -> graft.v1.GetResponse
-	7,  // 27: graft.v1.KVService.Put:output_type -> graft.v1.PutResponse
-	9,  // 28: graft.v1.KVService.Delete:output_type -> graft.v1.DeleteResponse
-	11, // 29: graft.v1.KVService.List:output_type -> graft.v1.ListResponse
-	13, // 30: graft.v1.KVService.ReadTree:output_type -> graft.v1.ReadTreeResponse
-	16, // 31: graft.v1.KVService.History:output_type -> graft.v1.HistoryResponse
-	19, // 32: graft.v1.KVService.Restore:output_type -> graft.v1.RestoreResponse
-	21, // 33: graft.v1.KVService.RestorePrefix:output_type -> graft.v1.RestorePrefixResponse
-	24, // 34: graft.v1.KVService.Watch:output_type -> graft.v1.WatchResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	26, // 2: graft.v1.Origin.source_time:type_name -> google.protobuf.Timestamp
+	2,  // 3: graft.v1.GetResponse.entry:type_name -> graft.v1.Entry
+	2,  // 4: graft.v1.PutResponse.entry:type_name -> graft.v1.Entry
+	14, // 5: graft.v1.ListResponse.items:type_name -> graft.v1.ListItem
+	2,  // 6: graft.v1.ReadTreeResponse.entries:type_name -> graft.v1.Entry
+	2,  // 7: graft.v1.ListItem.entry:type_name -> graft.v1.Entry
+	17, // 8: graft.v1.HistoryResponse.items:type_name -> graft.v1.HistoryItem
+	2,  // 9: graft.v1.HistoryItem.entry:type_name -> graft.v1.Entry
+	26, // 10: graft.v1.HistoryItem.ended:type_name -> google.protobuf.Timestamp
+	2,  // 11: graft.v1.RestoreResponse.entry:type_name -> graft.v1.Entry
+	26, // 12: graft.v1.RestorePrefixRequest.at:type_name -> google.protobuf.Timestamp
+	22, // 13: graft.v1.RestorePrefixResponse.steps:type_name -> graft.v1.RestoreStep
+	0,  // 14: graft.v1.RestoreStep.action:type_name -> graft.v1.RestoreAction
+	25, // 15: graft.v1.WatchResponse.events:type_name -> graft.v1.Event
+	1,  // 16: graft.v1.Event.type:type_name -> graft.v1.EventType
+	2,  // 17: graft.v1.Event.entry:type_name -> graft.v1.Entry
+	4,  // 18: graft.v1.KVService.Get:input_type -> graft.v1.GetRequest
+	6,  // 19: graft.v1.KVService.Put:input_type -> graft.v1.PutRequest
+	8,  // 20: graft.v1.KVService.Delete:input_type -> graft.v1.DeleteRequest
+	10, // 21: graft.v1.KVService.List:input_type -> graft.v1.ListRequest
+	12, // 22: graft.v1.KVService.ReadTree:input_type -> graft.v1.ReadTreeRequest
+	15, // 23: graft.v1.KVService.History:input_type -> graft.v1.HistoryRequest
+	18, // 24: graft.v1.KVService.Restore:input_type -> graft.v1.RestoreRequest
+	20, // 25: graft.v1.KVService.RestorePrefix:input_type -> graft.v1.RestorePrefixRequest
+	23, // 26: graft.v1.KVService.Watch:input_type -> graft.v1.WatchRequest
+	5,  // 27: graft.v1.KVService.Get:output_type -> graft.v1.GetResponse
+	7,  // 28: graft.v1.KVService.Put:output_type -> graft.v1.PutResponse
+	9,  // 29: graft.v1.KVService.Delete:output_type -> graft.v1.DeleteResponse
+	11, // 30: graft.v1.KVService.List:output_type -> graft.v1.ListResponse
+	13, // 31: graft.v1.KVService.ReadTree:output_type -> graft.v1.ReadTreeResponse
+	16, // 32: graft.v1.KVService.History:output_type -> graft.v1.HistoryResponse
+	19, // 33: graft.v1.KVService.Restore:output_type -> graft.v1.RestoreResponse
+	21, // 34: graft.v1.KVService.RestorePrefix:output_type -> graft.v1.RestorePrefixResponse
+	24, // 35: graft.v1.KVService.Watch:output_type -> graft.v1.WatchResponse
+	27, // [27:36] is the sub-list for method output_type
+	18, // [18:27] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_graft_v1_kv_proto_init() }
