@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/sdk"
 )
 
@@ -221,32 +221,33 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer a.stop()
 	}
-	backoff := newBackoff()
-	for ctx.Err() == nil {
+	// One pass: a snapshot, a render from it, then the watch after it. A
+	// watch that ends because its revision was compacted reads a new
+	// snapshot at once; any other failure (graftd away, access lost) backs
+	// off, with jitter.
+	var exit error
+	ctx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	retry.Forever(ctx, a.log, "following the application's tree "+a.cfg.Root(), 100*time.Millisecond, 10*time.Second, func(ctx context.Context) error {
 		if err := a.snapshot(ctx); err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			a.log.Warn("cannot read the application's tree; retrying", "tree", a.cfg.Root(), "err", err, "in", backoff.peek())
 			a.redial(ctx, err)
-			backoff.sleep(ctx)
-			continue
-		}
-		backoff.reset()
-		a.renderAndReload(ctx, nil, true)
-		err := a.follow(ctx)
-		var exit *ExitError
-		if errors.As(err, &exit) {
 			return err
 		}
-		if ctx.Err() != nil {
-			break
+		a.renderAndReload(ctx, nil, true)
+		err := a.follow(ctx)
+		var ee *ExitError
+		switch {
+		case errors.As(err, &ee):
+			exit = err
+			stopRun()
+			return nil
+		case err == nil || errors.Is(err, sdk.ErrOutOfRange):
+			return nil
 		}
-		a.log.Warn("the watch of the application's tree ended; reading it again", "tree", a.cfg.Root(), "err", err)
 		a.redial(ctx, err)
-		backoff.sleep(ctx)
-	}
-	return nil
+		return err
+	})
+	return exit
 }
 
 func (a *Agent) runOnce(ctx context.Context) error {
@@ -416,10 +417,9 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 	case wrote > 0:
 		a.reload(ctx)
 	}
-	if a.cfg.Exec != nil && a.child == nil {
-		failed++ // not ready until the application runs
-	}
-	if failed == 0 && !a.ready.Load() {
+	// Ready once every template rendered and, with exec, the application
+	// runs.
+	if failed == 0 && (a.cfg.Exec == nil || a.child != nil) && !a.ready.Load() {
 		a.ready.Store(true)
 		a.log.Info("first complete render done", "revision", a.revision, "templates", len(a.cfg.Templates))
 	}
@@ -468,32 +468,40 @@ func touched(d deps, changed map[string]bool) bool {
 func (a *Agent) renderOne(i int) (bool, error) {
 	t := a.cfg.Templates[i]
 	a.modTimes[i] = t.sourceModTime(a.cfg.base)
-	text, err := t.text(a.cfg.base)
+	data, d, err := a.render(t)
+	a.state[i].deps = d
+	wrote := false
 	if err == nil {
-		var data []byte
-		var d deps
-		v := &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
-		data, d, err = v.render(t.Destination, text)
-		a.state[i].deps = d
-		if err == nil {
-			var wrote bool
-			wrote, err = t.write(data)
-			if err == nil {
-				a.state[i].hash, a.state[i].err, a.state[i].text = hashOf(data), nil, text
-				outcome := "unchanged"
-				if wrote {
-					outcome = "written"
-					a.log.Info("file written", "file", t.Destination, "revision", a.revision, "sha256", hashOf(data)[:12])
-				}
-				a.metrics.renders.WithLabelValues(outcome).Inc()
-				return wrote, nil
-			}
-		}
+		wrote, err = t.write(data)
 	}
-	a.state[i].err = err
-	a.metrics.renders.WithLabelValues("failed").Inc()
-	a.log.Error("template failed; the previous file stays", "file", t.Destination, "revision", a.revision, "err", err)
-	return false, err
+	if err != nil {
+		a.state[i].err = err
+		a.metrics.renders.WithLabelValues("failed").Inc()
+		a.log.Error("template failed; the previous file stays", "file", t.Destination, "revision", a.revision, "err", err)
+		return false, err
+	}
+	a.state[i].hash, a.state[i].err = hashOf(data), nil
+	outcome := "unchanged"
+	if wrote {
+		outcome = "written"
+		a.log.Info("file written", "file", t.Destination, "revision", a.revision, "sha256", hashOf(data)[:12])
+	}
+	a.metrics.renders.WithLabelValues(outcome).Inc()
+	return wrote, nil
+}
+
+// render renders template t against the tree as the agent has it.
+func (a *Agent) render(t Template) ([]byte, deps, error) {
+	text, err := t.text(a.cfg.base)
+	if err != nil {
+		return nil, deps{}, err
+	}
+	return a.view().render(t.Destination, text)
+}
+
+// view is the tree as the agent has applied it, for templates.
+func (a *Agent) view() *view {
+	return &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
 }
 
 // reload runs the reload actions in order, each retried with backoff, then
@@ -549,13 +557,7 @@ const reloadAttempts = 4
 func (a *Agent) dryRun() error {
 	failed := 0
 	for _, t := range a.cfg.Templates {
-		text, err := t.text(a.cfg.base)
-		var data []byte
-		var d deps
-		if err == nil {
-			v := &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
-			data, d, err = v.render(t.Destination, text)
-		}
+		data, d, err := a.render(t)
 		switch {
 		case err != nil:
 			failed++
@@ -571,21 +573,6 @@ func (a *Agent) dryRun() error {
 		return fmt.Errorf("%w: %d of %d templates would not render", ErrTemplates, failed, len(a.cfg.Templates))
 	}
 	return nil
-}
-
-// backoff is exponential with full jitter, 100 ms doubling to 10 s.
-type backoff struct{ next time.Duration }
-
-func newBackoff() *backoff      { return &backoff{next: 100 * time.Millisecond} }
-func (b *backoff) reset()       { b.next = 100 * time.Millisecond }
-func (b *backoff) peek() string { return b.next.String() }
-func (b *backoff) sleep(ctx context.Context) {
-	d := time.Duration(rand.Int64N(int64(b.next))) + b.next/2
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-	b.next = min(b.next*2, 10*time.Second)
 }
 
 // commitTime is when a change was first committed: for a replicated copy

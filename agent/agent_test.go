@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -207,30 +208,18 @@ func TestAgentRendersAndFollows(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	if _, err := fmt.Fprint(&b, readAll(t, resp)); err != nil {
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
 		t.Fatal(err)
 	}
+	metrics := string(body)
 	for _, want := range []string{`graft_agent_renders_total{outcome="written"}`, `graft_agent_reloads_total{kind="command",outcome="ok"} 2`, "graft_agent_applied_revision", "graft_agent_render_lag_seconds_count"} {
-		if !strings.Contains(b.String(), want) {
-			t.Fatalf("metrics lack %s:\n%s", want, b.String())
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %s:\n%s", want, metrics)
 		}
 	}
-	if strings.Contains(b.String(), "s3cret") {
+	if strings.Contains(metrics, "s3cret") {
 		t.Fatal("a value appears in the metrics")
-	}
-}
-
-func readAll(t *testing.T, resp *http.Response) string {
-	t.Helper()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			return b.String()
-		}
 	}
 }
 
@@ -324,7 +313,7 @@ func TestAgentSignalAndHTTPReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf, pidfile, served := filepath.Join(e.dir, "app.conf"), filepath.Join(e.dir, "app.pid"), filepath.Join(e.dir, "served")
-	app := exec(t, exe, pidfile, conf, served)
+	app := startApp(t, exe, pidfile, conf, served)
 	defer app()
 	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, pidfile) != "" })
 
@@ -351,8 +340,8 @@ func TestAgentSignalAndHTTPReload(t *testing.T) {
 	testenv.WaitFor(t, 5*time.Second, func() bool { return posts.Load() == 2 && probes.Load() >= 2 })
 }
 
-// exec starts this test binary as the example application.
-func exec(t *testing.T, exe string, args ...string) (stop func()) {
+// startApp starts this test binary as the example application.
+func startApp(t *testing.T, exe string, args ...string) (stop func()) {
 	t.Helper()
 	p, err := os.StartProcess(exe, append([]string{exe}, args...), &os.ProcAttr{
 		Env:   append(os.Environ(), "GRAFT_AGENT_TEST_APP=1"),
@@ -560,9 +549,9 @@ func TestAgentPicksUpANewTokenFile(t *testing.T) {
 	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-1") })
 }
 
-// A replicated copy carries its source's commit time, and the agent's lag
-// metric measures from it: replication is part of what it reports.
-func TestAgentLagCountsFromTheSourceCommit(t *testing.T) {
+// A replicated copy carries its source's commit time, which the agent's
+// lag metric measures from (commitTime), so that it covers replication.
+func TestReplicatedCopyCarriesTheSourceCommitTime(t *testing.T) {
 	e := newEnv(t)
 	tree, err := e.root.ReadTree(t.Context(), "/app/message-processor/replicated/mongo")
 	if err != nil || len(tree.Entries) != 2 {

@@ -75,8 +75,8 @@ func (a *Agent) renderEnv() ([]string, error) {
 	d := deps{paths: map[string]bool{}, prefixes: map[string]bool{}}
 	var env []string
 	var errs []error
+	v := a.view()
 	for _, k := range names {
-		v := &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
 		out, kd, err := v.render("exec.env."+k, a.cfg.Exec.Env[k])
 		for p := range kd.paths {
 			d.paths[p] = true

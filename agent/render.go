@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -65,14 +66,7 @@ type MissingKeyError struct {
 }
 
 func (e *MissingKeyError) Error() string {
-	return fmt.Sprintf("template %s: key %s does not exist (graft ls %s shows what does)", e.Template, e.Key, parentOf(e.Key))
-}
-
-func parentOf(p string) string {
-	if i := strings.LastIndexByte(p, '/'); i > 0 {
-		return p[:i]
-	}
-	return "/"
+	return fmt.Sprintf("template %s: key %s does not exist (graft ls %s shows what does)", e.Template, e.Key, path.Dir(e.Key))
 }
 
 // rendered is one template's last outcome.
@@ -80,9 +74,6 @@ type rendered struct {
 	deps deps
 	hash string // of the bytes on disk, "" before the first success
 	err  error
-	// text is the template source it was rendered from (to notice edits
-	// of a source file).
-	text string
 }
 
 // resolve turns a template's path argument into an absolute path in the

@@ -19,8 +19,8 @@ const appsRoot = "/app"
 // application's name.
 const wildcard = "+"
 
-// IsPattern reports whether dest is a pattern destination (has a + segment).
-func IsPattern(dest string) bool {
+// isPattern reports whether dest is a pattern destination (has a + segment).
+func isPattern(dest string) bool {
 	return dest == wildcard || strings.HasPrefix(dest, wildcard+"/") ||
 		strings.Contains(dest, "/"+wildcard+"/") || strings.HasSuffix(dest, "/"+wildcard)
 }
@@ -32,7 +32,7 @@ func checkPattern(p string) error {
 	if !ok || rest == "" {
 		return invalid("destination %s: %s", store.ShortPath(p), shape)
 	}
-	if IsPattern("/" + rest) {
+	if isPattern("/" + rest) {
 		return invalid("destination %s: only the application segment may be +; %s", store.ShortPath(p), shape)
 	}
 	if _, err := store.ParsePath(expand(p, "x")); err != nil {
@@ -44,16 +44,6 @@ func checkPattern(p string) error {
 // expand returns pattern p for application app.
 func expand(p, app string) string {
 	return appsRoot + "/" + app + strings.TrimPrefix(p, appsRoot+"/"+wildcard)
-}
-
-// appOf returns the application whose tree holds path.
-func appOf(path string) (string, bool) {
-	rest, ok := strings.CutPrefix(path, appsRoot+"/")
-	if !ok {
-		return "", false
-	}
-	app, _, _ := strings.Cut(rest, "/")
-	return app, app != ""
 }
 
 // overlapWild is Overlap where a + segment of either path matches any one
@@ -92,7 +82,7 @@ func (r Rule) DestinationOverlaps(p string) bool {
 // patternsOf splits destinations into concrete paths and patterns.
 func patternsOf(dests []string) (concrete, patterns []string) {
 	for _, d := range dests {
-		if IsPattern(d) {
+		if isPattern(d) {
 			patterns = append(patterns, d)
 		} else {
 			concrete = append(concrete, d)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	pathpkg "path"
 	"strings"
 	"time"
 
@@ -155,6 +156,9 @@ type Status struct {
 func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status, error) {
 	path := copies[0].Path
 	cur, err := r.store.Get(ctx, path)
+	if errors.Is(err, store.ErrNotFound) {
+		return Status{}, fmt.Errorf("%s has no value, so nothing can run it (see `graft ls %s`): %w", path, pathpkg.Dir(path), store.ErrNotFound)
+	}
 	if err != nil {
 		return Status{}, err
 	}

@@ -3,7 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
-	"regexp"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -12,6 +12,7 @@ import (
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/rollout"
+	"github.com/graft-sh/graft/store"
 )
 
 // Agents keeps graft-agents' reports.
@@ -31,7 +32,7 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 	}
 	rep := reportFrom(req.GetReport())
 	p := principal(ctx)
-	if !segment(rep.App) {
+	if _, err := store.ParsePath("/app/" + rep.App); err != nil || rep.App == "" || strings.Contains(rep.App, "/") {
 		return nil, toStatus(invalid("report: app %q: want the application's name, one path segment", rep.App))
 	}
 	if app, ok := replicator.AppName(p.Name); (!ok || app != rep.App) && !s.may(ctx, acl.ActionAdmin, adminPath) {
@@ -88,13 +89,6 @@ func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRe
 		resp.Consumers = append(resp.Consumers, &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason})
 	}
 	return resp, nil
-}
-
-// segmentRE is one segment of a graft path.
-var segmentRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,255}$`)
-
-func segment(s string) bool {
-	return s != "" && s != "." && s != ".." && segmentRE.MatchString(s)
 }
 
 func reportFrom(p *graftv1.AgentReport) rollout.Report {

@@ -49,6 +49,9 @@ func TestRolloutStatusFollowsAgents(t *testing.T) {
 	start("a3", 1500*time.Millisecond, agent.Health{}) // the slow one
 	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Count(admin.run("agents", "ls").stdout, "\nmp ") == 3 })
 
+	if got := admin.fails("rollout", "status", "/dba/mp/mongo/nope"); !strings.Contains(got, "/dba/mp/mongo/nope has no value, so nothing can run it (see `graft ls /dba/mp/mongo`)") {
+		t.Fatalf("rollout status of a missing path: %q", got)
+	}
 	if got := admin.ok("rollout", "status", "/dba/mp/mongo/password"); !strings.Contains(got, ": 3 of 3 consumers run it\n") {
 		t.Fatalf("rollout status before the change:\n%s", got)
 	}
