@@ -241,7 +241,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			exit = err
 			stopRun()
 			return nil
-		case err == nil || errors.Is(err, sdk.ErrOutOfRange):
+		case errors.Is(err, sdk.ErrOutOfRange):
+			a.log.Info("the revision to resume from was compacted; reading a new snapshot", "revision", a.Revision())
+			return nil
+		case err == nil:
 			return nil
 		}
 		a.redial(ctx, err)

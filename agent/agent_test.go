@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/sdk"
@@ -80,9 +81,9 @@ type env struct {
 	dir   string
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, opts ...graftdtest.Option) *env {
 	t.Helper()
-	g := graftdtest.Start(t)
+	g := graftdtest.Start(t, opts...)
 	ctx := t.Context()
 	root, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: g.Token})
 	if err != nil {
@@ -401,6 +402,54 @@ func TestAgentResumesAfterGraftdRestarts(t *testing.T) {
 	}
 	e.put("/dba/mp/mongo/password", "s3cret-3")
 	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-3") })
+	time.Sleep(300 * time.Millisecond)
+	if n := reloads(); n != 2 {
+		t.Fatalf("%d reloads, want 2 (the first render and the change)", n)
+	}
+}
+
+// An agent cut off from graftd for longer than etcd keeps history (the
+// revision it would resume from is compacted) reads a new snapshot when it
+// is back, and renders and reloads what changed meanwhile, once.
+func TestAgentReadsANewSnapshotAfterCompaction(t *testing.T) {
+	e := newEnv(t, graftdtest.WithConfig(func(c *daemon.Config) { c.EmbeddedListen = true }))
+	out := filepath.Join(e.dir, "db.env")
+	cmd, reloads := countingCommand(t, e.dir)
+	link := newProxy(t, e.g.Addr)
+	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}}, cmd)
+	cfg.Server = link.Addr()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &lockedBuffer{}
+	a, err := agent.New(ctx, cfg, slogTo(logs), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go a.Run(ctx)
+	testenv.WaitFor(t, 5*time.Second, a.Ready)
+	before := a.Revision()
+
+	link.Cut()
+	e.put("/dba/mp/mongo/password", "s3cret-2")
+	var copied *sdk.Entry
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		got, err := e.root.Get(t.Context(), "/app/message-processor/replicated/mongo/password")
+		copied = got
+		return err == nil && string(got.Value) == "s3cret-2"
+	})
+	etcd := testenv.Client(t, e.g.Daemon.EtcdEndpoints()[0])
+	if _, err := etcd.Compact(t.Context(), copied.Revision); err != nil {
+		t.Fatal(err)
+	}
+	link.Restore()
+
+	testenv.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-2") })
+	if a.Revision() < copied.Revision || a.Revision() <= before {
+		t.Fatalf("applied revision %d, want at least %d", a.Revision(), copied.Revision)
+	}
+	if !strings.Contains(logs.String(), "compacted; reading a new snapshot") {
+		t.Fatalf("no new snapshot after the compaction:\n%s", logs)
+	}
 	time.Sleep(300 * time.Millisecond)
 	if n := reloads(); n != 2 {
 		t.Fatalf("%d reloads, want 2 (the first render and the change)", n)

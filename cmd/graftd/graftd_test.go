@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,8 +24,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/graft-sh/graft/agent"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/sdk"
 )
 
 // These tests run the real graftd binary and kill it, because only a
@@ -424,4 +427,114 @@ func procAddr(s string) string {
 		return fmt.Sprintf("%d.%d.%d.%d:%d", b[3], b[2], b[1], b[0], p)
 	}
 	return fmt.Sprintf("[%x]:%d", b, p)
+}
+
+// An agent following graftd across a SIGKILL loses no change and reloads
+// no content twice: a writer changes the DBA's value without pause while
+// graftd is killed and started again, and every reload the agent runs
+// sees a newer value than the one before, ending with the value graftd
+// holds.
+func TestAgentResumesAfterGraftdIsKilled(t *testing.T) {
+	dir, addr, token := t.TempDir(), testenv.FreeAddr(t), "graft_agent-kill-test-token"
+	p := startGraftd(t, dir, addr, token)
+	ctx := t.Context()
+	root, err := sdk.New(ctx, sdk.Config{Addr: addr, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := root.Put(ctx, "/dba/mp/password", []byte("0")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := root.Share(ctx, "/dba/mp", []string{"/app/mp/replicated/db"}, sdk.ShareOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	appToken, _, err := root.CreateToken(ctx, "app:mp", []string{"app"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	work := t.TempDir()
+	tokenFile, out, reloads := filepath.Join(work, "token"), filepath.Join(work, "password"), filepath.Join(work, "reloads")
+	if err := os.WriteFile(tokenFile, []byte(appToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := agent.DefaultConfig()
+	cfg.Server, cfg.TokenFile, cfg.App, cfg.Listen = addr, tokenFile, "mp", "off"
+	cfg.Templates = []agent.Template{{Destination: out, Contents: `{{ secret "replicated/db/password" }}`}}
+	// Each reload records the content it was run for.
+	cfg.Reload = []agent.Action{{Command: []string{"/bin/sh", "-c", fmt.Sprintf("cat %s >> %s && echo >> %s", out, reloads, reloads)}}}
+	cfg.Wait = agent.Wait{Min: 10 * time.Millisecond, Max: 100 * time.Millisecond}
+	actx, cancel := context.WithCancel(context.Background())
+	a, err := agent.New(actx, cfg, testenv.Logger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(actx) }()
+	defer func() { cancel(); <-done }()
+	testenv.WaitFor(t, 10*time.Second, a.Ready)
+
+	// The writer counts up; an error (graftd away) is no promise either
+	// way, so it just goes on with the next number.
+	var acked atomic.Int64
+	stop, wrote := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for i := int64(1); ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			wctx, wcancel := context.WithTimeout(ctx, time.Second)
+			if _, err := root.Put(wctx, "/dba/mp/password", []byte(strconv.FormatInt(i, 10))); err == nil {
+				acked.Store(i)
+			}
+			wcancel()
+		}
+	}()
+	testenv.WaitFor(t, 10*time.Second, func() bool { return acked.Load() >= 40 })
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	killedAt := acked.Load()
+	time.Sleep(300 * time.Millisecond) // the agent and the writer find graftd gone
+	startGraftd(t, dir, addr, token)
+	testenv.WaitFor(t, 20*time.Second, func() bool { return acked.Load() >= killedAt+40 })
+	close(stop)
+	<-wrote
+
+	final, err := root.Get(ctx, "/dba/mp/password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := string(final.Value)
+	if n, _ := strconv.ParseInt(want, 10, 64); n < acked.Load() {
+		t.Fatalf("graftd holds %s, older than the acknowledged %d", want, acked.Load())
+	}
+	testenv.WaitFor(t, 20*time.Second, func() bool { data, _ := os.ReadFile(out); return string(data) == want })
+	time.Sleep(300 * time.Millisecond) // a reload still to come would show now
+
+	data, err := os.ReadFile(reloads)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(data))
+	prev := int64(-1)
+	for _, l := range lines {
+		n, err := strconv.ParseInt(l, 10, 64)
+		if err != nil {
+			t.Fatalf("reload log line %q", l)
+		}
+		if n <= prev {
+			t.Fatalf("reloaded for %d after %d: a content reloaded twice, or an older value over a newer one (log %v)", n, prev, lines)
+		}
+		prev = n
+	}
+	if lines[len(lines)-1] != want {
+		t.Fatalf("last reload for %s, want %s", lines[len(lines)-1], want)
+	}
+	t.Logf("%d writes acknowledged (%d before SIGKILL), %d reloads, ending at %s", acked.Load(), killedAt, len(lines), want)
 }
