@@ -2,7 +2,7 @@
 BUF := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help run build test bench fuzz generate lint fmt images cluster cluster-down integration
+.PHONY: help run build test bench bench-agents fuzz generate lint fmt images cluster cluster-down integration
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ integration: images ## run the Docker integration suite in integration/ (needs a
 
 bench: ## run the benchmarks (figures, never gates)
 	go test -run '^$$' -bench . -benchtime 3s ./...
+
+AGENTS ?= 10000
+bench-agents: build ## run AGENTS (default 10000) idle graft-agents against one graftd process: its memory, and one change delivered to all
+	./bin/graft-bench agents --count $(AGENTS)
 
 FUZZTIME ?= 30s
 fuzz: ## run each fuzz target for FUZZTIME (default 30s): paths, patterns, policies

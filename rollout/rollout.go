@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	pathpkg "path"
+	"reflect"
 	"strings"
 	"time"
 
@@ -26,7 +27,9 @@ type Report struct {
 	Reloads   []ReloadReport   `json:"reloads,omitempty"`
 	Healthy   bool             `json:"healthy"`
 	Reason    string           `json:"reason,omitempty"`
-	Time      time.Time        `json:"time"`
+	// Time is when the agent first reported this state: a report that
+	// changes nothing only renews the lease.
+	Time time.Time `json:"time"`
 	Principal string           `json:"principal"`
 	// Lease is the etcd lease the report lives by.
 	Lease int64 `json:"lease"`
@@ -85,6 +88,11 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 	if old, err := r.recs.Get(ctx, k); err == nil && old.Value.Lease != 0 {
 		l := r.store.LeaseByID(old.Value.Lease)
 		if err := l.Renew(ctx); err == nil {
+			// Most reports are heartbeats: with the state unchanged the
+			// renewed lease is all, and no write reaches etcd's log.
+			if sameState(old.Value, rep) {
+				return nil
+			}
 			lease = l
 		} else if !errors.Is(err, store.ErrLeaseLost) {
 			return err
@@ -107,6 +115,13 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 		return fmt.Errorf("store the report of agent %s of %s: %w", rep.ID, rep.App, err)
 	}
 	return nil
+}
+
+// sameState reports whether two reports of one agent say the same, apart
+// from when they were sent and the lease.
+func sameState(a, b Report) bool {
+	a.Time, b.Time, a.Lease, b.Lease = time.Time{}, time.Time{}, 0, 0
+	return reflect.DeepEqual(a, b)
 }
 
 // List returns the live reports, of one application's agents if app is

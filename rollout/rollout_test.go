@@ -31,6 +31,17 @@ func TestReportsLiveByTheirLease(t *testing.T) {
 	if len(second) != 1 || second[0].Revision != 8 || second[0].Lease != first[0].Lease {
 		t.Fatalf("a second report: %+v; want revision 8 on the same lease %d", second, first[0].Lease)
 	}
+	// A heartbeat that changes nothing keeps the record and the time of
+	// the state; it only renews the lease.
+	again := rep
+	again.Time = time.Now().Add(time.Hour)
+	if err := reg.Put(ctx, again, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	third, _ := reg.List(ctx, "mp")
+	if len(third) != 1 || !third[0].Time.Equal(second[0].Time) || third[0].Lease != first[0].Lease {
+		t.Fatalf("a heartbeat rewrote the report: %+v, before %+v", third, second)
+	}
 	if other, _ := reg.List(ctx, "m"); len(other) != 0 {
 		t.Fatalf("app m lists mp's agents: %+v", other)
 	}

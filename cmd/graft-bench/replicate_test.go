@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -27,5 +29,30 @@ func TestBenchReplicate(t *testing.T) {
 		if code := run(t.Context(), append([]string{"replicate"}, strings.Fields(bad)...), &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.HasPrefix(stderr.String(), "graft-bench: replicate: ") {
 			t.Errorf("replicate %s: exit %d, %q", bad, code, stderr.String())
 		}
+	}
+}
+
+// graft-bench agents starts graftd as its own process, runs the agents,
+// delivers one change to all of them and reads graftd's memory.
+func TestBenchAgents(t *testing.T) {
+	graftd := filepath.Join(t.TempDir(), "graftd")
+	if out, err := exec.Command("go", "build", "-o", graftd, "github.com/graft-sh/graft/cmd/graftd").CombinedOutput(); err != nil {
+		t.Fatalf("go build graftd: %v\n%s", err, out)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(t.Context(), []string{"agents", "--count", "20", "--idle", "0s", "--graftd", graftd, "-o", "json"}, &stdout, &stderr, func(string) string { return "" })
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	var r agentsResult
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("-o json output %q: %v", stdout.String(), err)
+	}
+	if r.Agents != 20 || r.ReportsLive != 20 || r.DeliverAllMS <= 0 || r.DeliverAllMS < r.DeliverP50MS || r.RSSBeforeMB <= 0 || r.RSSAfterMB <= 0 || len(r.Notes) != 0 {
+		t.Fatalf("result %+v", r)
+	}
+	stderr.Reset()
+	if code := run(t.Context(), []string{"agents", "--count", "1", "--graftd", "/nonexistent/graftd"}, &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.Contains(stderr.String(), "make build") {
+		t.Errorf("a missing graftd binary: exit %d, %q", code, stderr.String())
 	}
 }

@@ -1,0 +1,433 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/cmdline"
+	"github.com/graft-sh/graft/sdk"
+)
+
+// agentsConfig is what graft-bench agents is asked to do.
+type agentsConfig struct {
+	count      int
+	idle       time.Duration
+	graftd     string
+	metricsURL string
+	waitMin    time.Duration
+}
+
+// agentsResult is what it reports.
+type agentsResult struct {
+	Mode   string `json:"mode"`
+	Agents int    `json:"agents"`
+	// SetupS is how long creating the applications' tokens and the share
+	// took; StartS, from starting the first agent until every agent
+	// rendered its file.
+	SetupS float64 `json:"setup_s"`
+	StartS float64 `json:"start_s"`
+	// IdleS is how long the agents ran idle (reporting every 5 s) before
+	// the change, and GraftdCPU the share of one core graftd used then.
+	IdleS     float64 `json:"idle_s"`
+	GraftdCPU float64 `json:"graftd_cpu_cores"`
+	// Graftd RSS with no agent, with every agent idle, and after the
+	// change reached all of them (process_resident_memory_bytes).
+	RSSBeforeMB float64 `json:"graftd_rss_before_mb"`
+	RSSIdleMB   float64 `json:"graftd_rss_idle_mb"`
+	RSSAfterMB  float64 `json:"graftd_rss_after_mb"`
+	// One source write replicated to every application: time from the
+	// write until an agent's file holds it, over all agents (sampled by
+	// sweeps over the files, SweepMS apart).
+	DeliverP50MS float64 `json:"deliver_p50_ms"`
+	DeliverP99MS float64 `json:"deliver_p99_ms"`
+	DeliverAllMS float64 `json:"deliver_all_ms"`
+	SweepMS      float64 `json:"sweep_ms"`
+	// ReportsLive is how many agents graftd lists after the change.
+	ReportsLive int      `json:"reports_live"`
+	Notes       []string `json:"notes,omitempty"`
+}
+
+func (a *app) agentsCmd() *cobra.Command {
+	var ac agentsConfig
+	cmd := &cobra.Command{
+		Use:   "agents",
+		Short: "Run many idle graft-agents against one graftd and deliver one change to all",
+		Long: `Run --count graft-agents in this process, each for its own application with
+its own token and connection, each rendering one replicated value into a
+file. Once all have rendered, they idle for --idle (reporting to graftd every
+5 s, as agents do); then one write at the source is replicated to every
+application, and the time until each agent's file holds it is measured.
+
+graftd's memory is read from its /metrics (process_resident_memory_bytes)
+before the agents start, while they idle and after the change. So graftd
+runs as its own process: without --addr graft-bench starts --graftd (default:
+the graftd next to graft-bench) in dev mode in a temporary directory. With
+--addr it uses that graftd and needs the root token, and --metrics-url for
+the memory figures.
+
+Each agent holds one connection: raise the open-files limit (ulimit -n)
+above --count in this shell and in graftd's.`,
+		Example: `  make build && bin/graft-bench agents --count 10000
+  graft-bench agents --count 1000 --idle 10s -o json`,
+		Args: cmdline.Args(0, 0, "nothing"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case ac.count < 1 || ac.count > 100000:
+				return fmt.Errorf("agents: --count %d: want 1 to 100000 agents", ac.count)
+			case ac.idle < 0:
+				return fmt.Errorf("agents: --idle %s: want a duration of 0 or more", ac.idle)
+			}
+			res, err := a.benchAgents(cmd, ac)
+			if err != nil {
+				return err
+			}
+			return a.Emit(res, func(w io.Writer) error { return writeAgents(w, res) })
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&ac.count, "count", 10000, "how many agents")
+	f.DurationVar(&ac.idle, "idle", 30*time.Second, "how long the agents run idle before the change")
+	f.StringVar(&ac.graftd, "graftd", "", "the graftd binary to start without --addr (default: graftd next to graft-bench)")
+	f.StringVar(&ac.metricsURL, "metrics-url", "", "graftd's /metrics, for its memory, with --addr")
+	f.DurationVar(&ac.waitMin, "wait-min", 0, "the agents' debounce (wait.min; wait.max is 10 times it)")
+	return cmd
+}
+
+func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, error) {
+	ctx := cmd.Context()
+	res := agentsResult{Mode: "dev", Agents: ac.count}
+	if err := raiseOpenFiles(ac.count); err != nil {
+		return res, err
+	}
+	var addr, token string
+	if cmd.Flags().Changed("addr") || a.Getenv("GRAFT_ADDR") != "" {
+		res.Mode = "remote"
+		c, err := a.Client(ctx, cmd)
+		if err != nil {
+			return res, err
+		}
+		c.Close()
+		addr, token = a.Addr, a.Token
+	} else {
+		g, err := startGraftdProcess(ctx, ac.graftd)
+		if err != nil {
+			return res, err
+		}
+		defer g.stop()
+		addr, token, ac.metricsURL = g.addr, g.token, g.metricsURL
+	}
+	c, err := sdk.New(ctx, sdk.Config{Addr: addr, Token: token, Insecure: true})
+	if err != nil {
+		return res, err
+	}
+	defer c.Close()
+	rss := func() float64 {
+		if ac.metricsURL == "" {
+			return 0
+		}
+		v, err := metric(ac.metricsURL, "process_resident_memory_bytes")
+		if err != nil {
+			res.Notes = append(res.Notes, "graftd memory: "+err.Error())
+		}
+		return math.Round(v/(1<<20)*10) / 10
+	}
+	res.RSSBeforeMB = rss()
+
+	// The applications: a token each, and one share copying the source
+	// into every application's tree.
+	run := fmt.Sprintf("agents-%d", time.Now().UnixNano())
+	source := "/bench/" + run + "/password"
+	apps := make([]string, ac.count)
+	dests := make([]string, ac.count)
+	for i := range apps {
+		apps[i] = fmt.Sprintf("bench-agent-%05d", i)
+		dests[i] = "/app/" + apps[i] + "/replicated/" + run
+	}
+	setup := time.Now()
+	if _, err := c.Put(ctx, source, []byte("v0")); err != nil {
+		return res, fmt.Errorf("agents: put %s: %w", source, err)
+	}
+	rule, _, err := c.Share(ctx, "/bench/"+run, dests, sdk.ShareOptions{})
+	if err != nil {
+		return res, fmt.Errorf("agents: share: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+		defer cancel()
+		c.Unshare(cctx, rule.ID, false)
+		c.Delete(cctx, source)
+	}()
+	tokens := make([]string, ac.count)
+	errs := make([]error, ac.count)
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 16)
+	for i, name := range apps {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			tokens[i], _, errs[i] = c.CreateToken(ctx, "app:"+name, []string{"app"}, 2*time.Hour)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return res, fmt.Errorf("agents: create the applications' tokens: %w", err)
+	}
+	res.SetupS = seconds(time.Since(setup))
+
+	// The agents.
+	dir, err := os.MkdirTemp("", "graft-bench-agents-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	actx, stopAgents := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	defer func() { stopAgents(); running.Wait() }()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	files := make([]string, ac.count)
+	start := time.Now()
+	for i, name := range apps {
+		tokenFile := filepath.Join(dir, name+".token")
+		if err := os.WriteFile(tokenFile, []byte(tokens[i]), 0o600); err != nil {
+			return res, err
+		}
+		files[i] = filepath.Join(dir, name, "password")
+		cfg := agent.DefaultConfig()
+		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = addr, tokenFile, name, "bench", "off"
+		cfg.Insecure = true
+		cfg.Templates = []agent.Template{{Destination: files[i], Contents: `{{ secret "replicated/` + run + `/password" }}`}}
+		cfg.Wait = agent.Wait{Min: ac.waitMin, Max: 10 * ac.waitMin}
+		ag, err := agent.New(actx, cfg, quiet, nil)
+		if err != nil {
+			return res, fmt.Errorf("agents: agent %d: %w", i, err)
+		}
+		running.Add(1)
+		go func() { defer running.Done(); ag.Run(actx) }()
+	}
+	if _, err := waitFiles(ctx, files, "v0", 5*time.Minute); err != nil {
+		return res, fmt.Errorf("agents: first render: %w", err)
+	}
+	res.StartS = seconds(time.Since(start))
+
+	cpu0, _ := metric(ac.metricsURL, "process_cpu_seconds_total")
+	idle := time.Now()
+	select {
+	case <-time.After(ac.idle):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	res.IdleS = seconds(time.Since(idle))
+	if cpu1, err := metric(ac.metricsURL, "process_cpu_seconds_total"); err == nil && res.IdleS > 0 {
+		res.GraftdCPU = math.Round((cpu1-cpu0)/res.IdleS*100) / 100
+	}
+	res.RSSIdleMB = rss()
+
+	// One change for all of them.
+	sent := time.Now()
+	if _, err := c.Put(ctx, source, []byte("v1")); err != nil {
+		return res, fmt.Errorf("agents: put %s: %w", source, err)
+	}
+	seen, err := waitFiles(ctx, files, "v1", 5*time.Minute)
+	if err != nil {
+		return res, fmt.Errorf("agents: the change: %w", err)
+	}
+	lat := make([]time.Duration, len(seen.at))
+	for i, t := range seen.at {
+		lat[i] = t.Sub(sent)
+	}
+	res.DeliverP50MS, res.DeliverP99MS, res.DeliverAllMS = quantileMS(lat, 0.5), quantileMS(lat, 0.99), quantileMS(lat, 1)
+	res.SweepMS = math.Round(float64(seen.sweep)/float64(time.Microsecond)) / 1000
+	res.RSSAfterMB = rss()
+	if live, err := c.ListAgents(ctx, ""); err == nil {
+		for _, r := range live {
+			if strings.HasPrefix(r.App, "bench-agent-") {
+				res.ReportsLive++
+			}
+		}
+	}
+	return res, nil
+}
+
+// sweeps is when each file was first seen holding the value, and the
+// longest time one sweep over all files took (the figures' resolution).
+type sweeps struct {
+	at    []time.Time
+	sweep time.Duration
+}
+
+// waitFiles reads every file over and over until each holds want.
+func waitFiles(ctx context.Context, files []string, want string, timeout time.Duration) (sweeps, error) {
+	s := sweeps{at: make([]time.Time, len(files))}
+	deadline := time.Now().Add(timeout)
+	left := len(files)
+	for left > 0 {
+		begin := time.Now()
+		for i, f := range files {
+			if !s.at[i].IsZero() {
+				continue
+			}
+			if data, err := os.ReadFile(f); err == nil && string(data) == want {
+				s.at[i] = time.Now()
+				left--
+			}
+		}
+		s.sweep = max(s.sweep, time.Since(begin))
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return s, fmt.Errorf("%d of %d files do not hold the value after %s", left, len(files), timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return s, nil
+}
+
+// metric reads one unlabelled sample from a Prometheus text endpoint.
+func metric(url, name string) (float64, error) {
+	if url == "" {
+		return 0, errors.New("no --metrics-url")
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("%s has no %s", url, name)
+}
+
+// raiseOpenFiles lifts the soft open-files limit to the hard one and
+// checks that it leaves room for n connections.
+func raiseOpenFiles(n int) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	if need := uint64(n) + 1000; lim.Cur < need {
+		return fmt.Errorf("agents: %d agents need %d open files and the limit is %d: raise it (ulimit -n %d) or use fewer agents", n, need, lim.Cur, need)
+	}
+	return nil
+}
+
+// graftdProcess is a dev graftd graft-bench started as its own process.
+type graftdProcess struct {
+	cmd                     *exec.Cmd
+	dir                     string
+	addr, token, metricsURL string
+}
+
+// startGraftdProcess runs binary (default: graftd beside this program) in
+// dev mode in a temporary directory, and waits until it is ready.
+func startGraftdProcess(ctx context.Context, binary string) (*graftdProcess, error) {
+	if binary == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		binary = filepath.Join(filepath.Dir(self), "graftd")
+	}
+	if _, err := os.Stat(binary); err != nil {
+		return nil, fmt.Errorf("agents: graftd binary: %w (build it with make build, or give --graftd or --addr)", err)
+	}
+	dir, err := os.MkdirTemp("", "graft-bench-graftd-")
+	if err != nil {
+		return nil, err
+	}
+	g := &graftdProcess{dir: dir, token: "graft_bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)}
+	g.addr, err = freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	httpAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	g.metricsURL = "http://" + httpAddr + "/metrics"
+	g.cmd = exec.CommandContext(ctx, binary, "--dev", "--data-dir", filepath.Join(dir, "data"), "--listen", g.addr,
+		"--http-listen", httpAddr, "--dev-root-token", g.token, "--log-level", "warn")
+	logFile, err := os.Create(filepath.Join(dir, "graftd.log"))
+	if err != nil {
+		return nil, err
+	}
+	g.cmd.Stdout, g.cmd.Stderr = logFile, logFile
+	if err := g.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("agents: start %s: %w", binary, err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if resp, err := http.Get("http://" + httpAddr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return g, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			g.stop()
+			return nil, fmt.Errorf("agents: graftd not ready after 30 s (its log was in %s)", logFile.Name())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (g *graftdProcess) stop() {
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	g.cmd.Wait()
+	os.RemoveAll(g.dir)
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func seconds(d time.Duration) float64 { return math.Round(d.Seconds()*100) / 100 }
+
+func writeAgents(w io.Writer, r agentsResult) error {
+	fmt.Fprintf(w, "agents:             %d (%s graftd)\n", r.Agents, r.Mode)
+	fmt.Fprintf(w, "setup:              %.2f s (tokens and one share to every application)\n", r.SetupS)
+	fmt.Fprintf(w, "start:              %.2f s until every agent rendered\n", r.StartS)
+	fmt.Fprintf(w, "graftd rss:         %.1f MB before, %.1f MB idle, %.1f MB after the change\n", r.RSSBeforeMB, r.RSSIdleMB, r.RSSAfterMB)
+	fmt.Fprintf(w, "graftd cpu idle:    %.2f cores over %.1f s\n", r.GraftdCPU, r.IdleS)
+	fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (sweeps up to %.0f ms apart)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS, r.SweepMS)
+	fmt.Fprintf(w, "reports live:       %d\n", r.ReportsLive)
+	for _, n := range r.Notes {
+		fmt.Fprintln(w, "note: "+n)
+	}
+	return nil
+}
