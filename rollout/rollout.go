@@ -29,8 +29,8 @@ type Report struct {
 	Reason    string           `json:"reason,omitempty"`
 	// Time is when the agent first reported this state: a report that
 	// changes nothing only renews the lease.
-	Time time.Time `json:"time"`
-	Principal string           `json:"principal"`
+	Time      time.Time `json:"time"`
+	Principal string    `json:"principal"`
 	// Lease is the etcd lease the report lives by.
 	Lease int64 `json:"lease"`
 }
