@@ -67,6 +67,10 @@ type Snapshot[T any] struct {
 	mu    sync.RWMutex
 	items map[string]Item[T]
 	rev   int64 // the source revision items reflect
+	// done is the revision whose OnChange has returned; moved is closed
+	// (and replaced) each time it advances.
+	done  int64
+	moved chan struct{}
 }
 
 // New returns an empty snapshot; Run fills it and keeps it current.
@@ -77,7 +81,7 @@ func New[T any](cfg Config[T]) (*Snapshot[T], error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Snapshot[T]{cfg: cfg, log: cfg.Logger, loaded: make(chan struct{}), items: map[string]Item[T]{}}, nil
+	return &Snapshot[T]{cfg: cfg, log: cfg.Logger, loaded: make(chan struct{}), items: map[string]Item[T]{}, moved: make(chan struct{})}, nil
 }
 
 // Run loads the collection and follows its changes until ctx ends,
@@ -103,6 +107,38 @@ func (s *Snapshot[T]) Run(ctx context.Context) error {
 func (s *Snapshot[T]) Refresh(ctx context.Context) error {
 	_, err := s.load(ctx)
 	return err
+}
+
+// awaitList is how long Await waits for the watch before it lists.
+const awaitList = time.Second
+
+// Await returns once the snapshot, and what OnChange derives from it,
+// reflect revision rev: a change the caller just committed to the
+// collection, which its caller may then rely on at once. It costs nothing
+// when the watch has already brought the change, and waits for it
+// otherwise (usually milliseconds); should the watch not bring it within a
+// second (it is broken, or Run is not running), Await lists the
+// collection instead, as Refresh does. Unlike Refresh it does not read the
+// whole collection on every write, which at thousands of items (tokens of
+// as many applications) is most of a write's cost.
+func (s *Snapshot[T]) Await(ctx context.Context, rev int64) error {
+	timer := time.NewTimer(awaitList)
+	defer timer.Stop()
+	for {
+		s.mu.RLock()
+		done, moved := s.done, s.moved
+		s.mu.RUnlock()
+		if done >= rev {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-timer.C:
+			return s.Refresh(ctx)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // Loaded is closed once the collection has been listed.
@@ -190,8 +226,17 @@ func (s *Snapshot[T]) applyChanges(batch []Change[T]) {
 	}
 }
 
+// changed runs OnChange, then tells Await the revision is in effect. The
+// caller holds s.apply.
 func (s *Snapshot[T]) changed(items []Item[T], rev int64) {
 	if s.cfg.OnChange != nil {
 		s.cfg.OnChange(items, rev)
 	}
+	s.mu.Lock()
+	if rev > s.done {
+		s.done = rev
+		close(s.moved)
+		s.moved = make(chan struct{})
+	}
+	s.mu.Unlock()
 }

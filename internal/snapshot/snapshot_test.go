@@ -2,7 +2,9 @@ package snapshot_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,5 +172,50 @@ func TestSnapshotIgnoresOlderChanges(t *testing.T) {
 	}
 	if items, rev := s.Items(); len(items) != 1 || rev != 2 || changes != 1 {
 		t.Fatalf("items %+v at %d after %d OnChange calls; want a=new at 2, one call", items, rev, changes)
+	}
+}
+
+// Await returns once a change just made, and OnChange's view of it, are in
+// effect: from the watch without listing again, or, with no watch running,
+// by listing after a second.
+func TestAwaitSeesTheCallersChange(t *testing.T) {
+	src := newMemSource()
+	var view atomic.Int64 // the revision OnChange last derived a view at
+	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(_ []snapshot.Item[string], rev int64) {
+		time.Sleep(20 * time.Millisecond) // a slow index rebuild
+		view.Store(rev)
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	<-s.Loaded()
+	lists := src.lists
+	for i := range 5 {
+		rev := src.put("k", strconv.Itoa(i))
+		if err := s.Await(t.Context(), rev); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := s.Get("k"); v != strconv.Itoa(i) || view.Load() < rev {
+			t.Fatalf("after Await(%d): k = %q, view at %d", rev, v, view.Load())
+		}
+	}
+	if src.lists != lists {
+		t.Fatalf("Await listed the collection %d times with the watch running", src.lists-lists)
+	}
+	cancel()
+	src.breakWatches()
+	<-done
+
+	// Nothing follows the source any more: Await lists.
+	rev := src.put("k", "late")
+	start := time.Now()
+	if err := s.Await(t.Context(), rev); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.Get("k"); v != "late" || src.lists != lists+1 {
+		t.Fatalf("Await without a watch: k = %q after %d lists", v, src.lists-lists)
+	}
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Fatalf("Await listed after %s, before giving the watch its second", waited)
 	}
 }
