@@ -19,20 +19,24 @@ test: ## run every unit and in-process test with the race detector
 	go test $(GO_TEST_FLAGS) ./...
 
 # Images for the Docker integration suite, FROM scratch: graftd from this
-# module, etcd and nats-server built from the versions go.mod pins.
+# module, etcd and nats-server built from the versions go.mod pins, and the
+# docker reload test's application (integration/envserver).
 GRAFT_IMAGE ?= graft-graftd:dev
 GRAFT_ETCD_IMAGE ?= graft-etcd:dev
 GRAFT_NATS_IMAGE ?= graft-nats:dev
-export GRAFT_IMAGE GRAFT_ETCD_IMAGE GRAFT_NATS_IMAGE
+GRAFT_ENVSERVER_IMAGE ?= graft-envserver:dev
+export GRAFT_IMAGE GRAFT_ETCD_IMAGE GRAFT_NATS_IMAGE GRAFT_ENVSERVER_IMAGE
 
-images: ## build FROM-scratch Docker images of graftd, etcd and nats-server (names: GRAFT_IMAGE, GRAFT_ETCD_IMAGE, GRAFT_NATS_IMAGE)
-	mkdir -p build/graftd build/etcd build/nats
+images: ## build FROM-scratch Docker images of graftd, etcd, nats-server and envserver (names: GRAFT_IMAGE, GRAFT_ETCD_IMAGE, GRAFT_NATS_IMAGE, GRAFT_ENVSERVER_IMAGE)
+	mkdir -p build/graftd build/etcd build/nats build/envserver
 	CGO_ENABLED=0 go build -trimpath -o build/graftd/app ./cmd/graftd
 	CGO_ENABLED=0 go build -trimpath -o build/etcd/app go.etcd.io/etcd/server/v3
 	CGO_ENABLED=0 go build -trimpath -o build/nats/app github.com/nats-io/nats-server/v2
+	CGO_ENABLED=0 go build -trimpath -o build/envserver/app ./integration/envserver
 	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_IMAGE) build/graftd
 	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_ETCD_IMAGE) build/etcd
 	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_NATS_IMAGE) build/nats
+	docker build -q -f deploy/scratch.Dockerfile -t $(GRAFT_ENVSERVER_IMAGE) build/envserver
 
 COMPOSE := docker-compose -f deploy/docker-compose.yml
 

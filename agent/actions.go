@@ -21,6 +21,8 @@ func (a Action) kind() string {
 		return "signal"
 	case a.HTTP != nil:
 		return "http"
+	case a.Docker != nil:
+		return "docker"
 	default:
 		return "command"
 	}
@@ -33,8 +35,19 @@ func (a Action) run(ctx context.Context) error {
 		return a.Signal.run()
 	case a.HTTP != nil:
 		return a.HTTP.run(ctx)
+	case a.Docker != nil:
+		return a.Docker.run(ctx)
 	default:
 		return runCommand(ctx, a.Command, 0)
+	}
+}
+
+// closeActions releases what the actions hold open between reloads.
+func closeActions(actions []Action) {
+	for _, a := range actions {
+		if a.Docker != nil {
+			a.Docker.close()
+		}
 	}
 }
 

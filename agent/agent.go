@@ -1,13 +1,14 @@
 // Package agent is graft-agent: it runs next to an application, renders
 // the application's values from its tree in graft (/app/<name>) into
-// files, and makes the application use them (a signal, an HTTP call or a
-// command after any file changed, then a health check). It reads one
-// consistent snapshot of the tree, renders everything from it, then
-// follows one watch stream from that revision, resuming after graftd
-// restarts and reading a new snapshot if its revision was compacted. It
-// never applies an older revision over a newer one, writes a file only
-// when its bytes change, and keeps values out of its logs, metrics and
-// errors. It links no graftd code: it talks to graftd through the SDK.
+// files, and makes the application use them (a signal, an HTTP call, a
+// command or a container restart after any file changed, then a health
+// check). It reads one consistent snapshot of the tree, renders everything
+// from it, then follows one watch stream from that revision, resuming
+// after graftd restarts and reading a new snapshot if its revision was
+// compacted. It never applies an older revision over a newer one, writes a
+// file only when its bytes change, and keeps values out of its logs,
+// metrics and errors. It links no graftd code: it talks to graftd through
+// the SDK.
 package agent
 
 import (
@@ -205,6 +206,7 @@ var ErrTemplates = errors.New("a template failed")
 // reports) and returns, with ErrTemplates if a template failed.
 func (a *Agent) Run(ctx context.Context) error {
 	defer func() { a.client.Close() }()
+	defer closeActions(a.cfg.Reload)
 	if a.cfg.Once || a.cfg.DryRun {
 		return a.runOnce(ctx)
 	}

@@ -83,6 +83,7 @@ type Action struct {
 	Signal  *SignalAction `yaml:"signal"`
 	HTTP    *HTTPAction   `yaml:"http"`
 	Command []string      `yaml:"command"`
+	Docker  *DockerAction `yaml:"docker"`
 }
 
 // SignalAction sends Signal to the process whose pid is in Pidfile.
@@ -240,8 +241,12 @@ func (c Config) Validate() error {
 				p.Add("%s: command: give the program and its arguments as a list", where)
 			}
 		}
+		if a.Docker != nil {
+			n++
+			a.Docker.validate(where, p.Add)
+		}
 		if n != 1 {
-			p.Add("%s: give exactly one of signal, http and command", where)
+			p.Add("%s: give exactly one of signal, http, command and docker", where)
 		}
 	}
 	checks := 0

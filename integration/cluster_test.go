@@ -65,12 +65,10 @@ type cluster struct {
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	ctx := context.Background()
+	requireDocker(t)
 	nw, err := network.New(ctx)
 	if err != nil {
-		if os.Getenv("GRAFT_REQUIRE_DOCKER") == "1" {
-			t.Fatalf("docker: %v", err)
-		}
-		t.Skipf("no Docker engine (%v); set GRAFT_REQUIRE_DOCKER=1 to fail instead", err)
+		t.Fatalf("docker network: %v", err)
 	}
 	t.Cleanup(func() { nw.Remove(context.Background()) })
 	c := &cluster{t: t, ctx: ctx, net: nw}
@@ -98,26 +96,50 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
-// start runs a container on the cluster's network under alias, and
-// terminates it at the end of the test.
+// requireDocker skips the test without a Docker engine, or fails it when
+// GRAFT_REQUIRE_DOCKER=1 (as in CI).
+func requireDocker(t *testing.T) {
+	t.Helper()
+	cli, err := testcontainers.NewDockerClientWithOpts(context.Background())
+	if err == nil {
+		_, err = cli.Ping(context.Background(), client.PingOptions{})
+		cli.Close()
+	}
+	if err != nil {
+		if os.Getenv("GRAFT_REQUIRE_DOCKER") == "1" {
+			t.Fatalf("docker: %v", err)
+		}
+		t.Skipf("no Docker engine (%v); set GRAFT_REQUIRE_DOCKER=1 to fail instead", err)
+	}
+}
+
+// start runs a container on the cluster's network under alias.
 func (c *cluster) start(req testcontainers.ContainerRequest, alias string) testcontainers.Container {
 	c.t.Helper()
 	req.Networks = []string{c.net.Name}
 	req.NetworkAliases = map[string][]string{c.net.Name: {alias}}
-	ctr, err := testcontainers.GenericContainer(c.ctx, testcontainers.GenericContainerRequest{ContainerRequest: req, Started: true})
+	return startContainer(c.t, req, alias)
+}
+
+// startContainer runs a container, terminates it at the end of the test
+// and, if the test failed, shows the end of its log. Without its image the
+// test is skipped, or fails when GRAFT_REQUIRE_DOCKER=1.
+func startContainer(t *testing.T, req testcontainers.ContainerRequest, name string) testcontainers.Container {
+	t.Helper()
+	ctr, err := testcontainers.GenericContainer(context.Background(), testcontainers.GenericContainerRequest{ContainerRequest: req, Started: true})
 	if ctr != nil {
-		c.t.Cleanup(func() {
-			if c.t.Failed() {
-				c.dumpLogs(alias, ctr)
+		t.Cleanup(func() {
+			if t.Failed() {
+				dumpLogs(t, name, ctr)
 			}
 			ctr.Terminate(context.Background())
 		})
 	}
 	if err != nil {
 		if os.Getenv("GRAFT_REQUIRE_DOCKER") != "1" && strings.Contains(err.Error(), "No such image") {
-			c.t.Skipf("image %s is missing (make images): %v", req.Image, err)
+			t.Skipf("image %s is missing (make images): %v", req.Image, err)
 		}
-		c.t.Fatalf("start %s (%s): %v", alias, req.Image, err)
+		t.Fatalf("start %s (%s): %v", name, req.Image, err)
 	}
 	return ctr
 }
@@ -137,7 +159,7 @@ func (c *cluster) kill(ctr testcontainers.Container) {
 }
 
 // dumpLogs writes the last lines of a container's log to the test log.
-func (c *cluster) dumpLogs(name string, ctr testcontainers.Container) {
+func dumpLogs(t *testing.T, name string, ctr testcontainers.Container) {
 	rc, err := ctr.Logs(context.Background())
 	if err != nil {
 		return
@@ -151,7 +173,7 @@ func (c *cluster) dumpLogs(name string, ctr testcontainers.Container) {
 	if len(lines) > 40 {
 		lines = lines[len(lines)-40:]
 	}
-	c.t.Logf("--- %s log (last %d lines)\n%s", name, len(lines), strings.Join(lines, "\n"))
+	t.Logf("--- %s log (last %d lines)\n%s", name, len(lines), strings.Join(lines, "\n"))
 }
 
 // graftdArgs is how every graftd of the cluster runs: production mode
@@ -193,7 +215,7 @@ func (c *cluster) breakGlass() string {
 	}, "break-glass")
 	st, err := ctr.State(c.ctx)
 	if err != nil || st.ExitCode != 0 {
-		c.dumpLogs("break-glass", ctr)
+		dumpLogs(c.t, "break-glass", ctr)
 		c.t.Fatalf("break-glass exited %v (%v)", st, err)
 	}
 	rc, err := ctr.Logs(c.ctx)

@@ -31,7 +31,7 @@ type TemplateReport struct {
 
 // ReloadReport is one reload action's outcome.
 type ReloadReport struct {
-	Kind  string // signal, http or command
+	Kind  string // the reload action's key (signal, http, command, docker, ...), or exec
 	OK    bool
 	Error string
 }

@@ -58,7 +58,7 @@ listen: 0.0.0.0:7431
 	for _, want := range []string{
 		`app "a/b"`, "token_file: give the file", "destination \"relative.txt\" must be an absolute path",
 		"give exactly one of contents and source", `mode "999"`, "signal.pidfile is required", `signal "SIGFOO"`,
-		`http.url "ftp://x"`, "reload[1]: give exactly one of signal, http and command", "health: give one of",
+		`http.url "ftp://x"`, "reload[1]: give exactly one of signal, http, command and docker", "health: give one of",
 		"wait: want 0 <= min <= max", `listen "0.0.0.0:7431": want a loopback`,
 	} {
 		if !strings.Contains(err.Error(), want) {

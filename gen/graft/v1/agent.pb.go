@@ -226,7 +226,9 @@ func (x *TemplateReport) GetError() string {
 // ReloadReport is the outcome of one reload action.
 type ReloadReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// signal, http or command.
+	// The action's key in graft-agent's reload configuration (signal, http,
+	// command, docker, ...), or exec when the agent restarted the
+	// application it runs.
 	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Whether it succeeded (after its retries).
 	Ok bool `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
