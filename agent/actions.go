@@ -21,18 +21,22 @@ func (a Action) kind() string {
 		return "signal"
 	case a.HTTP != nil:
 		return "http"
+	case a.Kubernetes != nil:
+		return "kubernetes"
 	default:
 		return "command"
 	}
 }
 
-// run performs one reload action once.
-func (a Action) run(ctx context.Context) error {
+// run performs one reload action once; kube runs a kubernetes action.
+func (a Action) run(ctx context.Context, kube *kubeRestarter) error {
 	switch {
 	case a.Signal != nil:
 		return a.Signal.run()
 	case a.HTTP != nil:
 		return a.HTTP.run(ctx)
+	case a.Kubernetes != nil:
+		return kube.run(ctx)
 	default:
 		return runCommand(ctx, a.Command, 0)
 	}
