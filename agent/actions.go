@@ -23,13 +23,15 @@ func (a Action) kind() string {
 		return "http"
 	case a.Docker != nil:
 		return "docker"
+	case a.Kubernetes != nil:
+		return "kubernetes"
 	default:
 		return "command"
 	}
 }
 
-// run performs one reload action once.
-func (a Action) run(ctx context.Context) error {
+// run performs one reload action once; kube runs a kubernetes action.
+func (a Action) run(ctx context.Context, kube *kubeRestarter) error {
 	switch {
 	case a.Signal != nil:
 		return a.Signal.run()
@@ -37,6 +39,8 @@ func (a Action) run(ctx context.Context) error {
 		return a.HTTP.run(ctx)
 	case a.Docker != nil:
 		return a.Docker.run(ctx)
+	case a.Kubernetes != nil:
+		return kube.run(ctx)
 	default:
 		return runCommand(ctx, a.Command, 0)
 	}

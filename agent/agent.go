@@ -1,14 +1,14 @@
 // Package agent is graft-agent: it runs next to an application, renders
 // the application's values from its tree in graft (/app/<name>) into
 // files, and makes the application use them (a signal, an HTTP call, a
-// command or a container restart after any file changed, then a health
-// check). It reads one consistent snapshot of the tree, renders everything
-// from it, then follows one watch stream from that revision, resuming
-// after graftd restarts and reading a new snapshot if its revision was
-// compacted. It never applies an older revision over a newer one, writes a
-// file only when its bytes change, and keeps values out of its logs,
-// metrics and errors. It links no graftd code: it talks to graftd through
-// the SDK.
+// command, a container restart or a Kubernetes rollout restart after any
+// file changed, then a health check). It reads one consistent snapshot of
+// the tree, renders everything from it, then follows one watch stream from
+// that revision, resuming after graftd restarts and reading a new snapshot
+// if its revision was compacted. It never applies an older revision over a
+// newer one, writes a file only when its bytes change, and keeps values out
+// of its logs, metrics and errors. It links no graftd code: it talks to
+// graftd through the SDK.
 package agent
 
 import (
@@ -48,6 +48,10 @@ type Agent struct {
 	revision int64
 	state    []rendered
 	modTimes []time.Time
+
+	// kube runs the kubernetes reload actions, by their index in
+	// cfg.Reload, each with its own client kept across reloads.
+	kube map[int]*kubeRestarter
 
 	// What the last reload did, for reports.
 	reloads []sdk.ReloadReport
@@ -109,7 +113,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	reg := prometheus.NewRegistry()
 	a := &Agent{cfg: cfg, sc: sc, token: token, host: host, healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
-		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
+		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates)),
+		kube: map[int]*kubeRestarter{}}
+	for i, act := range cfg.Reload {
+		if act.Kubernetes != nil {
+			a.kube[i] = newKubeRestarter(act.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes"))
+		}
+	}
 	if cfg.Listen != "off" && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
@@ -509,14 +519,16 @@ func (a *Agent) view() *view {
 	return &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
 }
 
-// reload runs the reload actions in order, each retried with backoff, then
-// waits for the health check.
+// reload runs the reload actions in order, each retried with backoff
+// unless its failure is final (a failed rollout), then waits for the
+// health check.
 func (a *Agent) reload(ctx context.Context) {
 	a.reloads, a.healthy, a.reason = nil, true, ""
-	for _, act := range a.cfg.Reload {
+	for i, act := range a.cfg.Reload {
 		var err error
-		for attempt, delay := 1, 500*time.Millisecond; ; attempt, delay = attempt+1, delay*2 {
-			if err = act.run(ctx); err == nil || attempt == reloadAttempts || ctx.Err() != nil {
+		attempt := 1
+		for delay := 500 * time.Millisecond; ; attempt, delay = attempt+1, delay*2 {
+			if err = act.run(ctx, a.kube[i]); err == nil || attempt == reloadAttempts || ctx.Err() != nil || isFinal(err) {
 				break
 			}
 			a.log.Warn("reload failed; retrying", "action", act.kind(), "attempt", attempt, "err", err)
@@ -527,7 +539,7 @@ func (a *Agent) reload(ctx context.Context) {
 		}
 		if err != nil {
 			a.metrics.reloads.WithLabelValues(act.kind(), "failed").Inc()
-			a.log.Error("reload failed", "action", act.kind(), "attempts", reloadAttempts, "err", err)
+			a.log.Error("reload failed", "action", act.kind(), "attempts", attempt, "err", err)
 			a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), Error: err.Error()})
 			a.healthy, a.reason = false, fmt.Sprintf("reload (%s) failed: %v", act.kind(), err)
 			continue

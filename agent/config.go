@@ -49,6 +49,10 @@ type Config struct {
 	// Once renders and exits; DryRun reports what would change and exits.
 	Once   bool `yaml:"-"`
 	DryRun bool `yaml:"-"`
+	// Kubernetes, when set, is the client of every kubernetes reload
+	// action, instead of one connected from the pod's service account or a
+	// kubeconfig (tests give client-go's fake).
+	Kubernetes KubernetesClient `yaml:"-"`
 	// base is the directory relative template sources are read from (the
 	// configuration file's).
 	base string
@@ -80,10 +84,11 @@ type Template struct {
 
 // Action is one reload step; exactly one of its fields is set.
 type Action struct {
-	Signal  *SignalAction `yaml:"signal"`
-	HTTP    *HTTPAction   `yaml:"http"`
-	Command []string      `yaml:"command"`
-	Docker  *DockerAction `yaml:"docker"`
+	Signal     *SignalAction     `yaml:"signal"`
+	HTTP       *HTTPAction       `yaml:"http"`
+	Command    []string          `yaml:"command"`
+	Docker     *DockerAction     `yaml:"docker"`
+	Kubernetes *KubernetesAction `yaml:"kubernetes"`
 }
 
 // SignalAction sends Signal to the process whose pid is in Pidfile.
@@ -245,8 +250,12 @@ func (c Config) Validate() error {
 			n++
 			a.Docker.validate(where, p.Add)
 		}
+		if a.Kubernetes != nil {
+			n++
+			a.Kubernetes.validate(where, p.Add)
+		}
 		if n != 1 {
-			p.Add("%s: give exactly one of signal, http, command and docker", where)
+			p.Add("%s: give exactly one of signal, http, command, docker and kubernetes", where)
 		}
 	}
 	checks := 0

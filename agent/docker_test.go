@@ -251,7 +251,7 @@ func TestDockerActionConfig(t *testing.T) {
 	for _, want := range []string{
 		"reload[0]: docker.container is required", `reload[0]: docker.host "ssh://me@host": want unix://`,
 		"reload[0]: docker.timeout must not be negative", `reload[1]: docker.container "-x y": want a container name`,
-		"reload[1]: give exactly one of signal, http, command and docker",
+		"reload[1]: give exactly one of signal, http, command, docker and kubernetes",
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("the problems lack %q:\n%v", want, err)

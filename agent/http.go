@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "graft_agent_renders_total", Help: "Template renders, by outcome (written, unchanged, failed).",
 		}, []string{"outcome"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "graft_agent_reloads_total", Help: "Reload actions, by kind (signal, http, command, docker) and outcome (ok, failed: after its retries).",
+			Name: "graft_agent_reloads_total", Help: "Reload actions, by kind (signal, http, command, docker, kubernetes) and outcome (ok, failed: after its retries).",
 		}, []string{"kind", "outcome"}),
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "graft_agent_applied_revision", Help: "The store revision of the tree the agent last rendered from.",

@@ -48,6 +48,7 @@ reload:
   - signal: {signal: SIGFOO}
   - http: {url: ftp://x}
     command: [x]
+  - kubernetes: {deployment: Message_Processor, namespace: prod, timeout: 2m}
 health: {http: "http://x", tcp: "x:1"}
 wait: {min: 10s, max: 1s}
 listen: 0.0.0.0:7431
@@ -58,7 +59,7 @@ listen: 0.0.0.0:7431
 	for _, want := range []string{
 		`app "a/b"`, "token_file: give the file", "destination \"relative.txt\" must be an absolute path",
 		"give exactly one of contents and source", `mode "999"`, "signal.pidfile is required", `signal "SIGFOO"`,
-		`http.url "ftp://x"`, "reload[1]: give exactly one of signal, http, command and docker", "health: give one of",
+		`http.url "ftp://x"`, "reload[1]: give exactly one of signal, http, command, docker and kubernetes", `reload[2]: kubernetes.deployment "Message_Processor"`, "health: give one of",
 		"wait: want 0 <= min <= max", `listen "0.0.0.0:7431": want a loopback`,
 	} {
 		if !strings.Contains(err.Error(), want) {
