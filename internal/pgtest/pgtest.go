@@ -51,16 +51,7 @@ type Server struct {
 // refuses to run as root.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := os.Getenv("GRAFT_PG_BINDIR")
-	if bin == "" {
-		bin = DefaultBinDir
-	}
-	for _, prog := range []string{"initdb", "postgres"} {
-		if _, err := os.Stat(filepath.Join(bin, prog)); err != nil {
-			unavailable(t, fmt.Sprintf("PostgreSQL's %s is not in %s (apt-get install postgresql-15, or set GRAFT_PG_BINDIR)", prog, bin))
-		}
-	}
-	cred, err := runAs()
+	bin, cred, err := prerequisites()
 	if err != nil {
 		unavailable(t, err.Error())
 	}
@@ -97,7 +88,7 @@ func Start(t testing.TB) *Server {
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
-			t.Logf("pgtest: the server's log (%s):\n%s", filepath.Join(dir, logFile), s.Log())
+			t.Logf("pgtest: the server's log, its last %d lines:\n%s", logTail, Tail(s.Log(), logTail))
 		}
 	})
 	s.StartTime = time.Since(began)
@@ -120,6 +111,21 @@ func unavailable(t testing.TB, reason string) {
 		t.Fatalf("pgtest: %s (GRAFT_REQUIRE_PG=1)", reason)
 	}
 	t.Skipf("pgtest: %s; set GRAFT_REQUIRE_PG=1 to fail instead", reason)
+}
+
+// prerequisites finds the server's programs and the user to run them as.
+func prerequisites() (bin string, cred *syscall.Credential, err error) {
+	bin = os.Getenv("GRAFT_PG_BINDIR")
+	if bin == "" {
+		bin = DefaultBinDir
+	}
+	for _, prog := range []string{"initdb", "postgres"} {
+		if _, err := os.Stat(filepath.Join(bin, prog)); err != nil {
+			return "", nil, fmt.Errorf("PostgreSQL's %s is not in %s (apt-get install postgresql-15, or set GRAFT_PG_BINDIR)", prog, bin)
+		}
+	}
+	cred, err = runAs()
+	return bin, cred, err
 }
 
 // runAs is the identity the server runs as: nil (this process's) unless
@@ -251,6 +257,15 @@ func (s *Server) Log() string {
 	return string(data)
 }
 
+// logTail is how much of the server's log a failed test shows.
+const logTail = 60
+
+// Tail is the last n lines of log.
+func Tail(log string, n int) string {
+	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 // URL is a connection URL for user on database, over TCP.
 func (s *Server) URL(user, password, database string) string {
 	u := url.URL{
@@ -263,8 +278,8 @@ func (s *Server) URL(user, password, database string) string {
 	return u.String()
 }
 
-// Exec runs sql as the superuser in database, failing the test on error.
-func (s *Server) Exec(t testing.TB, database, sql string, args ...any) {
+// Connect connects as the superuser to database until the test ends.
+func (s *Server) Connect(t testing.TB, database string) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -272,7 +287,17 @@ func (s *Server) Exec(t testing.TB, database, sql string, args ...any) {
 	if err != nil {
 		t.Fatalf("pgtest: connect to %s: %v", database, err)
 	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// Exec runs sql as the superuser in database, failing the test on error.
+func (s *Server) Exec(t testing.TB, database, sql string, args ...any) {
+	t.Helper()
+	conn := s.Connect(t, database)
 	defer conn.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
 		t.Fatalf("pgtest: %s: %v", sql, err)
 	}

@@ -73,8 +73,8 @@ func TestNoServerOutlivesItsTest(t *testing.T) {
 		fmt.Println(s.Dir)
 		select {}
 	}
-	if _, err := os.Stat(filepath.Join(DefaultBinDir, "postgres")); err != nil && os.Getenv("GRAFT_PG_BINDIR") == "" {
-		unavailable(t, "no PostgreSQL binaries")
+	if _, _, err := prerequisites(); err != nil {
+		unavailable(t, err.Error())
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -102,7 +102,7 @@ func TestNoServerOutlivesItsTest(t *testing.T) {
 	if dir == "" {
 		child.Process.Kill()
 		child.Wait()
-		t.Skip("the child started no server (skipped there: see its output)")
+		t.Fatal("the child started no server (see its output)")
 	}
 	pid := postmasterPid(t, dir)
 
