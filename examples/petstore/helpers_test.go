@@ -98,6 +98,10 @@ func startPetstore(t *testing.T, env []string, args ...string) *process {
 	go func() { cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		p.stop()
+		// Under -race petstore is race-instrumented too; its reports go to its log.
+		if strings.Contains(p.log.String(), "WARNING: DATA RACE") {
+			t.Error("the race detector found a data race in petstore")
+		}
 		if t.Failed() {
 			t.Logf("petstore's log, its last 60 lines:\n%s", pgtest.Tail(p.log.String(), 60))
 		}
