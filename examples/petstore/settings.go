@@ -1,0 +1,137 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Settings are how petstore connects to PostgreSQL. Settings are
+// comparable: a reload opens a new pool only when they changed.
+type Settings struct {
+	Host, Port, Name, User, Password, SSLMode string
+}
+
+// keys are the settings' names, in the file and in the environment.
+var keys = []string{"DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE"}
+
+var keyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+var sslModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+// source is where the settings come from: the file given with --config,
+// or else the process's environment.
+type source struct{ file string }
+
+// load reads the settings again. Its errors never hold a value: the file
+// may hold a password on any line.
+func (s source) load() (Settings, error) {
+	if s.file == "" {
+		set, err := parseSettings(os.LookupEnv)
+		if err != nil {
+			return Settings{}, fmt.Errorf("settings in the environment: %w", err)
+		}
+		return set, nil
+	}
+	data, err := os.ReadFile(s.file)
+	if err != nil {
+		return Settings{}, fmt.Errorf("read settings: %w", err)
+	}
+	values, err := parseEnvFile(string(data))
+	if err != nil {
+		return Settings{}, fmt.Errorf("read settings from %s: %w", s.file, err)
+	}
+	set, err := parseSettings(func(k string) (string, bool) { v, ok := values[k]; return v, ok })
+	if err != nil {
+		return Settings{}, fmt.Errorf("settings in %s: %w", s.file, err)
+	}
+	return set, nil
+}
+
+// parseEnvFile reads KEY=VALUE lines, as graft-agent renders them. The
+// value is the rest of the line exactly, without quoting or escapes, so a
+// template needs no escaping for any password without a newline. Blank
+// lines, lines starting with # and a leading "export " are allowed, so the
+// same file can be sourced by a shell; unknown keys are refused, since a
+// misspelt key would otherwise be silently ignored.
+func parseEnvFile(data string) (map[string]string, error) {
+	values := map[string]string{}
+	var errs []error
+	for n, line := range strings.Split(data, "\n") {
+		line = strings.TrimSuffix(line, "\r")
+		if t := strings.TrimSpace(line); t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		key, value, ok := strings.Cut(line, "=")
+		key = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(key), "export "))
+		switch {
+		case !ok || !keyRE.MatchString(key):
+			// Not quoted: a broken line may be part of a password.
+			errs = append(errs, fmt.Errorf("line %d is not KEY=VALUE", n+1))
+		case !slices.Contains(keys, key):
+			errs = append(errs, fmt.Errorf("line %d: unknown key %q (known: %s)", n+1, key, strings.Join(keys, ", ")))
+		case hasKey(values, key):
+			errs = append(errs, fmt.Errorf("line %d: %s is set twice", n+1, key))
+		default:
+			values[key] = value
+		}
+	}
+	return values, errors.Join(errs...)
+}
+
+func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+
+// parseSettings takes the settings from lookup, with defaults for the
+// port (5432) and the TLS mode (prefer, as libpq), and reports every
+// problem at once.
+func parseSettings(lookup func(string) (string, bool)) (Settings, error) {
+	get := func(key, def string) string {
+		if v, ok := lookup(key); ok && v != "" {
+			return v
+		}
+		return def
+	}
+	s := Settings{
+		Host: get("DB_HOST", ""), Port: get("DB_PORT", "5432"), Name: get("DB_NAME", ""),
+		User: get("DB_USER", ""), Password: get("DB_PASSWORD", ""), SSLMode: get("DB_SSLMODE", "prefer"),
+	}
+	var errs []error
+	for _, required := range []struct{ key, value string }{{"DB_HOST", s.Host}, {"DB_NAME", s.Name}, {"DB_USER", s.User}} {
+		if required.value == "" {
+			errs = append(errs, fmt.Errorf("%s is not set", required.key))
+		}
+	}
+	if p, err := strconv.Atoi(s.Port); err != nil || p < 1 || p > 65535 {
+		errs = append(errs, errors.New("DB_PORT is not a port number (1-65535)"))
+	}
+	if !slices.Contains(sslModes, s.SSLMode) {
+		errs = append(errs, fmt.Errorf("DB_SSLMODE is not one of %s", strings.Join(sslModes, ", ")))
+	}
+	return s, errors.Join(errs...)
+}
+
+// String names the settings for logs and errors, without the password.
+func (s Settings) String() string {
+	return fmt.Sprintf("user %s on %s:%s, database %s", s.User, s.Host, s.Port, s.Name)
+}
+
+// poolConfig is the pgxpool configuration for s.
+func (s Settings) poolConfig() (*pgxpool.Config, error) {
+	quote := strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace
+	cfg, err := pgxpool.ParseConfig(fmt.Sprintf("host='%s' port=%s dbname='%s' user='%s' sslmode=%s",
+		quote(s.Host), s.Port, quote(s.Name), quote(s.User), s.SSLMode))
+	if err != nil {
+		return nil, fmt.Errorf("database settings (%s): %w", s, err)
+	}
+	// Set after parsing rather than written into the connection string, so
+	// that no parse error can quote it.
+	cfg.ConnConfig.Password = s.Password
+	cfg.ConnConfig.RuntimeParams["application_name"] = "petstore"
+	return cfg, nil
+}

@@ -1,0 +1,380 @@
+// Package pgtest runs a real PostgreSQL server for a test, started from the
+// machine's binaries (initdb, postgres) in a temporary directory on a
+// loopback port, and stopped when the test ends.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DefaultBinDir is where Debian's postgresql-15 package puts the server's
+// programs; GRAFT_PG_BINDIR overrides it.
+const DefaultBinDir = "/usr/lib/postgresql/15/bin"
+
+// Server is a running PostgreSQL.
+type Server struct {
+	// Host and Port are the TCP address (Host is always 127.0.0.1).
+	Host string
+	Port int
+	// Superuser logs in with SuperuserPassword over TCP (scram-sha-256).
+	Superuser, SuperuserPassword string
+	// DSN is the superuser's URL for the postgres database.
+	DSN string
+	// Dir holds the data directory (data), the unix socket and the
+	// server's log (postgres.log); it is removed when the test ends.
+	Dir string
+	// StartTime is how long initdb and the start until the first
+	// accepted connection took.
+	StartTime time.Duration
+}
+
+// Start runs a PostgreSQL server until the test ends. It skips the test
+// when the binaries are missing, or fails it instead when GRAFT_REQUIRE_PG=1.
+// As root, the server runs as the postgres system user, since PostgreSQL
+// refuses to run as root.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, cred, err := prerequisites()
+	if err != nil {
+		unavailable(t, err.Error())
+	}
+	removeStale()
+
+	began := time.Now()
+	dir, err := os.MkdirTemp("", dirPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// The owner file lets a later Start remove this directory if this
+	// process dies before its cleanup runs.
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Host: "127.0.0.1", Superuser: "postgres", SuperuserPassword: randomHex(16), Dir: dir}
+	if err := s.initdb(bin, cred); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	var p *process
+	for attempt := 1; ; attempt++ {
+		s.Port = freePort(t)
+		p, err = s.start(bin, cred)
+		if err == nil {
+			break
+		}
+		// Another process may take the free port before postgres binds it.
+		if !errors.Is(err, errPortTaken) || attempt == 3 {
+			t.Fatalf("pgtest: %v\n%s", err, s.Log())
+		}
+	}
+	s.DSN = s.URL(s.Superuser, s.SuperuserPassword, "postgres")
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("pgtest: the server's log, its last %d lines:\n%s", logTail, Tail(s.Log(), logTail))
+		}
+	})
+	s.StartTime = time.Since(began)
+	return s
+}
+
+const (
+	dirPrefix = "graft-pgtest-"
+	ownerFile = "owner.pid"
+	logFile   = "postgres.log"
+)
+
+var errPortTaken = errors.New("the port was taken")
+
+// unavailable skips the test, or fails it when the environment promises
+// PostgreSQL (CI).
+func unavailable(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv("GRAFT_REQUIRE_PG") == "1" {
+		t.Fatalf("pgtest: %s (GRAFT_REQUIRE_PG=1)", reason)
+	}
+	t.Skipf("pgtest: %s; set GRAFT_REQUIRE_PG=1 to fail instead", reason)
+}
+
+// prerequisites finds the server's programs and the user to run them as.
+func prerequisites() (bin string, cred *syscall.Credential, err error) {
+	bin = os.Getenv("GRAFT_PG_BINDIR")
+	if bin == "" {
+		bin = DefaultBinDir
+	}
+	for _, prog := range []string{"initdb", "postgres"} {
+		if _, err := os.Stat(filepath.Join(bin, prog)); err != nil {
+			return "", nil, fmt.Errorf("PostgreSQL's %s is not in %s (apt-get install postgresql-15, or set GRAFT_PG_BINDIR)", prog, bin)
+		}
+	}
+	cred, err = runAs()
+	return bin, cred, err
+}
+
+// runAs is the identity the server runs as: nil (this process's) unless
+// this process is root, then the postgres system user's.
+func runAs() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root needs a postgres system user for the server (adduser --system --group postgres): %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// command runs a program of bin as cred. The kernel stops it if this
+// process dies (Pdeathsig, set after the change of user), so a killed
+// test binary leaves no server behind; SIGQUIT is PostgreSQL's immediate
+// shutdown, which also ends the server's own children.
+func command(bin, prog string, cred *syscall.Credential, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(bin, prog), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT}
+	cmd.Env = []string{"LC_ALL=C", "TZ=UTC"}
+	return cmd
+}
+
+// initdb creates the cluster with a superuser who logs in by password
+// over TCP; the unix socket, in Dir and reachable only by the server's
+// user, trusts (for psql -h Dir while debugging).
+func (s *Server) initdb(bin string, cred *syscall.Credential) error {
+	pwfile := filepath.Join(s.Dir, "pwfile")
+	if err := os.WriteFile(pwfile, []byte(s.SuperuserPassword+"\n"), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(pwfile)
+	if err := chown(cred, s.Dir, pwfile); err != nil {
+		return err
+	}
+	cmd := command(bin, "initdb", cred,
+		"--pgdata", filepath.Join(s.Dir, "data"), "--username", s.Superuser, "--pwfile", pwfile,
+		"--auth-host", "scram-sha-256", "--auth-local", "trust",
+		"--encoding", "UTF8", "--no-locale", "--no-sync", "--no-instructions")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb: %w\n%s", err, out)
+	}
+	return nil
+}
+
+func chown(cred *syscall.Credential, names ...string) error {
+	if cred == nil {
+		return nil
+	}
+	for _, name := range names {
+		if err := os.Chown(name, int(cred.Uid), int(cred.Gid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// process is a running postgres and the channel closed when it exits.
+type process struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// start runs postgres, tuned for tests (nothing is durable), and waits
+// until the superuser can log in.
+func (s *Server) start(bin string, cred *syscall.Credential) (*process, error) {
+	logf, err := os.OpenFile(filepath.Join(s.Dir, logFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close() // the server holds its own descriptor
+	cmd := command(bin, "postgres", cred,
+		"-D", filepath.Join(s.Dir, "data"),
+		"-c", "listen_addresses=127.0.0.1", "-c", "port="+strconv.Itoa(s.Port),
+		"-c", "unix_socket_directories="+s.Dir,
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "log_line_prefix=%m [%p] %q%u@%d ")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	p := &process{cmd: cmd, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.exited) }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		conn, err := pgx.Connect(ctx, s.URL(s.Superuser, s.SuperuserPassword, "postgres"))
+		cancel()
+		if err == nil {
+			conn.Close(context.Background())
+			return p, nil
+		}
+		select {
+		case <-p.exited:
+			if strings.Contains(s.Log(), "Address already in use") {
+				return nil, errPortTaken
+			}
+			return nil, fmt.Errorf("postgres exited during start (%s)", cmd.ProcessState)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("postgres did not accept connections within 30s: %w", err)
+		}
+	}
+}
+
+// stop asks for a fast shutdown (SIGINT: sessions are ended, no waiting
+// for clients), then kills the server if it is still there after 10 s.
+func (p *process) stop() {
+	p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// Log is the server's log so far.
+func (s *Server) Log() string {
+	data, _ := os.ReadFile(filepath.Join(s.Dir, logFile))
+	return string(data)
+}
+
+// logTail is how much of the server's log a failed test shows.
+const logTail = 60
+
+// Tail is the last n lines of log.
+func Tail(log string, n int) string {
+	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// URL is a connection URL for user on database, over TCP.
+func (s *Server) URL(user, password, database string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword(user, password),
+		Host:     net.JoinHostPort(s.Host, strconv.Itoa(s.Port)),
+		Path:     "/" + database,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// Connect connects as the superuser to database until the test ends.
+func (s *Server) Connect(t testing.TB, database string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.URL(s.Superuser, s.SuperuserPassword, database))
+	if err != nil {
+		t.Fatalf("pgtest: connect to %s: %v", database, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// Exec runs sql as the superuser in database, failing the test on error.
+func (s *Server) Exec(t testing.TB, database, sql string, args ...any) {
+	t.Helper()
+	conn := s.Connect(t, database)
+	defer conn.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
+}
+
+// CreateDatabase creates database name owned by owner.
+func (s *Server) CreateDatabase(t testing.TB, name, owner string) {
+	t.Helper()
+	s.Exec(t, "postgres", "CREATE DATABASE "+Ident(name)+" OWNER "+Ident(owner))
+}
+
+// CreateUser creates a role that logs in with password, a member of the
+// roles in inRoles (it inherits their privileges).
+func (s *Server) CreateUser(t testing.TB, name, password string, inRoles ...string) {
+	t.Helper()
+	sql := "CREATE ROLE " + Ident(name) + " LOGIN PASSWORD " + Literal(password)
+	if len(inRoles) > 0 {
+		quoted := make([]string, len(inRoles))
+		for i, r := range inRoles {
+			quoted[i] = Ident(r)
+		}
+		sql += " IN ROLE " + strings.Join(quoted, ", ")
+	}
+	s.Exec(t, "postgres", sql)
+}
+
+// Ident quotes an SQL identifier.
+func Ident(name string) string { return pgx.Identifier{name}.Sanitize() }
+
+// Literal quotes an SQL string literal, for statements that take no
+// parameters (CREATE ROLE … PASSWORD).
+func Literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// removeStale removes the directories of servers whose test process died
+// before its cleanup (a timeout's panic, a SIGKILL). Pdeathsig has
+// already stopped their servers.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, dir := range dirs {
+		data, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(string(data))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) && !postmasterAlive(dir) {
+			os.RemoveAll(dir)
+		}
+	}
+}
+
+// postmasterAlive says whether the server whose data is in dir/data still
+// runs (its pid is the first line of postmaster.pid).
+func postmasterAlive(dir string) bool {
+	data, err := os.ReadFile(filepath.Join(dir, "data", "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	pid, err := strconv.Atoi(line)
+	return err == nil && !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
