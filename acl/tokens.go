@@ -128,12 +128,6 @@ func NewTokens(cfg TokensConfig) (*Tokens, error) {
 // reloading whenever the watch breaks.
 func (t *Tokens) Run(ctx context.Context) error { return t.snap.Run(ctx) }
 
-// Refresh reads the records again, so that every change committed before
-// the call is in effect when it returns. graftd calls it after creating or
-// revoking a token, so its caller can use the result at once; other
-// replicas learn of the change from the watch.
-func (t *Tokens) Refresh(ctx context.Context) error { return t.snap.Refresh(ctx) }
-
 // Loaded is closed once the records have been read.
 func (t *Tokens) Loaded() <-chan struct{} { return t.snap.Loaded() }
 
@@ -160,10 +154,20 @@ func (t *Tokens) Authenticate(_ context.Context, token string) (Principal, error
 	return Principal{Name: rec.Principal, Roles: rec.Roles, Method: "token", Accessor: rec.Accessor, Expires: rec.Expires}, nil
 }
 
-// Put stores a token record.
+// Put stores a token record. It returns once the token works here, so its
+// caller can hand it out; other replicas learn of it from their watch.
 func (t *Tokens) Put(ctx context.Context, rec TokenRecord) error {
-	if _, err := t.recs.Put(ctx, rec.Hash, rec); err != nil {
+	rev, err := t.recs.Put(ctx, rec.Hash, rec)
+	if err != nil {
 		return fmt.Errorf("store token for %s: %w", rec.Principal, err)
+	}
+	return t.await(ctx, rev)
+}
+
+// await makes a change just committed take effect here before it returns.
+func (t *Tokens) await(ctx context.Context, rev int64) error {
+	if err := t.snap.Await(ctx, rev); err != nil {
+		return fmt.Errorf("tokens: apply the change just stored: %w", err)
 	}
 	return nil
 }
@@ -174,12 +178,13 @@ func (t *Tokens) List(ctx context.Context) ([]TokenRecord, error) {
 }
 
 // Delete removes the token record with the given hash, or returns
-// store.ErrNotFound.
+// store.ErrNotFound. It returns once the token no longer works here.
 func (t *Tokens) Delete(ctx context.Context, hash string) error {
-	if _, err := t.recs.Delete(ctx, hash); err != nil {
+	rev, err := t.recs.Delete(ctx, hash)
+	if err != nil {
 		return fmt.Errorf("revoke token: %w", err)
 	}
-	return nil
+	return t.await(ctx, rev)
 }
 
 // ReplacePrincipal atomically removes every token of principal and stores

@@ -27,12 +27,10 @@ import (
 )
 
 // Tokens turns a bearer token into a principal and keeps the token
-// records. Refresh makes every token change committed before the call take
-// effect; the server calls it after creating or revoking a token, so the
-// caller can rely on the result at once.
+// records. Put and Delete return once the change is in effect on this
+// replica, so the caller can rely on the result at once.
 type Tokens interface {
 	Authenticate(ctx context.Context, token string) (acl.Principal, error)
-	Refresh(ctx context.Context) error
 	Put(ctx context.Context, rec acl.TokenRecord) error
 	List(ctx context.Context) ([]acl.TokenRecord, error)
 	Delete(ctx context.Context, hash string) error

@@ -61,7 +61,6 @@ func (s *Server) CreateToken(ctx context.Context, req *graftv1.CreateTokenReques
 	if err := s.auth.Put(ctx, rec); err != nil {
 		return nil, toStatus(err)
 	}
-	s.refreshTokens(ctx)
 	s.log.Info("token created", "principal", name, "roles", roles, "accessor", rec.Accessor, "creator", rec.Creator)
 	if app, ok := replicator.AppName(name); ok {
 		// The application's copies are in place before its token is handed
@@ -110,21 +109,12 @@ func (s *Server) RevokeToken(ctx context.Context, req *graftv1.RevokeTokenReques
 			if err := s.auth.Delete(ctx, r.Hash); err != nil {
 				return nil, toStatus(err)
 			}
-			s.refreshTokens(ctx)
 			s.log.Info("token revoked", "principal", r.Principal, "accessor", r.Accessor, "by", principal(ctx).Name)
 			return &graftv1.RevokeTokenResponse{Info: tokenInfo(r)}, nil
 		}
 	}
 	// Never echo the argument: it may be a token.
 	return nil, toStatus(fmt.Errorf("token revoke: %w: no token or accessor matches (see `graft token ls`)", store.ErrNotFound))
-}
-
-// refreshTokens makes a token change just made take effect here at once.
-// Should it fail, the change still arrives through the watch moments later.
-func (s *Server) refreshTokens(ctx context.Context) {
-	if err := s.auth.Refresh(ctx); err != nil {
-		s.log.Warn("reloading tokens after a change failed; the watch will apply it", "err", err)
-	}
 }
 
 // WhoAmI implements graftv1.TokenServiceServer.

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/graft-sh/graft/internal/retry"
@@ -57,10 +58,11 @@ type Config[T any] struct {
 
 // Snapshot is the in-memory copy. It is safe for concurrent use.
 type Snapshot[T any] struct {
-	cfg    Config[T]
-	log    *slog.Logger
-	loaded chan struct{}
-	once   sync.Once
+	cfg     Config[T]
+	log     *slog.Logger
+	loaded  chan struct{}
+	once    sync.Once
+	running atomic.Bool // Run is following the source
 
 	// apply serialises changes of items and the OnChange calls they make.
 	apply sync.Mutex
@@ -87,6 +89,8 @@ func New[T any](cfg Config[T]) (*Snapshot[T], error) {
 // Run loads the collection and follows its changes until ctx ends,
 // listing again whenever the watch breaks.
 func (s *Snapshot[T]) Run(ctx context.Context) error {
+	s.running.Store(true)
+	defer s.running.Store(false)
 	retry.Forever(ctx, s.log, "loading "+s.cfg.Name, 50*time.Millisecond, 2*time.Second, func(ctx context.Context) error {
 		rev, err := s.load(ctx)
 		if err != nil {
@@ -116,12 +120,21 @@ const awaitList = time.Second
 // reflect revision rev: a change the caller just committed to the
 // collection, which its caller may then rely on at once. It costs nothing
 // when the watch has already brought the change, and waits for it
-// otherwise (usually milliseconds); should the watch not bring it within a
-// second (it is broken, or Run is not running), Await lists the
-// collection instead, as Refresh does. Unlike Refresh it does not read the
+// otherwise (usually milliseconds). Should the watch not bring it within a
+// second (it is broken), or Run have ended, Await lists the collection
+// instead, as Refresh does; a snapshot never loaded has nothing to wait
+// for (its first list holds the change). Unlike Refresh it does not read the
 // whole collection on every write, which at thousands of items (tokens of
 // as many applications) is most of a write's cost.
 func (s *Snapshot[T]) Await(ctx context.Context, rev int64) error {
+	if !s.running.Load() {
+		select {
+		case <-s.loaded:
+			return s.Refresh(ctx) // Run has ended: nothing else brings it
+		default:
+			return nil // never loaded: the first list will hold it
+		}
+	}
 	timer := time.NewTimer(awaitList)
 	defer timer.Stop()
 	for {

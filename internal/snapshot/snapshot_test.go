@@ -206,14 +206,41 @@ func TestAwaitSeesTheCallersChange(t *testing.T) {
 	src.breakWatches()
 	<-done
 
-	// Nothing follows the source any more: Await lists.
+	// Nothing follows the source any more: Await lists at once.
 	rev := src.put("k", "late")
-	start := time.Now()
 	if err := s.Await(t.Context(), rev); err != nil {
 		t.Fatal(err)
 	}
 	if v, _ := s.Get("k"); v != "late" || src.lists != lists+1 {
-		t.Fatalf("Await without a watch: k = %q after %d lists", v, src.lists-lists)
+		t.Fatalf("Await without Run: k = %q after %d lists", v, src.lists-lists)
+	}
+}
+
+// silentSource lists, and its watch never delivers: a broken watch.
+type silentSource struct{ *memSource }
+
+func (silentSource) Watch(ctx context.Context, _ int64) <-chan []snapshot.Change[string] {
+	ch := make(chan []snapshot.Change[string])
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
+}
+
+// With a watch that does not deliver, Await lists after giving it a
+// second.
+func TestAwaitListsWhenTheWatchIsSilent(t *testing.T) {
+	src := silentSource{newMemSource()}
+	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: src})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	<-s.Loaded()
+	rev := src.put("k", "v")
+	start := time.Now()
+	if err := s.Await(t.Context(), rev); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.Get("k"); v != "v" {
+		t.Fatalf("k = %q after Await", v)
 	}
 	if waited := time.Since(start); waited < 900*time.Millisecond {
 		t.Fatalf("Await listed after %s, before giving the watch its second", waited)
