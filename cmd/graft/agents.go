@@ -12,6 +12,10 @@ import (
 	"github.com/graft-sh/graft/sdk"
 )
 
+// callLimit bounds each call of rollout status --wait, which has its own
+// --timeout for the whole wait.
+const callLimit = 10 * time.Second
+
 // exitNotRolledOut is rollout status's exit code when a consumer is not
 // there yet (or --wait timed out).
 const exitNotRolledOut = 3
@@ -162,30 +166,44 @@ again until they all are, or --timeout passes (then exit 3):
 			if timeout <= 0 {
 				return fmt.Errorf("rollout status: --timeout %s: want a positive duration such as 10m", timeout)
 			}
-			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
-				deadline := time.Now().Add(timeout)
-				for {
+			if !wait {
+				return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
 					r, err := c.RolloutStatus(ctx, args[0], revision)
 					if err != nil {
 						return err
 					}
-					if r.Complete || !wait || time.Now().After(deadline) {
-						if err := a.emitRollout(args[0], r); err != nil {
-							return err
-						}
-						if !r.Complete {
-							return exitCode(exitNotRolledOut)
-						}
-						return nil
+					return a.finishRollout(args[0], r)
+				})
+			}
+			// --wait: asking again until --timeout, each call bounded by
+			// the call time limit; when time is up the last answer stands.
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			c, err := a.Client(ctx, cmd)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var last *sdk.Rollout
+			for {
+				cctx, ccancel := context.WithTimeout(ctx, callLimit)
+				r, err := c.RolloutStatus(cctx, args[0], revision)
+				ccancel()
+				switch {
+				case err == nil:
+					last, revision = &r, r.Revision // keep asking about the same revision
+					if r.Complete {
+						return a.finishRollout(args[0], r)
 					}
-					revision = r.Revision // keep asking about the same revision
-					select {
-					case <-ctx.Done():
-						return ctx.Err()
-					case <-time.After(500 * time.Millisecond):
-					}
+				case ctx.Err() == nil || last == nil:
+					return err
 				}
-			})
+				select {
+				case <-ctx.Done():
+					return a.finishRollout(args[0], *last)
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
 		},
 	}
 	status.Flags().Int64Var(&revision, "revision", 0, "the revision of PATH to look for (default: its current revision)")
@@ -193,6 +211,17 @@ again until they all are, or --timeout passes (then exit 3):
 	status.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
 	cmd.AddCommand(status)
 	return cmd
+}
+
+// finishRollout shows r and exits 3 unless every consumer runs it.
+func (a *app) finishRollout(path string, r sdk.Rollout) error {
+	if err := a.emitRollout(path, r); err != nil {
+		return err
+	}
+	if !r.Complete {
+		return exitCode(exitNotRolledOut)
+	}
+	return nil
 }
 
 func (a *app) emitRollout(path string, r sdk.Rollout) error {

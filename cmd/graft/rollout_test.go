@@ -71,10 +71,11 @@ func TestRolloutStatusFollowsAgents(t *testing.T) {
 	t.Logf("--wait returned after %s", time.Since(began).Round(time.Millisecond))
 
 	// An agent whose application fails its health check holds the
-	// rollout: --wait times out with exit 3, naming why.
+	// rollout: --wait times out with exit 3, naming why, also when it
+	// waits longer than one call to graftd may take (10 s).
 	start("a4", 10*time.Millisecond, agent.Health{TCP: testenv.FreeAddr(t), Timeout: 300 * time.Millisecond})
 	admin.put("/dba/mp/mongo/password", "v3")
-	r = admin.run("rollout", "status", "/dba/mp/mongo/password", "--wait", "--timeout", "3s")
+	r = admin.run("rollout", "status", "/dba/mp/mongo/password", "--wait", "--timeout", "11s")
 	if r.code != exitNotRolledOut || !strings.Contains(r.stdout, "mp/a4") || !strings.Contains(r.stdout, "unhealthy: ") {
 		t.Fatalf("rollout status --wait with an unhealthy agent: %+v", r)
 	}
