@@ -85,7 +85,9 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 	ttl = min(ttl, MaxTTL)
 	k := key(rep.App, rep.ID)
 	var lease *store.Lease
-	if old, err := r.recs.Get(ctx, k); err == nil && old.Value.Lease != 0 {
+	// A local read: most reports are heartbeats, and should it miss a
+	// report another replica just stored, the next heartbeat sees it.
+	if old, err := r.recs.GetLocal(ctx, k); err == nil && old.Value.Lease != 0 {
 		l := r.store.LeaseByID(old.Value.Lease)
 		if err := l.Renew(ctx); err == nil {
 			// Most reports are heartbeats: with the state unchanged the

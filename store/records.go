@@ -44,7 +44,19 @@ func (r *Records[T]) key(k string) string { return r.base + k }
 
 // Get returns the record with key, or ErrNotFound.
 func (r *Records[T]) Get(ctx context.Context, key string) (Record[T], error) {
-	resp, err := r.s.cli.Get(ctx, r.key(key))
+	return r.get(ctx, key)
+}
+
+// GetLocal is Get answered by the etcd member graftd talks to, without
+// the round to a quorum that makes a read linearizable: it may miss a
+// write of the last moments. For frequent reads whose caller writes
+// anyway when in doubt (an agent's heartbeat).
+func (r *Records[T]) GetLocal(ctx context.Context, key string) (Record[T], error) {
+	return r.get(ctx, key, clientv3.WithSerializable())
+}
+
+func (r *Records[T]) get(ctx context.Context, key string, opts ...clientv3.OpOption) (Record[T], error) {
+	resp, err := r.s.cli.Get(ctx, r.key(key), opts...)
 	if err != nil {
 		return Record[T]{}, err
 	}
