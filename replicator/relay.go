@@ -259,10 +259,17 @@ func (r *Relay) compacted(ctx context.Context, cursor *int64, l *store.Leader) e
 func (r *Relay) publish(ctx context.Context, evs []store.Change) error {
 	msgs := make([][]byte, len(evs))
 	ids := make([]string, len(evs))
+	txns := map[int64][]string{}
+	for _, ev := range evs {
+		txns[ev.Revision] = append(txns[ev.Revision], ev.Path)
+	}
 	for i, ev := range evs {
 		e := Event{Path: ev.Path, Revision: ev.Revision, Op: OpPut}
 		if ev.Deleted {
 			e.Op = OpDelete
+		}
+		if t := txns[ev.Revision]; len(t) > 1 && len(t) <= maxTxnSiblings {
+			e.Txn = t
 		}
 		msgs[i], _ = json.Marshal(e)
 		ids[i] = e.MsgID()

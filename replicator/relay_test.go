@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -161,13 +162,22 @@ func TestRelayPublishesChangesInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = append(want, replicator.Event{Path: "/dba/app/k9", Revision: e.put(t, "/dba/app/k9", "v"), Op: replicator.OpPut})
+	// A tree write's events each list the transaction's paths.
+	tree, err := e.Store.PutTree(e.ctx, "/dba/app/db", map[string][]byte{"user": []byte("u"), "password": []byte("p")}, store.WriteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn := []string{"/dba/app/db/password", "/dba/app/db/user"}
+	want = append(want,
+		replicator.Event{Path: txn[0], Revision: tree[0].Revision, Op: replicator.OpPut, Txn: txn},
+		replicator.Event{Path: txn[1], Revision: tree[0].Revision, Op: replicator.OpPut, Txn: txn})
 
 	got := e.waitEvents(t, len(want))
 	if len(got) != len(want) {
 		t.Fatalf("got %d events, want %d: %+v", len(got), len(want), got)
 	}
 	for i := range want {
-		if got[i] != want[i] {
+		if !reflect.DeepEqual(got[i], want[i]) {
 			t.Errorf("event %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}

@@ -225,6 +225,7 @@ func (r *Replicator) handle(ctx context.Context, batch []jetstream.Msg) {
 	paths := make([]string, 0, len(events))
 	for _, e := range events {
 		paths = append(paths, e.Path)
+		paths = append(paths, e.Txn...)
 	}
 	err := r.Apply(ctx, paths)
 	if err == nil {
@@ -249,7 +250,7 @@ func (r *Replicator) handle(ctx context.Context, batch []jetstream.Msg) {
 }
 
 func (r *Replicator) retry(ctx context.Context, m jetstream.Msg, e Event) {
-	err := r.Apply(ctx, []string{e.Path})
+	err := r.Apply(ctx, append([]string{e.Path}, e.Txn...))
 	if err == nil {
 		m.Ack()
 		r.metrics.events.WithLabelValues("applied").Inc()

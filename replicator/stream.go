@@ -17,7 +17,17 @@ type Event struct {
 	Path     string `json:"path"`
 	Revision int64  `json:"rev"` // etcd revision of the change
 	Op       string `json:"op"`  // OpPut or OpDelete
+	// Txn lists every path the same transaction changed, this one
+	// included, when there were several (up to maxTxnSiblings): a
+	// tree write of a database user and its password. Whichever event
+	// of them a replicator takes first copies them all together, so
+	// their copies, too, change in one transaction.
+	Txn []string `json:"txn,omitempty"`
 }
+
+// maxTxnSiblings bounds Event.Txn: larger transactions (a prefix
+// restore, a batch of replica writes) are copied path by path.
+const maxTxnSiblings = 64
 
 // Event operations.
 const (

@@ -75,6 +75,23 @@ func (c *Client) Put(ctx context.Context, path string, value []byte, opts ...Wri
 	return entryPtr(resp.GetEntry()), nil
 }
 
+// PutTree writes values, by path relative to root, in one transaction:
+// all commit at one revision, or none does, so no reader sees some without
+// the others (a database user without its password). The caller needs
+// write on every path; at most 16 values. It returns the entries written,
+// by path, without values.
+func (c *Client) PutTree(ctx context.Context, root string, values map[string][]byte) ([]Entry, error) {
+	resp, err := c.kv.PutTree(ctx, &graftv1.PutTreeRequest{Path: root, Values: values})
+	if err != nil {
+		return nil, wrap(ctx, err)
+	}
+	out := make([]Entry, 0, len(resp.GetEntries()))
+	for _, e := range resp.GetEntries() {
+		out = append(out, *entryPtr(e))
+	}
+	return out, nil
+}
+
 // Delete removes path, keeping its history, and returns the revision of
 // the deletion. A missing path is an error matching ErrNotFound.
 func (c *Client) Delete(ctx context.Context, path string, opts ...WriteOption) (int64, error) {

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"encoding/binary"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/graft-sh/graft/acl"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
@@ -47,6 +50,20 @@ func field[R any, V any](get func(R) V) func(any) V {
 	return func(req any) V { return get(req.(R)) }
 }
 
+// treeValue is what the audit's HMAC of a PutTree covers: its keys and
+// values in key order, each length-prefixed.
+func treeValue(req *graftv1.PutTreeRequest) []byte {
+	var b []byte
+	for _, k := range slices.Sorted(maps.Keys(req.GetValues())) {
+		v := req.GetValues()[k]
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
+	}
+	return b
+}
+
 // adminPath is the path admin actions are checked against.
 const adminPath = "/"
 
@@ -61,6 +78,9 @@ var accessTable = map[string]rpcAccess{
 	graftv1.KVService_History_FullMethodName: {action: acl.ActionRead, path: field((*graftv1.HistoryRequest).GetPath), verb: "history", key: true},
 	graftv1.KVService_Put_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.PutRequest).GetPath), verb: "put", key: true, write: true,
 		value: field((*graftv1.PutRequest).GetValue)},
+	// PutTree's handler checks write on every path before it writes any.
+	graftv1.KVService_PutTree_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.PutTreeRequest).GetPath), verb: "put", key: true, write: true, perItem: true, below: true,
+		value: field(treeValue)},
 	graftv1.KVService_Delete_FullMethodName:  {action: acl.ActionDelete, path: field((*graftv1.DeleteRequest).GetPath), verb: "delete", key: true, write: true},
 	graftv1.KVService_Restore_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestoreRequest).GetPath), verb: "restore", key: true, write: true},
 	graftv1.KVService_RestorePrefix_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RestorePrefixRequest).GetPrefix), verb: "restore", write: true, perItem: true, below: true,

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -61,6 +64,31 @@ func (s *Server) Put(ctx context.Context, req *graftv1.PutRequest) (*graftv1.Put
 		return nil, toStatus(err)
 	}
 	return &graftv1.PutResponse{Entry: entryProto(e)}, nil
+}
+
+// PutTree implements graftv1.KVServiceServer: all values or none, and
+// only if the caller may write every one of them.
+func (s *Server) PutTree(ctx context.Context, req *graftv1.PutTreeRequest) (*graftv1.PutTreeResponse, error) {
+	p := principal(ctx)
+	root := strings.TrimSuffix(req.GetPath(), "/")
+	for _, k := range slices.Sorted(maps.Keys(req.GetValues())) {
+		full := root + "/" + k
+		if _, err := store.ParsePath(full); err != nil {
+			return nil, toStatus(fmt.Errorf("put %s: key %q: %w", root, k, err))
+		}
+		if err := s.access.Decide(p, acl.ActionWrite, full).Err(p, acl.ActionWrite, full); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	entries, err := s.store.PutTree(ctx, req.GetPath(), req.GetValues(), store.WriteOptions{Author: p.Name})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &graftv1.PutTreeResponse{Entries: make([]*graftv1.Entry, len(entries))}
+	for i, e := range entries {
+		resp.Entries[i] = entryProto(e)
+	}
+	return resp, nil
 }
 
 // Delete implements graftv1.KVServiceServer.

@@ -88,6 +88,11 @@ func (c current) latest() int64 {
 // archive returns the ops that move the current version into history,
 // marked as ended now, and trim history to the retention limit.
 func (s *Store) archive(path string, c current, now int64, deleted bool, author string) []clientv3.Op {
+	return s.archiveTrim(path, c, now, deleted, author, maxTrimPerWrite)
+}
+
+// archiveTrim is archive trimming at most maxTrim old versions.
+func (s *Store) archiveTrim(path string, c current, now int64, deleted bool, author string, maxTrim int) []clientv3.Op {
 	old := c.rec
 	old.Rev = 0
 	old.Ended = now
@@ -101,7 +106,7 @@ func (s *Store) archive(path string, c current, now int64, deleted bool, author 
 		// than one transaction may delete (etcd's --max-txn-ops defaults
 		// to 128), and the write would fail every time. Trim the oldest
 		// part now and the rest on the next writes.
-		excess = min(excess, maxTrimPerWrite)
+		excess = min(excess, maxTrim)
 		for _, rev := range c.history[:excess] {
 			ops = append(ops, clientv3.OpDelete(s.histKey(path, rev)))
 		}
@@ -153,15 +158,20 @@ func (s *Store) commit(ctx context.Context, path string, build func(c current) (
 // ErrContention under ordinary load; the guard in commit still handles
 // writers in other processes.
 func (s *Store) lockPath(ctx context.Context, path string) (func(), error) {
-	h := fnv.New32a()
-	h.Write([]byte(path))
-	l := s.writeLocks[h.Sum32()%writeLockStripes]
+	l := s.writeLocks[stripeOf(path)]
 	select {
 	case l <- struct{}{}:
 		return func() { <-l }, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// stripeOf is the write lock stripe of path.
+func stripeOf(path string) int {
+	h := fnv.New32a()
+	h.Write([]byte(path))
+	return int(h.Sum32() % writeLockStripes)
 }
 
 // unchanged is the guard of a write: the path is as c read it. An existing

@@ -691,3 +691,35 @@ func TestHistoryShowsDeletionsAtTheirRevision(t *testing.T) {
 	}
 	_ = keep
 }
+
+// put --set/--set-file writes a tree in one transaction; mistakes are
+// refused without writing and without echoing a value.
+func TestPutTree(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("s3cret-green"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := c.ok("put", "/dba/pg", "--set", "user=green", "--set-file", "password="+pw)
+	if !strings.Contains(out, "/dba/pg/password, /dba/pg/user revision ") || !strings.Contains(out, "one transaction") {
+		t.Fatalf("put --set: %q", out)
+	}
+	if got := c.ok("get", "/dba/pg/password"); got != "s3cret-green" {
+		t.Fatalf("password = %q", got)
+	}
+	for _, bad := range [][]string{
+		{"put", "/dba/pg", "--set", "s3cret-value"},
+		{"put", "/dba/pg", "--set", "user=a", "--set", "user=b"},
+		{"put", "/dba/pg", "value", "--set", "user=a"},
+		{"put", "/dba/pg", "--set-file", "password=/nonexistent"},
+		{"put", "/dba/pg", "--set", "../x=s3cret-value"},
+	} {
+		msg := c.fails(bad...)
+		if strings.Contains(msg, "s3cret-value") {
+			t.Errorf("graft %v echoes the value: %s", bad, msg)
+		}
+	}
+	if got := c.ok("get", "/dba/pg/user"); got != "green" {
+		t.Fatalf("a refused put changed user to %q", got)
+	}
+}

@@ -21,6 +21,7 @@ const maxInput = 16 << 20
 func (a *app) putCmd() *cobra.Command {
 	var file string
 	var ifRevision int64
+	var sets, setFiles []string
 	cmd := &cobra.Command{
 		Use:   "put PATH [VALUE]",
 		Short: "Write a value",
@@ -31,16 +32,34 @@ an empty one is refused. To store a literal "-", put it in a file. With
 --if-revision the write is a compare-and-swap: it happens only if PATH is
 still at that revision (0: only if PATH does not exist yet).
 
+With --set and --set-file, PATH is a tree and each KEY (relative to it) gets
+its value, all in one transaction: every value commits at one revision or
+none does, so no reader, replicated copy or agent sees a database user
+without its password. Up to 16 values; you need write on each path.
+
 A value given as an argument lands in your shell history; prefer standard
-input or --file for secrets.`,
+input, --file or --set-file for secrets.`,
 		Example: `  graft put /dba/orders/postgres/user orders-blue
   graft put /dba/orders/postgres/password --file password.txt
   pwgen 32 1 | graft put /dba/orders/postgres/password
   pwgen 32 1 | graft put /dba/orders/postgres/password -
-  graft put /dba/orders/postgres/user orders-green --if-revision 41`,
+  graft put /dba/orders/postgres/user orders-green --if-revision 41
+  graft put /dba/orders/postgres --set user=orders-green --set-file password=green.txt`,
 		Args: args(1, 2, "PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
+			if len(sets)+len(setFiles) > 0 {
+				if len(args) > 1 || cmd.Flags().Changed("file") || cmd.Flags().Changed("if-revision") {
+					return errors.New("put: --set and --set-file write a tree; give no VALUE, --file or --if-revision with them")
+				}
+				values, err := a.treeValues(sets, setFiles)
+				if err != nil {
+					return err
+				}
+				return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+					return a.putTree(ctx, c, path, values)
+				})
+			}
 			value, err := a.putValue(args[1:], file, cmd.Flags().Changed("file"))
 			if err != nil {
 				return err
@@ -63,6 +82,8 @@ input or --file for secrets.`,
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "read the value from this file; - reads stdin")
 	cmd.Flags().Int64Var(&ifRevision, "if-revision", 0, "write only if PATH is at this revision (0: only if it does not exist)")
+	cmd.Flags().StringArrayVar(&sets, "set", nil, "KEY=VALUE below PATH, written with the others in one transaction (repeatable)")
+	cmd.Flags().StringArrayVar(&setFiles, "set-file", nil, "KEY=FILE: the value of KEY below PATH read from FILE (repeatable)")
 	return cmd
 }
 

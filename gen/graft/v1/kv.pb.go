@@ -532,6 +532,109 @@ func (x *PutResponse) GetEntry() *Entry {
 	return nil
 }
 
+// PutTreeRequest writes values below one path.
+type PutTreeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The canonical path the values are written below.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The values by path relative to path ("user", "db/password"); each is
+	// bounded as in Put.
+	Values        map[string][]byte `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutTreeRequest) Reset() {
+	*x = PutTreeRequest{}
+	mi := &file_graft_v1_kv_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTreeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTreeRequest) ProtoMessage() {}
+
+func (x *PutTreeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_kv_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTreeRequest.ProtoReflect.Descriptor instead.
+func (*PutTreeRequest) Descriptor() ([]byte, []int) {
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PutTreeRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PutTreeRequest) GetValues() map[string][]byte {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// PutTreeResponse is what a PutTree wrote.
+type PutTreeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries written, by path, without their values; all share one
+	// revision.
+	Entries       []*Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutTreeResponse) Reset() {
+	*x = PutTreeResponse{}
+	mi := &file_graft_v1_kv_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutTreeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutTreeResponse) ProtoMessage() {}
+
+func (x *PutTreeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_kv_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutTreeResponse.ProtoReflect.Descriptor instead.
+func (*PutTreeResponse) Descriptor() ([]byte, []int) {
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PutTreeResponse) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 // DeleteRequest removes one path.
 type DeleteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -548,7 +651,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[6]
+	mi := &file_graft_v1_kv_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +663,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[6]
+	mi := &file_graft_v1_kv_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +676,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{6}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteRequest) GetPath() string {
@@ -608,7 +711,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[7]
+	mi := &file_graft_v1_kv_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +723,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[7]
+	mi := &file_graft_v1_kv_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +736,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{7}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteResponse) GetRevision() int64 {
@@ -656,7 +759,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[8]
+	mi := &file_graft_v1_kv_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +771,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[8]
+	mi := &file_graft_v1_kv_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +784,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{8}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListRequest) GetPrefix() string {
@@ -712,7 +815,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[9]
+	mi := &file_graft_v1_kv_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +827,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[9]
+	mi := &file_graft_v1_kv_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +840,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{9}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListResponse) GetItems() []*ListItem {
@@ -765,7 +868,7 @@ type ReadTreeRequest struct {
 
 func (x *ReadTreeRequest) Reset() {
 	*x = ReadTreeRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[10]
+	mi := &file_graft_v1_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +880,7 @@ func (x *ReadTreeRequest) String() string {
 func (*ReadTreeRequest) ProtoMessage() {}
 
 func (x *ReadTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[10]
+	mi := &file_graft_v1_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +893,7 @@ func (x *ReadTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTreeRequest.ProtoReflect.Descriptor instead.
 func (*ReadTreeRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{10}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReadTreeRequest) GetPath() string {
@@ -817,7 +920,7 @@ type ReadTreeResponse struct {
 
 func (x *ReadTreeResponse) Reset() {
 	*x = ReadTreeResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[11]
+	mi := &file_graft_v1_kv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +932,7 @@ func (x *ReadTreeResponse) String() string {
 func (*ReadTreeResponse) ProtoMessage() {}
 
 func (x *ReadTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[11]
+	mi := &file_graft_v1_kv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +945,7 @@ func (x *ReadTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadTreeResponse.ProtoReflect.Descriptor instead.
 func (*ReadTreeResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{11}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReadTreeResponse) GetEntries() []*Entry {
@@ -881,7 +984,7 @@ type ListItem struct {
 
 func (x *ListItem) Reset() {
 	*x = ListItem{}
-	mi := &file_graft_v1_kv_proto_msgTypes[12]
+	mi := &file_graft_v1_kv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +996,7 @@ func (x *ListItem) String() string {
 func (*ListItem) ProtoMessage() {}
 
 func (x *ListItem) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[12]
+	mi := &file_graft_v1_kv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1009,7 @@ func (x *ListItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListItem.ProtoReflect.Descriptor instead.
 func (*ListItem) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{12}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListItem) GetEntry() *Entry {
@@ -941,7 +1044,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[13]
+	mi := &file_graft_v1_kv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1056,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[13]
+	mi := &file_graft_v1_kv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1069,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{13}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HistoryRequest) GetPath() string {
@@ -987,7 +1090,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[14]
+	mi := &file_graft_v1_kv_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1102,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[14]
+	mi := &file_graft_v1_kv_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1115,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{14}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HistoryResponse) GetItems() []*HistoryItem {
@@ -1043,7 +1146,7 @@ type HistoryItem struct {
 
 func (x *HistoryItem) Reset() {
 	*x = HistoryItem{}
-	mi := &file_graft_v1_kv_proto_msgTypes[15]
+	mi := &file_graft_v1_kv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1158,7 @@ func (x *HistoryItem) String() string {
 func (*HistoryItem) ProtoMessage() {}
 
 func (x *HistoryItem) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[15]
+	mi := &file_graft_v1_kv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1171,7 @@ func (x *HistoryItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryItem.ProtoReflect.Descriptor instead.
 func (*HistoryItem) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{15}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HistoryItem) GetEntry() *Entry {
@@ -1119,7 +1222,7 @@ type RestoreRequest struct {
 
 func (x *RestoreRequest) Reset() {
 	*x = RestoreRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[16]
+	mi := &file_graft_v1_kv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1234,7 @@ func (x *RestoreRequest) String() string {
 func (*RestoreRequest) ProtoMessage() {}
 
 func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[16]
+	mi := &file_graft_v1_kv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1247,7 @@ func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
 func (*RestoreRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{16}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestoreRequest) GetPath() string {
@@ -1173,7 +1276,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[17]
+	mi := &file_graft_v1_kv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1288,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[17]
+	mi := &file_graft_v1_kv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1301,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{17}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestoreResponse) GetEntry() *Entry {
@@ -1223,7 +1326,7 @@ type RestorePrefixRequest struct {
 
 func (x *RestorePrefixRequest) Reset() {
 	*x = RestorePrefixRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[18]
+	mi := &file_graft_v1_kv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1338,7 @@ func (x *RestorePrefixRequest) String() string {
 func (*RestorePrefixRequest) ProtoMessage() {}
 
 func (x *RestorePrefixRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[18]
+	mi := &file_graft_v1_kv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1351,7 @@ func (x *RestorePrefixRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestorePrefixRequest.ProtoReflect.Descriptor instead.
 func (*RestorePrefixRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{18}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestorePrefixRequest) GetPrefix() string {
@@ -1289,7 +1392,7 @@ type RestorePrefixResponse struct {
 
 func (x *RestorePrefixResponse) Reset() {
 	*x = RestorePrefixResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[19]
+	mi := &file_graft_v1_kv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1404,7 @@ func (x *RestorePrefixResponse) String() string {
 func (*RestorePrefixResponse) ProtoMessage() {}
 
 func (x *RestorePrefixResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[19]
+	mi := &file_graft_v1_kv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1417,7 @@ func (x *RestorePrefixResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestorePrefixResponse.ProtoReflect.Descriptor instead.
 func (*RestorePrefixResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{19}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RestorePrefixResponse) GetSteps() []*RestoreStep {
@@ -1359,7 +1462,7 @@ type RestoreStep struct {
 
 func (x *RestoreStep) Reset() {
 	*x = RestoreStep{}
-	mi := &file_graft_v1_kv_proto_msgTypes[20]
+	mi := &file_graft_v1_kv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1474,7 @@ func (x *RestoreStep) String() string {
 func (*RestoreStep) ProtoMessage() {}
 
 func (x *RestoreStep) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[20]
+	mi := &file_graft_v1_kv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1487,7 @@ func (x *RestoreStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreStep.ProtoReflect.Descriptor instead.
 func (*RestoreStep) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{20}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RestoreStep) GetPath() string {
@@ -1444,7 +1547,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_graft_v1_kv_proto_msgTypes[21]
+	mi := &file_graft_v1_kv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1559,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[21]
+	mi := &file_graft_v1_kv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1572,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{21}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1510,7 +1613,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_graft_v1_kv_proto_msgTypes[22]
+	mi := &file_graft_v1_kv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1625,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[22]
+	mi := &file_graft_v1_kv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1638,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{22}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchResponse) GetCreated() bool {
@@ -1573,7 +1676,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_graft_v1_kv_proto_msgTypes[23]
+	mi := &file_graft_v1_kv_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1688,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_kv_proto_msgTypes[23]
+	mi := &file_graft_v1_kv_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1701,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_graft_v1_kv_proto_rawDescGZIP(), []int{23}
+	return file_graft_v1_kv_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetType() EventType {
@@ -1650,7 +1753,15 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"ifRevision\x88\x01\x01B\x0e\n" +
 	"\f_if_revision\"4\n" +
 	"\vPutResponse\x12%\n" +
-	"\x05entry\x18\x01 \x01(\v2\x0f.graft.v1.EntryR\x05entry\"o\n" +
+	"\x05entry\x18\x01 \x01(\v2\x0f.graft.v1.EntryR\x05entry\"\x9d\x01\n" +
+	"\x0ePutTreeRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12<\n" +
+	"\x06values\x18\x02 \x03(\v2$.graft.v1.PutTreeRequest.ValuesEntryR\x06values\x1a9\n" +
+	"\vValuesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"<\n" +
+	"\x0fPutTreeResponse\x12)\n" +
+	"\aentries\x18\x01 \x03(\v2\x0f.graft.v1.EntryR\aentries\"o\n" +
 	"\rDeleteRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12$\n" +
 	"\vif_revision\x18\x02 \x01(\x03H\x00R\n" +
@@ -1728,10 +1839,11 @@ const file_graft_v1_kv_proto_rawDesc = "" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eEVENT_TYPE_PUT\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x022\xb8\x04\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x022\xf8\x04\n" +
 	"\tKVService\x122\n" +
 	"\x03Get\x12\x14.graft.v1.GetRequest\x1a\x15.graft.v1.GetResponse\x122\n" +
-	"\x03Put\x12\x14.graft.v1.PutRequest\x1a\x15.graft.v1.PutResponse\x12;\n" +
+	"\x03Put\x12\x14.graft.v1.PutRequest\x1a\x15.graft.v1.PutResponse\x12>\n" +
+	"\aPutTree\x12\x18.graft.v1.PutTreeRequest\x1a\x19.graft.v1.PutTreeResponse\x12;\n" +
 	"\x06Delete\x12\x17.graft.v1.DeleteRequest\x1a\x18.graft.v1.DeleteResponse\x125\n" +
 	"\x04List\x12\x15.graft.v1.ListRequest\x1a\x16.graft.v1.ListResponse\x12A\n" +
 	"\bReadTree\x12\x19.graft.v1.ReadTreeRequest\x1a\x1a.graft.v1.ReadTreeResponse\x12>\n" +
@@ -1754,7 +1866,7 @@ func file_graft_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_graft_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_graft_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_graft_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_graft_v1_kv_proto_goTypes = []any{
 	(RestoreAction)(0),            // 0: graft.v1.RestoreAction
 	(EventType)(0),                // 1: graft.v1.EventType
@@ -1764,68 +1876,75 @@ var file_graft_v1_kv_proto_goTypes = []any{
 	(*GetResponse)(nil),           // 5: graft.v1.GetResponse
 	(*PutRequest)(nil),            // 6: graft.v1.PutRequest
 	(*PutResponse)(nil),           // 7: graft.v1.PutResponse
-	(*DeleteRequest)(nil),         // 8: graft.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 9: graft.v1.DeleteResponse
-	(*ListRequest)(nil),           // 10: graft.v1.ListRequest
-	(*ListResponse)(nil),          // 11: graft.v1.ListResponse
-	(*ReadTreeRequest)(nil),       // 12: graft.v1.ReadTreeRequest
-	(*ReadTreeResponse)(nil),      // 13: graft.v1.ReadTreeResponse
-	(*ListItem)(nil),              // 14: graft.v1.ListItem
-	(*HistoryRequest)(nil),        // 15: graft.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 16: graft.v1.HistoryResponse
-	(*HistoryItem)(nil),           // 17: graft.v1.HistoryItem
-	(*RestoreRequest)(nil),        // 18: graft.v1.RestoreRequest
-	(*RestoreResponse)(nil),       // 19: graft.v1.RestoreResponse
-	(*RestorePrefixRequest)(nil),  // 20: graft.v1.RestorePrefixRequest
-	(*RestorePrefixResponse)(nil), // 21: graft.v1.RestorePrefixResponse
-	(*RestoreStep)(nil),           // 22: graft.v1.RestoreStep
-	(*WatchRequest)(nil),          // 23: graft.v1.WatchRequest
-	(*WatchResponse)(nil),         // 24: graft.v1.WatchResponse
-	(*Event)(nil),                 // 25: graft.v1.Event
-	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*PutTreeRequest)(nil),        // 8: graft.v1.PutTreeRequest
+	(*PutTreeResponse)(nil),       // 9: graft.v1.PutTreeResponse
+	(*DeleteRequest)(nil),         // 10: graft.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 11: graft.v1.DeleteResponse
+	(*ListRequest)(nil),           // 12: graft.v1.ListRequest
+	(*ListResponse)(nil),          // 13: graft.v1.ListResponse
+	(*ReadTreeRequest)(nil),       // 14: graft.v1.ReadTreeRequest
+	(*ReadTreeResponse)(nil),      // 15: graft.v1.ReadTreeResponse
+	(*ListItem)(nil),              // 16: graft.v1.ListItem
+	(*HistoryRequest)(nil),        // 17: graft.v1.HistoryRequest
+	(*HistoryResponse)(nil),       // 18: graft.v1.HistoryResponse
+	(*HistoryItem)(nil),           // 19: graft.v1.HistoryItem
+	(*RestoreRequest)(nil),        // 20: graft.v1.RestoreRequest
+	(*RestoreResponse)(nil),       // 21: graft.v1.RestoreResponse
+	(*RestorePrefixRequest)(nil),  // 22: graft.v1.RestorePrefixRequest
+	(*RestorePrefixResponse)(nil), // 23: graft.v1.RestorePrefixResponse
+	(*RestoreStep)(nil),           // 24: graft.v1.RestoreStep
+	(*WatchRequest)(nil),          // 25: graft.v1.WatchRequest
+	(*WatchResponse)(nil),         // 26: graft.v1.WatchResponse
+	(*Event)(nil),                 // 27: graft.v1.Event
+	nil,                           // 28: graft.v1.PutTreeRequest.ValuesEntry
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
 }
 var file_graft_v1_kv_proto_depIdxs = []int32{
-	26, // 0: graft.v1.Entry.time:type_name -> google.protobuf.Timestamp
+	29, // 0: graft.v1.Entry.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: graft.v1.Entry.origin:type_name -> graft.v1.Origin
-	26, // 2: graft.v1.Origin.source_time:type_name -> google.protobuf.Timestamp
+	29, // 2: graft.v1.Origin.source_time:type_name -> google.protobuf.Timestamp
 	2,  // 3: graft.v1.GetResponse.entry:type_name -> graft.v1.Entry
 	2,  // 4: graft.v1.PutResponse.entry:type_name -> graft.v1.Entry
-	14, // 5: graft.v1.ListResponse.items:type_name -> graft.v1.ListItem
-	2,  // 6: graft.v1.ReadTreeResponse.entries:type_name -> graft.v1.Entry
-	2,  // 7: graft.v1.ListItem.entry:type_name -> graft.v1.Entry
-	17, // 8: graft.v1.HistoryResponse.items:type_name -> graft.v1.HistoryItem
-	2,  // 9: graft.v1.HistoryItem.entry:type_name -> graft.v1.Entry
-	26, // 10: graft.v1.HistoryItem.ended:type_name -> google.protobuf.Timestamp
-	2,  // 11: graft.v1.RestoreResponse.entry:type_name -> graft.v1.Entry
-	26, // 12: graft.v1.RestorePrefixRequest.at:type_name -> google.protobuf.Timestamp
-	22, // 13: graft.v1.RestorePrefixResponse.steps:type_name -> graft.v1.RestoreStep
-	0,  // 14: graft.v1.RestoreStep.action:type_name -> graft.v1.RestoreAction
-	25, // 15: graft.v1.WatchResponse.events:type_name -> graft.v1.Event
-	1,  // 16: graft.v1.Event.type:type_name -> graft.v1.EventType
-	2,  // 17: graft.v1.Event.entry:type_name -> graft.v1.Entry
-	4,  // 18: graft.v1.KVService.Get:input_type -> graft.v1.GetRequest
-	6,  // 19: graft.v1.KVService.Put:input_type -> graft.v1.PutRequest
-	8,  // 20: graft.v1.KVService.Delete:input_type -> graft.v1.DeleteRequest
-	10, // 21: graft.v1.KVService.List:input_type -> graft.v1.ListRequest
-	12, // 22: graft.v1.KVService.ReadTree:input_type -> graft.v1.ReadTreeRequest
-	15, // 23: graft.v1.KVService.History:input_type -> graft.v1.HistoryRequest
-	18, // 24: graft.v1.KVService.Restore:input_type -> graft.v1.RestoreRequest
-	20, // 25: graft.v1.KVService.RestorePrefix:input_type -> graft.v1.RestorePrefixRequest
-	23, // 26: graft.v1.KVService.Watch:input_type -> graft.v1.WatchRequest
-	5,  // 27: graft.v1.KVService.Get:output_type -> graft.v1.GetResponse
-	7,  // 28: graft.v1.KVService.Put:output_type -> graft.v1.PutResponse
-	9,  // 29: graft.v1.KVService.Delete:output_type -> graft.v1.DeleteResponse
-	11, // 30: graft.v1.KVService.List:output_type -> graft.v1.ListResponse
-	13, // 31: graft.v1.KVService.ReadTree:output_type -> graft.v1.ReadTreeResponse
-	16, // 32: graft.v1.KVService.History:output_type -> graft.v1.HistoryResponse
-	19, // 33: graft.v1.KVService.Restore:output_type -> graft.v1.RestoreResponse
-	21, // 34: graft.v1.KVService.RestorePrefix:output_type -> graft.v1.RestorePrefixResponse
-	24, // 35: graft.v1.KVService.Watch:output_type -> graft.v1.WatchResponse
-	27, // [27:36] is the sub-list for method output_type
-	18, // [18:27] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	28, // 5: graft.v1.PutTreeRequest.values:type_name -> graft.v1.PutTreeRequest.ValuesEntry
+	2,  // 6: graft.v1.PutTreeResponse.entries:type_name -> graft.v1.Entry
+	16, // 7: graft.v1.ListResponse.items:type_name -> graft.v1.ListItem
+	2,  // 8: graft.v1.ReadTreeResponse.entries:type_name -> graft.v1.Entry
+	2,  // 9: graft.v1.ListItem.entry:type_name -> graft.v1.Entry
+	19, // 10: graft.v1.HistoryResponse.items:type_name -> graft.v1.HistoryItem
+	2,  // 11: graft.v1.HistoryItem.entry:type_name -> graft.v1.Entry
+	29, // 12: graft.v1.HistoryItem.ended:type_name -> google.protobuf.Timestamp
+	2,  // 13: graft.v1.RestoreResponse.entry:type_name -> graft.v1.Entry
+	29, // 14: graft.v1.RestorePrefixRequest.at:type_name -> google.protobuf.Timestamp
+	24, // 15: graft.v1.RestorePrefixResponse.steps:type_name -> graft.v1.RestoreStep
+	0,  // 16: graft.v1.RestoreStep.action:type_name -> graft.v1.RestoreAction
+	27, // 17: graft.v1.WatchResponse.events:type_name -> graft.v1.Event
+	1,  // 18: graft.v1.Event.type:type_name -> graft.v1.EventType
+	2,  // 19: graft.v1.Event.entry:type_name -> graft.v1.Entry
+	4,  // 20: graft.v1.KVService.Get:input_type -> graft.v1.GetRequest
+	6,  // 21: graft.v1.KVService.Put:input_type -> graft.v1.PutRequest
+	8,  // 22: graft.v1.KVService.PutTree:input_type -> graft.v1.PutTreeRequest
+	10, // 23: graft.v1.KVService.Delete:input_type -> graft.v1.DeleteRequest
+	12, // 24: graft.v1.KVService.List:input_type -> graft.v1.ListRequest
+	14, // 25: graft.v1.KVService.ReadTree:input_type -> graft.v1.ReadTreeRequest
+	17, // 26: graft.v1.KVService.History:input_type -> graft.v1.HistoryRequest
+	20, // 27: graft.v1.KVService.Restore:input_type -> graft.v1.RestoreRequest
+	22, // 28: graft.v1.KVService.RestorePrefix:input_type -> graft.v1.RestorePrefixRequest
+	25, // 29: graft.v1.KVService.Watch:input_type -> graft.v1.WatchRequest
+	5,  // 30: graft.v1.KVService.Get:output_type -> graft.v1.GetResponse
+	7,  // 31: graft.v1.KVService.Put:output_type -> graft.v1.PutResponse
+	9,  // 32: graft.v1.KVService.PutTree:output_type -> graft.v1.PutTreeResponse
+	11, // 33: graft.v1.KVService.Delete:output_type -> graft.v1.DeleteResponse
+	13, // 34: graft.v1.KVService.List:output_type -> graft.v1.ListResponse
+	15, // 35: graft.v1.KVService.ReadTree:output_type -> graft.v1.ReadTreeResponse
+	18, // 36: graft.v1.KVService.History:output_type -> graft.v1.HistoryResponse
+	21, // 37: graft.v1.KVService.Restore:output_type -> graft.v1.RestoreResponse
+	23, // 38: graft.v1.KVService.RestorePrefix:output_type -> graft.v1.RestorePrefixResponse
+	26, // 39: graft.v1.KVService.Watch:output_type -> graft.v1.WatchResponse
+	30, // [30:40] is the sub-list for method output_type
+	20, // [20:30] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_graft_v1_kv_proto_init() }
@@ -1834,14 +1953,14 @@ func file_graft_v1_kv_proto_init() {
 		return
 	}
 	file_graft_v1_kv_proto_msgTypes[4].OneofWrappers = []any{}
-	file_graft_v1_kv_proto_msgTypes[6].OneofWrappers = []any{}
+	file_graft_v1_kv_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_graft_v1_kv_proto_rawDesc), len(file_graft_v1_kv_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

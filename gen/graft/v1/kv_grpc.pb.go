@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	KVService_Get_FullMethodName           = "/graft.v1.KVService/Get"
 	KVService_Put_FullMethodName           = "/graft.v1.KVService/Put"
+	KVService_PutTree_FullMethodName       = "/graft.v1.KVService/PutTree"
 	KVService_Delete_FullMethodName        = "/graft.v1.KVService/Delete"
 	KVService_List_FullMethodName          = "/graft.v1.KVService/List"
 	KVService_ReadTree_FullMethodName      = "/graft.v1.KVService/ReadTree"
@@ -50,6 +51,12 @@ type KVServiceClient interface {
 	// equals it (0 means "only if the path does not exist"), otherwise
 	// FailedPrecondition with the current revision.
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*PutResponse, error)
+	// PutTree writes several values below one path in one transaction: all
+	// commit at one revision, or none does, so no reader (a watch, a
+	// replicated copy, an agent) sees some without the others, such as a
+	// database user without its password. The caller needs write on every
+	// path. At most 16 values.
+	PutTree(ctx context.Context, in *PutTreeRequest, opts ...grpc.CallOption) (*PutTreeResponse, error)
 	// Delete removes the value at a path; its history is kept. A missing path
 	// is NotFound.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
@@ -101,6 +108,16 @@ func (c *kVServiceClient) Put(ctx context.Context, in *PutRequest, opts ...grpc.
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PutResponse)
 	err := c.cc.Invoke(ctx, KVService_Put_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVServiceClient) PutTree(ctx context.Context, in *PutTreeRequest, opts ...grpc.CallOption) (*PutTreeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutTreeResponse)
+	err := c.cc.Invoke(ctx, KVService_PutTree_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -203,6 +220,12 @@ type KVServiceServer interface {
 	// equals it (0 means "only if the path does not exist"), otherwise
 	// FailedPrecondition with the current revision.
 	Put(context.Context, *PutRequest) (*PutResponse, error)
+	// PutTree writes several values below one path in one transaction: all
+	// commit at one revision, or none does, so no reader (a watch, a
+	// replicated copy, an agent) sees some without the others, such as a
+	// database user without its password. The caller needs write on every
+	// path. At most 16 values.
+	PutTree(context.Context, *PutTreeRequest) (*PutTreeResponse, error)
 	// Delete removes the value at a path; its history is kept. A missing path
 	// is NotFound.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
@@ -245,6 +268,9 @@ func (UnimplementedKVServiceServer) Get(context.Context, *GetRequest) (*GetRespo
 }
 func (UnimplementedKVServiceServer) Put(context.Context, *PutRequest) (*PutResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Put not implemented")
+}
+func (UnimplementedKVServiceServer) PutTree(context.Context, *PutTreeRequest) (*PutTreeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutTree not implemented")
 }
 func (UnimplementedKVServiceServer) Delete(context.Context, *DeleteRequest) (*DeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
@@ -320,6 +346,24 @@ func _KVService_Put_Handler(srv interface{}, ctx context.Context, dec func(inter
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KVServiceServer).Put(ctx, req.(*PutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KVService_PutTree_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutTreeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServiceServer).PutTree(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KVService_PutTree_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServiceServer).PutTree(ctx, req.(*PutTreeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -457,6 +501,10 @@ var KVService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Put",
 			Handler:    _KVService_Put_Handler,
+		},
+		{
+			MethodName: "PutTree",
+			Handler:    _KVService_PutTree_Handler,
 		},
 		{
 			MethodName: "Delete",
