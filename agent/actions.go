@@ -154,8 +154,9 @@ func (h Health) probe(ctx context.Context) error {
 }
 
 // wait polls the health check until it passes or its timeout ends, and
-// returns the last failure then.
-func (h Health) wait(ctx context.Context) error {
+// returns the last failure then; or errSuperseded once superseded says a
+// newer revision is waiting.
+func (h Health) wait(ctx context.Context, superseded func() bool) error {
 	if !h.configured() {
 		return nil
 	}
@@ -171,6 +172,9 @@ func (h Health) wait(ctx context.Context) error {
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("unhealthy after %s: %w", timeout, err)
+		}
+		if superseded() {
+			return errSuperseded
 		}
 		select {
 		case <-ctx.Done():

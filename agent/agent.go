@@ -58,6 +58,12 @@ type Agent struct {
 	healthy bool
 	reason  string
 	host    string
+	// pending holds the watch's responses not yet applied, while follow
+	// runs; a reload's retries and health wait give way to them.
+	pending chan sdk.WatchResponse
+	// reloadPending says a reload or its health check was cut short by
+	// a newer revision: the next render reloads even if it writes nothing.
+	reloadPending bool
 	// reportFailing is set while reports fail, to log once per outage.
 	reportFailing bool
 
@@ -317,6 +323,21 @@ func (a *Agent) follow(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := a.client.Watch(wctx, a.cfg.Root(), a.revision+1)
+	// The watch is read at once into pending, so that a reload's retries
+	// and health wait can see that a newer revision is waiting.
+	in := make(chan sdk.WatchResponse, 256)
+	go func() {
+		defer close(in)
+		for resp := range events {
+			select {
+			case in <- resp:
+			case <-wctx.Done():
+				return
+			}
+		}
+	}()
+	a.pending = in
+	defer func() { a.pending = nil }()
 	changed := map[string]bool{}
 	var quiet, deadline <-chan time.Time
 	tick := time.NewTicker(time.Second) // template source files
@@ -332,7 +353,7 @@ func (a *Agent) follow(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case resp, ok := <-events:
+		case resp, ok := <-in:
 			if !ok {
 				return errors.New("watch closed")
 			}
@@ -418,20 +439,36 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 			wrote++
 		}
 	}
-	a.applied.Store(a.revision)
-	a.metrics.revision.Set(float64(a.revision))
 	if wrote > 0 && !newest.IsZero() {
 		a.metrics.lag.Observe(time.Since(newest).Seconds())
 	}
+	// The revision counts as applied, and is reported, only with the
+	// verdict of its reload and health check. When a newer revision
+	// arrives first, the previous verdict stands and the newer one is
+	// rendered at once: a reload's retries or a health wait of a minute
+	// never hold back the next credential.
+	prevReloads, prevHealthy, prevReason := a.reloads, a.healthy, a.reason
+	var err error
 	restarted := a.superviseEnv(failed == 0, wrote > 0)
 	switch {
 	case restarted:
 		a.reloads, a.healthy, a.reason = []sdk.ReloadReport{{Kind: "exec", OK: true}}, true, ""
 		a.metrics.reloads.WithLabelValues("exec", "ok").Inc()
-		a.checkHealth(ctx)
+		err = a.checkHealth(ctx)
 	case wrote > 0:
-		a.reload(ctx)
+		err = a.reload(ctx)
+	case a.reloadPending:
+		err = a.reload(ctx)
 	}
+	if errors.Is(err, errSuperseded) {
+		a.reloads, a.healthy, a.reason = prevReloads, prevHealthy, prevReason
+		a.reloadPending = true
+		a.log.Info("a newer revision arrived during the reload; applying it first", "revision", a.revision)
+		return
+	}
+	a.reloadPending = false
+	a.applied.Store(a.revision)
+	a.metrics.revision.Set(float64(a.revision))
 	// Ready once every template rendered and, with exec, the application
 	// runs.
 	if failed == 0 && (a.cfg.Exec == nil || a.child != nil) && !a.ready.Load() {
@@ -522,7 +559,18 @@ func (a *Agent) view() *view {
 // reload runs the reload actions in order, each retried with backoff
 // unless its failure is final (a failed rollout), then waits for the
 // health check.
-func (a *Agent) reload(ctx context.Context) {
+// errSuperseded ends a reload's retries or health wait when a newer
+// revision is waiting to be applied.
+var errSuperseded = errors.New("superseded by a newer revision")
+
+// superseded reports whether the watch has delivered a response not yet
+// applied.
+func (a *Agent) superseded() bool { return a.pending != nil && len(a.pending) > 0 }
+
+// reload runs the reload actions, then the health check. It returns
+// errSuperseded when a newer revision arrived first; any other outcome is
+// recorded for the report.
+func (a *Agent) reload(ctx context.Context) error {
 	a.reloads, a.healthy, a.reason = nil, true, ""
 	for i, act := range a.cfg.Reload {
 		var err error
@@ -532,9 +580,8 @@ func (a *Agent) reload(ctx context.Context) {
 				break
 			}
 			a.log.Warn("reload failed; retrying", "action", act.kind(), "attempt", attempt, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(delay):
+			if err := a.pause(ctx, delay); err != nil {
+				return err
 			}
 		}
 		if err != nil {
@@ -548,22 +595,47 @@ func (a *Agent) reload(ctx context.Context) {
 		a.metrics.reloads.WithLabelValues(act.kind(), "ok").Inc()
 		a.log.Info("reloaded", "action", act.kind(), "revision", a.revision)
 	}
-	a.checkHealth(ctx)
+	return a.checkHealth(ctx)
 }
 
-// checkHealth waits for the health check after a reload or restart.
-func (a *Agent) checkHealth(ctx context.Context) {
-	if err := a.cfg.Health.wait(ctx); err != nil {
+// pause waits d between a reload's tries, or returns errSuperseded as soon
+// as a newer revision is waiting.
+func (a *Agent) pause(ctx context.Context, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		if a.superseded() {
+			return errSuperseded
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(min(left, 100*time.Millisecond)):
+		}
+	}
+}
+
+// checkHealth waits for the health check after a reload or restart, and
+// returns errSuperseded if a newer revision arrived first.
+func (a *Agent) checkHealth(ctx context.Context) error {
+	if err := a.cfg.Health.wait(ctx, a.superseded); err != nil {
+		if errors.Is(err, errSuperseded) {
+			return err
+		}
 		a.metrics.health.Set(0)
 		a.healthy, a.reason = false, err.Error()
 		a.log.Error("the application is unhealthy after the reload", "revision", a.revision, "err", err)
-		return
+		return nil
 	}
 	if a.healthy {
 		a.metrics.health.Set(1)
 	} else {
 		a.metrics.health.Set(0)
 	}
+	return nil
 }
 
 // reloadAttempts bounds the tries of one reload action.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -302,6 +303,56 @@ func TestAgentDebounces(t *testing.T) {
 	time.Sleep(700 * time.Millisecond)
 	if n := reloads(); n != 2 { // the first render's, and the burst's
 		t.Fatalf("%d reloads, want 2: one for the first render and one for the burst", n)
+	}
+}
+
+// A newer revision cuts a health wait short: with the application
+// unhealthy after one change and a health timeout of 30 s, the next change
+// is rendered and reloaded within moments, and the agent reports the
+// newer revision healthy once the application is; meanwhile it never
+// reports the unverified revision.
+func TestAgentNewerRevisionCutsAHealthWaitShort(t *testing.T) {
+	e := newEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	out := filepath.Join(e.dir, "db.env")
+	cmd, reloads := countingCommand(t, e.dir)
+	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}}, cmd)
+	cfg.Health = agent.Health{TCP: addr, Timeout: 30 * time.Second}
+	a, _ := e.start(cfg)
+	first := a.Revision()
+
+	ln.Close() // the application stops answering
+	e.put("/dba/mp/mongo/password", "s3cret-2")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return reloads() == 2 })
+	time.Sleep(300 * time.Millisecond) // in the health wait now
+	if a.Revision() != first {
+		t.Fatalf("the revision the health check has not passed for counts as applied (%d, before %d)", a.Revision(), first)
+	}
+	if ln, err = net.Listen("tcp", addr); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	began := time.Now()
+	e.put("/dba/mp/mongo/password", "s3cret-3")
+	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(read(t, out), "s3cret-3") && reloads() == 3 })
+	var rep sdk.AgentReport
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		reps, err := e.root.ListAgents(t.Context(), "message-processor")
+		if err != nil || len(reps) != 1 {
+			return false
+		}
+		rep = reps[0]
+		return rep.Revision == a.Revision() && rep.Revision > first
+	})
+	if !rep.Healthy {
+		t.Fatalf("report after the newer revision: %+v", rep)
+	}
+	if waited := time.Since(began); waited > 10*time.Second {
+		t.Fatalf("the newer revision waited %s for the health wait of the older one", waited)
 	}
 }
 
