@@ -277,6 +277,15 @@ func (r *Replicator) expandRule(ctx context.Context, id, app string) (added, in 
 // expandAll gives every known application the pattern destinations it
 // lacks: the backstop behind AppSeen, run by the reconciler.
 func (r *Replicator) expandAll(ctx context.Context) (int, error) {
+	var patterns []Rule
+	for _, rule := range r.cfg.Rules.Index().Rules() {
+		if len(rule.Patterns) > 0 {
+			patterns = append(patterns, rule)
+		}
+	}
+	if len(patterns) == 0 {
+		return 0, nil // nothing to expand: not even a read of the applications
+	}
 	known, _, err := r.apps.recs.List(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("list applications: %w", err)
@@ -286,10 +295,7 @@ func (r *Replicator) expandAll(ctx context.Context) (int, error) {
 	}
 	var added []Rule
 	var errs []error
-	for _, rule := range r.cfg.Rules.Index().Rules() {
-		if len(rule.Patterns) == 0 {
-			continue
-		}
+	for _, rule := range patterns {
 		has := make(map[string]bool, len(rule.Destinations))
 		for _, d := range rule.Destinations {
 			has[d] = true
