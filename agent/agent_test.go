@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -205,16 +204,7 @@ func TestAgentRendersAndFollows(t *testing.T) {
 		t.Fatalf("a change no template reads caused a reload (%d)", n)
 	}
 
-	resp, err := http.Get("http://" + a.Addr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics := string(body)
+	metrics := scrape(t, a)
 	for _, want := range []string{`graft_agent_renders_total{outcome="written"}`, `graft_agent_reloads_total{kind="command",outcome="ok"} 2`, "graft_agent_applied_revision", "graft_agent_render_lag_seconds_count"} {
 		if !strings.Contains(metrics, want) {
 			t.Fatalf("metrics lack %s:\n%s", want, metrics)
@@ -237,14 +227,7 @@ func TestAgentMissingKeyFailsOneTemplate(t *testing.T) {
 		{Destination: good, Contents: `{{ secret "replicated/mongo/password" }}`},
 		{Destination: bad, Contents: `{{ secret "replicated/mongo/port" }}`},
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &lockedBuffer{}
-	a, err := agent.New(ctx, cfg, slogTo(logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go a.Run(ctx)
+	a, logs := startLogged(t, cfg)
 	testenv.WaitFor(t, 5*time.Second, func() bool { return read(t, good) == "s3cret-1" })
 	failed := "template " + bad + ": key /app/message-processor/replicated/mongo/port does not exist"
 	testenv.WaitFor(t, 5*time.Second, func() bool { return strings.Contains(logs.String(), failed) })
@@ -469,14 +452,7 @@ func TestAgentReadsANewSnapshotAfterCompaction(t *testing.T) {
 	link := newProxy(t, e.g.Addr)
 	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}}, cmd)
 	cfg.Server = link.Addr()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &lockedBuffer{}
-	a, err := agent.New(ctx, cfg, slogTo(logs), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go a.Run(ctx)
+	a, logs := startLogged(t, cfg)
 	testenv.WaitFor(t, 5*time.Second, a.Ready)
 	before := a.Revision()
 

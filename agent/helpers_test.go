@@ -2,11 +2,14 @@ package agent_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/graft-sh/graft/agent"
 )
 
 type lockedBuffer struct {
@@ -27,6 +30,23 @@ func (l *lockedBuffer) String() string {
 }
 
 func slogTo(w *lockedBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// startLogged runs an agent until the test ends, keeping its log, and
+// does not wait for its first render.
+func startLogged(t *testing.T, cfg agent.Config) (*agent.Agent, *lockedBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &lockedBuffer{}
+	a, err := agent.New(ctx, cfg, slogTo(logs), nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a, logs
+}
 
 // proxy forwards TCP connections to a server until Cut, which drops every
 // connection and refuses new ones until Restore: a network that fails.

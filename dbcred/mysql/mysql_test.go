@@ -14,6 +14,7 @@ import (
 
 	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/dbcred/mysql"
+	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/mysqltest"
 )
 
@@ -228,11 +229,11 @@ func TestNoPasswordInTheGeneralLog(t *testing.T) {
 
 	log := s.GeneralLog()
 	if !strings.Contains(log, "ALTER USER '"+blue+"'@'%'") {
-		t.Fatalf("the general log did not record SetPassword's statements:\n%s", mysqltest.Tail(log, 40))
+		t.Fatalf("the general log did not record SetPassword's statements:\n%s", dbproc.Tail(log, 40))
 	}
 	for _, p := range []string{pw, pw2, s.RootPassword} {
 		if strings.Contains(log, p) {
-			t.Errorf("the general log holds a password:\n%s", mysqltest.Tail(log, 40))
+			t.Errorf("the general log holds a password:\n%s", dbproc.Tail(log, 40))
 		}
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/dbcred/postgres"
+	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/pgtest"
 )
 
@@ -199,7 +200,7 @@ func TestPasswordNotInServerLog(t *testing.T) {
 	}
 	for _, pw := range []string{first, second} {
 		if strings.Contains(log, pw) {
-			t.Errorf("the server's log holds a password in clear:\n%s", pgtest.Tail(log, 20))
+			t.Errorf("the server's log holds a password in clear:\n%s", dbproc.Tail(log, 20))
 		}
 	}
 }

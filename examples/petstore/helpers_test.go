@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/pgtest"
 	"github.com/graft-sh/graft/internal/testenv"
 )
@@ -103,7 +104,7 @@ func startPetstore(t *testing.T, env []string, args ...string) *process {
 			t.Error("the race detector found a data race in petstore")
 		}
 		if t.Failed() {
-			t.Logf("petstore's log, its last 60 lines:\n%s", pgtest.Tail(p.log.String(), 60))
+			t.Logf("petstore's log, its last 60 lines:\n%s", dbproc.Tail(p.log.String(), 60))
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)

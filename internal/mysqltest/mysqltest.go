@@ -23,7 +23,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,6 +32,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/graft-sh/graft/internal/dbproc"
 )
 
 // Server is a running MariaDB.
@@ -105,7 +106,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	s := &Server{
-		Host: "127.0.0.1", RootUser: "root", RootPassword: randomHex(16),
+		Host: "127.0.0.1", RootUser: "root", RootPassword: dbproc.RandomHex(16),
 		Dir: dir, Socket: filepath.Join(dir, socketFile), InstallTime: installTime,
 	}
 	if err := copyTree(filepath.Join(tmpl, "data"), filepath.Join(dir, "data"), cred); err != nil {
@@ -125,25 +126,25 @@ func Start(t testing.TB, opts ...Option) *Server {
 	if err := s.writeInitFile(cred); err != nil {
 		t.Fatalf("mysqltest: %v", err)
 	}
-	var p *process
+	var p *dbproc.Process
 	for attempt := 1; ; attempt++ {
-		s.Port = freePort(t)
+		s.Port = dbproc.FreePort(t)
 		p, err = s.start(progs, cred, o)
 		if err == nil {
 			break
 		}
 		// Another process may take the free port before mariadbd binds it.
-		if !errors.Is(err, errPortTaken) || attempt == 3 {
-			t.Fatalf("mysqltest: %v\n%s", err, Tail(s.Log(), logTail))
+		if !errors.Is(err, dbproc.ErrPortTaken) || attempt == 3 {
+			t.Fatalf("mysqltest: %v\n%s", err, dbproc.Tail(s.Log(), logTail))
 		}
 	}
 	// The init file has done its work; the server reads it only at start.
 	os.Remove(filepath.Join(dir, initFile))
 	s.DSN = s.Config(s.RootUser, s.RootPassword, "").FormatDSN()
 	t.Cleanup(func() {
-		p.stop()
+		p.Stop(syscall.SIGTERM)
 		if t.Failed() {
-			t.Logf("mysqltest: the server's log, its last %d lines:\n%s", logTail, Tail(s.Log(), logTail))
+			t.Logf("mysqltest: the server's log, its last %d lines:\n%s", logTail, dbproc.Tail(s.Log(), logTail))
 		}
 	})
 	s.StartTime = time.Since(began)
@@ -164,16 +165,11 @@ const (
 	initFile       = "init.sql"
 )
 
-var errPortTaken = errors.New("the port was taken")
-
 // unavailable skips the test, or fails it when the environment promises
 // MariaDB (CI).
 func unavailable(t testing.TB, reason string) {
 	t.Helper()
-	if os.Getenv("GRAFT_REQUIRE_MYSQL") == "1" {
-		t.Fatalf("mysqltest: %s (GRAFT_REQUIRE_MYSQL=1)", reason)
-	}
-	t.Skipf("mysqltest: %s; set GRAFT_REQUIRE_MYSQL=1 to fail instead", reason)
+	dbproc.Unavailable(t, "mysqltest", "GRAFT_REQUIRE_MYSQL", reason)
 }
 
 // programs are the paths of the server and of its initialisation script.
@@ -208,29 +204,18 @@ func find(dir string, names ...string) (string, error) {
 	return "", fmt.Errorf("MariaDB's %s is not in %s or on PATH (apt-get install mariadb-server)", strings.Join(names, " or "), dir)
 }
 
-// runAs is the identity the server runs as: nil (this process's) unless
-// this process is root, then the mysql system user's.
+// runAs is the identity the server runs as: the mysql system user's when
+// this process is root.
 func runAs() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("mysql")
-	if err != nil {
-		return nil, fmt.Errorf("running as root needs a mysql system user for the server (the mariadb-server package creates it): %w", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+	return dbproc.RunAs("mysql", "the mariadb-server package creates it")
 }
 
-// command runs prog as cred in dir. The kernel kills it if this process
-// dies (Pdeathsig, which Go sets after the change of user: a server that
-// changed user itself, with --user, would lose it), so a killed test
-// binary leaves no server behind.
+// command runs prog as cred in dir. It must not change user itself
+// (--user): the kernel's kill on this process's death (dbproc.Command)
+// would be lost.
 func command(prog, dir string, cred *syscall.Credential, args ...string) *exec.Cmd {
-	cmd := exec.Command(prog, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-	cmd.Env = []string{"LC_ALL=C", "TZ=UTC", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd := dbproc.Command(prog, cred, syscall.SIGKILL, args...)
+	cmd.Env = append(cmd.Env, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
 	cmd.Dir = dir
 	return cmd
 }
@@ -285,7 +270,7 @@ func install(progs programs, cred *syscall.Credential) (string, error) {
 	}, tuning...)
 	if out, err := command(progs.installDB, dir, cred, args...).CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
-		return "", fmt.Errorf("%s: %w\n%s", filepath.Base(progs.installDB), err, Tail(string(out), logTail))
+		return "", fmt.Errorf("%s: %w\n%s", filepath.Base(progs.installDB), err, dbproc.Tail(string(out), logTail))
 	}
 	return dir, nil
 }
@@ -302,7 +287,7 @@ func newDir(cred *syscall.Credential) (string, error) {
 		os.RemoveAll(dir)
 		return "", err
 	}
-	if err := chown(cred, dir); err != nil {
+	if err := dbproc.Chown(cred, dir); err != nil {
 		os.RemoveAll(dir)
 		return "", err
 	}
@@ -336,7 +321,7 @@ func copyTree(src, dst string, cred *syscall.Credential) error {
 		if err != nil {
 			return err
 		}
-		return chown(cred, target)
+		return dbproc.Chown(cred, target)
 	})
 }
 
@@ -357,18 +342,6 @@ func copyFile(src, dst string, mode fs.FileMode) error {
 	return out.Close()
 }
 
-func chown(cred *syscall.Credential, names ...string) error {
-	if cred == nil {
-		return nil
-	}
-	for _, name := range names {
-		if err := os.Chown(name, int(cred.Uid), int(cred.Gid)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // writeInitFile writes the SQL the server runs at start, before it
 // accepts connections: root over TCP from 127.0.0.1 by password, and
 // the same password on the unix socket for an OS user other than root.
@@ -384,7 +357,7 @@ func (s *Server) writeInitFile(cred *syscall.Credential) error {
 	if err := os.WriteFile(name, []byte(sql), 0o600); err != nil {
 		return err
 	}
-	return chown(cred, name)
+	return dbproc.Chown(cred, name)
 }
 
 // makeCertificates writes a CA and a certificate for 127.0.0.1 signed by
@@ -433,7 +406,7 @@ func (s *Server) makeCertificates(cred *syscall.Credential) (*tls.Config, error)
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			return nil, err
 		}
-		if err := chown(cred, path); err != nil {
+		if err := dbproc.Chown(cred, path); err != nil {
 			return nil, err
 		}
 	}
@@ -442,14 +415,8 @@ func (s *Server) makeCertificates(cred *syscall.Credential) (*tls.Config, error)
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// process is a running mariadbd and the channel closed when it exits.
-type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
 // start runs mariadbd on s.Port and waits until root can log in over TCP.
-func (s *Server) start(progs programs, cred *syscall.Credential, o options) (*process, error) {
+func (s *Server) start(progs programs, cred *syscall.Credential, o options) (*dbproc.Process, error) {
 	args := append([]string{"--no-defaults", // must come first
 		"--datadir=" + filepath.Join(s.Dir, "data"),
 		"--bind-address=127.0.0.1", "--port=" + strconv.Itoa(s.Port),
@@ -474,58 +441,37 @@ func (s *Server) start(progs programs, cred *syscall.Credential, o options) (*pr
 		return nil, err
 	}
 	defer out.Close() // the server holds its own descriptor
-	if err := chown(cred, out.Name()); err != nil {
+	if err := dbproc.Chown(cred, out.Name()); err != nil {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", filepath.Base(progs.server), err)
+	name := filepath.Base(progs.server)
+	p, err := dbproc.Start(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.exited) }()
-
 	cfg := s.Config(s.RootUser, s.RootPassword, "")
 	cfg.Timeout = time.Second
 	connector, err := mysql.NewConnector(cfg)
 	if err != nil {
-		p.stop()
+		p.Stop(syscall.SIGTERM)
 		return nil, err
 	}
 	db := sql.OpenDB(connector)
 	defer db.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	ready := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := db.PingContext(ctx)
-		cancel()
-		if err == nil {
-			return p, nil
-		}
-		select {
-		case <-p.exited:
-			if log := s.Log(); strings.Contains(log, "Address already in use") || strings.Contains(log, "errno: 98") {
-				return nil, errPortTaken
-			}
-			return nil, fmt.Errorf("%s exited during start (%s)", filepath.Base(progs.server), cmd.ProcessState)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("%s did not accept connections within 30s: %w", filepath.Base(progs.server), err)
-		}
+		defer cancel()
+		return db.PingContext(ctx)
 	}
-}
-
-// stop asks for a normal shutdown (SIGTERM), then kills the server if it
-// is still there after 10 s.
-func (p *process) stop() {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.exited
+	portTaken := func() bool {
+		log := s.Log()
+		return strings.Contains(log, "Address already in use") || strings.Contains(log, "errno: 98")
 	}
+	if err := p.AwaitReady(name, ready, portTaken, syscall.SIGTERM); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Pid is the server's process id.
@@ -550,12 +496,6 @@ func (s *Server) GeneralLog() string {
 
 // logTail is how much of the server's log a failed test shows.
 const logTail = 60
-
-// Tail is the last n lines of log.
-func Tail(log string, n int) string {
-	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
 
 // Config is a connection configuration for user on database ("" for
 // none) over TCP, with the server's TLS configuration under RequireTLS.
@@ -642,22 +582,6 @@ func NativeHash(password string) string {
 	first := sha1.Sum([]byte(password))
 	second := sha1.Sum(first[:])
 	return "*" + strings.ToUpper(hex.EncodeToString(second[:]))
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // removeStale removes the directories of servers (and templates) whose

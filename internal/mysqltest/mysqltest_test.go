@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/graft-sh/graft/internal/dbproc"
 )
 
 // A started server takes root's password over TCP and refuses a wrong
@@ -221,19 +223,19 @@ func TestRemoveStaleKillsSurvivor(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &Server{Host: "127.0.0.1", RootUser: "root", RootPassword: randomHex(16), Dir: dir, Socket: filepath.Join(dir, socketFile)}
+	s := &Server{Host: "127.0.0.1", RootUser: "root", RootPassword: dbproc.RandomHex(16), Dir: dir, Socket: filepath.Join(dir, socketFile)}
 	if err := copyTree(filepath.Join(tmpl, "data"), filepath.Join(dir, "data"), cred); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.writeInitFile(cred); err != nil {
 		t.Fatal(err)
 	}
-	s.Port = freePort(t)
+	s.Port = dbproc.FreePort(t)
 	p, err := s.start(progs, cred, options{})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, s.Log())
 	}
-	t.Cleanup(p.stop)
+	t.Cleanup(func() { p.Stop(syscall.SIGTERM) })
 
 	// The directory now belongs to a process that has exited.
 	gone := exec.Command("true")
@@ -245,7 +247,7 @@ func TestRemoveStaleKillsSurvivor(t *testing.T) {
 	}
 	removeStale()
 	select {
-	case <-p.exited:
+	case <-p.Exited():
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stale server still runs")
 	}

@@ -5,15 +5,12 @@ package pgtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,6 +19,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/graft-sh/graft/internal/dbproc"
 )
 
 // DefaultBinDir is where Debian's postgresql-15 package puts the server's
@@ -53,7 +52,7 @@ func Start(t testing.TB) *Server {
 	t.Helper()
 	bin, cred, err := prerequisites()
 	if err != nil {
-		unavailable(t, err.Error())
+		dbproc.Unavailable(t, "pgtest", "GRAFT_REQUIRE_PG", err.Error())
 	}
 	removeStale()
 
@@ -68,27 +67,27 @@ func Start(t testing.TB) *Server {
 	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Host: "127.0.0.1", Superuser: "postgres", SuperuserPassword: randomHex(16), Dir: dir}
+	s := &Server{Host: "127.0.0.1", Superuser: "postgres", SuperuserPassword: dbproc.RandomHex(16), Dir: dir}
 	if err := s.initdb(bin, cred); err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
-	var p *process
+	var p *dbproc.Process
 	for attempt := 1; ; attempt++ {
-		s.Port = freePort(t)
+		s.Port = dbproc.FreePort(t)
 		p, err = s.start(bin, cred)
 		if err == nil {
 			break
 		}
 		// Another process may take the free port before postgres binds it.
-		if !errors.Is(err, errPortTaken) || attempt == 3 {
+		if !errors.Is(err, dbproc.ErrPortTaken) || attempt == 3 {
 			t.Fatalf("pgtest: %v\n%s", err, s.Log())
 		}
 	}
 	s.DSN = s.URL(s.Superuser, s.SuperuserPassword, "postgres")
 	t.Cleanup(func() {
-		p.stop()
+		p.Stop(fastShutdown)
 		if t.Failed() {
-			t.Logf("pgtest: the server's log, its last %d lines:\n%s", logTail, Tail(s.Log(), logTail))
+			t.Logf("pgtest: the server's log, its last %d lines:\n%s", logTail, dbproc.Tail(s.Log(), logTail))
 		}
 	})
 	s.StartTime = time.Since(began)
@@ -101,17 +100,9 @@ const (
 	logFile   = "postgres.log"
 )
 
-var errPortTaken = errors.New("the port was taken")
-
-// unavailable skips the test, or fails it when the environment promises
-// PostgreSQL (CI).
-func unavailable(t testing.TB, reason string) {
-	t.Helper()
-	if os.Getenv("GRAFT_REQUIRE_PG") == "1" {
-		t.Fatalf("pgtest: %s (GRAFT_REQUIRE_PG=1)", reason)
-	}
-	t.Skipf("pgtest: %s; set GRAFT_REQUIRE_PG=1 to fail instead", reason)
-}
+// fastShutdown is PostgreSQL's fast shutdown: sessions are ended, no
+// waiting for clients.
+const fastShutdown = syscall.SIGINT
 
 // prerequisites finds the server's programs and the user to run them as.
 func prerequisites() (bin string, cred *syscall.Credential, err error) {
@@ -124,34 +115,15 @@ func prerequisites() (bin string, cred *syscall.Credential, err error) {
 			return "", nil, fmt.Errorf("PostgreSQL's %s is not in %s (apt-get install postgresql-15, or set GRAFT_PG_BINDIR)", prog, bin)
 		}
 	}
-	cred, err = runAs()
+	cred, err = dbproc.RunAs("postgres", "adduser --system --group postgres")
 	return bin, cred, err
 }
 
-// runAs is the identity the server runs as: nil (this process's) unless
-// this process is root, then the postgres system user's.
-func runAs() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("running as root needs a postgres system user for the server (adduser --system --group postgres): %w", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-}
-
-// command runs a program of bin as cred. The kernel stops it if this
-// process dies (Pdeathsig, set after the change of user), so a killed
-// test binary leaves no server behind; SIGQUIT is PostgreSQL's immediate
-// shutdown, which also ends the server's own children.
+// command runs a program of bin as cred; SIGQUIT, sent by the kernel
+// should this process die, is PostgreSQL's immediate shutdown, which also
+// ends the server's own children.
 func command(bin, prog string, cred *syscall.Credential, args ...string) *exec.Cmd {
-	cmd := exec.Command(filepath.Join(bin, prog), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT}
-	cmd.Env = []string{"LC_ALL=C", "TZ=UTC"}
-	return cmd
+	return dbproc.Command(filepath.Join(bin, prog), cred, syscall.SIGQUIT, args...)
 }
 
 // initdb creates the cluster with a superuser who logs in by password
@@ -163,7 +135,7 @@ func (s *Server) initdb(bin string, cred *syscall.Credential) error {
 		return err
 	}
 	defer os.Remove(pwfile)
-	if err := chown(cred, s.Dir, pwfile); err != nil {
+	if err := dbproc.Chown(cred, s.Dir, pwfile); err != nil {
 		return err
 	}
 	cmd := command(bin, "initdb", cred,
@@ -176,27 +148,9 @@ func (s *Server) initdb(bin string, cred *syscall.Credential) error {
 	return nil
 }
 
-func chown(cred *syscall.Credential, names ...string) error {
-	if cred == nil {
-		return nil
-	}
-	for _, name := range names {
-		if err := os.Chown(name, int(cred.Uid), int(cred.Gid)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// process is a running postgres and the channel closed when it exits.
-type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
 // start runs postgres, tuned for tests (nothing is durable), and waits
 // until the superuser can log in.
-func (s *Server) start(bin string, cred *syscall.Credential) (*process, error) {
+func (s *Server) start(bin string, cred *syscall.Credential) (*dbproc.Process, error) {
 	logf, err := os.OpenFile(filepath.Join(s.Dir, logFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -209,46 +163,24 @@ func (s *Server) start(bin string, cred *syscall.Credential) (*process, error) {
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
 		"-c", "log_line_prefix=%m [%p] %q%u@%d ")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	p, err := dbproc.Start(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.exited) }()
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	ready := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		conn, err := pgx.Connect(ctx, s.URL(s.Superuser, s.SuperuserPassword, "postgres"))
-		cancel()
 		if err == nil {
 			conn.Close(context.Background())
-			return p, nil
 		}
-		select {
-		case <-p.exited:
-			if strings.Contains(s.Log(), "Address already in use") {
-				return nil, errPortTaken
-			}
-			return nil, fmt.Errorf("postgres exited during start (%s)", cmd.ProcessState)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, fmt.Errorf("postgres did not accept connections within 30s: %w", err)
-		}
+		return err
 	}
-}
-
-// stop asks for a fast shutdown (SIGINT: sessions are ended, no waiting
-// for clients), then kills the server if it is still there after 10 s.
-func (p *process) stop() {
-	p.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.exited
+	portTaken := func() bool { return strings.Contains(s.Log(), "Address already in use") }
+	if err := p.AwaitReady("postgres", ready, portTaken, fastShutdown); err != nil {
+		return nil, err
 	}
+	return p, nil
 }
 
 // Log is the server's log so far.
@@ -259,12 +191,6 @@ func (s *Server) Log() string {
 
 // logTail is how much of the server's log a failed test shows.
 const logTail = 60
-
-// Tail is the last n lines of log.
-func Tail(log string, n int) string {
-	lines := strings.Split(strings.TrimSuffix(log, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
 
 // URL is a connection URL for user on database, over TCP.
 func (s *Server) URL(user, password, database string) string {
@@ -330,22 +256,6 @@ func Ident(name string) string { return pgx.Identifier{name}.Sanitize() }
 // Literal quotes an SQL string literal, for statements that take no
 // parameters (CREATE ROLE … PASSWORD).
 func Literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
 
 // removeStale removes the directories of servers whose test process died
 // before its cleanup (a timeout's panic, a SIGKILL). Pdeathsig has

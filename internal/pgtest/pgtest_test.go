@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/graft-sh/graft/internal/dbproc"
 )
 
 // The superuser logs in with its password over TCP and nothing else does;
@@ -74,7 +76,7 @@ func TestNoServerOutlivesItsTest(t *testing.T) {
 		select {}
 	}
 	if _, _, err := prerequisites(); err != nil {
-		unavailable(t, err.Error())
+		dbproc.Unavailable(t, "pgtest", "GRAFT_REQUIRE_PG", err.Error())
 	}
 	exe, err := os.Executable()
 	if err != nil {
