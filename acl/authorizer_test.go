@@ -56,8 +56,8 @@ func TestDecideDefaultPolicies(t *testing.T) {
 		allowed []Action // every other action is denied
 	}{
 		// A DBA owns /dba and nothing else.
-		{dbaUser, dbaSecret, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare}},
-		{dbaUser, "/dba", []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare}},
+		{dbaUser, dbaSecret, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionRotate}},
+		{dbaUser, "/dba", []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionRotate}},
 		{dbaUser, config, nil},
 		{dbaUser, secret, nil},
 		{dbaUser, "/app/message-processor", nil},
@@ -134,8 +134,8 @@ func TestDecideExplains(t *testing.T) {
 	}{
 		{dbaUser, ActionShare, "/dba/x", Decision{
 			Allowed: true, Role: "dba", Effect: "allow", Pattern: "/dba/**",
-			Rule:   "allow [read list write delete share] /dba/**",
-			Reason: "allowed by role dba: allow [read list write delete share] /dba/**",
+			Rule:   "allow [read list write delete share rotate] /dba/**",
+			Reason: "allowed by role dba: allow [read list write delete share rotate] /dba/**",
 		}},
 		{msgProc, ActionWrite, "/app/message-processor/replicated/mongo/password", Decision{
 			Role: "app", Effect: "deny", Pattern: "/app/{name}/replicated/**",

@@ -18,9 +18,9 @@ rules:
     paths: [/**]
 `
 	dbaPolicyYAML = `role: dba
-description: The database team owns /dba and shares values from it with applications.
+description: The database team owns /dba, shares values from it with applications and rotates the database credentials in it.
 rules:
-  - allow: [read, list, write, delete, share]
+  - allow: [read, list, write, delete, share, rotate]
     paths: [/dba/**]
 `
 	appPolicyYAML = `role: app

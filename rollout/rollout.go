@@ -157,6 +157,16 @@ type Consumer struct {
 	Reads  string
 	OK     bool
 	Reason string
+	// Unhealthy: the agent runs the revision, but its application
+	// failed its health check.
+	Unhealthy bool
+}
+
+// CopyStatus is whether replication brought the revision to a copy.
+type CopyStatus struct {
+	Path, Rule string
+	Reached    bool
+	Reason     string
 }
 
 // Status is where a value has rolled out.
@@ -164,6 +174,8 @@ type Status struct {
 	Revision  int64
 	Consumers []Consumer
 	Complete  bool
+	// Copies are the value's replicated copies, read by an agent or not.
+	Copies []CopyStatus
 }
 
 // Status finds every agent that reads one of copies (copies[0] is the
@@ -241,7 +253,7 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 			case rep.Revision < n.rev:
 				con.Reason = fmt.Sprintf("the agent runs revision %d of its tree; %s changed at %d", rep.Revision, c.Path, n.rev)
 			case !rep.Healthy:
-				con.Reason = "unhealthy: " + rep.Reason
+				con.Reason, con.Unhealthy = "unhealthy: "+rep.Reason, true
 			default:
 				con.OK = true
 			}
@@ -249,6 +261,13 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 			st.Consumers = append(st.Consumers, con)
 			break // one consumer per agent
 		}
+	}
+	for _, c := range copies[1:] {
+		n, err := needOf(c)
+		if err != nil {
+			return Status{}, err
+		}
+		st.Copies = append(st.Copies, CopyStatus{Path: c.Path, Rule: c.Rule, Reached: n.reason == "", Reason: n.reason})
 	}
 	return st, nil
 }

@@ -86,6 +86,16 @@ type Consumer struct {
 	Reads  string // the path it reads
 	OK     bool   // it runs the revision asked for or newer, rendered, healthy
 	Reason string // why not
+	// Unhealthy: it runs the revision, but its application failed its
+	// health check.
+	Unhealthy bool
+}
+
+// CopyStatus is whether replication has brought the revision to a copy.
+type CopyStatus struct {
+	Path, Rule string
+	Reached    bool
+	Reason     string
 }
 
 // Rollout says where a value has rolled out.
@@ -93,6 +103,8 @@ type Rollout struct {
 	Revision  int64
 	Consumers []Consumer
 	Complete  bool // every consumer is OK
+	// Copies are the value's replicated copies, read by an agent or not.
+	Copies []CopyStatus
 }
 
 // RolloutStatus lists every consumer of path (an agent whose templates
@@ -105,7 +117,10 @@ func (c *Client) RolloutStatus(ctx context.Context, path string, rev int64) (Rol
 	}
 	out := Rollout{Revision: resp.GetRevision(), Complete: resp.GetComplete()}
 	for _, con := range resp.GetConsumers() {
-		out.Consumers = append(out.Consumers, Consumer{Agent: reportFrom(con.GetAgent()), Reads: con.GetReads(), OK: con.GetOk(), Reason: con.GetReason()})
+		out.Consumers = append(out.Consumers, Consumer{Agent: reportFrom(con.GetAgent()), Reads: con.GetReads(), OK: con.GetOk(), Reason: con.GetReason(), Unhealthy: con.GetUnhealthy()})
+	}
+	for _, cp := range resp.GetCopies() {
+		out.Copies = append(out.Copies, CopyStatus{Path: cp.GetPath(), Rule: cp.GetRule(), Reached: cp.GetReached(), Reason: cp.GetReason()})
 	}
 	return out, nil
 }

@@ -47,14 +47,15 @@ type Config struct {
 // Client talks to one graftd (or a load-balanced set of them). It is safe
 // for concurrent use. Close it when done.
 type Client struct {
-	conn     *grpc.ClientConn
-	kv       graftv1.KVServiceClient
-	admin    graftv1.AdminServiceClient
-	tokens   graftv1.TokenServiceClient
-	policies graftv1.PolicyServiceClient
-	audit    graftv1.AuditServiceClient
-	repl     graftv1.ReplicationServiceClient
-	agents   graftv1.AgentServiceClient
+	conn      *grpc.ClientConn
+	kv        graftv1.KVServiceClient
+	admin     graftv1.AdminServiceClient
+	tokens    graftv1.TokenServiceClient
+	policies  graftv1.PolicyServiceClient
+	audit     graftv1.AuditServiceClient
+	repl      graftv1.ReplicationServiceClient
+	agents    graftv1.AgentServiceClient
+	rotations graftv1.RotationServiceClient
 }
 
 // Connection backoff for the gRPC channel: the defaults (1s growing to
@@ -99,14 +100,15 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("sdk: connect to %s: %w", cfg.Addr, err)
 	}
 	return &Client{
-		conn:     conn,
-		kv:       graftv1.NewKVServiceClient(conn),
-		admin:    graftv1.NewAdminServiceClient(conn),
-		tokens:   graftv1.NewTokenServiceClient(conn),
-		policies: graftv1.NewPolicyServiceClient(conn),
-		audit:    graftv1.NewAuditServiceClient(conn),
-		repl:     graftv1.NewReplicationServiceClient(conn),
-		agents:   graftv1.NewAgentServiceClient(conn),
+		conn:      conn,
+		kv:        graftv1.NewKVServiceClient(conn),
+		admin:     graftv1.NewAdminServiceClient(conn),
+		tokens:    graftv1.NewTokenServiceClient(conn),
+		policies:  graftv1.NewPolicyServiceClient(conn),
+		audit:     graftv1.NewAuditServiceClient(conn),
+		repl:      graftv1.NewReplicationServiceClient(conn),
+		agents:    graftv1.NewAgentServiceClient(conn),
+		rotations: graftv1.NewRotationServiceClient(conn),
 	}, nil
 }
 

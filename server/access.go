@@ -102,6 +102,21 @@ var accessTable = map[string]rpcAccess{
 	graftv1.AgentService_ListAgents_FullMethodName:    {action: acl.ActionList, perItem: true},
 	graftv1.AgentService_RolloutStatus_FullMethodName: {action: acl.ActionList, path: field((*graftv1.RolloutStatusRequest).GetPath), verb: "rollout status", key: true},
 
+	// Rotations are named, not paths: each handler checks rotate (list
+	// for the reads) on the rotation's target, and notes the target in
+	// the audit record.
+	graftv1.RotationService_CreateRotation_FullMethodName:  {action: acl.ActionRotate, write: true, perItem: true},
+	graftv1.RotationService_GetRotation_FullMethodName:     {action: acl.ActionList, perItem: true},
+	graftv1.RotationService_ListRotations_FullMethodName:   {action: acl.ActionList, perItem: true},
+	graftv1.RotationService_RunRotation_FullMethodName:     {action: acl.ActionRotate, write: true, perItem: true},
+	graftv1.RotationService_PauseRotation_FullMethodName:   {action: acl.ActionRotate, write: true, perItem: true},
+	graftv1.RotationService_ResumeRotation_FullMethodName:  {action: acl.ActionRotate, write: true, perItem: true},
+	graftv1.RotationService_DeleteRotation_FullMethodName:  {action: acl.ActionRotate, write: true, perItem: true},
+	graftv1.RotationService_RotationHistory_FullMethodName: {action: acl.ActionList, perItem: true},
+	graftv1.RotationService_ClaimRotation_FullMethodName:   {action: acl.ActionRotate, perItem: true},
+	graftv1.RotationService_ReleaseRotation_FullMethodName: {action: acl.ActionRotate, perItem: true},
+	graftv1.RotationService_AdvanceRotation_FullMethodName: {action: acl.ActionRotate, write: true, perItem: true},
+
 	graftv1.TokenService_WhoAmI_FullMethodName:      {anyone: true},
 	graftv1.TokenService_CreateToken_FullMethodName: adminWrite,
 	graftv1.TokenService_RevokeToken_FullMethodName: adminWrite,

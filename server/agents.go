@@ -86,7 +86,10 @@ func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRe
 	}
 	resp := &graftv1.RolloutStatusResponse{Revision: st.Revision, Complete: st.Complete}
 	for _, c := range st.Consumers {
-		resp.Consumers = append(resp.Consumers, &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason})
+		resp.Consumers = append(resp.Consumers, &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason, Unhealthy: c.Unhealthy})
+	}
+	for _, c := range st.Copies {
+		resp.Copies = append(resp.Copies, &graftv1.CopyStatus{Path: c.Path, Rule: c.Rule, Reached: c.Reached, Reason: c.Reason})
 	}
 	return resp, nil
 }

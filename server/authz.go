@@ -124,9 +124,13 @@ func (s *Server) guard(ctx context.Context, fullMethod string, req any, handler 
 			return nil, toStatus(unavailable("%s %s: the audit log is unavailable, so nothing was changed; retry shortly", lower(method), a.path))
 		}
 	}
-	resp, err := handler(ctx, req)
+	note := &auditNote{}
+	resp, err := handler(context.WithValue(ctx, auditNoteKey{}, note), req)
 	rec := s.record(ctx, method, a, "ok", err)
 	rec.Revision = revisionOf(resp)
+	if note.path != "" {
+		rec.Path, rec.Detail = note.path, note.detail
+	}
 	if !a.write {
 		s.audit.AppendAsync(rec)
 		return resp, err
@@ -149,4 +153,19 @@ func lower(method string) string {
 		b[0] += 'a' - 'A'
 	}
 	return string(b)
+}
+
+// auditNote is what a handler adds to its call's audit record: for rpcs
+// that name a thing rather than a path (a rotation), the path it acts
+// on, and a line for a human.
+type auditNote struct{ path, detail string }
+
+type auditNoteKey struct{}
+
+// noteAudit sets the path and detail of the call's audit record; detail
+// must never hold a secret.
+func noteAudit(ctx context.Context, path, detail string) {
+	if n, ok := ctx.Value(auditNoteKey{}).(*auditNote); ok {
+		n.path, n.detail = path, detail
+	}
 }

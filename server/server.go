@@ -67,6 +67,8 @@ type Config struct {
 	Replication Replication
 	// Agents keeps graft-agents' reports; nil keeps none.
 	Agents Agents
+	// Rotations keeps blue/green rotations; nil keeps none.
+	Rotations Rotations
 }
 
 // Server implements the graft.v1 services.
@@ -78,6 +80,7 @@ type Server struct {
 	graftv1.UnimplementedAuditServiceServer
 	graftv1.UnimplementedReplicationServiceServer
 	graftv1.UnimplementedAgentServiceServer
+	graftv1.UnimplementedRotationServiceServer
 
 	store       *store.Store
 	auth        Tokens
@@ -89,6 +92,7 @@ type Server struct {
 	reload      KeyringReloader
 	replication Replication
 	agents      Agents
+	rotations   Rotations
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -116,6 +120,7 @@ func New(cfg Config) (*Server, error) {
 		reload:      cfg.ReloadKeyring,
 		replication: cfg.Replication,
 		agents:      cfg.Agents,
+		rotations:   cfg.Rotations,
 		stopping:    make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "graft_grpc_requests_total",
@@ -146,6 +151,7 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	graftv1.RegisterAuditServiceServer(r, s)
 	graftv1.RegisterReplicationServiceServer(r, s)
 	graftv1.RegisterAgentServiceServer(r, s)
+	graftv1.RegisterRotationServiceServer(r, s)
 }
 
 // ServerOptions returns the interceptors that authenticate, log and measure

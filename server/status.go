@@ -12,6 +12,8 @@ import (
 	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/rollout"
+	"github.com/graft-sh/graft/rotation"
+	"github.com/graft-sh/graft/rotation/registry"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -49,6 +51,7 @@ var errorCodes = []struct {
 	{acl.ErrInvalidPattern, codes.InvalidArgument},
 	{replicator.ErrInvalidRule, codes.InvalidArgument},
 	{rollout.ErrInvalid, codes.InvalidArgument},
+	{rotation.ErrInvalid, codes.InvalidArgument},
 
 	{store.ErrNotFound, codes.NotFound},
 
@@ -58,6 +61,7 @@ var errorCodes = []struct {
 	{store.ErrDestination, codes.FailedPrecondition},
 	{store.ErrDestinationNotEmpty, codes.FailedPrecondition},
 	{store.ErrRevisionChanged, codes.FailedPrecondition},
+	{registry.ErrConflict, codes.FailedPrecondition},
 
 	{store.ErrCompacted, codes.OutOfRange},
 	{store.ErrContention, codes.Aborted},

@@ -53,6 +53,15 @@ const (
 	// SpaceAgents holds graft-agents' reports, keyed <app>/<agent id>,
 	// each bound to a lease its agent renews by reporting.
 	SpaceAgents Space = "agents/"
+	// SpaceRotations holds blue/green rotations by name: spec, state,
+	// and the sealed passwords of a run in progress.
+	SpaceRotations Space = "rotations/"
+	// SpaceRotationClaims holds, by rotation name, the lease-bound claim
+	// of the rotator that runs it.
+	SpaceRotationClaims Space = "rotationclaims/"
+	// SpaceRotationRuns holds rotations' finished runs, keyed
+	// <name>/<run, 19 digits>.
+	SpaceRotationRuns Space = "rotationruns/"
 	// SpaceParked holds, by source path, the last change the replicator
 	// gave up on.
 	SpaceParked Space = "parked"

@@ -40,6 +40,7 @@ import (
 	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/rollout"
+	"github.com/graft-sh/graft/rotation/registry"
 	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
 )
@@ -155,6 +156,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 	if err := d.newReplication(ctx, reg); err != nil {
 		return nil, err
 	}
+	rotations := registry.New(d.store)
+	reg.MustRegister(registry.NewCollector(rotations))
 	d.srv, err = server.New(server.Config{
 		Store:         d.store,
 		Auth:          d.tokens,
@@ -167,6 +170,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		ReloadKeyring: d.reloadKeyring,
 		Replication:   d.repl,
 		Agents:        rollout.New(d.store),
+		Rotations:     rotations,
 	})
 	if err != nil {
 		return nil, err

@@ -540,7 +540,10 @@ type Consumer struct {
 	Ok bool `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
 	// Why not: replication has not reached the copy, the agent has not
 	// rendered it, a template failed, or the application is unhealthy.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Whether the agent runs the revision but its application failed its
+	// health check: a verdict, where the other reasons are waits.
+	Unhealthy     bool `protobuf:"varint,5,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +606,87 @@ func (x *Consumer) GetReason() string {
 	return ""
 }
 
+func (x *Consumer) GetUnhealthy() bool {
+	if x != nil {
+		return x.Unhealthy
+	}
+	return false
+}
+
+// CopyStatus is whether replication has brought the revision to one copy
+// of the value.
+type CopyStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The copy's path.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The rule that writes it.
+	Rule string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Whether it holds the revision looked for, or a newer one.
+	Reached bool `protobuf:"varint,3,opt,name=reached,proto3" json:"reached,omitempty"`
+	// Why not.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyStatus) Reset() {
+	*x = CopyStatus{}
+	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyStatus) ProtoMessage() {}
+
+func (x *CopyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyStatus.ProtoReflect.Descriptor instead.
+func (*CopyStatus) Descriptor() ([]byte, []int) {
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CopyStatus) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CopyStatus) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *CopyStatus) GetReached() bool {
+	if x != nil {
+		return x.Reached
+	}
+	return false
+}
+
+func (x *CopyStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // RolloutStatusResponse says where a value has rolled out.
 type RolloutStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -611,14 +695,17 @@ type RolloutStatusResponse struct {
 	// Every consumer.
 	Consumers []*Consumer `protobuf:"bytes,2,rep,name=consumers,proto3" json:"consumers,omitempty"`
 	// Whether every consumer is ok.
-	Complete      bool `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
+	Complete bool `protobuf:"varint,3,opt,name=complete,proto3" json:"complete,omitempty"`
+	// Every copy of the value replication writes, read by a consumer or
+	// not.
+	Copies        []*CopyStatus `protobuf:"bytes,4,rep,name=copies,proto3" json:"copies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RolloutStatusResponse) Reset() {
 	*x = RolloutStatusResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	mi := &file_graft_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +717,7 @@ func (x *RolloutStatusResponse) String() string {
 func (*RolloutStatusResponse) ProtoMessage() {}
 
 func (x *RolloutStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	mi := &file_graft_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +730,7 @@ func (x *RolloutStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatusResponse.ProtoReflect.Descriptor instead.
 func (*RolloutStatusResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RolloutStatusResponse) GetRevision() int64 {
@@ -665,6 +752,13 @@ func (x *RolloutStatusResponse) GetComplete() bool {
 		return x.Complete
 	}
 	return false
+}
+
+func (x *RolloutStatusResponse) GetCopies() []*CopyStatus {
+	if x != nil {
+		return x.Copies
+	}
+	return nil
 }
 
 var File_graft_v1_agent_proto protoreflect.FileDescriptor
@@ -704,16 +798,24 @@ const file_graft_v1_agent_proto_rawDesc = "" +
 	"\x06agents\x18\x01 \x03(\v2\x15.graft.v1.AgentReportR\x06agents\"F\n" +
 	"\x14RolloutStatusRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"u\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x93\x01\n" +
 	"\bConsumer\x12+\n" +
 	"\x05agent\x18\x01 \x01(\v2\x15.graft.v1.AgentReportR\x05agent\x12\x14\n" +
 	"\x05reads\x18\x02 \x01(\tR\x05reads\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x81\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1c\n" +
+	"\tunhealthy\x18\x05 \x01(\bR\tunhealthy\"f\n" +
+	"\n" +
+	"CopyStatus\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x18\n" +
+	"\areached\x18\x03 \x01(\bR\areached\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xaf\x01\n" +
 	"\x15RolloutStatusResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x120\n" +
 	"\tconsumers\x18\x02 \x03(\v2\x12.graft.v1.ConsumerR\tconsumers\x12\x1a\n" +
-	"\bcomplete\x18\x03 \x01(\bR\bcomplete2\xe6\x01\n" +
+	"\bcomplete\x18\x03 \x01(\bR\bcomplete\x12,\n" +
+	"\x06copies\x18\x04 \x03(\v2\x14.graft.v1.CopyStatusR\x06copies2\xe6\x01\n" +
 	"\fAgentService\x12;\n" +
 	"\x06Report\x12\x17.graft.v1.ReportRequest\x1a\x18.graft.v1.ReportResponse\x12G\n" +
 	"\n" +
@@ -734,7 +836,7 @@ func file_graft_v1_agent_proto_rawDescGZIP() []byte {
 	return file_graft_v1_agent_proto_rawDescData
 }
 
-var file_graft_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_graft_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_graft_v1_agent_proto_goTypes = []any{
 	(*AgentReport)(nil),           // 0: graft.v1.AgentReport
 	(*TemplateReport)(nil),        // 1: graft.v1.TemplateReport
@@ -745,28 +847,30 @@ var file_graft_v1_agent_proto_goTypes = []any{
 	(*ListAgentsResponse)(nil),    // 6: graft.v1.ListAgentsResponse
 	(*RolloutStatusRequest)(nil),  // 7: graft.v1.RolloutStatusRequest
 	(*Consumer)(nil),              // 8: graft.v1.Consumer
-	(*RolloutStatusResponse)(nil), // 9: graft.v1.RolloutStatusResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*CopyStatus)(nil),            // 9: graft.v1.CopyStatus
+	(*RolloutStatusResponse)(nil), // 10: graft.v1.RolloutStatusResponse
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_graft_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: graft.v1.AgentReport.templates:type_name -> graft.v1.TemplateReport
 	2,  // 1: graft.v1.AgentReport.reloads:type_name -> graft.v1.ReloadReport
-	10, // 2: graft.v1.AgentReport.time:type_name -> google.protobuf.Timestamp
+	11, // 2: graft.v1.AgentReport.time:type_name -> google.protobuf.Timestamp
 	0,  // 3: graft.v1.ReportRequest.report:type_name -> graft.v1.AgentReport
 	0,  // 4: graft.v1.ListAgentsResponse.agents:type_name -> graft.v1.AgentReport
 	0,  // 5: graft.v1.Consumer.agent:type_name -> graft.v1.AgentReport
 	8,  // 6: graft.v1.RolloutStatusResponse.consumers:type_name -> graft.v1.Consumer
-	3,  // 7: graft.v1.AgentService.Report:input_type -> graft.v1.ReportRequest
-	5,  // 8: graft.v1.AgentService.ListAgents:input_type -> graft.v1.ListAgentsRequest
-	7,  // 9: graft.v1.AgentService.RolloutStatus:input_type -> graft.v1.RolloutStatusRequest
-	4,  // 10: graft.v1.AgentService.Report:output_type -> graft.v1.ReportResponse
-	6,  // 11: graft.v1.AgentService.ListAgents:output_type -> graft.v1.ListAgentsResponse
-	9,  // 12: graft.v1.AgentService.RolloutStatus:output_type -> graft.v1.RolloutStatusResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	9,  // 7: graft.v1.RolloutStatusResponse.copies:type_name -> graft.v1.CopyStatus
+	3,  // 8: graft.v1.AgentService.Report:input_type -> graft.v1.ReportRequest
+	5,  // 9: graft.v1.AgentService.ListAgents:input_type -> graft.v1.ListAgentsRequest
+	7,  // 10: graft.v1.AgentService.RolloutStatus:input_type -> graft.v1.RolloutStatusRequest
+	4,  // 11: graft.v1.AgentService.Report:output_type -> graft.v1.ReportResponse
+	6,  // 12: graft.v1.AgentService.ListAgents:output_type -> graft.v1.ListAgentsResponse
+	10, // 13: graft.v1.AgentService.RolloutStatus:output_type -> graft.v1.RolloutStatusResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_graft_v1_agent_proto_init() }
@@ -780,7 +884,7 @@ func file_graft_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_graft_v1_agent_proto_rawDesc), len(file_graft_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,23 @@
+package store
+
+import "fmt"
+
+// SealSecret encrypts a secret that is not a value (the passwords of a
+// rotation in progress, kept in its record) with the keyring's primary
+// key. name is the additional data: it must be the same to open it, and
+// it is prefixed so that no value's path can ever equal it.
+func (s *Store) SealSecret(name string, plain []byte) ([]byte, error) {
+	sealed, err := s.keyring.Load().Seal(secretAD(name), plain)
+	if err != nil {
+		return nil, fmt.Errorf("seal %s: %w", name, err)
+	}
+	return sealed, nil
+}
+
+// OpenSecret decrypts what SealSecret sealed under name; its errors are
+// the keyring's (ErrDecrypt).
+func (s *Store) OpenSecret(name string, sealed []byte) ([]byte, error) {
+	return s.keyring.Load().Open(secretAD(name), sealed)
+}
+
+func secretAD(name string) string { return "graft:secret:" + name }
