@@ -42,6 +42,8 @@ type Agent struct {
 	token   string     // the token client uses, from TokenFile
 	metrics *metrics
 	reg     *prometheus.Registry
+	// rotator runs rotations, when the configuration asks for them.
+	rotator *rotator
 
 	values   map[string][]byte
 	times    map[string]time.Time // commit time of each value, for lag
@@ -113,6 +115,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		return nil, err
 	}
 	host, _ := os.Hostname()
+	holder := cfg.ID
+	if holder == "" {
+		holder = defaultHolder(host)
+	}
 	if cfg.ID == "" {
 		cfg.ID = host
 	}
@@ -121,6 +127,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates)),
 		kube: map[int]*kubeRestarter{}}
+	if cfg.Rotations.Enabled() {
+		a.rotator = newRotator(a, holder)
+	}
 	for i, act := range cfg.Reload {
 		if act.Kubernetes != nil {
 			a.kube[i] = newKubeRestarter(act.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes"))
@@ -238,6 +247,24 @@ func (a *Agent) Run(ctx context.Context) error {
 			go a.forward(a.signals, cancel)
 		}
 		defer a.stop()
+	}
+	if a.rotator != nil {
+		if a.cfg.App == "" {
+			a.ready.Store(true)
+			a.rotator.run(ctx)
+			return nil
+		}
+		var wg sync.WaitGroup
+		rctx, stopRotator := context.WithCancel(ctx)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.rotator.run(rctx)
+		}()
+		defer func() {
+			stopRotator()
+			wg.Wait()
+		}()
 	}
 	// One pass: a snapshot, a render from it, then the watch after it. A
 	// watch that ends because its revision was compacted reads a new

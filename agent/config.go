@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/graft-sh/graft/internal/config"
+	"github.com/graft-sh/graft/rotation"
 )
 
 // segmentRE is one segment of a graft path.
@@ -42,6 +43,15 @@ type Config struct {
 	Exec      *Exec      `yaml:"exec"`
 	Health    Health     `yaml:"health"`
 	Wait      Wait       `yaml:"wait"`
+	// Rotations makes the agent a rotator, with the owner's identity:
+	// all the rotations it may rotate (`rotations: all`) or those listed.
+	// Such an agent needs no app or templates; with them it does both.
+	Rotations Rotations `yaml:"rotations"`
+	// RotationClaimTTL is how long its claim on a rotation outlives it
+	// (default 15s): how soon another rotator takes over after it dies.
+	RotationClaimTTL time.Duration `yaml:"rotation_claim_ttl"`
+	// RotationHook, for tests, is called at every boundary of a run.
+	RotationHook func(name string, b rotation.Boundary) `yaml:"-"`
 	// Listen is the loopback address of /healthz, /readyz and /metrics;
 	// "off" serves none.
 	Listen   string `yaml:"listen"`
@@ -175,9 +185,10 @@ func (c Config) Root() string { return "/app/" + c.App }
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
 	var p config.Problems
-	if c.App == "" {
-		p.Add("app: name the application whose tree the agent renders (app: message-processor for /app/message-processor)")
-	} else if !segmentRE.MatchString(c.App) || c.App == "." || c.App == ".." {
+	rotator := c.Rotations.Enabled()
+	if c.App == "" && !rotator {
+		p.Add("app: name the application whose tree the agent renders (app: message-processor for /app/message-processor), or set rotations: for a rotator")
+	} else if c.App != "" && !segmentRE.MatchString(c.App) || c.App == "." || c.App == ".." {
 		p.Add("app %q: want one path segment of A-Z a-z 0-9 . _ -", c.App)
 	}
 	if c.ID != "" && (strings.ContainsAny(c.ID, "/\n") || len(c.ID) > 253) {
@@ -195,7 +206,21 @@ func (c Config) Validate() error {
 	if c.TLS.CertFile != "" && c.TLS.CAFile == "" {
 		p.Add("tls.ca_file: a client certificate needs TLS; give the CA of graftd's certificate")
 	}
-	if len(c.Templates) == 0 && (c.Exec == nil || len(c.Exec.Env) == 0) {
+	if c.App == "" && rotator && (len(c.Templates) > 0 || c.Exec != nil || len(c.Reload) > 0) {
+		p.Add("app: templates, exec and reload render an application's tree: name it with app:")
+	}
+	if c.App == "" && (c.Once || c.DryRun) {
+		p.Add("--once and --dry-run render an application's tree: name it with app:")
+	}
+	for _, n := range c.Rotations.Names {
+		if err := rotation.CheckName(n); err != nil {
+			p.Add("rotations: %v", err)
+		}
+	}
+	if c.RotationClaimTTL != 0 && (c.RotationClaimTTL < 2*time.Second || c.RotationClaimTTL > 5*time.Minute) {
+		p.Add("rotation_claim_ttl %s: want 2s to 5m", c.RotationClaimTTL)
+	}
+	if c.App != "" && len(c.Templates) == 0 && (c.Exec == nil || len(c.Exec.Env) == 0) {
 		p.Add("templates: give at least one template (destination and contents or source), or exec.env")
 	}
 	if c.Exec != nil {

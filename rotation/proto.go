@@ -12,8 +12,13 @@ import (
 // The one translation between the API and these types, for graftd and
 // the agent alike.
 
-// SpecFromProto returns the spec p describes.
+// SpecFromProto returns the spec p describes; an absent retire grace is
+// DefaultRetireGrace.
 func SpecFromProto(p *graftv1.RotationSpec) Spec {
+	grace := DefaultRetireGrace
+	if p.GetRetireGrace() != nil {
+		grace = p.GetRetireGrace().AsDuration()
+	}
 	return Spec{
 		Name:             p.GetName(),
 		Driver:           p.GetDriver(),
@@ -23,7 +28,7 @@ func SpecFromProto(p *graftv1.RotationSpec) Spec {
 		Group:            p.GetGroup(),
 		Consumers:        p.GetConsumers(),
 		RolloutTimeout:   p.GetRolloutTimeout().AsDuration(),
-		RetireGrace:      p.GetRetireGrace().AsDuration(),
+		RetireGrace:      grace,
 		Every:            p.GetEvery().AsDuration(),
 		StepTimeout:      p.GetStepTimeout().AsDuration(),
 		PasswordLength:   int(p.GetPasswordLength()),
@@ -161,7 +166,7 @@ type Run struct {
 func RunOf(st State) Run {
 	return Run{
 		Run: st.Run, Outcome: st.Phase, Reason: st.Reason, NewUser: st.NewUser, ActiveUser: st.ActiveUser,
-		Started: st.RunStarted, Finished: st.RunFinished, Steps: st.Steps, RequestedBy: st.RequestedBy, Holder: st.Holder,
+		Started: st.RunStarted, Finished: st.RunFinished, Steps: st.Steps, RequestedBy: st.RequestedBy, Holder: st.Rotator,
 	}
 }
 

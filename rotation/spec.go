@@ -89,15 +89,13 @@ func CheckName(name string) error {
 	return nil
 }
 
-// Normalize fills in the defaults: the durations, and the group as the
+// Normalize fills in the defaults: the timeouts (the retire grace may be
+// zero; SpecFromProto gives an absent one its default), and the group as the
 // users' common prefix without its trailing - or _ (message-processor for
 // message-processor-blue and message-processor-green).
 func (s *Spec) Normalize() {
 	if s.RolloutTimeout == 0 {
 		s.RolloutTimeout = DefaultRolloutTimeout
-	}
-	if s.RetireGrace == 0 {
-		s.RetireGrace = DefaultRetireGrace
 	}
 	if s.StepTimeout == 0 {
 		s.StepTimeout = DefaultStepTimeout

@@ -73,8 +73,8 @@ type State struct {
 	LastSuccess       time.Time `json:"lastSuccess,omitzero"`
 	Paused            bool      `json:"paused,omitempty"`
 	Acked             []string  `json:"acked,omitempty"`
-	// Holder is the rotator that last advanced the state.
-	Holder string `json:"holder,omitempty"`
+	// Rotator is the rotator that last advanced the state.
+	Rotator string `json:"rotator,omitempty"`
 }
 
 // Secrets are the passwords of a run in progress.

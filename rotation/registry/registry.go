@@ -410,7 +410,7 @@ func (r *Registry) Advance(ctx context.Context, name, holder string, next rotati
 	rec := cur.Value
 	st := next.State
 	// Only graftd's own rpcs change these.
-	st.Paused, st.Requested, st.RequestedBy, st.Holder = rec.State.Paused, rec.State.Requested, rec.State.RequestedBy, holder
+	st.Paused, st.Requested, st.RequestedBy, st.Rotator = rec.State.Paused, rec.State.Requested, rec.State.RequestedBy, holder
 	if err := rotation.Check(rec.Spec, rec.State, st, secrets != nil, r.now()); err != nil {
 		return Rotation{}, err
 	}
