@@ -37,6 +37,10 @@ func TestMain(m *testing.M) {
 		execApp(os.Args[1])
 		return
 	}
+	if os.Getenv("GRAFT_AGENT_TEST_ROTATOR") != "" {
+		rotatorProcess(os.Args[1], os.Args[2], os.Args[3], os.Args[4])
+		return
+	}
 	os.Exit(m.Run())
 }
 

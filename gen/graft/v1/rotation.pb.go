@@ -324,8 +324,10 @@ type RotationState struct {
 	// The revision of the target a rollback republished the old
 	// credential at.
 	RollbackRevision int64 `protobuf:"varint,21,opt,name=rollback_revision,json=rollbackRevision,proto3" json:"rollback_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The rotator that stored the last step.
+	Rotator       string `protobuf:"bytes,22,opt,name=rotator,proto3" json:"rotator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotationState) Reset() {
@@ -503,6 +505,13 @@ func (x *RotationState) GetRollbackRevision() int64 {
 		return x.RollbackRevision
 	}
 	return 0
+}
+
+func (x *RotationState) GetRotator() string {
+	if x != nil {
+		return x.Rotator
+	}
+	return ""
 }
 
 // RotationSecrets are the passwords of a run in progress, kept sealed by
@@ -1855,7 +1864,7 @@ const file_graft_v1_rotation_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\astarted\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x126\n" +
 	"\bfinished\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x12\x16\n" +
-	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xb1\x06\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xcb\x06\n" +
 	"\rRotationState\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\x03R\x03run\x12\x14\n" +
 	"\x05phase\x18\x02 \x01(\tR\x05phase\x12,\n" +
@@ -1880,7 +1889,8 @@ const file_graft_v1_rotation_proto_rawDesc = "" +
 	"\aoverdue\x18\x12 \x01(\bR\aoverdue\x12\x18\n" +
 	"\astalled\x18\x13 \x01(\bR\astalled\x12\x18\n" +
 	"\aversion\x18\x14 \x01(\x03R\aversion\x12+\n" +
-	"\x11rollback_revision\x18\x15 \x01(\x03R\x10rollbackRevision\"a\n" +
+	"\x11rollback_revision\x18\x15 \x01(\x03R\x10rollbackRevision\x12\x18\n" +
+	"\arotator\x18\x16 \x01(\tR\arotator\"a\n" +
 	"\x0fRotationSecrets\x12!\n" +
 	"\fnew_password\x18\x01 \x01(\tR\vnewPassword\x12+\n" +
 	"\x11previous_password\x18\x02 \x01(\tR\x10previousPassword\"e\n" +

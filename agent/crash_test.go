@@ -1,0 +1,194 @@
+package agent_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/rotation"
+	"github.com/graft-sh/graft/sdk"
+)
+
+// rotatorProcess is a rotator agent as a process of its own, which kills
+// itself with SIGKILL at the boundary killAt ("" never): the crash the
+// matrix below injects.
+func rotatorProcess(server, tokenFile, id, killAt string) {
+	cfg := agent.DefaultConfig()
+	cfg.Server, cfg.TokenFile, cfg.ID, cfg.Listen = server, tokenFile, id, "off"
+	cfg.Rotations = agent.Rotations{All: true}
+	cfg.RotationClaimTTL = 2 * time.Second
+	cfg.RotationHook = func(_ string, b rotation.Boundary) {
+		if b.String() == killAt {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(ctx, cfg, nil, nil)
+	if err != nil {
+		os.Stderr.WriteString(err.Error() + "\n")
+		os.Exit(2)
+	}
+	a.Run(ctx)
+}
+
+type rotatorProc struct {
+	cmd  *exec.Cmd
+	done chan error
+	out  *lockedBuffer
+}
+
+func (r *rotationRig) rotatorProc(id, killAt string) *rotatorProc {
+	r.t.Helper()
+	p := &rotatorProc{done: make(chan error, 1), out: &lockedBuffer{}}
+	p.cmd = exec.Command(os.Args[0], r.g.Addr, r.dbaTF, id, killAt)
+	p.cmd.Env = append(os.Environ(), "GRAFT_AGENT_TEST_ROTATOR=1")
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	r.t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done })
+	return p
+}
+
+// stop ends the rotator as SIGTERM does, which gives its claims up.
+func (p *rotatorProc) stop(t *testing.T) {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the rotator did not stop on SIGTERM:\n%s", p.out)
+	}
+	p.done <- nil // for the cleanup
+}
+
+// checker logs in with the credential the consumer has rendered, without
+// pause, and counts the times it could not.
+type checker struct {
+	mu       sync.Mutex
+	checks   int
+	failures []string
+	stop     func()
+	done     chan struct{}
+}
+
+func (r *rotationRig) check() *checker {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &checker{stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		for ctx.Err() == nil {
+			user, password := r.rendered()
+			if user != "" {
+				err := r.login(ctx, user, password)
+				c.mu.Lock()
+				c.checks++
+				if err != nil && ctx.Err() == nil {
+					c.failures = append(c.failures, user+": "+err.Error())
+				}
+				c.mu.Unlock()
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return c
+}
+
+func (c *checker) end(t *testing.T) {
+	c.stop()
+	<-c.done
+	if len(c.failures) > 0 {
+		t.Errorf("the consumer's credential could not log in %d of %d times: %s", len(c.failures), c.checks, strings.Join(c.failures, "; "))
+	}
+	if c.checks == 0 {
+		t.Error("the checker never logged in")
+	}
+}
+
+// The crash matrix: a rotator is killed with SIGKILL at every boundary of
+// a run — after each step's start is stored, after its side effect, after
+// its end is stored — and a second rotator takes the claim over when it
+// expires and completes the run. Throughout, the credential the consumer
+// holds logs in, and every run publishes its credential exactly once (a
+// resumed step does not re-key or publish again).
+func TestRotatorCrashMatrix(t *testing.T) {
+	r := newRotationRig(t)
+	r.create(nil)
+	// The first run creates the users; the crashes are in the runs after.
+	first := r.rotatorProc("first", "")
+	if rot := r.run(60 * time.Second); rot.State.Phase != rotation.PhaseDone {
+		t.Fatalf("run 1: %s (%s)", rot.State.Phase, rot.State.Reason)
+	}
+	first.stop(t)
+	chk := r.check()
+	active := blue
+	runs := 1
+	for _, step := range []string{rotation.StepKey, rotation.StepTest, rotation.StepPublish, rotation.StepRollout, rotation.StepRetire} {
+		for _, at := range []string{"begun", "applied", "finished"} {
+			b := rotation.Boundary{Step: step, At: at}.String()
+			victim := r.rotatorProc("victim", b)
+			if _, err := r.dba.RunRotation(t.Context(), rotName); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-victim.done:
+				victim.done <- err
+				if !strings.Contains(err.Error(), "killed") {
+					t.Fatalf("%s: the rotator ended with %v, not SIGKILL:\n%s", b, err, victim.out)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("%s: the rotator never reached the boundary:\n%s", b, victim.out)
+			}
+			heir := r.rotatorProc("heir", "")
+			var rot = r.waitRun(int64(runs+1), 60*time.Second)
+			heir.stop(t)
+			runs++
+			if rot.State.Phase != rotation.PhaseDone {
+				t.Fatalf("%s: run %d ended %s: %s", b, rot.State.Run, rot.State.Phase, rot.State.Reason)
+			}
+			want := green
+			if active == green {
+				want = blue
+			}
+			if rot.State.ActiveUser != want {
+				t.Fatalf("%s: active user %s after run %d, want %s", b, rot.State.ActiveUser, rot.State.Run, want)
+			}
+			active = want
+			if rot.State.Rotator != "heir" {
+				t.Errorf("%s: run %d was finished by %q, want the second rotator", b, rot.State.Run, rot.State.Rotator)
+			}
+			t.Logf("%s: run %d done by the second rotator in %s", b, rot.State.Run, rot.State.RunFinished.Sub(rot.State.RunStarted).Round(time.Millisecond))
+		}
+	}
+	chk.end(t)
+	hist, err := r.dba.History(t.Context(), rotTarget+"/password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != runs {
+		t.Errorf("the target's password has %d versions after %d runs: want one publish per run", len(hist), runs)
+	}
+}
+
+// waitRun waits until run n has ended.
+func (r *rotationRig) waitRun(n int64, timeout time.Duration) sdk.Rotation {
+	r.t.Helper()
+	var rot sdk.Rotation
+	testenv.WaitFor(r.t, timeout, func() bool {
+		var err error
+		rot, err = r.dba.GetRotation(r.t.Context(), rotName)
+		return err == nil && rot.State.Run >= n && !rot.State.Phase.InProgress()
+	})
+	return rot
+}
