@@ -535,6 +535,11 @@ func (x *run) apply(ctx context.Context, step string) (detail, verdict string, e
 		}
 		return fmt.Sprintf("revision %d", rev), "", nil
 	case StepRollout:
+		if x.view.ActiveUser == "" {
+			// The first credential replaces none: no consumer can run
+			// without it yet, and there is no old user to protect.
+			return "the first credential: no old user to retire, so no consumer to wait for", "", nil
+		}
 		return x.rollout(ctx, x.view.PublishedRevision, true)
 	case StepRetire:
 		return x.retire(ctx)
