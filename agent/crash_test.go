@@ -192,3 +192,35 @@ func (r *rotationRig) waitRun(n int64, timeout time.Duration) sdk.Rotation {
 	})
 	return rot
 }
+
+// graftd restarted in the middle of runs: while the rotator's step is
+// begun and its side effect done, graftd goes away and comes back; the
+// rotator stores the step once it is back, and the run completes.
+func TestRotatorSurvivesAGraftdRestart(t *testing.T) {
+	r := newRotationRig(t)
+	r.create(nil)
+	restartAt := map[string]bool{"publish/applied": true, "rollout/begun": true, "retire/applied": true}
+	var mu sync.Mutex
+	restarted := []string{}
+	r.rotator("rotator-1", func(_ string, b rotation.Boundary) {
+		mu.Lock()
+		defer mu.Unlock()
+		if restartAt[b.String()] {
+			delete(restartAt, b.String())
+			r.g.Restart(t)
+			restarted = append(restarted, b.String())
+		}
+	})
+	chk := r.check()
+	for n := range 3 {
+		if rot := r.run(90 * time.Second); rot.State.Phase != rotation.PhaseDone {
+			t.Fatalf("run %d: %s (%s)", n+1, rot.State.Phase, rot.State.Reason)
+		}
+	}
+	chk.end(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(restarted) != 3 {
+		t.Fatalf("graftd was restarted at %v: want three boundaries", restarted)
+	}
+}
