@@ -13,6 +13,9 @@ import (
 	"github.com/graft-sh/graft/sdk"
 )
 
+// rotationPoll is how often rotation run --wait asks where the run stands.
+const rotationPoll = 250 * time.Millisecond
+
 // rotationExample is the one example every rotation message refers to.
 const rotationExample = `graft rotation create message-processor-pg --driver postgres \
       --admin /dba/passpack/admin/postgres \
@@ -191,9 +194,13 @@ password.`,
 	}
 	cmd.AddCommand(
 		a.rotationCreateCmd(),
+		a.rotationRunCmd(),
 		a.rotationStatusCmd(),
 		a.rotationListCmd(),
 		a.rotationHistoryCmd(),
+		a.rotationPauseCmd(true),
+		a.rotationPauseCmd(false),
+		a.rotationRmCmd(),
 	)
 	return cmd
 }
@@ -387,6 +394,15 @@ func writeState(b *strings.Builder, st rotation.View) {
 	}
 }
 
+// noRotator warns, after a run is asked for, that nothing will start it
+// yet.
+func noRotator(st rotation.View) string {
+	if st.Holder != "" {
+		return ""
+	}
+	return " (no rotator holds it now: it starts once a graft-agent with rotations: in its configuration runs)"
+}
+
 // stalledHint says what a stalled run most likely lacks.
 func stalledHint(st rotation.View) string {
 	if st.Holder == "" {
@@ -499,4 +515,247 @@ func (a *app) rotationHistoryCmd() *cobra.Command {
 	}
 	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many runs (1 to 1000)")
 	return cmd
+}
+
+func (a *app) rotationPauseCmd(pause bool) *cobra.Command {
+	use, short, done := "resume NAME", "Let a paused rotation run again", "resumed: runs asked for or due start again"
+	if pause {
+		use, short, done = "pause NAME", "Hold a rotation's new runs, asked for or due; a run in progress finishes", "paused: no new run starts until `graft rotation resume %[1]s`; a run in progress finishes"
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  args(1, 1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				var (
+					r   sdk.Rotation
+					err error
+				)
+				if pause {
+					r, err = c.PauseRotation(ctx, args[0])
+				} else {
+					r, err = c.ResumeRotation(ctx, args[0])
+				}
+				if err != nil {
+					return err
+				}
+				return a.Emit(viewRotation(r), func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "rotation %s "+done+"\n", r.Spec.Name)
+					return err
+				})
+			})
+		},
+	}
+}
+
+func (a *app) rotationRmCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm NAME [--force]",
+		Short: "Delete a rotation and its history; the database users and the published values stay",
+		Long: `Delete the rotation NAME, its state and its history. The database users and
+the values published at its target stay as they are. A rotation with a run
+asked for or in progress is refused unless --force: then its rotator stops at
+its next step, wherever the run stands.`,
+		Example: `  graft rotation rm message-processor-pg
+  graft rotation rm message-processor-pg --force   # even with a run in progress`,
+		Args: args(1, 1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				if err := c.DeleteRotation(ctx, args[0], force); err != nil {
+					return err
+				}
+				return a.Emit(map[string]any{"name": args[0], "deleted": true}, func(w io.Writer) error {
+					_, err := fmt.Fprintf(w, "deleted rotation %s (its database users and published values stay)\n", args[0])
+					return err
+				})
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete it even with a run asked for or in progress")
+	return cmd
+}
+
+func (a *app) rotationRunCmd() *cobra.Command {
+	var (
+		wait    bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "run NAME [--wait [--timeout T]]",
+		Short: "Ask for a run now; with --wait, follow it until it is done or failed",
+		Long: `Ask for a run of NAME now. The rotator holding the rotation (a graft-agent
+with rotations: in its configuration) starts it within about a second.
+Refused while the rotation is paused or a run is already in progress.
+
+With --wait it follows the run, printing each step as it begins, changes and
+finishes, and exits 0 when the run is done, 1 when it failed (after rolling
+back; the reason is printed), and 3 when --timeout passes first:
+
+  graft rotation run message-processor-pg --wait --timeout 15m`,
+		Args: args(1, 1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if !wait {
+				return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+					r, err := c.RunRotation(ctx, name)
+					if err != nil {
+						return err
+					}
+					return a.Emit(viewRotation(r), func(w io.Writer) error {
+						_, err := fmt.Fprintf(w, "rotation %s: run %d asked for; follow it with `graft rotation status %s`%s\n", name, r.State.Run+1, name, noRotator(r.State))
+						return err
+					})
+				})
+			}
+			if timeout <= 0 {
+				return fmt.Errorf("rotation run: --timeout %s: want a positive duration such as 15m", timeout)
+			}
+			return a.waitRotation(cmd, name, timeout)
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the run until it is done or failed, or --timeout passes")
+	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "how long --wait waits")
+	return cmd
+}
+
+// waitRotation asks for a run and follows it: every rotationPoll, each
+// call bounded by callLimit, until it is done (nil), failed (an error:
+// exit 1) or timeout passes (exit 3). Progress lines go to stdout with
+// -o table; -o json and yaml print only the rotation as it ended.
+func (a *app) waitRotation(cmd *cobra.Command, name string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	defer cancel()
+	c, err := a.Client(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	cctx, ccancel := context.WithTimeout(ctx, callLimit)
+	r, err := c.RunRotation(cctx, name)
+	ccancel()
+	if err != nil {
+		return err
+	}
+	want := r.State.Run + 1
+	progress := io.Discard
+	if a.Output == "table" {
+		progress = a.Stdout
+	}
+	fmt.Fprintf(progress, "rotation %s: run %d asked for%s\n", name, want, noRotator(r.State))
+	p := &runProgress{w: progress, run: want}
+	p.show(r.State)
+	last := r
+	for {
+		select {
+		case <-ctx.Done():
+			if cmd.Context().Err() != nil {
+				return cmd.Context().Err()
+			}
+			return a.rotationTimedOut(name, timeout, want, last)
+		case <-time.After(rotationPoll):
+		}
+		cctx, ccancel := context.WithTimeout(ctx, callLimit)
+		r, err := c.GetRotation(cctx, name)
+		ccancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				continue // time is up: the last answer stands
+			}
+			return err
+		}
+		last = r
+		st := r.State
+		p.show(st)
+		if st.Run < want || st.Phase.InProgress() {
+			continue
+		}
+		if st.Run > want {
+			return fmt.Errorf("rotation %s: run %d ended and run %d followed before it was seen; see `graft rotation history %s`", name, want, st.Run, name)
+		}
+		if err := a.Emit(viewRotation(r), func(w io.Writer) error {
+			if st.Phase == rotation.PhaseDone {
+				_, err := fmt.Fprintf(w, "rotation %s: run %d done in %s: %s is active\n", name, want, dash(took(st.RunStarted, st.RunFinished)), st.ActiveUser)
+				return err
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if st.Phase == rotation.PhaseDone {
+			return nil
+		}
+		return fmt.Errorf("rotation %s: run %d %s: %s (active user %s; see `graft rotation history %s`)", name, want, st.Phase, dash(st.Reason), dash(st.ActiveUser), name)
+	}
+}
+
+// rotationTimedOut shows where the run stood when --wait gave up, and
+// exits 3.
+func (a *app) rotationTimedOut(name string, timeout time.Duration, want int64, last sdk.Rotation) error {
+	st := last.State
+	where := string(st.Phase)
+	if st.Run == want {
+		if s, ok := st.Last(); ok {
+			where += ", step " + s.Name
+		}
+	}
+	why := ""
+	switch {
+	case st.Phase == rotation.PhaseRequested && st.Paused:
+		why = fmt.Sprintf("; it is paused: `graft rotation resume %s`", name)
+	case st.Phase == rotation.PhaseRequested && st.Holder == "":
+		why = "; no rotator has started it: is a graft-agent with rotations: in its configuration running, with the owner's identity?"
+	case st.Stalled:
+		why = "; " + stalledHint(st)
+	}
+	if err := a.Emit(viewRotation(last), func(io.Writer) error { return nil }); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stderr, "graft: rotation %s: run %d not finished after %s (%s)%s\n", name, want, human(timeout), where, why)
+	return exitCode(exitNotRolledOut)
+}
+
+func sameStep(a, b rotation.Step) bool {
+	return a.Name == b.Name && a.Started.Equal(b.Started) && a.Finished.Equal(b.Finished) && a.Detail == b.Detail
+}
+
+// runProgress prints a line whenever the followed run's phase changes, a
+// step begins, its detail changes or it finishes.
+type runProgress struct {
+	w     io.Writer
+	run   int64
+	phase rotation.Phase
+	seen  []rotation.Step
+}
+
+func (p *runProgress) show(st rotation.View) {
+	if st.Run != p.run {
+		return // the run asked for has not started yet
+	}
+	for i, s := range st.Steps {
+		var line string
+		switch {
+		case i < len(p.seen) && sameStep(p.seen[i], s):
+			continue
+		case s.Done():
+			line = fmt.Sprintf("  %s %s finished in %s", tableTime(s.Finished), s.Name, dash(took(s.Started, s.Finished)))
+		case i < len(p.seen) && p.seen[i].Name == s.Name && p.seen[i].Started.Equal(s.Started):
+			// The step in progress says how far it has got.
+			line = fmt.Sprintf("  %s %s", tableTime(time.Now()), s.Name)
+		default:
+			line = fmt.Sprintf("  %s %s started", tableTime(s.Started), s.Name)
+		}
+		if s.Detail != "" {
+			line += ": " + s.Detail
+		}
+		fmt.Fprintln(p.w, line)
+	}
+	p.seen = append(p.seen[:0], st.Steps...)
+	if st.Phase != p.phase {
+		p.phase = st.Phase
+		if st.Phase == rotation.PhaseRollingBack {
+			fmt.Fprintf(p.w, "  rolling back: %s\n", dash(st.Reason))
+		}
+	}
 }

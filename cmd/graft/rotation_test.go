@@ -1,12 +1,15 @@
 package main
 
 import (
+	"encoding/json"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/rotation"
+	"github.com/graft-sh/graft/sdk"
 )
 
 const (
@@ -152,6 +155,315 @@ func TestRotationCreate(t *testing.T) {
 	}
 	mustContain(t, "history --limit 0", c.fails("rotation", "history", rotName, "--limit", "0"), "--limit 0: want 1 to 1000")
 	mustContain(t, "status of a rotation that does not exist", c.fails("rotation", "status", "nope"), "rotation nope: not found", "graft rotation ls")
+}
+
+// Pausing holds runs (the refusal says how to resume); a run asked for
+// stays requested, since no rotator runs in this test, and --wait gives
+// up with exit 3 saying so; rm refuses a requested rotation without
+// --force.
+func TestRotationRunPauseRm(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	c.put(rotAdmin+"/dsn", rotDSN)
+	c.ok(rotCreateArgs()...)
+
+	out := c.ok("rotation", "pause", rotName)
+	mustContain(t, "pause", out, "rotation message-processor-pg paused", "graft rotation resume message-processor-pg")
+	mustContain(t, "status when paused", c.ok("rotation", "status", rotName), "paused:          yes")
+	if ls := c.ok("rotation", "ls"); !regexp.MustCompile(`\n` + rotName + ` .* idle +- +- +- +paused\n$`).MatchString(ls) {
+		t.Errorf("ls of a paused rotation:\n%s", ls)
+	}
+	mustContain(t, "run while paused", c.fails("rotation", "run", rotName), "is paused", "graft rotation resume "+rotName)
+	mustContain(t, "run --wait while paused", c.fails("rotation", "run", rotName, "--wait", "--timeout", "5s"), "is paused", "graft rotation resume")
+
+	mustContain(t, "resume", c.ok("rotation", "resume", rotName), "rotation message-processor-pg resumed")
+	mustContain(t, "status when resumed", c.ok("rotation", "status", rotName), "paused:          no\n")
+
+	// Asked for; no rotator exists here, so it stays requested and
+	// --wait gives up after its timeout with exit 3, naming why.
+	began := time.Now()
+	r := c.run("rotation", "run", rotName, "--wait", "--timeout", "1s")
+	if r.code != exitNotRolledOut {
+		t.Fatalf("run --wait with no rotator: %+v, want exit %d", r, exitNotRolledOut)
+	}
+	if took := time.Since(began); took < time.Second || took > 8*time.Second {
+		t.Errorf("run --wait --timeout 1s returned after %s", took)
+	}
+	mustContain(t, "run --wait stdout", r.stdout, "rotation message-processor-pg: run 1 asked for (no rotator holds it now")
+	mustContain(t, "run --wait stderr", r.stderr, "graft: rotation message-processor-pg: run 1 not finished after 1s (requested)",
+		"no rotator has started it", "graft-agent with rotations:")
+
+	st := c.ok("rotation", "status", rotName)
+	mustContain(t, "status when requested", st, "phase:           requested (run 1 asked for by root at ", "run:             - (none yet)\n", "stalled:         no\n")
+	var v rotationView
+	decode(t, c.ok("rotation", "status", rotName, "-o", "json"), &v)
+	if v.State.Phase != "requested" || v.State.RequestedBy != "root" || v.State.Requested == "" {
+		t.Errorf("status -o json when requested: %+v", v.State)
+	}
+	if ls := c.ok("rotation", "ls"); !strings.Contains(line(t, ls, rotName), " requested ") {
+		t.Errorf("ls when requested:\n%s", ls)
+	}
+	mustContain(t, "run when already requested", c.fails("rotation", "run", rotName), "is already requested", "graft rotation status "+rotName)
+
+	mustContain(t, "rm while requested", c.fails("rotation", "rm", rotName), "is requested", "--force")
+	c.ok("rotation", "status", rotName) // still there
+	mustContain(t, "rm --force", c.ok("rotation", "rm", rotName, "--force"), "deleted rotation message-processor-pg")
+	mustContain(t, "status after rm", c.fails("rotation", "status", rotName), "not found")
+	if r := c.run("rotation", "ls"); r.stdout != "" || r.stderr != "no rotations\n" {
+		t.Errorf("ls after rm: %+v", r)
+	}
+	// The admin DSN stays; a new rotation of the same name may be made.
+	if got := c.ok("get", rotAdmin+"/dsn"); got != rotDSN {
+		t.Errorf("admin DSN after rm = %q", got)
+	}
+	c.ok(rotCreateArgs()...)
+}
+
+// run without --wait answers at once with the run number; -o json holds
+// the rotation as graftd stored it.
+func TestRotationRunNoWait(t *testing.T) {
+	c := newCLI(t, graftdtest.Start(t))
+	c.put(rotAdmin+"/dsn", rotDSN)
+	c.ok(rotCreateArgs()...)
+	var v rotationView
+	if err := json.Unmarshal([]byte(c.ok("rotation", "run", rotName, "-o", "json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Spec.Name != rotName || v.State.Phase != "requested" {
+		t.Fatalf("run -o json: %+v", v)
+	}
+	mustContain(t, "rm while requested", c.fails("rotation", "rm", rotName), "--force")
+}
+
+// scriptedRotator stands in for a rotator: it claims the rotation and
+// stores the states given, each through AdvanceRotation, so graftd holds
+// every one to the state machine as it would a real rotator's.
+type scriptedRotator struct {
+	t   *testing.T
+	c   *sdk.Client
+	cur rotation.View
+}
+
+func newScriptedRotator(t *testing.T, g *graftdtest.Graftd) *scriptedRotator {
+	c, err := sdk.New(t.Context(), sdk.Config{Addr: g.Addr, Token: g.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	// Holding the claim before any run is asked for, as a rotator that
+	// runs does.
+	if _, err := c.ClaimRotation(t.Context(), rotName, "test-rotator", 0); err != nil {
+		t.Fatal(err)
+	}
+	return &scriptedRotator{t: t, c: c}
+}
+
+// awaitRequested claims the rotation until a run is asked for.
+func (s *scriptedRotator) awaitRequested() error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cl, err := s.c.ClaimRotation(s.t.Context(), rotName, "test-rotator", 0)
+		if err != nil {
+			return err
+		}
+		if cl.Rotation.State.Phase == rotation.PhaseRequested {
+			s.cur = cl.Rotation.State
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errTimeout
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var errTimeout = errorString("no run was asked for within 10s")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// step changes the state with f, stores it and leaves it for longer than
+// run --wait takes to look again.
+func (s *scriptedRotator) step(secrets *rotation.Secrets, f func(st *rotation.State)) error {
+	next := s.cur
+	next.Steps = append([]rotation.Step(nil), s.cur.Steps...)
+	f(&next.State)
+	r, err := s.c.AdvanceRotation(s.t.Context(), rotName, "test-rotator", next, secrets)
+	if err != nil {
+		return err
+	}
+	s.cur = r.State
+	time.Sleep(3 * rotationPoll / 2)
+	return nil
+}
+
+func now() time.Time { return time.Now().UTC() }
+
+func begin(st *rotation.State, name string) {
+	st.Steps = append(st.Steps, rotation.Step{Name: name, Started: now()})
+}
+
+func finish(st *rotation.State, detail string) {
+	st.Steps[len(st.Steps)-1].Finished, st.Steps[len(st.Steps)-1].Detail = now(), detail
+}
+
+// succeed runs a whole run along its steps, with a rollout that reports
+// its progress before it finishes.
+func (s *scriptedRotator) succeed() error {
+	if err := s.awaitRequested(); err != nil {
+		return err
+	}
+	user := "message-processor-blue"
+	for _, f := range []func(st *rotation.State){
+		func(st *rotation.State) {
+			st.Run, st.Phase, st.NewUser, st.RunStarted, st.Steps, st.Reason = st.Run+1, rotation.PhaseRunning, user, now(), nil, ""
+			begin(st, rotation.StepKey)
+		},
+		func(st *rotation.State) { finish(st, "re-keyed "+user); begin(st, rotation.StepTest) },
+		func(st *rotation.State) { finish(st, "logged in as "+user); begin(st, rotation.StepPublish) },
+		func(st *rotation.State) {
+			st.PublishedRevision = 7
+			finish(st, "revision 7")
+			begin(st, rotation.StepRollout)
+		},
+		func(st *rotation.State) { st.Steps[len(st.Steps)-1].Detail = "0 of 1 consumers on revision 7" },
+		func(st *rotation.State) {
+			st.Acked = []string{"message-processor/mp-1"}
+			finish(st, "1 of 1 consumers on revision 7")
+			begin(st, rotation.StepRetire)
+		},
+		func(st *rotation.State) {
+			finish(st, "retired no one (first run)")
+			st.Phase, st.ActiveUser, st.RunFinished, st.LastSuccess = rotation.PhaseDone, user, now(), now()
+		},
+	} {
+		var secrets *rotation.Secrets
+		if s.cur.Phase == rotation.PhaseRequested {
+			secrets = &rotation.Secrets{NewPassword: "n3w-pw-never-shown"}
+		}
+		if err := s.step(secrets, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fail runs a run whose test fails, and rolls it back.
+func (s *scriptedRotator) fail() error {
+	if err := s.awaitRequested(); err != nil {
+		return err
+	}
+	user := "message-processor-green"
+	reason := "test: login as message-processor-green: password authentication failed"
+	for _, f := range []func(st *rotation.State){
+		func(st *rotation.State) {
+			st.Run, st.Phase, st.NewUser, st.RunStarted, st.Steps, st.Acked, st.PublishedRevision = st.Run+1, rotation.PhaseRunning, user, now(), nil, nil, 0
+			begin(st, rotation.StepKey)
+		},
+		func(st *rotation.State) { finish(st, "re-keyed "+user); begin(st, rotation.StepTest) },
+		func(st *rotation.State) {
+			st.Phase, st.Reason = rotation.PhaseRollingBack, reason
+			begin(st, rotation.StepRollbackDisable)
+		},
+		func(st *rotation.State) {
+			finish(st, user+" can no longer log in")
+			st.Phase, st.RunFinished = rotation.PhaseFailed, now()
+		},
+	} {
+		var secrets *rotation.Secrets
+		if s.cur.Phase == rotation.PhaseRequested {
+			secrets = &rotation.Secrets{NewPassword: "n3w-pw-never-shown", PreviousPassword: "0ld-pw-never-shown"}
+		}
+		if err := s.step(secrets, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run --wait follows a run step by step and exits 0 when it is done, 1
+// with the reason when it failed; history, status and ls then show both
+// runs, and no password anywhere.
+func TestRotationRunWaitFollowsTheRun(t *testing.T) {
+	g := graftdtest.Start(t)
+	c := newCLI(t, g)
+	c.put(rotAdmin+"/dsn", rotDSN)
+	c.ok(rotCreateArgs()...)
+	rot := newScriptedRotator(t, g)
+
+	done := make(chan error, 1)
+	go func() { done <- rot.succeed() }()
+	out := c.ok("rotation", "run", rotName, "--wait", "--timeout", "30s")
+	if err := <-done; err != nil {
+		t.Fatalf("scripted rotator: %v", err)
+	}
+	if strings.Contains(out, "no rotator holds it") {
+		t.Errorf("run --wait warned of no rotator while one held the claim:\n%s", out)
+	}
+	mustContain(t, "run --wait of a run that succeeds", out,
+		"rotation message-processor-pg: run 1 asked for\n",
+		" key started\n",
+		" key finished in ", ": re-keyed message-processor-blue\n",
+		" test finished in ", " publish finished in ", ": revision 7\n",
+		" rollout started\n", " rollout: 0 of 1 consumers on revision 7\n",
+		" rollout finished in ", ": 1 of 1 consumers on revision 7\n",
+		" retire finished in ",
+		"rotation message-processor-pg: run 1 done in ", ": message-processor-blue is active\n")
+	// Each change is one line: the rollout's progress shows once.
+	if n := strings.Count(out, "0 of 1 consumers"); n != 1 {
+		t.Errorf("the rollout's progress shows %d times:\n%s", n, out)
+	}
+	if i, j := strings.Index(out, " key started"), strings.Index(out, " retire finished"); i < 0 || j < i {
+		t.Errorf("steps out of order:\n%s", out)
+	}
+
+	go func() { done <- rot.fail() }()
+	r := c.run("rotation", "run", rotName, "--wait", "--timeout", "30s")
+	if err := <-done; err != nil {
+		t.Fatalf("scripted rotator: %v", err)
+	}
+	if r.code != 1 {
+		t.Fatalf("run --wait of a run that fails: %+v, want exit 1", r)
+	}
+	mustContain(t, "run --wait of a run that fails", r.stdout, "run 2 asked for", " test started\n",
+		"  rolling back: test: login as message-processor-green: password authentication failed\n",
+		" rollback-disable finished in ", ": message-processor-green can no longer log in\n")
+	if r.stderr != "graft: rotation message-processor-pg: run 2 failed: test: login as message-processor-green: password authentication failed (active user message-processor-blue; see `graft rotation history message-processor-pg`)\n" {
+		t.Errorf("run --wait of a failed run: stderr %q", r.stderr)
+	}
+
+	hist := c.ok("rotation", "history", rotName)
+	lines := strings.Split(strings.TrimSpace(hist), "\n")
+	if len(lines) != 3 || !regexp.MustCompile(`^RUN +OUTCOME +NEW-USER +ACTIVE-USER +STARTED +TOOK +REASON$`).MatchString(lines[0]) ||
+		!regexp.MustCompile(`^2 +failed +message-processor-green +message-processor-blue +\S+ +\d\S*s +test: login as message-processor-green: password authentication failed$`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`^1 +done +message-processor-blue +message-processor-blue +\S+ +\d\S*s +-$`).MatchString(lines[2]) {
+		t.Errorf("history, newest first:\n%s", hist)
+	}
+	var runs []runView
+	decode(t, c.ok("rotation", "history", rotName, "--limit", "1", "-o", "json"), &runs)
+	if len(runs) != 1 || runs[0].Run != 2 || len(runs[0].Steps) != 3 || runs[0].Steps[2].Name != rotation.StepRollbackDisable || runs[0].Holder != "test-rotator" {
+		t.Errorf("history --limit 1 -o json: %+v", runs)
+	}
+
+	st := c.ok("rotation", "status", rotName)
+	mustContain(t, "status after a failed run", st,
+		"phase:           failed\n", "run:             2\n",
+		"active user:     message-processor-blue\n", "new user:        message-processor-green\n",
+		"steps of run 2:\n", "  key ", "  test ", " running ", "  rollback-disable ",
+		"holder:          test-rotator\n",
+		"reason:          test: login as message-processor-green: password authentication failed\n")
+	if regexp.MustCompile(`last success: +never`).MatchString(st) {
+		t.Errorf("status after a done run says it never succeeded:\n%s", st)
+	}
+	ls := c.ok("rotation", "ls")
+	if !regexp.MustCompile(`\n` + rotName + ` +postgres +\S+ +failed +message-processor-blue +\d{4}-\S+Z +- +-\n$`).MatchString(ls) {
+		t.Errorf("ls after the runs:\n%s", ls)
+	}
+	for _, args := range [][]string{{"rotation", "status", rotName, "-o", "json"}, {"rotation", "ls", "-o", "yaml"}, {"rotation", "history", rotName, "-o", "json"}} {
+		if out := c.ok(args...); strings.Contains(out, "never-shown") {
+			t.Errorf("graft %v shows a password:\n%s", args, out)
+		}
+	}
 }
 
 func TestHuman(t *testing.T) {
