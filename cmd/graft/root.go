@@ -89,6 +89,7 @@ Start a local graftd with 'make run' (graftd --dev), then:
 		a.statusCmd(),
 		a.agentsCmd(),
 		a.rolloutCmd(),
+		a.rotationCmd(),
 		a.versionCmd(),
 	)
 	return root
