@@ -17,10 +17,10 @@ type Pet struct {
 }
 
 // store is one connection pool to the database, opened with one set of
-// settings: pgStore for PostgreSQL. What a change
+// settings: pgStore for PostgreSQL, mysqlStore for MariaDB. What a change
 // of settings does with them (open and verify the new pool, swap it in,
 // close the old one, run again an operation that found its pool closed)
-// is db's, written once for any database.
+// is db's, written once for both.
 //
 // An operation that fails before it has a connection, and so has had no
 // effect, returns a noConnError; close waits for the operations that
@@ -68,10 +68,19 @@ const connectTimeout = 10 * time.Second
 // connect opens a pool with s, pings it and asks who it is logged in as,
 // so that settings the database refuses are found before any request
 // depends on them.
-func connect(ctx context.Context, s Settings) (*pool, error) {
+func connect(ctx context.Context, s Settings, log *slog.Logger) (*pool, error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
-	st, err := openPostgres(ctx, s)
+	var st store
+	var err error
+	switch s.Driver {
+	case driverPostgres:
+		st, err = openPostgres(ctx, s)
+	case driverMySQL:
+		st, err = openMySQL(s, log)
+	default: // parseSettings refuses it
+		err = fmt.Errorf("unknown DB_DRIVER %q", s.Driver)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +97,7 @@ func connect(ctx context.Context, s Settings) (*pool, error) {
 }
 
 func openDB(ctx context.Context, s Settings, log *slog.Logger) (*db, error) {
-	p, err := connect(ctx, s)
+	p, err := connect(ctx, s, log)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +109,7 @@ func openDB(ctx context.Context, s Settings, log *slog.Logger) (*db, error) {
 
 func (d *db) logConnected(p *pool) {
 	s := p.settings
-	attrs := []any{"user", p.user, "host", s.Host, "port", s.Port, "database", s.Name}
+	attrs := []any{"user", p.user, "driver", s.Driver, "host", s.Host, "port", s.Port, "database", s.Name}
 	if p.user != s.User {
 		attrs = append(attrs, "db_user", s.User)
 	}
@@ -123,7 +132,15 @@ func (d *db) reload(ctx context.Context, src source) {
 		d.log.Info("reload: database settings unchanged", "user", s.User)
 		return
 	}
-	next, err := connect(ctx, s)
+	if s.Driver != old.settings.Driver {
+		// The pets table was made (or found) at start, in the database
+		// petstore started on: another kind of database is another
+		// database, which a restart sets up.
+		d.log.Error("reload: DB_DRIVER changed from "+old.settings.Driver+" to "+s.Driver+", which needs a restart; keeping the current connection as user "+old.user,
+			"user", old.user)
+		return
+	}
+	next, err := connect(ctx, s, d.log)
 	if err != nil {
 		d.log.Error("reload: the new database settings do not work; keeping the current connection as user "+old.user,
 			"user", old.user, "new_user", s.User, "err", err)
@@ -169,11 +186,19 @@ func (d *db) ping(ctx context.Context) (Settings, error) {
 // the privilege to create tables: a user that may only read and write a
 // table someone else made can run petstore.
 //
-// With owner set, the table is made as that role (SET ROLE), so that it
-// belongs to a group every login user of the application is a member of,
-// not to whichever of them happened to start first: blue/green
-// credentials then share it.
+// On PostgreSQL, with owner set, the table is made as that role (SET
+// ROLE), so that it belongs to a group every login user of the
+// application is a member of, not to whichever of them happened to start
+// first: blue/green credentials then share it. MariaDB has no owner of a
+// table: each user's privileges on it come from its grants (for
+// blue/green, from a role both users have), so owner is ignored there,
+// with a line in the log.
 func (d *db) ensureSchema(ctx context.Context, owner string) error {
+	if owner != "" && d.settings().Driver == driverMySQL {
+		d.log.Info("--schema-owner is ignored on MariaDB, where a table has no owner: the users' privileges on it come from the grants to their role",
+			"schema_owner", owner)
+		owner = ""
+	}
 	var created bool
 	var user string
 	err := d.do(func(p *pool) (err error) {
@@ -184,6 +209,8 @@ func (d *db) ensureSchema(ctx context.Context, owner string) error {
 	switch {
 	case err != nil || !created:
 		return err
+	case d.settings().Driver == driverMySQL:
+		d.log.Info("created the pets table", "user", user)
 	case owner != "":
 		d.log.Info("created the pets table", "owner", owner)
 	default:
