@@ -52,19 +52,6 @@ func newDatabase(t *testing.T) *pgtest.Server {
 	return pg
 }
 
-// settingsFile writes petstore's settings for user as graft-agent would:
-// to a temporary file renamed into place.
-func settingsFile(t *testing.T, name string, pg *pgtest.Server, user, password string) {
-	t.Helper()
-	data := fmt.Sprintf("DB_HOST=%s\nDB_PORT=%d\nDB_NAME=petstore\nDB_USER=%s\nDB_PASSWORD=%s\nDB_SSLMODE=disable\n", pg.Host, pg.Port, user, password)
-	if err := os.WriteFile(name+".tmp", []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(name+".tmp", name); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // process is a running petstore.
 type process struct {
 	t       *testing.T
