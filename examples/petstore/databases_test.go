@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +37,11 @@ type testDB interface {
 	// checkSchemaOwner checks what --schema-owner group did to the pets
 	// table petstore p made.
 	checkSchemaOwner(t *testing.T, p *process)
+	// lockPets locks the pets table against reading and writing until
+	// unlock is called (or the test ends).
+	lockPets(t *testing.T) (unlock func())
+	// waiting is how many of user's sessions wait for a lock.
+	waiting(t *testing.T, user string) int
 	// lockOut keeps user from logging in again and ends the sessions it
 	// has open; it returns how many it ended.
 	lockOut(t *testing.T, user string) int
@@ -75,6 +81,15 @@ func writeSettings(t *testing.T, name string, lines []string) {
 	if err := os.Rename(name+".tmp", name); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// onceUntilCleanup is f, to be called once: by the caller, else when the
+// test ends (before petstore stops, whose cleanup came first).
+func onceUntilCleanup(t *testing.T, f func()) func() {
+	var once sync.Once
+	do := func() { once.Do(f) }
+	t.Cleanup(do)
+	return do
 }
 
 // pgDB is PostgreSQL: the group petstore (NOLOGIN) owns the database, and
@@ -117,6 +132,29 @@ func (d pgDB) checkSchemaOwner(t *testing.T, p *process) {
 	if err != nil || owner != group {
 		t.Fatalf("pets belongs to %q (%v), want the group %q", owner, err, group)
 	}
+}
+
+func (d pgDB) lockPets(t *testing.T) func() {
+	t.Helper()
+	tx, err := d.pg.Connect(t, "petstore").Begin(t.Context())
+	if err == nil {
+		_, err = tx.Exec(t.Context(), "LOCK TABLE pets IN ACCESS EXCLUSIVE MODE")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return onceUntilCleanup(t, func() { tx.Rollback(context.Background()) })
+}
+
+func (d pgDB) waiting(t *testing.T, user string) int {
+	t.Helper()
+	var n int
+	err := d.pg.Connect(t, "petstore").QueryRow(t.Context(),
+		"SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock'", user).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func (d pgDB) lockOut(t *testing.T, user string) int {
@@ -201,6 +239,32 @@ func (d myDB) checkSchemaOwner(t *testing.T, p *process) {
 	if n := strings.Count(p.log.String(), "--schema-owner is ignored on MariaDB"); n != 1 {
 		t.Fatalf("petstore's log says %d times that --schema-owner is ignored, want once", n)
 	}
+}
+
+func (d myDB) lockPets(t *testing.T) func() {
+	t.Helper()
+	c, err := d.my.ConnectAs(t, d.my.RootUser, d.my.RootPassword, "petstore").Conn(t.Context())
+	if err == nil {
+		_, err = c.ExecContext(t.Context(), "LOCK TABLES pets WRITE")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return onceUntilCleanup(t, func() {
+		c.ExecContext(context.Background(), "UNLOCK TABLES")
+		c.Close()
+	})
+}
+
+func (d myDB) waiting(t *testing.T, user string) int {
+	t.Helper()
+	var n int
+	err := d.my.Connect(t).QueryRowContext(t.Context(),
+		"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ? AND STATE LIKE 'Waiting for table%lock'", user).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func (d myDB) lockOut(t *testing.T, user string) int {

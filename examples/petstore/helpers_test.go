@@ -158,13 +158,22 @@ func (p *process) hup() {
 // waitLog waits until petstore's log has n lines containing s.
 func (p *process) waitLog(s string, n int) {
 	p.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	if !p.logSays(s, n, 20*time.Second) {
+		p.t.Fatalf("petstore's log does not say %q (%d times) within 20s", s, n)
+	}
+}
+
+// logSays waits up to within until petstore's log has n lines containing
+// s, and says whether it has.
+func (p *process) logSays(s string, n int, within time.Duration) bool {
+	deadline := time.Now().Add(within)
 	for strings.Count(p.log.String(), s) < n {
 		if time.Now().After(deadline) {
-			p.t.Fatalf("petstore's log does not say %q (%d times) within 20s", s, n)
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return true
 }
 
 // call sends a request and returns the status and body.

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // The API, against a table petstore did not make: a DBA created pets and
@@ -101,10 +103,35 @@ func TestSIGHUPSwapsUsersWithoutFailingARequest(t *testing.T) {
 		poll := startPoller(t, p.url)
 		poll.waitOK(t, 100)
 
+		// The swap with requests in flight on both sides of it. With the
+		// pets table locked, the poller's requests wait on blue's
+		// connections, and those of a second poller wait for one (where
+		// the pool has no more than their 4 connections: on up to 4
+		// CPUs), while the reload opens green's pool and swaps it in.
+		// Closing blue's pool fails the waits for its connections: those
+		// requests must run again on green's. The requests of a third
+		// poller, sent after the swap, must go to green's pool (and wait
+		// there too), not to blue's; and blue's pool must not close
+		// before its requests are done.
+		unlock := db.lockPets(t)
+		queued := startPoller(t, p.url)
+		testenv.WaitFor(t, 10*time.Second, func() bool { return db.waiting(t, "petstore_blue") >= pollWorkers })
 		settingsFile(t, conf, db, "petstore_green", passwords["petstore_green"])
 		p.hup()
-		p.waitLog("connected to database as user petstore_green", 1)
+		if !p.logSays("connected to database as user petstore_green", 1, 5*time.Second) {
+			t.Error("the reload did not put green's pool in place while blue's requests were in flight")
+		}
+		after := startPoller(t, p.url)
+		testenv.WaitFor(t, 10*time.Second, func() bool { return after.failed.Load() > 0 || db.waiting(t, "petstore_green") > 0 })
+		if strings.Contains(p.log.String(), "closed the previous connection pool") {
+			t.Error("blue's pool was closed while requests on it were in flight")
+		}
+		unlock()
 		p.waitLog("closed the previous connection pool", 1)
+		queued.waitOK(t, 50)
+		queued.check(t)
+		after.waitOK(t, 50)
+		after.check(t)
 		poll.waitOK(t, 100)
 
 		// Retire blue as a rotation would: no login, sessions ended.
