@@ -53,19 +53,6 @@ func newDatabase(t *testing.T) *pgtest.Server {
 	return pg
 }
 
-// settingsFile writes petstore's settings for user as graft-agent would:
-// to a temporary file renamed into place.
-func settingsFile(t *testing.T, name string, pg *pgtest.Server, user, password string) {
-	t.Helper()
-	data := fmt.Sprintf("DB_HOST=%s\nDB_PORT=%d\nDB_NAME=petstore\nDB_USER=%s\nDB_PASSWORD=%s\nDB_SSLMODE=disable\n", pg.Host, pg.Port, user, password)
-	if err := os.WriteFile(name+".tmp", []byte(data), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(name+".tmp", name); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // process is a running petstore.
 type process struct {
 	t       *testing.T
@@ -172,13 +159,22 @@ func (p *process) hup() {
 // waitLog waits until petstore's log has n lines containing s.
 func (p *process) waitLog(s string, n int) {
 	p.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	if !p.logSays(s, n, 20*time.Second) {
+		p.t.Fatalf("petstore's log does not say %q (%d times) within 20s", s, n)
+	}
+}
+
+// logSays waits up to within until petstore's log has n lines containing
+// s, and says whether it has.
+func (p *process) logSays(s string, n int, within time.Duration) bool {
+	deadline := time.Now().Add(within)
 	for strings.Count(p.log.String(), s) < n {
 		if time.Now().After(deadline) {
-			p.t.Fatalf("petstore's log does not say %q (%d times) within 20s", s, n)
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return true
 }
 
 // call sends a request and returns the status and body.

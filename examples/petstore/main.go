@@ -1,14 +1,29 @@
 // Command petstore is graft's example application: an HTTP service that
-// keeps pets in PostgreSQL (GET /pets, POST /pet, GET /healthz) and takes
-// its database settings from a file that graft-agent renders, or else from
-// its environment. On SIGHUP it reads the file again and, when the
-// settings changed, moves to a new connection pool without failing a
+// keeps pets in PostgreSQL or MariaDB (GET /pets, POST /pet, GET /healthz)
+// and takes its database settings from a file that graft-agent renders, or
+// else from its environment. On SIGHUP it reads the file again and, when
+// the settings changed, moves to a new connection pool without failing a
 // request; its log says which database user it is connected as.
 //
 //	petstore --config petstore.env [--listen 127.0.0.1:8080] [--pidfile petstore.pid] [--schema-owner ROLE]
 //
-// The settings are KEY=VALUE lines: DB_HOST, DB_PORT (default 5432),
-// DB_NAME, DB_USER, DB_PASSWORD and DB_SSLMODE (default prefer).
+// The settings are KEY=VALUE lines: DB_DRIVER, DB_HOST, DB_PORT, DB_NAME,
+// DB_USER, DB_PASSWORD and DB_SSLMODE (default prefer).
+//
+// DB_DRIVER is postgres (the default) or mysql, for MariaDB through
+// go-sql-driver/mysql. DB_PORT's default is 5432 for postgres and 3306
+// for mysql. DB_SSLMODE is libpq's sslmode for postgres; for mysql it is
+// disable (no TLS), prefer or preferred (TLS when the server offers it,
+// unverified), require (TLS, unverified) or verify-full (TLS, the
+// certificate verified for DB_HOST against the system's CAs). Moving to
+// another DB_DRIVER takes a restart: a SIGHUP that changes it keeps the
+// current connection.
+//
+// --schema-owner ROLE makes the pets table, when petstore creates it, as
+// ROLE (PostgreSQL's SET ROLE), so that it belongs to the group of the
+// blue/green users. MariaDB has no owner of a table, only grants: there
+// the flag is ignored, with a line in the log, and the users' privileges
+// come from the grants to their role.
 package main
 
 import (
@@ -56,7 +71,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	configFile := fs.String("config", "", "file of KEY=VALUE database settings, read again on SIGHUP (default: the environment)")
 	listen := fs.String("listen", "127.0.0.1:8080", "HTTP address")
 	pidfile := fs.String("pidfile", "", "write the process id here, for graft-agent's signal reload")
-	schemaOwner := fs.String("schema-owner", "", "create the pets table as this role (SET ROLE), e.g. the group of blue/green users")
+	schemaOwner := fs.String("schema-owner", "", "PostgreSQL: create the pets table as this role (SET ROLE), e.g. the group of blue/green users (ignored on MariaDB)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -1,43 +1,29 @@
 package main
 
 import (
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/graft-sh/graft/internal/pgtest"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // The API, against a table petstore did not make: a DBA created pets and
-// granted the user only reading and inserting, not CREATE on the schema,
-// which CREATE TABLE IF NOT EXISTS would need. Settings come from the
-// environment; SIGTERM stops petstore cleanly.
+// granted the user only reading and inserting, not the privilege to
+// create tables, which CREATE TABLE IF NOT EXISTS would need. Settings
+// come from the environment; SIGTERM stops petstore cleanly.
 func TestAPI(t *testing.T) {
-	pg := pgtest.Start(t)
-	t.Logf("PostgreSQL started in %s", pg.StartTime)
-	pg.CreateDatabase(t, "shop", pg.Superuser)
-	pg.CreateUser(t, "clerk", "clerk-pw")
-	pg.Exec(t, "shop", createPets)
-	pg.Exec(t, "shop", "GRANT SELECT, INSERT ON pets TO clerk; GRANT USAGE ON SEQUENCE pets_id_seq TO clerk")
-	// The reason petstore looks before it creates:
-	clerk, err := pgx.Connect(t.Context(), pg.URL("clerk", "clerk-pw", "shop"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = clerk.Exec(t.Context(), "CREATE TABLE IF NOT EXISTS pets (id int)")
-	clerk.Close(t.Context())
-	if err == nil || !strings.Contains(err.Error(), "permission denied for schema public") {
-		t.Fatalf("CREATE TABLE IF NOT EXISTS of an existing table without CREATE on the schema: %v, want permission denied", err)
-	}
+	forEachDB(t, func(t *testing.T, db testDB) {
+		db.createShop(t)
+		p := startPetstore(t, db.settings("clerk", "clerk-pw", "shop"))
+		testAPI(t, p)
+	})
+}
 
-	p := startPetstore(t, []string{"DB_HOST=" + pg.Host, "DB_PORT=" + strconv.Itoa(pg.Port), "DB_NAME=shop", "DB_USER=clerk", "DB_PASSWORD=clerk-pw", "DB_SSLMODE=disable"})
+func testAPI(t *testing.T, p *process) {
 	p.waitLog("connected to database as user clerk", 1)
 	if strings.Contains(p.log.String(), "clerk-pw") {
 		t.Fatalf("the log holds the password:\n%s", p.log)
@@ -77,6 +63,9 @@ func TestAPI(t *testing.T) {
 	if len(pets) != 2 || pets[0].Name != "Tom" || pets[1].Name != "Rex" || pets[1].CreatedAt.IsZero() {
 		t.Fatalf("pets = %+v, want Tom then Rex", pets)
 	}
+	if age := time.Since(pets[1].CreatedAt); age < 0 || age > time.Minute {
+		t.Fatalf("Rex was created %s ago (at %s), want just now", age, pets[1].CreatedAt)
+	}
 
 	p.cmd.Process.Signal(os.Interrupt)
 	select {
@@ -97,124 +86,160 @@ func TestAPI(t *testing.T) {
 // the swap. Once it is done the old user can be locked out and its
 // sessions ended without any effect: petstore holds none of them.
 func TestSIGHUPSwapsUsersWithoutFailingARequest(t *testing.T) {
-	pg := newDatabase(t)
-	conf := filepath.Join(t.TempDir(), "petstore.env")
-	settingsFile(t, conf, pg, "petstore_blue", passwords["petstore_blue"])
-	p := startPetstore(t, nil, "--config", conf, "--schema-owner", group)
-	p.waitLog("connected to database as user petstore_blue", 1)
+	forEachDB(t, func(t *testing.T, db testDB) {
+		conf := filepath.Join(t.TempDir(), "petstore.env")
+		settingsFile(t, conf, db, "petstore_blue", passwords["petstore_blue"])
+		p := startPetstore(t, nil, "--config", conf, "--schema-owner", group)
+		p.waitLog("connected to database as user petstore_blue", 1)
 
-	if status, body := p.call("POST", "/pet", `{"name": "Rex"}`); status != http.StatusCreated {
-		t.Fatalf("POST /pet = %d %s", status, body)
-	}
-	if _, body := p.call("GET", "/pets", ""); !strings.Contains(body, `"name":"Rex"`) {
-		t.Fatalf("GET /pets = %s, want Rex", body)
-	}
-	admin := pg.Connect(t, "petstore")
-	var owner string
-	if err := admin.QueryRow(t.Context(), "SELECT tableowner FROM pg_tables WHERE tablename = 'pets'").Scan(&owner); err != nil || owner != group {
-		t.Fatalf("pets belongs to %q (%v), want the group %q", owner, err, group)
-	}
+		if status, body := p.call("POST", "/pet", `{"name": "Rex"}`); status != http.StatusCreated {
+			t.Fatalf("POST /pet = %d %s", status, body)
+		}
+		if _, body := p.call("GET", "/pets", ""); !strings.Contains(body, `"name":"Rex"`) {
+			t.Fatalf("GET /pets = %s, want Rex", body)
+		}
+		db.checkSchemaOwner(t, p)
 
-	poll := startPoller(t, p.url)
-	poll.waitOK(t, 100)
-	settingsFile(t, conf, pg, "petstore_green", passwords["petstore_green"])
-	p.hup()
-	p.waitLog("connected to database as user petstore_green", 1)
-	p.waitLog("closed the previous connection pool", 1)
-	poll.waitOK(t, 100)
+		poll := startPoller(t, p.url)
+		poll.waitOK(t, 100)
 
-	// Retire blue as a rotation would: no login, sessions ended.
-	pg.Exec(t, "postgres", "ALTER ROLE petstore_blue NOLOGIN")
-	var ended int
-	if err := admin.QueryRow(t.Context(), "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'petstore_blue'").Scan(&ended); err != nil {
-		t.Fatal(err)
-	}
-	if ended != 0 {
-		t.Errorf("%d sessions of petstore_blue were still open after the swap", ended)
-	}
-	poll.waitOK(t, 100)
-	poll.check(t)
+		// The swap with requests in flight on both sides of it. With the
+		// pets table locked, the poller's requests wait on blue's
+		// connections, and those of a second poller wait for one (where
+		// the pool has no more than their 4 connections: on up to 4
+		// CPUs), while the reload opens green's pool and swaps it in.
+		// Closing blue's pool fails the waits for its connections: those
+		// requests must run again on green's. The requests of a third
+		// poller, sent after the swap, must go to green's pool (and wait
+		// there too), not to blue's; and blue's pool must not close
+		// before its requests are done.
+		unlock := db.lockPets(t)
+		queued := startPoller(t, p.url)
+		testenv.WaitFor(t, 10*time.Second, func() bool { return db.waiting(t, "petstore_blue") >= pollWorkers })
+		settingsFile(t, conf, db, "petstore_green", passwords["petstore_green"])
+		p.hup()
+		if !p.logSays("connected to database as user petstore_green", 1, 5*time.Second) {
+			t.Error("the reload did not put green's pool in place while blue's requests were in flight")
+		}
+		after := startPoller(t, p.url)
+		testenv.WaitFor(t, 10*time.Second, func() bool { return after.failed.Load() > 0 || db.waiting(t, "petstore_green") > 0 })
+		if strings.Contains(p.log.String(), "closed the previous connection pool") {
+			t.Error("blue's pool was closed while requests on it were in flight")
+		}
+		unlock()
+		p.waitLog("closed the previous connection pool", 1)
+		queued.waitOK(t, 50)
+		queued.check(t)
+		after.waitOK(t, 50)
+		after.check(t)
+		poll.waitOK(t, 100)
 
-	var greens int
-	if err := admin.QueryRow(t.Context(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'petstore_green' AND application_name = 'petstore'").Scan(&greens); err != nil || greens == 0 {
-		t.Fatalf("%d sessions of petstore_green (%v), want some", greens, err)
-	}
-	if status, body := p.call("GET", "/healthz", ""); status != 200 || !strings.Contains(body, `"user":"petstore_green"`) {
-		t.Fatalf("GET /healthz = %d %s", status, body)
-	}
-	// A SIGHUP that changes nothing keeps the pool.
-	p.hup()
-	p.waitLog("reload: database settings unchanged", 1)
-	if n := strings.Count(p.log.String(), "connected to database as user"); n != 2 {
-		t.Fatalf("%d connections logged, want 2 (blue, then green)", n)
-	}
+		// Retire blue as a rotation would: no login, sessions ended.
+		if ended := db.lockOut(t, "petstore_blue"); ended != 0 {
+			t.Errorf("%d sessions of petstore_blue were still open after the swap", ended)
+		}
+		poll.waitOK(t, 100)
+		poll.check(t)
+
+		if greens := db.sessions(t, "petstore_green"); greens == 0 {
+			t.Fatalf("no sessions of petstore_green, want some")
+		}
+		if status, body := p.call("GET", "/healthz", ""); status != 200 || !strings.Contains(body, `"user":"petstore_green"`) {
+			t.Fatalf("GET /healthz = %d %s", status, body)
+		}
+		// A SIGHUP that changes nothing keeps the pool.
+		p.hup()
+		p.waitLog("reload: database settings unchanged", 1)
+		if n := strings.Count(p.log.String(), "connected to database as user"); n != 2 {
+			t.Fatalf("%d connections logged, want 2 (blue, then green)", n)
+		}
+	})
 }
 
-// Settings the database refuses, or a file petstore cannot read, leave it
-// serving on the pool it has: it logs why (never the password) and its
-// health check says the file's settings are not in use, so graft-agent
-// does not count the reload as healthy. Good settings then swap as usual.
+// Settings the database refuses, a file petstore cannot read, or a move to
+// another kind of database leave it serving on the pool it has: it logs
+// why (never the password) and its health check says the file's settings
+// are not in use, so graft-agent does not count the reload as healthy.
+// Good settings then swap as usual.
 func TestBadSettingsKeepTheCurrentPool(t *testing.T) {
-	pg := newDatabase(t)
-	conf := filepath.Join(t.TempDir(), "petstore.env")
-	settingsFile(t, conf, pg, "petstore_blue", passwords["petstore_blue"])
-	p := startPetstore(t, nil, "--config", conf, "--schema-owner", group)
-	p.waitLog("connected to database as user petstore_blue", 1)
-	poll := startPoller(t, p.url)
-	poll.waitOK(t, 50)
+	forEachDB(t, func(t *testing.T, db testDB) {
+		conf := filepath.Join(t.TempDir(), "petstore.env")
+		settingsFile(t, conf, db, "petstore_blue", passwords["petstore_blue"])
+		p := startPetstore(t, nil, "--config", conf, "--schema-owner", group)
+		p.waitLog("connected to database as user petstore_blue", 1)
+		poll := startPoller(t, p.url)
+		poll.waitOK(t, 50)
 
-	const wrong = "not-the-password-0451"
-	settingsFile(t, conf, pg, "petstore_green", wrong)
-	p.hup()
-	p.waitLog("the new database settings do not work; keeping the current connection as user petstore_blue", 1)
-	poll.waitOK(t, 50)
-	status, body := p.call("GET", "/healthz", "")
-	if status != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"stale","user":"petstore_blue"`) {
-		t.Fatalf("GET /healthz with refused settings = %d %s, want 503, stale", status, body)
-	}
-
-	if err := os.WriteFile(conf, []byte("DB_HOST="+pg.Host+"\n"+wrong+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.hup()
-	p.waitLog("reload: cannot read the database settings; keeping the current connection", 1)
-	poll.waitOK(t, 50)
-	if status, body := p.call("GET", "/healthz", ""); status != http.StatusServiceUnavailable || !strings.Contains(body, "line 2 is not KEY=VALUE") {
-		t.Fatalf("GET /healthz with an unreadable file = %d %s, want 503 naming the line", status, body)
-	}
-
-	settingsFile(t, conf, pg, "petstore_green", passwords["petstore_green"])
-	p.hup()
-	p.waitLog("connected to database as user petstore_green", 1)
-	poll.waitOK(t, 50)
-	poll.check(t)
-	if status, body := p.call("GET", "/healthz", ""); status != http.StatusOK {
-		t.Fatalf("GET /healthz = %d %s", status, body)
-	}
-	log := p.log.String()
-	for _, secret := range []string{wrong, passwords["petstore_blue"], passwords["petstore_green"]} {
-		if strings.Contains(log, secret) {
-			t.Errorf("the log holds a password (%q):\n%s", secret, log)
+		const wrong = "not-the-password-0451"
+		settingsFile(t, conf, db, "petstore_green", wrong)
+		p.hup()
+		p.waitLog("the new database settings do not work; keeping the current connection as user petstore_blue", 1)
+		poll.waitOK(t, 50)
+		status, body := p.call("GET", "/healthz", "")
+		if status != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"stale","user":"petstore_blue"`) {
+			t.Fatalf("GET /healthz with refused settings = %d %s, want 503, stale", status, body)
 		}
-	}
-	if n := strings.Count(log, "level=ERROR"); n != 2 {
-		t.Errorf("%d errors logged, want 2 (the refused settings, the unreadable file):\n%s", n, log)
-	}
+
+		if err := os.WriteFile(conf, []byte("DB_HOST=127.0.0.1\n"+wrong+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.hup()
+		p.waitLog("reload: cannot read the database settings; keeping the current connection", 1)
+		poll.waitOK(t, 50)
+		if status, body := p.call("GET", "/healthz", ""); status != http.StatusServiceUnavailable || !strings.Contains(body, "line 2 is not KEY=VALUE") {
+			t.Fatalf("GET /healthz with an unreadable file = %d %s, want 503 naming the line", status, body)
+		}
+
+		// The same server and users, named as the other kind of database.
+		other := map[string]string{driverPostgres: driverMySQL, driverMySQL: driverPostgres}[db.driver()]
+		lines := []string{"DB_DRIVER=" + other}
+		for _, l := range db.settings("petstore_green", passwords["petstore_green"], "petstore") {
+			if !strings.HasPrefix(l, "DB_DRIVER=") {
+				lines = append(lines, l)
+			}
+		}
+		writeSettings(t, conf, lines)
+		p.hup()
+		p.waitLog("reload: DB_DRIVER changed from "+db.driver()+" to "+other+", which needs a restart; keeping the current connection as user petstore_blue", 1)
+		poll.waitOK(t, 50)
+		if status, body := p.call("GET", "/healthz", ""); status != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"stale","user":"petstore_blue"`) {
+			t.Fatalf("GET /healthz with another DB_DRIVER = %d %s, want 503, stale", status, body)
+		}
+
+		settingsFile(t, conf, db, "petstore_green", passwords["petstore_green"])
+		p.hup()
+		p.waitLog("connected to database as user petstore_green", 1)
+		poll.waitOK(t, 50)
+		poll.check(t)
+		if status, body := p.call("GET", "/healthz", ""); status != http.StatusOK {
+			t.Fatalf("GET /healthz = %d %s", status, body)
+		}
+		log := p.log.String()
+		for _, secret := range []string{wrong, passwords["petstore_blue"], passwords["petstore_green"]} {
+			if strings.Contains(log, secret) {
+				t.Errorf("the log holds a password (%q):\n%s", secret, log)
+			}
+		}
+		if n := strings.Count(log, "level=ERROR"); n != 3 {
+			t.Errorf("%d errors logged, want 3 (the refused settings, the unreadable file, the other driver):\n%s", n, log)
+		}
+	})
 }
 
 // A petstore that cannot connect at start exits non-zero and says why,
 // without the password.
 func TestStartFailsOnRefusedSettings(t *testing.T) {
-	pg := newDatabase(t)
-	conf := filepath.Join(t.TempDir(), "petstore.env")
-	settingsFile(t, conf, pg, "petstore_blue", "wrong-secret-7")
-	cmd := petstoreCommand(t, nil, "--config", conf, "--listen", "127.0.0.1:0")
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		t.Fatalf("petstore started with a wrong password:\n%s", out)
-	}
-	if !strings.Contains(string(out), "petstore: connect as user petstore_blue on "+fmt.Sprintf("%s:%d", pg.Host, pg.Port)) ||
-		!strings.Contains(string(out), "password authentication failed") || strings.Contains(string(out), "wrong-secret-7") {
-		t.Fatalf("petstore's output does not say why without the password:\n%s", out)
-	}
+	forEachDB(t, func(t *testing.T, db testDB) {
+		conf := filepath.Join(t.TempDir(), "petstore.env")
+		settingsFile(t, conf, db, "petstore_blue", "wrong-secret-7")
+		cmd := petstoreCommand(t, nil, "--config", conf, "--listen", "127.0.0.1:0")
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("petstore started with a wrong password:\n%s", out)
+		}
+		if !strings.Contains(string(out), "petstore: connect as user petstore_blue on "+db.addr()) ||
+			!strings.Contains(string(out), db.refused("petstore_blue")) || strings.Contains(string(out), "wrong-secret-7") {
+			t.Fatalf("petstore's output does not say why without the password:\n%s", out)
+		}
+	})
 }

@@ -3,27 +3,58 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Settings are how petstore connects to PostgreSQL. Settings are
+// Settings are how petstore connects to its database. Settings are
 // comparable: a reload opens a new pool only when they changed.
 type Settings struct {
+	// Driver is DB_DRIVER: driverPostgres or driverMySQL, never empty.
+	Driver                                    string
 	Host, Port, Name, User, Password, SSLMode string
 }
 
 // keys are the settings' names, in the file and in the environment.
-var keys = []string{"DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE"}
+var keys = []string{"DB_DRIVER", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE"}
 
 var keyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-var sslModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+// The values of DB_DRIVER.
+const (
+	driverPostgres = "postgres"
+	driverMySQL    = "mysql" // MariaDB
+)
+
+// A driver's defaults and the DB_SSLMODE values it takes.
+type driverInfo struct {
+	port     string
+	sslModes []string
+}
+
+var drivers = map[string]driverInfo{
+	driverPostgres: {port: "5432", sslModes: []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}},
+	// prefer is libpq's spelling and preferred go-sql-driver's; both mean
+	// TLS when the server offers it, unverified.
+	driverMySQL: {port: "3306", sslModes: []string{"disable", "prefer", "preferred", "require", "verify-full"}},
+}
+
+// mysqlTLS maps DB_SSLMODE to go-sql-driver/mysql's tls parameter.
+var mysqlTLS = map[string]string{
+	"disable":     "false",
+	"prefer":      "preferred",
+	"preferred":   "preferred",
+	"require":     "skip-verify",
+	"verify-full": "true",
+}
 
 // source is where the settings come from: the file given with --config,
 // or else the process's environment.
@@ -88,8 +119,8 @@ func parseEnvFile(data string) (map[string]string, error) {
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
 
 // parseSettings takes the settings from lookup, with defaults for the
-// port (5432) and the TLS mode (prefer, as libpq), and reports every
-// problem at once.
+// driver (postgres), the port (5432 for postgres, 3306 for mysql) and the
+// TLS mode (prefer, as libpq), and reports every problem at once.
 func parseSettings(lookup func(string) (string, bool)) (Settings, error) {
 	get := func(key, def string) string {
 		if v, ok := lookup(key); ok && v != "" {
@@ -97,21 +128,29 @@ func parseSettings(lookup func(string) (string, bool)) (Settings, error) {
 		}
 		return def
 	}
+	var errs []error
+	driver := get("DB_DRIVER", driverPostgres)
+	info, knownDriver := drivers[driver]
+	if !knownDriver {
+		errs = append(errs, fmt.Errorf("DB_DRIVER is not one of %s (PostgreSQL), %s (MariaDB)", driverPostgres, driverMySQL))
+	}
 	s := Settings{
-		Host: get("DB_HOST", ""), Port: get("DB_PORT", "5432"), Name: get("DB_NAME", ""),
+		Driver: driver,
+		Host:   get("DB_HOST", ""), Port: get("DB_PORT", info.port), Name: get("DB_NAME", ""),
 		User: get("DB_USER", ""), Password: get("DB_PASSWORD", ""), SSLMode: get("DB_SSLMODE", "prefer"),
 	}
-	var errs []error
 	for _, required := range []struct{ key, value string }{{"DB_HOST", s.Host}, {"DB_NAME", s.Name}, {"DB_USER", s.User}} {
 		if required.value == "" {
 			errs = append(errs, fmt.Errorf("%s is not set", required.key))
 		}
 	}
-	if p, err := strconv.Atoi(s.Port); err != nil || p < 1 || p > 65535 {
+	// With an unknown driver there is no default port, nor a list of TLS
+	// modes to check against: the driver's error says enough.
+	if p, err := strconv.Atoi(s.Port); (knownDriver || s.Port != "") && (err != nil || p < 1 || p > 65535) {
 		errs = append(errs, errors.New("DB_PORT is not a port number (1-65535)"))
 	}
-	if !slices.Contains(sslModes, s.SSLMode) {
-		errs = append(errs, fmt.Errorf("DB_SSLMODE is not one of %s", strings.Join(sslModes, ", ")))
+	if knownDriver && !slices.Contains(info.sslModes, s.SSLMode) {
+		errs = append(errs, fmt.Errorf("DB_SSLMODE is not one of %s (for DB_DRIVER=%s)", strings.Join(info.sslModes, ", "), s.Driver))
 	}
 	return s, errors.Join(errs...)
 }
@@ -134,4 +173,21 @@ func (s Settings) poolConfig() (*pgxpool.Config, error) {
 	cfg.ConnConfig.Password = s.Password
 	cfg.ConnConfig.RuntimeParams["application_name"] = "petstore"
 	return cfg, nil
+}
+
+// mysqlConfig is the go-sql-driver/mysql configuration for s: the DSN as
+// a structure, so that no value is ever quoted into a string, nor the
+// password parsed from one.
+func (s Settings) mysqlConfig() *mysql.Config {
+	cfg := mysql.NewConfig()
+	cfg.Net, cfg.Addr = "tcp", net.JoinHostPort(s.Host, s.Port)
+	cfg.User, cfg.Passwd, cfg.DBName = s.User, s.Password, s.Name
+	cfg.TLSConfig = mysqlTLS[s.SSLMode]
+	cfg.Timeout = connectTimeout
+	// created_at as a time.Time: the session's time zone is UTC, so the
+	// TIMESTAMP's value is read as the instant it is.
+	cfg.ParseTime, cfg.Loc = true, time.UTC
+	cfg.Params = map[string]string{"time_zone": "'+00:00'"}
+	cfg.ConnectionAttributes = "program_name:petstore"
+	return cfg
 }
