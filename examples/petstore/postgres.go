@@ -40,10 +40,13 @@ func (s pgStore) ping(ctx context.Context) error {
 	return s.with(ctx, func(c *pgxpool.Conn) error { return c.Ping(ctx) })
 }
 
+// currentUser is session_user, the role the pool logged in as. It is not
+// current_user: a blue/green user has ALTER ROLE ... SET ROLE <group>, so
+// its current_user is the group, the same for blue and green.
 func (s pgStore) currentUser(ctx context.Context) (string, error) {
 	var user string
 	err := s.with(ctx, func(c *pgxpool.Conn) error {
-		return c.QueryRow(ctx, "SELECT current_user").Scan(&user)
+		return c.QueryRow(ctx, "SELECT session_user").Scan(&user)
 	})
 	return user, err
 }
