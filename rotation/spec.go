@@ -33,6 +33,15 @@ const (
 	DriverMySQL    = "mysql"
 )
 
+// ExampleDSN is what an admin DSN for driver looks like, for the hints
+// of errors and help texts.
+func ExampleDSN(driver string) string {
+	if driver == DriverMySQL {
+		return "admin:...@tcp(db:3306)/?tls=true"
+	}
+	return "postgres://admin:...@db:5432/postgres?sslmode=verify-full"
+}
+
 // Defaults of a spec's durations.
 const (
 	DefaultRolloutTimeout = 10 * time.Minute

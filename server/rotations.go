@@ -77,7 +77,7 @@ func (s *Server) CreateRotation(ctx context.Context, req *graftv1.CreateRotation
 		return nil, toStatus(&acl.DeniedError{Principal: p.Name, Action: acl.ActionRead, Path: dsn})
 	}
 	if _, err := s.store.Get(ctx, dsn); errors.Is(err, store.ErrNotFound) {
-		return nil, toStatus(fmt.Errorf("rotation %s: the admin DSN %s %w: put it first (`graft put %s 'postgres://admin:...@db:5432/postgres?sslmode=verify-full'`)", spec.Name, dsn, store.ErrNotFound, dsn))
+		return nil, toStatus(fmt.Errorf("rotation %s: the admin DSN %s %w: put it first (`graft put %s '%s'`)", spec.Name, dsn, store.ErrNotFound, dsn, rotation.ExampleDSN(spec.Driver)))
 	} else if err != nil {
 		return nil, toStatus(err)
 	}

@@ -69,6 +69,8 @@ type rotationStateView struct {
 	Stalled           bool       `json:"stalled"`
 	Paused            bool       `json:"paused"`
 	Holder            string     `json:"holder,omitempty"`
+	// Rotator is the rotator that last advanced the state.
+	Rotator string `json:"rotator,omitempty"`
 }
 
 type rotationView struct {
@@ -114,7 +116,7 @@ func viewRotation(r sdk.Rotation) rotationView {
 			RetireAt: jsonTime(st.RetireAt), Acked: nonNil(st.Acked), Reason: st.Reason,
 			Requested: jsonTime(st.Requested), RequestedBy: st.RequestedBy,
 			RunStarted: jsonTime(st.RunStarted), RunFinished: jsonTime(st.RunFinished), LastSuccess: jsonTime(st.LastSuccess),
-			NextDue: jsonTime(st.NextDue), Overdue: st.Overdue, Stalled: st.Stalled, Paused: st.Paused, Holder: st.Holder,
+			NextDue: jsonTime(st.NextDue), Overdue: st.Overdue, Stalled: st.Stalled, Paused: st.Paused, Holder: st.Holder, Rotator: st.Rotator,
 		},
 	}
 	if s.Every > 0 {
@@ -222,10 +224,13 @@ func (a *app) rotationCreateCmd() *cobra.Command {
 		Use:   "create NAME --driver postgres|mysql --admin PATH --target PATH --users A,B --consumers app:X[,app:Y]",
 		Short: "Create a rotation: what to rotate, where to publish it, who uses it",
 		Long: `Create the rotation NAME. The admin connection string must already be stored
-at ADMIN/dsn (graft put ADMIN/dsn 'postgres://admin:...@db:5432/postgres');
-it stays in the owner's tree and is never published. Each run publishes
-user and password below TARGET, in one write; share TARGET to the
-consumers' trees as with any other value.
+at ADMIN/dsn: graft put ADMIN/dsn 'postgres://admin:...@db:5432/postgres'
+for postgres, or 'admin:...@tcp(db:3306)/?tls=true' (go-sql-driver/mysql's
+form) for mysql, which is MariaDB or MySQL. The DSN asks for TLS to the
+database (sslmode=verify-full, tls=true) as any client's would. It stays
+in the owner's tree and is never published. Each run publishes user and
+password below TARGET, in one write; share TARGET to the consumers' trees
+as with any other value.
 
 The two --users alternate, and are created the first time if absent; they
 act as --group, a role without login that holds the grants (default: the
@@ -388,7 +393,11 @@ func writeState(b *strings.Builder, st rotation.View) {
 	if st.Paused {
 		paused += " (no new runs until `graft rotation resume`)"
 	}
-	fmt.Fprintf(b, "holder:          %s\npaused:          %s\n", holder, paused)
+	fmt.Fprintf(b, "holder:          %s\n", holder)
+	if st.Rotator != "" && st.Rotator != st.Holder {
+		fmt.Fprintf(b, "last rotator:    %s\n", st.Rotator)
+	}
+	fmt.Fprintf(b, "paused:          %s\n", paused)
 	if st.Reason != "" {
 		fmt.Fprintf(b, "reason:          %s\n", st.Reason)
 	}

@@ -67,6 +67,10 @@ func TestRotationCreate(t *testing.T) {
 	// The DSN is not there yet: the refusal says to put it, and where.
 	got = c.fails(rotCreateArgs()...)
 	mustContain(t, "create without the admin DSN", got, "the admin DSN "+rotAdmin+"/dsn", "put it first", "graft put "+rotAdmin+"/dsn")
+	// For MariaDB the example is go-sql-driver/mysql's form.
+	got = c.fails("rotation", "create", rotName, "--driver", "mysql", "--admin", rotAdmin, "--target", rotTarget,
+		"--users", "message-processor-blue,message-processor-green", "--consumers", "app:message-processor")
+	mustContain(t, "create --driver mysql without the admin DSN", got, "graft put "+rotAdmin+"/dsn 'admin:...@tcp(db:3306)/?tls=true'")
 
 	c.put(rotAdmin+"/dsn", rotDSN)
 
@@ -458,6 +462,17 @@ func TestRotationRunWaitFollowsTheRun(t *testing.T) {
 	ls := c.ok("rotation", "ls")
 	if !regexp.MustCompile(`\n` + rotName + ` +postgres +\S+ +failed +message-processor-blue +\d{4}-\S+Z +- +-\n$`).MatchString(ls) {
 		t.Errorf("ls after the runs:\n%s", ls)
+	}
+	// The rotator gone, status still says who ran the run last.
+	if err := rot.c.ReleaseRotation(t.Context(), rotName, "test-rotator"); err != nil {
+		t.Fatal(err)
+	}
+	mustContain(t, "status once no rotator holds it", c.ok("rotation", "status", rotName),
+		"holder:          - (no rotator holds it)\n", "last rotator:    test-rotator\n")
+	var v rotationView
+	decode(t, c.ok("rotation", "status", rotName, "-o", "json"), &v)
+	if v.State.Holder != "" || v.State.Rotator != "test-rotator" {
+		t.Errorf("status -o json once released: holder %q, rotator %q", v.State.Holder, v.State.Rotator)
 	}
 	for _, args := range [][]string{{"rotation", "status", rotName, "-o", "json"}, {"rotation", "ls", "-o", "yaml"}, {"rotation", "history", rotName, "-o", "json"}} {
 		if out := c.ok(args...); strings.Contains(out, "never-shown") {
