@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/graft-sh/graft/internal/mysqltest"
@@ -50,20 +52,31 @@ type testDB interface {
 	sessions(t *testing.T, user string) int
 	// refused is what the error of a login with a wrong password says.
 	refused(user string) string
+	// rotationDriver and adminDSN are a rotation's --driver and its
+	// admin connection (the superuser's).
+	rotationDriver() string
+	adminDSN() string
+	// hostPort is where the server listens.
+	hostPort() (string, int)
+	// logIn logs in as user to the database petstore, and logs out.
+	logIn(ctx context.Context, user, password string) error
 }
 
 // forEachDB runs test on each kind of database, as subtests named after
 // it.
 func forEachDB(t *testing.T, test func(t *testing.T, db testDB)) {
-	for _, kind := range []struct {
-		name  string
-		start func(*testing.T) testDB
-	}{
-		{"postgres", newPostgres},
-		{"mariadb", newMariaDB},
-	} {
-		t.Run(kind.name, func(t *testing.T) { test(t, kind.start(t)) })
-	}
+	forEach(t, newPostgres, newMariaDB, test)
+}
+
+// forEachEmptyDB is forEachDB with neither user: the database petstore
+// and the group only, as a rotation's first run finds them.
+func forEachEmptyDB(t *testing.T, test func(t *testing.T, db testDB)) {
+	forEach(t, newEmptyPostgres, newEmptyMariaDB, test)
+}
+
+func forEach(t *testing.T, pg, my func(*testing.T) testDB, test func(t *testing.T, db testDB)) {
+	t.Run("postgres", func(t *testing.T) { test(t, pg(t)) })
+	t.Run("mariadb", func(t *testing.T) { test(t, my(t)) })
 }
 
 // settingsFile writes petstore's settings for user as graft-agent would:
@@ -97,6 +110,8 @@ func onceUntilCleanup(t *testing.T, f func()) func() {
 type pgDB struct{ pg *pgtest.Server }
 
 func newPostgres(t *testing.T) testDB { return pgDB{newDatabase(t)} }
+
+func newEmptyPostgres(t *testing.T) testDB { return pgDB{newEmptyDatabase(t)} }
 
 func (d pgDB) driver() string { return driverPostgres }
 func (d pgDB) addr() string   { return fmt.Sprintf("%s:%d", d.pg.Host, d.pg.Port) }
@@ -182,6 +197,18 @@ func (d pgDB) sessions(t *testing.T, user string) int {
 
 func (d pgDB) refused(user string) string { return "password authentication failed" }
 
+func (d pgDB) rotationDriver() string  { return "postgres" }
+func (d pgDB) adminDSN() string        { return d.pg.DSN }
+func (d pgDB) hostPort() (string, int) { return d.pg.Host, d.pg.Port }
+
+func (d pgDB) logIn(ctx context.Context, user, password string) error {
+	c, err := pgx.Connect(ctx, d.pg.URL(user, password, "petstore"))
+	if err != nil {
+		return err
+	}
+	return c.Close(ctx)
+}
+
 // myDB is MariaDB: a table has no owner there, so the group petstore is a
 // role granted all privileges on the database, and the default role
 // (active at login) of both users.
@@ -189,14 +216,20 @@ type myDB struct{ my *mysqltest.Server }
 
 func newMariaDB(t *testing.T) testDB {
 	t.Helper()
+	d := newEmptyMariaDB(t).(myDB)
+	for user, password := range passwords {
+		d.my.CreateUser(t, user, password, group)
+	}
+	return d
+}
+
+func newEmptyMariaDB(t *testing.T) testDB {
+	t.Helper()
 	my := mysqltest.Start(t)
 	t.Logf("MariaDB started in %s", my.StartTime)
 	my.CreateDatabase(t, "petstore")
 	my.Exec(t, "CREATE ROLE "+mysqltest.Ident(group))
 	my.Exec(t, "GRANT ALL PRIVILEGES ON petstore.* TO "+mysqltest.Ident(group))
-	for user, password := range passwords {
-		my.CreateUser(t, user, password, group)
-	}
 	return myDB{my}
 }
 
@@ -314,3 +347,17 @@ func (d myDB) sessions(t *testing.T, user string) int {
 }
 
 func (d myDB) refused(user string) string { return "Access denied for user '" + user + "'" }
+
+func (d myDB) rotationDriver() string  { return "mysql" }
+func (d myDB) adminDSN() string        { return d.my.DSN }
+func (d myDB) hostPort() (string, int) { return d.my.Host, d.my.Port }
+
+func (d myDB) logIn(ctx context.Context, user, password string) error {
+	connector, err := mysql.NewConnector(d.my.Config(user, password, "petstore"))
+	if err != nil {
+		return err
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	return db.PingContext(ctx)
+}

@@ -43,13 +43,21 @@ var passwords = map[string]string{"petstore_blue": "blue-pw-1", "petstore_green"
 
 func newDatabase(t *testing.T) *pgtest.Server {
 	t.Helper()
+	pg := newEmptyDatabase(t)
+	for user, password := range passwords {
+		pg.CreateUser(t, user, password, group)
+	}
+	return pg
+}
+
+// newEmptyDatabase is the database petstore, owned by the group (NOLOGIN),
+// with neither user.
+func newEmptyDatabase(t *testing.T) *pgtest.Server {
+	t.Helper()
 	pg := pgtest.Start(t)
 	t.Logf("PostgreSQL started in %s", pg.StartTime)
 	pg.Exec(t, "postgres", "CREATE ROLE "+group+" NOLOGIN")
 	pg.CreateDatabase(t, "petstore", group)
-	for user, password := range passwords {
-		pg.CreateUser(t, user, password, group)
-	}
 	return pg
 }
 
