@@ -24,6 +24,14 @@ func (s *Server) ReencryptSweep(ctx context.Context, _ *graftv1.ReencryptSweepRe
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if s.rotations != nil {
+		// The passwords of the rotation runs in progress.
+		examined, resealed, err := s.rotations.Reseal(ctx)
+		res.Examined, res.Reencrypted = res.Examined+examined, res.Reencrypted+resealed
+		if err != nil {
+			return nil, toStatus(fmt.Errorf("keyring sweep: %w", err))
+		}
+	}
 	s.log.Info("re-encryption sweep done", "primary_key", s.store.Keyring().Primary(), "examined", res.Examined, "reencrypted", res.Reencrypted)
 	return &graftv1.ReencryptSweepResponse{PrimaryKeyId: s.store.Keyring().Primary(), Examined: res.Examined, Reencrypted: res.Reencrypted}, nil
 }

@@ -25,6 +25,7 @@ type Rotations interface {
 	Claim(ctx context.Context, name, holder, principal string, ttl time.Duration) (registry.Claimed, error)
 	Release(ctx context.Context, name, holder string) error
 	Advance(ctx context.Context, name, holder string, next rotation.View, secrets *rotation.Secrets) (registry.Rotation, error)
+	Reseal(ctx context.Context) (examined, resealed int64, err error)
 }
 
 var _ Rotations = (*registry.Registry)(nil)

@@ -187,7 +187,10 @@ func (r *Registry) update(ctx context.Context, name, what string, change func(*r
 			return false, err
 		}
 		rec := cur.Value
-		if err := change(&rec); err != nil {
+		if err := change(&rec); errors.Is(err, errUnchanged) {
+			out = r.rotation(rec, r.holder(ctx, name), cur.Revision)
+			return true, nil
+		} else if err != nil {
 			return false, err
 		}
 		op, err := r.recs.PutOp(name, rec)
@@ -202,6 +205,52 @@ func (r *Registry) update(ctx context.Context, name, what string, change func(*r
 		return true, nil
 	})
 	return out, err
+}
+
+// errUnchanged, from update's change, leaves the record as it is.
+var errUnchanged = errors.New("unchanged")
+
+// Reseal seals again, under the keyring's primary key, the secrets of
+// every run in progress that another key sealed: a re-encryption sweep's
+// part for rotations, so that a run which spans a key rotation can finish
+// once the old key has left the ring. It returns how many sealed records
+// it examined and how many it rewrote. A rewrite moves the record's
+// version, which the rotator's next step finds changed: it claims again
+// and goes on from the stored step, as after any conflict.
+func (r *Registry) Reseal(ctx context.Context) (examined, resealed int64, err error) {
+	recs, _, err := r.recs.List(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("re-seal rotations: %w", err)
+	}
+	for _, rec := range recs {
+		if len(rec.Value.Sealed) == 0 {
+			continue
+		}
+		examined++
+		did := false // by the attempt that was written
+		_, err := r.update(ctx, rec.Key, "re-seal", func(cur *record) error {
+			did = false
+			if len(cur.Sealed) == 0 {
+				return errUnchanged // the run ended meanwhile
+			}
+			sealed, changed, err := r.store.ResealSecret(secretName(rec.Key, cur.State.Run), cur.Sealed)
+			if err != nil {
+				return err
+			}
+			if !changed {
+				return errUnchanged
+			}
+			cur.Sealed, did = sealed, true
+			return nil
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return examined, resealed, err
+		}
+		if err == nil && did {
+			resealed++
+		}
+	}
+	return examined, resealed, nil
 }
 
 // Run asks for a run now, on behalf of by.
