@@ -239,7 +239,7 @@ func (a *app) policyInitCmd() *cobra.Command {
 		Use:   "init",
 		Short: "Install the default policies (admin, dba, app)",
 		Long: `Install the default policies: admin (everything), dba (read, list, write,
-delete and share /dba/**) and app (read and list /app/{name}/**, write it
+delete, share and rotate /dba/**) and app (read and list /app/{name}/**, write it
 outside replicated destinations). Roles that already have a policy are
 kept unless --overwrite is given, so running it again changes nothing.`,
 		Args: args(0, 0, "nothing"),
