@@ -27,8 +27,10 @@ import (
 
 // TestMain doubles as the example application of the signal test: with
 // GRAFT_AGENT_TEST_APP set it writes its pid and, on every SIGHUP, copies
-// the file it was given to the file it serves from.
+// the file it was given to the file it serves from. It is also the graftd
+// of graftdtest.StartProcess, and the rotator of the crash matrix.
 func TestMain(m *testing.M) {
+	graftdtest.Main()
 	if os.Getenv("GRAFT_AGENT_TEST_APP") != "" {
 		testApp(os.Args[1], os.Args[2], os.Args[3])
 		return

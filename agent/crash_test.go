@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/pgtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/rotation"
 	"github.com/graft-sh/graft/sdk"
@@ -222,5 +224,153 @@ func TestRotatorSurvivesAGraftdRestart(t *testing.T) {
 	defer mu.Unlock()
 	if len(restarted) != 3 {
 		t.Fatalf("graftd was restarted at %v: want three boundaries", restarted)
+	}
+}
+
+// graftd killed in the middle of runs: graftd is a process of its own,
+// and at each boundary of a run's plan the rotator's hook kills it with
+// SIGKILL — nothing saved, no lease or leadership given up, every
+// connection dropped — and returns, so the rotator meets graftd gone;
+// the test starts graftd again on the same data and address. Every run
+// completes, and one that a consumer refuses rolls back to a credential
+// that works. Throughout, the credential the consumer holds logs in, and
+// every run draws and publishes its credential once.
+func TestRotatorSurvivesAGraftdKill(t *testing.T) {
+	pg := pgtest.Start(t)
+	r := newRotationRigOn(t, pg, graftdtest.StartProcess(t))
+	r.create(nil)
+	runs := []struct {
+		kill   []string
+		reject bool // the consumer refuses the new user: the run rolls back
+	}{
+		{kill: []string{"key/begun", "test/finished", "publish/applied"}}, // the first run creates the users
+		{kill: []string{"key/applied", "publish/begun", "rollout/begun", "retire/begun", "retire/applied"}},
+		{kill: []string{"test/begun", "publish/finished", "rollout/applied", "rollout/finished", "retire/finished"}},
+		{kill: []string{"rollback-publish/begun", "rollback-rollout/begun", "rollback-disable/applied"}, reject: true},
+	}
+	var (
+		mu     sync.Mutex
+		plan   map[string]bool // where the run in progress kills graftd yet
+		begun  int             // runs begun: each draws its password once
+		killed = make(chan string, 1)
+	)
+	logs := r.rotator("rotator-1", func(_ string, b rotation.Boundary) {
+		mu.Lock()
+		if b.String() == "key/begun" {
+			begun++
+		}
+		kill := plan[b.String()]
+		delete(plan, b.String())
+		mu.Unlock()
+		if !kill {
+			return
+		}
+		if err := r.g.Kill(); err != nil {
+			t.Error(err)
+			return
+		}
+		killed <- b.String()
+	})
+	chk := r.check()
+	ctx := t.Context()
+	active, published := "", 0
+	for n, run := range runs {
+		mu.Lock()
+		plan = map[string]bool{}
+		for _, b := range run.kill {
+			plan[b] = true
+		}
+		mu.Unlock()
+		want := blue
+		if active == blue {
+			want = green
+		}
+		if run.reject {
+			r.reject.Store(want)
+		}
+		var prevUser, prevPW string
+		if active != "" {
+			prevUser, prevPW = r.target()
+		}
+		start, err := r.dba.RunRotation(ctx, rotName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Until the run ends, graftd is started again each time the hook
+		// killed it.
+		var rot sdk.Rotation
+		kills := 0
+		deadline := time.After(90 * time.Second)
+		tick := time.NewTicker(20 * time.Millisecond)
+		for ended := false; !ended; {
+			select {
+			case <-killed:
+				kills++
+				r.g.StartAgain(t)
+			case <-tick.C:
+				gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				rot, err = r.dba.GetRotation(gctx, rotName)
+				cancel()
+				ended = err == nil && rot.State.Run > start.State.Run && !rot.State.Phase.InProgress()
+			case <-deadline:
+				mu.Lock()
+				left := plan
+				mu.Unlock()
+				t.Fatalf("run %d did not end within 90s (%v, last state %s; graftd not killed yet at %v); the rotator's log:\n%s", n+1, err, rot.State.Phase, left, logs)
+			}
+		}
+		tick.Stop()
+		mu.Lock()
+		left := len(plan)
+		mu.Unlock()
+		if left > 0 || kills != len(run.kill) {
+			t.Fatalf("run %d ended %s (%s) with graftd killed %d times; want at each of %v", rot.State.Run, rot.State.Phase, rot.State.Reason, kills, run.kill)
+		}
+		if rot.State.Run != start.State.Run+1 {
+			t.Fatalf("run %d followed run %d", rot.State.Run, start.State.Run)
+		}
+		published++
+		if run.reject {
+			// The rollback publishes the old credential again, and the
+			// consumer goes back to it.
+			published++
+			if rot.State.Phase != rotation.PhaseFailed || !strings.Contains(rot.State.Reason, "unhealthy") || rot.State.ActiveUser != active {
+				t.Fatalf("run %d: %s active %q (%s): want rolled back to %s because the consumer was unhealthy", rot.State.Run, rot.State.Phase, rot.State.ActiveUser, rot.State.Reason, active)
+			}
+			if s, ok := rot.State.Step(rotation.StepRollbackDisable); !ok || !s.Done() {
+				t.Fatalf("run %d: the new user was not disabled", rot.State.Run)
+			}
+			if u, p := r.target(); u != prevUser || p != prevPW {
+				t.Fatalf("run %d: the target holds %s after the rollback, want %s with its password", rot.State.Run, u, prevUser)
+			}
+			testenv.WaitFor(t, 20*time.Second, func() bool { u, _ := r.rendered(); return u == active })
+			if err := r.login(ctx, prevUser, prevPW); err != nil {
+				t.Fatalf("run %d: %s cannot log in after the rollback: %v", rot.State.Run, prevUser, err)
+			}
+			var canLogin bool
+			if err := pg.Connect(t, "postgres").QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", want).Scan(&canLogin); err != nil || canLogin {
+				t.Fatalf("run %d: %s can log in after the rollback (%v)", rot.State.Run, want, err)
+			}
+			r.reject.Store("")
+		} else {
+			if rot.State.Phase != rotation.PhaseDone || rot.State.ActiveUser != want {
+				t.Fatalf("run %d: %s active %q (%s): want done with %s", rot.State.Run, rot.State.Phase, rot.State.ActiveUser, rot.State.Reason, want)
+			}
+			active = want
+		}
+		t.Logf("run %d: %s with graftd killed at %v, in %s", rot.State.Run, rot.State.Phase, run.kill, rot.State.RunFinished.Sub(rot.State.RunStarted).Round(time.Millisecond))
+	}
+	chk.end(t)
+	mu.Lock()
+	defer mu.Unlock()
+	if begun != len(runs) {
+		t.Errorf("%d runs began %d times: a run that begins again draws a new password", len(runs), begun)
+	}
+	hist, err := r.dba.History(ctx, rotTarget+"/password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != published {
+		t.Errorf("the target's password has %d versions after %d runs: want one publish per run and per rollback, %d", len(hist), len(runs), published)
 	}
 }

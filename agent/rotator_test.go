@@ -46,7 +46,14 @@ type rotationRig struct {
 
 func newRotationRig(t *testing.T) *rotationRig {
 	t.Helper()
-	r := &rotationRig{t: t, pg: pgtest.Start(t), g: graftdtest.Start(t)}
+	pg := pgtest.Start(t)
+	return newRotationRigOn(t, pg, graftdtest.Start(t))
+}
+
+// newRotationRigOn is the rig on PostgreSQL pg and graftd g.
+func newRotationRigOn(t *testing.T, pg *pgtest.Server, g *graftdtest.Graftd) *rotationRig {
+	t.Helper()
+	r := &rotationRig{t: t, pg: pg, g: g}
 	r.reject.Store("")
 	r.pg.CreateDatabase(t, "mp", r.pg.Superuser)
 	ctx := t.Context()

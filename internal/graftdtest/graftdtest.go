@@ -1,5 +1,7 @@
 // Package graftdtest runs a real graftd (dev mode: embedded etcd and NATS)
-// inside a test, on loopback ports chosen by the kernel.
+// for a test, on loopback ports chosen by the kernel: inside the test
+// (Start), or as a process of its own that the test can kill
+// (StartProcess).
 package graftdtest
 
 import (
@@ -21,9 +23,12 @@ type Graftd struct {
 	Addr, Token string
 	// HTTPAddr serves /healthz, /readyz and /metrics.
 	HTTPAddr string
-	// Daemon is the running instance; it changes on Restart.
+	// Daemon is the running instance; it changes on Restart. It is nil
+	// for a graftd that StartProcess runs.
 	Daemon *daemon.Daemon
 	cfg    daemon.Config
+	// proc is the graftd process, for StartProcess.
+	proc *process
 }
 
 // Option adjusts the configuration before start.
@@ -61,6 +66,10 @@ func (g *Graftd) start(t testing.TB) {
 }
 
 func (g *Graftd) stop() {
+	if g.proc != nil {
+		g.proc.terminate(g.cfg.ShutdownTimeout + 5*time.Second)
+		return
+	}
 	if g.Daemon == nil {
 		return
 	}
@@ -81,11 +90,27 @@ func (g *Graftd) Stop(t testing.TB) {
 func (g *Graftd) Restart(t testing.TB) {
 	t.Helper()
 	g.stop()
+	g.StartAgain(t)
+}
+
+// StartAgain starts graftd again after Stop or Kill, on the same addresses
+// and data.
+func (g *Graftd) StartAgain(t testing.TB) {
+	t.Helper()
+	if g.proc != nil {
+		g.proc.start(t, g)
+		return
+	}
 	g.start(t)
 }
 
 // KeyringFile is the running graftd's keyring file.
-func (g *Graftd) KeyringFile() string { return g.Daemon.KeyringFile() }
+func (g *Graftd) KeyringFile() string {
+	if g.proc != nil {
+		return devKeyringFile(g.cfg)
+	}
+	return g.Daemon.KeyringFile()
+}
 
 // Clients are raw gRPC clients of every graft service, for tests that need
 // to see status codes and messages exactly as the server sends them.
