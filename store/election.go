@@ -27,8 +27,11 @@ func (l *Leader) Cond() Cond {
 // context that ends when ctx does or when the leadership is lost (the
 // session's lease of ttl expired, say because etcd could not be reached).
 // When f returns, Lead resigns, so a successor need not wait for the lease
-// to run out. It returns f's error, joined with ErrLeadershipLost when the
-// term ended that way. Jobs that must have one runner among graftd
+// to run out; and before it campaigns it ends the candidacies of
+// processes of this machine that died without resigning (see proc.go), so
+// a graftd restarted after kill -9 leads at once rather than after its
+// predecessor's lease. It returns f's error, joined with
+// ErrLeadershipLost when the term ended that way. Jobs that must have one runner among graftd
 // replicas (the relay, the reconciler) run inside Lead.
 func (s *Store) Lead(ctx context.Context, e Election, holder string, ttl time.Duration, f func(ctx context.Context, l *Leader) error) error {
 	secs := max(int((ttl+time.Second-1)/time.Second), 1)
@@ -37,8 +40,9 @@ func (s *Store) Lead(ctx context.Context, e Election, holder string, ttl time.Du
 		return err
 	}
 	defer sess.Close()
+	s.endDeadCandidacies(ctx, e)
 	el := concurrency.NewElection(sess, s.electionKey(e))
-	if err := el.Campaign(ctx, holder); err != nil {
+	if err := el.Campaign(ctx, candidacy(holder)); err != nil {
 		return err
 	}
 	defer func() {
@@ -64,4 +68,22 @@ func (s *Store) Lead(ctx context.Context, e Election, holder string, ttl time.Du
 	default:
 	}
 	return err
+}
+
+// endDeadCandidacies revokes the leases of e's candidates that were
+// processes of this machine and no longer run. It is best effort: a
+// candidacy left behind still ends when its lease does.
+func (s *Store) endDeadCandidacies(ctx context.Context, e Election) {
+	resp, err := s.cli.Get(ctx, s.electionKey(e)+"/", clientv3.WithPrefix())
+	if err != nil {
+		return
+	}
+	for _, kv := range resp.Kvs {
+		if kv.Lease == 0 || !deadHere(string(kv.Value)) {
+			continue
+		}
+		if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err == nil {
+			s.log.Info("ended the candidacy of a process of this machine that died without resigning", "election", string(e), "holder", holderOf(string(kv.Value)))
+		}
+	}
 }
