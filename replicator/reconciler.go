@@ -32,6 +32,14 @@ func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int
 // reconcile is Reconcile that also returns how many source values the
 // destinations hold copies of afterwards.
 func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (changed, mirrored int, err error) {
+	var relayed int64
+	if kind == writeRepair {
+		// Read before the sources: a change committed after this the
+		// relay has not published yet either.
+		if relayed, err = relayCursor(ctx, r.cfg.Store); err != nil {
+			return 0, 0, err
+		}
+	}
 	entries, readRev, err := r.cfg.Store.ReadTree(ctx, rule.Source)
 	var unreadable *store.UnreadableError
 	if errors.As(err, &unreadable) {
@@ -103,7 +111,20 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (
 	if err != nil {
 		return 0, 0, err
 	}
-	return r.observe(ws, res, kind), mirrored, nil
+	return r.observe(ws, res, kind, relayed), mirrored, nil
+}
+
+// relayCursor is the revision up to which the relay has published
+// changes as events (its saved cursor), or 0 when no relay has run.
+func relayCursor(ctx context.Context, s *store.Store) (int64, error) {
+	rec, err := store.NewRecords[int64](s, store.SpaceRelay).Get(ctx, cursorKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the relay's cursor: %w", err)
+	}
+	return rec.Value, nil
 }
 
 // rootOf returns the root among roots that holds dest (dest itself or its

@@ -126,6 +126,38 @@ func TestReconcileRepairsMissingStaleAndOrphaned(t *testing.T) {
 	}
 }
 
+// A change the relay has yet to publish (after its cursor, as when a
+// graftd restarted and its relay has not caught up) is copied by a repair
+// pass but is no repair: only the change before the cursor, whose event
+// was published and did not make the copy, is counted.
+func TestReconcileDoesNotCountChangesTheRelayHasYetToPublish(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	rule, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/r", []string{"/app/a/replicated/r"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.put(t, "/dba/r/missed", "v")
+	rev, err := e.Store.Revision(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.NewRecords[int64](e.Store, store.SpaceRelay).Put(e.ctx, "cursor", rev); err != nil {
+		t.Fatal(err)
+	}
+	e.put(t, "/dba/r/late", "v")
+	base := e.repairs(t)
+	n, err := e.repl.Reconcile(e.ctx, rule, true)
+	if err != nil || n != 2 {
+		t.Fatalf("reconcile changed %d destinations (%v), want 2 (missed and late)", n, err)
+	}
+	if got := e.repairs(t) - base; got != 1 {
+		t.Errorf("repairs metric went up by %v, want 1: the change before the relay's cursor only", got)
+	}
+	if d := compareTrees(t, e.Store, "/dba/r", "/app/a/replicated/r"); d != "" {
+		t.Fatalf("after reconcile:\n%s", d)
+	}
+}
+
 // TestReconcilerRunsOnRequest runs the reconciler with a long interval: a
 // request from another etcd client (as another graftd's relay would make)
 // starts a pass that copies a change no event carried.

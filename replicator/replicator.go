@@ -327,7 +327,7 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 	if err != nil {
 		return err
 	}
-	r.observe(ws, res, writeEvent)
+	r.observe(ws, res, writeEvent, 0)
 	r.parked.clear(ctx, replicated)
 	return nil
 }
@@ -366,8 +366,11 @@ const (
 )
 
 // observe counts the outcomes of replica writes and returns how many
-// destinations changed.
-func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, kind writeKind) int {
+// destinations changed. relayed is the relay's cursor when the writes
+// are a repair pass's: a copy of a change after it is not a repair, since
+// the relay had yet to publish its event (the relay is late, as after a
+// graftd restarted, not wrong), and the event would have made the copy.
+func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, kind writeKind, relayed int64) int {
 	now := time.Now()
 	n := 0
 	for i, x := range res {
@@ -378,6 +381,11 @@ func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult,
 		n++
 		if ws[i].SourceTime > 0 && kind != writeFill {
 			r.metrics.lag.Observe(now.Sub(time.Unix(0, ws[i].SourceTime)).Seconds())
+		}
+		if kind == writeRepair && relayed > 0 && !ws[i].Delete && ws[i].SourceRevision > relayed {
+			r.log.Debug("reconciler copied a change before the relay published it", "destination", ws[i].Path, "source", ws[i].Source,
+				"source_revision", ws[i].SourceRevision, "relayed_to", relayed)
+			continue
 		}
 		if kind == writeRepair {
 			r.metrics.repairs.Inc()
