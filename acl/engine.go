@@ -227,6 +227,28 @@ func (e *LastAdminError) Unwrap() error { return ErrLastAdmin }
 // existing ones unless overwrite is set, and reports which it wrote and
 // which it kept. graftd --dev calls it at start, `graft policy init`
 // through the API.
+// Differing returns, of roles, those whose stored policy is not the
+// default graft ships now: edited by an operator, or installed by an
+// older graftd (whose dba role, say, could not rotate yet).
+func (e *Engine) Differing(ctx context.Context, roles []string) ([]string, error) {
+	defaults := DefaultPolicyYAML()
+	var out []string
+	for _, role := range roles {
+		def, ok := defaults[role]
+		if !ok {
+			continue
+		}
+		rec, err := e.recs.Get(ctx, role)
+		if err != nil {
+			return out, fmt.Errorf("read policy %s: %w", role, err)
+		}
+		if rec.Value.YAML != string(def) {
+			out = append(out, role)
+		}
+	}
+	return out, nil
+}
+
 func (e *Engine) InstallDefaults(ctx context.Context, author string, overwrite bool) (installed, kept []string, err error) {
 	for _, p := range DefaultPolicies() {
 		rec := PolicyRecord{Role: p.Role, YAML: string(DefaultPolicyYAML()[p.Role]), Author: author, Updated: time.Now().UTC()}

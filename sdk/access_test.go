@@ -112,9 +112,9 @@ func TestPolicies(t *testing.T) {
 	if err != nil || !slices.Equal(roles, []string{"admin", "app", "dba"}) {
 		t.Fatalf("ListPolicies on a dev graftd = %v, %v", roles, err)
 	}
-	installed, kept, err := c.InitPolicies(ctx, false)
-	if err != nil || len(installed) != 0 || !slices.Equal(kept, []string{"admin", "app", "dba"}) {
-		t.Fatalf("InitPolicies = %v, %v, %v; want all kept", installed, kept, err)
+	init, err := c.InitPolicies(ctx, false)
+	if err != nil || len(init.Installed) != 0 || !slices.Equal(init.Kept, []string{"admin", "app", "dba"}) || len(init.Differing) != 0 {
+		t.Fatalf("InitPolicies = %+v, %v; want all kept, none differing", init, err)
 	}
 
 	_, err = c.PutPolicy(ctx, []byte("role: ci\nrules:\n  - allow: [read, fly]\n    paths: [/ci/**]\n"))
@@ -155,9 +155,18 @@ func TestPolicies(t *testing.T) {
 	if err := c.DeletePolicy(ctx, "dba"); err != nil {
 		t.Fatal(err)
 	}
-	installed, kept, err = c.InitPolicies(ctx, false)
-	if err != nil || !slices.Equal(installed, []string{"dba"}) || !slices.Equal(kept, []string{"admin", "app"}) {
-		t.Fatalf("InitPolicies after deleting dba = %v, %v, %v", installed, kept, err)
+	init, err = c.InitPolicies(ctx, false)
+	if err != nil || !slices.Equal(init.Installed, []string{"dba"}) || !slices.Equal(init.Kept, []string{"admin", "app"}) {
+		t.Fatalf("InitPolicies after deleting dba = %+v, %v", init, err)
+	}
+	// A default role's policy as an older graftd installed it (dba could
+	// not rotate yet) is kept, and said to differ.
+	if _, err := c.PutPolicy(ctx, []byte("role: dba\nrules:\n  - allow: [read, list, write, delete, share]\n    paths: [/dba/**]\n")); err != nil {
+		t.Fatal(err)
+	}
+	init, err = c.InitPolicies(ctx, false)
+	if err != nil || len(init.Installed) != 0 || !slices.Equal(init.Differing, []string{"dba"}) {
+		t.Fatalf("InitPolicies with an old dba policy = %+v, %v; want dba kept and differing", init, err)
 	}
 }
 

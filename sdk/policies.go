@@ -98,14 +98,25 @@ func (c *Client) CheckPolicy(ctx context.Context, principal string, roles []stri
 }
 
 // InitPolicies installs the default policies (admin, dba, app) and returns
-// the roles written and the roles left alone because a policy existed;
-// with overwrite every default is written. Needs the admin action.
-func (c *Client) InitPolicies(ctx context.Context, overwrite bool) (installed, kept []string, err error) {
+// what it did (PolicyInit); with overwrite every default is written.
+// Needs the admin action.
+func (c *Client) InitPolicies(ctx context.Context, overwrite bool) (PolicyInit, error) {
 	resp, err := c.policies.InitPolicies(ctx, &graftv1.InitPoliciesRequest{Overwrite: overwrite})
 	if err != nil {
-		return nil, nil, wrap(ctx, err)
+		return PolicyInit{}, wrap(ctx, err)
 	}
-	return resp.GetInstalled(), resp.GetKept(), nil
+	return PolicyInit{Installed: resp.GetInstalled(), Kept: resp.GetKept(), Differing: resp.GetDiffering()}, nil
+}
+
+// PolicyInit is what InitPolicies did.
+type PolicyInit struct {
+	// Installed are the roles whose default policy was written.
+	Installed []string
+	// Kept are the roles left alone because they had a policy.
+	Kept []string
+	// Differing are the kept roles whose policy is not the default the
+	// server ships now (edited, or installed by an older graftd).
+	Differing []string
 }
 
 func policyFrom(p *graftv1.Policy) Policy {

@@ -93,7 +93,11 @@ func (s *Server) InitPolicies(ctx context.Context, req *graftv1.InitPoliciesRequ
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &graftv1.InitPoliciesResponse{Installed: installed, Kept: kept}, nil
+	differing, err := s.policies.Differing(ctx, kept)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &graftv1.InitPoliciesResponse{Installed: installed, Kept: kept, Differing: differing}, nil
 }
 
 // refreshPolicies makes a policy change just made take effect here at

@@ -317,8 +317,26 @@ func TestPolicyInitIsIdempotent(t *testing.T) {
 	if len(v.Installed) != 0 || strings.Join(v.Kept, ",") != "admin,app,dba" {
 		t.Fatalf("policy init -o json = %+v", v)
 	}
+	// An edited dba policy (as an older graftd installed it) is kept,
+	// and named as differing; --overwrite puts the default back.
+	old := filepath.Join(t.TempDir(), "dba.yaml")
+	if err := os.WriteFile(old, []byte("role: dba\nrules:\n  - allow: [read, list, write, delete, share]\n    paths: [/dba/**]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin.ok("policy", "put", old)
+	got := admin.ok("policy", "init")
+	if !strings.HasPrefix(got, "installed: none\nkept: admin, app, dba\ndba differs from the default policy") || !strings.Contains(got, "graft policy init --overwrite") {
+		t.Fatalf("policy init with an edited dba printed %q", got)
+	}
+	decode(t, admin.ok("policy", "init", "-o", "json"), &v)
+	if strings.Join(v.Differing, ",") != "dba" {
+		t.Fatalf("policy init -o json with an edited dba = %+v", v)
+	}
 	if got := admin.ok("policy", "init", "--overwrite"); got != "installed: admin, app, dba\nkept: none\n" {
 		t.Fatalf("policy init --overwrite printed %q", got)
+	}
+	if got := admin.ok("policy", "init"); got != "installed: none\nkept: admin, app, dba\n" {
+		t.Fatalf("policy init after --overwrite printed %q", got)
 	}
 }
 

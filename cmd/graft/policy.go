@@ -36,6 +36,8 @@ type policyDeletedView struct {
 type policyInitView struct {
 	Installed []string `json:"installed"`
 	Kept      []string `json:"kept"`
+	// Differing are the kept roles whose policy is not today's default.
+	Differing []string `json:"differing"`
 }
 
 type decisionView struct {
@@ -241,17 +243,27 @@ func (a *app) policyInitCmd() *cobra.Command {
 		Long: `Install the default policies: admin (everything), dba (read, list, write,
 delete, share and rotate /dba/**) and app (read and list /app/{name}/**, write it
 outside replicated destinations). Roles that already have a policy are
-kept unless --overwrite is given, so running it again changes nothing.`,
+kept unless --overwrite is given, so running it again changes nothing; it
+names the kept ones whose policy differs from today's default (edited, or
+installed by an older graftd: dba gained rotate with rotations).`,
 		Args: args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
-				installed, kept, err := c.InitPolicies(ctx, overwrite)
+				init, err := c.InitPolicies(ctx, overwrite)
 				if err != nil {
 					return err
 				}
-				return a.Emit(policyInitView{Installed: nonNil(installed), Kept: nonNil(kept)}, func(w io.Writer) error {
-					_, err := fmt.Fprintf(w, "installed: %s\nkept: %s\n", listOrNone(installed), listOrNone(kept))
-					return err
+				view := policyInitView{Installed: nonNil(init.Installed), Kept: nonNil(init.Kept), Differing: nonNil(init.Differing)}
+				return a.Emit(view, func(w io.Writer) error {
+					if _, err := fmt.Fprintf(w, "installed: %s\nkept: %s\n", listOrNone(init.Installed), listOrNone(init.Kept)); err != nil {
+						return err
+					}
+					for _, role := range init.Differing {
+						if _, err := fmt.Fprintf(w, "%s differs from the default policy (edited, or installed by an older graftd): `graft policy get %s` shows it; `graft policy init --overwrite` replaces every default role's\n", role, role); err != nil {
+							return err
+						}
+					}
+					return nil
 				})
 			})
 		},

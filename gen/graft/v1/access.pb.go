@@ -1188,7 +1188,11 @@ type InitPoliciesResponse struct {
 	// The roles whose policy was written.
 	Installed []string `protobuf:"bytes,1,rep,name=installed,proto3" json:"installed,omitempty"`
 	// The roles left alone because a policy existed.
-	Kept          []string `protobuf:"bytes,2,rep,name=kept,proto3" json:"kept,omitempty"`
+	Kept []string `protobuf:"bytes,2,rep,name=kept,proto3" json:"kept,omitempty"`
+	// Of the kept, those whose policy is not the default this graftd
+	// ships (edited, or installed by an older graftd): --overwrite
+	// replaces them.
+	Differing     []string `protobuf:"bytes,3,rep,name=differing,proto3" json:"differing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1233,6 +1237,13 @@ func (x *InitPoliciesResponse) GetInstalled() []string {
 func (x *InitPoliciesResponse) GetKept() []string {
 	if x != nil {
 		return x.Kept
+	}
+	return nil
+}
+
+func (x *InitPoliciesResponse) GetDiffering() []string {
+	if x != nil {
+		return x.Differing
 	}
 	return nil
 }
@@ -1569,10 +1580,11 @@ const file_graft_v1_access_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12'\n" +
 	"\x0feffective_roles\x18\x05 \x03(\tR\x0eeffectiveRoles\"3\n" +
 	"\x13InitPoliciesRequest\x12\x1c\n" +
-	"\toverwrite\x18\x01 \x01(\bR\toverwrite\"H\n" +
+	"\toverwrite\x18\x01 \x01(\bR\toverwrite\"f\n" +
 	"\x14InitPoliciesResponse\x12\x1c\n" +
 	"\tinstalled\x18\x01 \x03(\tR\tinstalled\x12\x12\n" +
-	"\x04kept\x18\x02 \x03(\tR\x04kept\"\x9a\x01\n" +
+	"\x04kept\x18\x02 \x03(\tR\x04kept\x12\x1c\n" +
+	"\tdiffering\x18\x03 \x03(\tR\tdiffering\"\x9a\x01\n" +
 	"\x11QueryAuditRequest\x12\x1f\n" +
 	"\vpath_prefix\x18\x01 \x01(\tR\n" +
 	"pathPrefix\x12\x1c\n" +
