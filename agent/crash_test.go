@@ -46,12 +46,12 @@ func rotatorProcess(server, tokenFile, id, killAt string) {
 type rotatorProc struct {
 	cmd  *exec.Cmd
 	done chan error
-	out  *lockedBuffer
+	out  *testenv.Buffer
 }
 
 func (r *rotationRig) rotatorProc(id, killAt string) *rotatorProc {
 	r.t.Helper()
-	p := &rotatorProc{done: make(chan error, 1), out: &lockedBuffer{}}
+	p := &rotatorProc{done: make(chan error, 1), out: &testenv.Buffer{}}
 	p.cmd = exec.Command(os.Args[0], r.g.Addr, r.dbaTF, id, killAt)
 	p.cmd.Env = append(os.Environ(), "GRAFT_AGENT_TEST_ROTATOR=1")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out

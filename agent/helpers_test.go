@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -10,33 +9,17 @@ import (
 	"testing"
 
 	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func slogTo(w *lockedBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+func slogTo(w *testenv.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
 // startLogged runs an agent until the test ends, keeping its log, and
 // does not wait for its first render.
-func startLogged(t *testing.T, cfg agent.Config) (*agent.Agent, *lockedBuffer) {
+func startLogged(t *testing.T, cfg agent.Config) (*agent.Agent, *testenv.Buffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	a, err := agent.New(ctx, cfg, slogTo(logs), nil)
 	if err != nil {
 		cancel()

@@ -554,7 +554,7 @@ current-context: test
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	run := agent.KubernetesRunner(&agent.KubernetesAction{Deployment: "mp", Kubeconfig: kubeconfig}, nil, slogTo(logs))
 	if err := run(t.Context()); err != nil {
 		t.Fatal(err)

@@ -138,7 +138,7 @@ func (r *rotationRig) login(ctx context.Context, user, password string) error {
 }
 
 // rotator starts a rotator agent with the DBA's identity.
-func (r *rotationRig) rotator(id string, hook func(string, rotation.Boundary)) *lockedBuffer {
+func (r *rotationRig) rotator(id string, hook func(string, rotation.Boundary)) *testenv.Buffer {
 	cfg := agent.DefaultConfig()
 	cfg.Server, cfg.TokenFile, cfg.ID, cfg.Listen = r.g.Addr, r.dbaTF, id, "off"
 	cfg.Rotations = agent.Rotations{All: true}

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -434,24 +433,6 @@ func TestConnectionErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestWatch(t *testing.T) {
 	c := newCLI(t, graftdtest.Start(t))
 	first := c.put("/t/watch/a", "secret-a")
@@ -514,7 +495,7 @@ type watchRun struct {
 	t              *testing.T
 	cancel         context.CancelFunc
 	done           chan int
-	stdout, stderr syncBuffer
+	stdout, stderr testenv.Buffer
 }
 
 // waitLines waits until the watch printed n lines, failing early if it

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -65,7 +64,7 @@ func newEmptyDatabase(t *testing.T) *pgtest.Server {
 type process struct {
 	t       *testing.T
 	cmd     *exec.Cmd
-	log     *logBuffer
+	log     *testenv.Buffer
 	url     string
 	pidfile string
 	exited  chan struct{}
@@ -86,7 +85,7 @@ func startPetstore(t *testing.T, env []string, args ...string) *process {
 		args = append(args, "--listen", "127.0.0.1:0")
 	}
 	cmd := petstoreCommand(t, env, append(args, "--pidfile", pidfile)...)
-	p := &process{t: t, cmd: cmd, log: &logBuffer{}, pidfile: pidfile, exited: make(chan struct{})}
+	p := &process{t: t, cmd: cmd, log: &testenv.Buffer{}, pidfile: pidfile, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -280,23 +279,6 @@ func (p *poller) check(t *testing.T) {
 	if n := p.failed.Load(); n > 0 {
 		t.Errorf("%d requests failed; the first:\n%s", n, strings.Join(p.failures, "\n"))
 	}
-}
-
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func decode[T any](t *testing.T, body string) T {

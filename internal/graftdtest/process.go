@@ -2,7 +2,6 @@ package graftdtest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/internal/testenv"
 )
 
 // processEnv names the configuration file of a graftd that StartProcess
@@ -72,7 +72,7 @@ func serveProcess(file string) int {
 // process is the graftd process of a Graftd that StartProcess started.
 type process struct {
 	file string // the configuration the process reads
-	logs logBuffer
+	logs testenv.Buffer
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd // nil while graftd is down
@@ -220,22 +220,4 @@ func devKeyringFile(cfg daemon.Config) string {
 		return cfg.KeyringFile
 	}
 	return filepath.Join(cfg.DataDir, "keyring.json")
-}
-
-// logBuffer keeps what the graftd processes write, for any goroutine.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
