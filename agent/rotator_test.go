@@ -194,11 +194,13 @@ func (r *rotationRig) target() (user, password string) {
 
 // Two runs: the first creates the group, blue and the first credential;
 // the second re-keys green, rolls it out to the consumer, and retires
-// blue. What blue created stays usable by green.
+// blue after the grace (which the first run, with no one to retire, does
+// not wait). What blue created stays usable by green.
 func TestRotatorAlternatesUsers(t *testing.T) {
+	const grace = 2 * time.Second
 	r := newRotationRig(t)
 	r.rotator("rotator-1", nil)
-	r.create(nil)
+	r.create(func(s *rotation.Spec) { s.RetireGrace = grace })
 
 	rot := r.run(60 * time.Second)
 	if rot.State.Phase != rotation.PhaseDone || rot.State.ActiveUser != blue {
@@ -256,6 +258,21 @@ func TestRotatorAlternatesUsers(t *testing.T) {
 		if !s.Done() {
 			t.Errorf("step %s of run 2 did not finish", s.Name)
 		}
+	}
+	retired := func(run rotation.Run) time.Duration {
+		for _, s := range run.Steps {
+			if s.Name == rotation.StepRetire {
+				return s.Finished.Sub(s.Started)
+			}
+		}
+		t.Fatalf("run %d has no retire step", run.Run)
+		return 0
+	}
+	if d := retired(runs[1]); d >= grace {
+		t.Errorf("run 1's retire step took %s: it waited the grace with no one to retire", d)
+	}
+	if d := retired(runs[0]); d < grace {
+		t.Errorf("run 2's retire step took %s: less than the %s grace", d, grace)
 	}
 }
 

@@ -682,14 +682,15 @@ func (x *run) judge(ro Rollout) (done bool, acked []string, why string) {
 // retire waits out the grace, checks once more that every consumer runs
 // the new credential, and retires the old user.
 func (x *run) retire(ctx context.Context) (detail, verdict string, err error) {
+	old := x.view.ActiveUser
+	if old == "" {
+		// Nobody to retire, so no grace to give them.
+		return "no old user yet: this was the first run", "", nil
+	}
 	if wait := x.view.RetireAt.Sub(x.now()); wait > 0 {
 		if err := sleep(ctx, wait); err != nil {
 			return "", "", err
 		}
-	}
-	old := x.view.ActiveUser
-	if old == "" {
-		return "no old user yet: this was the first run", "", nil
 	}
 	// Never retire a user a consumer still reports using: the rollout
 	// must still be complete (an agent that appeared since runs the
