@@ -622,7 +622,11 @@ func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (detail, ve
 		}
 		if done {
 			x.acked = acked
-			return fmt.Sprintf("%d agents run revision %d healthy: %s", len(acked), rev, strings.Join(acked, ", ")), "", nil
+			agents := fmt.Sprintf("%d agents run", len(acked))
+			if len(acked) == 1 {
+				agents = "1 agent runs"
+			}
+			return fmt.Sprintf("%s revision %d healthy: %s", agents, rev, strings.Join(acked, ", ")), "", nil
 		}
 		if why != x.lastDetail && ctx.Err() == nil {
 			// Shown by rotation status while the rollout goes on.

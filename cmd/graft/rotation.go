@@ -403,19 +403,17 @@ func writeState(b *strings.Builder, st rotation.View) {
 	}
 }
 
-// noRotator warns, after a run is asked for, that nothing will start it
-// yet.
-func noRotator(st rotation.View) string {
-	if st.Holder != "" {
-		return ""
-	}
-	return " (no rotator holds it now: it starts once a graft-agent with rotations: in its configuration runs)"
-}
+// unstartedAfter is how long run --wait lets a run asked for wait for a
+// rotator before it says none has started it: a rotator that runs claims
+// a requested run within a second (it looks every 500 ms).
+var unstartedAfter = 5 * time.Second
+
+const noRotatorHint = "is a graft-agent with rotations: in its configuration running, with the owner's identity?"
 
 // stalledHint says what a stalled run most likely lacks.
 func stalledHint(st rotation.View) string {
 	if st.Holder == "" {
-		return "no rotator runs it: is a graft-agent with rotations: in its configuration running, with the owner's identity?"
+		return "no rotator runs it: " + noRotatorHint
 	}
 	return fmt.Sprintf("its step has outlived its timeout; see the logs of rotator %s", st.Holder)
 }
@@ -613,7 +611,7 @@ back; the reason is printed), and 3 when --timeout passes first:
 						return err
 					}
 					return a.Emit(viewRotation(r), func(w io.Writer) error {
-						_, err := fmt.Fprintf(w, "rotation %s: run %d asked for; follow it with `graft rotation status %s`%s\n", name, r.State.Run+1, name, noRotator(r.State))
+						_, err := fmt.Fprintf(w, "rotation %s: run %d asked for; follow it with `graft rotation status %s`\n", name, r.State.Run+1, name)
 						return err
 					})
 				})
@@ -652,10 +650,11 @@ func (a *app) waitRotation(cmd *cobra.Command, name string, timeout time.Duratio
 	if a.Output == "table" {
 		progress = a.Stdout
 	}
-	fmt.Fprintf(progress, "rotation %s: run %d asked for%s\n", name, want, noRotator(r.State))
+	fmt.Fprintf(progress, "rotation %s: run %d asked for\n", name, want)
 	p := &runProgress{w: progress, run: want}
 	p.show(r.State)
 	last := r
+	asked, warned := time.Now(), false
 	for {
 		select {
 		case <-ctx.Done():
@@ -677,6 +676,10 @@ func (a *app) waitRotation(cmd *cobra.Command, name string, timeout time.Duratio
 		last = r
 		st := r.State
 		p.show(st)
+		if !warned && st.Phase == rotation.PhaseRequested && st.Holder == "" && time.Since(asked) >= unstartedAfter {
+			fmt.Fprintf(progress, "  no rotator has started it after %s: %s\n", unstartedAfter, noRotatorHint)
+			warned = true
+		}
 		if st.Run < want || st.Phase.InProgress() {
 			continue
 		}
@@ -714,7 +717,7 @@ func (a *app) rotationTimedOut(name string, timeout time.Duration, want int64, l
 	case st.Phase == rotation.PhaseRequested && st.Paused:
 		why = fmt.Sprintf("; it is paused: `graft rotation resume %s`", name)
 	case st.Phase == rotation.PhaseRequested && st.Holder == "":
-		why = "; no rotator has started it: is a graft-agent with rotations: in its configuration running, with the owner's identity?"
+		why = "; no rotator has started it: " + noRotatorHint
 	case st.Stalled:
 		why = "; " + stalledHint(st)
 	}
