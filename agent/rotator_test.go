@@ -259,20 +259,25 @@ func TestRotatorAlternatesUsers(t *testing.T) {
 			t.Errorf("step %s of run 2 did not finish", s.Name)
 		}
 	}
+	// The grace runs from the end of the rollout to the retirement.
 	retired := func(run rotation.Run) time.Duration {
+		var rolledOut time.Time
 		for _, s := range run.Steps {
-			if s.Name == rotation.StepRetire {
-				return s.Finished.Sub(s.Started)
+			switch s.Name {
+			case rotation.StepRollout:
+				rolledOut = s.Finished
+			case rotation.StepRetire:
+				return s.Finished.Sub(rolledOut)
 			}
 		}
 		t.Fatalf("run %d has no retire step", run.Run)
 		return 0
 	}
 	if d := retired(runs[1]); d >= grace {
-		t.Errorf("run 1's retire step took %s: it waited the grace with no one to retire", d)
+		t.Errorf("run 1 retired %s after its rollout: it waited the grace with no one to retire", d)
 	}
 	if d := retired(runs[0]); d < grace {
-		t.Errorf("run 2's retire step took %s: less than the %s grace", d, grace)
+		t.Errorf("run 2 retired blue %s after its rollout: less than the %s grace", d, grace)
 	}
 }
 
