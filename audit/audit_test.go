@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -318,21 +317,10 @@ func TestAppendAsyncArrives(t *testing.T) {
 }
 
 // lineCounter is a log sink that counts lines containing a message.
-type lineCounter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *lineCounter) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
+type lineCounter struct{ testenv.Buffer }
 
 func (c *lineCounter) count(msg string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return strings.Count(c.buf.String(), "msg=\""+msg+"\"")
+	return strings.Count(c.String(), "msg=\""+msg+"\"")
 }
 
 func TestAppendAsyncLogsEveryDropWhenNATSIsDown(t *testing.T) {
@@ -361,7 +349,7 @@ func TestAppendAsyncLogsEveryDropWhenNATSIsDown(t *testing.T) {
 		t.Errorf("Dropped = %d, want %d", got, total)
 	}
 	if got := logs.count("audit record dropped"); got != total {
-		t.Errorf("logged %d drops, want %d:\n%s", got, total, logs.buf.String())
+		t.Errorf("logged %d drops, want %d:\n%s", got, total, logs.String())
 	}
 }
 
