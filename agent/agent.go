@@ -256,11 +256,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		var wg sync.WaitGroup
 		rctx, stopRotator := context.WithCancel(ctx)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.rotator.run(rctx)
-		}()
+		wg.Go(func() { a.rotator.run(rctx) })
 		defer func() {
 			stopRotator()
 			wg.Wait()

@@ -57,27 +57,12 @@ func newRotationRigOn(t *testing.T, pg *pgtest.Server, g *graftdtest.Graftd) *ro
 	r.reject.Store("")
 	r.pg.CreateDatabase(t, "mp", r.pg.Superuser)
 	ctx := t.Context()
-	root, err := sdk.New(ctx, sdk.Config{Addr: r.g.Addr, Token: r.g.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { root.Close() })
 	dir := t.TempDir()
-	tokenFile := func(principal, role string) string {
-		tok, _, err := root.CreateToken(ctx, principal, []string{role}, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := filepath.Join(dir, role+".token")
-		if err := os.WriteFile(f, []byte(tok+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
-	r.dbaTF = tokenFile("user:dora", "dba")
-	appTF := tokenFile("app:mp", "app")
-	tok, _ := os.ReadFile(r.dbaTF)
-	if r.dba, err = sdk.New(ctx, sdk.Config{Addr: r.g.Addr, Token: strings.TrimSpace(string(tok))}); err != nil {
+	var dbaToken string
+	r.dbaTF, dbaToken = r.g.TokenFile(t, "user:dora", "dba")
+	appTF, _ := r.g.TokenFile(t, "app:mp", "app")
+	var err error
+	if r.dba, err = sdk.New(ctx, sdk.Config{Addr: r.g.Addr, Token: dbaToken}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.dba.Close() })

@@ -11,8 +11,8 @@ import (
 )
 
 // A candidacy in an election carries the identity of the process that
-// made it, so that a graftd started again after a crash (kill -9, power
-// cut of the process) can tell its dead predecessor's candidacy from a
+// made it, so that a graftd started again after a crash (kill -9, the
+// OOM killer) can tell its dead predecessor's candidacy from a
 // live replica's and end it, instead of waiting for its lease to run out
 // while nobody leads. The identity is the machine's boot, the pid
 // namespace, the pid and the process's start time: a pid reused by
@@ -44,18 +44,26 @@ func processIdentity(pid int) (string, error) {
 	return fmt.Sprintf("%s/%s/%d/%d", boot, ns, pid, start), nil
 }
 
-// machine is this boot's id and this process's pid namespace.
+// machine is this boot's id and this process's pid namespace, read once:
+// they do not change while the process runs.
 func machine() (boot, ns string, err error) {
+	m, err := readMachine()
+	return m.boot, m.ns, err
+}
+
+var readMachine = sync.OnceValues(func() (struct{ boot, ns string }, error) {
+	var m struct{ boot, ns string }
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
-		return "", "", err
+		return m, err
 	}
-	ns, err = os.Readlink("/proc/self/ns/pid")
+	ns, err := os.Readlink("/proc/self/ns/pid")
 	if err != nil {
-		return "", "", err
+		return m, err
 	}
-	return strings.TrimSpace(string(b)), strings.ReplaceAll(ns, "/", "_"), nil
-}
+	m.boot, m.ns = strings.TrimSpace(string(b)), strings.ReplaceAll(ns, "/", "_")
+	return m, nil
+})
 
 // startTime is when pid started, in clock ticks since boot (field 22 of
 // /proc/<pid>/stat, counted after the command name, which may hold spaces

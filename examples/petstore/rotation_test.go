@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -67,7 +66,7 @@ func TestTwentyRotationsUnderPoller(t *testing.T) {
 func TestRotationRollsBackUnderPoller(t *testing.T) {
 	forEachEmptyDB(t, func(t *testing.T, db testDB) {
 		armed := make(chan struct{}, 1)
-		locked := make(chan string)
+		locked := make(chan struct{})
 		resume := make(chan struct{})
 		// Between the login test and the publication, the new user is
 		// locked out: the test's goroutine does it (a hook may not fail
@@ -81,7 +80,7 @@ func TestRotationRollsBackUnderPoller(t *testing.T) {
 			default:
 				return
 			}
-			locked <- ""
+			locked <- struct{}{}
 			<-resume
 		}
 		r := newRotationRig(t, db, hook, 3*time.Second)
@@ -163,25 +162,9 @@ func newRotationRig(t *testing.T, db testDB, hook func(string, rotation.Boundary
 	t.Helper()
 	g := graftdtest.Start(t)
 	ctx := t.Context()
-	root, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: g.Token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { root.Close() })
 	dir := t.TempDir()
-	tokenFile := func(principal, role string) (string, string) {
-		tok, _, err := root.CreateToken(ctx, principal, []string{role}, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := filepath.Join(dir, role+".token")
-		if err := os.WriteFile(f, []byte(tok+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f, tok
-	}
-	dbaFile, dbaToken := tokenFile("user:dora", "dba")
-	appFile, _ := tokenFile("app:petstore", "app")
+	dbaFile, dbaToken := g.TokenFile(t, "user:dora", "dba")
+	appFile, _ := g.TokenFile(t, "app:petstore", "app")
 	dba, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: dbaToken})
 	if err != nil {
 		t.Fatal(err)

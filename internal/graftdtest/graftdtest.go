@@ -6,11 +6,14 @@ package graftdtest
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/internal/daemon"
@@ -144,4 +147,21 @@ func Dial(t testing.TB, addr string) Clients {
 		Replication: graftv1.NewReplicationServiceClient(conn),
 		Agents:      graftv1.NewAgentServiceClient(conn),
 	}
+}
+
+// TokenFile creates, with the root token, a token for principal holding
+// role, and writes it to a file (mode 0600) of its own, as graft-agent's
+// token_file reads it. It returns the file and the token.
+func (g *Graftd) TokenFile(t testing.TB, principal, role string) (file, token string) {
+	t.Helper()
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+g.Token)
+	resp, err := Dial(t, g.Addr).Tokens.CreateToken(ctx, &graftv1.CreateTokenRequest{Principal: principal, Roles: []string{role}})
+	if err != nil {
+		t.Fatalf("graftdtest: create a token for %s: %v", principal, err)
+	}
+	file = filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte(resp.GetToken()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file, resp.GetToken()
 }
