@@ -163,7 +163,12 @@ func TestTestRefuses(t *testing.T) {
 	}
 	// Every test login was closed.
 	for _, u := range []string{blue, "outsider", "member-without-set-role", "set-role-without-member"} {
-		if n := sessions(t, d, u); n != 0 {
+		// A closed session's backend exits a moment later: wait for it.
+		n := sessions(t, d, u)
+		for deadline := time.Now().Add(5 * time.Second); n != 0 && time.Now().Before(deadline); n = sessions(t, d, u) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n != 0 {
 			t.Errorf("%s has %d sessions after its test logins, want 0", u, n)
 		}
 	}
