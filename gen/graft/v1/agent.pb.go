@@ -44,7 +44,18 @@ type AgentReport struct {
 	// When the agent made the report (set by graftd).
 	Time *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=time,proto3" json:"time,omitempty"`
 	// Who reported it (set by graftd).
-	Principal     string `protobuf:"bytes,10,opt,name=principal,proto3" json:"principal,omitempty"`
+	Principal string `protobuf:"bytes,10,opt,name=principal,proto3" json:"principal,omitempty"`
+	// A random id the agent process picks when it starts. graftd refuses a
+	// report under an id whose live report another agent process holds, so
+	// two agents never overwrite each other's reports.
+	Instance string `protobuf:"bytes,11,opt,name=instance,proto3" json:"instance,omitempty"`
+	// The address of the agent's HTTP endpoints (/healthz, /readyz,
+	// /metrics), empty when they are off.
+	HttpAddress string `protobuf:"bytes,12,opt,name=http_address,json=httpAddress,proto3" json:"http_address,omitempty"`
+	// The store revision at which graftd first stored this agent process's
+	// report (set by graftd): an agent that was reporting before a value
+	// was published has a smaller one.
+	SinceRevision int64 `protobuf:"varint,13,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -147,6 +158,27 @@ func (x *AgentReport) GetPrincipal() string {
 		return x.Principal
 	}
 	return ""
+}
+
+func (x *AgentReport) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *AgentReport) GetHttpAddress() string {
+	if x != nil {
+		return x.HttpAddress
+	}
+	return ""
+}
+
+func (x *AgentReport) GetSinceRevision() int64 {
+	if x != nil {
+		return x.SinceRevision
+	}
+	return 0
 }
 
 // TemplateReport is one rendered file.
@@ -765,7 +797,7 @@ var File_graft_v1_agent_proto protoreflect.FileDescriptor
 
 const file_graft_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14graft/v1/agent.proto\x12\bgraft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x02\n" +
+	"\x14graft/v1/agent.proto\x12\bgraft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x03\n" +
 	"\vAgentReport\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\tR\x03app\x12\x12\n" +
@@ -777,7 +809,10 @@ const file_graft_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12.\n" +
 	"\x04time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
 	"\tprincipal\x18\n" +
-	" \x01(\tR\tprincipal\"t\n" +
+	" \x01(\tR\tprincipal\x12\x1a\n" +
+	"\binstance\x18\v \x01(\tR\binstance\x12!\n" +
+	"\fhttp_address\x18\f \x01(\tR\vhttpAddress\x12%\n" +
+	"\x0esince_revision\x18\r \x01(\x03R\rsinceRevision\"t\n" +
 	"\x0eTemplateReport\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x12\n" +
