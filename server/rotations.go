@@ -23,8 +23,8 @@ type Rotations interface {
 	Delete(ctx context.Context, name string, force bool) error
 	History(ctx context.Context, name string, limit int) ([]rotation.Run, error)
 	Claim(ctx context.Context, name, holder, principal string, ttl time.Duration) (registry.Claimed, error)
-	Release(ctx context.Context, name, holder string) error
-	Advance(ctx context.Context, name, holder string, next rotation.View, secrets *rotation.Secrets) (registry.Rotation, error)
+	Release(ctx context.Context, name, holder, principal string) error
+	Advance(ctx context.Context, name, holder, principal string, next rotation.View, secrets *rotation.Secrets) (registry.Rotation, error)
 	Reseal(ctx context.Context) (examined, resealed int64, err error)
 }
 
@@ -201,7 +201,7 @@ func (s *Server) ReleaseRotation(ctx context.Context, req *graftv1.ReleaseRotati
 	if _, err := s.rotationFor(ctx, req.GetName(), acl.ActionRotate); err != nil {
 		return nil, toStatus(err)
 	}
-	if err := s.rotations.Release(ctx, req.GetName(), req.GetHolder()); err != nil {
+	if err := s.rotations.Release(ctx, req.GetName(), req.GetHolder(), principal(ctx).Name); err != nil {
 		return nil, toStatus(err)
 	}
 	return &graftv1.ReleaseRotationResponse{}, nil
@@ -216,7 +216,7 @@ func (s *Server) AdvanceRotation(ctx context.Context, req *graftv1.AdvanceRotati
 		return nil, toStatus(err)
 	}
 	next := rotation.StateFromProto(req.GetState())
-	rot, err := s.rotations.Advance(ctx, req.GetName(), req.GetHolder(), next, rotation.SecretsFromProto(req.GetSecrets()))
+	rot, err := s.rotations.Advance(ctx, req.GetName(), req.GetHolder(), principal(ctx).Name, next, rotation.SecretsFromProto(req.GetSecrets()))
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -3,7 +3,10 @@
 // progress, sealed), the lease-bound claim of the rotator that runs it,
 // and its finished runs. It decides nothing about databases; it checks
 // every transition a rotator asks for against rotation.Check, and only
-// from the holder of the claim, so two rotators never drive one run.
+// from the holder of the claim, so two rotators never drive one run. A
+// claim belongs to its holder and to the principal that took it: the
+// holder string is shown to whoever may list the rotation, so it proves
+// nothing by itself.
 package registry
 
 import (
@@ -345,9 +348,18 @@ type Claimed struct {
 	Secrets *rotation.Secrets
 }
 
-// Claim takes the claim on name for holder, or renews it when holder has
-// it, and returns the rotation with, for the holder, the passwords of
-// its run in progress.
+// holds says whether c is the claim of holder as principal. The holder
+// string alone is not enough: `graft rotation status` shows it to
+// everyone who may list the rotation.
+func (c claim) holds(holder, principal string) bool {
+	return c.Holder == holder && c.Principal == principal
+}
+
+// Claim takes the claim on name for holder, as principal, or renews it
+// when they have it, and returns the rotation with, for them, the
+// passwords of its run in progress. A live claim of another holder or
+// another principal is not theirs (Held false, no passwords) until it
+// expires.
 func (r *Registry) Claim(ctx context.Context, name, holder, principal string, ttl time.Duration) (Claimed, error) {
 	if holder == "" || len(holder) > 253 || strings.ContainsAny(holder, "\n") {
 		return Claimed{}, fmt.Errorf("%w: holder %q: want an id of 1 to 253 characters (the rotator's host and pid by default)", rotation.ErrInvalid, holder)
@@ -369,7 +381,7 @@ func (r *Registry) Claim(ctx context.Context, name, holder, principal string, tt
 		}
 		c, err := r.claims.Get(ctx, name)
 		switch {
-		case err == nil && c.Value.Holder == holder:
+		case err == nil && c.Value.holds(holder, principal):
 			if err := r.store.LeaseByID(c.Value.Lease).Renew(ctx); errors.Is(err, store.ErrLeaseLost) {
 				// Expired a moment ago; its record goes with it.
 				return false, nil
@@ -421,11 +433,11 @@ func (r *Registry) open(name string, rec record) (*rotation.Secrets, error) {
 	return &s, nil
 }
 
-// Release gives holder's claim on name up; a claim holder does not have
-// is left alone.
-func (r *Registry) Release(ctx context.Context, name, holder string) error {
+// Release gives the claim on name of holder, as principal, up; a claim
+// they do not have is left alone.
+func (r *Registry) Release(ctx context.Context, name, holder, principal string) error {
 	c, err := r.claims.Get(ctx, name)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Value.Holder != holder) {
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !c.Value.holds(holder, principal)) {
 		return nil
 	}
 	if err != nil {
@@ -435,10 +447,10 @@ func (r *Registry) Release(ctx context.Context, name, holder string) error {
 }
 
 // Advance persists next, which must follow from the state at its
-// version along the state machine, for holder, who must hold the claim.
-// secrets, at the first step of a run, are sealed into the record; a
-// finished run drops them and goes into the history.
-func (r *Registry) Advance(ctx context.Context, name, holder string, next rotation.View, secrets *rotation.Secrets) (Rotation, error) {
+// version along the state machine, for holder as principal, who must
+// hold the claim. secrets, at the first step of a run, are sealed into
+// the record; a finished run drops them and goes into the history.
+func (r *Registry) Advance(ctx context.Context, name, holder, principal string, next rotation.View, secrets *rotation.Secrets) (Rotation, error) {
 	cur, err := r.recs.Get(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return Rotation{}, notFound(name)
@@ -447,8 +459,8 @@ func (r *Registry) Advance(ctx context.Context, name, holder string, next rotati
 		return Rotation{}, err
 	}
 	c, err := r.claims.Get(ctx, name)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && c.Value.Holder != holder) {
-		return Rotation{}, fmt.Errorf("%w: rotation %s: %s does not hold its claim (it expired, or another rotator has it): claim it again", ErrConflict, name, holder)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !c.Value.holds(holder, principal)) {
+		return Rotation{}, fmt.Errorf("%w: rotation %s: %s as %s does not hold its claim (it expired, or another rotator has it): claim it again", ErrConflict, name, holder, principal)
 	}
 	if err != nil {
 		return Rotation{}, err

@@ -53,7 +53,7 @@ func TestResealAcrossAKeyRotation(t *testing.T) {
 	next.Run, next.Phase, next.NewUser, next.RunStarted = next.Run+1, rotation.PhaseRunning, "mp-blue", time.Now().UTC()
 	next.Steps = []rotation.Step{{Name: rotation.StepKey, Started: time.Now().UTC()}}
 	const password = "n3w-pw"
-	if _, err := reg.Advance(ctx, name, holder, next, &rotation.Secrets{NewPassword: password}); err != nil {
+	if _, err := reg.Advance(ctx, name, holder, "user:dora", next, &rotation.Secrets{NewPassword: password}); err != nil {
 		t.Fatal(err)
 	}
 
