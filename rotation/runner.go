@@ -121,7 +121,10 @@ type run struct {
 	view    View
 	secrets *Secrets
 	drv     dbcred.Driver
-	log     *slog.Logger
+	// dsn is the admin DSN drv was opened with: every error of a step
+	// is scrubbed of its password before it is logged or stored.
+	dsn string
+	log *slog.Logger
 	// lastDetail is the detail last persisted for the step in progress,
 	// so a repeated error is stored once.
 	lastDetail string
@@ -296,6 +299,7 @@ func (x *run) step(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	err, verdict = x.scrub(err), x.scrubText(verdict)
 	switch {
 	case verdict != "":
 		return x.rollback(ctx, verdict)
@@ -311,6 +315,24 @@ func (x *run) step(ctx context.Context) error {
 	}
 	x.hook(last.Name, "applied")
 	return x.finish(ctx, last, detail)
+}
+
+// scrub removes what may be the admin DSN's password, or a piece of it,
+// from err: a driver that split a malformed DSN wrongly quotes the rest
+// of the password as a host or a database, and a step's error is stored
+// in graftd, audited and shown.
+func (x *run) scrub(err error) error {
+	if err == nil || x.dsn == "" {
+		return err
+	}
+	return dbcred.ScrubDSN(err, x.dsn)
+}
+
+func (x *run) scrubText(s string) string {
+	if s == "" || x.dsn == "" {
+		return s
+	}
+	return dbcred.ScrubDSN(errors.New(s), x.dsn).Error()
 }
 
 // errWait says the step's side effect is not done yet and the step goes
@@ -579,6 +601,7 @@ func (x *run) driver(ctx context.Context) (dbcred.Driver, error) {
 	if dsn == "" {
 		return nil, fmt.Errorf("%s/%s is missing: put the admin DSN there", x.spec.Admin, KeyDSN)
 	}
+	x.dsn = dsn
 	drv, err := x.cfg.Open(ctx, x.spec.Driver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the database as its admin: %w", err)

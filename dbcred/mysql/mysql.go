@@ -36,6 +36,15 @@ import (
 
 var _ dbcred.Driver = (*Driver)(nil)
 
+// errUnescaped refuses a DSN whose database name holds an @. In
+// go-sql-driver/mysql's form the user info ends at the last @ before the
+// last /, and it is taken as it is (nothing is percent-decoded), so a
+// password may hold @ and / unescaped as long as the DSN has its / after
+// the address. Without that /, a / in the password is taken for it: the
+// password's start becomes the password, its rest the database name and
+// the address, which the driver would connect to and quote.
+var errUnescaped = errors.New("open mysql: the admin DSN's database name holds an @: a / in its user name or password was taken for the / before the database name, because the DSN has none after its address (the DSN was not used): write user:password@tcp(host:port)/ with that /; in this form a password's @ and / need no escaping, and percent-encoding is not decoded")
+
 var (
 	// ErrName says a user or group name is one the driver refuses.
 	ErrName = errors.New("invalid name")
@@ -75,7 +84,14 @@ func Open(ctx context.Context, adminDSN string) (*Driver, error) {
 	cfg, err := mysqldriver.ParseDSN(adminDSN)
 	if err != nil {
 		// The parser's messages may quote the DSN, its password included.
-		return nil, errors.New("open mysql: the admin DSN does not parse: want user:password@tcp(host:port)/ and optionally ?tls=true, skip-verify or a registered TLS configuration's name")
+		msg := "open mysql: the admin DSN does not parse: want user:password@tcp(host:port)/ and optionally ?tls=true, skip-verify or a registered TLS configuration's name"
+		if strings.Contains(adminDSN, "://") {
+			msg += " (a URL such as mysql://… is not this form)"
+		}
+		return nil, errors.New(msg)
+	}
+	if strings.Contains(cfg.DBName, "@") {
+		return nil, errUnescaped
 	}
 	if cfg.User == "" {
 		return nil, errors.New("open mysql: the admin DSN names no user: want user:password@tcp(host:port)/")

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -529,4 +531,56 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// In go-sql-driver/mysql's form a password holds @ and / as they are, so
+// long as the DSN has its / after the address. Without that /, the
+// parser takes a / of the password for it: the password's rest would
+// become the database name (and the address), and the driver would
+// connect and quote it. Such a DSN is refused before any connection,
+// saying what to write; the right form opens with the same password.
+func TestOpenRefusesAPasswordSlashTakenForTheDatabases(t *testing.T) {
+	s := mysqltest.Start(t)
+	ctx := t.Context()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	trap := ln.Addr().String()
+	for _, dsn := range []string{
+		"admin:Zq9@tcp(" + trap + ")/Kx7cd@tcp(" + trap + ")", // password Zq9@tcp(…)/Kx7cd, no / after the address
+		"admin:Zq9@/Kx7cd@tcp(" + trap + ")",                  // password Zq9@/Kx7cd
+	} {
+		_, err := mysql.Open(ctx, dsn)
+		if err == nil || !strings.Contains(err.Error(), "write user:password@tcp(host:port)/ with that /") {
+			t.Errorf("Open(%q) = %v, want it refused, saying to put the / after the address", dsn, err)
+		}
+		if err != nil && (strings.Contains(err.Error(), "Zq9") || strings.Contains(err.Error(), "Kx7cd")) {
+			t.Errorf("the refusal holds a piece of the password: %v", err)
+		}
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Errorf("the refused DSNs made %d connections", n)
+	}
+
+	const awkward = "Zq9@tcp(x)/Kx7cd"
+	s.CreateUser(t, "awkward", awkward)
+	s.Exec(t, "GRANT ALL PRIVILEGES ON *.* TO 'awkward'@'%' WITH GRANT OPTION")
+	dsn := s.Config("awkward", awkward, "").FormatDSN()
+	if !strings.Contains(dsn, awkward+"@tcp(") {
+		t.Fatalf("the DSN %q does not hold the password as it is", dsn)
+	}
+	open(t, dsn)
 }

@@ -61,24 +61,60 @@ type Driver struct {
 // connection string; TLS as its sslmode and sslrootcert say) and checks
 // that its role may manage users: SUPERUSER, or CREATEROLE and the
 // privileges of pg_signal_backend to end a retired user's sessions.
-// Errors never hold the DSN or its password.
+// Errors never hold the DSN or its password. A URL whose user info holds
+// an unescaped @ / ? or # is refused before any lookup or connection.
 func Open(ctx context.Context, adminDSN string) (*Driver, error) {
+	if err := checkUserinfo(adminDSN); err != nil {
+		return nil, err
+	}
 	cfg, err := pgxpool.ParseConfig(adminDSN)
 	if err != nil {
 		return nil, dsnError(adminDSN, err)
 	}
 	cfg.MaxConns = poolSize
 	cfg.MinConns = 0
+	// The server's and the network's messages name users, hosts and
+	// databases, not passwords; redacting is for the message that would.
+	secrets := []string{cfg.ConnConfig.Password}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open admin connection: %w", err)
+		return nil, dbcred.Redact(fmt.Errorf("open admin connection: %w", err), secrets...)
 	}
 	d := &Driver{pool: pool, login: cfg.ConnConfig.Copy()}
 	if err := d.checkAdmin(ctx); err != nil {
 		pool.Close()
-		return nil, err
+		return nil, dbcred.Redact(err, secrets...)
 	}
 	return d, nil
+}
+
+// checkUserinfo refuses a URL whose user info holds an @, /, ? or # that
+// is not percent-encoded. pgx would cut the user info at the wrong place
+// and take the rest of the password for a host, port or database, which
+// it would look up in DNS, connect to and quote in its errors. The URL's
+// authority (up to the first / ? or #) must hold at most one @, and an @
+// after it is refused when the authority holds none, because then a /, ?
+// or # in the password ended it early (a database or parameter with an
+// @ takes %40 as well).
+func checkUserinfo(dsn string) error {
+	rest, ok := strings.CutPrefix(dsn, "postgres://")
+	if !ok {
+		if rest, ok = strings.CutPrefix(dsn, "postgresql://"); !ok {
+			return nil
+		}
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	const encode = "percent-encode a user name's or password's @ as %40, / as %2F, ? as %3F, # as %23 and % as %25 (the DSN was not used)"
+	switch n := strings.Count(rest[:end], "@"); {
+	case n > 1:
+		return fmt.Errorf("admin DSN: its user info holds an unescaped @: %s", encode)
+	case n == 0 && strings.Contains(rest[end:], "@"):
+		return fmt.Errorf("admin DSN: its user info holds an unescaped /, ? or # (or its database or a parameter an unescaped @): %s", encode)
+	}
+	return nil
 }
 
 // dsnError is err, pgx's failure to parse the admin DSN, without the DSN.

@@ -295,7 +295,14 @@ func TestOpen(t *testing.T) {
 	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
 	tests := []struct{ name, dsn, want string }{
 		{"URL with a space in the password", "postgres://admin:s3cr3t pw@" + addr + "/postgres", "admin DSN does not parse: failed to parse as URL (in a URL, a password's spaces"},
-		{"URL with an unencoded /", "postgres://admin:s3cr/3t-pw@" + addr + "/postgres", "admin DSN does not parse: invalid port (in a URL, a password's"},
+		// A password's unescaped @ / ? # would make pgx look up, connect
+		// to and quote the rest of it as a host, port or database: each
+		// is refused before any of that.
+		{"URL with an unencoded /", "postgres://admin:s3cr/3t-pw@" + addr + "/postgres", "its user info holds an unescaped /, ? or #"},
+		{"URL with an unencoded @", "postgres://admin:s3cr@3t-pw@" + addr + "/postgres", "its user info holds an unescaped @: percent-encode a user name's or password's @ as %40"},
+		{"URL with an unencoded / after digits", "postgres://admin:1234/3t-pw@" + addr + "/postgres", "its user info holds an unescaped /, ? or #"},
+		{"URL with an unencoded ?", "postgresql://admin:1234?x=3t-pw@" + addr + "/postgres", "its user info holds an unescaped /, ? or #"},
+		{"URL with an unencoded #", "postgres://admin:1234#3t-pw@" + addr + "/postgres", "percent-encode"},
 		{"URL with a bad port", "postgres://admin:" + secret + "@127.0.0.1:port/postgres", "admin DSN does not parse: invalid port"},
 		{"URL with a bad connect_timeout", "postgres://admin:" + secret + "@" + addr + "/postgres?connect_timeout=x" + secret, "admin DSN does not parse: invalid connect_timeout"},
 		{"key=value with an unquoted space", "host=127.0.0.1 password=s3cr3t pw", "admin DSN does not parse: failed to parse as keyword/value"},
@@ -303,6 +310,7 @@ func TestOpen(t *testing.T) {
 		{"bad sslmode", "postgres://admin:" + secret + "@" + addr + "/postgres?sslmode=bogus", "admin DSN does not parse: failed to configure TLS: sslmode is invalid"},
 		{"missing CA file", "postgres://admin:" + secret + "@" + addr + "/postgres?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", "/nonexistent/ca.pem"},
 		{"wrong admin password", s.URL(s.Superuser, secret, "postgres"), "password authentication failed"},
+		{"unreachable server", "postgres://admin:" + secret + "@127.0.0.1:1/postgres?connect_timeout=2", "open admin connection: failed to connect"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -319,6 +327,15 @@ func TestOpen(t *testing.T) {
 				t.Logf("pgx's own error leaks the password: %v", perr)
 			}
 		})
+	}
+
+	// Percent-encoded, such a password works.
+	awkward := "s3cr@3t/pw?#%:x"
+	s.Exec(t, "postgres", "CREATE ROLE awkward LOGIN SUPERUSER PASSWORD "+pgtest.Literal(awkward))
+	if d, err := postgres.Open(ctx, s.URL("awkward", awkward, "postgres")); err != nil {
+		t.Errorf("a password with @ / ? # %% : percent-encoded: %v", err)
+	} else {
+		d.Close()
 	}
 
 	s.CreateUser(t, "weak", pw)
