@@ -145,12 +145,13 @@ func (a *app) rolloutCmd() *cobra.Command {
 		Args:  args(0, 0, "a subcommand"),
 	}
 	var (
-		revision int64
-		wait     bool
-		timeout  time.Duration
+		revision  int64
+		wait      bool
+		allowNone bool
+		timeout   time.Duration
 	)
 	status := &cobra.Command{
-		Use:   "status PATH [--revision R] [--wait [--timeout T]]",
+		Use:   "status PATH [--revision R] [--wait [--timeout T]] [--allow-none]",
 		Short: "List every consumer of PATH and whether it runs revision R or newer, healthy",
 		Long: `List every consumer of PATH: each graft-agent whose templates read PATH or a
 copy of it that replication makes. For each it says whether the agent renders
@@ -160,7 +161,12 @@ unless --revision is given), without a failed template, and is healthy.
 It exits 0 only when every consumer is; otherwise 3. With --wait it asks
 again until they all are, or --timeout passes (then exit 3):
 
-  graft rollout status /dba/passpack/services/message-processor/mongo/password --wait --timeout 10m && retire-old-user`,
+  graft rollout status /dba/passpack/services/message-processor/mongo/password --wait --timeout 10m && retire-old-user
+
+A path no consumer reports (no agent reads it, or its only agent died or
+has not reported yet) has not rolled out anywhere: that is exit 3 too, and
+--wait waits for a consumer until --timeout. --allow-none accepts it, for
+a script that means it.`,
 		Args: args(1, 1, "PATH"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if timeout <= 0 {
@@ -172,7 +178,7 @@ again until they all are, or --timeout passes (then exit 3):
 					if err != nil {
 						return err
 					}
-					return a.finishRollout(args[0], r)
+					return a.finishRollout(args[0], r, allowNone)
 				})
 			}
 			// --wait: asking again until --timeout, each call bounded by
@@ -192,15 +198,15 @@ again until they all are, or --timeout passes (then exit 3):
 				switch {
 				case err == nil:
 					last, revision = &r, r.Revision // keep asking about the same revision
-					if r.Complete {
-						return a.finishRollout(args[0], r)
+					if rolledOut(r, allowNone) {
+						return a.finishRollout(args[0], r, allowNone)
 					}
 				case ctx.Err() == nil || last == nil:
 					return err
 				}
 				select {
 				case <-ctx.Done():
-					return a.finishRollout(args[0], *last)
+					return a.finishRollout(args[0], *last, allowNone)
 				case <-time.After(500 * time.Millisecond):
 				}
 			}
@@ -209,16 +215,31 @@ again until they all are, or --timeout passes (then exit 3):
 	status.Flags().Int64Var(&revision, "revision", 0, "the revision of PATH to look for (default: its current revision)")
 	status.Flags().BoolVar(&wait, "wait", false, "ask again until every consumer runs it, or --timeout passes")
 	status.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	status.Flags().BoolVar(&allowNone, "allow-none", false, "exit 0 when no consumer reports PATH (by default that is exit 3: nothing runs it)")
 	cmd.AddCommand(status)
 	return cmd
 }
 
-// finishRollout shows r and exits 3 unless every consumer runs it.
-func (a *app) finishRollout(path string, r sdk.Rollout) error {
+// rolledOut says whether every consumer runs r's revision. With no
+// consumer, nothing does, unless the caller allowed none: an agent that
+// died or has not reported yet is not a rollout (a retire after such a
+// "0 of 0" took an application down).
+func rolledOut(r sdk.Rollout, allowNone bool) bool {
+	return r.Complete && (len(r.Consumers) > 0 || allowNone)
+}
+
+// finishRollout shows r and exits 3 unless every consumer runs it, or
+// there is none and allowNone.
+func (a *app) finishRollout(path string, r sdk.Rollout, allowNone bool) error {
+	done := rolledOut(r, allowNone)
+	r.Complete = done
 	if err := a.emitRollout(path, r); err != nil {
 		return err
 	}
-	if !r.Complete {
+	if len(r.Consumers) == 0 && !allowNone {
+		fmt.Fprintf(a.stderr, "graft: rollout status: no consumer reports %s: no graft-agent that reads it or a copy of it is reporting (not started, dead, or not reported yet), so nothing runs revision %d; --allow-none if that is what you mean\n", path, r.Revision)
+	}
+	if !done {
 		return exitCode(exitNotRolledOut)
 	}
 	return nil

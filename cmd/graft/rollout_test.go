@@ -98,3 +98,62 @@ func read(t *testing.T, name string) string {
 	data, _ := os.ReadFile(name)
 	return string(data)
 }
+
+// A path no agent reports has rolled out nowhere: rollout status exits 3
+// saying so, and --wait waits for a consumer until its timeout (a "0 of
+// 0" that exited 0 at once let a retire take an application down whose
+// agent was not running). --allow-none accepts none; an agent that starts
+// reporting while --wait waits ends the wait with 0.
+func TestRolloutStatusWithNoConsumer(t *testing.T) {
+	g := graftdtest.Start(t)
+	admin := newCLI(t, g)
+	const path = "/dba/mp/pg/password"
+	admin.put(path, "v1")
+	admin.ok("share", "/dba/mp/pg", "--to", "/app/mp/replicated/pg")
+
+	r := admin.run("rollout", "status", path)
+	if r.code != exitNotRolledOut || !strings.Contains(r.stdout, "0 of 0 consumers run it") ||
+		!strings.Contains(r.stderr, "no consumer reports "+path) || !strings.Contains(r.stderr, "--allow-none") {
+		t.Fatalf("rollout status with no consumer: %+v; want exit 3 saying no consumer reports it", r)
+	}
+	if out := admin.ok("rollout", "status", path, "--allow-none"); !strings.Contains(out, "0 of 0 consumers run it") {
+		t.Fatalf("rollout status --allow-none: %q", out)
+	}
+	var v rolloutView
+	if r := admin.run("rollout", "status", path, "-o", "json"); r.code != exitNotRolledOut || json.Unmarshal([]byte(r.stdout), &v) != nil || v.Complete {
+		t.Fatalf("rollout status -o json with no consumer: %+v (complete %v); want exit 3 and complete false", r, v.Complete)
+	}
+
+	began := time.Now()
+	r = admin.run("rollout", "status", path, "--wait", "--timeout", "1500ms")
+	if took := time.Since(began); r.code != exitNotRolledOut || took < 1500*time.Millisecond || !strings.Contains(r.stderr, "no consumer reports "+path) {
+		t.Fatalf("rollout status --wait with no consumer: %+v after %s; want exit 3 at the timeout", r, took)
+	}
+	admin.ok("rollout", "status", path, "--wait", "--timeout", "1m", "--allow-none")
+
+	// An agent that comes while --wait waits ends it.
+	waited := make(chan result, 1)
+	go func() { waited <- admin.run("rollout", "status", path, "--wait", "--timeout", "30s") }()
+	tokenFile, _ := g.TokenFile(t, "app:mp", "app")
+	dir := t.TempDir()
+	cfg := agent.DefaultConfig()
+	cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = g.Addr, tokenFile, "mp", "a1", "off"
+	cfg.Templates = []agent.Template{{Destination: filepath.Join(dir, "pw"), Contents: `{{ secret "replicated/pg/password" }}`}}
+	cfg.Wait = agent.Wait{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := agent.New(ctx, cfg, testenv.Logger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case r := <-waited:
+		if r.code != 0 || !strings.Contains(r.stdout, "1 of 1 consumers run it") {
+			t.Fatalf("rollout status --wait when an agent came: %+v", r)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("rollout status --wait did not end when an agent reported")
+	}
+}
