@@ -441,7 +441,13 @@ func (x *run) finish(ctx context.Context, last Step, detail string) error {
 // rollback fails.
 func (x *run) timedOut(ctx context.Context, last Step) error {
 	reason := fmt.Sprintf("step %s did not finish within %s", last.Name, StepTimeout(x.spec, last.Name))
-	if last.Detail != "" {
+	switch {
+	case last.Detail == "":
+	case x.view.Reason != "" && strings.Contains(x.view.Reason, last.Detail):
+		// A rollback's rollout that waits for the agents the run's
+		// rollout waited for: the reason says what they were once.
+		reason += " either, waiting for the same"
+	default:
 		reason += ": " + last.Detail
 	}
 	if x.view.Phase == PhaseRunning {
@@ -515,6 +521,9 @@ func (x *run) persistRollback(ctx context.Context, next State, first string) err
 	if err := x.persist(ctx, next, nil); err != nil {
 		return err
 	}
+	// The rollback's first step shows its own detail, even one the
+	// run's last step had.
+	x.lastDetail = ""
 	x.hook(first, "begun")
 	return nil
 }
@@ -662,7 +671,9 @@ func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (detail, ve
 			x.lastDetail = why
 		}
 		if err := sleep(ctx, x.cfg.Poll); err != nil {
-			return "", "", fmt.Errorf("waiting for %s", why)
+			// The step's timeout: why becomes its detail in the reason
+			// (it says what is waited for already).
+			return "", "", errors.New(why)
 		}
 	}
 }

@@ -95,3 +95,81 @@ func TestRunnerKeepsTheDSNsPasswordOutOfItsErrors(t *testing.T) {
 		t.Errorf("no stored text says why the step failed: %q", texts)
 	}
 }
+
+// okDriver does every side effect at once.
+type okDriver struct{}
+
+func (okDriver) EnsureGroup(context.Context, string) error                 { return nil }
+func (okDriver) SetPassword(context.Context, string, string, string) error { return nil }
+func (okDriver) Test(context.Context, string, string, string) error        { return nil }
+func (okDriver) Retire(context.Context, string) error                      { return nil }
+func (okDriver) Sessions(context.Context, string) (int, error)             { return 0, nil }
+func (okDriver) Close() error                                              { return nil }
+
+// treeValues is an owner's tree in memory; no agent reports a rollout.
+type treeValues struct {
+	mu   sync.Mutex
+	rev  int64
+	vals map[string]map[string][]byte
+}
+
+func (v *treeValues) ReadTree(_ context.Context, path string) (map[string][]byte, int64, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := map[string][]byte{}
+	for k, val := range v.vals[path] {
+		out[k] = val
+	}
+	return out, v.rev, nil
+}
+
+func (v *treeValues) PutTree(_ context.Context, path string, vals map[string][]byte) (int64, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.rev++
+	v.vals[path] = vals
+	return v.rev, nil
+}
+
+func (v *treeValues) Rollout(context.Context, string, int64) (rotation.Rollout, error) {
+	return rotation.Rollout{}, nil
+}
+
+// A run whose consumer never reports rolls back, and its rollback's
+// rollout times out too: the reason says what it waited for once, not
+// once per step that waited for it.
+func TestRollbackReasonSaysItOnce(t *testing.T) {
+	spec := rotation.Spec{Name: "rb-pg", Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres", Target: "/dba/rb/postgres",
+		Users: []string{"rb-blue", "rb-green"}, Group: "rb", Consumers: []string{"app:rb"},
+		StepTimeout: 5 * time.Second, RolloutTimeout: 300 * time.Millisecond}
+	values := &treeValues{rev: 3, vals: map[string]map[string][]byte{
+		spec.Admin:  {rotation.KeyDSN: []byte("postgres://admin:pw@db/postgres")},
+		spec.Target: {rotation.KeyUser: []byte("rb-blue"), rotation.KeyPassword: []byte("old-pw")},
+	}}
+	ctl := &fakeControl{}
+	r := rotation.NewRunner(rotation.RunnerConfig{Control: ctl, Values: values, Poll: 20 * time.Millisecond,
+		Open:   func(context.Context, string, string) (dbcred.Driver, error) { return okDriver{}, nil },
+		Logger: testenv.Logger(t)})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	start := rotation.View{State: rotation.State{Run: 1, Phase: rotation.PhaseRequested, ActiveUser: "rb-blue"}}
+	view, err := r.Run(ctx, spec, start, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if view.Phase != rotation.PhaseFailed {
+		t.Fatalf("the run ended %s, want %s", view.Phase, rotation.PhaseFailed)
+	}
+	t.Logf("reason: %s", view.Reason)
+	if n := strings.Count(view.Reason, "app:rb"); n != 1 {
+		t.Errorf("the reason names app:rb %d times, want once: %q", n, view.Reason)
+	}
+	if strings.Contains(view.Reason, "waiting for 0 acked, waiting for") {
+		t.Errorf("the reason stutters: %q", view.Reason)
+	}
+	for _, want := range []string{"step rollout did not finish within 300ms: ", "then step rollback-rollout did not finish within 300ms either, waiting for the same", "rb-green stays able to log in"} {
+		if !strings.Contains(view.Reason, want) {
+			t.Errorf("the reason does not say %q: %q", want, view.Reason)
+		}
+	}
+}

@@ -733,12 +733,13 @@ func sameStep(a, b rotation.Step) bool {
 }
 
 // runProgress prints a line whenever the followed run's phase changes, a
-// step begins, its detail changes or it finishes.
+// step begins, its detail changes or it finishes. "rolling back" comes
+// before the rollback's first step, however many steps one look finds.
 type runProgress struct {
-	w     io.Writer
-	run   int64
-	phase rotation.Phase
-	seen  []rotation.Step
+	w           io.Writer
+	run         int64
+	rollingBack bool
+	seen        []rotation.Step
 }
 
 func (p *runProgress) show(st rotation.View) {
@@ -746,6 +747,9 @@ func (p *runProgress) show(st rotation.View) {
 		return // the run asked for has not started yet
 	}
 	for i, s := range st.Steps {
+		if !p.rollingBack && isRollbackStep(s.Name) {
+			p.rollBack(st)
+		}
 		var line string
 		switch {
 		case i < len(p.seen) && sameStep(p.seen[i], s):
@@ -764,10 +768,20 @@ func (p *runProgress) show(st rotation.View) {
 		fmt.Fprintln(p.w, line)
 	}
 	p.seen = append(p.seen[:0], st.Steps...)
-	if st.Phase != p.phase {
-		p.phase = st.Phase
-		if st.Phase == rotation.PhaseRollingBack {
-			fmt.Fprintf(p.w, "  rolling back: %s\n", dash(st.Reason))
-		}
+	if !p.rollingBack && st.Phase == rotation.PhaseRollingBack {
+		p.rollBack(st)
 	}
+}
+
+// rollBack prints why the run rolls back: the reason it was given then,
+// without what a failed rollback added later ("; then …", which the
+// run's end prints).
+func (p *runProgress) rollBack(st rotation.View) {
+	p.rollingBack = true
+	why, _, _ := strings.Cut(st.Reason, "; then ")
+	fmt.Fprintf(p.w, "  rolling back: %s\n", dash(why))
+}
+
+func isRollbackStep(name string) bool {
+	return name == rotation.StepRollbackPublish || name == rotation.StepRollbackRollout || name == rotation.StepRollbackDisable
 }

@@ -436,6 +436,9 @@ func TestRotationRunWaitFollowsTheRun(t *testing.T) {
 	mustContain(t, "run --wait of a run that fails", r.stdout, "run 2 asked for", " test started\n",
 		"  rolling back: test: login as message-processor-green: password authentication failed\n",
 		" rollback-disable finished in ", ": message-processor-green can no longer log in\n")
+	if i, j := strings.Index(r.stdout, "  rolling back: "), strings.Index(r.stdout, " rollback-disable started"); i < 0 || j < i {
+		t.Errorf("\"rolling back\" does not come before the rollback's steps:\n%s", r.stdout)
+	}
 	if r.stderr != "graft: rotation message-processor-pg: run 2 failed: test: login as message-processor-green: password authentication failed (active user message-processor-blue; see `graft rotation history message-processor-pg`)\n" {
 		t.Errorf("run --wait of a failed run: stderr %q", r.stderr)
 	}
@@ -496,5 +499,34 @@ func TestHuman(t *testing.T) {
 		if back, err := time.ParseDuration(human(d)); err != nil || back != d {
 			t.Errorf("human(%s) = %q does not parse back: %s, %v", d, human(d), back, err)
 		}
+	}
+}
+
+// One look may find a run already rolled back, or a rollback failed too:
+// "rolling back" still comes before the rollback's steps, once, with the
+// reason the rollback had (the run's end says what followed).
+func TestRunProgressRollingBackComesFirst(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	step := func(name, detail string, done bool) rotation.Step {
+		s := rotation.Step{Name: name, Started: at, Detail: detail}
+		if done {
+			s.Finished = at.Add(time.Second)
+		}
+		return s
+	}
+	var b strings.Builder
+	p := &runProgress{w: &b, run: 2}
+	p.show(rotation.View{State: rotation.State{Run: 2, Phase: rotation.PhaseRunning, Steps: []rotation.Step{step(rotation.StepKey, "", false)}}})
+	p.show(rotation.View{State: rotation.State{Run: 2, Phase: rotation.PhaseFailed,
+		Reason: "step rollout did not finish within 1m: waiting for app:rb; then step rollback-rollout did not finish within 1m either, waiting for the same",
+		Steps: []rotation.Step{step(rotation.StepKey, "re-keyed g", true), step(rotation.StepTest, "", true), step(rotation.StepPublish, "revision 7", true),
+			step(rotation.StepRollout, "", true), step(rotation.StepRollbackPublish, "revision 8", true), step(rotation.StepRollbackRollout, "", false)}}})
+	out := b.String()
+	i, j := strings.Index(out, "  rolling back: step rollout did not finish within 1m: waiting for app:rb\n"), strings.Index(out, " rollback-publish finished")
+	if i < 0 || j < i || strings.Count(out, "rolling back") != 1 || strings.Contains(out, "; then") {
+		t.Errorf("progress:\n%s\nwant one \"rolling back\" with the rollback's reason, before the rollback's steps", out)
+	}
+	if k := strings.Index(out, " rollout finished"); k < 0 || k > i {
+		t.Errorf("the run's own steps do not come before \"rolling back\":\n%s", out)
 	}
 }
