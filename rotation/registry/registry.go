@@ -14,9 +14,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/rotation"
 	"github.com/graft-sh/graft/store"
 )
@@ -418,6 +420,30 @@ func (r *Registry) Claim(ctx context.Context, name, holder, principal string, tt
 	return out, err
 }
 
+// scrub removes from st's reason and step details whatever may be the
+// admin DSN's password or a piece of it. The rotator scrubs its errors
+// already; this holds for any rotator, since what is stored here is
+// audited, logged and shown to whoever may list the rotation.
+func (r *Registry) scrub(ctx context.Context, spec rotation.Spec, st rotation.State) rotation.State {
+	e, err := r.store.Get(ctx, spec.Admin+"/"+rotation.KeyDSN)
+	if err != nil || len(e.Value) == 0 {
+		return st
+	}
+	dsn := string(e.Value)
+	clean := func(s string) string {
+		if s == "" {
+			return s
+		}
+		return dbcred.ScrubDSN(errors.New(s), dsn).Error()
+	}
+	st.Reason = clean(st.Reason)
+	st.Steps = slices.Clone(st.Steps)
+	for i := range st.Steps {
+		st.Steps[i].Detail = clean(st.Steps[i].Detail)
+	}
+	return st
+}
+
 func (r *Registry) open(name string, rec record) (*rotation.Secrets, error) {
 	if len(rec.Sealed) == 0 {
 		return nil, nil
@@ -469,7 +495,7 @@ func (r *Registry) Advance(ctx context.Context, name, holder, principal string, 
 		return Rotation{}, fmt.Errorf("%w: rotation %s changed since version %d (now %d): read it again", ErrConflict, name, next.Version, cur.Revision)
 	}
 	rec := cur.Value
-	st := next.State
+	st := r.scrub(ctx, rec.Spec, next.State)
 	// Only graftd's own rpcs change these.
 	st.Paused, st.Requested, st.RequestedBy, st.Rotator = rec.State.Paused, rec.State.Requested, rec.State.RequestedBy, holder
 	if err := rotation.Check(rec.Spec, rec.State, st, secrets != nil, r.now()); err != nil {

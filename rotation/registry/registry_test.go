@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +93,70 @@ func TestResealAcrossAKeyRotation(t *testing.T) {
 	cl, err = claim()
 	if err != nil || cl.Secrets == nil || cl.Secrets.NewPassword != password {
 		t.Fatalf("claim after the sweep with key 1 gone: secrets %+v, %v; want the run's password", cl.Secrets, err)
+	}
+}
+
+// What a rotator stores as a step's detail or a run's reason is audited,
+// logged and shown to whoever may list the rotation: whatever of the
+// admin DSN's password it holds (a driver quoting a password cut at an
+// unescaped @ as a host) is removed before it is stored, from any
+// rotator.
+func TestAdvanceStoresNoPieceOfTheDSNsPassword(t *testing.T) {
+	env := testenv.Start(t)
+	ctx := t.Context()
+	k, err := keyring.New(1, map[uint32][]byte{1: testenv.RandomKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.New(store.Config{Client: env.Client, Keyring: k, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := registry.New(s)
+	const name, holder, admin = "mp-pg", "rotator-1", "/dba/admin/postgres"
+	if _, err := s.Put(ctx, admin+"/"+rotation.KeyDSN, []byte("postgres://admin:Zq9ab@Kx7cd@127.0.0.1:5999/postgres"), store.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Create(ctx, rotation.Spec{Name: name, Driver: rotation.DriverPostgres, Admin: admin,
+		Target: "/dba/services/mp/postgres", Users: []string{"mp-blue", "mp-green"}, Consumers: []string{"app:mp"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Run(ctx, name, "user:dora"); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := reg.Claim(ctx, name, holder, "user:dora", 10*time.Second)
+	if err != nil || !cl.Held {
+		t.Fatalf("claim: %+v, %v", cl, err)
+	}
+	const leak = "connect to the database as its admin: hostname resolving error: lookup Kx7cd@127.0.0.1: no such host"
+	next := cl.Rotation.State
+	next.Run, next.Phase, next.NewUser, next.RunStarted = next.Run+1, rotation.PhaseRunning, "mp-blue", time.Now().UTC()
+	next.Steps = []rotation.Step{{Name: rotation.StepKey, Started: time.Now().UTC(), Detail: leak}}
+	rot, err := reg.Advance(ctx, name, holder, "user:dora", next, &rotation.Secrets{NewPassword: "n3w-pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next = rot.State
+	next.Steps = append([]rotation.Step(nil), next.Steps...)
+	next.Phase, next.Reason = rotation.PhaseRollingBack, "step key did not finish within 2m: "+leak
+	next.Steps = append(next.Steps, rotation.Step{Name: rotation.StepRollbackDisable, Started: time.Now().UTC()})
+	if _, err := reg.Advance(ctx, name, holder, "user:dora", next, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Get(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts := []string{got.State.Reason}
+	for _, st := range got.State.Steps {
+		texts = append(texts, st.Detail)
+	}
+	for _, text := range texts {
+		if strings.Contains(text, "Kx7cd") || strings.Contains(text, "Zq9ab") {
+			t.Errorf("stored: %q holds a piece of the DSN's password", text)
+		}
+	}
+	if !strings.Contains(got.State.Reason, "lookup [redacted]@127.0.0.1") {
+		t.Errorf("stored reason %q: want the rest of the message kept", got.State.Reason)
 	}
 }
