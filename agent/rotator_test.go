@@ -313,3 +313,51 @@ func TestRotatorRollsBackWhenAConsumerIsUnhealthy(t *testing.T) {
 		t.Fatalf("run 3: %s active %q (%s)", rot.State.Phase, rot.State.ActiveUser, rot.State.Reason)
 	}
 }
+
+// An admin DSN whose password holds an unescaped @ (pgx took its rest for
+// the host and looked it up): the rotator's step detail, as graftd stores
+// and shows it, and the rotator's log hold no piece of the password, and
+// say how to fix the DSN.
+func TestRotatorKeepsAMalformedDSNsPasswordOut(t *testing.T) {
+	g := graftdtest.Start(t)
+	ctx := t.Context()
+	tf, token := g.TokenFile(t, "user:dora", "dba")
+	dba, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dba.Close() })
+	if _, err := dba.Put(ctx, rotAdmin+"/dsn", []byte("postgres://admin:Zq9ab@Kx7cd@127.0.0.1:5999/postgres")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dba.CreateRotation(ctx, rotation.Spec{Name: rotName, Driver: rotation.DriverPostgres, Admin: rotAdmin, Target: rotTarget,
+		Users: []string{blue, green}, Consumers: []string{"app:mp"}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := agent.DefaultConfig()
+	cfg.Server, cfg.TokenFile, cfg.ID, cfg.Listen = g.Addr, tf, "rotator", "off"
+	cfg.Rotations = agent.Rotations{All: true}
+	_, logs := startLogged(t, cfg)
+	if _, err := dba.RunRotation(ctx, rotName); err != nil {
+		t.Fatal(err)
+	}
+	var detail string
+	testenv.WaitFor(t, 15*time.Second, func() bool {
+		rot, err := dba.GetRotation(ctx, rotName)
+		if err != nil {
+			return false
+		}
+		if s, ok := rot.State.Last(); ok {
+			detail = s.Detail
+		}
+		return detail != ""
+	})
+	for what, text := range map[string]string{"the step's detail": detail, "the rotator's log": logs.String()} {
+		if strings.Contains(text, "Zq9ab") || strings.Contains(text, "Kx7cd") {
+			t.Errorf("%s holds a piece of the DSN's password:\n%s", what, text)
+		}
+	}
+	if !strings.Contains(detail, "percent-encode") {
+		t.Errorf("the step's detail %q does not say to percent-encode the password", detail)
+	}
+}
