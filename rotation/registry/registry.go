@@ -423,8 +423,10 @@ func (r *Registry) Claim(ctx context.Context, name, holder, principal string, tt
 // scrub removes from st's reason and step details whatever may be the
 // admin DSN's password or a piece of it. The rotator scrubs its errors
 // already; this holds for any rotator, since what is stored here is
-// audited, logged and shown to whoever may list the rotation.
-func (r *Registry) scrub(ctx context.Context, spec rotation.Spec, st rotation.State) rotation.State {
+// audited, logged and shown to whoever may list the rotation. Texts
+// already stored as they are stay (scrubbed when they were stored), so a
+// DSN changed since cannot make a finished step differ from its record.
+func (r *Registry) scrub(ctx context.Context, spec rotation.Spec, prev, st rotation.State) rotation.State {
 	e, err := r.store.Get(ctx, spec.Admin+"/"+rotation.KeyDSN)
 	if err != nil || len(e.Value) == 0 {
 		return st
@@ -436,10 +438,14 @@ func (r *Registry) scrub(ctx context.Context, spec rotation.Spec, st rotation.St
 		}
 		return dbcred.ScrubDSN(errors.New(s), dsn).Error()
 	}
-	st.Reason = clean(st.Reason)
+	if st.Reason != prev.Reason {
+		st.Reason = clean(st.Reason)
+	}
 	st.Steps = slices.Clone(st.Steps)
 	for i := range st.Steps {
-		st.Steps[i].Detail = clean(st.Steps[i].Detail)
+		if i >= len(prev.Steps) || st.Steps[i].Detail != prev.Steps[i].Detail {
+			st.Steps[i].Detail = clean(st.Steps[i].Detail)
+		}
 	}
 	return st
 }
@@ -495,7 +501,7 @@ func (r *Registry) Advance(ctx context.Context, name, holder, principal string, 
 		return Rotation{}, fmt.Errorf("%w: rotation %s changed since version %d (now %d): read it again", ErrConflict, name, next.Version, cur.Revision)
 	}
 	rec := cur.Value
-	st := r.scrub(ctx, rec.Spec, next.State)
+	st := r.scrub(ctx, rec.Spec, rec.State, next.State)
 	// Only graftd's own rpcs change these.
 	st.Paused, st.Requested, st.RequestedBy, st.Rotator = rec.State.Paused, rec.State.Requested, rec.State.RequestedBy, holder
 	if err := rotation.Check(rec.Spec, rec.State, st, secrets != nil, r.now()); err != nil {
