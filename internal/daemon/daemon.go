@@ -171,6 +171,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		Replication:   d.repl,
 		Agents:        rollout.New(d.store),
 		Rotations:     rotations,
+		Limits: server.Limits{
+			MaxStreamsPerConn:      uint32(cfg.MaxStreamsPerConn),
+			MaxCallsPerPrincipal:   cfg.MaxCallsPerPrincipal,
+			MaxWatchesPerPrincipal: cfg.MaxWatchesPerPrincipal,
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -576,7 +581,6 @@ func (d *Daemon) writeRootToken(file, token string) error {
 // newGRPC builds the gRPC server and binds its listener.
 func (d *Daemon) newGRPC() error {
 	opts := append(d.srv.ServerOptions(),
-		grpc.MaxRecvMsgSize(server.MaxMessageBytes), grpc.MaxSendMsgSize(server.MaxMessageBytes),
 		// Each agent holds a connection; with grpc's 32 KiB read and
 		// write buffer per connection, 10,000 idle agents cost 640 MB.
 		// A write buffer shared between flushes and a small read buffer
