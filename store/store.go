@@ -156,6 +156,8 @@ type Store struct {
 	now        func() time.Time
 	log        *slog.Logger
 	keyring    atomic.Pointer[keyring.Keyring]
+	// watchStreams numbers Watch's etcd watch streams.
+	watchStreams atomic.Uint64
 	// writeLocks are one-slot semaphores that serialize writes to a path
 	// within this process; see lockPath.
 	writeLocks [writeLockStripes]chan struct{}

@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
+
+// watchStreamKey is the metadata that gives each Watch its own etcd
+// watch stream.
+const watchStreamKey = "graft-watch-stream"
 
 // EventType tells a write from a deletion.
 type EventType int
@@ -63,6 +69,18 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 		}
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// clientv3 multiplexes every watch whose context carries the same
+	// metadata over one etcd watch stream, graftd's own watches (tokens,
+	// policies, rules, the relay) included, and ending a watch sends a
+	// cancel request over it. With the in-process client of graftd --dev
+	// that stream is a pair of unbuffered channels: hundreds of watches
+	// cancelled at once (an app's watches reaching their deadline)
+	// deadlock the client's loop, which blocks sending cancels, against
+	// the server's, which blocks sending their replies, and every watch
+	// on the stream stops. A stream of its own per watch is simply closed
+	// when its one watch ends, and a caller's watches never share a
+	// stream with graftd's.
+	ctx = metadata.AppendToOutgoingContext(ctx, watchStreamKey, strconv.FormatUint(s.watchStreams.Add(1), 10))
 	start, end := rangeOf(s.kvPrefix, prefix)
 	opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithCreatedNotify(), clientv3.WithProgressNotify()}
 	if startRev > 0 {
