@@ -69,3 +69,28 @@ func TestManyWatchesEndingAtOnceInProcess(t *testing.T) {
 	}
 	nextEvents(t, fresh, 1)
 }
+
+// TestProbeWatchFindsAStuckStream: the liveness probe behind graftd's
+// /readyz answers while the shared watch stream delivers, and fails within
+// its deadline once that stream is stuck.
+func TestProbeWatchFindsAStuckStream(t *testing.T) {
+	e := testenv.StartEtcd(t, t.TempDir())
+	s, err := store.New(store.Config{Client: e.Client(), Keyring: testenv.NewKeyring(t), Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return s.ProbeWatch(ctx, "test")
+	}
+	if err := probe(); err != nil {
+		t.Fatalf("probe of a healthy store: %v", err)
+	}
+	s.JamSharedWatchStream(400)
+	if err := probe(); err == nil {
+		t.Fatal("probe passed on a stuck watch stream")
+	} else {
+		t.Logf("probe: %v", err)
+	}
+}

@@ -80,6 +80,8 @@ type Daemon struct {
 	ready   chan struct{}
 	serving atomic.Bool
 	closed  sync.Once
+	// live is what the liveness probes last found, for /readyz.
+	live liveness
 
 	// Set by Start, for Shutdown.
 	stop    context.CancelFunc
@@ -227,6 +229,7 @@ func (d *Daemon) tasks() []task.Task {
 			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Interval: d.cfg.ReconcileInterval, Identities: d.appIdentities})
 		}),
 		task.New("keyring file", d.watchKeyringFile),
+		task.New("liveness probe", d.probeLiveness),
 		task.New("gRPC server", d.serveGRPC),
 		task.New("HTTP server", d.serveHTTP),
 	}
@@ -681,8 +684,9 @@ func (d *Daemon) serveHTTP(ctx context.Context) error {
 	return nil
 }
 
-// readyz answers 200 only when etcd has a quorum, NATS is connected and
-// the API is serving; otherwise 503 naming what is not ready.
+// readyz answers 200 only when etcd has a quorum, NATS is connected, the
+// API is serving, and the liveness probes find the watch path and the
+// relay's change feed moving; otherwise 503 naming what is not ready.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems []string
 	if !d.serving.Load() {
@@ -696,6 +700,7 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if !d.nc.IsConnected() {
 		problems = append(problems, "nats: "+d.nc.Status().String())
 	}
+	problems = append(problems, d.livenessProblems()...)
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, strings.Join(problems, "\n")+"\n")
