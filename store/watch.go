@@ -55,6 +55,13 @@ type WatchBatch struct {
 // start revision that is already compacted is reported by Watch itself as
 // a *CompactedError; one compacted while the watch runs, by the last batch.
 func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOnly bool) (int64, <-chan WatchBatch, error) {
+	return s.WatchFunc(ctx, prefix, startRev, keysOnly, nil)
+}
+
+// WatchFunc is Watch that decrypts the value of a put only where readable
+// says yes (nil: everywhere); elsewhere the event carries no value, and
+// costs no decryption.
+func (s *Store) WatchFunc(ctx context.Context, prefix string, startRev int64, keysOnly bool, readable func(path string) bool) (int64, <-chan WatchBatch, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
 		return 0, nil, fmt.Errorf("watch %s: %w", ShortPath(prefix), err)
 	}
@@ -123,7 +130,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 				send(WatchBatch{Err: fmt.Errorf("watch %s: %w", prefix, err)})
 				return
 			}
-			batches, err := s.batches(prefix, pending, keysOnly)
+			batches, err := s.batches(prefix, pending, keysOnly, readable)
 			if err != nil {
 				send(WatchBatch{Err: err})
 				return
@@ -192,7 +199,7 @@ func watchErr(resp clientv3.WatchResponse, requested int64) error {
 // batches turns one etcd watch response into per-revision batches of
 // events below prefix. Rewrites that did not change a value (a
 // re-encryption sweep pins the old revision in the record) are dropped.
-func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly bool) ([]WatchBatch, error) {
+func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly bool, readable func(string) bool) ([]WatchBatch, error) {
 	if resp.IsProgressNotify() || len(resp.Events) == 0 {
 		if resp.Created {
 			return nil, nil
@@ -222,7 +229,7 @@ func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly boo
 				continue // re-encrypted in place; the value did not change
 			}
 			e = Event{Type: EventPut, Entry: r.entry(p, rev)}
-			if !keysOnly {
+			if !keysOnly && (readable == nil || readable(p)) {
 				if e.Entry.Value, err = s.open(p, r); err != nil {
 					return nil, err
 				}
