@@ -656,14 +656,44 @@ func (d *Daemon) newHTTP(reg *prometheus.Registry) error {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", d.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ln, err := net.Listen("tcp", d.cfg.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", d.cfg.HTTPListen, err)
 	}
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if !IsLoopback(ln.Addr().String()) {
+		metrics = d.operatorsOnly(metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
 	d.httpLn = ln
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return nil
+}
+
+// operatorsOnly lets through a request whose bearer token's principal may
+// list /: /metrics names every rotation and whether it failed, which is
+// for operators, so off loopback it asks for a token. admin may list /; a
+// scraper's own role needs only `allow: [list], paths: [/]`, which lets it
+// list no path below /.
+func (d *Daemon) operatorsOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="graftd"`)
+			http.Error(w, "metrics: send a bearer token whose principal may list / (graftd's HTTP listener is not on loopback)", http.StatusUnauthorized)
+			return
+		}
+		p, err := d.tokens.Authenticate(r.Context(), strings.TrimSpace(token))
+		if err != nil {
+			http.Error(w, "metrics: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+		if !d.engine.Decide(p, acl.ActionList, "/").Allowed {
+			http.Error(w, fmt.Sprintf("metrics: %s may not list /, which reading metrics takes", p.Name), http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // serveHTTP serves /healthz, /readyz and /metrics until ctx ends.
