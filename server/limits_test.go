@@ -226,3 +226,20 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestFinishedCallsFreeTheirSlot: a call's slot is given back when it
+// ends, however it ends, so a principal's sequential calls never run out.
+func TestFinishedCallsFreeTheirSlot(t *testing.T) {
+	h := startWith(t, server.Limits{MaxCallsPerPrincipal: 2})
+	for i := range 20 {
+		_, err := h.kv.Get(root(), &graftv1.GetRequest{Path: "/app/x/none"})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+		_, err = h.kv.Get(root(), &graftv1.GetRequest{Path: "/app/../x"})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+	}
+	waitFor(t, func() bool { c, _ := h.srv.OpenCalls("root"); return c == 0 })
+}
