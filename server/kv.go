@@ -110,7 +110,9 @@ func (s *Server) Delete(ctx context.Context, req *graftv1.DeleteRequest) (*graft
 
 // List implements graftv1.KVServiceServer.
 func (s *Server) List(ctx context.Context, req *graftv1.ListRequest) (*graftv1.ListResponse, error) {
-	items, rev, err := s.store.ListFunc(ctx, req.GetPrefix(), req.GetRecursive(), func(path string) bool {
+	// Read only the subtrees the caller may list in.
+	roots := s.access.Reachable(principal(ctx), acl.ActionList, req.GetPrefix())
+	items, rev, err := s.store.ListTrees(ctx, req.GetPrefix(), roots, req.GetRecursive(), func(path string) bool {
 		return s.may(ctx, acl.ActionList, path)
 	})
 	if err != nil {

@@ -42,6 +42,19 @@ func TestReadsDecryptOnlyWhatTheCallerMayReach(t *testing.T) {
 		t.Errorf("read /app decrypted %d values, read /app/x %d; want only the caller's", wideCost, ownCost)
 	}
 
+	// A listing of / reads the caller's tree and names nothing else.
+	list, err := h.kv.List(app, &graftv1.ListRequest{Prefix: "/", Recursive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, it := range list.GetItems() {
+		listed = append(listed, it.GetPath())
+	}
+	if len(listed) != 2 || listed[0] != "/app/x/a" || listed[1] != "/app/x/b" {
+		t.Errorf("list -r / by app:x = %q", listed)
+	}
+
 	// A watch of / sees its own tree's changes, and decrypts nothing else.
 	ctx, cancel := context.WithTimeout(app, 10*time.Second)
 	defer cancel()
