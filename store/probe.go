@@ -35,7 +35,7 @@ func (s *Store) ProbeWatch(ctx context.Context, name string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("watch probe: the watch did not start: %w", context.Cause(ctx))
 	}
-	lease, err := s.cli.Grant(ctx, 60)
+	lease, err := s.cli.Grant(ctx, 10)
 	if err != nil {
 		return fmt.Errorf("watch probe: %w", err)
 	}
