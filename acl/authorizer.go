@@ -286,6 +286,67 @@ func (a *Authorizer) MayBelow(p Principal, act Action, prefix string) bool {
 	return false
 }
 
+// Reachable returns the subtrees at or below prefix in which p may do act
+// somewhere: for each allow rule of p's roles, the deepest path its
+// pattern's matches share ({name} filled in, up to the first wildcard),
+// narrowed to prefix; none of them below another. A read of prefix need
+// only read these, and decrypt nothing else, before it is decided path by
+// path. Like MayBelow it weighs no deny rule. Root reaches all of prefix.
+func (a *Authorizer) Reachable(p Principal, act Action, prefix string) []string {
+	if p.IsRoot() {
+		return []string{prefix}
+	}
+	if _, err := store.ParsePrefix(prefix); err != nil || !act.valid() {
+		return nil
+	}
+	roles := a.roles(p)
+	var roots []string
+	for _, pol := range a.policies {
+		if !slices.Contains(roles, pol.Role) {
+			continue
+		}
+		for _, r := range pol.Rules {
+			if r.Effect != EffectAllow || !slices.Contains(r.Actions, act) {
+				continue
+			}
+			for _, raw := range r.Paths {
+				pat, ok := a.patterns[raw]
+				if !ok || !pat.MatchesBelow(prefix, p) {
+					continue
+				}
+				stem, ok := pat.Stem(p)
+				switch {
+				case !ok:
+				case store.Under(stem, prefix):
+					roots = append(roots, stem)
+				case store.Under(prefix, stem):
+					roots = append(roots, prefix)
+				}
+			}
+		}
+	}
+	return outermost(roots)
+}
+
+// outermost sorts roots and drops those at or below another.
+func outermost(roots []string) []string {
+	// Shorter first, so that a root comes before anything below it.
+	slices.SortFunc(roots, func(x, y string) int {
+		if len(x) != len(y) {
+			return len(x) - len(y)
+		}
+		return strings.Compare(x, y)
+	})
+	var out []string
+	for _, r := range roots {
+		if !slices.ContainsFunc(out, func(o string) bool { return store.Under(r, o) }) {
+			out = append(out, r)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // explain builds the decision made by one casbin policy line.
 func (a *Authorizer) explain(allowed bool, line []string) Decision {
 	role, act, pattern, effect := line[0], line[1], line[2], line[3]

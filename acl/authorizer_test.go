@@ -464,3 +464,39 @@ rules:
 		})
 	}
 }
+
+func TestReachable(t *testing.T) {
+	policies := append(DefaultPolicies(), mustPolicy(t, `role: reader
+rules:
+  - allow: [read]
+    paths: ['/app/+/config/**', /shared/x, '/team/{name}/a/**', '/team/{name}/a-b/**', '/team/{name}/a/deep/**']
+`))
+	a := newAuthorizer(t, policies)
+	reader := Principal{Name: "user:t", Roles: []string{"reader"}}
+	tests := []struct {
+		p      Principal
+		act    Action
+		prefix string
+		want   []string
+	}{
+		{msgProc, ActionRead, "/", []string{"/app/message-processor"}},
+		{msgProc, ActionRead, "/app", []string{"/app/message-processor"}},
+		{msgProc, ActionRead, "/app/message-processor/db", []string{"/app/message-processor/db"}},
+		{msgProc, ActionRead, "/app/other", nil},
+		{msgProc, ActionRead, "/dba", nil},
+		{dbaUser, ActionList, "/", []string{"/dba"}},
+		{operator, ActionRead, "/app", []string{"/app"}},
+		{rootUser, ActionRead, "/app", []string{"/app"}},
+		{nobody, ActionRead, "/", nil},
+		{evilApp, ActionRead, "/", nil},
+		// A wildcard stops the stem: every app's tree may hold a config.
+		{reader, ActionRead, "/", []string{"/app", "/shared/x", "/team/t/a", "/team/t/a-b"}},
+		{reader, ActionRead, "/app/b", []string{"/app/b"}},
+		{reader, ActionList, "/", nil},
+	}
+	for _, tt := range tests {
+		if got := a.Reachable(tt.p, tt.act, tt.prefix); !slices.Equal(got, tt.want) {
+			t.Errorf("Reachable(%s, %s, %s) = %q, want %q", tt.p.Name, tt.act, tt.prefix, got, tt.want)
+		}
+	}
+}

@@ -107,6 +107,12 @@ func (e *Engine) MayBelow(p Principal, act Action, prefix string) bool {
 	return e.cur.Load().MayBelow(p, act, prefix)
 }
 
+// Reachable asks the current policies for the subtrees at or below prefix
+// where p may do act (see Authorizer.Reachable).
+func (e *Engine) Reachable(p Principal, act Action, prefix string) []string {
+	return e.cur.Load().Reachable(p, act, prefix)
+}
+
 // Put creates or replaces a role's policy. Unless force is set, it refuses
 // with a *LastAdminError to take admin on / away from the last policy that
 // grants it.

@@ -239,3 +239,33 @@ func isPathSegment(s string) bool {
 func pathSegmentByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
 }
+
+// Stem is the deepest path every match of the pattern lies at or below,
+// for principal: its leading segments up to the first wildcard, with
+// {name} filled in. ok is false when the pattern can match nothing for
+// principal (a template whose name is not a path segment).
+func (p Pattern) Stem(principal Principal) (stem string, ok bool) {
+	name, ok := p.prepare("/", principal)
+	if !ok {
+		return "", false
+	}
+	var b strings.Builder
+	for _, s := range p.segments {
+		switch s.kind {
+		case segLiteral:
+			b.WriteString("/" + s.literal)
+		case segName:
+			b.WriteString("/" + name)
+		default:
+			return stemOrRoot(b.String()), true
+		}
+	}
+	return stemOrRoot(b.String()), true
+}
+
+func stemOrRoot(s string) string {
+	if s == "" {
+		return "/"
+	}
+	return s
+}

@@ -20,8 +20,12 @@ var (
 // RuleError says why a rule was refused.
 type RuleError struct {
 	// Rule is the conflicting existing rule, if any.
-	Rule     string
-	Msg      string
+	Rule string
+	Msg  string
+	// Others are the paths of other rules that Msg names (their source
+	// and destination, or a cycle's paths), so that a caller who may not
+	// list them can be told less.
+	Others   []string
 	conflict bool
 }
 

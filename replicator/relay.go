@@ -39,6 +39,9 @@ type Relay struct {
 	log    *slog.Logger
 	leader atomic.Bool
 	cursor *store.Records[int64]
+	// fed is when the change feed last delivered a change or a progress
+	// notice (unix nanoseconds), for FeedSilence.
+	fed atomic.Int64
 
 	events    prometheus.Counter
 	errors    prometheus.Counter
@@ -88,6 +91,17 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 // cursor, so every change committed from now on will be published.
 func (r *Relay) Leader() bool { return r.leader.Load() }
 
+// FeedSilence is how long the change feed has delivered nothing, not even
+// a progress notice, while this replica relays; zero when it does not.
+// graftd asks etcd for progress notices every few seconds, so a feed
+// silent for longer is stuck, and so is replication.
+func (r *Relay) FeedSilence() time.Duration {
+	if !r.leader.Load() {
+		return 0
+	}
+	return time.Since(time.Unix(0, r.fed.Load()))
+}
+
 // Run campaigns for the relay and relays while leader, until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
 	ttl := time.Duration(r.cfg.SessionTTL) * time.Second
@@ -120,6 +134,7 @@ func (r *Relay) relay(ctx context.Context, l *store.Leader) error {
 	}
 	// Leading means relaying: every change after the cursor will be
 	// published.
+	r.fed.Store(time.Now().UnixNano())
 	r.leader.Store(true)
 	r.isLeader.Set(1)
 	saved := cursor
@@ -145,6 +160,7 @@ func (r *Relay) relay(ctx context.Context, l *store.Leader) error {
 	for ctx.Err() == nil {
 		fctx, cancel := context.WithCancel(ctx)
 		feed := r.cfg.Store.Changes(fctx, cursor)
+		r.fed.Store(time.Now().UnixNano())
 		tick := time.NewTicker(cursorEvery)
 		err := func() error {
 			defer tick.Stop()
@@ -160,6 +176,7 @@ func (r *Relay) relay(ctx context.Context, l *store.Leader) error {
 					}
 					pending = 0
 				case b, ok := <-feed:
+					r.fed.Store(time.Now().UnixNano())
 					switch {
 					case !ok:
 						return nil

@@ -66,8 +66,8 @@ func invalid(format string, args ...any) error {
 	return &RuleError{Msg: fmt.Sprintf(format, args...)}
 }
 
-func conflict(rule, format string, args ...any) error {
-	return &RuleError{Rule: rule, Msg: fmt.Sprintf(format, args...), conflict: true}
+func conflict(rule string, others []string, format string, args ...any) error {
+	return &RuleError{Rule: rule, Others: others, Msg: fmt.Sprintf(format, args...), conflict: true}
 }
 
 // Validator checks new rules.
@@ -188,11 +188,11 @@ func (v *Validator) Check(existing []Rule, r Rule) error {
 		}
 		if ok {
 			x := o.rule
-			return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", d, o.dest, x.ID, x.Source, x.ID)
+			return conflict(x.ID, []string{o.dest, x.Source}, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", d, o.dest, x.ID, x.Source, x.ID)
 		}
 	}
 	if chain := cycle(existing, r); chain != nil {
-		return conflict("", "rule would make a cycle: %s; a value must not be copied back into its own source", strings.Join(chain, " → "))
+		return conflict("", chain, "rule would make a cycle: %s; a value must not be copied back into its own source", strings.Join(chain, " → "))
 	}
 	return nil
 }
@@ -233,14 +233,14 @@ func (v *Validator) checkPatterns(existing []Rule, r Rule) error {
 		for _, p := range r.Patterns {
 			for _, xd := range append(slices.Clip(x.Patterns), x.Destinations...) {
 				if overlapWild(p, xd) {
-					return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", p, xd, x.ID, x.Source, x.ID)
+					return conflict(x.ID, []string{xd, x.Source}, "destination %s overlaps destination %s of rule %s (source %s): a destination belongs to one rule; unshare %s first or choose another destination", p, xd, x.ID, x.Source, x.ID)
 				}
 			}
 		}
 		for _, xp := range x.Patterns {
 			for _, d := range r.Destinations {
 				if overlapWild(xp, d) {
-					return conflict(x.ID, "destination %s overlaps destination %s of rule %s (source %s), which stands for every application: a destination belongs to one rule; unshare %s first or choose another destination", d, xp, x.ID, x.Source, x.ID)
+					return conflict(x.ID, []string{xp, x.Source}, "destination %s overlaps destination %s of rule %s (source %s), which stands for every application: a destination belongs to one rule; unshare %s first or choose another destination", d, xp, x.ID, x.Source, x.ID)
 				}
 			}
 		}

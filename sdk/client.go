@@ -71,9 +71,14 @@ var connectBackoff = backoff.Config{
 // New validates cfg and returns a Client. The connection is made lazily by
 // the first call and re-made after failures, so New succeeds while graftd
 // is down; ctx is reserved for future use.
-// MaxMessageBytes bounds one request or response: room for a rule with a
-// hundred thousand destinations. graftd accepts the same.
+// MaxMessageBytes bounds one response: a listing of many wide rules.
+// graftd sends no more.
 const MaxMessageBytes = 64 << 20
+
+// MaxRequestBytes bounds one request: room for a rule with a hundred
+// thousand destinations (about 5 MB). graftd accepts no more, and most of
+// its rpcs half that.
+const MaxRequestBytes = 8 << 20
 
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.validate(); err != nil {
@@ -94,7 +99,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithUserAgent("graft-go-sdk"),
 		// A rule may have a hundred thousand destinations (about 5 MB).
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxRequestBytes)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("sdk: connect to %s: %w", cfg.Addr, err)

@@ -92,7 +92,8 @@ var accessTable = map[string]rpcAccess{
 	graftv1.ReplicationService_Share_FullMethodName: {action: acl.ActionShare, path: field((*graftv1.ShareRequest).GetSource), verb: "share", key: true, write: true},
 	// The handler checks share on the rule's source.
 	graftv1.ReplicationService_Unshare_FullMethodName: {action: acl.ActionShare, write: true, perItem: true},
-	// Rules are shown to who may list their source or a destination.
+	// Rules are shown to who may list their source or a destination;
+	// whole to the first, with only its destinations to the others.
 	graftv1.ReplicationService_ListRules_FullMethodName:         {action: acl.ActionList, perItem: true},
 	graftv1.ReplicationService_GetRule_FullMethodName:           {action: acl.ActionList, perItem: true},
 	graftv1.ReplicationService_ReplicationStatus_FullMethodName: {action: acl.ActionRead, path: field((*graftv1.ReplicationStatusRequest).GetPath), verb: "status", key: true},

@@ -19,6 +19,9 @@ type Authorizer interface {
 	Decide(p acl.Principal, act acl.Action, path string) acl.Decision
 	// MayBelow reports whether p may do act somewhere at or below prefix.
 	MayBelow(p acl.Principal, act acl.Action, prefix string) bool
+	// Reachable returns the subtrees at or below prefix where p may do act
+	// somewhere; reads of a prefix read, and decrypt, only these.
+	Reachable(p acl.Principal, act acl.Action, prefix string) []string
 }
 
 var _ Authorizer = (*acl.Engine)(nil)

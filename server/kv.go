@@ -110,7 +110,9 @@ func (s *Server) Delete(ctx context.Context, req *graftv1.DeleteRequest) (*graft
 
 // List implements graftv1.KVServiceServer.
 func (s *Server) List(ctx context.Context, req *graftv1.ListRequest) (*graftv1.ListResponse, error) {
-	items, rev, err := s.store.ListFunc(ctx, req.GetPrefix(), req.GetRecursive(), func(path string) bool {
+	// Read only the subtrees the caller may list in.
+	roots := s.access.Reachable(principal(ctx), acl.ActionList, req.GetPrefix())
+	items, rev, err := s.store.ListTrees(ctx, req.GetPrefix(), roots, req.GetRecursive(), func(path string) bool {
 		return s.may(ctx, acl.ActionList, path)
 	})
 	if err != nil {
@@ -131,7 +133,10 @@ func (s *Server) List(ctx context.Context, req *graftv1.ListRequest) (*graftv1.L
 // caller who may read nothing at or below the path; the rest is filtered
 // path by path.
 func (s *Server) ReadTree(ctx context.Context, req *graftv1.ReadTreeRequest) (*graftv1.ReadTreeResponse, error) {
-	entries, rev, err := s.store.ReadTree(ctx, req.GetPath())
+	// Read, and decrypt, only the subtrees the caller may read in: an
+	// app reading /app reads /app/<its name>, not every app's values.
+	roots := s.access.Reachable(principal(ctx), acl.ActionRead, req.GetPath())
+	entries, rev, err := s.store.ReadTrees(ctx, req.GetPath(), roots)
 	var unreadable *store.UnreadableError
 	if err != nil && !errors.As(err, &unreadable) {
 		return nil, toStatus(err)
@@ -202,12 +207,19 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 	// (write to restore, delete to delete) and count the others, which
 	// stay as they are. Paths it may not see are neither named nor
 	// counted nor touched.
+	// Only the subtrees it may list are planned at all.
 	visible := func(path string) bool { return s.may(ctx, acl.ActionList, path) }
 	at, author := req.GetAt().AsTime(), principal(ctx).Name
-	plan, err := s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, true, author, visible)
-	if err != nil {
-		return nil, toStatus(err)
+	roots := s.access.Reachable(principal(ctx), acl.ActionList, req.GetPrefix())
+	var plan []store.RestoreStep
+	for _, root := range roots {
+		p, err := s.store.RestorePrefixFunc(ctx, root, at, true, author, visible)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		plan = append(plan, p...)
 	}
+	slices.SortFunc(plan, func(a, b store.RestoreStep) int { return strings.Compare(a.Path, b.Path) })
 	allowed := map[string]bool{}
 	steps := plan[:0:0]
 	outOfReach := 0
@@ -224,10 +236,15 @@ func (s *Server) RestorePrefix(ctx context.Context, req *graftv1.RestorePrefixRe
 		steps = append(steps, st)
 	}
 	if !req.GetDryRun() && len(steps) > 0 {
-		steps, err = s.store.RestorePrefixFunc(ctx, req.GetPrefix(), at, false, author, func(path string) bool { return allowed[path] })
-		if err != nil {
-			return nil, toStatus(err)
+		done := steps[:0:0]
+		for _, root := range roots {
+			d, err := s.store.RestorePrefixFunc(ctx, root, at, false, author, func(path string) bool { return allowed[path] })
+			done = append(done, d...)
+			if err != nil {
+				return nil, toStatus(err)
+			}
 		}
+		steps = done
 	}
 	resp := &graftv1.RestorePrefixResponse{DryRun: req.GetDryRun(), Steps: make([]*graftv1.RestoreStep, 0, len(steps)), OutOfReach: int64(outOfReach)}
 	for _, st := range steps {
@@ -254,12 +271,20 @@ func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_Watch
 	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
-	after, batches, err := s.store.Watch(ctx, req.GetPrefix(), req.GetStartRevision(), req.GetKeysOnly())
+	// Watch only what the caller may list: one subtree of the prefix (an
+	// app watching / watches /app/<name>) when that is all it reaches,
+	// and decrypt only values it may read.
+	p := principal(ctx)
+	watched := req.GetPrefix()
+	if roots := s.access.Reachable(p, acl.ActionList, watched); len(roots) == 1 {
+		watched = roots[0]
+	}
+	readable := func(path string) bool { return s.access.Decide(p, acl.ActionRead, path).Allowed }
+	after, batches, err := s.store.WatchFunc(ctx, watched, req.GetStartRevision(), req.GetKeysOnly(), readable)
 	s.audit.AppendAsync(s.record(ctx, "Watch", a, "ok", err))
 	if err != nil {
 		return toStatus(err)
 	}
-	p := principal(ctx)
 	if err := stream.Send(&graftv1.WatchResponse{Created: true, Revision: after}); err != nil {
 		return err
 	}

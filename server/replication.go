@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -41,23 +42,53 @@ func (s *Server) Share(ctx context.Context, req *graftv1.ShareRequest) (*graftv1
 		return nil, toStatus(err)
 	}
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("share %s: %w", req.GetSource(), err))
+		return nil, toStatus(fmt.Errorf("share %s: %w", req.GetSource(), s.ruleErrorFor(ctx, req, err)))
 	}
 	return &graftv1.ShareResponse{Rule: ruleProto(rule), Filled: int64(filled)}, nil
 }
 
-// mayManage reports whether the caller may see a rule: it may list its
+// ruleErrorFor is err as the caller may see it: a conflict with rules
+// whose paths it may not list says so without naming them.
+func (s *Server) ruleErrorFor(ctx context.Context, req *graftv1.ShareRequest, err error) error {
+	var re *replicator.RuleError
+	if !errors.As(err, &re) || len(re.Others) == 0 {
+		return err
+	}
+	for _, p := range re.Others {
+		if p == req.GetSource() || slices.Contains(req.GetDestinations(), p) || s.may(ctx, acl.ActionList, p) {
+			continue
+		}
+		if re.Rule == "" {
+			return fmt.Errorf("%w: the rule would make a cycle through rules you may not see; a value must not be copied back into its own source", replicator.ErrRuleConflict)
+		}
+		return fmt.Errorf("%w: a destination overlaps a destination of a rule you may not see, and a destination belongs to one rule; choose another destination, or ask an operator", replicator.ErrRuleConflict)
+	}
+	return err
+}
+
+// maySee reports whether the caller may see a rule: it may list its
 // source or one of its destinations.
 func (s *Server) maySee(ctx context.Context, r replicator.Rule) bool {
+	_, ok := s.visibleRule(ctx, r)
+	return ok
+}
+
+// visibleRule is rule r as the caller may see it: whole to who may list
+// its source (its owner), and otherwise with only the destinations the
+// caller may list, so that app:b sees its own copy of a /app/+/... rule
+// and not every application's name. ok is false when it may see none.
+func (s *Server) visibleRule(ctx context.Context, r replicator.Rule) (replicator.Rule, bool) {
 	if s.may(ctx, acl.ActionList, r.Source) {
-		return true
+		return r, true
 	}
+	var dests []string
 	for _, d := range r.Destinations {
 		if s.may(ctx, acl.ActionList, d) {
-			return true
+			dests = append(dests, d)
 		}
 	}
-	return false
+	r.Destinations = dests
+	return r, len(dests) > 0
 }
 
 // ListRules implements graftv1.ReplicationServiceServer.
@@ -70,8 +101,8 @@ func (s *Server) ListRules(ctx context.Context, req *graftv1.ListRulesRequest) (
 		if dst := req.GetDestination(); dst != "" && !r.DestinationOverlaps(dst) {
 			continue
 		}
-		if s.maySee(ctx, r) {
-			resp.Rules = append(resp.Rules, ruleProto(r))
+		if v, ok := s.visibleRule(ctx, r); ok {
+			resp.Rules = append(resp.Rules, ruleProto(v))
 		}
 	}
 	return resp, nil
@@ -83,11 +114,12 @@ func (s *Server) GetRule(ctx context.Context, req *graftv1.GetRuleRequest) (*gra
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if !s.maySee(ctx, r) {
+	v, ok := s.visibleRule(ctx, r)
+	if !ok {
 		// As if it did not exist: its paths are not the caller's to know.
 		return nil, toStatus(ruleNotFound(req.GetId()))
 	}
-	return &graftv1.GetRuleResponse{Rule: ruleProto(r)}, nil
+	return &graftv1.GetRuleResponse{Rule: ruleProto(v)}, nil
 }
 
 // Unshare implements graftv1.ReplicationServiceServer.
@@ -125,7 +157,9 @@ func (s *Server) ReplicationStatus(ctx context.Context, req *graftv1.Replication
 		InSync:                st.InSync,
 	}
 	if st.Rule != nil {
-		resp.Rule = ruleProto(*st.Rule)
+		if v, ok := s.visibleRule(ctx, *st.Rule); ok {
+			resp.Rule = ruleProto(v)
+		}
 	}
 	if !st.Applied.IsZero() {
 		resp.Applied = timestamppb.New(st.Applied)
@@ -137,8 +171,8 @@ func (s *Server) ReplicationStatus(ctx context.Context, req *graftv1.Replication
 		resp.LastErrorTime = timestamppb.New(timeOf(p.Time))
 	}
 	for _, r := range st.Feeds {
-		if s.maySee(ctx, r) {
-			resp.Feeds = append(resp.Feeds, ruleProto(r))
+		if v, ok := s.visibleRule(ctx, r); ok {
+			resp.Feeds = append(resp.Feeds, ruleProto(v))
 		}
 	}
 	return resp, nil

@@ -42,10 +42,6 @@ var _ Tokens = (*acl.Tokens)(nil)
 // keyring file) and installs it in the store.
 type KeyringReloader func() error
 
-// MaxMessageBytes bounds one request or response: room for a rule with a
-// hundred thousand destinations (about 5 MB). The SDK allows the same.
-const MaxMessageBytes = 64 << 20
-
 // Config configures a Server.
 type Config struct {
 	Store  *store.Store
@@ -69,6 +65,9 @@ type Config struct {
 	Agents Agents
 	// Rotations keeps blue/green rotations; nil keeps none.
 	Rotations Rotations
+	// Limits bound requests, streams and calls; zero fields take the
+	// defaults.
+	Limits Limits
 }
 
 // Server implements the graft.v1 services.
@@ -93,6 +92,8 @@ type Server struct {
 	replication Replication
 	agents      Agents
 	rotations   Rotations
+	limits      Limits
+	open        slots
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -121,6 +122,7 @@ func New(cfg Config) (*Server, error) {
 		replication: cfg.Replication,
 		agents:      cfg.Agents,
 		rotations:   cfg.Rotations,
+		limits:      cfg.Limits.withDefaults(),
 		stopping:    make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "graft_grpc_requests_total",
@@ -154,13 +156,15 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	graftv1.RegisterRotationServiceServer(r, s)
 }
 
-// ServerOptions returns the interceptors that authenticate, log and measure
-// every call. Pass them to grpc.NewServer.
+// ServerOptions returns the options that authenticate, bound, log and
+// measure every call: a tap that refuses a call before its body is read
+// unless it authenticates and its principal has room for it, the message
+// and stream limits, and the interceptors. Pass them to grpc.NewServer.
 func (s *Server) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append(s.limitOptions(),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
-	}
+	)
 }
 
 // Stop makes open watch streams end with Unavailable so that a graceful
@@ -173,23 +177,24 @@ func (s *Server) Stop() {
 // a verified client certificate (mTLS). It also gives the request its id.
 func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	ctx = context.WithValue(ctx, requestIDKey{}, newRequestID())
-	token := bearer(ctx)
-	if token == "" {
-		if cert := clientCert(ctx); cert != nil {
-			p, err := acl.PrincipalFromCert(cert, s.trustDomain)
-			if err != nil {
-				return nil, toStatus(err)
-			}
-			s.appSeen(ctx, p)
-			return acl.WithPrincipal(ctx, p), nil
-		}
-	}
-	p, err := s.auth.Authenticate(ctx, token)
+	p, err := s.identify(ctx, bearer(ctx))
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	s.appSeen(ctx, p)
 	return acl.WithPrincipal(ctx, p), nil
+}
+
+// identify finds the principal of a bearer token, or without one of the
+// connection's verified client certificate. It reads only memory, so the
+// tap can call it before a call's body is read.
+func (s *Server) identify(ctx context.Context, token string) (acl.Principal, error) {
+	if token == "" {
+		if cert := clientCert(ctx); cert != nil {
+			return acl.PrincipalFromCert(cert, s.trustDomain)
+		}
+	}
+	return s.auth.Authenticate(ctx, token)
 }
 
 // appSeen makes an application known the first time its identity
@@ -225,13 +230,7 @@ func clientCert(ctx context.Context) *x509.Certificate {
 
 func bearer(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		// The scheme is case-insensitive (RFC 9110).
-		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
-			return strings.TrimSpace(v[7:])
-		}
-	}
-	return ""
+	return bearerOf(md)
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -243,6 +242,9 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	resp, err := func() (any, error) {
 		ctx, err := s.authenticate(ctx)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.checkSize(info.FullMethod, req); err != nil {
 			return nil, err
 		}
 		grpc.SetHeader(ctx, metadata.Pairs("x-graft-request-id", requestID(ctx)))
@@ -268,7 +270,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		}
 		// Watch authorizes each event and audits itself: only the
 		// handler sees the request.
-		return handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
+		return handler(srv, &authedStream{ServerStream: ss, ctx: ctx, check: func(m any) error { return s.checkSize(info.FullMethod, m) }})
 	}()
 	code := status.Code(err)
 	s.requests.WithLabelValues(method, code.String()).Inc()
@@ -297,10 +299,19 @@ func (s *Server) logCall(ctx context.Context, method string, code codes.Code, d 
 
 type authedStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx   context.Context
+	check func(m any) error
 }
 
 func (a *authedStream) Context() context.Context { return a.ctx }
+
+// RecvMsg holds a streamed request to its rpc's size limit.
+func (a *authedStream) RecvMsg(m any) error {
+	if err := a.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return a.check(m)
+}
 
 // healthService is the standard gRPC health service, which load balancers
 // and Kubernetes probes call without credentials.

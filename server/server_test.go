@@ -50,6 +50,12 @@ type harness struct {
 // embedded etcd.
 func start(t *testing.T) *harness {
 	t.Helper()
+	return startWith(t, server.Limits{})
+}
+
+// startWith is start with limits.
+func startWith(t *testing.T, limits server.Limits) *harness {
+	t.Helper()
 	env := testenv.Start(t)
 	ctx := context.Background()
 	tokens, err := acl.NewTokens(acl.TokensConfig{Store: env.Store, Logger: testenv.Logger(t)})
@@ -93,7 +99,7 @@ func start(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 
-	srv, err := server.New(server.Config{Store: env.Store, Auth: tokens, Access: engine, Audit: auditLog, Policies: engine, Replication: repl, Logger: testenv.Logger(t)})
+	srv, err := server.New(server.Config{Store: env.Store, Auth: tokens, Access: engine, Audit: auditLog, Policies: engine, Replication: repl, Logger: testenv.Logger(t), Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}

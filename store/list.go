@@ -29,45 +29,71 @@ func (s *Store) List(ctx context.Context, prefix string, recursive bool) ([]List
 // when keep is nil). Directories are folded from kept paths only, so a
 // listing never reveals the name of a path that keep hides.
 func (s *Store) ListFunc(ctx context.Context, prefix string, recursive bool, keep func(path string) bool) ([]ListItem, int64, error) {
+	return s.ListTrees(ctx, prefix, []string{prefix}, recursive, keep)
+}
+
+// ListTrees is ListFunc that reads only subtrees, each at or below
+// prefix, at one revision: what a caller may reach of prefix.
+func (s *Store) ListTrees(ctx context.Context, prefix string, subtrees []string, recursive bool, keep func(path string) bool) ([]ListItem, int64, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", ShortPath(prefix), err)
 	}
-	start, end := rangeOf(s.kvPrefix, prefix)
-	resp, err := s.cli.Get(ctx, start, withRange(end)...)
+	var ops []clientv3.Op
+	for _, sub := range subtrees {
+		if !Under(sub, prefix) {
+			return nil, 0, fmt.Errorf("list %s: %w: %s is not below it", prefix, ErrInvalidArgument, ShortPath(sub))
+		}
+		start, end := rangeOf(s.kvPrefix, sub)
+		ops = append(ops, clientv3.OpGet(start, withRange(end)...))
+	}
+	if len(ops) > maxSubtrees {
+		start, end := rangeOf(s.kvPrefix, prefix)
+		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{prefix}
+	}
+	if len(ops) == 0 {
+		ops = []clientv3.Op{clientv3.OpGet(s.kvPrefix, clientv3.WithCountOnly())}
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
 	}
 	var items []ListItem
 	index := map[string]int{}
-	for _, kv := range resp.Kvs {
-		p := string(kv.Key[len(s.kvPrefix):])
-		if !Under(p, prefix) || (keep != nil && !keep(p)) {
-			continue
+	for i, r := range resp.Responses {
+		if i >= len(subtrees) {
+			break
 		}
-		r, err := decodeRecord(kv.Value)
-		if err != nil {
-			return nil, 0, fmt.Errorf("list %s: %s: %w", prefix, p, err)
-		}
-		e := r.entry(p, r.revision(kv.ModRevision))
-		name, dir := p, false
-		if !recursive && p != prefix {
-			name, dir = child(prefix, p)
-		}
-		i, seen := index[name]
-		if !seen {
-			i = len(items)
-			index[name] = i
-			items = append(items, ListItem{Path: name})
-		}
-		if dir {
-			items[i].Directory = true
-		} else {
-			items[i].Entry = &e
+		for _, kv := range r.GetResponseRange().Kvs {
+			p := string(kv.Key[len(s.kvPrefix):])
+			if !Under(p, subtrees[i]) || (keep != nil && !keep(p)) {
+				continue
+			}
+			r, err := decodeRecord(kv.Value)
+			if err != nil {
+				return nil, 0, fmt.Errorf("list %s: %s: %w", prefix, p, err)
+			}
+			e := r.entry(p, r.revision(kv.ModRevision))
+			name, dir := p, false
+			if !recursive && p != prefix {
+				name, dir = child(prefix, p)
+			}
+			i, seen := index[name]
+			if !seen {
+				i = len(items)
+				index[name] = i
+				items = append(items, ListItem{Path: name})
+			}
+			if dir {
+				items[i].Directory = true
+			} else {
+				items[i].Entry = &e
+			}
 		}
 	}
-	if !recursive {
+	if !recursive || len(subtrees) > 1 {
 		// Folding breaks etcd's key order: the directory /a (from /a/x)
 		// first shows up after the entry /a-b, since '-' sorts before '/'.
+		// Subtrees read one after another break it too.
 		slices.SortFunc(items, func(a, b ListItem) int { return strings.Compare(a.Path, b.Path) })
 	}
 	return items, resp.Header.Revision, nil

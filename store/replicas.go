@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -422,11 +424,37 @@ func (e *UnreadableError) Unwrap() error { return e.Err }
 // that cannot be decrypted are left out and named by an *UnreadableError
 // returned with the rest.
 func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, error) {
+	return s.ReadTrees(ctx, root, []string{root})
+}
+
+// maxSubtrees is how many subtrees ReadTrees reads in one transaction
+// (etcd allows 128 operations); with more it reads root whole.
+const maxSubtrees = 64
+
+// ReadTrees is ReadTree of root limited to subtrees, each at or below
+// root, all read at one revision: what a caller may reach of root, so that
+// nothing else is read or decrypted. With no subtrees it reads nothing but
+// the revision.
+func (s *Store) ReadTrees(ctx context.Context, root string, subtrees []string) ([]Entry, int64, error) {
 	if _, err := ParsePath(root); err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", ShortPath(root), err)
 	}
-	start, end := rangeOf(s.kvPrefix, root)
-	resp, err := s.cli.Get(ctx, start, withRange(end)...)
+	var ops []clientv3.Op
+	for _, sub := range subtrees {
+		if !Under(sub, root) {
+			return nil, 0, fmt.Errorf("read %s: %w: %s is not below it", root, ErrInvalidArgument, ShortPath(sub))
+		}
+		start, end := rangeOf(s.kvPrefix, sub)
+		ops = append(ops, clientv3.OpGet(start, withRange(end)...))
+	}
+	if len(ops) > maxSubtrees {
+		start, end := rangeOf(s.kvPrefix, root)
+		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{root}
+	}
+	if len(ops) == 0 {
+		ops = []clientv3.Op{clientv3.OpGet(s.kvPrefix, clientv3.WithCountOnly())}
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", root, err)
 	}
@@ -434,23 +462,31 @@ func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, erro
 		out        []Entry
 		unreadable *UnreadableError
 	)
-	for _, kv := range resp.Kvs {
-		p := string(kv.Key[len(s.kvPrefix):])
-		if !Under(p, root) {
-			continue
+	for i, r := range resp.Responses {
+		if i >= len(subtrees) {
+			break
 		}
-		r, err := decodeRecord(kv.Value)
-		if err == nil {
-			e := r.entry(p, r.revision(kv.ModRevision))
-			if e.Value, err = s.open(p, r); err == nil {
-				out = append(out, e)
+		for _, kv := range r.GetResponseRange().Kvs {
+			p := string(kv.Key[len(s.kvPrefix):])
+			if !Under(p, subtrees[i]) {
 				continue
 			}
+			r, err := decodeRecord(kv.Value)
+			if err == nil {
+				e := r.entry(p, r.revision(kv.ModRevision))
+				if e.Value, err = s.open(p, r); err == nil {
+					out = append(out, e)
+					continue
+				}
+			}
+			if unreadable == nil {
+				unreadable = &UnreadableError{Err: err}
+			}
+			unreadable.Paths = append(unreadable.Paths, p)
 		}
-		if unreadable == nil {
-			unreadable = &UnreadableError{Err: err}
-		}
-		unreadable.Paths = append(unreadable.Paths, p)
+	}
+	if len(subtrees) > 1 {
+		slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
 	}
 	if unreadable != nil {
 		return out, resp.Header.Revision, unreadable

@@ -156,6 +156,9 @@ type Store struct {
 	now        func() time.Time
 	log        *slog.Logger
 	keyring    atomic.Pointer[keyring.Keyring]
+	// watchStreams numbers Watch's etcd watch streams.
+	watchStreams atomic.Uint64
+	decryptions  atomic.Uint64
 	// writeLocks are one-slot semaphores that serialize writes to a path
 	// within this process; see lockPath.
 	writeLocks [writeLockStripes]chan struct{}
@@ -322,8 +325,13 @@ func rangeOf(base, prefix string) (string, string) {
 }
 
 func (s *Store) open(path string, r record) ([]byte, error) {
+	s.decryptions.Add(1)
 	return s.keyring.Load().Open(path, r.Cipher)
 }
+
+// Decryptions is how many values the store has decrypted since it was
+// made: what reads cost, for tests and diagnostics.
+func (s *Store) Decryptions() uint64 { return s.decryptions.Load() }
 
 // Get returns the current version of path with its value.
 func (s *Store) Get(ctx context.Context, path string) (Entry, error) {

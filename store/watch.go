@@ -4,11 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
+
+// watchStreamKey is the metadata that gives each Watch its own etcd
+// watch stream.
+const watchStreamKey = "graft-watch-stream"
 
 // EventType tells a write from a deletion.
 type EventType int
@@ -49,6 +55,13 @@ type WatchBatch struct {
 // start revision that is already compacted is reported by Watch itself as
 // a *CompactedError; one compacted while the watch runs, by the last batch.
 func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOnly bool) (int64, <-chan WatchBatch, error) {
+	return s.WatchFunc(ctx, prefix, startRev, keysOnly, nil)
+}
+
+// WatchFunc is Watch that decrypts the value of a put only where readable
+// says yes (nil: everywhere); elsewhere the event carries no value, and
+// costs no decryption.
+func (s *Store) WatchFunc(ctx context.Context, prefix string, startRev int64, keysOnly bool, readable func(path string) bool) (int64, <-chan WatchBatch, error) {
 	if _, err := ParsePrefix(prefix); err != nil {
 		return 0, nil, fmt.Errorf("watch %s: %w", ShortPath(prefix), err)
 	}
@@ -63,6 +76,18 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 		}
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// clientv3 multiplexes every watch whose context carries the same
+	// metadata over one etcd watch stream, graftd's own watches (tokens,
+	// policies, rules, the relay) included, and ending a watch sends a
+	// cancel request over it. With the in-process client of graftd --dev
+	// that stream is a pair of unbuffered channels: hundreds of watches
+	// cancelled at once (an app's watches reaching their deadline)
+	// deadlock the client's loop, which blocks sending cancels, against
+	// the server's, which blocks sending their replies, and every watch
+	// on the stream stops. A stream of its own per watch is simply closed
+	// when its one watch ends, and a caller's watches never share a
+	// stream with graftd's.
+	ctx = metadata.AppendToOutgoingContext(ctx, watchStreamKey, strconv.FormatUint(s.watchStreams.Add(1), 10))
 	start, end := rangeOf(s.kvPrefix, prefix)
 	opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithCreatedNotify(), clientv3.WithProgressNotify()}
 	if startRev > 0 {
@@ -105,7 +130,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, startRev int64, keysOn
 				send(WatchBatch{Err: fmt.Errorf("watch %s: %w", prefix, err)})
 				return
 			}
-			batches, err := s.batches(prefix, pending, keysOnly)
+			batches, err := s.batches(prefix, pending, keysOnly, readable)
 			if err != nil {
 				send(WatchBatch{Err: err})
 				return
@@ -174,7 +199,7 @@ func watchErr(resp clientv3.WatchResponse, requested int64) error {
 // batches turns one etcd watch response into per-revision batches of
 // events below prefix. Rewrites that did not change a value (a
 // re-encryption sweep pins the old revision in the record) are dropped.
-func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly bool) ([]WatchBatch, error) {
+func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly bool, readable func(string) bool) ([]WatchBatch, error) {
 	if resp.IsProgressNotify() || len(resp.Events) == 0 {
 		if resp.Created {
 			return nil, nil
@@ -204,7 +229,7 @@ func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly boo
 				continue // re-encrypted in place; the value did not change
 			}
 			e = Event{Type: EventPut, Entry: r.entry(p, rev)}
-			if !keysOnly {
+			if !keysOnly && (readable == nil || readable(p)) {
 				if e.Entry.Value, err = s.open(p, r); err != nil {
 					return nil, err
 				}

@@ -10,6 +10,7 @@ import (
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/internal/config"
 	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/server"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -43,6 +44,12 @@ type Config struct {
 	LogLevel      string        `yaml:"log_level"`
 	// ShutdownTimeout bounds how long in-flight calls may take to finish.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// MaxStreamsPerConn, MaxCallsPerPrincipal and MaxWatchesPerPrincipal
+	// bound the calls one connection, and one principal over all its
+	// connections, may have open at once.
+	MaxStreamsPerConn      int `yaml:"max_streams_per_connection"`
+	MaxCallsPerPrincipal   int `yaml:"max_calls_per_principal"`
+	MaxWatchesPerPrincipal int `yaml:"max_watches_per_principal"`
 
 	// EmbeddedListen makes dev mode's embedded etcd and NATS also listen
 	// on loopback TCP, without authentication. Only tools and tests that
@@ -90,6 +97,10 @@ func Defaults() Config {
 		ReconcileInterval:   replicator.DefaultReconcileInterval,
 		ChangesMaxAge:       24 * time.Hour,
 		Etcd:                EtcdConfig{Prefix: store.DefaultPrefix},
+
+		MaxStreamsPerConn:      server.DefaultMaxStreamsPerConn,
+		MaxCallsPerPrincipal:   server.DefaultMaxCallsPerPrincipal,
+		MaxWatchesPerPrincipal: server.DefaultMaxWatchesPerPrincipal,
 	}
 }
 
@@ -133,6 +144,9 @@ var options = config.Table[Config]{
 		config.Flag("log-format", "log format: json or text (dev default text)", func(c *Config) any { return &c.LogFormat }),
 		config.Flag("log-level", "log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
 		config.Flag("shutdown-timeout", "how long in-flight calls may take to finish at shutdown", func(c *Config) any { return &c.ShutdownTimeout }),
+		config.Flag("max-streams-per-connection", "calls one client connection may have open at once", func(c *Config) any { return &c.MaxStreamsPerConn }),
+		config.Flag("max-calls-per-principal", "calls other than watches one principal may have open at once, over all its connections", func(c *Config) any { return &c.MaxCallsPerPrincipal }),
+		config.Flag("max-watches-per-principal", "watch streams one principal may have open at once, over all its connections (one per agent)", func(c *Config) any { return &c.MaxWatchesPerPrincipal }),
 		config.Flag("etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }),
 		config.Flag("etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }),
 		config.Flag("etcd-ca-file", "CA bundle to verify etcd's certificate", func(c *Config) any { return &c.Etcd.CAFile }),
@@ -232,6 +246,15 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		add("--shutdown-timeout must be positive")
+	}
+	if c.MaxStreamsPerConn < 1 || c.MaxStreamsPerConn > 1<<20 {
+		add("--max-streams-per-connection %d: want 1..%d", c.MaxStreamsPerConn, 1<<20)
+	}
+	if c.MaxCallsPerPrincipal < 1 {
+		add("--max-calls-per-principal %d: want 1 or more", c.MaxCallsPerPrincipal)
+	}
+	if c.MaxWatchesPerPrincipal < 1 {
+		add("--max-watches-per-principal %d: want 1 or more", c.MaxWatchesPerPrincipal)
 	}
 	if p := c.Etcd.Prefix; !strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") {
 		add("--etcd-prefix %q must start and end with /", p)

@@ -80,6 +80,8 @@ type Daemon struct {
 	ready   chan struct{}
 	serving atomic.Bool
 	closed  sync.Once
+	// live is what the liveness probes last found, for /readyz.
+	live liveness
 
 	// Set by Start, for Shutdown.
 	stop    context.CancelFunc
@@ -171,6 +173,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		Replication:   d.repl,
 		Agents:        rollout.New(d.store),
 		Rotations:     rotations,
+		Limits: server.Limits{
+			MaxStreamsPerConn:      uint32(cfg.MaxStreamsPerConn),
+			MaxCallsPerPrincipal:   cfg.MaxCallsPerPrincipal,
+			MaxWatchesPerPrincipal: cfg.MaxWatchesPerPrincipal,
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -222,6 +229,7 @@ func (d *Daemon) tasks() []task.Task {
 			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Interval: d.cfg.ReconcileInterval, Identities: d.appIdentities})
 		}),
 		task.New("keyring file", d.watchKeyringFile),
+		task.New("liveness probe", d.probeLiveness),
 		task.New("gRPC server", d.serveGRPC),
 		task.New("HTTP server", d.serveHTTP),
 	}
@@ -576,7 +584,6 @@ func (d *Daemon) writeRootToken(file, token string) error {
 // newGRPC builds the gRPC server and binds its listener.
 func (d *Daemon) newGRPC() error {
 	opts := append(d.srv.ServerOptions(),
-		grpc.MaxRecvMsgSize(server.MaxMessageBytes), grpc.MaxSendMsgSize(server.MaxMessageBytes),
 		// Each agent holds a connection; with grpc's 32 KiB read and
 		// write buffer per connection, 10,000 idle agents cost 640 MB.
 		// A write buffer shared between flushes and a small read buffer
@@ -649,14 +656,44 @@ func (d *Daemon) newHTTP(reg *prometheus.Registry) error {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", d.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ln, err := net.Listen("tcp", d.cfg.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", d.cfg.HTTPListen, err)
 	}
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if !IsLoopback(ln.Addr().String()) {
+		metrics = d.operatorsOnly(metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
 	d.httpLn = ln
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return nil
+}
+
+// operatorsOnly lets through a request whose bearer token's principal may
+// list /: /metrics names every rotation and whether it failed, which is
+// for operators, so off loopback it asks for a token. admin may list /; a
+// scraper's own role needs only `allow: [list], paths: [/]`, which lets it
+// list no path below /.
+func (d *Daemon) operatorsOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="graftd"`)
+			http.Error(w, "metrics: send a bearer token whose principal may list / (graftd's HTTP listener is not on loopback)", http.StatusUnauthorized)
+			return
+		}
+		p, err := d.tokens.Authenticate(r.Context(), strings.TrimSpace(token))
+		if err != nil {
+			http.Error(w, "metrics: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+		if !d.engine.Decide(p, acl.ActionList, "/").Allowed {
+			http.Error(w, fmt.Sprintf("metrics: %s may not list /, which reading metrics takes", p.Name), http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // serveHTTP serves /healthz, /readyz and /metrics until ctx ends.
@@ -677,8 +714,9 @@ func (d *Daemon) serveHTTP(ctx context.Context) error {
 	return nil
 }
 
-// readyz answers 200 only when etcd has a quorum, NATS is connected and
-// the API is serving; otherwise 503 naming what is not ready.
+// readyz answers 200 only when etcd has a quorum, NATS is connected, the
+// API is serving, and the liveness probes find the watch path and the
+// relay's change feed moving; otherwise 503 naming what is not ready.
 func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems []string
 	if !d.serving.Load() {
@@ -692,6 +730,7 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if !d.nc.IsConnected() {
 		problems = append(problems, "nats: "+d.nc.Status().String())
 	}
+	problems = append(problems, d.livenessProblems()...)
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, strings.Join(problems, "\n")+"\n")
