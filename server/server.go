@@ -58,7 +58,10 @@ type Config struct {
 	// TrustDomain restricts the SPIFFE IDs accepted from client
 	// certificates; empty accepts any.
 	TrustDomain string
-	Logger      *slog.Logger
+	// AllowCNIdentities accepts a client certificate's common name as
+	// its identity even with a TrustDomain (without one it always is).
+	AllowCNIdentities bool
+	Logger            *slog.Logger
 	// Registerer receives the RPC metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// ReloadKeyring, if set, is called before a re-encryption sweep.
@@ -87,7 +90,7 @@ type Server struct {
 	access      Authorizer
 	audit       Auditor
 	policies    *acl.Engine
-	trustDomain string
+	certIDs     acl.CertIdentities
 	log         *slog.Logger
 	reload      KeyringReloader
 	replication Replication
@@ -115,7 +118,7 @@ func New(cfg Config) (*Server, error) {
 		access:      cfg.Access,
 		audit:       cfg.Audit,
 		policies:    cfg.Policies,
-		trustDomain: cfg.TrustDomain,
+		certIDs:     acl.CertIdentities{TrustDomain: cfg.TrustDomain, AllowCN: cfg.AllowCNIdentities},
 		log:         cfg.Logger,
 		reload:      cfg.ReloadKeyring,
 		replication: cfg.Replication,
@@ -176,7 +179,7 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 	token := bearer(ctx)
 	if token == "" {
 		if cert := clientCert(ctx); cert != nil {
-			p, err := acl.PrincipalFromCert(cert, s.trustDomain)
+			p, err := acl.PrincipalFromCert(cert, s.certIDs)
 			if err != nil {
 				return nil, toStatus(err)
 			}

@@ -159,18 +159,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 	rotations := registry.New(d.store)
 	reg.MustRegister(registry.NewCollector(rotations))
 	d.srv, err = server.New(server.Config{
-		Store:         d.store,
-		Auth:          d.tokens,
-		Access:        d.engine,
-		Audit:         d.audit,
-		Policies:      d.engine,
-		TrustDomain:   cfg.TrustDomain,
-		Logger:        log.With("subsystem", "api"),
-		Registerer:    reg,
-		ReloadKeyring: d.reloadKeyring,
-		Replication:   d.repl,
-		Agents:        rollout.New(d.store),
-		Rotations:     rotations,
+		Store:             d.store,
+		Auth:              d.tokens,
+		Access:            d.engine,
+		Audit:             d.audit,
+		Policies:          d.engine,
+		TrustDomain:       cfg.TrustDomain,
+		AllowCNIdentities: cfg.AllowCNIdentities,
+		Logger:            log.With("subsystem", "api"),
+		Registerer:        reg,
+		ReloadKeyring:     d.reloadKeyring,
+		Replication:       d.repl,
+		Agents:            rollout.New(d.store),
+		Rotations:         rotations,
 	})
 	if err != nil {
 		return nil, err
