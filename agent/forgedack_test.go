@@ -43,15 +43,17 @@ func TestRotationCountsNoForgedAcknowledgement(t *testing.T) {
 	forged := sdk.AgentReport{ID: "forged", App: "pet", Host: "nowhere", Revision: 1 << 40, Healthy: true,
 		Templates: []sdk.TemplateReport{{Destination: "/etc/pet/db.env", Keys: []string{"/app/pet/replicated/postgres/"}}}}
 	if err := pet.Report(ctx, forged, 15*time.Second); status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("a report at revision 2^40: %v, want InvalidArgument", err)
-	}
-	e, err := pet.Get(ctx, "/app/pet/replicated/postgres/password")
-	if err != nil {
-		t.Fatal(err)
-	}
-	forged.Revision = e.Revision
-	if err := pet.Report(ctx, forged, 15*time.Second); err != nil {
-		t.Fatalf("a report at the copy's revision: %v", err)
+		// Accepted, it is the attack of the issue: go on with it.
+		t.Errorf("a report at revision 2^40: %v, want InvalidArgument", err)
+	} else {
+		e, err := pet.Get(ctx, "/app/pet/replicated/postgres/password")
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged.Revision = e.Revision
+		if err := pet.Report(ctx, forged, 15*time.Second); err != nil {
+			t.Fatalf("a report at the copy's revision: %v", err)
+		}
 	}
 	go func() {
 		for ctx.Err() == nil {
