@@ -66,7 +66,8 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 }
 
 // ListAgents implements graftv1.AgentServiceServer: the reports of
-// applications whose tree the caller may list.
+// applications whose tree the caller may list, without keys, file names
+// and texts unless it may read the tree too.
 func (s *Server) ListAgents(ctx context.Context, req *graftv1.ListAgentsRequest) (*graftv1.ListAgentsResponse, error) {
 	if s.agents == nil {
 		return &graftv1.ListAgentsResponse{}, nil
@@ -77,7 +78,13 @@ func (s *Server) ListAgents(ctx context.Context, req *graftv1.ListAgentsRequest)
 	}
 	resp := &graftv1.ListAgentsResponse{}
 	for _, r := range reps {
-		if s.may(ctx, acl.ActionList, "/app/"+r.App) {
+		tree := "/app/" + r.App
+		switch {
+		case !s.may(ctx, acl.ActionList, tree):
+		case !s.may(ctx, acl.ActionRead, tree):
+			// Listing shows the agent; its keys and texts are for readers.
+			resp.Agents = append(resp.Agents, reportProto(hidden(r)))
+		default:
 			resp.Agents = append(resp.Agents, reportProto(r))
 		}
 	}

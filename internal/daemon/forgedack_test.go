@@ -199,6 +199,21 @@ func TestForgedAcknowledgementsAreRefused(t *testing.T) {
 	if c := st.GetConsumers()[0]; c.GetOk() || !strings.Contains(c.GetReason(), "details hidden") {
 		t.Errorf("a DBA's view of the failed consumer: %v", c)
 	}
+	// agents ls: nothing for who may not list /app/pet; the agent without
+	// its keys, files and texts for who may list but not read it.
+	if ls, err := agents.ListAgents(token("user:dora", "dba"), &graftv1.ListAgentsRequest{}); err != nil || len(ls.GetAgents()) != 0 {
+		t.Errorf("a DBA's agents ls: %v, %v; want no agent", ls, err)
+	}
+	if _, err := policies.PutPolicy(root, &graftv1.PutPolicyRequest{Yaml: "role: pet-lister\nrules:\n  - allow: [list]\n    paths: ['/app/pet/**']\n"}); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := agents.ListAgents(token("user:lister", "pet-lister"), &graftv1.ListAgentsRequest{App: "pet"})
+	if err != nil || len(ls.GetAgents()) != 1 {
+		t.Fatalf("a lister's agents ls: %v, %v", ls, err)
+	}
+	if shown := ls.GetAgents()[0].String(); strings.Contains(shown, "SECRET-TEXT") || strings.Contains(shown, "db.env") || strings.Contains(shown, "replicated/pg/") {
+		t.Errorf("who may list but not read /app/pet sees its keys or texts: %s", shown)
+	}
 	st, _ = agents.RolloutStatus(root, &graftv1.RolloutStatusRequest{Path: source, Revision: published})
 	if !strings.Contains(st.GetConsumers()[0].GetReason(), "SECRET-TEXT") {
 		t.Errorf("an admin's view lost the template error: %v", st.GetConsumers()[0])
