@@ -49,7 +49,6 @@ func TestDecideDefaultPolicies(t *testing.T) {
 		evilSuffix = "/app/message-processor-evil/x"
 	)
 	all := Actions()
-	readList := []Action{ActionRead, ActionList}
 	tests := []struct {
 		who     Principal
 		path    string
@@ -67,10 +66,10 @@ func TestDecideDefaultPolicies(t *testing.T) {
 		{dbaUser, "/", nil},
 
 		// An application owns its tree, except what is replicated into it.
-		{msgProc, config, []Action{ActionRead, ActionList, ActionWrite, ActionDelete}},
-		{msgProc, "/app/message-processor", []Action{ActionRead, ActionList, ActionWrite, ActionDelete}},
-		{msgProc, secret, readList},
-		{msgProc, "/app/message-processor/replicated", readList},
+		{msgProc, config, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionReport}},
+		{msgProc, "/app/message-processor", []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionReport}},
+		{msgProc, secret, []Action{ActionRead, ActionList, ActionReport}},
+		{msgProc, "/app/message-processor/replicated", []Action{ActionRead, ActionList, ActionReport}},
 		{msgProc, dbaSecret, nil},
 		{msgProc, "/dba", nil},
 		{msgProc, otherApps, nil},
@@ -89,7 +88,7 @@ func TestDecideDefaultPolicies(t *testing.T) {
 		{msgProc, "/app/message-processor%2Fx", nil},
 		{msgProc, "/app/message-processor/x\x00", nil},
 		{msgProc, "", nil},
-		{otherApp, otherApps, []Action{ActionRead, ActionList, ActionWrite, ActionDelete}},
+		{otherApp, otherApps, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionReport}},
 		{otherApp, config, nil},
 
 		// Names that are not one segment fill no template.
@@ -150,7 +149,7 @@ func TestDecideExplains(t *testing.T) {
 		}},
 		{rootUser, ActionAdmin, "/", Decision{Allowed: true, Reason: "root"}},
 		{msgProc, "reed", "/app/message-processor/x", Decision{
-			Reason: `unknown action "reed"; actions are read, list, write, delete, share, admin, rotate, issue; no match means deny`,
+			Reason: `unknown action "reed"; actions are read, list, write, delete, share, admin, rotate, issue, report; no match means deny`,
 		}},
 		{msgProc, ActionRead, "/app/message-processor/../x", Decision{
 			Reason: `invalid path: segment ".." is not allowed; no rule applies to a path that is not canonical`,
@@ -497,6 +496,31 @@ rules:
 	for _, tt := range tests {
 		if got := a.Reachable(tt.p, tt.act, tt.prefix); !slices.Equal(got, tt.want) {
 			t.Errorf("Reachable(%s, %s, %s) = %q, want %q", tt.p.Name, tt.act, tt.prefix, got, tt.want)
+		}
+	}
+}
+
+// An agent's report needs the report action on its application's tree
+// (issue 18: a matching name alone let a forged identity acknowledge).
+func TestDefaultAppRoleReportsForItsOwnTreeOnly(t *testing.T) {
+	a := newAuthorizer(t, DefaultPolicies())
+	pet := Principal{Name: "app:pet", Roles: []string{"app"}}
+	dba := Principal{Name: "user:dora", Roles: []string{"dba"}}
+	tests := []struct {
+		who  Principal
+		path string
+		want bool
+	}{
+		{pet, "/app/pet", true},
+		{pet, "/app/pet/replicated/db/password", true},
+		{pet, "/app/petstore", false},
+		{pet, "/app/other", false},
+		{dba, "/app/pet", false},
+		{dba, "/dba/x", false},
+	}
+	for _, tt := range tests {
+		if got := a.Decide(tt.who, ActionReport, tt.path).Allowed; got != tt.want {
+			t.Errorf("%s report %s: allowed = %v, want %v", tt.who.Name, tt.path, got, tt.want)
 		}
 	}
 }

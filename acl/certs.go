@@ -8,13 +8,27 @@ import (
 	"github.com/graft-sh/graft/store"
 )
 
+// CertIdentities says which client certificate identities graftd accepts.
+type CertIdentities struct {
+	// TrustDomain restricts SPIFFE IDs to one trust domain; empty accepts
+	// any, and common names too.
+	TrustDomain string
+	// AllowCN also accepts a common-name identity when TrustDomain is
+	// set. Off by default: with a trust domain, any certificate the CA
+	// ever signed (a server's, a CI job's) whose CN happens to read
+	// "app:<name>" would otherwise be that application.
+	AllowCN bool
+}
+
 // PrincipalFromCert maps a verified client certificate to a principal. A
 // URI SAN spiffe://<trustDomain>/app/<name> becomes "app:<name>" with role
 // "app"; spiffe://<trustDomain>/user/<name> becomes "user:<name>" (roles
 // come from policy bindings). Without a SPIFFE ID the subject common name
-// is the principal, as written ("user:alice"). An empty trustDomain accepts
-// any trust domain.
-func PrincipalFromCert(cert *x509.Certificate, trustDomain string) (Principal, error) {
+// is the principal, as written ("user:alice"), but only when no trust
+// domain is configured or ids.AllowCN opts in: a trust domain says
+// identities are SPIFFE IDs in it.
+func PrincipalFromCert(cert *x509.Certificate, ids CertIdentities) (Principal, error) {
+	trustDomain := ids.TrustDomain
 	for _, u := range cert.URIs {
 		if u.Scheme != "spiffe" {
 			continue
@@ -33,6 +47,9 @@ func PrincipalFromCert(cert *x509.Certificate, trustDomain string) (Principal, e
 		return p, nil
 	}
 	cn := cert.Subject.CommonName
+	if trustDomain != "" && !ids.AllowCN {
+		return Principal{}, fmt.Errorf("%w: the certificate has no SPIFFE ID in trust domain %s (common name %q is not accepted as an identity with a trust domain; graftd --allow-cn-identities would accept it)", ErrUntrustedCert, trustDomain, cn)
+	}
 	kind, name, ok := strings.Cut(cn, ":")
 	if !ok || kind == "" || !validName(name) || cn == RootPrincipal {
 		return Principal{}, fmt.Errorf("%w: no SPIFFE ID and common name %q is not <kind>:<name>", ErrUntrustedCert, cn)

@@ -14,7 +14,7 @@ const (
 	adminPolicyYAML = `role: admin
 description: Operators. Every action on every path, including tokens, policies and the keyring.
 rules:
-  - allow: [read, list, write, delete, share, admin, rotate, issue]
+  - allow: [read, list, write, delete, share, admin, rotate, issue, report]
     paths: [/**]
 `
 	dbaPolicyYAML = `role: dba
@@ -25,11 +25,12 @@ rules:
 `
 	appPolicyYAML = `role: app
 description: >-
-  Every application, as app:<name>, reads and writes its own tree /app/<name>.
+  Every application, as app:<name>, reads and writes its own tree /app/<name>,
+  and its graft-agents report what they run there.
   Values under /app/<name>/replicated are copies that only the replicator
   writes; the application changes them by asking their owner.
 rules:
-  - allow: [read, list, write, delete]
+  - allow: [read, list, write, delete, report]
     paths: ['/app/{name}/**']
   - deny: [write, delete]
     paths: ['/app/{name}/replicated/**']

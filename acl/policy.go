@@ -28,11 +28,15 @@ const (
 	ActionAdmin  Action = "admin"
 	ActionRotate Action = "rotate"
 	ActionIssue  Action = "issue"
+	// ActionReport allows a graft-agent to report what it runs for the
+	// application whose tree it is checked on (/app/<name>), which
+	// rotations count as acknowledgements.
+	ActionReport Action = "report"
 )
 
 // Actions returns every action, in the order the documentation lists them.
 func Actions() []Action {
-	return []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionAdmin, ActionRotate, ActionIssue}
+	return []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionAdmin, ActionRotate, ActionIssue, ActionReport}
 }
 
 // ParseAction returns the action named s.
@@ -45,7 +49,7 @@ func ParseAction(s string) (Action, error) {
 
 func (a Action) valid() bool {
 	switch a {
-	case ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionAdmin, ActionRotate, ActionIssue:
+	case ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionAdmin, ActionRotate, ActionIssue, ActionReport:
 		return true
 	}
 	return false

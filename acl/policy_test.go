@@ -57,7 +57,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{
 			name: "unknown action",
 			yaml: "role: dba\nrules:\n  - allow: [read]\n    paths: [/dba/**]\n  - allow:\n      - reed\n    paths: [/dba/**]\n",
-			want: `line 6: unknown action "reed"; actions are read, list, write, delete, share, admin, rotate, issue`,
+			want: `line 6: unknown action "reed"; actions are read, list, write, delete, share, admin, rotate, issue, report`,
 		},
 		{
 			name: "** not last",
@@ -97,7 +97,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{
 			name: "empty actions",
 			yaml: "role: dba\nrules:\n  - allow:\n    paths: [/x]\n",
-			want: "line 3: allow lists no actions; actions are read, list, write, delete, share, admin, rotate, issue",
+			want: "line 3: allow lists no actions; actions are read, list, write, delete, share, admin, rotate, issue, report",
 		},
 		{
 			name: "actions not a list",

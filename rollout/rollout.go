@@ -7,12 +7,15 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	pathpkg "path"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/graft-sh/graft/store"
 )
@@ -33,6 +36,18 @@ type Report struct {
 	Principal string    `json:"principal"`
 	// Lease is the etcd lease the report lives by.
 	Lease int64 `json:"lease"`
+	// Instance is the random id the agent process picked at its start
+	// ("" from older agents); HTTPAddress its HTTP endpoints' address.
+	Instance    string `json:"instance,omitempty"`
+	HTTPAddress string `json:"http_address,omitempty"`
+	// Since is the store revision at which graftd first stored this agent
+	// process's report (a lower bound: writes racing the first report
+	// may commit in between). An agent with Since below a value's
+	// published revision was reporting before the publish.
+	Since int64 `json:"since_revision"`
+	// Stored is the store revision at which this state was stored (the
+	// record's modification revision; set by List).
+	Stored int64 `json:"-"`
 }
 
 // TemplateReport is one rendered file: its content hash and the paths its
@@ -51,19 +66,47 @@ type ReloadReport struct {
 	Error string `json:"error,omitempty"`
 }
 
-// TTL bounds of a report.
+// TTL bounds of a report: an agent reports every 5 s, so a minute
+// outlives any pause it recovers from, and a dead agent's report (which
+// holds rollouts up) goes within it.
 const (
 	DefaultTTL = 15 * time.Second
-	MaxTTL     = 5 * time.Minute
+	MaxTTL     = time.Minute
 )
 
-// ErrInvalid says a report is malformed.
-var ErrInvalid = errors.New("invalid agent report")
+// Bounds of what one application's agents report: rollout status and
+// agents ls read them for every caller, so one application must not make
+// them slow or too large to answer.
+const (
+	MaxAgentsPerApp     = 64       // live agent ids of one application
+	MaxTemplates        = 64       // templates in a report
+	MaxKeysPerTemplate  = 256      // paths one template read
+	MaxKeys             = 1024     // paths all templates read
+	MaxReloads          = 16       // reload actions
+	MaxTextBytes        = 1024     // reason and error texts
+	MaxNameBytes        = 253      // id, host, instance, kind, http address
+	MaxDestinationBytes = 4096     // a template's destination
+	MaxReportBytes      = 32 << 10 // the whole report, encoded
+)
+
+var (
+	// ErrInvalid says a report is malformed or past its bounds.
+	ErrInvalid = errors.New("invalid agent report")
+	// ErrTooManyAgents says an application has MaxAgentsPerApp live
+	// agent ids already.
+	ErrTooManyAgents = errors.New("too many agents")
+	// ErrAgentConflict says another agent process holds the live report
+	// under an id.
+	ErrAgentConflict = errors.New("agent id in use")
+)
 
 // Registry keeps the agents' reports.
 type Registry struct {
 	store *store.Store
 	recs  *store.Records[Report]
+	// known is the highest store revision the registry has seen: a
+	// report's revision up to it needs no read of the store.
+	known atomic.Int64
 }
 
 // New returns the registry of the store's agent reports.
@@ -73,23 +116,70 @@ func New(s *store.Store) *Registry {
 
 func key(app, id string) string { return app + "/" + id }
 
+// seen raises the highest store revision known to the registry.
+func (r *Registry) seen(rev int64) {
+	for {
+		k := r.known.Load()
+		if rev <= k || r.known.CompareAndSwap(k, rev) {
+			return
+		}
+	}
+}
+
+// checkRevision refuses a revision past the store's current one: an
+// agent reports the revision it rendered from, which the store reached.
+// Most reports are at or below the last revision seen and cost nothing;
+// one past it costs a linearizable read.
+func (r *Registry) checkRevision(ctx context.Context, rev int64) error {
+	if rev < 0 {
+		return fmt.Errorf("%w: revision %d: want the store revision the agent rendered from", ErrInvalid, rev)
+	}
+	if rev <= r.known.Load() {
+		return nil
+	}
+	cur, err := r.store.Revision(ctx)
+	if err != nil {
+		return err
+	}
+	r.seen(cur)
+	if rev > cur {
+		return fmt.Errorf("%w: revision %d is past the store's current revision %d: an agent reports the revision it rendered from", ErrInvalid, rev, cur)
+	}
+	return nil
+}
+
 // Put stores a report for ttl, renewing the lease of the agent's previous
-// report when it is still alive.
+// report when it is still alive. It refuses a report past the bounds
+// above, with a revision past the store's, under an id whose live report
+// another agent process holds, or for a new id of an application that
+// has MaxAgentsPerApp already.
 func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error {
-	if rep.ID == "" || strings.ContainsAny(rep.ID, "/\n") || len(rep.ID) > 253 {
-		return fmt.Errorf("%w: agent id %q: want a name of at most 253 characters without / (the default is the host name)", ErrInvalid, rep.ID)
+	if err := rep.Validate(); err != nil {
+		return err
+	}
+	if err := r.checkRevision(ctx, rep.Revision); err != nil {
+		return err
 	}
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
 	ttl = min(ttl, MaxTTL)
 	k := key(rep.App, rep.ID)
+	rep.Since, rep.Stored = 0, 0
 	var lease *store.Lease
 	// A local read: most reports are heartbeats, and should it miss a
 	// report another replica just stored, the next heartbeat sees it.
-	if old, err := r.recs.GetLocal(ctx, k); err == nil && old.Value.Lease != 0 {
+	old, err := r.recs.GetLocal(ctx, k)
+	if err == nil && old.Value.Instance != "" && rep.Instance != "" && old.Value.Instance != rep.Instance {
+		return fmt.Errorf("%w: another graft-agent process (instance %s) holds the live report of agent %s of %s: give each agent its own id: in its configuration; a dead agent's report expires within its TTL (at most %s)",
+			ErrAgentConflict, old.Value.Instance, rep.ID, rep.App, MaxTTL)
+	}
+	if err == nil && old.Value.Lease != 0 {
 		l := r.store.LeaseByID(old.Value.Lease)
 		if err := l.Renew(ctx); err == nil {
+			// The same agent process (or an older agent, which sends no
+			// instance) renews: it keeps the revision it began at.
+			rep.Since = old.Value.Since
 			// Most reports are heartbeats: with the state unchanged the
 			// renewed lease is all, and no write reaches etcd's log.
 			if sameState(old.Value, rep) {
@@ -102,6 +192,20 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	if errors.Is(err, store.ErrNotFound) {
+		if err := r.checkRoom(ctx, rep.App); err != nil {
+			return err
+		}
+	}
+	if rep.Since == 0 {
+		// First stored now: at a revision past the store's current one.
+		cur, err := r.store.Revision(ctx)
+		if err != nil {
+			return err
+		}
+		r.seen(cur)
+		rep.Since = cur + 1
+	}
 	if lease == nil {
 		var err error
 		if lease, err = r.store.GrantLease(ctx, ttl); err != nil {
@@ -113,8 +217,106 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 	if err != nil {
 		return err
 	}
-	if _, _, err := r.store.Commit(ctx, nil, op.WithLease(lease)); err != nil {
+	rev, _, err := r.store.Commit(ctx, nil, op.WithLease(lease))
+	if err != nil {
 		return fmt.Errorf("store the report of agent %s of %s: %w", rep.ID, rep.App, err)
+	}
+	r.seen(rev)
+	return nil
+}
+
+// checkRoom refuses a new agent id of an application that has
+// MaxAgentsPerApp live ones already. New ids are rare (an agent keeps
+// its id across restarts), so the count can afford a read.
+func (r *Registry) checkRoom(ctx context.Context, app string) error {
+	items, rev, err := r.recs.ListPrefix(ctx, app+"/")
+	if err != nil {
+		return err
+	}
+	r.seen(rev)
+	if len(items) >= MaxAgentsPerApp {
+		return fmt.Errorf("%w: %s has %d live agent reports, the most graftd keeps for one application: give agents stable ids (an agent reuses its id when it restarts); a dead agent's report expires within its TTL (at most %s)",
+			ErrTooManyAgents, app, len(items), MaxTTL)
+	}
+	return nil
+}
+
+// Validate checks a report against the bounds above and refuses control
+// characters in its texts, which `graft agents ls` and `rollout status`
+// print: an application must not choose what other terminals show. Each
+// key must be a path or a tree prefix (ending "/") in the application's
+// own tree /app/<app>.
+func (rep Report) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+	}
+	if rep.ID == "" || strings.Contains(rep.ID, "/") || len(rep.ID) > MaxNameBytes {
+		return bad("agent id %q: want a name of at most %d bytes without / (the default is the host name)", rep.ID, MaxNameBytes)
+	}
+	type text struct {
+		field, value string
+		max          int
+	}
+	texts := []text{
+		{"id", rep.ID, MaxNameBytes},
+		{"host", rep.Host, MaxNameBytes},
+		{"instance", rep.Instance, MaxNameBytes},
+		{"http_address", rep.HTTPAddress, MaxNameBytes},
+		{"reason", rep.Reason, MaxTextBytes},
+	}
+	if len(rep.Templates) > MaxTemplates {
+		return bad("%d templates: at most %d per agent; split the application's templates among more agents", len(rep.Templates), MaxTemplates)
+	}
+	if len(rep.Reloads) > MaxReloads {
+		return bad("%d reload actions: at most %d", len(rep.Reloads), MaxReloads)
+	}
+	tree := "/app/" + rep.App + "/"
+	keys := 0
+	for i, t := range rep.Templates {
+		texts = append(texts,
+			text{fmt.Sprintf("templates[%d].destination", i), t.Destination, MaxDestinationBytes},
+			text{fmt.Sprintf("templates[%d].error", i), t.Error, MaxTextBytes},
+			text{fmt.Sprintf("templates[%d].sha256", i), t.SHA256, 64})
+		if len(t.Keys) > MaxKeysPerTemplate {
+			return bad("template %s read %d paths: at most %d per template are reported; read a tree (its prefix is one path) instead", t.Destination, len(t.Keys), MaxKeysPerTemplate)
+		}
+		keys += len(t.Keys)
+	}
+	if keys > MaxKeys {
+		return bad("%d paths read: at most %d per report", keys, MaxKeys)
+	}
+	for i, l := range rep.Reloads {
+		texts = append(texts,
+			text{fmt.Sprintf("reloads[%d].kind", i), l.Kind, MaxNameBytes},
+			text{fmt.Sprintf("reloads[%d].error", i), l.Error, MaxTextBytes})
+	}
+	for _, t := range texts {
+		if len(t.value) > t.max {
+			return bad("%s is %d bytes: at most %d", t.field, len(t.value), t.max)
+		}
+		if i := strings.IndexFunc(t.value, unicode.IsControl); i >= 0 {
+			return bad("%s holds a control character at byte %d: reports are printed on terminals, so escape or drop it", t.field, i)
+		}
+	}
+	for i, t := range rep.Templates {
+		for _, k := range t.Keys {
+			if err := checkKey(k, tree); err != nil {
+				return bad("templates[%d]: %v", i, err)
+			}
+		}
+	}
+	if b, err := json.Marshal(rep); err != nil || len(b) > MaxReportBytes {
+		return bad("the report is %d bytes encoded: at most %d", len(b), MaxReportBytes)
+	}
+	return nil
+}
+
+// checkKey says whether k is a path or a tree prefix (ending "/") in
+// tree, the reporting application's own.
+func checkKey(k, tree string) error {
+	p := strings.TrimSuffix(k, "/")
+	if _, err := store.ParsePath(p); err != nil || p+"/" != tree && !strings.HasPrefix(p, tree) {
+		return fmt.Errorf("key %q: want a path or a tree prefix ending in / under %s, the agent's own tree (it reads only copies there)", k, tree)
 	}
 	return nil
 }
@@ -133,13 +335,15 @@ func (r *Registry) List(ctx context.Context, app string) ([]Report, error) {
 	if app != "" {
 		prefix = app + "/"
 	}
-	items, _, err := r.recs.ListPrefix(ctx, prefix)
+	items, rev, err := r.recs.ListPrefix(ctx, prefix)
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
+	r.seen(rev)
 	out := make([]Report, len(items))
 	for i, it := range items {
 		out[i] = it.Value
+		out[i].Stored = it.Revision
 	}
 	return out, nil
 }
@@ -160,6 +364,10 @@ type Consumer struct {
 	// Unhealthy: the agent runs the revision, but its application
 	// failed its health check.
 	Unhealthy bool
+	// Summary is Reason without the texts the agent chose (a template's
+	// error, why it is unhealthy) or its key and file names, for callers
+	// who may not read the agent's tree.
+	Summary string
 }
 
 // CopyStatus is whether replication brought the revision to a copy.
@@ -197,9 +405,21 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 	if rev > cur.Revision {
 		return Status{}, fmt.Errorf("%w: %s is at revision %d; revision %d is in the future", ErrInvalid, path, cur.Revision, rev)
 	}
-	reports, err := r.List(ctx, "")
-	if err != nil {
-		return Status{}, err
+	// Only the agents of applications whose tree holds a copy can
+	// consume it: an agent reports only keys in its own tree.
+	var reports []Report
+	listed := map[string]bool{}
+	for _, c := range copies {
+		app, ok := appOf(c.Path)
+		if !ok || listed[app] {
+			continue
+		}
+		listed[app] = true
+		reps, err := r.List(ctx, app)
+		if err != nil {
+			return Status{}, err
+		}
+		reports = append(reports, reps...)
 	}
 	st := Status{Revision: rev, Complete: true}
 	// What each copy must have reached: the copy's revision that holds
@@ -244,18 +464,31 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 			if err != nil {
 				return Status{}, err
 			}
-			con := Consumer{Agent: rep, Reads: c.Path}
+			// The consumer, with only the template that reads the copy.
+			agent := rep
+			agent.Templates = []TemplateReport{t}
+			con := Consumer{Agent: agent, Reads: c.Path}
 			switch {
 			case n.reason != "":
 				con.Reason = n.reason
 			case t.Error != "":
 				con.Reason = "template " + t.Destination + " failed: " + t.Error
+				con.Summary = "a template that reads it failed"
 			case rep.Revision < n.rev:
 				con.Reason = fmt.Sprintf("the agent runs revision %d of its tree; %s changed at %d", rep.Revision, c.Path, n.rev)
+			case rep.Since >= rev && rep.Stored < n.rev:
+				// An acknowledgement counts only from an agent that was
+				// reporting before the revision was published, or whose
+				// report was stored once the copy it read existed.
+				con.Reason = fmt.Sprintf("the agent began reporting at revision %d, after %d was published, and has not reported since %s changed at %d", rep.Since, rev, c.Path, n.rev)
 			case !rep.Healthy:
 				con.Reason, con.Unhealthy = "unhealthy: "+rep.Reason, true
+				con.Summary = "unhealthy"
 			default:
 				con.OK = true
+			}
+			if con.Summary == "" {
+				con.Summary = con.Reason
 			}
 			st.Complete = st.Complete && con.OK
 			st.Consumers = append(st.Consumers, con)
@@ -272,8 +505,23 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 	return st, nil
 }
 
-// reads returns the template of rep that read path, if one did.
+// appOf returns the application whose tree holds path.
+func appOf(path string) (string, bool) {
+	rest, ok := strings.CutPrefix(path, "/app/")
+	if !ok {
+		return "", false
+	}
+	app, _, _ := strings.Cut(rest, "/")
+	return app, app != ""
+}
+
+// reads returns the template of rep that read path, if one did. Only a
+// path in the agent's own tree counts: a key outside it (which graftd
+// refuses since, but an older report may hold) consumes nothing.
 func reads(rep Report, path string) (TemplateReport, bool) {
+	if !strings.HasPrefix(path, "/app/"+rep.App+"/") {
+		return TemplateReport{}, false
+	}
 	for _, t := range rep.Templates {
 		for _, k := range t.Keys {
 			if k == path || (strings.HasSuffix(k, "/") && strings.HasPrefix(path, k)) {

@@ -52,6 +52,12 @@ type Consumer struct {
 	// Unhealthy: it runs the revision but failed its health check.
 	Unhealthy bool
 	Reason    string
+	// Revision is the store revision the agent rendered from, and Since
+	// the one graftd first stored its agent process's report at: an ack
+	// counts only at or past the published revision (graftd has also
+	// checked that the agent reported before the publish or read the
+	// published copy).
+	Revision, Since int64
 }
 
 // Opener connects to a database as its admin: driver is a Spec's Driver.
@@ -644,7 +650,7 @@ func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (detail, ve
 		if err != nil {
 			return "", "", err
 		}
-		done, acked, why := x.judge(ro)
+		done, acked, why := x.judge(ro, rev)
 		if verdicts {
 			for _, c := range ro.Consumers {
 				if c.Unhealthy && x.ours(c.App) {
@@ -687,11 +693,11 @@ func (x *run) ours(app string) bool {
 	return false
 }
 
-// judge says whether a rollout is complete for the spec's consumers: each
-// consumer application has at least one agent, every agent of theirs is
-// ok, and replication reached every copy. Otherwise it says what is
-// missing.
-func (x *run) judge(ro Rollout) (done bool, acked []string, why string) {
+// judge says whether a rollout of revision rev is complete for the spec's
+// consumers: each consumer application has at least one agent, every
+// agent of theirs is ok at rev or later, and replication reached every
+// copy. Otherwise it says what is missing.
+func (x *run) judge(ro Rollout, rev int64) (done bool, acked []string, why string) {
 	var waiting []string
 	seen := map[string]bool{}
 	for _, c := range ro.Consumers {
@@ -699,6 +705,11 @@ func (x *run) judge(ro Rollout) (done bool, acked []string, why string) {
 			continue
 		}
 		seen[c.App] = true
+		if c.OK && c.Revision < rev {
+			// Not an acknowledgement of what this run published, whatever
+			// a graftd that did not check says.
+			c.OK, c.Reason = false, fmt.Sprintf("it reports revision %d, before %d was published", c.Revision, rev)
+		}
 		if c.OK {
 			acked = append(acked, c.App+"/"+c.ID)
 		} else {
@@ -738,7 +749,7 @@ func (x *run) retire(ctx context.Context) (detail, verdict string, err error) {
 		if err != nil {
 			return "", "", err
 		}
-		done, _, why := x.judge(ro)
+		done, _, why := x.judge(ro, x.view.PublishedRevision)
 		if done {
 			break
 		}

@@ -19,6 +19,9 @@ type AgentReport struct {
 	Reason    string    // why not healthy, or why a reload failed; never a value
 	Time      time.Time // set by graftd
 	Principal string    // set by graftd
+	// SinceRevision is the store revision at which graftd first stored
+	// this agent process's report (set by graftd).
+	SinceRevision int64
 }
 
 // TemplateReport is one rendered file.
@@ -67,7 +70,7 @@ func (c *Client) ListAgents(ctx context.Context, app string) ([]AgentReport, err
 }
 
 func reportFrom(p *graftv1.AgentReport) AgentReport {
-	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal()}
+	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal(), SinceRevision: p.GetSinceRevision()}
 	if t := p.GetTime(); t != nil {
 		r.Time = t.AsTime()
 	}

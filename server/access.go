@@ -98,8 +98,9 @@ var accessTable = map[string]rpcAccess{
 	graftv1.ReplicationService_GetRule_FullMethodName:           {action: acl.ActionList, perItem: true},
 	graftv1.ReplicationService_ReplicationStatus_FullMethodName: {action: acl.ActionRead, path: field((*graftv1.ReplicationStatusRequest).GetPath), verb: "status", key: true},
 
-	// The handler lets an app report only for itself.
-	graftv1.AgentService_Report_FullMethodName:        {action: acl.ActionWrite, perItem: true},
+	// The handler checks report on the report's application tree
+	// (/app/<name>) and read on every key it lists.
+	graftv1.AgentService_Report_FullMethodName:        {action: acl.ActionReport, perItem: true},
 	graftv1.AgentService_ListAgents_FullMethodName:    {action: acl.ActionList, perItem: true},
 	graftv1.AgentService_RolloutStatus_FullMethodName: {action: acl.ActionList, path: field((*graftv1.RolloutStatusRequest).GetPath), verb: "rollout status", key: true},
 

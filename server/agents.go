@@ -24,8 +24,10 @@ type Agents interface {
 
 var _ Agents = (*rollout.Registry)(nil)
 
-// Report implements graftv1.AgentServiceServer: an agent reports for its
-// own application only (admins for any).
+// Report implements graftv1.AgentServiceServer. Reports acknowledge
+// rollouts, which retire database users, so a report needs the report
+// action on the application's tree (admins may report for any), and every
+// key it lists must be a path in that tree the reporter may read.
 func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graftv1.ReportResponse, error) {
 	if s.agents == nil {
 		return nil, toStatus(unavailable("this graftd keeps no agent reports"))
@@ -35,8 +37,26 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 	if _, err := store.ParsePath("/app/" + rep.App); err != nil || rep.App == "" || strings.Contains(rep.App, "/") {
 		return nil, toStatus(invalid("report: app %q: want the application's name, one path segment", rep.App))
 	}
-	if app, ok := replicator.AppName(p.Name); (!ok || app != rep.App) && !s.may(ctx, acl.ActionAdmin, adminPath) {
-		return nil, toStatus(&acl.DeniedError{Principal: p.Name, Action: "report", Path: "/app/" + rep.App})
+	tree := "/app/" + rep.App
+	if !s.may(ctx, acl.ActionReport, tree) && !s.may(ctx, acl.ActionAdmin, adminPath) {
+		denied := &acl.DeniedError{Principal: p.Name, Action: acl.ActionReport, Path: tree}
+		if app, ok := replicator.AppName(p.Name); ok && app == rep.App {
+			// Its own tree: most likely policies from before reports
+			// needed a grant.
+			denied.Reason = "agents need the report action on their tree; a cluster whose policies predate it lacks it in the app role: `graft policy init` names the default roles that differ, and `graft policy init --overwrite` (or `graft policy get app`, then `graft policy put` with report added to the /app/{name}/** rule) grants it"
+		}
+		return nil, toStatus(denied)
+	}
+	if err := rep.Validate(); err != nil {
+		return nil, toStatus(fmt.Errorf("report of agent %q of %s: %w", rep.ID, rep.App, err))
+	}
+	for _, t := range rep.Templates {
+		for _, k := range t.Keys {
+			if path := strings.TrimSuffix(k, "/"); !s.may(ctx, acl.ActionRead, path) {
+				return nil, toStatus(fmt.Errorf("report of agent %q of %s: template %s read %s: %w", rep.ID, rep.App, t.Destination, k,
+					&acl.DeniedError{Principal: p.Name, Action: acl.ActionRead, Path: path, Reason: "an agent reports only paths it may read"}))
+			}
+		}
 	}
 	rep.Principal, rep.Time = p.Name, time.Now().UTC()
 	if err := s.agents.Put(ctx, rep, time.Duration(req.GetTtlSeconds())*time.Second); err != nil {
@@ -46,7 +66,8 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 }
 
 // ListAgents implements graftv1.AgentServiceServer: the reports of
-// applications whose tree the caller may list.
+// applications whose tree the caller may list, without keys, file names
+// and texts unless it may read the tree too.
 func (s *Server) ListAgents(ctx context.Context, req *graftv1.ListAgentsRequest) (*graftv1.ListAgentsResponse, error) {
 	if s.agents == nil {
 		return &graftv1.ListAgentsResponse{}, nil
@@ -57,7 +78,13 @@ func (s *Server) ListAgents(ctx context.Context, req *graftv1.ListAgentsRequest)
 	}
 	resp := &graftv1.ListAgentsResponse{}
 	for _, r := range reps {
-		if s.may(ctx, acl.ActionList, "/app/"+r.App) {
+		tree := "/app/" + r.App
+		switch {
+		case !s.may(ctx, acl.ActionList, tree):
+		case !s.may(ctx, acl.ActionRead, tree):
+			// Listing shows the agent; its keys and texts are for readers.
+			resp.Agents = append(resp.Agents, reportProto(hidden(r)))
+		default:
 			resp.Agents = append(resp.Agents, reportProto(r))
 		}
 	}
@@ -86,7 +113,18 @@ func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRe
 	}
 	resp := &graftv1.RolloutStatusResponse{Revision: st.Revision, Complete: st.Complete}
 	for _, c := range st.Consumers {
-		resp.Consumers = append(resp.Consumers, &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason, Unhealthy: c.Unhealthy})
+		con := &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason, Unhealthy: c.Unhealthy}
+		if tree := "/app/" + c.Agent.App; !s.may(ctx, acl.ActionList, tree) || !s.may(ctx, acl.ActionRead, tree) {
+			// Another principal's agent: whether it runs the revision,
+			// not what its templates read, where they write, or what it
+			// says went wrong.
+			con.Agent = reportProto(hidden(c.Agent))
+			con.Reason = c.Summary
+			if con.Reason != "" {
+				con.Reason += " (details hidden: you may not read " + tree + ")"
+			}
+		}
+		resp.Consumers = append(resp.Consumers, con)
 	}
 	for _, c := range st.Copies {
 		resp.Copies = append(resp.Copies, &graftv1.CopyStatus{Path: c.Path, Rule: c.Rule, Reached: c.Reached, Reason: c.Reason})
@@ -94,8 +132,24 @@ func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRe
 	return resp, nil
 }
 
+// hidden is a report without the key names, file names and texts of its
+// agent, for a caller who may not read the agent's tree.
+func hidden(r rollout.Report) rollout.Report {
+	r.Reason = ""
+	r.Templates = make([]rollout.TemplateReport, len(r.Templates))
+	reloads := make([]rollout.ReloadReport, len(r.Reloads))
+	for i, l := range r.Reloads {
+		reloads[i] = rollout.ReloadReport{Kind: l.Kind, OK: l.OK}
+	}
+	r.Reloads = reloads
+	return r
+}
+
+// reportFrom takes what an agent reports; since_revision and principal
+// are graftd's to set.
 func reportFrom(p *graftv1.AgentReport) rollout.Report {
-	r := rollout.Report{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason()}
+	r := rollout.Report{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(),
+		Instance: p.GetInstance(), HTTPAddress: p.GetHttpAddress()}
 	for _, t := range p.GetTemplates() {
 		r.Templates = append(r.Templates, rollout.TemplateReport{Destination: t.GetDestination(), SHA256: t.GetSha256(), Keys: t.GetKeys(), Error: t.GetError()})
 	}
@@ -106,7 +160,8 @@ func reportFrom(p *graftv1.AgentReport) rollout.Report {
 }
 
 func reportProto(r rollout.Report) *graftv1.AgentReport {
-	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Principal: r.Principal, Time: timestamppb.New(r.Time)}
+	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Principal: r.Principal, Time: timestamppb.New(r.Time),
+		Instance: r.Instance, HttpAddress: r.HTTPAddress, SinceRevision: r.Since}
 	for _, t := range r.Templates {
 		p.Templates = append(p.Templates, &graftv1.TemplateReport{Destination: t.Destination, Sha256: t.SHA256, Keys: t.Keys, Error: t.Error})
 	}

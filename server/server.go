@@ -54,7 +54,10 @@ type Config struct {
 	// TrustDomain restricts the SPIFFE IDs accepted from client
 	// certificates; empty accepts any.
 	TrustDomain string
-	Logger      *slog.Logger
+	// AllowCNIdentities accepts a client certificate's common name as
+	// its identity even with a TrustDomain (without one it always is).
+	AllowCNIdentities bool
+	Logger            *slog.Logger
 	// Registerer receives the RPC metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// ReloadKeyring, if set, is called before a re-encryption sweep.
@@ -86,7 +89,7 @@ type Server struct {
 	access      Authorizer
 	audit       Auditor
 	policies    *acl.Engine
-	trustDomain string
+	certIDs     acl.CertIdentities
 	log         *slog.Logger
 	reload      KeyringReloader
 	replication Replication
@@ -116,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 		access:      cfg.Access,
 		audit:       cfg.Audit,
 		policies:    cfg.Policies,
-		trustDomain: cfg.TrustDomain,
+		certIDs:     acl.CertIdentities{TrustDomain: cfg.TrustDomain, AllowCN: cfg.AllowCNIdentities},
 		log:         cfg.Logger,
 		reload:      cfg.ReloadKeyring,
 		replication: cfg.Replication,
@@ -191,7 +194,7 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 func (s *Server) identify(ctx context.Context, token string) (acl.Principal, error) {
 	if token == "" {
 		if cert := clientCert(ctx); cert != nil {
-			return acl.PrincipalFromCert(cert, s.trustDomain)
+			return acl.PrincipalFromCert(cert, s.certIDs)
 		}
 	}
 	return s.auth.Authenticate(ctx, token)

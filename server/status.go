@@ -62,6 +62,8 @@ var errorCodes = []struct {
 	{store.ErrDestinationNotEmpty, codes.FailedPrecondition},
 	{store.ErrRevisionChanged, codes.FailedPrecondition},
 	{registry.ErrConflict, codes.FailedPrecondition},
+	{rollout.ErrAgentConflict, codes.FailedPrecondition},
+	{rollout.ErrTooManyAgents, codes.ResourceExhausted},
 
 	{store.ErrCompacted, codes.OutOfRange},
 	{store.ErrContention, codes.Aborted},

@@ -258,13 +258,14 @@ func (a *app) emitRollout(path string, r sdk.Rollout) error {
 				ok++
 			}
 		}
-		fmt.Fprintf(&b, "%s revision %d: %d of %d consumers run it\n", path, r.Revision, ok, len(r.Consumers))
+		fmt.Fprintf(&b, "%s revision %d: %d of %d consumers run it\n", printable(path), r.Revision, ok, len(r.Consumers))
 		for _, con := range r.Consumers {
 			state := "ok"
 			if !con.OK {
 				state = "waiting: " + con.Reason
 			}
-			fmt.Fprintf(&b, "  %s/%s (%s) reads %s at revision %d: %s\n", con.Agent.App, con.Agent.ID, con.Agent.Host, con.Reads, con.Agent.Revision, state)
+			// Agents chose these texts: escape what a terminal would act on.
+			fmt.Fprintf(&b, "  %s/%s (%s) reads %s at revision %d: %s\n", printable(con.Agent.App), printable(con.Agent.ID), printable(con.Agent.Host), printable(con.Reads), con.Agent.Revision, printable(state))
 		}
 		_, err := io.WriteString(w, b.String())
 		return err

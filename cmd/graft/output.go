@@ -5,9 +5,11 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/graft-sh/graft/sdk"
@@ -28,8 +30,41 @@ func newTable(w io.Writer, header ...string) *table {
 	return t
 }
 
+// row writes one row; a cell's control characters are escaped, so that
+// neither a tab nor an escape sequence in it (an agent's host or reason)
+// breaks the table or reaches the terminal.
 func (t *table) row(cells ...string) {
-	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+	escaped := make([]string, len(cells))
+	for i, c := range cells {
+		escaped[i] = printable(c)
+	}
+	fmt.Fprintln(t.tw, strings.Join(escaped, "\t"))
+}
+
+// printable escapes s's control characters (and invalid UTF-8) as Go
+// escapes, \x1b, \n, \u009b: what other principals chose to report is
+// shown, never interpreted by the terminal.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) || r == utf8.RuneError }) {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError:
+			if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
+				fmt.Fprintf(&b, "\\x%02x", s[i])
+				continue
+			}
+			b.WriteRune(r)
+		case unicode.IsControl(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 func (t *table) flush() error {

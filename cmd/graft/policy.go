@@ -241,11 +241,12 @@ func (a *app) policyInitCmd() *cobra.Command {
 		Use:   "init",
 		Short: "Install the default policies (admin, dba, app)",
 		Long: `Install the default policies: admin (everything), dba (read, list, write,
-delete, share and rotate /dba/**) and app (read and list /app/{name}/**, write it
-outside replicated destinations). Roles that already have a policy are
+delete, share and rotate /dba/**) and app (read, list and report /app/{name}/**,
+write it outside replicated destinations). Roles that already have a policy are
 kept unless --overwrite is given, so running it again changes nothing; it
 names the kept ones whose policy differs from today's default (edited, or
-installed by an older graftd: dba gained rotate with rotations).`,
+installed by an older graftd: dba gained rotate with rotations, app gained
+report when agent reports began to need a grant).`,
 		Args: args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
@@ -283,7 +284,7 @@ func (a *app) policyCheckCmd() *cobra.Command {
 		Short: "Explain whether a principal may do an action on a path",
 		Long: `Ask graftd whether PRINCIPAL, holding the roles policies bind to it plus
 any given with --role (as a token would grant), may do ACTION (read, list,
-write, delete, share, admin, rotate, issue) on PATH. Prints allowed or
+write, delete, share, admin, rotate, issue, report) on PATH. Prints allowed or
 denied, the reason, and the rule that decided.
 
 The exit status says the answer, for scripts (as kubectl auth can-i's
@@ -332,7 +333,7 @@ exits 0 for a denial too.`,
 	}
 	cmd.Flags().StringVar(&principal, "principal", "", "the principal, <kind>:<name>")
 	cmd.Flags().StringSliceVar(&roles, "role", nil, "a role to assume the principal holds; repeat it or separate roles with commas")
-	cmd.Flags().StringVar(&action, "action", "", "read, list, write, delete, share, admin, rotate or issue")
+	cmd.Flags().StringVar(&action, "action", "", "read, list, write, delete, share, admin, rotate, issue or report")
 	cmd.Flags().StringVar(&path, "path", "", "the path to check")
 	cmd.Flags().BoolVar(&zero, "exit-zero", false, "exit 0 when the answer is denied (the default is 3)")
 	// --exit-code asked for what is now the default; it stays accepted.

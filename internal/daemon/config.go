@@ -18,17 +18,20 @@ import (
 // defaults, then a YAML file (--config), then GRAFT_* environment variables,
 // then flags; each later source overrides the earlier.
 type Config struct {
-	Dev            bool          `yaml:"dev"`
-	DataDir        string        `yaml:"data_dir"`
-	Listen         string        `yaml:"listen"`
-	HTTPListen     string        `yaml:"http_listen"`
-	InsecureListen bool          `yaml:"insecure_listen"`
-	TLSCertFile    string        `yaml:"tls_cert_file"`
-	TLSKeyFile     string        `yaml:"tls_key_file"`
-	ClientCAFile   string        `yaml:"client_ca_file"`
-	TrustDomain    string        `yaml:"spiffe_trust_domain"`
-	AuditFile      string        `yaml:"audit_file"`
-	AuditMaxAge    time.Duration `yaml:"audit_max_age"`
+	Dev            bool   `yaml:"dev"`
+	DataDir        string `yaml:"data_dir"`
+	Listen         string `yaml:"listen"`
+	HTTPListen     string `yaml:"http_listen"`
+	InsecureListen bool   `yaml:"insecure_listen"`
+	TLSCertFile    string `yaml:"tls_cert_file"`
+	TLSKeyFile     string `yaml:"tls_key_file"`
+	ClientCAFile   string `yaml:"client_ca_file"`
+	TrustDomain    string `yaml:"spiffe_trust_domain"`
+	// AllowCNIdentities accepts client certificates' common names as
+	// identities even with a trust domain set.
+	AllowCNIdentities bool          `yaml:"allow_cn_identities"`
+	AuditFile         string        `yaml:"audit_file"`
+	AuditMaxAge       time.Duration `yaml:"audit_max_age"`
 	// ReplicaDestinations are the path patterns replication destinations
 	// must match.
 	ReplicaDestinations []string `yaml:"replica_destinations"`
@@ -131,7 +134,8 @@ var options = config.Table[Config]{
 		config.Flag("tls-cert-file", "server certificate (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSCertFile }),
 		config.Flag("tls-key-file", "server private key (PEM) for the gRPC listener", func(c *Config) any { return &c.TLSKeyFile }),
 		config.Flag("client-ca-file", "CA bundle (PEM) that signs client certificates; enables mTLS identities (needs --tls-cert-file)", func(c *Config) any { return &c.ClientCAFile }),
-		config.Flag("spiffe-trust-domain", "accept only client SPIFFE IDs in this trust domain (empty: any)", func(c *Config) any { return &c.TrustDomain }),
+		config.Flag("spiffe-trust-domain", "accept only client SPIFFE IDs in this trust domain as identities (empty: any, and common names)", func(c *Config) any { return &c.TrustDomain }),
+		config.Flag("allow-cn-identities", "with --spiffe-trust-domain, also accept a client certificate's common name (app:<name>, user:<name>) as its identity: any certificate the CA signed with such a CN then is that principal", func(c *Config) any { return &c.AllowCNIdentities }),
 		config.Flag("audit-file", "also append audit records to this JSON-lines file (0600)", func(c *Config) any { return &c.AuditFile }),
 		config.Flag("audit-max-age", "how long the GRAFT_AUDIT stream keeps records", func(c *Config) any { return &c.AuditMaxAge }),
 		config.Flag("replica-destinations", "path patterns replication destinations must match, comma separated (+ one segment, ** any below)", func(c *Config) any { return &c.ReplicaDestinations }),

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,15 +166,56 @@ func TestMutualTLSIdentities(t *testing.T) {
 		t.Fatalf("foreign trust domain: %v, want Unauthenticated", err)
 	}
 
-	_, tokens = connect(ca, "user:alice", "")
-	who, err = tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{})
-	if err != nil || who.GetPrincipal() != "user:alice" {
-		t.Fatalf("common-name identity: %v, %v", who, err)
+	// With a trust domain, a certificate from the same CA without a
+	// SPIFFE ID is no identity, whatever its common name says (issue 18:
+	// CN=app:pet forged an application's acknowledgements).
+	for _, cn := range []string{"user:alice", "app:message-processor"} {
+		_, tokens = connect(ca, cn, "")
+		if _, err := tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{}); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "allow-cn-identities") {
+			t.Fatalf("common-name identity %s under a trust domain: %v, want Unauthenticated naming --allow-cn-identities", cn, err)
+		}
 	}
 
 	// A certificate from another CA does not get past the handshake.
 	_, tokens = connect(other, "user:mallory", "spiffe://graft.test/user/mallory")
 	if _, err := tokens.WhoAmI(ctx, &graftv1.WhoAmIRequest{}); err == nil {
 		t.Fatal("a certificate from an unknown CA was accepted")
+	}
+}
+
+// --allow-cn-identities accepts a common name under a trust domain, for
+// clusters whose CA signs only client certificates it means as
+// identities.
+func TestCommonNameIdentitiesOptIn(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t)
+	serverCert, serverKey := ca.issue(t, "graftd", "", true)
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
+		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
+		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
+		c.TrustDomain = "graft.test"
+		c.AllowCNIdentities = true
+	}))
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.cert)
+	whoami := func(cn, uri string) (*graftv1.WhoAmIResponse, error) {
+		certPEM, keyPEM := ca.issue(t, cn, uri, false)
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return graftv1.NewTokenServiceClient(c).WhoAmI(t.Context(), &graftv1.WhoAmIRequest{})
+	}
+	if who, err := whoami("user:alice", ""); err != nil || who.GetPrincipal() != "user:alice" {
+		t.Fatalf("a common name with --allow-cn-identities: %v, %v", who, err)
+	}
+	if _, err := whoami("x", "spiffe://elsewhere.test/app/pet"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("a SPIFFE ID in another trust domain with --allow-cn-identities: %v, want Unauthenticated", err)
 	}
 }

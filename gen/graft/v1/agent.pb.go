@@ -326,7 +326,7 @@ type ReportRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The report; time and principal are set by graftd.
 	Report *AgentReport `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
-	// How long the report lives without another (default 15, at most 300).
+	// How long the report lives without another (default 15, at most 60).
 	TtlSeconds    int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
