@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/pgtest"
 	"github.com/graft-sh/graft/internal/testenv"
@@ -312,4 +313,10 @@ func TestRotatorRollsBackWhenAConsumerIsUnhealthy(t *testing.T) {
 	if rot := r.run(60 * time.Second); rot.State.Phase != rotation.PhaseDone || rot.State.ActiveUser != green {
 		t.Fatalf("run 3: %s active %q (%s)", rot.State.Phase, rot.State.ActiveUser, rot.State.Reason)
 	}
+}
+
+// On a machine without PostgreSQL the rotator's tests skip, and with
+// GRAFT_REQUIRE_PG=1 they fail.
+func TestRotatorTestsSkipWithoutPostgreSQL(t *testing.T) {
+	dbproc.CheckSkipsWithout(t, "^TestRotator", []string{"GRAFT_PG_BINDIR=/nonexistent"}, "GRAFT_REQUIRE_PG")
 }

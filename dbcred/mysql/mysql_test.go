@@ -530,3 +530,9 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// On a machine without MariaDB every test here skips, and with
+// GRAFT_REQUIRE_MYSQL=1 they fail.
+func TestSkipsWithoutMariaDB(t *testing.T) {
+	dbproc.CheckSkipsWithout(t, ".", []string{mysqltest.BinDirEnv + "=/nonexistent"}, "GRAFT_REQUIRE_MYSQL")
+}
