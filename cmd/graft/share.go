@@ -62,6 +62,9 @@ func matchesPattern(p, d string) bool {
 type sharedView struct {
 	Rule   ruleView `json:"rule"`
 	Filled int      `json:"filled"`
+	// Existing says the share repeated a rule made before, which
+	// graftd answered with rather than refusing.
+	Existing bool `json:"existing"`
 }
 
 func (a *app) shareCmd() *cobra.Command {
@@ -84,7 +87,9 @@ before its first request is answered. An application appears when a token is
 created for app:<name>, or when app:<name> first authenticates (with a client
 certificate, or a token made before graft kept applications).
 
-Needs the share action on SOURCE. A destination that overlaps another rule's,
+Sharing again exactly what a rule shares (the same source, destinations and
+--on-delete) answers with that rule and creates none. Needs the share action
+on SOURCE. A destination that overlaps another rule's,
 a rule that would copy values back into their own source, or a destination
 that already holds hand-written values is refused, naming the conflict.`,
 		Example: `  graft share /dba/passpack/services/message-processor/mongo --to /app/message-processor/replicated/mongo
@@ -106,11 +111,19 @@ that already holds hand-written values is refused, naming the conflict.`,
 				return fmt.Errorf("share: --on-delete %q: want delete or retain", onDelete)
 			}
 			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				asked := time.Now()
 				r, n, err := c.Share(ctx, args[0], dests, sdk.ShareOptions{OnDelete: onDelete})
 				if err != nil {
 					return err
 				}
-				return a.Emit(sharedView{Rule: viewRule(r), Filled: n}, func(w io.Writer) error {
+				// graftd answers a share that repeats a rule with that
+				// rule; a rule created before this call is such an answer.
+				existing := r.Created.Before(asked)
+				return a.Emit(sharedView{Rule: viewRule(r), Filled: n, Existing: existing}, func(w io.Writer) error {
+					if existing {
+						_, err := fmt.Fprintf(w, "rule %s already shares this: %s → %s (%s in place)\n", r.ID, r.Source, destinationsText(r, ", "), plural(n, "value", "values"))
+						return err
+					}
 					_, err := fmt.Fprintf(w, "rule %s: %s → %s (%s copied)\n", r.ID, r.Source, destinationsText(r, ", "), plural(n, "value", "values"))
 					return err
 				})

@@ -204,3 +204,29 @@ func TestSharePattern(t *testing.T) {
 		t.Fatalf("share to a malformed pattern: %q", got)
 	}
 }
+
+// Sharing again what a rule shares answers with that rule and says so
+// (the README's agent section repeats the replication section's share);
+// a share that differs from it is still refused.
+func TestShareRepeated(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/dba/mp/mongo/password", "s3cret")
+	first := shareID(t, admin, "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	out := admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	if want := "rule " + first + " already shares this: /dba/mp/mongo → /app/mp/replicated/mongo (1 value in place)\n"; out != want {
+		t.Fatalf("the same share again printed %q, want %q", out, want)
+	}
+	var v sharedView
+	if err := json.Unmarshal([]byte(admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo", "-o", "json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Rule.ID != first || !v.Existing || v.Filled != 1 {
+		t.Fatalf("the same share again, as JSON: %+v", v)
+	}
+	if got := admin.fails("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo", "--on-delete", "retain"); !strings.Contains(got, first) {
+		t.Fatalf("a share that differs in --on-delete: %q, want a refusal naming %s", got, first)
+	}
+	if n := strings.Count(admin.ok("rules", "ls"), "\nr-"); n != 1 {
+		t.Fatalf("%d rules after repeated shares, want 1", n)
+	}
+}
