@@ -259,6 +259,7 @@ type statusView struct {
 	DestinationRevision   int64      `json:"destination_revision,omitempty"`
 	InSync                *bool      `json:"in_sync,omitempty"`
 	LagMS                 *float64   `json:"lag_ms,omitempty"`
+	LagFrom               string     `json:"lag_from,omitempty"` // "source" or "rule": what lag_ms counts from
 	LastError             string     `json:"last_error,omitempty"`
 	Attempts              int        `json:"attempts,omitempty"`
 	LastErrorTime         string     `json:"last_error_time,omitempty"`
@@ -286,7 +287,7 @@ func (a *app) statusCmd() *cobra.Command {
 					if !st.Applied.IsZero() {
 						v.Applied = jsonTime(st.Applied)
 						ms := float64(st.Lag) / float64(time.Millisecond)
-						v.LagMS = &ms
+						v.LagMS, v.LagFrom = &ms, lagFrom(st)
 					}
 					v.LastError, v.Attempts = st.LastError, st.Attempts
 					if !st.LastErrorTime.IsZero() {
@@ -302,6 +303,16 @@ func (a *app) statusCmd() *cobra.Command {
 	}
 }
 
+// lagFrom says what a destination's lag counts from: graftd measures a
+// copy from the later of its source change and its rule's creation, so a
+// first fill of a value older than the rule ("rule") is not replication lag.
+func lagFrom(st sdk.ReplicationStatus) string {
+	if st.Rule != nil && !st.Applied.Add(-st.Lag).After(st.Rule.Created) {
+		return "rule"
+	}
+	return "source"
+}
+
 func writeStatus(w io.Writer, st sdk.ReplicationStatus) error {
 	var b strings.Builder
 	if st.Rule == nil && len(st.Feeds) == 0 {
@@ -313,7 +324,8 @@ func writeStatus(w io.Writer, st sdk.ReplicationStatus) error {
 		fmt.Fprintf(&b, "source revision:    %s\ncopied from:        %s\ndestination:        %s\nin sync:            %s\n",
 			revOrNone(st.SourceRevision, "(source deleted)"), revOrNone(st.AppliedSourceRevision, "-"), revOrNone(st.DestinationRevision, "(absent)"), yes[st.InSync])
 		if !st.Applied.IsZero() {
-			fmt.Fprintf(&b, "last copied:        %s, %s after the source changed\n", tableTime(st.Applied), st.Lag.Round(100*time.Microsecond))
+			after := map[string]string{"source": "the source changed", "rule": "the rule was created"}[lagFrom(st)]
+			fmt.Fprintf(&b, "last copied:        %s, %s after %s\n", tableTime(st.Applied), st.Lag.Round(100*time.Microsecond), after)
 		}
 		if st.LastError != "" {
 			fmt.Fprintf(&b, "last error:         %s (%d attempts, parked %s)\n", st.LastError, st.Attempts, tableTime(st.LastErrorTime))

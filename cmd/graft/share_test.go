@@ -230,3 +230,24 @@ func TestShareRepeated(t *testing.T) {
 		t.Fatalf("%d rules after repeated shares, want 1", n)
 	}
 }
+
+// After the first fill of a value older than its rule, status measures
+// from the rule's creation and says so (it said "after the source
+// changed"); after a change of the source, from that change.
+func TestStatusSaysWhatTheLagCountsFrom(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/dba/mp/mongo/password", "s3cret")
+	admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	if st := admin.ok("status", "/app/mp/replicated/mongo/password"); !strings.Contains(st, " after the rule was created\n") {
+		t.Fatalf("status after the first fill:\n%s", st)
+	}
+	var v statusView
+	if err := json.Unmarshal([]byte(admin.ok("status", "/app/mp/replicated/mongo/password", "-o", "json")), &v); err != nil || v.LagFrom != "rule" {
+		t.Fatalf("status -o json after the first fill: %+v, %v", v, err)
+	}
+	admin.put("/dba/mp/mongo/password", "rotated")
+	admin.eventually("/app/mp/replicated/mongo/password", "rotated")
+	if st := admin.ok("status", "/app/mp/replicated/mongo/password"); !strings.Contains(st, " after the source changed\n") {
+		t.Fatalf("status after a change:\n%s", st)
+	}
+}
