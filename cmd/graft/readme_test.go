@@ -116,3 +116,32 @@ func nonEmpty(lines []string) []string {
 	}
 	return out
 }
+
+// make help, which the README points to, lines its descriptions up in one
+// column (names longer than ten characters, cluster-down and bench-agents,
+// pushed theirs out of it).
+func TestMakeHelpAligns(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	out, err := exec.Command("make", "-s", "-C", "../..", "help").Output()
+	if err != nil {
+		t.Fatalf("make help: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	column := -1
+	for _, l := range lines {
+		name := strings.Fields(l)[0]
+		rest := strings.TrimLeft(l[strings.Index(l, name)+len(name):], " ")
+		col := len(l) - len(rest)
+		if column < 0 {
+			column = col
+		}
+		if col != column || !strings.HasPrefix(l, "  "+name+" ") {
+			t.Errorf("make help: %q starts its description at column %d, the first line at %d:\n%s", name, col, column, out)
+		}
+	}
+	if len(lines) < 10 {
+		t.Fatalf("make help listed %d targets:\n%s", len(lines), out)
+	}
+}
