@@ -317,6 +317,6 @@ func TestRotatorRollsBackWhenAConsumerIsUnhealthy(t *testing.T) {
 
 // On a machine without PostgreSQL the rotator's tests skip, and with
 // GRAFT_REQUIRE_PG=1 they fail.
-func TestRotatorTestsSkipWithoutPostgreSQL(t *testing.T) {
+func TestSkipsWithoutPostgreSQL(t *testing.T) {
 	dbproc.CheckSkipsWithout(t, "^TestRotator", []string{"GRAFT_PG_BINDIR=/nonexistent"}, "GRAFT_REQUIRE_PG")
 }
