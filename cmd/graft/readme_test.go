@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"syscall"
@@ -301,6 +302,25 @@ func TestReadmeSDKSnippetIsAnExample(t *testing.T) {
 		}
 		if at == len(body) {
 			t.Fatalf("the README's SDK line %q is not in sdk.Example_readme (in this order)", want)
+		}
+	}
+}
+
+// The README lists every field of the JSON that get, ls and history
+// print (history's deletion was missing).
+func TestReadmeListsTheJSONFields(t *testing.T) {
+	text := readme(t)
+	i := strings.Index(text, "The JSON of `get`, `ls` and `history`")
+	if i < 0 {
+		t.Fatal("the README no longer describes the JSON of get, ls and history")
+	}
+	paragraph, _, _ := strings.Cut(text[i:], "\n\n")
+	for _, v := range []any{entryView{}, listItemView{}, historyItemView{}} {
+		for _, f := range reflect.VisibleFields(reflect.TypeOf(v)) {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name != "" && !strings.Contains(paragraph, "`"+name+"`") {
+				t.Errorf("the README's paragraph on the JSON does not list %s's field %s:\n%s", reflect.TypeOf(v).Name(), name, paragraph)
+			}
 		}
 	}
 }
