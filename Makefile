@@ -4,8 +4,10 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
 .PHONY: help run build test bench bench-agents fuzz generate lint fmt images cluster cluster-down integration
 
+# help pads every target name to the longest one's width, so the
+# descriptions line up however long a new target's name is.
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{n[NR] = $$1; d[NR] = $$2; if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= NR; i++) printf "  %-" w "s  %s\n", n[i], d[i]}'
 
 # run builds graftd and execs it rather than `go run`, which exits 1 after
 # Ctrl-C however cleanly graftd stopped. GRAFTD_FLAGS adds flags.

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/graft-sh/graft/agent"
+	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/pgtest"
 	"github.com/graft-sh/graft/internal/testenv"
@@ -360,4 +361,10 @@ func TestRotatorKeepsAMalformedDSNsPasswordOut(t *testing.T) {
 	if !strings.Contains(detail, "percent-encode") {
 		t.Errorf("the step's detail %q does not say to percent-encode the password", detail)
 	}
+}
+
+// On a machine without PostgreSQL the rotator's tests skip, and with
+// GRAFT_REQUIRE_PG=1 they fail.
+func TestSkipsWithoutPostgreSQL(t *testing.T) {
+	dbproc.CheckSkipsWithout(t, "^TestRotator", []string{"GRAFT_PG_BINDIR=/nonexistent"}, "GRAFT_REQUIRE_PG")
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/network"
@@ -121,11 +122,36 @@ func (c *cluster) start(req testcontainers.ContainerRequest, alias string) testc
 	return startContainer(c.t, req, alias)
 }
 
+// requireImage skips the test when the engine does not hold image, or
+// fails it when GRAFT_REQUIRE_DOCKER=1. It asks the engine rather than
+// reading the start's error: with no registry reachable the engine
+// answers a missing image with a failed pull, not "No such image", and
+// the test failed where it should have skipped (make images builds them).
+func requireImage(t *testing.T, image string) {
+	t.Helper()
+	cli, err := testcontainers.NewDockerClientWithOpts(context.Background())
+	if err != nil {
+		t.Fatalf("docker: %v", err)
+	}
+	defer cli.Close()
+	_, err = cli.ImageInspect(context.Background(), image)
+	switch {
+	case err == nil:
+	case !errdefs.IsNotFound(err):
+		t.Fatalf("docker: inspect image %s: %v", image, err)
+	case os.Getenv("GRAFT_REQUIRE_DOCKER") == "1":
+		t.Fatalf("image %s is missing: run make images (GRAFT_REQUIRE_DOCKER=1)", image)
+	default:
+		t.Skipf("image %s is missing (make images builds it); set GRAFT_REQUIRE_DOCKER=1 to fail instead", image)
+	}
+}
+
 // startContainer runs a container, terminates it at the end of the test
 // and, if the test failed, shows the end of its log. Without its image the
 // test is skipped, or fails when GRAFT_REQUIRE_DOCKER=1.
 func startContainer(t *testing.T, req testcontainers.ContainerRequest, name string) testcontainers.Container {
 	t.Helper()
+	requireImage(t, req.Image)
 	ctr, err := testcontainers.GenericContainer(context.Background(), testcontainers.GenericContainerRequest{ContainerRequest: req, Started: true})
 	if ctr != nil {
 		t.Cleanup(func() {
@@ -136,9 +162,6 @@ func startContainer(t *testing.T, req testcontainers.ContainerRequest, name stri
 		})
 	}
 	if err != nil {
-		if os.Getenv("GRAFT_REQUIRE_DOCKER") != "1" && strings.Contains(err.Error(), "No such image") {
-			t.Skipf("image %s is missing (make images): %v", req.Image, err)
-		}
 		t.Fatalf("start %s (%s): %v", name, req.Image, err)
 	}
 	return ctr

@@ -16,6 +16,11 @@ import (
 // destinations then hold copies of. A pattern destination (/app/+/...)
 // stands for that path in every application known now, and in each that
 // appears later (see AppSeen).
+//
+// A share that repeats an existing rule exactly (source, destinations and
+// on-delete) answers with that rule, filled again, rather than failing on
+// its own destinations: scripts and tours may share twice. One that
+// differs is refused as any overlapping rule is.
 func (r *Replicator) Share(ctx context.Context, author, source string, dests []string, onDelete string) (Rule, int, error) {
 	if onDelete == "" {
 		onDelete = OnDeleteDelete
@@ -27,6 +32,11 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 		return Rule{}, 0, err
 	}
 	rule, err := r.cfg.Rules.create(ctx, given.ID, func(ctx context.Context, existing []Rule, _ int64) (Rule, []store.Cond, error) {
+		for _, e := range existing {
+			if e.sameShare(given) {
+				return Rule{}, nil, &alreadySharedError{rule: e}
+			}
+		}
 		if err := r.validator.Check(existing, given); err != nil {
 			return Rule{}, nil, err
 		}
@@ -51,6 +61,17 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 		}
 		return rule, []store.Cond{r.apps.recs.Since(appsRev)}, nil
 	})
+	var same *alreadySharedError
+	if errors.As(err, &same) {
+		rule = same.rule
+		// Fill again, as the first share did: the answer is the same.
+		_, n, err := r.reconcile(ctx, rule, writeFill)
+		if err != nil {
+			return rule, n, &IncompleteError{Msg: fmt.Sprintf("rule %s already shares this, but filling its destinations failed (the reconciler retries): %v", rule.ID, err), Err: err}
+		}
+		r.log.Info("share repeats a rule", "rule", rule.ID, "source", rule.Source, "author", author, "filled", n)
+		return rule, n, nil
+	}
 	if err != nil {
 		return Rule{}, 0, err
 	}
@@ -202,4 +223,43 @@ func (r *Replicator) CheckDelete(path string) error {
 		}
 	}
 	return e
+}
+
+// alreadySharedError stops the creation of a rule that an existing rule
+// already is; Share answers with that rule.
+type alreadySharedError struct{ rule Rule }
+
+func (e *alreadySharedError) Error() string { return "rule " + e.rule.ID + " already shares this" }
+
+// sameShare reports whether r is what a share of given would create:
+// the same source, on-delete, patterns and given concrete destinations
+// (r's destinations less what its patterns stand for).
+func (r Rule) sameShare(given Rule) bool {
+	if r.Source != given.Source || r.OnDelete != given.OnDelete {
+		return false
+	}
+	sameSet := func(a, b []string) bool {
+		a, b = slices.Clone(a), slices.Clone(b)
+		slices.Sort(a)
+		slices.Sort(b)
+		return slices.Equal(slices.Compact(a), slices.Compact(b))
+	}
+	var concrete []string
+	for _, d := range r.Destinations {
+		if !slices.ContainsFunc(r.Patterns, func(p string) bool { return isExpansion(d, p) }) {
+			concrete = append(concrete, d)
+		}
+	}
+	return sameSet(r.Patterns, given.Patterns) && sameSet(concrete, given.Destinations)
+}
+
+// isExpansion reports whether d is what pattern p stands for in some
+// application.
+func isExpansion(d, p string) bool {
+	app, ok := strings.CutPrefix(d, appsRoot+"/")
+	if !ok {
+		return false
+	}
+	name, _, _ := strings.Cut(app, "/")
+	return name != "" && name != wildcard && expand(p, name) == d
 }

@@ -196,3 +196,51 @@ func TestRuleWiderThanARequest(t *testing.T) {
 		t.Fatalf("a write after unshare: %v", err)
 	}
 }
+
+// A share that repeats an existing rule answers with that rule (a tour or
+// a script may share twice), for concrete and pattern destinations given
+// in any order; one that differs in a destination or its on-delete is
+// still refused, naming the rule.
+func TestIdenticalShareAnswersWithTheRule(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	if err := e.repl.AppSeen(e.ctx, "a", "token"); err != nil {
+		t.Fatal(err)
+	}
+	e.put(t, "/dba/m/password", "pw")
+	e.put(t, "/shared/dd/key", "k")
+	first, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/m", []string{"/app/x/replicated/m", "/app/y/replicated/m"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, filled, err := e.repl.Share(e.ctx, "user:other", "/dba/m", []string{"/app/y/replicated/m", "/app/x/replicated/m"}, replicator.OnDeleteDelete)
+	if err != nil {
+		t.Fatalf("the same share again: %v", err)
+	}
+	if again.ID != first.ID || again.Author != "user:dba" || filled != 2 {
+		t.Fatalf("the same share again = %+v, filled %d; want rule %s by user:dba, 2 copies", again, filled, first.ID)
+	}
+	pattern, _, err := e.repl.Share(e.ctx, "user:dba", "/shared/dd", []string{"/app/+/replicated/dd"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _, err := e.repl.Share(e.ctx, "user:dba", "/shared/dd", []string{"/app/+/replicated/dd"}, ""); err != nil || again.ID != pattern.ID {
+		t.Fatalf("the same pattern share again: %+v, %v; want rule %s", again, err, pattern.ID)
+	}
+	for _, tc := range []struct {
+		name     string
+		dests    []string
+		onDelete string
+	}{
+		{"one destination fewer", []string{"/app/x/replicated/m"}, ""},
+		{"another on-delete", []string{"/app/x/replicated/m", "/app/y/replicated/m"}, replicator.OnDeleteRetain},
+	} {
+		_, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/m", tc.dests, tc.onDelete)
+		var re *replicator.RuleError
+		if !errors.As(err, &re) || re.Rule != first.ID || !errors.Is(err, replicator.ErrRuleConflict) {
+			t.Errorf("%s: %v, want a conflict naming rule %s", tc.name, err, first.ID)
+		}
+	}
+	if got := e.repl.Rules().Rules(); len(got) != 2 {
+		t.Fatalf("%d rules after shares repeated, want 2: %+v", len(got), got)
+	}
+}

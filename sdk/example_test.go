@@ -261,3 +261,51 @@ func ExampleClient_CreateToken() {
 	// app:orders [app] token true
 	// permission denied: app:orders may not read /dba/orders/postgres/password
 }
+
+// The README's snippet as it runs: each line of the README's go block is
+// a line here, in order (TestReadmeSDKSnippetIsAnExample in cmd/graft
+// checks), with the error handling it leaves out around them. (It once
+// gave one path's revision as another path's IfRevision, which fails.)
+func Example_readme() {
+	ctx := context.Background()
+	c, err := sdk.New(ctx, sdk.Config{Addr: os.Getenv("GRAFT_ADDR"), Token: os.Getenv("GRAFT_TOKEN")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// What the README's tour made before: a copy in the application's tree.
+	if _, err := c.Put(ctx, "/app/message-processor/replicated/mongo/password", []byte("r0tated")); err != nil {
+		log.Fatal(err)
+	}
+
+	pw, err := c.Get(ctx, "/app/message-processor/replicated/mongo/password")
+	if err != nil {
+		log.Fatal(err)
+	}
+	w, err := c.Put(ctx, "/app/message-processor/config/workers", []byte("4"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = c.Put(ctx, w.Path, []byte("8"), sdk.IfRevision(w.Revision))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = c.Put(ctx, w.Path, []byte("16"), sdk.IfRevision(w.Revision))
+	fmt.Println("a second write from the same revision refused:", errors.Is(err, sdk.ErrFailedPrecondition))
+	_, err = c.PutTree(ctx, "/dba/passpack/services/message-processor/redis", map[string][]byte{
+		"user": []byte("mp-cache"), "password": pw.Value})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond) // the README's loop runs until its context ends
+	defer cancel()
+	for resp := range c.Watch(ctx, "/app/message-processor", 0) {
+		if resp.Err != nil && !errors.Is(resp.Err, context.DeadlineExceeded) {
+			log.Fatal(resp.Err)
+		}
+	}
+	fmt.Println("done")
+	// Output:
+	// a second write from the same revision refused: true
+	// done
+}

@@ -113,7 +113,8 @@ func (t EventType) String() string {
 
 // Event is one change to one path. For a put, Entry is the new version
 // (with its value unless the watch is keys-only); for a delete, Entry has
-// the path and the revision of the deletion.
+// the path, the revision of the deletion, and who deleted it when (Author,
+// Time), as History has them.
 type Event struct {
 	Type  EventType
 	Entry Entry

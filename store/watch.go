@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -34,7 +35,8 @@ func (t EventType) String() string {
 
 // Event is one change to one path. For a put, Entry is the new version
 // (with its value unless the watch is keys-only); for a delete, Entry holds
-// the path and the revision of the deletion.
+// the path, the revision of the deletion, and who deleted it when (Author,
+// Time), as history has them.
 type Event struct {
 	Type  EventType
 	Entry Entry
@@ -130,7 +132,7 @@ func (s *Store) WatchFunc(ctx context.Context, prefix string, startRev int64, ke
 				send(WatchBatch{Err: fmt.Errorf("watch %s: %w", prefix, err)})
 				return
 			}
-			batches, err := s.batches(prefix, pending, keysOnly, readable)
+			batches, err := s.batches(ctx, prefix, pending, keysOnly, readable)
 			if err != nil {
 				send(WatchBatch{Err: err})
 				return
@@ -199,7 +201,7 @@ func watchErr(resp clientv3.WatchResponse, requested int64) error {
 // batches turns one etcd watch response into per-revision batches of
 // events below prefix. Rewrites that did not change a value (a
 // re-encryption sweep pins the old revision in the record) are dropped.
-func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly bool, readable func(string) bool) ([]WatchBatch, error) {
+func (s *Store) batches(ctx context.Context, prefix string, resp clientv3.WatchResponse, keysOnly bool, readable func(string) bool) ([]WatchBatch, error) {
 	if resp.IsProgressNotify() || len(resp.Events) == 0 {
 		if resp.Created {
 			return nil, nil
@@ -219,7 +221,7 @@ func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly boo
 		var e Event
 		switch ev.Type {
 		case mvccpb.DELETE:
-			e = Event{Type: EventDelete, Entry: Entry{Path: p, Revision: rev}}
+			e = Event{Type: EventDelete, Entry: s.deletion(ctx, p, rev)}
 		default:
 			r, err := decodeRecord(ev.Kv.Value)
 			if err != nil {
@@ -239,4 +241,21 @@ func (s *Store) batches(prefix string, resp clientv3.WatchResponse, keysOnly boo
 		last.Events = append(last.Events, e)
 	}
 	return out, nil
+}
+
+// deletion is the entry of path's deletion at rev: who deleted it and
+// when, as history shows it, from the record the deletion archived in
+// the same transaction. Should that be gone (trimmed, compacted) the
+// entry has the path and revision only.
+func (s *Store) deletion(ctx context.Context, path string, rev int64) Entry {
+	e := Entry{Path: path, Revision: rev}
+	resp, err := s.cli.Get(ctx, s.histPrefix(path), append(clientv3.WithLastKey(), clientv3.WithRev(rev))...)
+	if err != nil || len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != rev {
+		return e
+	}
+	if r, err := decodeRecord(resp.Kvs[0].Value); err == nil && r.Deleted {
+		e.Author = r.Deleter
+		e.Time = time.Unix(0, r.Ended).UTC()
+	}
+	return e
 }

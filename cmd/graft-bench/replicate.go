@@ -32,7 +32,12 @@ type benchConfig struct {
 
 // benchResult is what it reports; -o json prints it as is.
 type benchResult struct {
-	Mode                    string  `json:"mode"`
+	Mode string `json:"mode"`
+	// Graftd is the address of the graftd measured, and GraftdFrom why
+	// that one: "own" (started for this run), "--addr" or "GRAFT_ADDR"
+	// (exported, as the README has a shell do, it wins over starting one).
+	Graftd                  string  `json:"graftd"`
+	GraftdFrom              string  `json:"graftd_from"`
 	Rate                    int     `json:"rate"`
 	DurationS               float64 `json:"duration_s"`
 	Fanout                  int     `json:"fanout"`
@@ -74,8 +79,10 @@ from sending it until every destination holds it (seen through a watch). In
 the same run it measures the floor: the same path done by hand on etcd (two
 sequential puts and one watch delivery), so the overhead shows as a ratio.
 
-Without --addr (or GRAFT_ADDR) it starts its own graftd in dev mode in a
-temporary directory. With --addr it uses that graftd and needs the share
+Without --addr or GRAFT_ADDR it starts its own graftd in dev mode in a
+temporary directory. With either (an exported GRAFT_ADDR counts: run
+GRAFT_ADDR= graft-bench ... for a graftd of its own) it measures that graftd,
+says so in its output (graftd, graftd_from in JSON), and needs the share
 action on /bench; the floor then needs --etcd-endpoints. Either way it first
 replicates one value end to end and waits for it, so the figures describe a
 running pipeline, not its start.`,
@@ -125,7 +132,10 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 		err error
 	)
 	if remote {
-		res.Mode = "remote"
+		res.Mode, res.Graftd, res.GraftdFrom = "remote", a.Addr, "GRAFT_ADDR"
+		if cmd.Flags().Changed("addr") {
+			res.GraftdFrom = "--addr"
+		}
 		if c, err = a.Client(ctx, cmd); err != nil {
 			return res, err
 		}
@@ -136,6 +146,7 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 		}
 		defer cleanup()
 		bc.etcdEndpoints = d.EtcdEndpoints()
+		res.Graftd, res.GraftdFrom = d.Addr(), "own"
 		if c, err = sdk.New(ctx, sdk.Config{Addr: d.Addr(), Token: d.RootToken()}); err != nil {
 			return res, err
 		}
@@ -409,6 +420,11 @@ func quantileMS(d []time.Duration, q float64) float64 {
 func writeBench(w io.Writer, r benchResult) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "replication (%s): %d writes at %d/s for %.1fs, fan-out %d\n", r.Mode, r.Writes, r.Rate, r.DurationS, r.Fanout)
+	if r.GraftdFrom == "own" {
+		fmt.Fprintf(&b, "  measured: its own graftd --dev at %s, in a temporary directory\n", r.Graftd)
+	} else {
+		fmt.Fprintf(&b, "  measured: the graftd at %s (from %s; unset it to measure a graftd of its own)\n", r.Graftd, r.GraftdFrom)
+	}
 	fmt.Fprintf(&b, "  source commit → last destination commit (graftd's clock): p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.P50MS, r.P99MS, r.MaxMS)
 	fmt.Fprintf(&b, "  source put sent → every copy seen by a watch: p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", r.SeenP50MS, r.SeenP99MS, r.SeenMaxMS)
 	fmt.Fprintf(&b, "  destination writes: %d (%.0f/s); superseded %d, missing %d; the share took %.0f ms\n", r.DestinationWrites, r.DestinationWritesPerSec, r.Superseded, r.Missing, r.ShareMS)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/graft-sh/graft/internal/graftdtest"
 )
 
 // graft-bench replicate starts its own dev graftd, replicates every write
@@ -21,7 +23,7 @@ func TestBenchReplicate(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
 		t.Fatalf("-o json output %q: %v", stdout.String(), err)
 	}
-	if r.Mode != "dev" || r.Writes != 50 || r.Missing != 0 || r.Superseded != 0 || r.DestinationWrites != 100 || r.P50MS <= 0 || r.MaxMS < r.P99MS || r.P99MS < r.P50MS || r.FloorP50MS <= 0 || r.RatioP50 <= 0 || r.SeenP50MS < r.P50MS || r.SeenMaxMS < r.SeenP99MS {
+	if r.Mode != "dev" || r.GraftdFrom != "own" || r.Graftd == "" || r.Writes != 50 || r.Missing != 0 || r.Superseded != 0 || r.DestinationWrites != 100 || r.P50MS <= 0 || r.MaxMS < r.P99MS || r.P99MS < r.P50MS || r.FloorP50MS <= 0 || r.RatioP50 <= 0 || r.SeenP50MS < r.P50MS || r.SeenMaxMS < r.SeenP99MS {
 		t.Fatalf("result %+v", r)
 	}
 	for _, bad := range []string{"--rate 0", "--duration 0s", "--fanout 0", "--fanout 100001"} {
@@ -54,5 +56,19 @@ func TestBenchAgents(t *testing.T) {
 	stderr.Reset()
 	if code := run(t.Context(), []string{"agents", "--count", "1", "--graftd", "/nonexistent/graftd"}, &stdout, &stderr, func(string) string { return "" }); code != 1 || !strings.Contains(stderr.String(), "make build") {
 		t.Errorf("a missing graftd binary: exit %d, %q", code, stderr.String())
+	}
+}
+
+// An exported GRAFT_ADDR (the README exports it) makes graft-bench measure
+// that graftd, not one of its own; it says which it measured.
+func TestBenchReplicateSaysWhichGraftd(t *testing.T) {
+	g := graftdtest.Start(t)
+	env := map[string]string{"GRAFT_ADDR": g.Addr, "GRAFT_TOKEN": g.Token}
+	var stdout, stderr bytes.Buffer
+	if code := run(t.Context(), strings.Fields("replicate --duration 200ms --rate 10"), &stdout, &stderr, func(k string) string { return env[k] }); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+	if want := "  measured: the graftd at " + g.Addr + " (from GRAFT_ADDR; unset it to measure a graftd of its own)\n"; !strings.Contains(stdout.String(), want) {
+		t.Fatalf("output lacks %q:\n%s", want, stdout.String())
 	}
 }

@@ -453,7 +453,7 @@ func TestWatch(t *testing.T) {
 	lines := w.waitLines(3)
 	want := []string{
 		strconv.FormatInt(first, 10) + " put /t/watch/a root",
-		delRev + " delete /t/watch/a",
+		delRev + " delete /t/watch/a root", // who deleted it, as history says
 		strconv.FormatInt(b, 10) + " put /t/watch/b root",
 	}
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
@@ -473,7 +473,7 @@ func TestWatch(t *testing.T) {
 	lines = w.waitLines(3)
 	var ev eventView
 	decode(t, lines[1], &ev)
-	if ev.Type != "delete" || ev.Path != "/t/watch/a" || strconv.FormatInt(ev.Revision, 10) != delRev {
+	if ev.Type != "delete" || ev.Path != "/t/watch/a" || strconv.FormatInt(ev.Revision, 10) != delRev || ev.Author != "root" || ev.Time == "" {
 		t.Fatalf("watch -o json line = %+v", ev)
 	}
 	decode(t, lines[2], &ev)

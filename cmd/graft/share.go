@@ -62,6 +62,9 @@ func matchesPattern(p, d string) bool {
 type sharedView struct {
 	Rule   ruleView `json:"rule"`
 	Filled int      `json:"filled"`
+	// Existing says the share repeated a rule made before, which
+	// graftd answered with rather than refusing.
+	Existing bool `json:"existing"`
 }
 
 func (a *app) shareCmd() *cobra.Command {
@@ -84,7 +87,9 @@ before its first request is answered. An application appears when a token is
 created for app:<name>, or when app:<name> first authenticates (with a client
 certificate, or a token made before graft kept applications).
 
-Needs the share action on SOURCE. A destination that overlaps another rule's,
+Sharing again exactly what a rule shares (the same source, destinations and
+--on-delete) answers with that rule and creates none. Needs the share action
+on SOURCE. A destination that overlaps another rule's,
 a rule that would copy values back into their own source, or a destination
 that already holds hand-written values is refused, naming the conflict.`,
 		Example: `  graft share /dba/passpack/services/message-processor/mongo --to /app/message-processor/replicated/mongo
@@ -106,11 +111,19 @@ that already holds hand-written values is refused, naming the conflict.`,
 				return fmt.Errorf("share: --on-delete %q: want delete or retain", onDelete)
 			}
 			return a.WithClient(cmd, func(ctx context.Context, c *sdk.Client) error {
+				asked := time.Now()
 				r, n, err := c.Share(ctx, args[0], dests, sdk.ShareOptions{OnDelete: onDelete})
 				if err != nil {
 					return err
 				}
-				return a.Emit(sharedView{Rule: viewRule(r), Filled: n}, func(w io.Writer) error {
+				// graftd answers a share that repeats a rule with that
+				// rule; a rule created before this call is such an answer.
+				existing := r.Created.Before(asked)
+				return a.Emit(sharedView{Rule: viewRule(r), Filled: n, Existing: existing}, func(w io.Writer) error {
+					if existing {
+						_, err := fmt.Fprintf(w, "rule %s already shares this: %s → %s (%s in place)\n", r.ID, r.Source, destinationsText(r, ", "), plural(n, "value", "values"))
+						return err
+					}
 					_, err := fmt.Fprintf(w, "rule %s: %s → %s (%s copied)\n", r.ID, r.Source, destinationsText(r, ", "), plural(n, "value", "values"))
 					return err
 				})
@@ -246,6 +259,7 @@ type statusView struct {
 	DestinationRevision   int64      `json:"destination_revision,omitempty"`
 	InSync                *bool      `json:"in_sync,omitempty"`
 	LagMS                 *float64   `json:"lag_ms,omitempty"`
+	LagFrom               string     `json:"lag_from,omitempty"` // "source" or "rule": what lag_ms counts from
 	LastError             string     `json:"last_error,omitempty"`
 	Attempts              int        `json:"attempts,omitempty"`
 	LastErrorTime         string     `json:"last_error_time,omitempty"`
@@ -273,7 +287,7 @@ func (a *app) statusCmd() *cobra.Command {
 					if !st.Applied.IsZero() {
 						v.Applied = jsonTime(st.Applied)
 						ms := float64(st.Lag) / float64(time.Millisecond)
-						v.LagMS = &ms
+						v.LagMS, v.LagFrom = &ms, lagFrom(st)
 					}
 					v.LastError, v.Attempts = st.LastError, st.Attempts
 					if !st.LastErrorTime.IsZero() {
@@ -289,6 +303,16 @@ func (a *app) statusCmd() *cobra.Command {
 	}
 }
 
+// lagFrom says what a destination's lag counts from: graftd measures a
+// copy from the later of its source change and its rule's creation, so a
+// first fill of a value older than the rule ("rule") is not replication lag.
+func lagFrom(st sdk.ReplicationStatus) string {
+	if st.Rule != nil && !st.Applied.Add(-st.Lag).After(st.Rule.Created) {
+		return "rule"
+	}
+	return "source"
+}
+
 func writeStatus(w io.Writer, st sdk.ReplicationStatus) error {
 	var b strings.Builder
 	if st.Rule == nil && len(st.Feeds) == 0 {
@@ -300,7 +324,8 @@ func writeStatus(w io.Writer, st sdk.ReplicationStatus) error {
 		fmt.Fprintf(&b, "source revision:    %s\ncopied from:        %s\ndestination:        %s\nin sync:            %s\n",
 			revOrNone(st.SourceRevision, "(source deleted)"), revOrNone(st.AppliedSourceRevision, "-"), revOrNone(st.DestinationRevision, "(absent)"), yes[st.InSync])
 		if !st.Applied.IsZero() {
-			fmt.Fprintf(&b, "last copied:        %s, %s after the source changed\n", tableTime(st.Applied), st.Lag.Round(100*time.Microsecond))
+			after := map[string]string{"source": "the source changed", "rule": "the rule was created"}[lagFrom(st)]
+			fmt.Fprintf(&b, "last copied:        %s, %s after %s\n", tableTime(st.Applied), st.Lag.Round(100*time.Microsecond), after)
 		}
 		if st.LastError != "" {
 			fmt.Fprintf(&b, "last error:         %s (%d attempts, parked %s)\n", st.LastError, st.Attempts, tableTime(st.LastErrorTime))

@@ -204,3 +204,50 @@ func TestSharePattern(t *testing.T) {
 		t.Fatalf("share to a malformed pattern: %q", got)
 	}
 }
+
+// Sharing again what a rule shares answers with that rule and says so
+// (the README's agent section repeats the replication section's share);
+// a share that differs from it is still refused.
+func TestShareRepeated(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/dba/mp/mongo/password", "s3cret")
+	first := shareID(t, admin, "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	out := admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	if want := "rule " + first + " already shares this: /dba/mp/mongo → /app/mp/replicated/mongo (1 value in place)\n"; out != want {
+		t.Fatalf("the same share again printed %q, want %q", out, want)
+	}
+	var v sharedView
+	if err := json.Unmarshal([]byte(admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo", "-o", "json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Rule.ID != first || !v.Existing || v.Filled != 1 {
+		t.Fatalf("the same share again, as JSON: %+v", v)
+	}
+	if got := admin.fails("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo", "--on-delete", "retain"); !strings.Contains(got, first) {
+		t.Fatalf("a share that differs in --on-delete: %q, want a refusal naming %s", got, first)
+	}
+	if n := strings.Count(admin.ok("rules", "ls"), "\nr-"); n != 1 {
+		t.Fatalf("%d rules after repeated shares, want 1", n)
+	}
+}
+
+// After the first fill of a value older than its rule, status measures
+// from the rule's creation and says so (it said "after the source
+// changed"); after a change of the source, from that change.
+func TestStatusSaysWhatTheLagCountsFrom(t *testing.T) {
+	admin := newCLI(t, graftdtest.Start(t))
+	admin.put("/dba/mp/mongo/password", "s3cret")
+	admin.ok("share", "/dba/mp/mongo", "--to", "/app/mp/replicated/mongo")
+	if st := admin.ok("status", "/app/mp/replicated/mongo/password"); !strings.Contains(st, " after the rule was created\n") {
+		t.Fatalf("status after the first fill:\n%s", st)
+	}
+	var v statusView
+	if err := json.Unmarshal([]byte(admin.ok("status", "/app/mp/replicated/mongo/password", "-o", "json")), &v); err != nil || v.LagFrom != "rule" {
+		t.Fatalf("status -o json after the first fill: %+v, %v", v, err)
+	}
+	admin.put("/dba/mp/mongo/password", "rotated")
+	admin.eventually("/app/mp/replicated/mongo/password", "rotated")
+	if st := admin.ok("status", "/app/mp/replicated/mongo/password"); !strings.Contains(st, " after the source changed\n") {
+		t.Fatalf("status after a change:\n%s", st)
+	}
+}

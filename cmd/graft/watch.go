@@ -35,7 +35,7 @@ func (a *app) watchCmd() *cobra.Command {
 		Use:   "watch [PREFIX]",
 		Short: "Print the changes under a prefix as they happen",
 		Long: `Print one line per change under PREFIX (default /) until interrupted:
-"REV put PATH AUTHOR" or "REV delete PATH". Values are not shown unless
+"REV put PATH AUTHOR" or "REV delete PATH AUTHOR". Values are not shown unless
 --values is given (they are then quoted). --from-revision N starts at
 revision N, replaying the changes since; without it only changes from now
 on are shown. -o json prints one JSON object per line. The watch survives
@@ -88,8 +88,9 @@ func (a *app) printEvent(revision int64, ev sdk.Event, values bool) error {
 	switch a.Output {
 	case "json", "yaml":
 		v := eventView{Revision: revision, Type: ev.Type.String(), Path: e.Path}
+		v.Author, v.Time = e.Author, jsonTime(e.Time)
 		if ev.Type == sdk.EventPut {
-			v.Author, v.Time, v.Size = e.Author, jsonTime(e.Time), e.Size
+			v.Size = e.Size
 			if values {
 				v.Value, v.ValueBase64 = viewValue(e.Value)
 			}
@@ -106,8 +107,10 @@ func (a *app) printEvent(revision int64, ev sdk.Event, values bool) error {
 	}
 	var err error
 	switch {
+	case ev.Type == sdk.EventDelete && e.Author == "":
+		_, err = fmt.Fprintf(a.Stdout, "%d delete %s\n", revision, e.Path) // its history was trimmed
 	case ev.Type == sdk.EventDelete:
-		_, err = fmt.Fprintf(a.Stdout, "%d delete %s\n", revision, e.Path)
+		_, err = fmt.Fprintf(a.Stdout, "%d delete %s %s\n", revision, e.Path, e.Author)
 	case values:
 		_, err = fmt.Fprintf(a.Stdout, "%d put %s %s %s\n", revision, e.Path, e.Author, strconv.Quote(string(e.Value)))
 	default:

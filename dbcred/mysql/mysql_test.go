@@ -584,3 +584,9 @@ func TestOpenRefusesAPasswordSlashTakenForTheDatabases(t *testing.T) {
 	}
 	open(t, dsn)
 }
+
+// On a machine without MariaDB every test here skips, and with
+// GRAFT_REQUIRE_MYSQL=1 they fail.
+func TestSkipsWithoutMariaDB(t *testing.T) {
+	dbproc.CheckSkipsWithout(t, ".", []string{mysqltest.BinDirEnv + "=/nonexistent"}, "GRAFT_REQUIRE_MYSQL")
+}

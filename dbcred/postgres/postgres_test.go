@@ -595,3 +595,9 @@ func TestConcurrentCreate(t *testing.T) {
 		must(t, drivers[0].Test(ctx, u, g, pw))
 	}
 }
+
+// On a machine without PostgreSQL every test here skips, and with
+// GRAFT_REQUIRE_PG=1 they fail.
+func TestSkipsWithoutPostgreSQL(t *testing.T) {
+	dbproc.CheckSkipsWithout(t, ".", []string{"GRAFT_PG_BINDIR=/nonexistent"}, "GRAFT_REQUIRE_PG")
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/internal/dbproc"
+	"github.com/graft-sh/graft/internal/mysqltest"
 	"github.com/graft-sh/graft/internal/pgtest"
 	"github.com/graft-sh/graft/internal/testenv"
 )
@@ -288,4 +289,13 @@ func decode[T any](t *testing.T, body string) T {
 		t.Fatalf("decode %q: %v", body, err)
 	}
 	return v
+}
+
+// On a machine with neither PostgreSQL nor MariaDB every test skips or
+// passes without them (none fails because a subtest skipped), and each
+// GRAFT_REQUIRE_* makes them fail.
+func TestSkipsWithoutDatabases(t *testing.T) {
+	hide := []string{"GRAFT_PG_BINDIR=/nonexistent", mysqltest.BinDirEnv + "=/nonexistent"}
+	dbproc.CheckSkipsWithout(t, ".", hide, "GRAFT_REQUIRE_PG")
+	dbproc.CheckSkipsWithout(t, ".", hide, "GRAFT_REQUIRE_MYSQL")
 }

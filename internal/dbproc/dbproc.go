@@ -153,3 +153,45 @@ func FreePort(t testing.TB) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// CheckSkipsWithout proves that the tests matching run skip, and do not
+// fail, on a machine without the server, and fail when the environment
+// promises it. It runs this test binary again twice, without t itself:
+// with hide set (variables that point the helpers at a directory without
+// the server's programs, e.g. GRAFT_PG_BINDIR=/nonexistent), which must
+// pass having skipped at least one test; then with require=1 added too
+// (GRAFT_REQUIRE_PG), which must fail. A parent test that fails because
+// its subtest skipped, or a helper that fails where it should skip, fails
+// the first run.
+func CheckSkipsWithout(t *testing.T, run string, hide []string, require string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs the package's tests again")
+	}
+	// CI promises every server (GRAFT_REQUIRE_PG=1 GRAFT_REQUIRE_MYSQL=1):
+	// the first run must see none of those promises.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GRAFT_REQUIRE_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, hide...)
+	child := func(env []string) (string, error) {
+		cmd := exec.Command(os.Args[0], "-test.run="+run, "-test.skip=^"+t.Name()+"$", "-test.v", "-test.count=1")
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := child(env)
+	if err != nil {
+		t.Fatalf("with %v the tests %s failed instead of skipping: %v\n%s", hide, run, err, out)
+	}
+	if !strings.Contains(out, "--- SKIP: ") {
+		t.Fatalf("with %v no test of %s skipped:\n%s", hide, run, out)
+	}
+	out, err = child(append(env, require+"=1"))
+	if err == nil || !strings.Contains(out, require+"=1") {
+		t.Fatalf("with %v and %s=1 the tests %s did not fail for the missing server (%v):\n%s", hide, require, run, err, out)
+	}
+}

@@ -175,6 +175,12 @@ func unavailable(t testing.TB, reason string) {
 // programs are the paths of the server and of its initialisation script.
 type programs struct{ server, installDB string }
 
+// BinDirEnv names the one directory to find both programs in, instead of
+// Debian's /usr/sbin and /usr/bin and then $PATH: a MariaDB installed
+// elsewhere, or none at all (a directory without them) to see the tests
+// skip on a machine that has one.
+const BinDirEnv = "GRAFT_MYSQL_BINDIR"
+
 // prerequisites finds the server's programs and the user to run them as.
 func prerequisites() (programs, *syscall.Credential, error) {
 	var p programs
@@ -189,19 +195,27 @@ func prerequisites() (programs, *syscall.Credential, error) {
 	return p, cred, err
 }
 
-// find is the first of names in dir, else on $PATH.
+// find is the first of names in dir, else on $PATH; only in $BinDirEnv
+// when that is set.
 func find(dir string, names ...string) (string, error) {
+	only := os.Getenv(BinDirEnv)
+	if only != "" {
+		dir = only
+	}
 	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
 			return filepath.Join(dir, name), nil
 		}
+	}
+	if only != "" {
+		return "", fmt.Errorf("MariaDB's %s is not in %s (%s)", strings.Join(names, " or "), dir, BinDirEnv)
 	}
 	for _, name := range names {
 		if path, err := exec.LookPath(name); err == nil {
 			return path, nil
 		}
 	}
-	return "", fmt.Errorf("MariaDB's %s is not in %s or on PATH (apt-get install mariadb-server)", strings.Join(names, " or "), dir)
+	return "", fmt.Errorf("MariaDB's %s is not in %s or on PATH (apt-get install mariadb-server, or set %s)", strings.Join(names, " or "), dir, BinDirEnv)
 }
 
 // runAs is the identity the server runs as: the mysql system user's when

@@ -147,3 +147,9 @@ func testWait(t *testing.T, timeout time.Duration, cond func() bool) {
 		}
 	}
 }
+
+// On a machine without PostgreSQL every test here skips, and with
+// GRAFT_REQUIRE_PG=1 they fail.
+func TestSkipsWithoutPostgreSQL(t *testing.T) {
+	dbproc.CheckSkipsWithout(t, ".", []string{"GRAFT_PG_BINDIR=/nonexistent"}, "GRAFT_REQUIRE_PG")
+}
