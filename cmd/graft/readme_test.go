@@ -143,11 +143,6 @@ func TestReadmeTourRunsTopToBottom(t *testing.T) {
 		switch {
 		case strings.HasPrefix(cmd, "graft watch"):
 			cmd = "timeout 2 " + cmd + "\n[ $? = 124 ]" // it follows for ever
-		case strings.HasPrefix(cmd, "graft-agent --config agent.yaml &"):
-			// Until rollout status --wait waits for a consumer that has
-			// not reported yet (issue 18, finding 14), it can pass before
-			// the agent's first report on a loaded machine: wait for it.
-			cmd += "\nfor i in $(seq 300); do graft agents ls 2>/dev/null | grep -q message-processor && break; sleep 0.1; done"
 		case strings.HasPrefix(cmd, "graft-bench replicate"):
 			cmd = strings.Replace(cmd, "--duration 5s --rate 500", "--duration 500ms --rate 20", 1) // a figure, not a load test
 		}
