@@ -171,9 +171,11 @@ func TestReconcilerRunsOnRequest(t *testing.T) {
 	// start pass is done. Then change a source behind its back.
 	e.put(t, "/dba/q/before", "b")
 	go e.repl.RunReconciler(e.ctx, replicator.ReconcilerConfig{Interval: time.Hour})
+	// The pass counts its repair after the copy commits: wait for both,
+	// or base could miss the marker's repair and count it below.
 	testenv.WaitFor(t, 5*time.Second, func() bool {
 		v, err := e.Store.Get(e.ctx, "/app/a/replicated/q/before")
-		return err == nil && string(v.Value) == "b"
+		return err == nil && string(v.Value) == "b" && e.repairs(t) >= 1
 	})
 	base := e.repairs(t) // the start pass's copy of the marker
 	e.put(t, "/dba/q/k", "v")
