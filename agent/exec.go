@@ -72,18 +72,13 @@ func (a *Agent) renderEnv() ([]string, error) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	d := deps{paths: map[string]bool{}, prefixes: map[string]bool{}}
+	d := newDeps()
 	var env []string
 	var errs []error
 	v := a.view()
 	for _, k := range names {
 		out, kd, err := v.render("exec.env."+k, a.cfg.Exec.Env[k])
-		for p := range kd.paths {
-			d.paths[p] = true
-		}
-		for p := range kd.prefixes {
-			d.prefixes[p] = true
-		}
+		d.add(kd)
 		if err != nil {
 			errs = append(errs, err)
 			continue

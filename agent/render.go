@@ -9,7 +9,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"text/template"
 	"time"
@@ -28,10 +30,31 @@ type view struct {
 
 // deps are the paths a render read: exact paths, the tree prefixes it
 // listed, and the paths it looked for and did not find. A change to any of
-// them renders the template again.
+// them renders the template again. computed are those of them whose name
+// the template computed instead of writing it as a literal: such a name
+// may be made of a value (secret (secret "config/which")), so it is never
+// shown, in keys or in errors.
 type deps struct {
 	paths    map[string]bool
 	prefixes map[string]bool
+	computed map[string]bool
+}
+
+func newDeps() deps {
+	return deps{paths: map[string]bool{}, prefixes: map[string]bool{}, computed: map[string]bool{}}
+}
+
+// add records what o read too.
+func (d deps) add(o deps) {
+	for p := range o.paths {
+		d.paths[p] = true
+	}
+	for p := range o.prefixes {
+		d.prefixes[p] = true
+	}
+	for p := range o.computed {
+		d.computed[p] = true
+	}
 }
 
 func (d deps) touches(path string) bool {
@@ -46,27 +69,51 @@ func (d deps) touches(path string) bool {
 	return false
 }
 
-// keys are the paths a render read, sorted (for --dry-run and errors).
+// keys are the paths a render read, sorted (for --dry-run and reports),
+// without those the template computed.
 func (d deps) keys() []string {
 	out := make([]string, 0, len(d.paths)+len(d.prefixes))
 	for p := range d.paths {
-		out = append(out, p)
+		if !d.computed[p] {
+			out = append(out, p)
+		}
 	}
 	for p := range d.prefixes {
-		out = append(out, p+"/")
+		if !d.computed[p+"/"] {
+			out = append(out, p+"/")
+		}
 	}
 	sort.Strings(out)
 	return out
 }
 
 // MissingKeyError says a template read a key that is not in the tree.
+// Computed says the template computed the key's name, which is then not
+// shown (Key is empty).
 type MissingKeyError struct {
 	Template string
 	Key      string
+	Computed bool
 }
 
 func (e *MissingKeyError) Error() string {
+	if e.Computed {
+		return fmt.Sprintf("template %s: a key whose name the template computed does not exist (the name is withheld: it may be made of a value)", e.Template)
+	}
 	return fmt.Sprintf("template %s: key %s does not exist (graft ls %s shows what does)", e.Template, e.Key, path.Dir(e.Key))
+}
+
+// OutsideTreeError says a template named a path outside the agent's tree
+// (Path is empty when the template computed it: it is withheld).
+type OutsideTreeError struct {
+	Template, Path, Root string
+}
+
+func (e *OutsideTreeError) Error() string {
+	if e.Path == "" {
+		return fmt.Sprintf("template %s: a path the template computed is outside the agent's tree %s (the path is withheld: it may be made of a value)", e.Template, e.Root)
+	}
+	return fmt.Sprintf("template %s: %s is outside the agent's tree %s; share it into %s/replicated instead", e.Template, e.Path, e.Root, e.Root)
 }
 
 // rendered is one template's last outcome.
@@ -77,46 +124,68 @@ type rendered struct {
 }
 
 // resolve turns a template's path argument into an absolute path in the
-// tree: relative paths are below the tree.
-func (v *view) resolve(tmpl, p string) (string, error) {
+// tree: relative paths are below the tree. computed says the argument is
+// not a string literal of the template's text.
+func (v *view) resolve(tmpl, p string, computed bool) (string, error) {
 	abs := p
 	if !strings.HasPrefix(p, "/") {
 		abs = v.root + "/" + p
 	}
 	abs = strings.TrimSuffix(abs, "/")
 	if abs != v.root && !strings.HasPrefix(abs, v.root+"/") {
-		return "", fmt.Errorf("template %s: %s is outside the agent's tree %s; share it into %s/replicated instead", tmpl, p, v.root, v.root)
+		if computed {
+			p = ""
+		}
+		return "", &OutsideTreeError{Template: tmpl, Path: p, Root: v.root}
 	}
 	return abs, nil
+}
+
+// literal reports whether p is written in text as a string literal, so
+// that it is a name the template's author chose and not one computed,
+// perhaps from a value.
+func literal(text, p string) bool {
+	return strings.Contains(text, strconv.Quote(p)) || (!strings.Contains(p, "`") && strings.Contains(text, "`"+p+"`"))
 }
 
 // render executes one template against the view and returns its bytes
 // and what it read. A missing key is a *MissingKeyError.
 func (v *view) render(name, text string) ([]byte, deps, error) {
-	d := deps{paths: map[string]bool{}, prefixes: map[string]bool{}}
+	d := newDeps()
 	funcs := sprig.TxtFuncMap()
 	// env and expandenv would let a template read the agent's own
 	// environment into a file; keep templates to graft's values.
 	delete(funcs, "env")
 	delete(funcs, "expandenv")
 	funcs["secret"] = func(p string) (string, error) {
-		abs, err := v.resolve(name, p)
+		computed := !literal(text, p)
+		abs, err := v.resolve(name, p, computed)
 		if err != nil {
 			return "", err
 		}
 		d.paths[abs] = true
+		if computed {
+			d.computed[abs] = true
+		}
 		val, ok := v.values[abs]
 		if !ok {
+			if computed {
+				return "", &MissingKeyError{Template: name, Computed: true}
+			}
 			return "", &MissingKeyError{Template: name, Key: abs}
 		}
 		return string(val), nil
 	}
 	funcs["tree"] = func(p string) (map[string]string, error) {
-		abs, err := v.resolve(name, p)
+		computed := !literal(text, p)
+		abs, err := v.resolve(name, p, computed)
 		if err != nil {
 			return nil, err
 		}
 		d.prefixes[abs] = true
+		if computed {
+			d.computed[abs+"/"] = true
+		}
 		out := map[string]string{}
 		for k, val := range v.values {
 			if strings.HasPrefix(k, abs+"/") {
@@ -132,23 +201,79 @@ func (v *view) render(name, text string) ([]byte, deps, error) {
 	}
 	var buf bytes.Buffer
 	if err := t.Execute(&buf, nil); err != nil {
-		var missing *MissingKeyError
-		if errors.As(err, &missing) {
-			return nil, d, missing
-		}
-		return nil, d, fmt.Errorf("template %s: %w", name, scrub(err))
+		return nil, d, scrub(name, err)
 	}
 	return buf.Bytes(), d, nil
 }
 
-// scrub keeps an execution error's position and kind but not the values
-// text/template may quote in it.
-func scrub(err error) error {
-	msg := err.Error()
-	if i := strings.Index(msg, ": error calling "); i >= 0 {
-		return errors.New(msg[:i] + ": error calling " + strings.SplitN(msg[i+len(": error calling "):], ":", 2)[0])
+// execFailures describe text/template's execution failures by kind: the
+// words before the first argument of each of its messages, and what to
+// say instead. Only the kind is kept, because text/template's arguments
+// are often the values being rendered (range can't iterate over <value>)
+// and a function's error is whatever text the function chose (fail, a
+// parser quoting its input). Anything else gets a generic description.
+var execFailures = []struct{ prefix, say string }{
+	{"range can't iterate over ", "range can't iterate over this value"},
+	{"range over send-only channel ", "range can't iterate over this value"},
+	{"can't use ", "range can't iterate over this value with two variables"},
+	{"if/with can't use ", "if/with can't use this value"},
+	{"can't evaluate field ", "can't evaluate this field"},
+	{"map has no entry for key ", "map has no entry for this key"},
+	{"nil pointer evaluating ", "nil pointer evaluating a field"},
+	{"wrong number of args for ", "wrong number of arguments"},
+	{"wrong type for value", "an argument has the wrong type"},
+	{"invalid value; expected ", "an argument has the wrong type"},
+	{"can't handle ", "an argument has the wrong type"},
+	{"can't give argument to non-function ", "an argument given to something that is not a function"},
+	{"exceeded maximum template depth", "exceeded maximum template depth"},
+}
+
+// funcNameRE is a template function's name.
+var funcNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// scrub rebuilds an execution error from what cannot hold a value: the
+// template's name, the position and the source text of the action that
+// failed (text/template's prefix, all from the template, never from the
+// data), and a fixed description of the failure's kind (or the name of
+// the function whose call failed). Whatever text/template or a function
+// appended to that is dropped, so no form of a value (quoted, escaped,
+// embedded in a parser's error) can reach a log or a report. The agent's
+// own errors (a missing key, a path outside the tree) hold paths only and
+// pass unchanged.
+func scrub(name string, err error) error {
+	var missing *MissingKeyError
+	var outside *OutsideTreeError
+	switch {
+	case errors.As(err, &missing):
+		return missing
+	case errors.As(err, &outside):
+		return outside
 	}
-	return err
+	msg := err.Error()
+	// text/template's message is "template: LOCATION: executing NAME at
+	// <ACTION>: KIND ARGS..." (or "template: NAME: KIND ARGS..." with no
+	// position). Cutting at the first ">: " after "executing" keeps a
+	// prefix of the part made of the template's own text: the true end of
+	// that part is at or after it.
+	where := fmt.Sprintf("template: %s", name)
+	rest := ""
+	if i := strings.Index(msg, ": executing "); i >= 0 && strings.HasPrefix(msg, "template: ") {
+		if j := strings.Index(msg[i:], ">: "); j >= 0 {
+			where, rest = msg[:i+j+1], msg[i+j+3:]
+		}
+	}
+	say := "the template failed while running (the details are withheld: they may hold a value)"
+	if fn, _, ok := strings.Cut(strings.TrimPrefix(rest, "error calling "), ":"); ok && strings.HasPrefix(rest, "error calling ") && funcNameRE.MatchString(fn) {
+		say = "error calling " + fn + " (its message is withheld: it may hold a value)"
+	} else {
+		for _, f := range execFailures {
+			if strings.HasPrefix(rest, f.prefix) {
+				say = f.say
+				break
+			}
+		}
+	}
+	return fmt.Errorf("template %s: %s: %s", name, where, say)
 }
 
 // text returns a template's source: its contents, or its source file.
