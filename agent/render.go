@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/template"
 	"time"
 
@@ -307,17 +308,23 @@ func onDisk(name string) string {
 }
 
 // write puts data at the template's destination unless the file already
-// holds exactly it, and reports whether it wrote.
+// holds exactly it, and reports whether it wrote. Either way the file
+// ends with the template's mode and owner: a mode changed in the
+// configuration, or a file someone opened up, is put right without a
+// write (and without a reload: the bytes did not change).
 func (t Template) write(data []byte) (bool, error) {
-	if onDisk(t.Destination) == hashOf(data) {
-		return false, nil
-	}
 	uid, gid := -1, -1
 	if t.UID != nil {
 		uid = *t.UID
 	}
 	if t.GID != nil {
 		gid = *t.GID
+	}
+	if onDisk(t.Destination) == hashOf(data) {
+		if err := t.ensureModeAndOwner(uid, gid); err != nil {
+			return false, fmt.Errorf("template %s: %w", t.Destination, err)
+		}
+		return false, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(t.Destination), 0o755); err != nil {
 		return false, fmt.Errorf("template %s: %w", t.Destination, err)
@@ -326,6 +333,32 @@ func (t Template) write(data []byte) (bool, error) {
 		return false, fmt.Errorf("template %s: %w", t.Destination, err)
 	}
 	return true, nil
+}
+
+// ensureModeAndOwner gives an existing destination the template's mode,
+// and its owner and group when they are set (-1: left as it is).
+func (t Template) ensureModeAndOwner(uid, gid int) error {
+	st, err := os.Stat(t.Destination)
+	if err != nil {
+		return err
+	}
+	if st.Mode().Perm() != t.mode().Perm() {
+		if err := os.Chmod(t.Destination, t.mode()); err != nil {
+			return err
+		}
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		if uid >= 0 && int(sys.Uid) == uid {
+			uid = -1
+		}
+		if gid >= 0 && int(sys.Gid) == gid {
+			gid = -1
+		}
+	}
+	if uid >= 0 || gid >= 0 {
+		return os.Chown(t.Destination, uid, gid)
+	}
+	return nil
 }
 
 // sourceModTime is when a template's source file last changed.
