@@ -76,6 +76,7 @@ type Agent struct {
 	childEnv []string
 	envDeps  deps
 	signals  <-chan os.Signal
+	spawner  spawner
 
 	ready    atomic.Bool
 	applied  atomic.Int64
@@ -246,6 +247,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.signals != nil {
 			go a.forward(a.signals, cancel)
 		}
+		defer a.spawner.close()
 		defer a.stop()
 	}
 	if a.rotator != nil {
