@@ -136,7 +136,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 			a.kube[i] = newKubeRestarter(act.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes"))
 		}
 	}
-	if cfg.Listen != "off" && !cfg.Once && !cfg.DryRun {
+	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
 			client.Close()
@@ -507,7 +507,7 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 // outage; the next heartbeat tries again.
 func (a *Agent) report(ctx context.Context) {
 	rep := sdk.AgentReport{ID: a.cfg.ID, App: a.cfg.App, Host: a.host, Revision: a.applied.Load(),
-		Reloads: a.reloads, Healthy: a.healthy, Reason: a.reason}
+		Reloads: a.reloads, Healthy: a.healthy, Reason: a.reason, HTTPAddress: a.Addr()}
 	for i, t := range a.cfg.Templates {
 		st := a.state[i]
 		tr := sdk.TemplateReport{Destination: t.Destination, SHA256: st.hash, Keys: st.deps.keys()}

@@ -52,8 +52,9 @@ type Config struct {
 	RotationClaimTTL time.Duration `yaml:"rotation_claim_ttl"`
 	// RotationHook, for tests, is called at every boundary of a run.
 	RotationHook func(name string, b rotation.Boundary) `yaml:"-"`
-	// Listen is the loopback address of /healthz, /readyz and /metrics;
-	// "off" serves none.
+	// Listen is the loopback address of /healthz, /readyz and /metrics,
+	// such as 127.0.0.1:7431; they are off unless it is set ("off" or
+	// empty serves none), so that agents on one host never collide.
 	Listen   string `yaml:"listen"`
 	LogLevel string `yaml:"log_level"`
 	// Once renders and exits; DryRun reports what would change and exits.
@@ -131,9 +132,10 @@ type Wait struct {
 	Max time.Duration `yaml:"max"`
 }
 
-// Defaults of the agent.
+// Defaults of the agent. ExampleListen is the address the docs suggest
+// for the HTTP endpoints, which are off by default.
 const (
-	DefaultListen    = "127.0.0.1:7431"
+	ExampleListen    = "127.0.0.1:7431"
 	defaultMode      = "0600"
 	defaultHealthTTL = 60 * time.Second
 	defaultHTTPTime  = 10 * time.Second
@@ -141,7 +143,7 @@ const (
 
 // DefaultConfig is the configuration before any layer applies.
 func DefaultConfig() Config {
-	return Config{Server: "127.0.0.1:7420", Listen: DefaultListen, LogLevel: "info",
+	return Config{Server: "127.0.0.1:7420", Listen: "off", LogLevel: "info",
 		Wait: Wait{Min: 100 * time.Millisecond, Max: time.Second}}
 }
 
@@ -158,7 +160,7 @@ var options = config.Table[Config]{
 		config.Flag("insecure", "allow plaintext to a non-loopback server; the token crosses the network in the clear", func(c *Config) any { return &c.Insecure }),
 		config.Flag("app", "the application whose tree (/app/<app>) the agent renders", func(c *Config) any { return &c.App }),
 		config.Flag("id", "the agent's name in its reports, unique within the application (default: the host name)", func(c *Config) any { return &c.ID }),
-		config.Flag("listen", `loopback address of /healthz, /readyz and /metrics ("off" for none)`, func(c *Config) any { return &c.Listen }),
+		config.Flag("listen", `loopback address to serve /healthz, /readyz and /metrics on, such as `+ExampleListen+` (default off: none served)`, func(c *Config) any { return &c.Listen }),
 		config.Flag("log-level", "debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
 	},
 }
@@ -178,6 +180,10 @@ func Flags(fs *pflag.FlagSet) func(file string, env func(string) (string, bool))
 		return cfg, cfg.Validate()
 	}
 }
+
+// ServesHTTP reports whether the configuration turns the HTTP endpoints
+// on.
+func (c Config) ServesHTTP() bool { return c.Listen != "" && c.Listen != "off" }
 
 // Root is the agent's tree.
 func (c Config) Root() string { return "/app/" + c.App }
@@ -308,10 +314,10 @@ func (c Config) Validate() error {
 	if c.Wait.Min < 0 || c.Wait.Max < 0 || (c.Wait.Max > 0 && c.Wait.Max < c.Wait.Min) {
 		p.Add("wait: want 0 <= min <= max (such as {min: 1s, max: 10s})")
 	}
-	if c.Listen != "off" {
+	if c.ServesHTTP() {
 		host, _, err := net.SplitHostPort(c.Listen)
 		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			p.Add("listen %q: want a loopback host:port such as %s, or off", c.Listen, DefaultListen)
+			p.Add("listen %q: want a loopback host:port such as %s, or off", c.Listen, ExampleListen)
 		}
 	}
 	switch c.LogLevel {

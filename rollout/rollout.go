@@ -27,6 +27,9 @@ type Report struct {
 	Reloads   []ReloadReport   `json:"reloads,omitempty"`
 	Healthy   bool             `json:"healthy"`
 	Reason    string           `json:"reason,omitempty"`
+	// HTTPAddress is where the agent serves /healthz, /readyz and
+	// /metrics ("" when off).
+	HTTPAddress string `json:"http_address,omitempty"`
 	// Time is when the agent first reported this state: a report that
 	// changes nothing only renews the lease.
 	Time      time.Time `json:"time"`

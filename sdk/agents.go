@@ -19,6 +19,12 @@ type AgentReport struct {
 	Reason    string    // why not healthy, or why a reload failed; never a value
 	Time      time.Time // set by graftd
 	Principal string    // set by graftd
+	// Instance is a random id the agent process picks when it starts:
+	// graftd tells two live agents under one ID apart by it.
+	Instance string
+	// HTTPAddress is where the agent serves /healthz, /readyz and
+	// /metrics; empty when they are off.
+	HTTPAddress string
 }
 
 // TemplateReport is one rendered file.
@@ -40,7 +46,8 @@ type ReloadReport struct {
 // report again before it ends to stay listed. An application may report
 // only for itself.
 func (c *Client) Report(ctx context.Context, r AgentReport, ttl time.Duration) error {
-	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason}
+	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason,
+		Instance: r.Instance, HttpAddress: r.HTTPAddress}
 	for _, t := range r.Templates {
 		p.Templates = append(p.Templates, &graftv1.TemplateReport{Destination: t.Destination, Sha256: t.SHA256, Keys: t.Keys, Error: t.Error})
 	}
@@ -67,7 +74,8 @@ func (c *Client) ListAgents(ctx context.Context, app string) ([]AgentReport, err
 }
 
 func reportFrom(p *graftv1.AgentReport) AgentReport {
-	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal()}
+	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal(),
+		Instance: p.GetInstance(), HTTPAddress: p.GetHttpAddress()}
 	if t := p.GetTime(); t != nil {
 		r.Time = t.AsTime()
 	}

@@ -24,6 +24,9 @@ type Agents interface {
 
 var _ Agents = (*rollout.Registry)(nil)
 
+// maxHTTPAddress bounds a report's http_address (a host:port).
+const maxHTTPAddress = 260
+
 // Report implements graftv1.AgentServiceServer: an agent reports for its
 // own application only (admins for any).
 func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graftv1.ReportResponse, error) {
@@ -34,6 +37,9 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 	p := principal(ctx)
 	if _, err := store.ParsePath("/app/" + rep.App); err != nil || rep.App == "" || strings.Contains(rep.App, "/") {
 		return nil, toStatus(invalid("report: app %q: want the application's name, one path segment", rep.App))
+	}
+	if len(rep.HTTPAddress) > maxHTTPAddress {
+		return nil, toStatus(invalid("report: http_address: want a host:port of at most %d bytes", maxHTTPAddress))
 	}
 	if app, ok := replicator.AppName(p.Name); (!ok || app != rep.App) && !s.may(ctx, acl.ActionAdmin, adminPath) {
 		return nil, toStatus(&acl.DeniedError{Principal: p.Name, Action: "report", Path: "/app/" + rep.App})
@@ -95,7 +101,8 @@ func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRe
 }
 
 func reportFrom(p *graftv1.AgentReport) rollout.Report {
-	r := rollout.Report{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason()}
+	r := rollout.Report{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(),
+		HTTPAddress: p.GetHttpAddress()}
 	for _, t := range p.GetTemplates() {
 		r.Templates = append(r.Templates, rollout.TemplateReport{Destination: t.GetDestination(), SHA256: t.GetSha256(), Keys: t.GetKeys(), Error: t.GetError()})
 	}
@@ -106,7 +113,8 @@ func reportFrom(p *graftv1.AgentReport) rollout.Report {
 }
 
 func reportProto(r rollout.Report) *graftv1.AgentReport {
-	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Principal: r.Principal, Time: timestamppb.New(r.Time)}
+	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Principal: r.Principal, Time: timestamppb.New(r.Time),
+		HttpAddress: r.HTTPAddress}
 	for _, t := range r.Templates {
 		p.Templates = append(p.Templates, &graftv1.TemplateReport{Destination: t.Destination, Sha256: t.SHA256, Keys: t.Keys, Error: t.Error})
 	}
