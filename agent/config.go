@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/url"
@@ -35,8 +37,11 @@ type Config struct {
 	Insecure bool `yaml:"insecure"`
 	// App names the agent's tree, /app/<app>.
 	App string `yaml:"app"`
-	// ID names the agent in its reports, unique within the application
-	// (default: the host name).
+	// ID names the agent in its reports, unique within the application.
+	// The default is the host name and a short hash of the absolute path
+	// of the configuration file (without one, of the app, its templates'
+	// destinations and exec command): two agents on one host differ, and
+	// an agent keeps its id across restarts.
 	ID        string     `yaml:"id"`
 	Templates []Template `yaml:"templates"`
 	Reload    []Action   `yaml:"reload"`
@@ -65,8 +70,9 @@ type Config struct {
 	// kubeconfig (tests give client-go's fake).
 	Kubernetes KubernetesClient `yaml:"-"`
 	// base is the directory relative template sources are read from (the
-	// configuration file's).
+	// configuration file's); file is that file's absolute path.
 	base string
+	file string
 }
 
 // TLS are the files of a TLS connection to graftd: the CA that signed
@@ -159,7 +165,7 @@ var options = config.Table[Config]{
 		config.Flag("tls-key-file", "the key of --tls-cert-file", func(c *Config) any { return &c.TLS.KeyFile }),
 		config.Flag("insecure", "allow plaintext to a non-loopback server; the token crosses the network in the clear", func(c *Config) any { return &c.Insecure }),
 		config.Flag("app", "the application whose tree (/app/<app>) the agent renders", func(c *Config) any { return &c.App }),
-		config.Flag("id", "the agent's name in its reports, unique within the application (default: the host name)", func(c *Config) any { return &c.ID }),
+		config.Flag("id", "the agent's name in its reports, unique within the application (default: the host name and a hash of the config file's path)", func(c *Config) any { return &c.ID }),
 		config.Flag("listen", `loopback address to serve /healthz, /readyz and /metrics on, such as `+ExampleListen+` (default off: none served)`, func(c *Config) any { return &c.Listen }),
 		config.Flag("log-level", "debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
 	},
@@ -176,9 +182,41 @@ func Flags(fs *pflag.FlagSet) func(file string, env func(string) (string, bool))
 		}
 		if file != "" {
 			cfg.base = filepath.Dir(file)
+			if abs, err := filepath.Abs(file); err == nil {
+				cfg.file = abs
+			}
 		}
 		return cfg, cfg.Validate()
 	}
+}
+
+// DefaultID is the agent's id when the configuration sets none: the host
+// name and a short hash of what tells this agent from another on the same
+// host, and stays the same when it restarts: the absolute path of its
+// configuration file, or, without one, its app, template destinations,
+// exec command and rotations.
+func (c Config) DefaultID(host string) string {
+	h := sha256.New()
+	if c.file != "" {
+		fmt.Fprintf(h, "file\x00%s", c.file)
+	} else {
+		fmt.Fprintf(h, "app\x00%s\x00", c.App)
+		for _, t := range c.Templates {
+			fmt.Fprintf(h, "dest\x00%s\x00", filepath.Clean(t.Destination))
+		}
+		if c.Exec != nil {
+			fmt.Fprintf(h, "exec\x00%q\x00", c.Exec.Command)
+		}
+		fmt.Fprintf(h, "rotations\x00%v\x00%q", c.Rotations.Enabled(), c.Rotations.Names)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))[:8]
+	if host == "" {
+		host = "agent"
+	}
+	if len(host) > 200 {
+		host = host[:200]
+	}
+	return host + "-" + sum
 }
 
 // ServesHTTP reports whether the configuration turns the HTTP endpoints
