@@ -177,16 +177,13 @@ func Flags(fs *pflag.FlagSet) func(file string, env func(string) (string, bool))
 	load := options.Bind(fs)
 	return func(file string, env func(string) (string, bool)) (Config, error) {
 		cfg, err := load(file, env)
-		if err != nil {
-			return cfg, err
-		}
 		if file != "" {
 			cfg.base = filepath.Dir(file)
 			if abs, err := filepath.Abs(file); err == nil {
 				cfg.file = abs
 			}
 		}
-		return cfg, cfg.Validate()
+		return cfg, config.Merge(err, cfg.Validate())
 	}
 }
 
@@ -284,6 +281,12 @@ func (c Config) Validate() error {
 		seen[filepath.Clean(t.Destination)] = true
 		if (t.Contents == "") == (t.Source == "") {
 			p.Add("%s (%s): give exactly one of contents and source", where, t.Destination)
+		} else if text, err := t.text(c.base); err == nil {
+			// A source file that is not there yet is read at render
+			// time; one that is must parse now.
+			if err := parseTemplate(t.Destination, text); err != nil {
+				p.Add("%s (%s): %v", where, t.Destination, err)
+			}
 		}
 		if t.Mode != "" {
 			if m, err := strconv.ParseUint(t.Mode, 8, 32); err != nil || m > 0o7777 {

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"regexp"
@@ -38,9 +39,12 @@ func (e *Exec) validate(add func(string, ...any)) {
 	if len(e.Command) == 0 || e.Command[0] == "" {
 		add("exec.command: give the program and its arguments as a list")
 	}
-	for k := range e.Env {
+	for _, k := range slices.Sorted(maps.Keys(e.Env)) {
 		if !envNameRE.MatchString(k) {
 			add("exec.env: %q is not an environment variable name", k)
+		}
+		if err := parseTemplate("exec.env."+k, e.Env[k]); err != nil {
+			add("exec.env.%s: %v", k, err)
 		}
 	}
 	if _, err := parseSignal(e.StopSignal); err != nil {

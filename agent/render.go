@@ -149,15 +149,32 @@ func literal(text, p string) bool {
 	return strings.Contains(text, strconv.Quote(p)) || (!strings.Contains(p, "`") && strings.Contains(text, "`"+p+"`"))
 }
 
+// baseFuncs are sprig's functions a template may call. env and expandenv
+// would let a template read the agent's own environment into a file;
+// templates keep to graft's values.
+func baseFuncs() template.FuncMap {
+	funcs := sprig.TxtFuncMap()
+	delete(funcs, "env")
+	delete(funcs, "expandenv")
+	return funcs
+}
+
+// parseTemplate parses text as render does, with stand-ins for graft's
+// own functions: validation reports a syntax error before any render.
+func parseTemplate(name, text string) error {
+	funcs := baseFuncs()
+	funcs["secret"] = func(string) (string, error) { return "", nil }
+	funcs["tree"] = func(string) (map[string]string, error) { return nil, nil }
+	funcs["revision"] = func() int64 { return 0 }
+	_, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text)
+	return err
+}
+
 // render executes one template against the view and returns its bytes
 // and what it read. A missing key is a *MissingKeyError.
 func (v *view) render(name, text string) ([]byte, deps, error) {
 	d := newDeps()
-	funcs := sprig.TxtFuncMap()
-	// env and expandenv would let a template read the agent's own
-	// environment into a file; keep templates to graft's values.
-	delete(funcs, "env")
-	delete(funcs, "expandenv")
+	funcs := baseFuncs()
 	funcs["secret"] = func(p string) (string, error) {
 		computed := !literal(text, p)
 		abs, err := v.resolve(name, p, computed)
