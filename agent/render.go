@@ -31,18 +31,20 @@ type view struct {
 
 // deps are the paths a render read: exact paths, the tree prefixes it
 // listed, and the paths it looked for and did not find. A change to any of
-// them renders the template again. computed are those of them whose name
-// the template computed instead of writing it as a literal: such a name
-// may be made of a value (secret (secret "config/which")), so it is never
-// shown, in keys or in errors.
+// them renders the template again. withheld are those of them that name
+// nothing in the tree and whose name the template computed instead of
+// writing it as a literal: such a name may be made of a value (secret
+// (secret "config/apikey")), so it is never shown, in keys or in errors.
+// A computed name that exists is a name in the tree, shown like any other
+// (rollout status finds the consumers of a path by them).
 type deps struct {
 	paths    map[string]bool
 	prefixes map[string]bool
-	computed map[string]bool
+	withheld map[string]bool
 }
 
 func newDeps() deps {
-	return deps{paths: map[string]bool{}, prefixes: map[string]bool{}, computed: map[string]bool{}}
+	return deps{paths: map[string]bool{}, prefixes: map[string]bool{}, withheld: map[string]bool{}}
 }
 
 // add records what o read too.
@@ -53,8 +55,8 @@ func (d deps) add(o deps) {
 	for p := range o.prefixes {
 		d.prefixes[p] = true
 	}
-	for p := range o.computed {
-		d.computed[p] = true
+	for p := range o.withheld {
+		d.withheld[p] = true
 	}
 }
 
@@ -71,16 +73,16 @@ func (d deps) touches(path string) bool {
 }
 
 // keys are the paths a render read, sorted (for --dry-run and reports),
-// without those the template computed.
+// without the withheld ones.
 func (d deps) keys() []string {
 	out := make([]string, 0, len(d.paths)+len(d.prefixes))
 	for p := range d.paths {
-		if !d.computed[p] {
+		if !d.withheld[p] {
 			out = append(out, p)
 		}
 	}
 	for p := range d.prefixes {
-		if !d.computed[p+"/"] {
+		if !d.withheld[p+"/"] {
 			out = append(out, p+"/")
 		}
 	}
@@ -182,12 +184,10 @@ func (v *view) render(name, text string) ([]byte, deps, error) {
 			return "", err
 		}
 		d.paths[abs] = true
-		if computed {
-			d.computed[abs] = true
-		}
 		val, ok := v.values[abs]
 		if !ok {
 			if computed {
+				d.withheld[abs] = true
 				return "", &MissingKeyError{Template: name, Computed: true}
 			}
 			return "", &MissingKeyError{Template: name, Key: abs}
@@ -201,14 +201,14 @@ func (v *view) render(name, text string) ([]byte, deps, error) {
 			return nil, err
 		}
 		d.prefixes[abs] = true
-		if computed {
-			d.computed[abs+"/"] = true
-		}
 		out := map[string]string{}
 		for k, val := range v.values {
 			if strings.HasPrefix(k, abs+"/") {
 				out[strings.TrimPrefix(k, abs+"/")] = string(val)
 			}
+		}
+		if computed && len(out) == 0 {
+			d.withheld[abs+"/"] = true
 		}
 		return out, nil
 	}

@@ -69,6 +69,10 @@ func TestAgentTemplateErrorsCarryNoValue(t *testing.T) {
 	for name, text := range shapes {
 		templates = append(templates, agent.Template{Destination: filepath.Join(e.dir, name), Contents: text})
 	}
+	// A name the template computed that exists in the tree is a name like
+	// any other: it is reported, so that rollout status counts the agent.
+	computed := filepath.Join(e.dir, "computed")
+	templates = append(templates, agent.Template{Destination: computed, Contents: `{{ secret (printf "replicated/mongo/%s" "password") }}`})
 	cfg := e.config(templates)
 	_, logs := startLogged(t, cfg)
 	var report string
@@ -93,6 +97,9 @@ func TestAgentTemplateErrorsCarryNoValue(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not every template failed:\n%s", report)
 		}
+	}
+	if want := computed + `:  ["/app/message-processor/replicated/mongo/password"]`; !strings.Contains(report, want) {
+		t.Errorf("the report lacks %s:\n%s", want, report)
 	}
 	for name := range shapes {
 		if !strings.Contains(report, filepath.Join(e.dir, name)+": template "+filepath.Join(e.dir, name)) {
