@@ -9,7 +9,7 @@ import (
 
 // AgentReport is what one graft-agent runs.
 type AgentReport struct {
-	ID        string // unique within its application; the host by default
+	ID        string // unique within its application; graft-agent: the host and a hash of its config path by default
 	App       string
 	Host      string
 	Revision  int64 // the store revision of the tree it last rendered from
