@@ -13,8 +13,10 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 
 	"github.com/graft-sh/graft/internal/retry"
 	"github.com/graft-sh/graft/sdk"
@@ -66,8 +69,12 @@ type Agent struct {
 	// reloadPending says a reload or its health check was cut short by
 	// a newer revision: the next render reloads even if it writes nothing.
 	reloadPending bool
-	// reportFailing is set while reports fail, to log once per outage.
-	reportFailing bool
+	// instance is the random id of this agent process, in every report:
+	// graftd refuses a report under an id another live process holds.
+	instance string
+	// reportState is how the last report went ("" sent, "failing" or
+	// "refused"), to log once per change and not every heartbeat.
+	reportState string
 
 	// exec: the running application (guarded by mu for the signal
 	// forwarder), the environment it runs with, what exec.env read.
@@ -76,6 +83,7 @@ type Agent struct {
 	childEnv []string
 	envDeps  deps
 	signals  <-chan os.Signal
+	spawner  spawner
 
 	ready    atomic.Bool
 	applied  atomic.Int64
@@ -120,10 +128,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		holder = defaultHolder(host)
 	}
 	if cfg.ID == "" {
-		cfg.ID = host
+		cfg.ID = cfg.DefaultID(host)
 	}
 	reg := prometheus.NewRegistry()
-	a := &Agent{cfg: cfg, sc: sc, token: token, host: host, healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
+	a := &Agent{cfg: cfg, sc: sc, token: token, host: host, instance: newInstance(), healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates)),
 		kube: map[int]*kubeRestarter{}}
@@ -135,7 +143,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 			a.kube[i] = newKubeRestarter(act.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes"))
 		}
 	}
-	if cfg.Listen != "off" && !cfg.Once && !cfg.DryRun {
+	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
 			client.Close()
@@ -246,6 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.signals != nil {
 			go a.forward(a.signals, cancel)
 		}
+		defer a.spawner.close()
 		defer a.stop()
 	}
 	if a.rotator != nil {
@@ -505,7 +514,7 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 // outage; the next heartbeat tries again.
 func (a *Agent) report(ctx context.Context) {
 	rep := sdk.AgentReport{ID: a.cfg.ID, App: a.cfg.App, Host: a.host, Revision: a.applied.Load(),
-		Reloads: a.reloads, Healthy: a.healthy, Reason: a.reason}
+		Reloads: a.reloads, Healthy: a.healthy, Reason: a.reason, HTTPAddress: a.Addr(), Instance: a.instance}
 	for i, t := range a.cfg.Templates {
 		st := a.state[i]
 		tr := sdk.TemplateReport{Destination: t.Destination, SHA256: st.hash, Keys: st.deps.keys()}
@@ -516,17 +525,60 @@ func (a *Agent) report(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := a.client.Report(rctx, rep, reportTTL); err != nil {
-		if !a.reportFailing && ctx.Err() == nil {
-			a.log.Warn("cannot report to graftd; retrying every heartbeat", "err", err)
-		}
-		a.reportFailing = true
+	err := a.client.Report(rctx, rep, reportTTL)
+	if ctx.Err() != nil {
 		return
 	}
-	if a.reportFailing {
-		a.log.Info("reporting to graftd again")
+	a.noteReport(err)
+}
+
+// noteReport logs how a report went when that changed since the last
+// one: reports go every 5 s, the log says each change once. A refusal
+// because another live agent holds the id is its own state, with what to
+// do; the agent keeps rendering and reloading, and keeps trying.
+func (a *Agent) noteReport(err error) {
+	state := ""
+	switch {
+	case err == nil:
+	case idTaken(err):
+		state = "refused"
+	default:
+		state = "failing"
 	}
-	a.reportFailing = false
+	if state == a.reportState {
+		return
+	}
+	prev := a.reportState
+	a.reportState = state
+	switch state {
+	case "refused":
+		a.log.Error("graftd refuses this agent's reports: another live agent reports under the same id; give each agent its own (id: or --id), or stop the other one. This agent goes on rendering and tries again every heartbeat",
+			"id", a.cfg.ID, "app", a.cfg.App, "instance", a.instance, "err", err)
+	case "failing":
+		a.log.Warn("cannot report to graftd; retrying every heartbeat", "err", err)
+	default:
+		if prev == "refused" {
+			a.log.Info("graftd accepts this agent's reports again", "id", a.cfg.ID)
+		} else {
+			a.log.Info("reporting to graftd again")
+		}
+	}
+}
+
+// idTaken reports whether graftd refused a report because another live
+// agent process holds its id: AlreadyExists, or a refusal that names the
+// instance.
+func idTaken(err error) bool {
+	var e *sdk.Error
+	return errors.As(err, &e) && (e.Code == codes.AlreadyExists ||
+		e.Code == codes.FailedPrecondition && strings.Contains(e.Message, "instance"))
+}
+
+// newInstance returns a random id for this agent process.
+func newInstance() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func touched(d deps, changed map[string]bool) bool {

@@ -116,13 +116,20 @@ func (e *env) put(path, value string) {
 	}
 }
 
-// config is an agent configuration for the application with the given
-// templates and reloads, debounced by 50 ms.
-func (e *env) config(templates []agent.Template, reload ...agent.Action) agent.Config {
+// tokenFile writes the application's token to a file and returns its
+// name.
+func (e *env) tokenFile() string {
 	tokenFile := filepath.Join(e.dir, "token")
 	if err := os.WriteFile(tokenFile, []byte(e.token+"\n"), 0o600); err != nil {
 		e.t.Fatal(err)
 	}
+	return tokenFile
+}
+
+// config is an agent configuration for the application with the given
+// templates and reloads, debounced by 50 ms.
+func (e *env) config(templates []agent.Template, reload ...agent.Action) agent.Config {
+	tokenFile := e.tokenFile()
 	cfg := agent.DefaultConfig()
 	cfg.Server, cfg.TokenFile, cfg.App, cfg.Listen = e.g.Addr, tokenFile, "message-processor", "127.0.0.1:0"
 	cfg.Templates, cfg.Reload = templates, reload

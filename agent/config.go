@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/url"
@@ -35,8 +37,11 @@ type Config struct {
 	Insecure bool `yaml:"insecure"`
 	// App names the agent's tree, /app/<app>.
 	App string `yaml:"app"`
-	// ID names the agent in its reports, unique within the application
-	// (default: the host name).
+	// ID names the agent in its reports, unique within the application.
+	// The default is the host name and a short hash of the absolute path
+	// of the configuration file (without one, of the app, its templates'
+	// destinations and exec command): two agents on one host differ, and
+	// an agent keeps its id across restarts.
 	ID        string     `yaml:"id"`
 	Templates []Template `yaml:"templates"`
 	Reload    []Action   `yaml:"reload"`
@@ -52,8 +57,9 @@ type Config struct {
 	RotationClaimTTL time.Duration `yaml:"rotation_claim_ttl"`
 	// RotationHook, for tests, is called at every boundary of a run.
 	RotationHook func(name string, b rotation.Boundary) `yaml:"-"`
-	// Listen is the loopback address of /healthz, /readyz and /metrics;
-	// "off" serves none.
+	// Listen is the loopback address of /healthz, /readyz and /metrics,
+	// such as 127.0.0.1:7431; they are off unless it is set ("off" or
+	// empty serves none), so that agents on one host never collide.
 	Listen   string `yaml:"listen"`
 	LogLevel string `yaml:"log_level"`
 	// Once renders and exits; DryRun reports what would change and exits.
@@ -64,8 +70,9 @@ type Config struct {
 	// kubeconfig (tests give client-go's fake).
 	Kubernetes KubernetesClient `yaml:"-"`
 	// base is the directory relative template sources are read from (the
-	// configuration file's).
+	// configuration file's); file is that file's absolute path.
 	base string
+	file string
 }
 
 // TLS are the files of a TLS connection to graftd: the CA that signed
@@ -131,9 +138,10 @@ type Wait struct {
 	Max time.Duration `yaml:"max"`
 }
 
-// Defaults of the agent.
+// Defaults of the agent. ExampleListen is the address the docs suggest
+// for the HTTP endpoints, which are off by default.
 const (
-	DefaultListen    = "127.0.0.1:7431"
+	ExampleListen    = "127.0.0.1:7431"
 	defaultMode      = "0600"
 	defaultHealthTTL = 60 * time.Second
 	defaultHTTPTime  = 10 * time.Second
@@ -141,7 +149,7 @@ const (
 
 // DefaultConfig is the configuration before any layer applies.
 func DefaultConfig() Config {
-	return Config{Server: "127.0.0.1:7420", Listen: DefaultListen, LogLevel: "info",
+	return Config{Server: "127.0.0.1:7420", Listen: "off", LogLevel: "info",
 		Wait: Wait{Min: 100 * time.Millisecond, Max: time.Second}}
 }
 
@@ -157,8 +165,8 @@ var options = config.Table[Config]{
 		config.Flag("tls-key-file", "the key of --tls-cert-file", func(c *Config) any { return &c.TLS.KeyFile }),
 		config.Flag("insecure", "allow plaintext to a non-loopback server; the token crosses the network in the clear", func(c *Config) any { return &c.Insecure }),
 		config.Flag("app", "the application whose tree (/app/<app>) the agent renders", func(c *Config) any { return &c.App }),
-		config.Flag("id", "the agent's name in its reports, unique within the application (default: the host name)", func(c *Config) any { return &c.ID }),
-		config.Flag("listen", `loopback address of /healthz, /readyz and /metrics ("off" for none)`, func(c *Config) any { return &c.Listen }),
+		config.Flag("id", "the agent's name in its reports, unique within the application (default: the host name and a hash of the config file's path)", func(c *Config) any { return &c.ID }),
+		config.Flag("listen", `loopback address to serve /healthz, /readyz and /metrics on, such as `+ExampleListen+` (default off: none served)`, func(c *Config) any { return &c.Listen }),
 		config.Flag("log-level", "debug, info, warn or error", func(c *Config) any { return &c.LogLevel }),
 	},
 }
@@ -169,15 +177,48 @@ func Flags(fs *pflag.FlagSet) func(file string, env func(string) (string, bool))
 	load := options.Bind(fs)
 	return func(file string, env func(string) (string, bool)) (Config, error) {
 		cfg, err := load(file, env)
-		if err != nil {
-			return cfg, err
-		}
 		if file != "" {
 			cfg.base = filepath.Dir(file)
+			if abs, err := filepath.Abs(file); err == nil {
+				cfg.file = abs
+			}
 		}
-		return cfg, cfg.Validate()
+		return cfg, config.Merge(err, cfg.Validate())
 	}
 }
+
+// DefaultID is the agent's id when the configuration sets none: the host
+// name and a short hash of what tells this agent from another on the same
+// host, and stays the same when it restarts: the absolute path of its
+// configuration file, or, without one, its app, template destinations,
+// exec command and rotations.
+func (c Config) DefaultID(host string) string {
+	h := sha256.New()
+	if c.file != "" {
+		fmt.Fprintf(h, "file\x00%s", c.file)
+	} else {
+		fmt.Fprintf(h, "app\x00%s\x00", c.App)
+		for _, t := range c.Templates {
+			fmt.Fprintf(h, "dest\x00%s\x00", filepath.Clean(t.Destination))
+		}
+		if c.Exec != nil {
+			fmt.Fprintf(h, "exec\x00%q\x00", c.Exec.Command)
+		}
+		fmt.Fprintf(h, "rotations\x00%v\x00%q", c.Rotations.Enabled(), c.Rotations.Names)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))[:8]
+	if host == "" {
+		host = "agent"
+	}
+	if len(host) > 200 {
+		host = host[:200]
+	}
+	return host + "-" + sum
+}
+
+// ServesHTTP reports whether the configuration turns the HTTP endpoints
+// on.
+func (c Config) ServesHTTP() bool { return c.Listen != "" && c.Listen != "off" }
 
 // Root is the agent's tree.
 func (c Config) Root() string { return "/app/" + c.App }
@@ -240,6 +281,12 @@ func (c Config) Validate() error {
 		seen[filepath.Clean(t.Destination)] = true
 		if (t.Contents == "") == (t.Source == "") {
 			p.Add("%s (%s): give exactly one of contents and source", where, t.Destination)
+		} else if text, err := t.text(c.base); err == nil {
+			// A source file that is not there yet is read at render
+			// time; one that is must parse now.
+			if err := parseTemplate(t.Destination, text); err != nil {
+				p.Add("%s (%s): %v", where, t.Destination, err)
+			}
 		}
 		if t.Mode != "" {
 			if m, err := strconv.ParseUint(t.Mode, 8, 32); err != nil || m > 0o7777 {
@@ -308,10 +355,10 @@ func (c Config) Validate() error {
 	if c.Wait.Min < 0 || c.Wait.Max < 0 || (c.Wait.Max > 0 && c.Wait.Max < c.Wait.Min) {
 		p.Add("wait: want 0 <= min <= max (such as {min: 1s, max: 10s})")
 	}
-	if c.Listen != "off" {
+	if c.ServesHTTP() {
 		host, _, err := net.SplitHostPort(c.Listen)
 		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			p.Add("listen %q: want a loopback host:port such as %s, or off", c.Listen, DefaultListen)
+			p.Add("listen %q: want a loopback host:port such as %s, or off", c.Listen, ExampleListen)
 		}
 	}
 	switch c.LogLevel {

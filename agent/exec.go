@@ -3,11 +3,14 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -36,9 +39,12 @@ func (e *Exec) validate(add func(string, ...any)) {
 	if len(e.Command) == 0 || e.Command[0] == "" {
 		add("exec.command: give the program and its arguments as a list")
 	}
-	for k := range e.Env {
+	for _, k := range slices.Sorted(maps.Keys(e.Env)) {
 		if !envNameRE.MatchString(k) {
 			add("exec.env: %q is not an environment variable name", k)
+		}
+		if err := parseTemplate("exec.env."+k, e.Env[k]); err != nil {
+			add("exec.env.%s: %v", k, err)
 		}
 	}
 	if _, err := parseSignal(e.StopSignal); err != nil {
@@ -72,18 +78,13 @@ func (a *Agent) renderEnv() ([]string, error) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	d := deps{paths: map[string]bool{}, prefixes: map[string]bool{}}
+	d := newDeps()
 	var env []string
 	var errs []error
 	v := a.view()
 	for _, k := range names {
 		out, kd, err := v.render("exec.env."+k, a.cfg.Exec.Env[k])
-		for p := range kd.paths {
-			d.paths[p] = true
-		}
-		for p := range kd.prefixes {
-			d.prefixes[p] = true
-		}
+		d.add(kd)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -95,11 +96,20 @@ func (a *Agent) renderEnv() ([]string, error) {
 }
 
 // start runs the application with env added to the agent's environment.
+//
+// The application runs in a process group of its own, so that its stop
+// signal and the final SIGKILL reach the processes it started too, and
+// with SIGKILL as its parent-death signal, so that an agent that is
+// killed (kill -9, the OOM killer) leaves no orphan behind for the next
+// agent to run a second copy beside. The kernel sends that signal when
+// the thread that forked the child exits, not the process: the fork
+// happens on the spawner's thread, locked for the agent's life.
 func (a *Agent) start(env []string) error {
 	cmd := exec.Command(a.cfg.Exec.Command[0], a.cfg.Exec.Command[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := a.spawn(cmd); err != nil {
 		return fmt.Errorf("exec %s: %w", a.cfg.Exec.Command[0], err)
 	}
 	c := &child{cmd: cmd, done: make(chan struct{})}
@@ -129,14 +139,69 @@ func (a *Agent) stop() {
 	if timeout <= 0 {
 		timeout = defaultStopTimeout
 	}
-	c.cmd.Process.Signal(sig)
+	c.signalGroup(sig)
 	select {
 	case <-c.done:
 	case <-time.After(timeout):
 		a.log.Warn("the application did not stop in time; killing it", "pid", c.cmd.Process.Pid, "stop_timeout", timeout)
-		c.cmd.Process.Kill()
+		c.signalGroup(syscall.SIGKILL)
 		<-c.done
 	}
+	// What the application started and left behind goes with it.
+	c.signalGroup(syscall.SIGKILL)
+}
+
+// signalGroup sends sig to the application's process group: the
+// application and every process it started that stayed in its group.
+func (c *child) signalGroup(sig syscall.Signal) {
+	if err := syscall.Kill(-c.cmd.Process.Pid, sig); err != nil {
+		c.cmd.Process.Signal(sig)
+	}
+}
+
+// spawner starts processes from one goroutine locked to its OS thread for
+// the agent's life: a child's parent-death signal fires when the thread
+// that forked it exits, and the Go runtime may end other threads.
+type spawner struct {
+	requests chan spawnRequest
+	once     sync.Once
+}
+
+type spawnRequest struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// spawn starts cmd on the spawner's thread.
+func (a *Agent) spawn(cmd *exec.Cmd) error {
+	a.spawner.once.Do(func() {
+		a.spawner.requests = make(chan spawnRequest)
+		go func() {
+			// Never unlocked: the thread exits with the agent, and only
+			// then do the children get their parent-death signal.
+			runtime.LockOSThread()
+			for r := range a.spawner.requests {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	r := spawnRequest{cmd: cmd, done: make(chan error, 1)}
+	a.spawner.requests <- r
+	return <-r.done
+}
+
+// close ends the spawner's goroutine, and its thread, once the
+// application has stopped; nothing spawns after it.
+func (s *spawner) close() {
+	s.once.Do(func() {})
+	if s.requests != nil {
+		close(s.requests)
+	}
+}
+
+func isSyscallSignal(sig os.Signal) bool {
+	_, ok := sig.(syscall.Signal)
+	return ok
 }
 
 // childDone is closed when the running application exits (never, while
@@ -206,6 +271,10 @@ func (a *Agent) forward(signals <-chan os.Signal, cancel func()) {
 		c := a.child
 		a.mu.Unlock()
 		switch {
+		case c != nil && sig != syscall.SIGHUP && isSyscallSignal(sig):
+			// A terminal would have sent SIGINT to the whole foreground
+			// group; the application's group is its own now.
+			c.signalGroup(sig.(syscall.Signal))
 		case c != nil:
 			c.cmd.Process.Signal(sig)
 		case sig != syscall.SIGHUP:

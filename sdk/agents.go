@@ -9,7 +9,7 @@ import (
 
 // AgentReport is what one graft-agent runs.
 type AgentReport struct {
-	ID        string // unique within its application; the host by default
+	ID        string // unique within its application; graft-agent: the host and a hash of its config path by default
 	App       string
 	Host      string
 	Revision  int64 // the store revision of the tree it last rendered from
@@ -22,6 +22,12 @@ type AgentReport struct {
 	// SinceRevision is the store revision at which graftd first stored
 	// this agent process's report (set by graftd).
 	SinceRevision int64
+	// Instance is a random id the agent process picks when it starts:
+	// graftd tells two live agents under one ID apart by it.
+	Instance string
+	// HTTPAddress is where the agent serves /healthz, /readyz and
+	// /metrics; empty when they are off.
+	HTTPAddress string
 }
 
 // TemplateReport is one rendered file.
@@ -43,7 +49,8 @@ type ReloadReport struct {
 // report again before it ends to stay listed. An application may report
 // only for itself.
 func (c *Client) Report(ctx context.Context, r AgentReport, ttl time.Duration) error {
-	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason}
+	p := &graftv1.AgentReport{Id: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason,
+		Instance: r.Instance, HttpAddress: r.HTTPAddress}
 	for _, t := range r.Templates {
 		p.Templates = append(p.Templates, &graftv1.TemplateReport{Destination: t.Destination, Sha256: t.SHA256, Keys: t.Keys, Error: t.Error})
 	}
@@ -70,7 +77,8 @@ func (c *Client) ListAgents(ctx context.Context, app string) ([]AgentReport, err
 }
 
 func reportFrom(p *graftv1.AgentReport) AgentReport {
-	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal(), SinceRevision: p.GetSinceRevision()}
+	r := AgentReport{ID: p.GetId(), App: p.GetApp(), Host: p.GetHost(), Revision: p.GetRevision(), Healthy: p.GetHealthy(), Reason: p.GetReason(), Principal: p.GetPrincipal(),
+		SinceRevision: p.GetSinceRevision(), Instance: p.GetInstance(), HTTPAddress: p.GetHttpAddress()}
 	if t := p.GetTime(); t != nil {
 		r.Time = t.AsTime()
 	}

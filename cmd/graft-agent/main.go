@@ -88,6 +88,8 @@ at once.
 		a.ForwardSignals(sigs)
 		if addr := a.Addr(); addr != "" {
 			log.Info("graft-agent started", "app", cfg.App, "server", cfg.Server, "endpoints", "http://"+addr)
+		} else if !once && !dryRun {
+			log.Info("graft-agent started", "app", cfg.App, "server", cfg.Server, "endpoints", "off (set listen: to serve /healthz, /readyz and /metrics)")
 		}
 		err = a.Run(ctx)
 		var exit *agent.ExitError

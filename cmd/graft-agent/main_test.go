@@ -67,3 +67,51 @@ listen: 0.0.0.0:7431
 		}
 	}
 }
+
+// An unknown key, the other mistakes and every template's syntax error
+// (contents, a source file, exec.env) come in one error, before any
+// render.
+func TestAgentConfigReportsEveryProblemAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bad.tmpl"), []byte(`{{ if }}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "agent.yaml")
+	text := `app: mp
+token_file: /t
+templats: []
+templates:
+  - destination: /tmp/graft-test/a
+    contents: '{{ secret "x" '
+  - destination: /tmp/graft-test/b
+    source: bad.tmpl
+  - destination: /tmp/graft-test/c
+    contents: '{{ nosuchfunc "x" }}'
+  - destination: relative
+    contents: ok
+exec:
+  command: [/bin/true]
+  env: {PW: '{{ end }}'}
+wait: {min: 10s, max: 1s}
+`
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := runAgent(t, "--config", config)
+	if err == nil {
+		t.Fatal("a bad configuration was accepted")
+	}
+	for _, want := range []string{
+		"field templats not found",
+		"templates[0] (/tmp/graft-test/a): template: /tmp/graft-test/a:1: unclosed action",
+		"templates[1] (/tmp/graft-test/b): template: /tmp/graft-test/b:1: missing value for if",
+		`templates[2] (/tmp/graft-test/c): template: /tmp/graft-test/c:1: function "nosuchfunc" not defined`,
+		`destination "relative" must be an absolute path`,
+		"exec.env.PW: template: exec.env.PW:1: unexpected {{end}}",
+		"wait: want 0 <= min <= max",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the problems lack %q:\n%v", want, err)
+		}
+	}
+}

@@ -31,6 +31,9 @@ type agentView struct {
 	Principal string         `json:"principal"`
 	Templates []templateView `json:"templates"`
 	Reloads   []reloadView   `json:"reloads,omitempty"`
+
+	// HTTPAddress serves the agent's /healthz, /readyz and /metrics.
+	HTTPAddress string `json:"http_address,omitempty"`
 }
 
 type templateView struct {
@@ -47,7 +50,7 @@ type reloadView struct {
 }
 
 func viewAgent(r sdk.AgentReport) agentView {
-	v := agentView{ID: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Time: jsonTime(r.Time), Principal: r.Principal, Templates: []templateView{}}
+	v := agentView{ID: r.ID, App: r.App, Host: r.Host, Revision: r.Revision, Healthy: r.Healthy, Reason: r.Reason, Time: jsonTime(r.Time), Principal: r.Principal, HTTPAddress: r.HTTPAddress, Templates: []templateView{}}
 	for _, t := range r.Templates {
 		v.Templates = append(v.Templates, templateView(t))
 	}
@@ -96,7 +99,7 @@ reporting drops out within 15 s.`,
 						_, err := fmt.Fprintln(a.stderr, "no agents are reporting")
 						return err
 					}
-					tab := newTable(w, "APP", "ID", "HOST", "REVISION", "FILES", "HEALTH", "REPORTED")
+					tab := newTable(w, "APP", "ID", "HOST", "HTTP", "REVISION", "FILES", "HEALTH", "REPORTED")
 					for _, r := range reps {
 						failed := 0
 						for _, t := range r.Templates {
@@ -112,7 +115,11 @@ reporting drops out within 15 s.`,
 						if r.Reason != "" {
 							h += ": " + r.Reason
 						}
-						tab.row(r.App, r.ID, r.Host, fmt.Sprint(r.Revision), files, h, tableTime(r.Time))
+						addr := r.HTTPAddress
+						if addr == "" {
+							addr = "-"
+						}
+						tab.row(r.App, r.ID, r.Host, addr, fmt.Sprint(r.Revision), files, h, tableTime(r.Time))
 					}
 					return tab.flush()
 				})

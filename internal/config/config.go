@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,17 +80,26 @@ func (t Table[T]) Bind(fs *pflag.FlagSet) Loader[T] {
 	}
 	return func(file string, env func(string) (string, bool)) (T, error) {
 		cfg := t.Defaults()
-		var problems []error
+		var p Problems
 		if file != "" {
-			if err := LoadFile(file, &cfg); err != nil {
-				problems = append(problems, err)
+			var te *yaml.TypeError
+			switch err := LoadFile(file, &cfg); {
+			case errors.As(err, &te):
+				// Unknown keys and mistyped values: the decoder went on
+				// with the rest, so validation can report its problems
+				// alongside these.
+				for _, e := range te.Errors {
+					p.Add("config file %s: %s", file, e)
+				}
+			case err != nil:
+				return cfg, err // unreadable, or not YAML: nothing to validate
 			}
 		}
 		for _, o := range t.Options {
 			name := t.EnvName(o.Flag)
 			if v, ok := env(name); ok {
 				if err := setString(o.Field(&cfg), v); err != nil {
-					problems = append(problems, fmt.Errorf("%s=%q: %w", name, v, err))
+					p.Add("%s=%q: %v", name, v, err)
 				}
 			}
 		}
@@ -98,8 +108,31 @@ func (t Table[T]) Bind(fs *pflag.FlagSet) Loader[T] {
 				copyValue(o.Field(&cfg), o.Field(&flagVals))
 			}
 		}
-		return cfg, errors.Join(problems...)
+		return cfg, p.Err()
 	}
+}
+
+// Merge returns the problems of loading (a Loader's error) and of
+// validating together, in one error, so that a user sees every problem at
+// once. A load error that left nothing to validate (an unreadable file, a
+// file that is not YAML) is returned alone.
+func Merge(load, validate error) error {
+	var lp *ProblemsError
+	if load != nil && !errors.As(load, &lp) {
+		return load
+	}
+	var all Problems
+	for _, err := range []error{load, validate} {
+		var pe *ProblemsError
+		switch {
+		case err == nil:
+		case errors.As(err, &pe):
+			all.list = append(all.list, pe.List...)
+		default:
+			all.list = append(all.list, err.Error())
+		}
+	}
+	return all.Err()
 }
 
 // LoadFile decodes the YAML file name into cfg, refusing keys that cfg has
@@ -182,11 +215,20 @@ func (p *Problems) Add(format string, args ...any) {
 	p.list = append(p.list, fmt.Sprintf(format, args...))
 }
 
-// Err returns nil without problems, or one error listing each on its own
-// line.
+// Err returns nil without problems, or one *ProblemsError listing each on
+// its own line.
 func (p *Problems) Err() error {
 	if len(p.list) == 0 {
 		return nil
 	}
-	return fmt.Errorf("invalid configuration:\n  - %s", strings.Join(p.list, "\n  - "))
+	return &ProblemsError{List: slices.Clone(p.list)}
+}
+
+// ProblemsError is every problem found in a configuration.
+type ProblemsError struct {
+	List []string
+}
+
+func (e *ProblemsError) Error() string {
+	return fmt.Sprintf("invalid configuration:\n  - %s", strings.Join(e.List, "\n  - "))
 }

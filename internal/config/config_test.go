@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,5 +100,29 @@ func TestProblems(t *testing.T) {
 	p.Add("--b is required")
 	if got, want := p.Err().Error(), "invalid configuration:\n  - --a 3: too big\n  - --b is required"; got != want {
 		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+// The problems of loading (unknown keys, bad variables) and of validating
+// come in one list; a file that cannot be read at all stands alone.
+func TestMergeKeepsEveryProblem(t *testing.T) {
+	_, loadErr := load(t, "cuont: 5\n", map[string]string{"TEST_COUNT": "many"})
+	var v config.Problems
+	v.Add("--b is required")
+	err := config.Merge(loadErr, v.Err())
+	for _, want := range []string{"field cuont not found", "TEST_COUNT", "--b is required"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("merged error %v lacks %q", err, want)
+		}
+	}
+	if err == nil || strings.Count(err.Error(), "invalid configuration") != 1 {
+		t.Errorf("merged error is not one list:\n%v", err)
+	}
+	fatal := errors.New("config file: open x: no such file or directory")
+	if got := config.Merge(fatal, v.Err()); got != fatal {
+		t.Errorf("Merge of an unreadable file = %v, want it alone", got)
+	}
+	if got := config.Merge(nil, nil); got != nil {
+		t.Errorf("Merge(nil, nil) = %v", got)
 	}
 }

@@ -168,8 +168,15 @@ var options = config.Table[Config]{
 
 // Flags binds every option to fs, with the defaults shown in the help. The
 // returned function loads the final Config: defaults, file, environment,
-// then the flags the user set.
-func Flags(fs *pflag.FlagSet) config.Loader[Config] { return options.Bind(fs) }
+// then the flags the user set, and validates it, with the problems of
+// loading (unknown keys) and of validating in one error.
+func Flags(fs *pflag.FlagSet) config.Loader[Config] {
+	load := options.Bind(fs)
+	return func(file string, env func(string) (string, bool)) (Config, error) {
+		cfg, err := load(file, env)
+		return cfg, config.Merge(err, cfg.Validate())
+	}
+}
 
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {

@@ -22,7 +22,7 @@ func load(t *testing.T, file string, env map[string]string, args ...string) (Con
 
 func TestConfigPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "graftd.yaml")
-	os.WriteFile(file, []byte("history_limit: 7\nmax_value_bytes: 1000\nlog_level: warn\netcd:\n  endpoints: [http://a:2379]\n"), 0o600)
+	os.WriteFile(file, []byte("history_limit: 7\nmax_value_bytes: 1000\nlog_level: warn\netcd:\n  endpoints: [http://a:2379]\nnats:\n  url: nats://a:4222\nkeyring_file: keyring.json\n"), 0o600)
 	cfg, err := load(t, file,
 		map[string]string{"GRAFT_MAX_VALUE_BYTES": "2000", "GRAFT_LOG_LEVEL": "error", "GRAFT_ETCD_ENDPOINTS": "http://b:2379,http://c:2379"},
 		"--log-level=debug")
