@@ -251,7 +251,11 @@ func (rep Report) Validate() error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 	}
 	if rep.ID == "" || strings.Contains(rep.ID, "/") || len(rep.ID) > MaxNameBytes {
-		return bad("agent id %q: want a name of at most %d bytes without / (the default is the host name)", rep.ID, MaxNameBytes)
+		id := rep.ID
+		if len(id) > MaxNameBytes { // quote no more of it than a valid id holds
+			id = id[:MaxNameBytes] + "…"
+		}
+		return bad("agent id %q (%d bytes): want a name of at most %d bytes without / (the default is the host name)", id, len(rep.ID), MaxNameBytes)
 	}
 	type text struct {
 		field, value string

@@ -48,7 +48,8 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 		return nil, toStatus(denied)
 	}
 	if err := rep.Validate(); err != nil {
-		return nil, toStatus(fmt.Errorf("report of agent %q of %s: %w", rep.ID, rep.App, err))
+		// The id is not validated yet: quote no more of it than a valid one holds.
+		return nil, toStatus(fmt.Errorf("report of agent %q of %s: %w", clip(rep.ID, rollout.MaxNameBytes), rep.App, err))
 	}
 	for _, t := range rep.Templates {
 		for _, k := range t.Keys {
@@ -169,4 +170,12 @@ func reportProto(r rollout.Report) *graftv1.AgentReport {
 		p.Reloads = append(p.Reloads, &graftv1.ReloadReport{Kind: l.Kind, Ok: l.OK, Error: l.Error})
 	}
 	return p
+}
+
+// clip returns s cut to at most n bytes, marked when cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

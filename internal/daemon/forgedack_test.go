@@ -138,6 +138,12 @@ func TestForgedAcknowledgementsAreRefused(t *testing.T) {
 	}
 	refused("an escape sequence in the host", codes.InvalidArgument, "control character",
 		report(t.Context(), pet, &graftv1.AgentReport{Id: "x", App: "pet", Host: "h\x1b]0;owned\x07", Revision: 1}))
+	// An oversized id is refused without being echoed back whole.
+	longID := strings.Repeat("b", 1<<20)
+	err = report(t.Context(), pet, &graftv1.AgentReport{Id: longID, App: "pet", Revision: 1})
+	if msg := status.Convert(err).Message(); status.Code(err) != codes.InvalidArgument || len(msg) > 1024 || !strings.Contains(msg, "at most 253 bytes") {
+		t.Errorf("a 1 MiB agent id: %s, %d bytes: %.300q; want InvalidArgument saying at most 253 bytes, without echoing the id", status.Code(err), len(msg), msg)
+	}
 
 	// Reports made before the publish, at the highest revision the store
 	// allowed then.
