@@ -46,3 +46,25 @@ func TestScrubDSN(t *testing.T) {
 		t.Errorf("an error without the password came back as %#v", got)
 	}
 }
+
+// Redact removes every secret from a message, keeps errors.Is working
+// through it, and hands out no unwrapped error that holds the original
+// message; an error without a secret is returned as it is.
+func TestRedact(t *testing.T) {
+	inner := fmt.Errorf("%w: near 'hunter2-password' in %w", ErrLogin, context.DeadlineExceeded)
+	err := Redact(fmt.Errorf("test login as blue: %w", inner), "hunter2-password", "", "*ABCDEF")
+	if strings.Contains(err.Error(), "hunter2-password") || !strings.Contains(err.Error(), "[redacted]") {
+		t.Errorf("message %q", err)
+	}
+	if !errors.Is(err, ErrLogin) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("errors.Is lost its causes: %v", err)
+	}
+	if errors.Unwrap(err) != nil {
+		t.Error("the redacted error unwraps to the original")
+	}
+
+	clean := errors.New("dial tcp 127.0.0.1:1: connection refused")
+	if got := Redact(clean, "hunter2-password"); got != clean {
+		t.Errorf("an error without a secret came back as %#v", got)
+	}
+}

@@ -98,7 +98,7 @@ func Open(ctx context.Context, adminDSN string) (*Driver, error) {
 	}
 	connector, err := mysqldriver.NewConnector(cfg)
 	if err != nil {
-		return nil, redact(fmt.Errorf("open mysql: %w", err), cfg.Passwd)
+		return nil, dbcred.Redact(fmt.Errorf("open mysql: %w", err), cfg.Passwd)
 	}
 	db := sql.OpenDB(connector)
 	db.SetMaxOpenConns(4)
@@ -426,34 +426,7 @@ func nativeHash(password string) string {
 	return "*" + strings.ToUpper(hex.EncodeToString(second[:]))
 }
 
-// redact keeps the admin password out of err's message; see redact.
+// redact keeps the admin password, and secrets, out of err's message.
 func (d *Driver) redact(err error, secrets ...string) error {
-	return redact(err, append(secrets, d.cfg.Passwd)...)
+	return dbcred.Redact(err, append(secrets, d.cfg.Passwd)...)
 }
-
-// redact replaces every secret in err's message. The errors the driver
-// wraps come from the server and the network, and name users and
-// addresses, not passwords; this is for the message that would.
-func redact(err error, secrets ...string) error {
-	msg := err.Error()
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-		}
-	}
-	if msg == err.Error() {
-		return err
-	}
-	return &redactedError{msg: msg, err: err}
-}
-
-// redactedError is an error whose message had a secret removed. It
-// answers errors.Is for what it wraps but has no Unwrap, which would hand
-// out the original message.
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string        { return e.msg }
-func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
