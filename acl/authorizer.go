@@ -267,6 +267,13 @@ func (a *Authorizer) MayBelow(p Principal, act Action, prefix string) bool {
 	if _, err := store.ParsePrefix(prefix); err != nil || !act.valid() {
 		return false
 	}
+	return len(a.allowedBelow(p, act, prefix, true)) > 0
+}
+
+// allowedBelow returns the patterns of p's allow rules for act that reach
+// at or below prefix; the first one alone when first is set.
+func (a *Authorizer) allowedBelow(p Principal, act Action, prefix string, first bool) []Pattern {
+	var out []Pattern
 	roles := a.roles(p)
 	for _, pol := range a.policies {
 		if !slices.Contains(roles, pol.Role) {
@@ -278,12 +285,14 @@ func (a *Authorizer) MayBelow(p Principal, act Action, prefix string) bool {
 			}
 			for _, raw := range r.Paths {
 				if pat, ok := a.patterns[raw]; ok && pat.MatchesBelow(prefix, p) {
-					return true
+					if out = append(out, pat); first {
+						return out
+					}
 				}
 			}
 		}
 	}
-	return false
+	return out
 }
 
 // Reachable returns the subtrees at or below prefix in which p may do act
@@ -299,30 +308,15 @@ func (a *Authorizer) Reachable(p Principal, act Action, prefix string) []string 
 	if _, err := store.ParsePrefix(prefix); err != nil || !act.valid() {
 		return nil
 	}
-	roles := a.roles(p)
 	var roots []string
-	for _, pol := range a.policies {
-		if !slices.Contains(roles, pol.Role) {
-			continue
-		}
-		for _, r := range pol.Rules {
-			if r.Effect != EffectAllow || !slices.Contains(r.Actions, act) {
-				continue
-			}
-			for _, raw := range r.Paths {
-				pat, ok := a.patterns[raw]
-				if !ok || !pat.MatchesBelow(prefix, p) {
-					continue
-				}
-				stem, ok := pat.Stem(p)
-				switch {
-				case !ok:
-				case store.Under(stem, prefix):
-					roots = append(roots, stem)
-				case store.Under(prefix, stem):
-					roots = append(roots, prefix)
-				}
-			}
+	for _, pat := range a.allowedBelow(p, act, prefix, false) {
+		stem, ok := pat.Stem(p)
+		switch {
+		case !ok:
+		case store.Under(stem, prefix):
+			roots = append(roots, stem)
+		case store.Under(prefix, stem):
+			roots = append(roots, prefix)
 		}
 	}
 	return outermost(roots)
