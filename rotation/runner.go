@@ -134,8 +134,6 @@ type run struct {
 	// lastDetail is the detail last persisted for the step in progress,
 	// so a repeated error is stored once.
 	lastDetail string
-	// acked are the agents the rollout step saw run the revision.
-	acked []string
 }
 
 // Run drives the rotation from view until no run is in progress and none
@@ -301,14 +299,14 @@ func (x *run) step(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	detail, verdict, err := x.apply(sctx, last.Name)
+	out, err := x.apply(sctx, last.Name)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	err, verdict = x.scrub(err), x.scrubText(verdict)
+	err, out.verdict = x.scrub(err), x.scrubText(out.verdict)
 	switch {
-	case verdict != "":
-		return x.rollback(ctx, verdict)
+	case out.verdict != "":
+		return x.rollback(ctx, out.verdict)
 	case errors.Is(err, errWait):
 		return nil
 	case err != nil && x.cfg.Conflict(err):
@@ -320,7 +318,7 @@ func (x *run) step(ctx context.Context) error {
 		return x.note(ctx, last, err)
 	}
 	x.hook(last.Name, "applied")
-	return x.finish(ctx, last, detail)
+	return x.finish(ctx, last, out)
 }
 
 // scrub removes what may be the admin DSN's password, or a piece of it,
@@ -418,20 +416,22 @@ func (x *run) ended() {
 	}
 }
 
-// finish persists the end of the step in progress.
-func (x *run) finish(ctx context.Context, last Step, detail string) error {
+// finish persists the end of the step in progress, with what its side
+// effect came to. A publish's revision is stored in the same write as the
+// step's end, so a run resumed after a crash reads it from the state.
+func (x *run) finish(ctx context.Context, last Step, out outcome) error {
 	next := x.view.State
 	next.Steps = append([]Step(nil), next.Steps...)
 	s := &next.Steps[len(next.Steps)-1]
-	s.Finished, s.Detail = x.now(), detail
+	s.Finished, s.Detail = x.now(), out.detail
 	switch last.Name {
 	case StepPublish:
-		next.PublishedRevision = revisionIn(detail)
+		next.PublishedRevision = out.revision
 	case StepRollout:
 		next.RetireAt = x.now().Add(x.spec.RetireGrace)
-		next.Acked = x.acked
+		next.Acked = out.acked
 	case StepRollbackPublish:
-		next.RollbackRevision = revisionIn(detail)
+		next.RollbackRevision = out.revision
 	}
 	if err := x.persist(ctx, next, nil); err != nil {
 		return err
@@ -534,48 +534,67 @@ func (x *run) persistRollback(ctx context.Context, next State, first string) err
 	return nil
 }
 
-// apply does the side effect of step. It returns the step's detail, or a
-// verdict: a reason to roll back at once. Every side effect may run again
-// after a crash and comes to the same.
-func (x *run) apply(ctx context.Context, step string) (detail, verdict string, err error) {
+// outcome is what a step's side effect came to.
+type outcome struct {
+	// detail says it for a human: `graft rotation status` shows it.
+	detail string
+	// verdict, when set, is a reason to roll back at once; the step
+	// does not finish.
+	verdict string
+	// revision is the store revision a publish wrote, or found already
+	// holding what it would write.
+	revision int64
+	// acked are the agents a rollout saw run the revision.
+	acked []string
+}
+
+func stepDone(detail string) outcome    { return outcome{detail: detail} }
+func rollBackFor(reason string) outcome { return outcome{verdict: reason} }
+func publishedAt(rev int64) outcome {
+	return outcome{detail: fmt.Sprintf("revision %d", rev), revision: rev}
+}
+
+// apply does the side effect of step and says what it came to. Every
+// side effect may run again after a crash and comes to the same.
+func (x *run) apply(ctx context.Context, step string) (outcome, error) {
 	if x.secrets == nil {
-		return "", "the run's passwords are gone (sealed with a key no longer in graftd's keyring?)", nil
+		return rollBackFor("the run's passwords are gone (sealed with a key no longer in graftd's keyring?)"), nil
 	}
 	switch step {
 	case StepKey:
 		drv, err := x.driver(ctx)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 		if err := drv.EnsureGroup(ctx, x.spec.Group); err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 		if err := drv.SetPassword(ctx, x.view.NewUser, x.spec.Group, x.secrets.NewPassword); err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
-		return "re-keyed " + x.view.NewUser, "", nil
+		return stepDone("re-keyed " + x.view.NewUser), nil
 	case StepTest:
 		drv, err := x.driver(ctx)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 		if err := drv.Test(ctx, x.view.NewUser, x.spec.Group, x.secrets.NewPassword); errors.Is(err, dbcred.ErrLogin) {
-			return "", "login test of " + x.view.NewUser + " failed: " + err.Error(), nil
+			return rollBackFor("login test of " + x.view.NewUser + " failed: " + err.Error()), nil
 		} else if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
-		return x.view.NewUser + " logs in as " + x.spec.Group, "", nil
+		return stepDone(x.view.NewUser + " logs in as " + x.spec.Group), nil
 	case StepPublish:
 		rev, err := x.publish(ctx, x.view.NewUser, x.secrets.NewPassword)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
-		return fmt.Sprintf("revision %d", rev), "", nil
+		return publishedAt(rev), nil
 	case StepRollout:
 		if x.view.ActiveUser == "" {
 			// The first credential replaces none: no consumer can run
 			// without it yet, and there is no old user to protect.
-			return "the first credential: no old user to retire, so no consumer to wait for", "", nil
+			return stepDone("the first credential: no old user to retire, so no consumer to wait for"), nil
 		}
 		return x.rollout(ctx, x.view.PublishedRevision, true)
 	case StepRetire:
@@ -583,23 +602,22 @@ func (x *run) apply(ctx context.Context, step string) (detail, verdict string, e
 	case StepRollbackPublish:
 		rev, err := x.publish(ctx, x.view.ActiveUser, x.secrets.PreviousPassword)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
-		return fmt.Sprintf("revision %d", rev), "", nil
+		return publishedAt(rev), nil
 	case StepRollbackRollout:
-		d, _, err := x.rollout(ctx, x.view.RollbackRevision, false)
-		return d, "", err
+		return x.rollout(ctx, x.view.RollbackRevision, false)
 	case StepRollbackDisable:
 		drv, err := x.driver(ctx)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 		if err := drv.Retire(ctx, x.view.NewUser); err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
-		return x.view.NewUser + " can no longer log in", "", nil
+		return stepDone(x.view.NewUser + " can no longer log in"), nil
 	}
-	return "", "", fmt.Errorf("step %q is not one this graft-agent knows: upgrade it", step)
+	return outcome{}, fmt.Errorf("step %q is not one this graft-agent knows: upgrade it", step)
 }
 
 // driver connects to the database with the admin DSN from the owner's
@@ -643,28 +661,27 @@ func (x *run) publish(ctx context.Context, user, password string) (int64, error)
 // application runs revision rev healthy and replication has reached
 // every copy. verdicts says an unhealthy consumer is a reason to roll
 // back (in a run; in a rollback it is waited out).
-func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (detail, verdict string, err error) {
+func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (outcome, error) {
 	path := x.spec.Target + "/" + KeyPassword
 	for {
 		ro, err := x.cfg.Values.Rollout(ctx, path, rev)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 		done, acked, why := x.judge(ro, rev)
 		if verdicts {
 			for _, c := range ro.Consumers {
 				if c.Unhealthy && x.ours(c.App) {
-					return "", fmt.Sprintf("consumer %s/%s is unhealthy with revision %d: %s", c.App, c.ID, rev, c.Reason), nil
+					return rollBackFor(fmt.Sprintf("consumer %s/%s is unhealthy with revision %d: %s", c.App, c.ID, rev, c.Reason)), nil
 				}
 			}
 		}
 		if done {
-			x.acked = acked
 			agents := fmt.Sprintf("%d agents run", len(acked))
 			if len(acked) == 1 {
 				agents = "1 agent runs"
 			}
-			return fmt.Sprintf("%s revision %d healthy: %s", agents, rev, strings.Join(acked, ", ")), "", nil
+			return outcome{detail: fmt.Sprintf("%s revision %d healthy: %s", agents, rev, strings.Join(acked, ", ")), acked: acked}, nil
 		}
 		if why != x.lastDetail && ctx.Err() == nil {
 			// Shown by rotation status while the rollout goes on.
@@ -672,14 +689,14 @@ func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (detail, ve
 			next.Steps = append([]Step(nil), next.Steps...)
 			next.Steps[len(next.Steps)-1].Detail = why
 			if err := x.persist(ctx, next, nil); err != nil {
-				return "", "", err
+				return outcome{}, err
 			}
 			x.lastDetail = why
 		}
 		if err := sleep(ctx, x.cfg.Poll); err != nil {
 			// The step's timeout: why becomes its detail in the reason
 			// (it says what is waited for already).
-			return "", "", errors.New(why)
+			return outcome{}, errors.New(why)
 		}
 	}
 }
@@ -730,15 +747,15 @@ func (x *run) judge(ro Rollout, rev int64) (done bool, acked []string, why strin
 
 // retire waits out the grace, checks once more that every consumer runs
 // the new credential, and retires the old user.
-func (x *run) retire(ctx context.Context) (detail, verdict string, err error) {
+func (x *run) retire(ctx context.Context) (outcome, error) {
 	old := x.view.ActiveUser
 	if old == "" {
 		// Nobody to retire, so no grace to give them.
-		return "no old user yet: this was the first run", "", nil
+		return stepDone("no old user yet: this was the first run"), nil
 	}
 	if wait := x.view.RetireAt.Sub(x.now()); wait > 0 {
 		if err := sleep(ctx, wait); err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 	}
 	// Never retire a user a consumer still reports using: the rollout
@@ -747,7 +764,7 @@ func (x *run) retire(ctx context.Context) (detail, verdict string, err error) {
 	for {
 		ro, err := x.cfg.Values.Rollout(ctx, x.spec.Target+"/"+KeyPassword, x.view.PublishedRevision)
 		if err != nil {
-			return "", "", err
+			return outcome{}, err
 		}
 		done, _, why := x.judge(ro, x.view.PublishedRevision)
 		if done {
@@ -755,22 +772,15 @@ func (x *run) retire(ctx context.Context) (detail, verdict string, err error) {
 		}
 		x.log.Info("holding the old user's retirement until every consumer runs the new one", "user", old, "waiting", why)
 		if err := sleep(ctx, x.cfg.Poll); err != nil {
-			return "", "", fmt.Errorf("not retiring %s: %s", old, why)
+			return outcome{}, fmt.Errorf("not retiring %s: %s", old, why)
 		}
 	}
 	drv, err := x.driver(ctx)
 	if err != nil {
-		return "", "", err
+		return outcome{}, err
 	}
 	if err := drv.Retire(ctx, old); err != nil {
-		return "", "", err
+		return outcome{}, err
 	}
-	return "retired " + old, "", nil
-}
-
-// revisionIn reads the revision back from a publish step's detail.
-func revisionIn(detail string) int64 {
-	var rev int64
-	fmt.Sscanf(detail, "revision %d", &rev)
-	return rev
+	return stepDone("retired " + old), nil
 }

@@ -173,3 +173,41 @@ func TestRollbackReasonSaysItOnce(t *testing.T) {
 		}
 	}
 }
+
+// The revisions a run publishes at are stored with the steps that wrote
+// them, as the store returned them: the rollout waits for the run's, the
+// rollback's rollout for the old credential's.
+func TestRunnerStoresTheRevisionsItPublished(t *testing.T) {
+	spec := rotation.Spec{Name: "rv-pg", Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres", Target: "/dba/rv/postgres",
+		Users: []string{"rv-blue", "rv-green"}, Group: "rv", Consumers: []string{"app:rv"},
+		StepTimeout: 5 * time.Second, RolloutTimeout: 200 * time.Millisecond}
+	values := &treeValues{rev: 41, vals: map[string]map[string][]byte{
+		spec.Admin:  {rotation.KeyDSN: []byte("postgres://admin:pw@db/postgres")},
+		spec.Target: {rotation.KeyUser: []byte("rv-blue"), rotation.KeyPassword: []byte("old-pw")},
+	}}
+	ctl := &fakeControl{}
+	r := rotation.NewRunner(rotation.RunnerConfig{Control: ctl, Values: values, Poll: 20 * time.Millisecond,
+		Open:   func(context.Context, string, string) (dbcred.Driver, error) { return okDriver{}, nil },
+		Logger: testenv.Logger(t)})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	start := rotation.View{State: rotation.State{Run: 1, Phase: rotation.PhaseRequested, ActiveUser: "rv-blue"}}
+	view, err := r.Run(ctx, spec, start, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := view.PublishedRevision, int64(42); got != want {
+		t.Errorf("published revision = %d, want %d", got, want)
+	}
+	if got, want := view.RollbackRevision, int64(43); got != want {
+		t.Errorf("rollback revision = %d, want %d", got, want)
+	}
+	for _, tt := range []struct {
+		step string
+		want string
+	}{{rotation.StepPublish, "revision 42"}, {rotation.StepRollbackPublish, "revision 43"}} {
+		if s, ok := view.Step(tt.step); !ok || s.Detail != tt.want {
+			t.Errorf("step %s = %+v, want detail %q", tt.step, s, tt.want)
+		}
+	}
+}
