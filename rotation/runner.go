@@ -291,7 +291,7 @@ func (x *run) step(ctx context.Context) error {
 		return x.fail(ctx, "the run has no steps: it was stored by another version of graft")
 	}
 	if last.Done() {
-		return x.begin(ctx, x.following(last.Name))
+		return x.begin(ctx, nextStep(last.Name))
 	}
 	deadline := last.Started.Add(StepTimeout(x.spec, last.Name))
 	if !x.now().Before(deadline) {
@@ -361,26 +361,6 @@ func (x *run) note(ctx context.Context, last Step, err error) error {
 		x.lastDetail = msg
 	}
 	return sleep(ctx, time.Second)
-}
-
-// following returns the step after name, or "" when the run or rollback
-// is over.
-func (x *run) following(name string) string {
-	switch name {
-	case StepKey:
-		return StepTest
-	case StepTest:
-		return StepPublish
-	case StepPublish:
-		return StepRollout
-	case StepRollout:
-		return StepRetire
-	case StepRollbackPublish:
-		return StepRollbackRollout
-	case StepRollbackRollout:
-		return StepRollbackDisable
-	}
-	return ""
 }
 
 // begin persists the start of the next step, or the end of the run.

@@ -37,10 +37,24 @@ const (
 	StepRollbackDisable = "rollback-disable"
 )
 
+// The order of the steps of a run and of a rollback: Check holds a
+// rotator to it, and the Runner follows it (nextStep): the one place
+// it is written.
 var (
 	runSteps      = []string{StepKey, StepTest, StepPublish, StepRollout, StepRetire}
 	rollbackSteps = []string{StepRollbackPublish, StepRollbackRollout, StepRollbackDisable}
 )
+
+// nextStep returns the step that comes after step in its run or
+// rollback, or "" when step is the last one (or not a step).
+func nextStep(step string) string {
+	for _, steps := range [][]string{runSteps, rollbackSteps} {
+		if i := slices.Index(steps, step); i >= 0 && i+1 < len(steps) {
+			return steps[i+1]
+		}
+	}
+	return ""
+}
 
 // Step is one step of a run. It is persisted when it begins (Finished
 // zero) and again when its side effect is done, so a run resumed after a
