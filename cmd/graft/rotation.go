@@ -1,8 +1,6 @@
 package main
 
-import (
-	"github.com/spf13/cobra"
-)
+import "github.com/spf13/cobra"
 
 // rotationExample is the one example every rotation message refers to.
 const rotationExample = `graft rotation create message-processor-pg --driver postgres \

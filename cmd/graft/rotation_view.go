@@ -273,6 +273,8 @@ func writeState(b *strings.Builder, st rotation.View) {
 	}
 }
 
+// noRotatorHint is what a run no rotator has claimed most likely lacks:
+// status and run --wait both say it.
 const noRotatorHint = "is a graft-agent with rotations: in its configuration running, with the owner's identity?"
 
 // stalledHint says what a stalled run most likely lacks.
