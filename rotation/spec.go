@@ -51,6 +51,16 @@ const (
 	MinEvery = time.Minute
 )
 
+// How long a rotator's claim on a rotation outlives the rotator, unless
+// it asks for another TTL within the bounds: graftd (rotation/registry)
+// refuses one outside them, and graft-agent takes its default and
+// validates its rotation_claim_ttl by them.
+const (
+	DefaultClaimTTL = 15 * time.Second
+	MinClaimTTL     = 2 * time.Second
+	MaxClaimTTL     = 5 * time.Minute
+)
+
 // The keys a rotation writes below its target, and reads below its admin
 // path.
 const (

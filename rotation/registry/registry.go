@@ -28,14 +28,8 @@ import (
 // changed since the caller read it.
 var ErrConflict = errors.New("rotation conflict")
 
-// Claim TTL bounds.
-const (
-	DefaultClaimTTL = 15 * time.Second
-	MinClaimTTL     = 2 * time.Second
-	MaxClaimTTL     = 5 * time.Minute
-	// keepRuns is how many finished runs a rotation's history keeps.
-	keepRuns = 100
-)
+// keepRuns is how many finished runs a rotation's history keeps.
+const keepRuns = 100
 
 // record is a rotation as stored.
 type record struct {
@@ -367,10 +361,10 @@ func (r *Registry) Claim(ctx context.Context, name, holder, principal string, tt
 		return Claimed{}, fmt.Errorf("%w: holder %q: want an id of 1 to 253 characters (the rotator's host and pid by default)", rotation.ErrInvalid, holder)
 	}
 	if ttl == 0 {
-		ttl = DefaultClaimTTL
+		ttl = rotation.DefaultClaimTTL
 	}
-	if ttl < MinClaimTTL || ttl > MaxClaimTTL {
-		return Claimed{}, fmt.Errorf("%w: claim ttl %s: want %s to %s", rotation.ErrInvalid, ttl, MinClaimTTL, MaxClaimTTL)
+	if ttl < rotation.MinClaimTTL || ttl > rotation.MaxClaimTTL {
+		return Claimed{}, fmt.Errorf("%w: claim ttl %s: want %s to %s", rotation.ErrInvalid, ttl, rotation.MinClaimTTL, rotation.MaxClaimTTL)
 	}
 	var out Claimed
 	err := store.RetryConflicts(ctx, "claim rotation "+name, func() (bool, error) {

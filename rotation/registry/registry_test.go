@@ -160,3 +160,43 @@ func TestAdvanceStoresNoPieceOfTheDSNsPassword(t *testing.T) {
 		t.Errorf("stored reason %q: want the rest of the message kept", got.State.Reason)
 	}
 }
+
+// graftd holds a claim's TTL to the bounds the rotation package states
+// for graftd and graft-agent both; none asked for is the default.
+func TestRotationClaimTTLBounds(t *testing.T) {
+	env := testenv.Start(t)
+	ctx := t.Context()
+	k, err := keyring.New(1, map[uint32][]byte{1: testenv.RandomKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.New(store.Config{Client: env.Client, Keyring: k, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := registry.New(s)
+	const name = "mp-pg"
+	if _, err := reg.Create(ctx, rotation.Spec{Name: name, Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres",
+		Target: "/dba/services/mp/postgres", Users: []string{"mp-blue", "mp-green"}, Consumers: []string{"app:mp"}}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		ttl     time.Duration
+		refused bool
+	}{
+		{0, false},
+		{rotation.MinClaimTTL, false},
+		{rotation.MaxClaimTTL, false},
+		{rotation.MinClaimTTL - time.Second, true},
+		{rotation.MaxClaimTTL + time.Second, true},
+	}
+	for _, tt := range tests {
+		_, err := reg.Claim(ctx, name, "rotator-1", "user:dora", tt.ttl)
+		if got := errors.Is(err, rotation.ErrInvalid); got != tt.refused {
+			t.Errorf("claim for %s: err %v, want refused %v", tt.ttl, err, tt.refused)
+		}
+		if !tt.refused && err != nil {
+			t.Errorf("claim for %s: %v", tt.ttl, err)
+		}
+	}
+}
