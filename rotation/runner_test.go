@@ -139,24 +139,7 @@ func (v *treeValues) Rollout(context.Context, string, int64) (rotation.Rollout, 
 // rollout times out too: the reason says what it waited for once, not
 // once per step that waited for it.
 func TestRollbackReasonSaysItOnce(t *testing.T) {
-	spec := rotation.Spec{Name: "rb-pg", Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres", Target: "/dba/rb/postgres",
-		Users: []string{"rb-blue", "rb-green"}, Group: "rb", Consumers: []string{"app:rb"},
-		StepTimeout: 5 * time.Second, RolloutTimeout: 300 * time.Millisecond}
-	values := &treeValues{rev: 3, vals: map[string]map[string][]byte{
-		spec.Admin:  {rotation.KeyDSN: []byte("postgres://admin:pw@db/postgres")},
-		spec.Target: {rotation.KeyUser: []byte("rb-blue"), rotation.KeyPassword: []byte("old-pw")},
-	}}
-	ctl := &fakeControl{}
-	r := rotation.NewRunner(rotation.RunnerConfig{Control: ctl, Values: values, Poll: 20 * time.Millisecond,
-		Open:   func(context.Context, string, string) (dbcred.Driver, error) { return okDriver{}, nil },
-		Logger: testenv.Logger(t)})
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	start := rotation.View{State: rotation.State{Run: 1, Phase: rotation.PhaseRequested, ActiveUser: "rb-blue"}}
-	view, err := r.Run(ctx, spec, start, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	view := runUnacked(t, "rb", 3, 300*time.Millisecond)
 	if view.Phase != rotation.PhaseFailed {
 		t.Fatalf("the run ended %s, want %s", view.Phase, rotation.PhaseFailed)
 	}
@@ -178,24 +161,7 @@ func TestRollbackReasonSaysItOnce(t *testing.T) {
 // them, as the store returned them: the rollout waits for the run's, the
 // rollback's rollout for the old credential's.
 func TestRunnerStoresTheRevisionsItPublished(t *testing.T) {
-	spec := rotation.Spec{Name: "rv-pg", Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres", Target: "/dba/rv/postgres",
-		Users: []string{"rv-blue", "rv-green"}, Group: "rv", Consumers: []string{"app:rv"},
-		StepTimeout: 5 * time.Second, RolloutTimeout: 200 * time.Millisecond}
-	values := &treeValues{rev: 41, vals: map[string]map[string][]byte{
-		spec.Admin:  {rotation.KeyDSN: []byte("postgres://admin:pw@db/postgres")},
-		spec.Target: {rotation.KeyUser: []byte("rv-blue"), rotation.KeyPassword: []byte("old-pw")},
-	}}
-	ctl := &fakeControl{}
-	r := rotation.NewRunner(rotation.RunnerConfig{Control: ctl, Values: values, Poll: 20 * time.Millisecond,
-		Open:   func(context.Context, string, string) (dbcred.Driver, error) { return okDriver{}, nil },
-		Logger: testenv.Logger(t)})
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	start := rotation.View{State: rotation.State{Run: 1, Phase: rotation.PhaseRequested, ActiveUser: "rv-blue"}}
-	view, err := r.Run(ctx, spec, start, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	view := runUnacked(t, "rv", 41, 200*time.Millisecond)
 	if got, want := view.PublishedRevision, int64(42); got != want {
 		t.Errorf("published revision = %d, want %d", got, want)
 	}
@@ -210,4 +176,30 @@ func TestRunnerStoresTheRevisionsItPublished(t *testing.T) {
 			t.Errorf("step %s = %+v, want detail %q", tt.step, s, tt.want)
 		}
 	}
+}
+
+// runUnacked runs one run of rotation name-pg, whose active user is
+// name-blue and whose consumer app:name never reports, on a tree at
+// revision rev, to its end: its rollout times out, it rolls back, and its
+// rollback's rollout times out too.
+func runUnacked(t *testing.T, name string, rev int64, rolloutTimeout time.Duration) rotation.View {
+	t.Helper()
+	spec := rotation.Spec{Name: name + "-pg", Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres", Target: "/dba/" + name + "/postgres",
+		Users: []string{name + "-blue", name + "-green"}, Group: name, Consumers: []string{"app:" + name},
+		StepTimeout: 5 * time.Second, RolloutTimeout: rolloutTimeout}
+	values := &treeValues{rev: rev, vals: map[string]map[string][]byte{
+		spec.Admin:  {rotation.KeyDSN: []byte("postgres://admin:pw@db/postgres")},
+		spec.Target: {rotation.KeyUser: []byte(name + "-blue"), rotation.KeyPassword: []byte("old-pw")},
+	}}
+	r := rotation.NewRunner(rotation.RunnerConfig{Control: &fakeControl{}, Values: values, Poll: 20 * time.Millisecond,
+		Open:   func(context.Context, string, string) (dbcred.Driver, error) { return okDriver{}, nil },
+		Logger: testenv.Logger(t)})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	start := rotation.View{State: rotation.State{Run: 1, Phase: rotation.PhaseRequested, ActiveUser: name + "-blue"}}
+	view, err := r.Run(ctx, spec, start, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return view
 }

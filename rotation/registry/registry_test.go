@@ -102,17 +102,8 @@ func TestResealAcrossAKeyRotation(t *testing.T) {
 // unescaped @ as a host) is removed before it is stored, from any
 // rotator.
 func TestAdvanceStoresNoPieceOfTheDSNsPassword(t *testing.T) {
-	env := testenv.Start(t)
 	ctx := t.Context()
-	k, err := keyring.New(1, map[uint32][]byte{1: testenv.RandomKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := store.New(store.Config{Client: env.Client, Keyring: k, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := registry.New(s)
+	s, reg := newRegistry(t)
 	const name, holder, admin = "mp-pg", "rotator-1", "/dba/admin/postgres"
 	if _, err := s.Put(ctx, admin+"/"+rotation.KeyDSN, []byte("postgres://admin:Zq9ab@Kx7cd@127.0.0.1:5999/postgres"), store.WriteOptions{}); err != nil {
 		t.Fatal(err)
@@ -164,17 +155,8 @@ func TestAdvanceStoresNoPieceOfTheDSNsPassword(t *testing.T) {
 // graftd holds a claim's TTL to the bounds the rotation package states
 // for graftd and graft-agent both; none asked for is the default.
 func TestRotationClaimTTLBounds(t *testing.T) {
-	env := testenv.Start(t)
 	ctx := t.Context()
-	k, err := keyring.New(1, map[uint32][]byte{1: testenv.RandomKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := store.New(store.Config{Client: env.Client, Keyring: k, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := registry.New(s)
+	_, reg := newRegistry(t)
 	const name = "mp-pg"
 	if _, err := reg.Create(ctx, rotation.Spec{Name: name, Driver: rotation.DriverPostgres, Admin: "/dba/admin/postgres",
 		Target: "/dba/services/mp/postgres", Users: []string{"mp-blue", "mp-green"}, Consumers: []string{"app:mp"}}); err != nil {
@@ -199,4 +181,20 @@ func TestRotationClaimTTLBounds(t *testing.T) {
 			t.Errorf("claim for %s: %v", tt.ttl, err)
 		}
 	}
+}
+
+// newRegistry starts an etcd and returns a store on it, with one random
+// key, and a registry on the store.
+func newRegistry(t *testing.T) (*store.Store, *registry.Registry) {
+	t.Helper()
+	env := testenv.Start(t)
+	k, err := keyring.New(1, map[uint32][]byte{1: testenv.RandomKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.New(store.Config{Client: env.Client, Keyring: k, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, registry.New(s)
 }
