@@ -1,8 +1,10 @@
-// Package daemon assembles graftd: its configuration (the option table
-// and its validation), its backends (etcd and NATS, embedded in dev mode),
-// every part built on them, and its lifecycle, which runs those parts as
-// tasks and stops them in order. It also mints break-glass root tokens.
-package daemon
+// Package graftd assembles graftd, the server's composition root: its
+// configuration (the option table and its validation), its backends (etcd
+// and NATS, embedded in dev mode), every part built on them, and its
+// lifecycle, which runs those parts as tasks and stops them in order. It
+// also mints break-glass root tokens. It sits above every server package,
+// which is why it is not under internal/ with the leaf utilities.
+package graftd
 
 import (
 	"context"
