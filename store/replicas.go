@@ -15,11 +15,11 @@ import (
 )
 
 // Batching of replica writes. etcd refuses a transaction with more than
-// --max-txn-ops (default 128) operations in any branch, or a request over
+// --max-txn-ops (default maxTxnOps) operations in any branch, or a request over
 // 1.5 MiB; a batch stays inside both.
 const (
 	replicaReadOps   = 4 // kv, history keys, applied, owner
-	replicaBatch     = 128 / replicaReadOps
+	replicaBatch     = maxTxnOps / replicaReadOps
 	replicaMaxBytes  = 1 << 20
 	replicaParallel  = 4
 	replicaMaxTrim   = 1 // history trimmed per replica write; the rest on later ones
@@ -348,7 +348,7 @@ type ReplicaTarget struct{ Path, Root string }
 // which are then applied as by ApplyReplicas. One round trip fewer than
 // ReadSources followed by ApplyReplicas: the replicator's hot path.
 func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []ReplicaTarget, build func(SourceState) []ReplicaWrite) ([]ReplicaWrite, []ReplicaResult, error) {
-	if len(sources)+replicaReadOps*len(targets) > 128 || len(targets) > replicaBatch {
+	if len(sources)+replicaReadOps*len(targets) > maxTxnOps || len(targets) > replicaBatch {
 		st, err := s.ReadSources(ctx, sources)
 		if err != nil {
 			return nil, nil, err
@@ -428,7 +428,7 @@ func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, erro
 }
 
 // maxSubtrees is how many subtrees ReadTrees reads in one transaction
-// (etcd allows 128 operations); with more it reads root whole.
+// (etcd allows maxTxnOps operations); with more it reads root whole.
 const maxSubtrees = 64
 
 // ReadTrees is ReadTree of root limited to subtrees, each at or below
@@ -577,7 +577,7 @@ type SourceState struct {
 func (s *Store) ReadSources(ctx context.Context, paths []string) (SourceState, error) {
 	st := SourceState{Found: make(map[string]Entry, len(paths)), Absent: map[string]int64{}}
 	for len(paths) > 0 {
-		n := min(len(paths), 128)
+		n := min(len(paths), maxTxnOps)
 		chunk := paths[:n]
 		paths = paths[n:]
 		ops := make([]clientv3.Op, 0, n)

@@ -52,9 +52,9 @@ func (s *Store) PutTree(ctx context.Context, root string, values map[string][]by
 		return nil, err
 	}
 	defer unlock()
-	// etcd allows 128 operations a transaction: a put and an archive per
+	// etcd allows maxTxnOps operations a transaction: a put and an archive per
 	// path, and what is left for trimming history.
-	trim := max(1, (128-2*len(paths))/len(paths))
+	trim := max(1, (maxTxnOps-2*len(paths))/len(paths))
 	for attempt := range maxWriteAttempts {
 		if attempt > 0 {
 			if err := backoff(ctx, attempt); err != nil {
