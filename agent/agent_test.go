@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/agent"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/sdk"
@@ -459,7 +459,7 @@ func TestAgentResumesAfterGraftdRestarts(t *testing.T) {
 // revision it would resume from is compacted) reads a new snapshot when it
 // is back, and renders and reloads what changed meanwhile, once.
 func TestAgentReadsANewSnapshotAfterCompaction(t *testing.T) {
-	e := newEnv(t, graftdtest.WithConfig(func(c *daemon.Config) { c.EmbeddedListen = true }))
+	e := newEnv(t, graftdtest.WithConfig(func(c *graftd.Config) { c.EmbeddedListen = true }))
 	out := filepath.Join(e.dir, "db.env")
 	cmd, reloads := countingCommand(t, e.dir)
 	link := newProxy(t, e.g.Addr)

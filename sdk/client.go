@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/internal/grpclimit"
 )
 
 // Config says where graftd is and how to authenticate to it.
@@ -68,18 +69,18 @@ var connectBackoff = backoff.Config{
 	MaxDelay:   watchBackoffMax,
 }
 
-// New validates cfg and returns a Client. The connection is made lazily by
-// the first call and re-made after failures, so New succeeds while graftd
-// is down; ctx is reserved for future use.
 // MaxMessageBytes bounds one response: a listing of many wide rules.
 // graftd sends no more.
-const MaxMessageBytes = 64 << 20
+const MaxMessageBytes = grpclimit.MaxResponseBytes
 
 // MaxRequestBytes bounds one request: room for a rule with a hundred
 // thousand destinations (about 5 MB). graftd accepts no more, and most of
 // its rpcs half that.
-const MaxRequestBytes = 8 << 20
+const MaxRequestBytes = grpclimit.MaxRequestBytes
 
+// New validates cfg and returns a Client. The connection is made lazily by
+// the first call and re-made after failures, so New succeeds while graftd
+// is down; ctx is reserved for future use.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err

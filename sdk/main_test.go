@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 )
 
 func TestMain(m *testing.M) { os.Exit(runWithExampleServer(m)) }
@@ -24,8 +24,8 @@ func runWithExampleServer(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cfg := daemon.DevConfig(dir)
-	d, err := daemon.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	cfg := graftd.DevConfig(dir)
+	d, err := graftd.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start graftd for the examples:", err)
 		return 1

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/internal/retry"
 )
 
 // Watch reconnect backoff: doubling from watchBackoffMin to watchBackoffMax,
@@ -102,7 +102,7 @@ func (w *watcher) fail(ctx context.Context, err error) {
 func (w *watcher) run(ctx context.Context) {
 	defer close(w.out)
 	defer w.markReady()
-	delay := watchBackoffMin
+	failures := 0
 	for {
 		established, err := w.stream(ctx)
 		w.markReady()
@@ -114,17 +114,13 @@ func (w *watcher) run(ctx context.Context) {
 			return
 		}
 		if established {
-			delay = watchBackoffMin
+			failures = 0
 		}
 		// Jitter spreads the reconnects of many clients after a restart.
-		t := time.NewTimer(time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64())))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if retry.Sleep(ctx, retry.Backoff(watchBackoffMin, watchBackoffMax, failures)) != nil {
 			return
 		}
-		delay = min(2*delay, watchBackoffMax)
+		failures++
 	}
 }
 

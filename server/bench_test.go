@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 )
@@ -26,7 +26,7 @@ import (
 func BenchmarkLatency(b *testing.B) {
 	// The raw etcd put needs a network client of the embedded etcd,
 	// which dev mode does not otherwise offer.
-	g := graftdtest.Start(b, graftdtest.WithConfig(func(c *daemon.Config) { c.EmbeddedListen = true }))
+	g := graftdtest.Start(b, graftdtest.WithConfig(func(c *graftd.Config) { c.EmbeddedListen = true }))
 	conn, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		b.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/internal/grpclimit"
 )
 
 // Limits bound what one call, one connection and one principal may make
@@ -41,8 +42,8 @@ type Limits struct {
 
 // Default limits.
 const (
-	DefaultMaxRequestBytes        = 4 << 20
-	DefaultMaxLargeRequestBytes   = 8 << 20
+	DefaultMaxRequestBytes        = grpclimit.MaxRequestBytes / 2
+	DefaultMaxLargeRequestBytes   = grpclimit.MaxRequestBytes
 	DefaultMaxStreamsPerConn      = 256
 	DefaultMaxCallsPerPrincipal   = 32
 	DefaultMaxWatchesPerPrincipal = 1024
@@ -52,7 +53,7 @@ const (
 // MaxResponseBytes bounds one response: a listing of many wide rules.
 // Responses are built by graftd from what is stored, so their size is not
 // the caller's to choose.
-const MaxResponseBytes = 64 << 20
+const MaxResponseBytes = grpclimit.MaxResponseBytes
 
 // largeRequests are the rpcs allowed MaxLargeRequestBytes: a share with
 // many destinations, a tree written at once.

@@ -74,7 +74,7 @@ type Applied struct {
 }
 
 // ownersPerTxn bounds the destinations claimed in one transaction: each
-// takes one put and two compares, inside etcd's 128-operation limit.
+// takes one put and two compares, inside etcd's maxTxnOps limit.
 const ownersPerTxn = 60
 
 // CheckDestinationsEmpty refuses, with a *NotEmptyError, a destination
@@ -126,8 +126,8 @@ func (s *Store) nonEmpty(ctx context.Context, roots []string, rev int64, first b
 }
 
 // subtreesPerTxn bounds the roots one subtree read covers: two range reads
-// each, inside etcd's default of 128 operations a transaction.
-const subtreesPerTxn = 64
+// each, inside etcd's default of maxTxnOps operations a transaction.
+const subtreesPerTxn = maxTxnOps / 2
 
 // subtrees reads, for each root, what lies under base at the root itself
 // and below it (never beside it: /a-x is not under /a), many roots a

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -15,11 +13,11 @@ import (
 )
 
 // Batching of replica writes. etcd refuses a transaction with more than
-// --max-txn-ops (default 128) operations in any branch, or a request over
+// --max-txn-ops (default maxTxnOps) operations in any branch, or a request over
 // 1.5 MiB; a batch stays inside both.
 const (
 	replicaReadOps   = 4 // kv, history keys, applied, owner
-	replicaBatch     = 128 / replicaReadOps
+	replicaBatch     = maxTxnOps / replicaReadOps
 	replicaMaxBytes  = 1 << 20
 	replicaParallel  = 4
 	replicaMaxTrim   = 1 // history trimmed per replica write; the rest on later ones
@@ -348,7 +346,7 @@ type ReplicaTarget struct{ Path, Root string }
 // which are then applied as by ApplyReplicas. One round trip fewer than
 // ReadSources followed by ApplyReplicas: the replicator's hot path.
 func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []ReplicaTarget, build func(SourceState) []ReplicaWrite) ([]ReplicaWrite, []ReplicaResult, error) {
-	if len(sources)+replicaReadOps*len(targets) > 128 || len(targets) > replicaBatch {
+	if len(sources)+replicaReadOps*len(targets) > maxTxnOps || len(targets) > replicaBatch {
 		st, err := s.ReadSources(ctx, sources)
 		if err != nil {
 			return nil, nil, err
@@ -405,93 +403,6 @@ func (s *Store) ReplicateFrom(ctx context.Context, sources []string, targets []R
 		return ws, res, err
 	}
 	return ws, out, s.applyBatchFrom(ctx, ws, idx, out, first)
-}
-
-// UnreadableError lists paths whose values could not be decrypted.
-type UnreadableError struct {
-	Paths []string
-	Err   error // the first decryption error
-}
-
-func (e *UnreadableError) Error() string {
-	return fmt.Sprintf("%d value(s) cannot be decrypted, such as %s: %v", len(e.Paths), e.Paths[0], e.Err)
-}
-
-func (e *UnreadableError) Unwrap() error { return e.Err }
-
-// ReadTree returns every current version at or below root with its value,
-// and the revision it was read at: a rule's sources, in one read. Values
-// that cannot be decrypted are left out and named by an *UnreadableError
-// returned with the rest.
-func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, error) {
-	return s.ReadTrees(ctx, root, []string{root})
-}
-
-// maxSubtrees is how many subtrees ReadTrees reads in one transaction
-// (etcd allows 128 operations); with more it reads root whole.
-const maxSubtrees = 64
-
-// ReadTrees is ReadTree of root limited to subtrees, each at or below
-// root, all read at one revision: what a caller may reach of root, so that
-// nothing else is read or decrypted. With no subtrees it reads nothing but
-// the revision.
-func (s *Store) ReadTrees(ctx context.Context, root string, subtrees []string) ([]Entry, int64, error) {
-	if _, err := ParsePath(root); err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", ShortPath(root), err)
-	}
-	var ops []clientv3.Op
-	for _, sub := range subtrees {
-		if !Under(sub, root) {
-			return nil, 0, fmt.Errorf("read %s: %w: %s is not below it", root, ErrInvalidArgument, ShortPath(sub))
-		}
-		start, end := rangeOf(s.kvPrefix, sub)
-		ops = append(ops, clientv3.OpGet(start, withRange(end)...))
-	}
-	if len(ops) > maxSubtrees {
-		start, end := rangeOf(s.kvPrefix, root)
-		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{root}
-	}
-	if len(ops) == 0 {
-		ops = []clientv3.Op{clientv3.OpGet(s.kvPrefix, clientv3.WithCountOnly())}
-	}
-	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", root, err)
-	}
-	var (
-		out        []Entry
-		unreadable *UnreadableError
-	)
-	for i, r := range resp.Responses {
-		if i >= len(subtrees) {
-			break
-		}
-		for _, kv := range r.GetResponseRange().Kvs {
-			p := string(kv.Key[len(s.kvPrefix):])
-			if !Under(p, subtrees[i]) {
-				continue
-			}
-			r, err := decodeRecord(kv.Value)
-			if err == nil {
-				e := r.entry(p, r.revision(kv.ModRevision))
-				if e.Value, err = s.open(p, r); err == nil {
-					out = append(out, e)
-					continue
-				}
-			}
-			if unreadable == nil {
-				unreadable = &UnreadableError{Err: err}
-			}
-			unreadable.Paths = append(unreadable.Paths, p)
-		}
-	}
-	if len(subtrees) > 1 {
-		slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
-	}
-	if unreadable != nil {
-		return out, resp.Header.Revision, unreadable
-	}
-	return out, resp.Header.Revision, nil
 }
 
 // ReadSource returns the current version of path with its value, or
@@ -577,7 +488,7 @@ type SourceState struct {
 func (s *Store) ReadSources(ctx context.Context, paths []string) (SourceState, error) {
 	st := SourceState{Found: make(map[string]Entry, len(paths)), Absent: map[string]int64{}}
 	for len(paths) > 0 {
-		n := min(len(paths), 128)
+		n := min(len(paths), maxTxnOps)
 		chunk := paths[:n]
 		paths = paths[n:]
 		ops := make([]clientv3.Op, 0, n)

@@ -37,6 +37,9 @@ const (
 	maxWriteAttempts   = 16
 	writeLockStripes   = 64
 	maxTrimPerWrite    = 64
+	// maxTxnOps is etcd's default --max-txn-ops: how many operations one
+	// branch of a transaction may hold; the store sizes its batches to it.
+	maxTxnOps = 128
 )
 
 // Sentinel errors. Callers test them with errors.Is.

@@ -10,6 +10,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// A tree is a path and everything below it, written (PutTree) or read
+// (ReadTree, ReadTrees) at one revision.
+
 // MaxTreeWrite is how many values one PutTree may write.
 const MaxTreeWrite = 16
 
@@ -52,9 +55,9 @@ func (s *Store) PutTree(ctx context.Context, root string, values map[string][]by
 		return nil, err
 	}
 	defer unlock()
-	// etcd allows 128 operations a transaction: a put and an archive per
+	// etcd allows maxTxnOps operations a transaction: a put and an archive per
 	// path, and what is left for trimming history.
-	trim := max(1, (128-2*len(paths))/len(paths))
+	trim := max(1, (maxTxnOps-2*len(paths))/len(paths))
 	for attempt := range maxWriteAttempts {
 		if attempt > 0 {
 			if err := backoff(ctx, attempt); err != nil {
@@ -120,4 +123,93 @@ func (s *Store) lockPaths(ctx context.Context, paths []string) (func(), error) {
 		}
 	}
 	return release, nil
+}
+
+// UnreadableError lists paths whose values could not be decrypted.
+type UnreadableError struct {
+	Paths []string
+	Err   error // the first decryption error
+}
+
+func (e *UnreadableError) Error() string {
+	return fmt.Sprintf("%d value(s) cannot be decrypted, such as %s: %v", len(e.Paths), e.Paths[0], e.Err)
+}
+
+func (e *UnreadableError) Unwrap() error { return e.Err }
+
+// ReadTree returns every current version at or below root with its value,
+// and the revision it was read at, in one etcd read: a consistent snapshot
+// of a subtree, as PutTree writes one. The reconciler reads a rule's
+// sources with it. Values that cannot be decrypted are left out and named
+// by an *UnreadableError returned with the rest.
+func (s *Store) ReadTree(ctx context.Context, root string) ([]Entry, int64, error) {
+	return s.ReadTrees(ctx, root, []string{root})
+}
+
+// maxSubtrees is how many subtrees ReadTrees reads in one transaction
+// (etcd allows maxTxnOps operations); with more it reads root whole.
+const maxSubtrees = 64
+
+// ReadTrees is ReadTree of root limited to subtrees, each at or below
+// root, all read at one revision: what a caller may reach of root, so that
+// nothing else is read or decrypted. KVService.ReadTree serves every
+// caller's tree read with it, the subtrees narrowed to what the caller may
+// reach. With no subtrees it reads nothing but the revision.
+func (s *Store) ReadTrees(ctx context.Context, root string, subtrees []string) ([]Entry, int64, error) {
+	if _, err := ParsePath(root); err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", ShortPath(root), err)
+	}
+	var ops []clientv3.Op
+	for _, sub := range subtrees {
+		if !Under(sub, root) {
+			return nil, 0, fmt.Errorf("read %s: %w: %s is not below it", root, ErrInvalidArgument, ShortPath(sub))
+		}
+		start, end := rangeOf(s.kvPrefix, sub)
+		ops = append(ops, clientv3.OpGet(start, withRange(end)...))
+	}
+	if len(ops) > maxSubtrees {
+		start, end := rangeOf(s.kvPrefix, root)
+		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{root}
+	}
+	if len(ops) == 0 {
+		ops = []clientv3.Op{clientv3.OpGet(s.kvPrefix, clientv3.WithCountOnly())}
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", root, err)
+	}
+	var (
+		out        []Entry
+		unreadable *UnreadableError
+	)
+	for i, r := range resp.Responses {
+		if i >= len(subtrees) {
+			break
+		}
+		for _, kv := range r.GetResponseRange().Kvs {
+			p := string(kv.Key[len(s.kvPrefix):])
+			if !Under(p, subtrees[i]) {
+				continue
+			}
+			r, err := decodeRecord(kv.Value)
+			if err == nil {
+				e := r.entry(p, r.revision(kv.ModRevision))
+				if e.Value, err = s.open(p, r); err == nil {
+					out = append(out, e)
+					continue
+				}
+			}
+			if unreadable == nil {
+				unreadable = &UnreadableError{Err: err}
+			}
+			unreadable.Paths = append(unreadable.Paths, p)
+		}
+	}
+	if len(subtrees) > 1 {
+		slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+	}
+	if unreadable != nil {
+		return out, resp.Header.Revision, unreadable
+	}
+	return out, resp.Header.Revision, nil
 }

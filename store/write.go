@@ -4,11 +4,12 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"math/rand/v2"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/graft-sh/graft/internal/retry"
 )
 
 // WriteOptions qualify a Put or Delete.
@@ -194,19 +195,12 @@ func (s *Store) unchanged(path string, c current) []clientv3.Cmp {
 	return cmps
 }
 
-// backoff waits a random time that grows with the attempt, so writers that
-// keep colliding on one path spread out instead of retrying in lockstep
-// until their attempts run out.
+// backoff waits before retry attempt (1 for the first retry) a jittered
+// time that grows with it, so that writers that keep colliding on one path
+// spread out instead of retrying in lockstep until their attempts run out:
+// from about 1 ms up to about 50 ms (at most 75).
 func backoff(ctx context.Context, attempt int) error {
-	ceiling := min(time.Millisecond<<attempt, 100*time.Millisecond)
-	t := time.NewTimer(rand.N(ceiling) + time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return retry.Sleep(ctx, retry.Backoff(time.Millisecond, 50*time.Millisecond, attempt-1))
 }
 
 // Put writes value at path and returns the new version (without value).

@@ -15,8 +15,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/cmdline"
-	"github.com/graft-sh/graft/internal/daemon"
 	"github.com/graft-sh/graft/sdk"
 	"github.com/graft-sh/graft/store"
 )
@@ -211,16 +211,16 @@ func (a *app) benchReplicate(cmd *cobra.Command, bc benchConfig, remote bool) (b
 }
 
 // startBenchGraftd runs a dev-mode graftd in a temporary directory.
-func startBenchGraftd(ctx context.Context) (*daemon.Daemon, func(), error) {
+func startBenchGraftd(ctx context.Context) (*graftd.Daemon, func(), error) {
 	dir, err := os.MkdirTemp("", "graft-bench-")
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg := daemon.DevConfig(dir)
+	cfg := graftd.DevConfig(dir)
 	cfg.EmbeddedListen = true // for the floor: raw etcd over loopback, as a remote etcd would be
 	cfg.MaxValueBytes = 64 << 10
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d, err := daemon.Start(ctx, cfg, log)
+	d, err := graftd.Start(ctx, cfg, log)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, fmt.Errorf("replicate: start a dev graftd: %w", err)

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 )
 
@@ -145,7 +145,7 @@ func TestShareNeedsTheShareAction(t *testing.T) {
 }
 
 func TestShareRefusesCycles(t *testing.T) {
-	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
 		c.ReplicaDestinations = []string{"/app/+/replicated/**", "/shared/**"}
 	}))
 	admin := newCLI(t, g)

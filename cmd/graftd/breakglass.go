@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 )
 
 func newBreakGlassCmd() *cobra.Command {
@@ -30,7 +30,7 @@ expires after --ttl (at most 24h). Revoke it early with
 "graft token revoke <accessor>".`,
 		Args: cobra.NoArgs,
 	}
-	load := daemon.Flags(cmd.Flags())
+	load := graftd.Flags(cmd.Flags())
 	cmd.Flags().StringVar(&configFile, "config", os.Getenv("GRAFT_CONFIG"), "YAML configuration file (env GRAFT_CONFIG)")
 	cmd.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the root token lives (at most 24h)")
 	cmd.Flags().StringVar(&reason, "reason", "", "why; recorded in the audit log (required)")
@@ -48,7 +48,7 @@ expires after --ttl (at most 24h). Revoke it early with
 		}
 		ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 		defer cancel()
-		token, err := daemon.BreakGlass(ctx, cfg, daemon.NewLogger(cfg, os.Stderr), ttl, reason, operator)
+		token, err := graftd.BreakGlass(ctx, cfg, graftd.NewLogger(cfg, os.Stderr), ttl, reason, operator)
 		if err != nil {
 			return err
 		}

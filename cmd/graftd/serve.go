@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 )
 
 func newRootCmd() *cobra.Command {
@@ -36,7 +36,7 @@ file given with --config (keys as in the flag names with _ for -).`,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 	}
-	load := daemon.Flags(cmd.Flags())
+	load := graftd.Flags(cmd.Flags())
 	cmd.Flags().StringVar(&configFile, "config", os.Getenv("GRAFT_CONFIG"), "YAML configuration file (env GRAFT_CONFIG)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := load(configFile, os.LookupEnv)
@@ -50,8 +50,8 @@ file given with --config (keys as in the flag names with _ for -).`,
 }
 
 // serve runs graftd until SIGINT or SIGTERM, or until a part of it fails.
-func serve(cmd *cobra.Command, cfg daemon.Config) error {
-	log := daemon.NewLogger(cfg, os.Stderr)
+func serve(cmd *cobra.Command, cfg graftd.Config) error {
+	log := graftd.NewLogger(cfg, os.Stderr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 1)
@@ -65,7 +65,7 @@ func serve(cmd *cobra.Command, cfg daemon.Config) error {
 		case <-ctx.Done():
 		}
 	}()
-	d, err := daemon.New(ctx, cfg, log)
+	d, err := graftd.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

@@ -7,13 +7,10 @@ package cmdline
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/graft-sh/graft/internal/tlsfiles"
 	"github.com/graft-sh/graft/sdk"
 )
 
@@ -117,17 +115,11 @@ func (g *Globals) Client(ctx context.Context, cmd *cobra.Command) (*sdk.Client, 
 		return nil, fmt.Errorf("invalid address %q: want host:port such as %s (--addr or GRAFT_ADDR)", g.Addr, DefaultAddr)
 	}
 	cfg := sdk.Config{Addr: g.Addr, Token: g.Token, Insecure: g.Insecure}
-	if g.CAFile != "" {
-		pem, err := os.ReadFile(g.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", g.CAFile)
-		}
-		cfg.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tc, err := tlsfiles.Client(g.CAFile, "", "")
+	if err != nil {
+		return nil, err
 	}
+	cfg.TLS = tc
 	return sdk.New(ctx, cfg)
 }
 

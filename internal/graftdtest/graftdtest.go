@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/testenv"
 )
 
@@ -28,22 +28,22 @@ type Graftd struct {
 	HTTPAddr string
 	// Daemon is the running instance; it changes on Restart. It is nil
 	// for a graftd that StartProcess runs.
-	Daemon *daemon.Daemon
-	cfg    daemon.Config
+	Daemon *graftd.Daemon
+	cfg    graftd.Config
 	// proc is the graftd process, for StartProcess.
 	proc *process
 }
 
 // Option adjusts the configuration before start.
-type Option func(*daemon.Config)
+type Option func(*graftd.Config)
 
 // WithConfig lets a test change any setting.
-func WithConfig(f func(*daemon.Config)) Option { return Option(f) }
+func WithConfig(f func(*graftd.Config)) Option { return Option(f) }
 
 // Start runs graftd until the test ends.
 func Start(t testing.TB, opts ...Option) *Graftd {
 	t.Helper()
-	cfg := daemon.DevConfig(t.TempDir())
+	cfg := graftd.DevConfig(t.TempDir())
 	cfg.ShutdownTimeout = 5 * time.Second
 	for _, o := range opts {
 		o(&cfg)
@@ -56,7 +56,7 @@ func Start(t testing.TB, opts ...Option) *Graftd {
 
 func (g *Graftd) start(t testing.TB) {
 	t.Helper()
-	d, err := daemon.Start(context.Background(), g.cfg, testenv.Logger(t))
+	d, err := graftd.Start(context.Background(), g.cfg, testenv.Logger(t))
 	if err != nil {
 		t.Fatalf("start graftd: %v", err)
 	}

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/testenv"
 )
 
@@ -44,14 +44,14 @@ func serveProcess(file string) int {
 		fmt.Fprintf(os.Stderr, "graftdtest: %v\n", err)
 		return 2
 	}
-	var cfg daemon.Config
+	var cfg graftd.Config
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "graftdtest: %s: %v\n", file, err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	d, err := daemon.New(ctx, cfg, daemon.NewLogger(cfg, os.Stderr))
+	d, err := graftd.New(ctx, cfg, graftd.NewLogger(cfg, os.Stderr))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "graftd: %v\n", err)
 		return 1
@@ -87,7 +87,7 @@ type process struct {
 // supervisor's restart would; its log is shown when the test fails.
 func StartProcess(t testing.TB, opts ...Option) *Graftd {
 	t.Helper()
-	cfg := daemon.DevConfig(t.TempDir())
+	cfg := graftd.DevConfig(t.TempDir())
 	cfg.ShutdownTimeout = 5 * time.Second
 	for _, o := range opts {
 		o(&cfg)
@@ -215,7 +215,7 @@ func (p *process) terminate(timeout time.Duration) {
 }
 
 // devKeyringFile is the keyring file of a dev graftd with cfg.
-func devKeyringFile(cfg daemon.Config) string {
+func devKeyringFile(cfg graftd.Config) string {
 	if cfg.KeyringFile != "" {
 		return cfg.KeyringFile
 	}

@@ -197,7 +197,7 @@ func LinksNoServer(t testing.TB, program string) {
 	}
 	forbidden := []string{
 		"github.com/graft-sh/graft/server", "github.com/graft-sh/graft/store", "github.com/graft-sh/graft/acl",
-		"github.com/graft-sh/graft/replicator", "github.com/graft-sh/graft/audit", "github.com/graft-sh/graft/internal/daemon",
+		"github.com/graft-sh/graft/replicator", "github.com/graft-sh/graft/audit", "github.com/graft-sh/graft/graftd",
 		"go.etcd.io/etcd/", "github.com/nats-io/",
 	}
 	for dep := range strings.Lines(string(out)) {

@@ -1,4 +1,4 @@
-package daemon_test
+package graftd_test
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/keyring"
@@ -73,7 +73,7 @@ func TestExternalBackends(t *testing.T) {
 	dir := t.TempDir()
 	etcd := testenv.StartEtcd(t, filepath.Join(dir, "etcd"))
 	nats := testenv.StartNATS(t, filepath.Join(dir, "nats"))
-	cfg := daemon.Defaults()
+	cfg := graftd.Defaults()
 	cfg.DataDir = filepath.Join(dir, "graftd")
 	cfg.Listen = "127.0.0.1:0"
 	cfg.HTTPListen = "127.0.0.1:0"
@@ -81,13 +81,13 @@ func TestExternalBackends(t *testing.T) {
 	cfg.NATS.URL = nats.URL
 	cfg.KeyringFile = filepath.Join(dir, "keyring.json")
 
-	if _, err := daemon.Start(context.Background(), cfg, testenv.Logger(t)); err == nil || !strings.Contains(err.Error(), "graftd keyring init") {
+	if _, err := graftd.Start(context.Background(), cfg, testenv.Logger(t)); err == nil || !strings.Contains(err.Error(), "graftd keyring init") {
 		t.Fatalf("start without a keyring file: %v", err)
 	}
 	if err := keyring.CreateFile(cfg.KeyringFile); err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	d, err := graftd.Start(context.Background(), cfg, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,10 +96,10 @@ func TestExternalBackends(t *testing.T) {
 		t.Fatal("outside dev mode graftd must not mint a root token by itself")
 	}
 	// The first admin gets in through the audited break-glass.
-	if _, err := daemon.BreakGlass(context.Background(), cfg, testenv.Logger(t), time.Hour, "", "tester"); err == nil || !strings.Contains(err.Error(), "--reason") {
+	if _, err := graftd.BreakGlass(context.Background(), cfg, testenv.Logger(t), time.Hour, "", "tester"); err == nil || !strings.Contains(err.Error(), "--reason") {
 		t.Fatalf("break-glass without a reason: %v", err)
 	}
-	root, err := daemon.BreakGlass(context.Background(), cfg, testenv.Logger(t), time.Hour, "bootstrap the first admin", "tester@host")
+	root, err := graftd.BreakGlass(context.Background(), cfg, testenv.Logger(t), time.Hour, "bootstrap the first admin", "tester@host")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,9 +170,9 @@ func TestDevKeepsDataAndRootTokenAcrossRestarts(t *testing.T) {
 }
 
 func TestStartRefusesBadConfig(t *testing.T) {
-	cfg := daemon.Defaults()
+	cfg := graftd.Defaults()
 	cfg.Listen = "0.0.0.0:0"
-	_, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	_, err := graftd.Start(context.Background(), cfg, testenv.Logger(t))
 	if err == nil || !strings.Contains(err.Error(), "--etcd-endpoints is required") {
 		t.Fatalf("Start = %v", err)
 	}
@@ -197,15 +197,15 @@ func TestGRPCHealthNeedsNoToken(t *testing.T) {
 
 // devConfig is graftd --dev on kernel-chosen loopback ports with its data
 // in dir, generating its root token as a user's graftd --dev does.
-func devConfig(dir string) daemon.Config {
-	cfg := daemon.DevConfig(dir)
+func devConfig(dir string) graftd.Config {
+	cfg := graftd.DevConfig(dir)
 	cfg.DevRootToken = ""
 	return cfg
 }
 
-func startDaemon(t *testing.T, cfg daemon.Config) *daemon.Daemon {
+func startDaemon(t *testing.T, cfg graftd.Config) *graftd.Daemon {
 	t.Helper()
-	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	d, err := graftd.Start(context.Background(), cfg, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

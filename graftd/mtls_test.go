@@ -1,4 +1,4 @@
-package daemon_test
+package graftd_test
 
 import (
 	"context"
@@ -25,7 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 )
 
@@ -104,7 +104,7 @@ func TestMutualTLSIdentities(t *testing.T) {
 	ca := newCA(t)
 	other := newCA(t)
 	serverCert, serverKey := ca.issue(t, "graftd", "", true)
-	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
 		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
 		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
 		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
@@ -190,7 +190,7 @@ func TestCommonNameIdentitiesOptIn(t *testing.T) {
 	dir := t.TempDir()
 	ca := newCA(t)
 	serverCert, serverKey := ca.issue(t, "graftd", "", true)
-	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
 		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
 		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
 		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)

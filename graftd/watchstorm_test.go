@@ -1,4 +1,4 @@
-package daemon_test
+package graftd_test
 
 import (
 	"context"

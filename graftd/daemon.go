@@ -1,13 +1,13 @@
-// Package daemon assembles graftd: its configuration (the option table
-// and its validation), its backends (etcd and NATS, embedded in dev mode),
-// every part built on them, and its lifecycle, which runs those parts as
-// tasks and stops them in order. It also mints break-glass root tokens.
-package daemon
+// Package graftd assembles graftd, the server's composition root: its
+// configuration (the option table and its validation), its backends (etcd
+// and NATS, embedded in dev mode), every part built on them, and its
+// lifecycle, which runs those parts as tasks and stops them in order. It
+// also mints break-glass root tokens. It sits above every server package,
+// which is why it is not under internal/ with the leaf utilities.
+package graftd
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +37,7 @@ import (
 	"github.com/graft-sh/graft/internal/atomicfile"
 	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/internal/task"
+	"github.com/graft-sh/graft/internal/tlsfiles"
 	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/rollout"
@@ -458,7 +459,7 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 		natsURL = "in-process NATS"
 	}
 
-	etcdTLS, err := clientTLS(cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile)
+	etcdTLS, err := tlsfiles.Client(cfg.Etcd.CAFile, cfg.Etcd.CertFile, cfg.Etcd.KeyFile)
 	if err != nil {
 		return fmt.Errorf("etcd TLS: %w", err)
 	}
@@ -501,54 +502,6 @@ func (d *Daemon) startBackends(ctx context.Context) error {
 		return fmt.Errorf("NATS at %s has no usable JetStream (start nats-server with -js): %w", natsURL, err)
 	}
 	return nil
-}
-
-func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	if caFile == "" && certFile == "" {
-		return nil, nil
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
-		}
-	}
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
-}
-
-// serverTLS loads the server certificate and, with a client CA, verifies
-// client certificates when they are offered: a caller authenticates with a
-// certificate or a token.
-func serverTLS(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, err
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
-	if clientCAFile != "" {
-		pem, err := os.ReadFile(clientCAFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.ClientCAs = x509.NewCertPool()
-		if !tc.ClientCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s holds no PEM certificate", clientCAFile)
-		}
-		tc.ClientAuth = tls.VerifyClientCertIfGiven
-	}
-	return tc, nil
 }
 
 // setupRootToken installs the dev-mode root token: the one given, or the
@@ -596,7 +549,7 @@ func (d *Daemon) newGRPC() error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
 	if d.cfg.TLSCertFile != "" {
-		tc, err := serverTLS(d.cfg.TLSCertFile, d.cfg.TLSKeyFile, d.cfg.ClientCAFile)
+		tc, err := tlsfiles.Server(d.cfg.TLSCertFile, d.cfg.TLSKeyFile, d.cfg.ClientCAFile)
 		if err != nil {
 			return fmt.Errorf("server TLS: %w", err)
 		}

@@ -1,4 +1,4 @@
-package daemon
+package graftd
 
 import (
 	"net"
@@ -12,7 +12,7 @@ import (
 // The compose cluster publishes no port that dev mode uses, so someone who
 // runs `make run` and then the cluster, as the README goes, gets both.
 func TestComposePortsDoNotCollideWithDevMode(t *testing.T) {
-	data, err := os.ReadFile("../../deploy/docker-compose.yml")
+	data, err := os.ReadFile("../deploy/docker-compose.yml")
 	if err != nil {
 		t.Fatal(err)
 	}

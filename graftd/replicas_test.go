@@ -1,4 +1,4 @@
-package daemon_test
+package graftd_test
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/keyring"
@@ -72,12 +72,12 @@ func TestTwoReplicasEnforceChangesWithinASecond(t *testing.T) {
 
 // twoReplicas starts two graftd replicas on one etcd and NATS and returns
 // them with a break-glass root token.
-func twoReplicas(t *testing.T) (a, b *daemon.Daemon, root string) {
+func twoReplicas(t *testing.T) (a, b *graftd.Daemon, root string) {
 	t.Helper()
 	dir := t.TempDir()
 	etcd := testenv.StartEtcd(t, filepath.Join(dir, "etcd"))
 	nats := testenv.StartNATS(t, filepath.Join(dir, "nats"))
-	base := daemon.Defaults()
+	base := graftd.Defaults()
 	base.Listen = "127.0.0.1:0"
 	base.HTTPListen = "127.0.0.1:0"
 	base.Etcd.Endpoints = []string{etcd.Endpoint}
@@ -86,7 +86,7 @@ func twoReplicas(t *testing.T) (a, b *daemon.Daemon, root string) {
 	if err := keyring.CreateFile(base.KeyringFile); err != nil {
 		t.Fatal(err)
 	}
-	replica := func(name string) *daemon.Daemon {
+	replica := func(name string) *graftd.Daemon {
 		cfg := base
 		cfg.DataDir = filepath.Join(dir, name)
 		d := startDaemon(t, cfg)
@@ -94,13 +94,13 @@ func twoReplicas(t *testing.T) (a, b *daemon.Daemon, root string) {
 		return d
 	}
 	a, b = replica("a"), replica("b")
-	root, err := daemon.BreakGlass(context.Background(), base, testenv.Logger(t), time.Hour, "test", "tester")
+	root, err := graftd.BreakGlass(context.Background(), base, testenv.Logger(t), time.Hour, "test", "tester")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Break-glass writes to etcd directly; the replicas learn of the token
 	// through their watches.
-	for _, d := range []*daemon.Daemon{a, b} {
+	for _, d := range []*graftd.Daemon{a, b} {
 		c := graftdtest.Dial(t, d.Addr())
 		testenv.WaitFor(t, 5*time.Second, func() bool {
 			_, err := c.Tokens.WhoAmI(authed(root), &graftv1.WhoAmIRequest{})
@@ -158,7 +158,7 @@ func TestTwoReplicasShareReplication(t *testing.T) {
 			seen[sr] = true
 		}
 	}
-	handled := func(d *daemon.Daemon) float64 {
+	handled := func(d *graftd.Daemon) float64 {
 		_, body := httpGet(t, "http://"+d.HTTPAddr()+"/metrics")
 		total := 0.0
 		for line := range strings.Lines(body) {

@@ -1,4 +1,4 @@
-package daemon_test
+package graftd_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 )
@@ -30,7 +30,7 @@ func TestForgedAcknowledgementsAreRefused(t *testing.T) {
 	dir := t.TempDir()
 	ca := newCA(t)
 	serverCert, serverKey := ca.issue(t, "graftd", "", true)
-	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *daemon.Config) {
+	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
 		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
 		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
 		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)

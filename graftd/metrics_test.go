@@ -1,4 +1,4 @@
-package daemon_test
+package graftd_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"time"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
-	"github.com/graft-sh/graft/internal/daemon"
+	"github.com/graft-sh/graft/graftd"
 	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/keyring"
@@ -22,7 +22,7 @@ func TestMetricsNeedATokenOffLoopback(t *testing.T) {
 	dir := t.TempDir()
 	etcd := testenv.StartEtcd(t, filepath.Join(dir, "etcd"))
 	nats := testenv.StartNATS(t, filepath.Join(dir, "nats"))
-	cfg := daemon.Defaults()
+	cfg := graftd.Defaults()
 	cfg.DataDir = filepath.Join(dir, "graftd")
 	cfg.Listen = "127.0.0.1:0"
 	cfg.HTTPListen = "0.0.0.0:0"
@@ -32,12 +32,12 @@ func TestMetricsNeedATokenOffLoopback(t *testing.T) {
 	if err := keyring.CreateFile(cfg.KeyringFile); err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.Start(context.Background(), cfg, testenv.Logger(t))
+	d, err := graftd.Start(context.Background(), cfg, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Shutdown(context.Background())
-	root, err := daemon.BreakGlass(context.Background(), cfg, testenv.Logger(t), time.Hour, "test metrics", "tester")
+	root, err := graftd.BreakGlass(context.Background(), cfg, testenv.Logger(t), time.Hour, "test metrics", "tester")
 	if err != nil {
 		t.Fatal(err)
 	}
