@@ -40,9 +40,7 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	out     io.Writer // --dry-run's report
-	client  *sdk.Client
-	sc      sdk.Config // the connection, without the token
-	token   string     // the token client uses, from TokenFile
+	conn    *connection
 	metrics *metrics
 	reg     *prometheus.Registry
 	// rotator runs rotations, when the configuration asks for them.
@@ -118,7 +116,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		}
 		sc.TLS = tc
 	}
-	client, token, err := dial(ctx, cfg, sc)
+	conn, err := newConnection(ctx, connConfig{SDK: sc, TokenFile: cfg.TokenFile, App: cfg.App, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +129,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		cfg.ID = cfg.DefaultID(host)
 	}
 	reg := prometheus.NewRegistry()
-	a := &Agent{cfg: cfg, sc: sc, token: token, host: host, instance: newInstance(), healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
+	a := &Agent{cfg: cfg, conn: conn, host: host, instance: newInstance(), healthy: true, log: log, out: out, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates)),
 		kube: map[int]*kubeRestarter{}}
@@ -146,50 +144,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
-			client.Close()
+			conn.close()
 			return nil, fmt.Errorf("listen %s: %w (set listen: to a free loopback port, or off)", cfg.Listen, err)
 		}
 		a.listener = l
 	}
 	return a, nil
-}
-
-// dial connects to graftd with the token in the configuration's token
-// file, if it has one, and returns the client and the token.
-func dial(ctx context.Context, cfg Config, sc sdk.Config) (*sdk.Client, string, error) {
-	if cfg.TokenFile != "" {
-		data, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return nil, "", fmt.Errorf("token_file: %w", err)
-		}
-		sc.Token = strings.TrimSpace(string(data))
-		if sc.Token == "" {
-			return nil, "", fmt.Errorf("token_file %s is empty: put the token from `graft token create --principal app:%s` in it", cfg.TokenFile, cfg.App)
-		}
-	}
-	c, err := sdk.New(ctx, sc)
-	return c, sc.Token, err
-}
-
-// redial connects again if graftd refused the agent's token and the token
-// file now holds another one (the token was rotated or provisioned late).
-func (a *Agent) redial(ctx context.Context, err error) {
-	if a.cfg.TokenFile == "" || !errors.Is(err, sdk.ErrUnauthenticated) {
-		return
-	}
-	c, token, derr := dial(ctx, a.cfg, a.sc)
-	if derr != nil {
-		a.log.Warn("graftd refused the token, and the token file cannot be read again", "token_file", a.cfg.TokenFile, "err", derr)
-		return
-	}
-	if token == a.token {
-		c.Close()
-		a.log.Warn("graftd refuses the agent's token; put a valid one in the token file (graft token create --principal app:"+a.cfg.App+")", "token_file", a.cfg.TokenFile)
-		return
-	}
-	a.client.Close()
-	a.client, a.token = c, token
-	a.log.Info("connected again with the new token from the token file", "token_file", a.cfg.TokenFile)
 }
 
 func (t TLS) config() (*tls.Config, error) {
@@ -238,7 +198,7 @@ var ErrTemplates = errors.New("a template failed")
 // graftd is away. With Once or DryRun it reads one snapshot, renders (or
 // reports) and returns, with ErrTemplates if a template failed.
 func (a *Agent) Run(ctx context.Context) error {
-	defer func() { a.client.Close() }()
+	defer a.conn.close()
 	defer closeActions(a.cfg.Reload)
 	if a.cfg.Once || a.cfg.DryRun {
 		return a.runOnce(ctx)
@@ -280,7 +240,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopRun()
 	retry.Forever(ctx, a.log, "following the application's tree "+a.cfg.Root(), 100*time.Millisecond, 10*time.Second, func(ctx context.Context) error {
 		if err := a.snapshot(ctx); err != nil {
-			a.redial(ctx, err)
 			return err
 		}
 		a.renderAndReload(ctx, nil, true)
@@ -297,7 +256,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		case err == nil:
 			return nil
 		}
-		a.redial(ctx, err)
 		return err
 	})
 	return exit
@@ -325,7 +283,11 @@ func (a *Agent) runOnce(ctx context.Context) error {
 // snapshot replaces the agent's view with one consistent read of its tree,
 // unless it is older than what the agent has applied.
 func (a *Agent) snapshot(ctx context.Context) error {
-	tree, err := a.client.ReadTree(ctx, a.cfg.Root())
+	var tree sdk.Tree
+	err := a.conn.call(ctx, func(c *sdk.Client) (err error) {
+		tree, err = c.ReadTree(ctx, a.cfg.Root())
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -354,7 +316,12 @@ func (a *Agent) snapshot(ctx context.Context) error {
 func (a *Agent) follow(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	events := a.client.Watch(wctx, a.cfg.Root(), a.revision+1)
+	// The stream holds its client until it ends; when the token file's
+	// new token replaces that client, the stream starts again on the new
+	// one from a new snapshot.
+	conn, release := a.conn.hold()
+	defer release()
+	events := conn.client.Watch(wctx, a.cfg.Root(), a.revision+1)
 	// The watch is read at once into pending, so that a reload's retries
 	// and health wait can see that a newer revision is waiting.
 	in := make(chan sdk.WatchResponse, 256)
@@ -385,11 +352,14 @@ func (a *Agent) follow(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-conn.replaced:
+			return nil
 		case resp, ok := <-in:
 			if !ok {
 				return errors.New("watch closed")
 			}
 			if resp.Err != nil {
+				a.conn.refused(ctx, conn, resp.Err)
 				return resp.Err
 			}
 			if resp.Revision <= a.revision {
@@ -525,7 +495,7 @@ func (a *Agent) report(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := a.client.Report(rctx, rep, reportTTL)
+	err := a.conn.call(rctx, func(c *sdk.Client) error { return c.Report(rctx, rep, reportTTL) })
 	if ctx.Err() != nil {
 		return
 	}

@@ -103,8 +103,8 @@ func newRotator(a *Agent, holder string) *rotator {
 	}
 	a.reg.MustRegister(r.runs, r.steps, r.busy)
 	r.runner = rotation.NewRunner(rotation.RunnerConfig{
-		Control:  control{a.client, holder},
-		Values:   values{a.client},
+		Control:  control{a.conn, holder},
+		Values:   values{a.conn},
 		Open:     openDriver,
 		Conflict: isConflict,
 		Logger:   a.log.With("subsystem", "rotator"),
@@ -152,7 +152,6 @@ func (r *rotator) run(ctx context.Context) {
 			if !failing {
 				r.a.log.Warn("rotator: cannot list the rotations; trying again", "err", err)
 			}
-			r.a.redial(ctx, err)
 			failing = true
 		} else {
 			failing = false
@@ -168,7 +167,11 @@ func (r *rotator) run(ctx context.Context) {
 func (r *rotator) look(ctx context.Context, wg *sync.WaitGroup) error {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	all, err := r.a.client.ListRotations(lctx)
+	var all []sdk.Rotation
+	err := r.a.conn.call(lctx, func(c *sdk.Client) (err error) {
+		all, err = c.ListRotations(lctx)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -184,7 +187,7 @@ func (r *rotator) look(ctx context.Context, wg *sync.WaitGroup) error {
 		if rot.State.Holder != "" && rot.State.Holder != r.holder {
 			continue // another rotator has it
 		}
-		c, err := r.a.client.ClaimRotation(lctx, name, r.holder, r.ttl)
+		c, err := r.claim(lctx, name)
 		if errors.Is(err, sdk.ErrPermissionDenied) {
 			r.deny(name, err)
 			continue
@@ -250,7 +253,8 @@ func (r *rotator) work(ctx context.Context, c sdk.RotationClaim) {
 		<-renewed
 		rctx, stop := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer stop()
-		if err := r.a.client.ReleaseRotation(rctx, name, r.holder); err != nil && ctx.Err() == nil {
+		err := r.a.conn.call(rctx, func(c *sdk.Client) error { return c.ReleaseRotation(rctx, name, r.holder) })
+		if err != nil && ctx.Err() == nil {
 			log.Debug("rotator: could not release the claim; it expires by itself", "err", err)
 		}
 	}()
@@ -265,7 +269,7 @@ func (r *rotator) work(ctx context.Context, c sdk.RotationClaim) {
 		// The state moved on (paused meanwhile, or another replica's
 		// write came first): read it again under the claim.
 		cctx, stop := context.WithTimeout(wctx, 10*time.Second)
-		c2, err := r.a.client.ClaimRotation(cctx, name, r.holder, r.ttl)
+		c2, err := r.claim(cctx, name)
 		stop()
 		if err != nil || !c2.Held {
 			log.Warn("rotator: lost the claim; another rotator or a later look takes over", "err", err)
@@ -288,7 +292,7 @@ func (r *rotator) renew(ctx context.Context, name string, stop context.CancelFun
 		case <-t.C:
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.ttl/3)
-		c, err := r.a.client.ClaimRotation(cctx, name, r.holder, r.ttl)
+		c, err := r.claim(cctx, name)
 		cancel()
 		switch {
 		case err == nil && c.Held:
@@ -305,26 +309,43 @@ func (r *rotator) renew(ctx context.Context, name string, stop context.CancelFun
 	}
 }
 
+// claim claims the rotation name, or renews the claim.
+func (r *rotator) claim(ctx context.Context, name string) (c sdk.RotationClaim, err error) {
+	err = r.a.conn.call(ctx, func(cl *sdk.Client) (err error) {
+		c, err = cl.ClaimRotation(ctx, name, r.holder, r.ttl)
+		return err
+	})
+	return c, err
+}
+
 // control is graftd, for the Runner.
 type control struct {
-	c      *sdk.Client
+	conn   *connection
 	holder string
 }
 
 func (c control) Advance(ctx context.Context, name string, next rotation.View, secrets *rotation.Secrets) (rotation.View, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rot, err := c.c.AdvanceRotation(cctx, name, c.holder, next, secrets)
+	var rot sdk.Rotation
+	err := c.conn.call(cctx, func(cl *sdk.Client) (err error) {
+		rot, err = cl.AdvanceRotation(cctx, name, c.holder, next, secrets)
+		return err
+	})
 	return rot.State, err
 }
 
 // values is the owner's tree, for the Runner.
-type values struct{ c *sdk.Client }
+type values struct{ conn *connection }
 
 func (v values) ReadTree(ctx context.Context, path string) (map[string][]byte, int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	t, err := v.c.ReadTree(cctx, path)
+	var t sdk.Tree
+	err := v.conn.call(cctx, func(c *sdk.Client) (err error) {
+		t, err = c.ReadTree(cctx, path)
+		return err
+	})
 	if errors.Is(err, sdk.ErrNotFound) {
 		return map[string][]byte{}, 0, nil
 	}
@@ -345,7 +366,11 @@ func (v values) ReadTree(ctx context.Context, path string) (map[string][]byte, i
 func (v values) PutTree(ctx context.Context, path string, vals map[string][]byte) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	es, err := v.c.PutTree(cctx, path, vals)
+	var es []sdk.Entry
+	err := v.conn.call(cctx, func(c *sdk.Client) (err error) {
+		es, err = c.PutTree(cctx, path, vals)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
@@ -358,7 +383,11 @@ func (v values) PutTree(ctx context.Context, path string, vals map[string][]byte
 func (v values) Rollout(ctx context.Context, path string, rev int64) (rotation.Rollout, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ro, err := v.c.RolloutStatus(cctx, path, rev)
+	var ro sdk.Rollout
+	err := v.conn.call(cctx, func(c *sdk.Client) (err error) {
+		ro, err = c.RolloutStatus(cctx, path, rev)
+		return err
+	})
 	if err != nil {
 		return rotation.Rollout{}, err
 	}
