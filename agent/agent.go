@@ -601,9 +601,6 @@ func (a *Agent) view() *view {
 	return &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
 }
 
-// reload runs the reload actions in order, each retried with backoff
-// unless its failure is final (a failed rollout), then waits for the
-// health check.
 // errSuperseded ends a reload's retries or health wait when a newer
 // revision is waiting to be applied.
 var errSuperseded = errors.New("superseded by a newer revision")
@@ -612,9 +609,10 @@ var errSuperseded = errors.New("superseded by a newer revision")
 // applied.
 func (a *Agent) superseded() bool { return a.pending != nil && len(a.pending) > 0 }
 
-// reload runs the reload actions, then the health check. It returns
-// errSuperseded when a newer revision arrived first; any other outcome is
-// recorded for the report.
+// reload runs the reload actions in order, each retried with backoff
+// unless its failure is final (a failed rollout), then waits for the
+// health check. It returns errSuperseded when a newer revision arrived
+// first; any other outcome is recorded for the report.
 func (a *Agent) reload(ctx context.Context) error {
 	a.reloads, a.healthy, a.reason = nil, true, ""
 	for i, act := range a.cfg.Reload {
