@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/graft-sh/graft/internal/retry"
+	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/sdk"
 )
 
@@ -203,39 +204,58 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Once || a.cfg.DryRun {
 		return a.runOnce(ctx)
 	}
+	// The agent's long-running parts, as tasks: the first to fail stops
+	// the others. The watch loop ends the run when the application it
+	// runs (exec) exits, with its status.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tasks := []task.Task{task.New("connection", a.conn.Run)}
 	if a.listener != nil {
-		stop := a.serve()
-		defer stop()
+		tasks = append(tasks, task.New("http", a.serveHTTP))
 	}
+	if a.cfg.Exec != nil && a.signals != nil {
+		tasks = append(tasks, task.New("signals", func(ctx context.Context) error {
+			a.forward(ctx, a.signals, cancel)
+			return nil
+		}))
+	}
+	if a.rotator != nil {
+		tasks = append(tasks, task.New("rotator", func(ctx context.Context) error {
+			a.rotator.run(ctx)
+			return nil
+		}))
+	}
+	var exit *ExitError
+	if a.rotator == nil || a.cfg.App != "" {
+		tasks = append(tasks, task.New("watch", func(ctx context.Context) error {
+			exit = a.watch(ctx)
+			if exit != nil {
+				return exit
+			}
+			return nil
+		}))
+	} else {
+		a.ready.Store(true) // a rotator alone has nothing to render
+	}
+	err := task.Run(ctx, 0, tasks...)
+	if exit != nil {
+		return exit
+	}
+	return err
+}
+
+// watch renders and reloads until ctx ends or the application it runs
+// exits: a snapshot, a render from it, then the watch after it. A watch
+// that ends because its revision was compacted, or because a new token
+// replaced its connection, reads a new snapshot at once; any other
+// failure (graftd away, access lost) backs off, with jitter. With exec,
+// the application is stopped on the way out.
+func (a *Agent) watch(ctx context.Context) *ExitError {
 	if a.cfg.Exec != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		if a.signals != nil {
-			go a.forward(a.signals, cancel)
-		}
 		defer a.spawner.close()
 		defer a.stop()
 	}
-	if a.rotator != nil {
-		if a.cfg.App == "" {
-			a.ready.Store(true)
-			a.rotator.run(ctx)
-			return nil
-		}
-		var wg sync.WaitGroup
-		rctx, stopRotator := context.WithCancel(ctx)
-		wg.Go(func() { a.rotator.run(rctx) })
-		defer func() {
-			stopRotator()
-			wg.Wait()
-		}()
-	}
-	// One pass: a snapshot, a render from it, then the watch after it. A
-	// watch that ends because its revision was compacted reads a new
-	// snapshot at once; any other failure (graftd away, access lost) backs
-	// off, with jitter.
-	var exit error
+	var exit *ExitError
 	ctx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	retry.Forever(ctx, a.log, "following the application's tree "+a.cfg.Root(), 100*time.Millisecond, 10*time.Second, func(ctx context.Context) error {
@@ -244,10 +264,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.renderAndReload(ctx, nil, true)
 		err := a.follow(ctx)
-		var ee *ExitError
 		switch {
-		case errors.As(err, &ee):
-			exit = err
+		case errors.As(err, &exit):
 			stopRun()
 			return nil
 		case errors.Is(err, sdk.ErrOutOfRange):
