@@ -53,9 +53,8 @@ type Agent struct {
 	state    []rendered
 	modTimes []time.Time
 
-	// kube runs the kubernetes reload actions, by their index in
-	// cfg.Reload, each with its own client kept across reloads.
-	kube map[int]*kubeRestarter
+	// reloaders are the reload actions, built once from cfg.Reload.
+	reloaders []reloader
 
 	// What the last reload did, for reports.
 	reloads []sdk.ReloadReport
@@ -132,16 +131,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	reg := prometheus.NewRegistry()
 	a := &Agent{cfg: cfg, conn: conn, host: host, instance: newInstance(), healthy: true, log: log, out: out, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
-		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates)),
-		kube: map[int]*kubeRestarter{}}
+		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
 	if cfg.Rotations.Enabled() {
 		a.rotator = newRotator(a, holder)
 	}
-	for i, act := range cfg.Reload {
-		if act.Kubernetes != nil {
-			a.kube[i] = newKubeRestarter(act.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes"))
-		}
-	}
+	a.reloaders = newReloaders(cfg, log)
 	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
@@ -200,7 +194,7 @@ var ErrTemplates = errors.New("a template failed")
 // reports) and returns, with ErrTemplates if a template failed.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.conn.close()
-	defer closeActions(a.cfg.Reload)
+	defer closeReloaders(a.reloaders)
 	if a.cfg.Once || a.cfg.DryRun {
 		return a.runOnce(ctx)
 	}
@@ -633,28 +627,28 @@ func (a *Agent) superseded() bool { return a.pending != nil && len(a.pending) > 
 // first; any other outcome is recorded for the report.
 func (a *Agent) reload(ctx context.Context) error {
 	a.reloads, a.healthy, a.reason = nil, true, ""
-	for i, act := range a.cfg.Reload {
+	for _, act := range a.reloaders {
 		var err error
 		attempt := 1
 		for delay := 500 * time.Millisecond; ; attempt, delay = attempt+1, delay*2 {
-			if err = act.run(ctx, a.kube[i]); err == nil || attempt == reloadAttempts || ctx.Err() != nil || isFinal(err) {
+			if err = act.Run(ctx); err == nil || attempt == reloadAttempts || ctx.Err() != nil || isFinal(err) {
 				break
 			}
-			a.log.Warn("reload failed; retrying", "action", act.kind(), "attempt", attempt, "err", err)
+			a.log.Warn("reload failed; retrying", "action", act.Kind(), "attempt", attempt, "err", err)
 			if err := a.pause(ctx, delay); err != nil {
 				return err
 			}
 		}
 		if err != nil {
-			a.metrics.reloads.WithLabelValues(act.kind(), "failed").Inc()
-			a.log.Error("reload failed", "action", act.kind(), "attempts", attempt, "err", err)
-			a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), Error: err.Error()})
-			a.healthy, a.reason = false, fmt.Sprintf("reload (%s) failed: %v", act.kind(), err)
+			a.metrics.reloads.WithLabelValues(act.Kind(), "failed").Inc()
+			a.log.Error("reload failed", "action", act.Kind(), "attempts", attempt, "err", err)
+			a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.Kind(), Error: err.Error()})
+			a.healthy, a.reason = false, fmt.Sprintf("reload (%s) failed: %v", act.Kind(), err)
 			continue
 		}
-		a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), OK: true})
-		a.metrics.reloads.WithLabelValues(act.kind(), "ok").Inc()
-		a.log.Info("reloaded", "action", act.kind(), "revision", a.revision)
+		a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.Kind(), OK: true})
+		a.metrics.reloads.WithLabelValues(act.Kind(), "ok").Inc()
+		a.log.Info("reloaded", "action", act.Kind(), "revision", a.revision)
 	}
 	return a.checkHealth(ctx)
 }
