@@ -203,7 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// runs (exec) exits, with its status.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tasks := []task.Task{task.New("connection", a.conn.Run)}
+	var tasks []task.Task
 	if a.listener != nil {
 		tasks = append(tasks, task.New("http", a.serveHTTP))
 	}

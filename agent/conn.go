@@ -78,16 +78,11 @@ func (c *connection) dial(ctx context.Context) (*sdk.Client, string, error) {
 	return client, sc.Token, err
 }
 
-// Run holds the connection until ctx ends, then closes it once the
-// calls still using it are done.
-func (c *connection) Run(ctx context.Context) error {
-	<-ctx.Done()
-	c.close()
-	return nil
-}
-
 // close closes the current client when its last call is done; calls
-// after it fail.
+// after it fail. The agent closes its connection only once all its parts
+// have stopped, so that a stopping rotator can still give its claims up
+// (the connection is not a task of its own for that reason: it has no
+// work of its own between refusals, and must outlive the tasks).
 func (c *connection) close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
