@@ -133,7 +133,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
 	if cfg.Rotations.Enabled() {
-		a.rotator = newRotator(a, holder)
+		a.rotator = newRotator(rotatorConfig{Conn: conn, Log: log, Registry: reg, Holder: holder,
+			Rotations: cfg.Rotations, ClaimTTL: cfg.RotationClaimTTL, Hook: cfg.RotationHook})
 	}
 	a.reloaders = newReloaders(cfg, log)
 	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
@@ -214,10 +215,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}))
 	}
 	if a.rotator != nil {
-		tasks = append(tasks, task.New("rotator", func(ctx context.Context) error {
-			a.rotator.run(ctx)
-			return nil
-		}))
+		tasks = append(tasks, task.New("rotator", a.rotator.Run))
 	}
 	var exit *ExitError
 	if a.rotator == nil || a.cfg.App != "" {
