@@ -324,27 +324,14 @@ func (a *Agent) snapshot(ctx context.Context) error {
 // when the revision to resume from was compacted, or the agent lost
 // access).
 func (a *Agent) follow(ctx context.Context) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// The stream holds its client until it ends; when the token file's
 	// new token replaces that client, the stream starts again on the new
 	// one from a new snapshot.
 	conn, release := a.conn.hold()
 	defer release()
-	events := conn.client.Watch(wctx, a.cfg.Root(), a.revision+1)
-	// The watch is read at once into pending, so that a reload's retries
-	// and health wait can see that a newer revision is waiting.
-	in := make(chan sdk.WatchResponse, 256)
-	go func() {
-		defer close(in)
-		for resp := range events {
-			select {
-			case in <- resp:
-			case <-wctx.Done():
-				return
-			}
-		}
-	}()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := readAhead(wctx, conn.client.Watch(wctx, a.cfg.Root(), a.revision+1))
 	a.pending = in
 	defer func() { a.pending = nil }()
 	changed := map[string]bool{}
@@ -414,6 +401,23 @@ func (a *Agent) follow(ctx context.Context) error {
 			return &ExitError{Code: code}
 		}
 	}
+}
+
+// readAhead reads the watch at once into a queue, so that a reload's
+// retries and health wait can see that a newer revision is waiting.
+func readAhead(ctx context.Context, events <-chan sdk.WatchResponse) chan sdk.WatchResponse {
+	in := make(chan sdk.WatchResponse, 256)
+	go func() {
+		defer close(in)
+		for resp := range events {
+			select {
+			case in <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return in
 }
 
 // sourcesChanged reports whether a template's source file changed since
