@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -14,46 +15,70 @@ import (
 	"time"
 )
 
-// kind names an action for logs and metrics.
-func (a Action) kind() string {
-	switch {
-	case a.Signal != nil:
-		return "signal"
-	case a.HTTP != nil:
-		return "http"
-	case a.Docker != nil:
-		return "docker"
-	case a.Kubernetes != nil:
-		return "kubernetes"
-	default:
-		return "command"
-	}
+// reloader is one reload action, built once from the configuration
+// (newReloaders); each kind keeps what it holds open between reloads
+// (docker's engine client, kubernetes' cluster client) and releases it in
+// Close.
+type reloader interface {
+	// Kind names the action for logs, metrics and reports.
+	Kind() string
+	// Run performs the action once.
+	Run(ctx context.Context) error
+	Close()
 }
 
-// run performs one reload action once; kube runs a kubernetes action.
-func (a Action) run(ctx context.Context, kube *kubeRestarter) error {
-	switch {
-	case a.Signal != nil:
-		return a.Signal.run()
-	case a.HTTP != nil:
-		return a.HTTP.run(ctx)
-	case a.Docker != nil:
-		return a.Docker.run(ctx)
-	case a.Kubernetes != nil:
-		return kube.run(ctx)
-	default:
-		return runCommand(ctx, a.Command, 0)
-	}
-}
+var (
+	_ reloader = signalReloader{}
+	_ reloader = httpReloader{}
+	_ reloader = commandReloader{}
+	_ reloader = (*dockerRestarter)(nil)
+	_ reloader = (*kubeRestarter)(nil)
+)
 
-// closeActions releases what the actions hold open between reloads.
-func closeActions(actions []Action) {
-	for _, a := range actions {
-		if a.Docker != nil {
-			a.Docker.close()
+// newReloaders builds the configuration's reload actions, in order.
+func newReloaders(cfg Config, log *slog.Logger) []reloader {
+	out := make([]reloader, 0, len(cfg.Reload))
+	for _, a := range cfg.Reload {
+		switch {
+		case a.Signal != nil:
+			out = append(out, signalReloader{a.Signal})
+		case a.HTTP != nil:
+			out = append(out, httpReloader{a.HTTP})
+		case a.Docker != nil:
+			out = append(out, &dockerRestarter{action: a.Docker})
+		case a.Kubernetes != nil:
+			out = append(out, newKubeRestarter(a.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes")))
+		default:
+			out = append(out, commandReloader{a.Command})
 		}
 	}
+	return out
 }
+
+// closeReloaders releases what the actions hold open between reloads.
+func closeReloaders(rs []reloader) {
+	for _, r := range rs {
+		r.Close()
+	}
+}
+
+type signalReloader struct{ *SignalAction }
+
+func (signalReloader) Kind() string                { return "signal" }
+func (s signalReloader) Run(context.Context) error { return s.run() }
+func (signalReloader) Close()                      {}
+
+type httpReloader struct{ *HTTPAction }
+
+func (httpReloader) Kind() string                    { return "http" }
+func (h httpReloader) Run(ctx context.Context) error { return h.run(ctx) }
+func (httpReloader) Close()                          {}
+
+type commandReloader struct{ argv []string }
+
+func (commandReloader) Kind() string                    { return "command" }
+func (c commandReloader) Run(ctx context.Context) error { return runCommand(ctx, c.argv, 0) }
+func (commandReloader) Close()                          {}
 
 func (s *SignalAction) run() error {
 	data, err := os.ReadFile(s.Pidfile)

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/graft-sh/graft/internal/retry"
+	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/sdk"
 )
 
@@ -40,9 +41,7 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	out     io.Writer // --dry-run's report
-	client  *sdk.Client
-	sc      sdk.Config // the connection, without the token
-	token   string     // the token client uses, from TokenFile
+	conn    *connection
 	metrics *metrics
 	reg     *prometheus.Registry
 	// rotator runs rotations, when the configuration asks for them.
@@ -54,9 +53,8 @@ type Agent struct {
 	state    []rendered
 	modTimes []time.Time
 
-	// kube runs the kubernetes reload actions, by their index in
-	// cfg.Reload, each with its own client kept across reloads.
-	kube map[int]*kubeRestarter
+	// reloaders are the reload actions, built once from cfg.Reload.
+	reloaders []reloader
 
 	// What the last reload did, for reports.
 	reloads []sdk.ReloadReport
@@ -118,7 +116,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		}
 		sc.TLS = tc
 	}
-	client, token, err := dial(ctx, cfg, sc)
+	conn, err := newConnection(ctx, connConfig{SDK: sc, TokenFile: cfg.TokenFile, App: cfg.App, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -131,65 +129,23 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		cfg.ID = cfg.DefaultID(host)
 	}
 	reg := prometheus.NewRegistry()
-	a := &Agent{cfg: cfg, sc: sc, token: token, host: host, instance: newInstance(), healthy: true, log: log, out: out, client: client, reg: reg, metrics: newMetrics(reg),
+	a := &Agent{cfg: cfg, conn: conn, host: host, instance: newInstance(), healthy: true, log: log, out: out, reg: reg, metrics: newMetrics(reg),
 		values: map[string][]byte{}, times: map[string]time.Time{},
-		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates)),
-		kube: map[int]*kubeRestarter{}}
+		state: make([]rendered, len(cfg.Templates)), modTimes: make([]time.Time, len(cfg.Templates))}
 	if cfg.Rotations.Enabled() {
-		a.rotator = newRotator(a, holder)
+		a.rotator = newRotator(rotatorConfig{Conn: conn, Log: log, Registry: reg, Holder: holder,
+			Rotations: cfg.Rotations, ClaimTTL: cfg.RotationClaimTTL, Hook: cfg.RotationHook})
 	}
-	for i, act := range cfg.Reload {
-		if act.Kubernetes != nil {
-			a.kube[i] = newKubeRestarter(act.Kubernetes, cfg.Kubernetes, log.With("action", "kubernetes"))
-		}
-	}
+	a.reloaders = newReloaders(cfg, log)
 	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
-			client.Close()
+			conn.close()
 			return nil, fmt.Errorf("listen %s: %w (set listen: to a free loopback port, or off)", cfg.Listen, err)
 		}
 		a.listener = l
 	}
 	return a, nil
-}
-
-// dial connects to graftd with the token in the configuration's token
-// file, if it has one, and returns the client and the token.
-func dial(ctx context.Context, cfg Config, sc sdk.Config) (*sdk.Client, string, error) {
-	if cfg.TokenFile != "" {
-		data, err := os.ReadFile(cfg.TokenFile)
-		if err != nil {
-			return nil, "", fmt.Errorf("token_file: %w", err)
-		}
-		sc.Token = strings.TrimSpace(string(data))
-		if sc.Token == "" {
-			return nil, "", fmt.Errorf("token_file %s is empty: put the token from `graft token create --principal app:%s` in it", cfg.TokenFile, cfg.App)
-		}
-	}
-	c, err := sdk.New(ctx, sc)
-	return c, sc.Token, err
-}
-
-// redial connects again if graftd refused the agent's token and the token
-// file now holds another one (the token was rotated or provisioned late).
-func (a *Agent) redial(ctx context.Context, err error) {
-	if a.cfg.TokenFile == "" || !errors.Is(err, sdk.ErrUnauthenticated) {
-		return
-	}
-	c, token, derr := dial(ctx, a.cfg, a.sc)
-	if derr != nil {
-		a.log.Warn("graftd refused the token, and the token file cannot be read again", "token_file", a.cfg.TokenFile, "err", derr)
-		return
-	}
-	if token == a.token {
-		c.Close()
-		a.log.Warn("graftd refuses the agent's token; put a valid one in the token file (graft token create --principal app:"+a.cfg.App+")", "token_file", a.cfg.TokenFile)
-		return
-	}
-	a.client.Close()
-	a.client, a.token = c, token
-	a.log.Info("connected again with the new token from the token file", "token_file", a.cfg.TokenFile)
 }
 
 func (t TLS) config() (*tls.Config, error) {
@@ -238,57 +194,70 @@ var ErrTemplates = errors.New("a template failed")
 // graftd is away. With Once or DryRun it reads one snapshot, renders (or
 // reports) and returns, with ErrTemplates if a template failed.
 func (a *Agent) Run(ctx context.Context) error {
-	defer func() { a.client.Close() }()
-	defer closeActions(a.cfg.Reload)
+	defer a.conn.close()
+	defer closeReloaders(a.reloaders)
 	if a.cfg.Once || a.cfg.DryRun {
 		return a.runOnce(ctx)
 	}
+	// The agent's long-running parts, as tasks: the first to fail stops
+	// the others. The watch loop ends the run when the application it
+	// runs (exec) exits, with its status.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var tasks []task.Task
 	if a.listener != nil {
-		stop := a.serve()
-		defer stop()
+		tasks = append(tasks, task.New("http", a.serveHTTP))
 	}
+	if a.cfg.Exec != nil && a.signals != nil {
+		tasks = append(tasks, task.New("signals", func(ctx context.Context) error {
+			a.forward(ctx, a.signals, cancel)
+			return nil
+		}))
+	}
+	if a.rotator != nil {
+		tasks = append(tasks, task.New("rotator", a.rotator.Run))
+	}
+	var exit *ExitError
+	if a.rotator == nil || a.cfg.App != "" {
+		tasks = append(tasks, task.New("watch", func(ctx context.Context) error {
+			exit = a.watch(ctx)
+			if exit != nil {
+				return exit
+			}
+			return nil
+		}))
+	} else {
+		a.ready.Store(true) // a rotator alone has nothing to render
+	}
+	err := task.Run(ctx, 0, tasks...)
+	if exit != nil {
+		return exit
+	}
+	return err
+}
+
+// watch renders and reloads until ctx ends or the application it runs
+// exits: a snapshot, a render from it, then the watch after it. A watch
+// that ends because its revision was compacted, or because a new token
+// replaced its connection, reads a new snapshot at once; any other
+// failure (graftd away, access lost) backs off, with jitter. With exec,
+// the application is stopped on the way out.
+func (a *Agent) watch(ctx context.Context) *ExitError {
 	if a.cfg.Exec != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		if a.signals != nil {
-			go a.forward(a.signals, cancel)
-		}
 		defer a.spawner.close()
 		defer a.stop()
 	}
-	if a.rotator != nil {
-		if a.cfg.App == "" {
-			a.ready.Store(true)
-			a.rotator.run(ctx)
-			return nil
-		}
-		var wg sync.WaitGroup
-		rctx, stopRotator := context.WithCancel(ctx)
-		wg.Go(func() { a.rotator.run(rctx) })
-		defer func() {
-			stopRotator()
-			wg.Wait()
-		}()
-	}
-	// One pass: a snapshot, a render from it, then the watch after it. A
-	// watch that ends because its revision was compacted reads a new
-	// snapshot at once; any other failure (graftd away, access lost) backs
-	// off, with jitter.
-	var exit error
+	var exit *ExitError
 	ctx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	retry.Forever(ctx, a.log, "following the application's tree "+a.cfg.Root(), 100*time.Millisecond, 10*time.Second, func(ctx context.Context) error {
 		if err := a.snapshot(ctx); err != nil {
-			a.redial(ctx, err)
 			return err
 		}
 		a.renderAndReload(ctx, nil, true)
 		err := a.follow(ctx)
-		var ee *ExitError
 		switch {
-		case errors.As(err, &ee):
-			exit = err
+		case errors.As(err, &exit):
 			stopRun()
 			return nil
 		case errors.Is(err, sdk.ErrOutOfRange):
@@ -297,7 +266,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		case err == nil:
 			return nil
 		}
-		a.redial(ctx, err)
 		return err
 	})
 	return exit
@@ -325,7 +293,11 @@ func (a *Agent) runOnce(ctx context.Context) error {
 // snapshot replaces the agent's view with one consistent read of its tree,
 // unless it is older than what the agent has applied.
 func (a *Agent) snapshot(ctx context.Context) error {
-	tree, err := a.client.ReadTree(ctx, a.cfg.Root())
+	var tree sdk.Tree
+	err := a.conn.call(ctx, func(c *sdk.Client) (err error) {
+		tree, err = c.ReadTree(ctx, a.cfg.Root())
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -352,22 +324,14 @@ func (a *Agent) snapshot(ctx context.Context) error {
 // when the revision to resume from was compacted, or the agent lost
 // access).
 func (a *Agent) follow(ctx context.Context) error {
+	// The stream holds its client until it ends; when the token file's
+	// new token replaces that client, the stream starts again on the new
+	// one from a new snapshot.
+	conn, release := a.conn.hold()
+	defer release()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	events := a.client.Watch(wctx, a.cfg.Root(), a.revision+1)
-	// The watch is read at once into pending, so that a reload's retries
-	// and health wait can see that a newer revision is waiting.
-	in := make(chan sdk.WatchResponse, 256)
-	go func() {
-		defer close(in)
-		for resp := range events {
-			select {
-			case in <- resp:
-			case <-wctx.Done():
-				return
-			}
-		}
-	}()
+	in := readAhead(wctx, conn.client.Watch(wctx, a.cfg.Root(), a.revision+1))
 	a.pending = in
 	defer func() { a.pending = nil }()
 	changed := map[string]bool{}
@@ -385,11 +349,14 @@ func (a *Agent) follow(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-conn.replaced:
+			return nil
 		case resp, ok := <-in:
 			if !ok {
 				return errors.New("watch closed")
 			}
 			if resp.Err != nil {
+				a.conn.refused(ctx, conn, resp.Err)
 				return resp.Err
 			}
 			if resp.Revision <= a.revision {
@@ -434,6 +401,23 @@ func (a *Agent) follow(ctx context.Context) error {
 			return &ExitError{Code: code}
 		}
 	}
+}
+
+// readAhead reads the watch at once into a queue, so that a reload's
+// retries and health wait can see that a newer revision is waiting.
+func readAhead(ctx context.Context, events <-chan sdk.WatchResponse) chan sdk.WatchResponse {
+	in := make(chan sdk.WatchResponse, 256)
+	go func() {
+		defer close(in)
+		for resp := range events {
+			select {
+			case in <- resp:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return in
 }
 
 // sourcesChanged reports whether a template's source file changed since
@@ -525,7 +509,7 @@ func (a *Agent) report(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := a.client.Report(rctx, rep, reportTTL)
+	err := a.conn.call(rctx, func(c *sdk.Client) error { return c.Report(rctx, rep, reportTTL) })
 	if ctx.Err() != nil {
 		return
 	}
@@ -631,9 +615,6 @@ func (a *Agent) view() *view {
 	return &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
 }
 
-// reload runs the reload actions in order, each retried with backoff
-// unless its failure is final (a failed rollout), then waits for the
-// health check.
 // errSuperseded ends a reload's retries or health wait when a newer
 // revision is waiting to be applied.
 var errSuperseded = errors.New("superseded by a newer revision")
@@ -642,33 +623,34 @@ var errSuperseded = errors.New("superseded by a newer revision")
 // applied.
 func (a *Agent) superseded() bool { return a.pending != nil && len(a.pending) > 0 }
 
-// reload runs the reload actions, then the health check. It returns
-// errSuperseded when a newer revision arrived first; any other outcome is
-// recorded for the report.
+// reload runs the reload actions in order, each retried with backoff
+// unless its failure is final (a failed rollout), then waits for the
+// health check. It returns errSuperseded when a newer revision arrived
+// first; any other outcome is recorded for the report.
 func (a *Agent) reload(ctx context.Context) error {
 	a.reloads, a.healthy, a.reason = nil, true, ""
-	for i, act := range a.cfg.Reload {
+	for _, act := range a.reloaders {
 		var err error
 		attempt := 1
 		for delay := 500 * time.Millisecond; ; attempt, delay = attempt+1, delay*2 {
-			if err = act.run(ctx, a.kube[i]); err == nil || attempt == reloadAttempts || ctx.Err() != nil || isFinal(err) {
+			if err = act.Run(ctx); err == nil || attempt == reloadAttempts || ctx.Err() != nil || isFinal(err) {
 				break
 			}
-			a.log.Warn("reload failed; retrying", "action", act.kind(), "attempt", attempt, "err", err)
+			a.log.Warn("reload failed; retrying", "action", act.Kind(), "attempt", attempt, "err", err)
 			if err := a.pause(ctx, delay); err != nil {
 				return err
 			}
 		}
 		if err != nil {
-			a.metrics.reloads.WithLabelValues(act.kind(), "failed").Inc()
-			a.log.Error("reload failed", "action", act.kind(), "attempts", attempt, "err", err)
-			a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), Error: err.Error()})
-			a.healthy, a.reason = false, fmt.Sprintf("reload (%s) failed: %v", act.kind(), err)
+			a.metrics.reloads.WithLabelValues(act.Kind(), "failed").Inc()
+			a.log.Error("reload failed", "action", act.Kind(), "attempts", attempt, "err", err)
+			a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.Kind(), Error: err.Error()})
+			a.healthy, a.reason = false, fmt.Sprintf("reload (%s) failed: %v", act.Kind(), err)
 			continue
 		}
-		a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.kind(), OK: true})
-		a.metrics.reloads.WithLabelValues(act.kind(), "ok").Inc()
-		a.log.Info("reloaded", "action", act.kind(), "revision", a.revision)
+		a.reloads = append(a.reloads, sdk.ReloadReport{Kind: act.Kind(), OK: true})
+		a.metrics.reloads.WithLabelValues(act.Kind(), "ok").Inc()
+		a.log.Info("reloaded", "action", act.Kind(), "revision", a.revision)
 	}
 	return a.checkHealth(ctx)
 }

@@ -29,9 +29,14 @@ type DockerAction struct {
 	// before it kills it (default 10s, as `docker restart`), in whole
 	// seconds.
 	Timeout time.Duration `yaml:"timeout"`
+}
 
-	// The engine client, made on the first restart and shared by every
-	// copy of the configuration (they hold the same *DockerAction).
+// dockerRestarter runs a docker action, keeping its engine client across
+// reloads.
+type dockerRestarter struct {
+	action *DockerAction
+
+	// The engine client, made on the first restart.
 	mu  sync.Mutex
 	cli *client.Client
 }
@@ -64,12 +69,16 @@ func (d *DockerAction) validate(where string, add func(string, ...any)) {
 	}
 }
 
+// Kind is docker.
+func (*dockerRestarter) Kind() string { return "docker" }
+
 // engine returns the action's engine client, made on first use.
-func (d *DockerAction) engine() (*client.Client, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.cli != nil {
-		return d.cli, nil
+func (r *dockerRestarter) engine() (*client.Client, error) {
+	d := r.action
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cli != nil {
+		return r.cli, nil
 	}
 	opts := []client.Opt{client.FromEnv}
 	if d.Host != "" {
@@ -79,25 +88,26 @@ func (d *DockerAction) engine() (*client.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker: connect to the engine: %w (check docker.host, DOCKER_HOST and DOCKER_CERT_PATH)", err)
 	}
-	d.cli = cli
+	r.cli = cli
 	return cli, nil
 }
 
-// close releases the engine client's connections; the next restart makes
+// Close releases the engine client's connections; the next restart makes
 // a new client.
-func (d *DockerAction) close() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.cli != nil {
-		d.cli.Close()
-		d.cli = nil
+func (r *dockerRestarter) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cli != nil {
+		r.cli.Close()
+		r.cli = nil
 	}
 }
 
-// run restarts the container and waits until it runs again and, if it
+// Run restarts the container and waits until it runs again and, if it
 // has a health check, is healthy.
-func (d *DockerAction) run(ctx context.Context) error {
-	cli, err := d.engine()
+func (r *dockerRestarter) Run(ctx context.Context) error {
+	d := r.action
+	cli, err := r.engine()
 	if err != nil {
 		return err
 	}

@@ -107,9 +107,9 @@ func TestDockerRestartWaitsForRunningAndHealthy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f, host := startFakeEngine(t, tt.states...)
-			d := &DockerAction{Container: tt.container, Host: host, Timeout: 2500 * time.Millisecond}
-			defer d.close()
-			err := d.run(t.Context())
+			d := &dockerRestarter{action: &DockerAction{Container: tt.container, Host: host, Timeout: 2500 * time.Millisecond}}
+			defer d.Close()
+			err := d.Run(t.Context())
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("run: %v", err)
@@ -151,11 +151,11 @@ func TestDockerEngineUnreachable(t *testing.T) {
 		{"tcp://" + closed, "docker: restart container app: cannot reach the Docker engine at tcp://" + closed + ": is it running there?"},
 	}
 	for _, tt := range tests {
-		d := &DockerAction{Container: "app", Host: tt.host}
-		if err := d.run(t.Context()); err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+		d := &dockerRestarter{action: &DockerAction{Container: "app", Host: tt.host}}
+		if err := d.Run(t.Context()); err == nil || !strings.HasPrefix(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want an error starting %q", tt.host, err, tt.want)
 		}
-		d.close()
+		d.Close()
 	}
 }
 
@@ -164,7 +164,7 @@ func TestDockerEngineUnreachable(t *testing.T) {
 // a copy of this test binary.
 func TestDockerSocketPermissionDenied(t *testing.T) {
 	if host := os.Getenv("GRAFT_DOCKER_TEST_HOST"); host != "" {
-		err := (&DockerAction{Container: "app", Host: host}).run(t.Context())
+		err := (&dockerRestarter{action: &DockerAction{Container: "app", Host: host}}).Run(t.Context())
 		os.Stdout.WriteString("ERROR: " + err.Error() + "\n")
 		return
 	}
@@ -183,7 +183,7 @@ func TestDockerSocketPermissionDenied(t *testing.T) {
 		if err := os.Chmod(sock, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := (&DockerAction{Container: "app", Host: host}).run(t.Context()); err == nil || !strings.HasPrefix(err.Error(), want+sock+": the agent needs access to it") {
+		if err := (&dockerRestarter{action: &DockerAction{Container: "app", Host: host}}).Run(t.Context()); err == nil || !strings.HasPrefix(err.Error(), want+sock+": the agent needs access to it") {
 			t.Fatalf("run: %v, want %q", err, want)
 		}
 		return
@@ -236,7 +236,7 @@ func TestDockerActionConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Reload[0]; got.kind() != "docker" || got.Docker.Container != "message-processor" || got.Docker.Host != "" || got.Docker.Timeout != 0 {
+	if got := cfg.Reload[0]; newReloaders(cfg, nil)[0].Kind() != "docker" || got.Docker.Container != "message-processor" || got.Docker.Host != "" || got.Docker.Timeout != 0 {
 		t.Fatalf("reload[0] = %+v", got.Docker)
 	}
 	if got := cfg.Reload[1].Docker; got.Container != "3f4e8a" || got.Host != "tcp://10.0.0.5:2376" || got.Timeout != 30*time.Second {

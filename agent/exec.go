@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -265,8 +266,18 @@ func (a *Agent) superviseEnv(complete, filesChanged bool) bool {
 
 // forward passes the signals graft-agent receives to the application; a
 // SIGTERM or SIGINT before it runs stops the agent.
-func (a *Agent) forward(signals <-chan os.Signal, cancel func()) {
-	for sig := range signals {
+func (a *Agent) forward(ctx context.Context, signals <-chan os.Signal, cancel func()) {
+	for {
+		var sig os.Signal
+		select {
+		case <-ctx.Done():
+			return
+		case s, ok := <-signals:
+			if !ok {
+				return
+			}
+			sig = s
+		}
 		a.mu.Lock()
 		c := a.child
 		a.mu.Unlock()

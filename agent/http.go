@@ -43,9 +43,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// serve answers /healthz, /readyz (once the first complete render is done)
-// and /metrics on the agent's loopback listener until stop is called.
-func (a *Agent) serve() (stop func()) {
+// serveHTTP answers /healthz, /readyz (once the first complete render is
+// done) and /metrics on the agent's loopback listener until ctx ends.
+func (a *Agent) serveHTTP(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -57,14 +57,19 @@ func (a *Agent) serve() (stop func()) {
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stopped := make(chan struct{})
 	go func() {
-		if err := srv.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("the agent's HTTP endpoints stopped", "err", err)
-		}
-	}()
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer close(stopped)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
+		srv.Shutdown(sctx)
+	}()
+	// The endpoints only observe the agent: when they stop, the log says
+	// so and the agent goes on rendering.
+	if err := srv.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		a.log.Error("the agent's HTTP endpoints stopped", "err", err)
 	}
+	<-stopped
+	return nil
 }

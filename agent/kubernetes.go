@@ -113,8 +113,14 @@ func newKubeRestarter(k *KubernetesAction, client KubernetesClient, log *slog.Lo
 	return r
 }
 
-// run restarts the workload and waits for its rollout.
-func (r *kubeRestarter) run(ctx context.Context) error {
+// Kind is kubernetes.
+func (*kubeRestarter) Kind() string { return "kubernetes" }
+
+// Close does nothing: client-go's REST client holds nothing to release.
+func (*kubeRestarter) Close() {}
+
+// Run restarts the workload and waits for its rollout.
+func (r *kubeRestarter) Run(ctx context.Context) error {
 	if r.client == nil {
 		c, ns, err := connectKubernetes(r.action.Kubeconfig, r.log)
 		if err != nil {

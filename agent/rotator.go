@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -68,10 +69,12 @@ const (
 
 // rotator claims and runs rotations.
 type rotator struct {
-	a      *Agent
-	holder string
-	ttl    time.Duration
-	runner *rotation.Runner
+	conn      *connection
+	log       *slog.Logger
+	rotations Rotations
+	holder    string
+	ttl       time.Duration
+	runner    *rotation.Runner
 
 	mu      sync.Mutex
 	running map[string]bool
@@ -82,12 +85,26 @@ type rotator struct {
 	busy  prometheus.Gauge
 }
 
-func newRotator(a *Agent, holder string) *rotator {
-	ttl := a.cfg.RotationClaimTTL
+// rotatorConfig is what a rotator is given: the agent's connection, its
+// logger and metrics registry, and the rotator's part of the
+// configuration.
+type rotatorConfig struct {
+	Conn      *connection
+	Log       *slog.Logger
+	Registry  prometheus.Registerer
+	Holder    string // names the rotator in its claims
+	Rotations Rotations
+	ClaimTTL  time.Duration // default DefaultClaimTTL
+	Hook      func(name string, b rotation.Boundary)
+}
+
+func newRotator(cfg rotatorConfig) *rotator {
+	ttl := cfg.ClaimTTL
 	if ttl == 0 {
 		ttl = DefaultClaimTTL
 	}
-	r := &rotator{a: a, holder: holder, ttl: ttl, running: map[string]bool{}, denied: map[string]bool{},
+	holder := cfg.Holder
+	r := &rotator{conn: cfg.Conn, log: cfg.Log, rotations: cfg.Rotations, holder: holder, ttl: ttl, running: map[string]bool{}, denied: map[string]bool{},
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "graft_agent_rotation_runs_total",
 			Help: "Rotation runs this rotator finished, by rotation and outcome (done, failed: rolled back or could not begin).",
@@ -101,14 +118,14 @@ func newRotator(a *Agent, holder string) *rotator {
 			Name: "graft_agent_rotations_running", Help: "Rotations this rotator holds the claim of and is running now.",
 		}),
 	}
-	a.reg.MustRegister(r.runs, r.steps, r.busy)
+	cfg.Registry.MustRegister(r.runs, r.steps, r.busy)
 	r.runner = rotation.NewRunner(rotation.RunnerConfig{
-		Control:  control{a.client, holder},
-		Values:   values{a.client},
+		Control:  control{cfg.Conn, holder},
+		Values:   values{cfg.Conn},
 		Open:     openDriver,
 		Conflict: isConflict,
-		Logger:   a.log.With("subsystem", "rotator"),
-		Hook:     a.cfg.RotationHook,
+		Logger:   cfg.Log.With("subsystem", "rotator"),
+		Hook:     cfg.Hook,
 		Observe: func(_, step string, d time.Duration) {
 			r.steps.WithLabelValues(step).Observe(d.Seconds())
 		},
@@ -139,9 +156,9 @@ func isConflict(err error) bool {
 	return errors.Is(err, sdk.ErrFailedPrecondition) || errors.Is(err, sdk.ErrNotFound)
 }
 
-// run looks for work until ctx ends, and runs each rotation it claims in
+// Run looks for work until ctx ends, and runs each rotation it claims in
 // a goroutine of its own.
-func (r *rotator) run(ctx context.Context) {
+func (r *rotator) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	t := time.NewTicker(rotationLook)
@@ -150,16 +167,15 @@ func (r *rotator) run(ctx context.Context) {
 	for {
 		if err := r.look(ctx, &wg); err != nil && ctx.Err() == nil {
 			if !failing {
-				r.a.log.Warn("rotator: cannot list the rotations; trying again", "err", err)
+				r.log.Warn("rotator: cannot list the rotations; trying again", "err", err)
 			}
-			r.a.redial(ctx, err)
 			failing = true
 		} else {
 			failing = false
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 	}
@@ -168,14 +184,18 @@ func (r *rotator) run(ctx context.Context) {
 func (r *rotator) look(ctx context.Context, wg *sync.WaitGroup) error {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	all, err := r.a.client.ListRotations(lctx)
+	var all []sdk.Rotation
+	err := r.conn.call(lctx, func(c *sdk.Client) (err error) {
+		all, err = c.ListRotations(lctx)
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	now := time.Now()
 	for _, rot := range all {
 		name := rot.Spec.Name
-		if !r.a.cfg.Rotations.wants(name) || r.isRunning(name) {
+		if !r.rotations.wants(name) || r.isRunning(name) {
 			continue
 		}
 		if !rot.State.Phase.InProgress() && !rotation.Due(rot.Spec, rot.State.State, now) {
@@ -184,13 +204,13 @@ func (r *rotator) look(ctx context.Context, wg *sync.WaitGroup) error {
 		if rot.State.Holder != "" && rot.State.Holder != r.holder {
 			continue // another rotator has it
 		}
-		c, err := r.a.client.ClaimRotation(lctx, name, r.holder, r.ttl)
+		c, err := r.claim(lctx, name)
 		if errors.Is(err, sdk.ErrPermissionDenied) {
 			r.deny(name, err)
 			continue
 		}
 		if err != nil {
-			r.a.log.Warn("rotator: cannot claim a rotation", "rotation", name, "err", err)
+			r.log.Warn("rotator: cannot claim a rotation", "rotation", name, "err", err)
 			continue
 		}
 		if !c.Held {
@@ -212,7 +232,7 @@ func (r *rotator) deny(name string, err error) {
 	defer r.mu.Unlock()
 	if !r.denied[name] {
 		r.denied[name] = true
-		r.a.log.Warn("rotator: may not rotate this rotation; give its identity the rotate action on the target", "rotation", name, "err", err)
+		r.log.Warn("rotator: may not rotate this rotation; give its identity the rotate action on the target", "rotation", name, "err", err)
 	}
 }
 
@@ -237,7 +257,7 @@ func (r *rotator) setRunning(name string, on bool) {
 // claim up when no run is left in progress.
 func (r *rotator) work(ctx context.Context, c sdk.RotationClaim) {
 	name := c.Rotation.Spec.Name
-	log := r.a.log.With("rotation", name)
+	log := r.log.With("rotation", name)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	renewed := make(chan struct{})
@@ -250,7 +270,8 @@ func (r *rotator) work(ctx context.Context, c sdk.RotationClaim) {
 		<-renewed
 		rctx, stop := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer stop()
-		if err := r.a.client.ReleaseRotation(rctx, name, r.holder); err != nil && ctx.Err() == nil {
+		err := r.conn.call(rctx, func(c *sdk.Client) error { return c.ReleaseRotation(rctx, name, r.holder) })
+		if err != nil && ctx.Err() == nil {
 			log.Debug("rotator: could not release the claim; it expires by itself", "err", err)
 		}
 	}()
@@ -265,7 +286,7 @@ func (r *rotator) work(ctx context.Context, c sdk.RotationClaim) {
 		// The state moved on (paused meanwhile, or another replica's
 		// write came first): read it again under the claim.
 		cctx, stop := context.WithTimeout(wctx, 10*time.Second)
-		c2, err := r.a.client.ClaimRotation(cctx, name, r.holder, r.ttl)
+		c2, err := r.claim(cctx, name)
 		stop()
 		if err != nil || !c2.Held {
 			log.Warn("rotator: lost the claim; another rotator or a later look takes over", "err", err)
@@ -288,43 +309,60 @@ func (r *rotator) renew(ctx context.Context, name string, stop context.CancelFun
 		case <-t.C:
 		}
 		cctx, cancel := context.WithTimeout(ctx, r.ttl/3)
-		c, err := r.a.client.ClaimRotation(cctx, name, r.holder, r.ttl)
+		c, err := r.claim(cctx, name)
 		cancel()
 		switch {
 		case err == nil && c.Held:
 			last = time.Now()
 		case err == nil || errors.Is(err, sdk.ErrNotFound):
-			r.a.log.Warn("rotator: the claim went to another rotator, or the rotation was deleted; stopping its run", "rotation", name, "holder", c.Holder)
+			r.log.Warn("rotator: the claim went to another rotator, or the rotation was deleted; stopping its run", "rotation", name, "holder", c.Holder)
 			stop()
 			return
 		case time.Since(last) > r.ttl:
-			r.a.log.Warn("rotator: could not renew the claim within its TTL; stopping the run so another rotator can take it", "rotation", name, "err", err)
+			r.log.Warn("rotator: could not renew the claim within its TTL; stopping the run so another rotator can take it", "rotation", name, "err", err)
 			stop()
 			return
 		}
 	}
 }
 
+// claim claims the rotation name, or renews the claim.
+func (r *rotator) claim(ctx context.Context, name string) (c sdk.RotationClaim, err error) {
+	err = r.conn.call(ctx, func(cl *sdk.Client) (err error) {
+		c, err = cl.ClaimRotation(ctx, name, r.holder, r.ttl)
+		return err
+	})
+	return c, err
+}
+
 // control is graftd, for the Runner.
 type control struct {
-	c      *sdk.Client
+	conn   *connection
 	holder string
 }
 
 func (c control) Advance(ctx context.Context, name string, next rotation.View, secrets *rotation.Secrets) (rotation.View, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rot, err := c.c.AdvanceRotation(cctx, name, c.holder, next, secrets)
+	var rot sdk.Rotation
+	err := c.conn.call(cctx, func(cl *sdk.Client) (err error) {
+		rot, err = cl.AdvanceRotation(cctx, name, c.holder, next, secrets)
+		return err
+	})
 	return rot.State, err
 }
 
 // values is the owner's tree, for the Runner.
-type values struct{ c *sdk.Client }
+type values struct{ conn *connection }
 
 func (v values) ReadTree(ctx context.Context, path string) (map[string][]byte, int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	t, err := v.c.ReadTree(cctx, path)
+	var t sdk.Tree
+	err := v.conn.call(cctx, func(c *sdk.Client) (err error) {
+		t, err = c.ReadTree(cctx, path)
+		return err
+	})
 	if errors.Is(err, sdk.ErrNotFound) {
 		return map[string][]byte{}, 0, nil
 	}
@@ -345,7 +383,11 @@ func (v values) ReadTree(ctx context.Context, path string) (map[string][]byte, i
 func (v values) PutTree(ctx context.Context, path string, vals map[string][]byte) (int64, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	es, err := v.c.PutTree(cctx, path, vals)
+	var es []sdk.Entry
+	err := v.conn.call(cctx, func(c *sdk.Client) (err error) {
+		es, err = c.PutTree(cctx, path, vals)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
@@ -358,7 +400,11 @@ func (v values) PutTree(ctx context.Context, path string, vals map[string][]byte
 func (v values) Rollout(ctx context.Context, path string, rev int64) (rotation.Rollout, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ro, err := v.c.RolloutStatus(cctx, path, rev)
+	var ro sdk.Rollout
+	err := v.conn.call(cctx, func(c *sdk.Client) (err error) {
+		ro, err = c.RolloutStatus(cctx, path, rev)
+		return err
+	})
 	if err != nil {
 		return rotation.Rollout{}, err
 	}

@@ -368,3 +368,56 @@ func TestRotatorKeepsAMalformedDSNsPasswordOut(t *testing.T) {
 func TestSkipsWithoutPostgreSQL(t *testing.T) {
 	dbproc.CheckSkipsWithout(t, "^TestRotator", []string{"GRAFT_PG_BINDIR=/nonexistent"}, "GRAFT_REQUIRE_PG")
 }
+
+// One process that is both an application's agent and a rotator, whose
+// token file is replaced (and the old token revoked) in the middle of a
+// run: the rotator, the watch loop and the report all go on with the new
+// token, and the run completes. Both parts reconnect from their own
+// goroutine, so -race also checks that they share one connection safely.
+func TestRotatorAndAppAgentSurviveANewTokenMidRun(t *testing.T) {
+	r := newRotationRig(t)
+	ctx := t.Context()
+	tf, oldToken := r.g.TokenFile(t, "user:ops", "admin")
+	_, newToken := r.g.TokenFile(t, "user:ops", "admin")
+	root, err := sdk.New(ctx, sdk.Config{Addr: r.g.Addr, Token: r.g.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	if _, err := root.Put(ctx, "/app/ops/greeting", []byte("hello-1")); err != nil {
+		t.Fatal(err)
+	}
+	var swapped atomic.Bool
+	out := filepath.Join(t.TempDir(), "ops.txt")
+	cfg := agent.DefaultConfig()
+	cfg.Server, cfg.TokenFile, cfg.ID, cfg.App, cfg.Listen = r.g.Addr, tf, "ops-1", "ops", "off"
+	cfg.Templates = []agent.Template{{Destination: out, Contents: `{{ secret "greeting" }}`}}
+	cfg.Rotations = agent.Rotations{All: true}
+	cfg.RotationClaimTTL = 2 * time.Second
+	cfg.RotationHook = func(_ string, b rotation.Boundary) {
+		if b.Step != rotation.StepTest || b.At != "begun" || !swapped.CompareAndSwap(false, true) {
+			return
+		}
+		if err := os.WriteFile(tf, []byte(newToken+"\n"), 0o600); err != nil {
+			t.Error(err)
+		}
+		if _, err := root.RevokeToken(context.Background(), oldToken); err != nil {
+			t.Error(err)
+		}
+	}
+	startLogged(t, cfg)
+	testenv.WaitFor(t, 10*time.Second, func() bool { d, _ := os.ReadFile(out); return string(d) == "hello-1" })
+	r.create(nil)
+
+	rot := r.run(60 * time.Second)
+	if !swapped.Load() {
+		t.Fatal("the token was never replaced")
+	}
+	if rot.State.Phase != rotation.PhaseDone {
+		t.Fatalf("run: %s (%s): want done after the token changed", rot.State.Phase, rot.State.Reason)
+	}
+	if _, err := root.Put(ctx, "/app/ops/greeting", []byte("hello-2")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 20*time.Second, func() bool { d, _ := os.ReadFile(out); return string(d) == "hello-2" })
+}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -27,15 +28,23 @@ func New(name string, run func(ctx context.Context) error) Task {
 	return Task{Name: name, Run: run}
 }
 
-// ErrNotStopped marks tasks that were still running when the drain bound
-// passed.
-var ErrNotStopped = errors.New("did not stop in time")
+var (
+	// ErrNotStopped marks tasks that were still running when the drain
+	// bound passed.
+	ErrNotStopped = errors.New("did not stop in time")
+	// ErrPanic marks a task that panicked: Run recovers the panic into a
+	// failure of that task, so that the others are cancelled and stop
+	// cleanly instead of the process dying under them.
+	ErrPanic = errors.New("panicked")
+)
 
 // Run runs every task concurrently until ctx ends or one of them fails,
 // then cancels the rest and waits for them. A failure is an error a task
 // returns other than its context's own error after cancellation; every
 // failure is returned, joined and named by its task, so none is dropped.
-// A task returning nil before then has finished and stops nothing.
+// A task returning nil before then has finished and stops nothing. A task
+// that panics fails with an ErrPanic error holding the panic's value and
+// stack.
 //
 // With drain > 0, tasks have that long to return once cancellation begins;
 // those still running are named in an ErrNotStopped error and left
@@ -55,7 +64,7 @@ func Run(ctx context.Context, drain time.Duration, tasks ...Task) error {
 	}
 	for _, t := range tasks {
 		go func() {
-			err := t.Run(runCtx)
+			err := runRecovered(runCtx, t)
 			mu.Lock()
 			if err != nil && !(runCtx.Err() != nil && isContextErr(err)) {
 				failures = append(failures, fmt.Errorf("%s: %w", t.Name, err))
@@ -106,6 +115,16 @@ func Run(ctx context.Context, drain time.Duration, tasks ...Task) error {
 	mu.Lock()
 	defer mu.Unlock()
 	return errors.Join(failures...)
+}
+
+// runRecovered runs t, turning a panic into an ErrPanic error.
+func runRecovered(ctx context.Context, t Task) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v\n%s", ErrPanic, p, debug.Stack())
+		}
+	}()
+	return t.Run(ctx)
 }
 
 func isContextErr(err error) bool {

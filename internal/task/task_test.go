@@ -102,3 +102,19 @@ func TestDrainIsBounded(t *testing.T) {
 		t.Fatalf("Run waited %s for a stuck task; the bound is 100ms", d)
 	}
 }
+
+// A task that panics fails, named, with ErrPanic, and the others are
+// cancelled as for any failure: the process does not die under them.
+func TestPanicIsAFailure(t *testing.T) {
+	stopped := make(chan string, 1)
+	err := task.Run(context.Background(), time.Second,
+		untilDone(stopped, "a"),
+		task.New("bad", func(context.Context) error { panic("nil map") }),
+	)
+	if !errors.Is(err, task.ErrPanic) || !strings.HasPrefix(err.Error(), "bad: panicked: nil map") {
+		t.Fatalf("Run = %v, want bad: panicked: nil map", err)
+	}
+	if len(stopped) != 1 {
+		t.Fatal("the other task was not cancelled")
+	}
+}
