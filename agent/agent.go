@@ -15,7 +15,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -32,6 +31,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/graft-sh/graft/internal/retry"
+	"github.com/graft-sh/graft/internal/tlsfiles"
 	"github.com/graft-sh/graft/internal/task"
 	"github.com/graft-sh/graft/sdk"
 )
@@ -149,21 +149,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 }
 
 func (t TLS) config() (*tls.Config, error) {
-	pem, err := os.ReadFile(t.CAFile)
+	tc, err := tlsfiles.Client(t.CAFile, t.CertFile, t.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tls.ca_file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("tls.ca_file %s holds no PEM certificate", t.CAFile)
-	}
-	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if t.CertFile != "" {
-		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls.cert_file/key_file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{pair}
+		return nil, fmt.Errorf("tls: %w", err)
 	}
 	return tc, nil
 }

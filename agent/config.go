@@ -258,8 +258,8 @@ func (c Config) Validate() error {
 			p.Add("rotations: %v", err)
 		}
 	}
-	if c.RotationClaimTTL != 0 && (c.RotationClaimTTL < 2*time.Second || c.RotationClaimTTL > 5*time.Minute) {
-		p.Add("rotation_claim_ttl %s: want 2s to 5m", c.RotationClaimTTL)
+	if c.RotationClaimTTL != 0 && (c.RotationClaimTTL < rotation.MinClaimTTL || c.RotationClaimTTL > rotation.MaxClaimTTL) {
+		p.Add("rotation_claim_ttl %s: want %s to %s", c.RotationClaimTTL, rotation.MinClaimTTL, rotation.MaxClaimTTL)
 	}
 	if c.App != "" && len(c.Templates) == 0 && (c.Exec == nil || len(c.Exec.Env) == 0) {
 		p.Add("templates: give at least one template (destination and contents or source), or exec.env")

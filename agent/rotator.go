@@ -64,7 +64,7 @@ const (
 	rotationLook = 500 * time.Millisecond
 	// DefaultClaimTTL is how long a claim outlives a rotator that stops
 	// renewing it: how soon another rotator takes over.
-	DefaultClaimTTL = 15 * time.Second
+	DefaultClaimTTL = rotation.DefaultClaimTTL
 )
 
 // rotator claims and runs rotations.
