@@ -98,17 +98,13 @@ func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool
 		r.log.Warn("reloading rules after unshare failed; the watch will apply it", "err", err)
 	}
 	pruned := 0
-	for _, d := range rule.Destinations {
-		if orphan {
-			err = r.cfg.Store.ForgetApplied(ctx, d)
-		} else {
-			var n int
-			n, err = r.cfg.Store.PruneDestination(ctx, d, id, author)
-			pruned += n
-		}
-		if err != nil {
-			return rule, pruned, &IncompleteError{Msg: fmt.Sprintf("rule %s deleted, but cleaning %s failed: %v; its values are ordinary values now, remove them with `graft rm`", id, d, err), Err: err}
-		}
+	if orphan {
+		err = r.cfg.Store.ForgetAppliedAll(ctx, rule.Destinations)
+	} else {
+		pruned, err = r.cfg.Store.PruneDestinations(ctx, rule.Destinations, id, author)
+	}
+	if err != nil {
+		return rule, pruned, &IncompleteError{Msg: fmt.Sprintf("rule %s deleted, but cleaning its destinations failed after %d copies: %v; the rest are ordinary values now, remove them with `graft rm`", id, pruned, err), Err: err}
 	}
 	r.log.Info("rule deleted", "rule", id, "author", author, "orphan", orphan, "pruned", pruned)
 	return rule, pruned, nil
