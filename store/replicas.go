@@ -547,38 +547,24 @@ func (s *Store) PruneDestinations(ctx context.Context, roots []string, rule, aut
 		}
 	}
 	slices.Sort(paths)
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		pruned int
-		first  error
-		sem    = make(chan struct{}, replicaParallel)
-	)
+	var batches [][]string
 	for len(paths) > 0 {
 		n := min(len(paths), pruneBatch)
-		batch := paths[:n]
+		batches = append(batches, paths[:n])
 		paths = paths[n:]
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			n, err := s.pruneBatch(ctx, batch, rule, author)
-			mu.Lock()
-			defer mu.Unlock()
-			pruned += n
-			if err != nil && first == nil {
-				first = err
-			}
-		}()
-		mu.Lock()
-		failed := first != nil
-		mu.Unlock()
-		if failed {
-			break
-		}
 	}
-	wg.Wait()
-	return pruned, first
+	var (
+		mu     sync.Mutex
+		pruned int
+	)
+	err = inParallel(ctx, batches, func(ctx context.Context, batch []string) error {
+		n, err := s.pruneBatch(ctx, batch, rule, author)
+		mu.Lock()
+		pruned += n
+		mu.Unlock()
+		return err
+	})
+	return pruned, err
 }
 
 // pruneState is what one copy looks like before a prune batch deletes it.
