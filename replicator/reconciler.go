@@ -304,6 +304,9 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 		} else if added > 0 {
 			r.log.Info("gave applications their pattern destinations", "why", why, "added", added)
 		}
+		if n, err := r.finishUnshares(ctx, unshareGrace); err != nil && ctx.Err() == nil {
+			r.log.Error("finishing interrupted unshares failed; the next pass retries", "why", why, "finished", n, "err", err)
+		}
 		if why == "applications changed" {
 			return // what changed in the rules is a pass of its own
 		}

@@ -417,6 +417,23 @@ func (s *Store) AppliedUnderAll(ctx context.Context, roots []string) (map[string
 	return out, err
 }
 
+// AppliedPathsOf returns every destination path whose applied record
+// names rule, reading them all: how an unshare interrupted after its rule
+// was dropped finds what it had left to clean.
+func (s *Store) AppliedPathsOf(ctx context.Context, rule string) ([]string, error) {
+	all, err := s.AppliedUnder(ctx, "/")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for p, a := range all {
+		if a.Rule == rule {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
 // AppliedUnder returns the applied records of every destination path at or
 // below root.
 func (s *Store) AppliedUnder(ctx context.Context, root string) (map[string]Applied, error) {
