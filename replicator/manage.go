@@ -89,29 +89,98 @@ func (r *Replicator) Share(ctx context.Context, author, source string, dests []s
 
 // Unshare deletes a rule. Unless orphan is set it deletes the values the
 // rule wrote; with orphan they stay, as ordinary values.
+//
+// It first records the unshare (the unshares space), then drops the rule
+// and cleans its destinations, and removes the record only when that is
+// done: an unshare interrupted anywhere is finished by the next unshare
+// of the same rule, or by the reconciler (finishUnshares).
 func (r *Replicator) Unshare(ctx context.Context, author, id string, orphan bool) (Rule, int, error) {
-	rule, err := r.cfg.Rules.delete(ctx, id)
-	if err != nil {
-		return Rule{}, 0, err
+	pending := unshares(r.cfg.Store)
+	prev, err := pending.Get(ctx, id)
+	interrupted := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return Rule{}, 0, fmt.Errorf("delete rule %s: %w", id, err)
 	}
-	if err := r.cfg.Rules.Refresh(ctx); err != nil {
-		r.log.Warn("reloading rules after unshare failed; the watch will apply it", "err", err)
+	if interrupted {
+		author, orphan = prev.Value.Author, prev.Value.Orphan
+	} else if _, err := pending.Put(ctx, id, pendingUnshare{Author: author, Orphan: orphan, Since: time.Now().UTC()}); err != nil {
+		return Rule{}, 0, fmt.Errorf("delete rule %s: %w", id, err)
+	}
+	rule, err := r.cfg.Rules.delete(ctx, id)
+	var roots []string
+	switch {
+	case errors.Is(err, store.ErrNotFound) && interrupted:
+		// Dropped by the unshare that was interrupted: what it had left
+		// to clean is what the applied records still give the rule.
+		rule = Rule{ID: id}
+		if roots, err = r.cfg.Store.AppliedPathsOf(ctx, id); err != nil {
+			return rule, 0, fmt.Errorf("delete rule %s: %w", id, err)
+		}
+	case err != nil:
+		if !interrupted && errors.Is(err, store.ErrNotFound) {
+			pending.Delete(context.WithoutCancel(ctx), id)
+		}
+		return Rule{}, 0, err
+	default:
+		roots = rule.Destinations
+		if err := r.cfg.Rules.Refresh(ctx); err != nil {
+			r.log.Warn("reloading rules after unshare failed; the watch will apply it", "err", err)
+		}
 	}
 	pruned := 0
-	for _, d := range rule.Destinations {
-		if orphan {
-			err = r.cfg.Store.ForgetApplied(ctx, d)
-		} else {
-			var n int
-			n, err = r.cfg.Store.PruneDestination(ctx, d, id, author)
-			pruned += n
+	if orphan {
+		err = r.cfg.Store.ForgetAppliedAll(ctx, roots)
+	} else {
+		pruned, err = r.cfg.Store.PruneDestinations(ctx, roots, id, author)
+	}
+	if err != nil {
+		return rule, pruned, &IncompleteError{Msg: fmt.Sprintf("rule %s deleted, but cleaning its destinations failed after %d copies: %v; unshare it again, or the reconciler, finishes it", id, pruned, err), Err: err}
+	}
+	if _, err := pending.Delete(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		r.log.Warn("removing the record of a finished unshare failed; the reconciler removes it", "rule", id, "err", err)
+	}
+	r.log.Info("rule deleted", "rule", id, "author", author, "orphan", orphan, "pruned", pruned, "finished_interrupted", interrupted)
+	return rule, pruned, nil
+}
+
+// pendingUnshare is an unshare whose cleaning has not finished, kept in
+// the unshares space by rule id.
+type pendingUnshare struct {
+	Author string    `json:"author"`
+	Orphan bool      `json:"orphan,omitempty"`
+	Since  time.Time `json:"since"`
+}
+
+func unshares(s *store.Store) *store.Records[pendingUnshare] {
+	return store.NewRecords[pendingUnshare](s, store.SpaceUnshares)
+}
+
+// unshareGrace is how long the reconciler leaves an unshare to the call
+// that made it before finishing it itself: a wide prune takes seconds.
+const unshareGrace = time.Minute
+
+// finishUnshares finishes every unshare recorded more than grace ago
+// that is still pending (its graftd died, or its caller went away): the
+// rule is dropped if it still stands, and its destinations cleaned.
+func (r *Replicator) finishUnshares(ctx context.Context, grace time.Duration) (int, error) {
+	items, _, err := unshares(r.cfg.Store).List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list unshares: %w", err)
+	}
+	done := 0
+	var errs []error
+	for _, it := range items {
+		if time.Since(it.Value.Since) < grace {
+			continue
 		}
-		if err != nil {
-			return rule, pruned, &IncompleteError{Msg: fmt.Sprintf("rule %s deleted, but cleaning %s failed: %v; its values are ordinary values now, remove them with `graft rm`", id, d, err), Err: err}
+		if _, n, err := r.Unshare(ctx, it.Value.Author, it.Key, it.Value.Orphan); err != nil {
+			errs = append(errs, err)
+		} else {
+			done++
+			r.log.Info("finished an interrupted unshare", "rule", it.Key, "pruned", n)
 		}
 	}
-	r.log.Info("rule deleted", "rule", id, "author", author, "orphan", orphan, "pruned", pruned)
-	return rule, pruned, nil
+	return done, errors.Join(errs...)
 }
 
 // Rule returns a rule by id.

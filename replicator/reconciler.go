@@ -2,6 +2,7 @@ package replicator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -32,13 +33,15 @@ func (r *Replicator) Reconcile(ctx context.Context, rule Rule, repair bool) (int
 // reconcile is Reconcile that also returns how many source values the
 // destinations hold copies of afterwards.
 func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (changed, mirrored int, err error) {
-	var relayed int64
+	var relayed, progress int64
 	if kind == writeRepair {
 		// Read before the sources: a change committed after this the
-		// relay has not published yet either.
+		// relay has not published yet either, and one published after
+		// the applier's progress no replicator has handled yet.
 		if relayed, err = relayCursor(ctx, r.cfg.Store); err != nil {
 			return 0, 0, err
 		}
+		progress = r.appliedThrough(ctx, relayed)
 	}
 	entries, readRev, err := r.cfg.Store.ReadTree(ctx, rule.Source)
 	var unreadable *store.UnreadableError
@@ -111,7 +114,87 @@ func (r *Replicator) reconcile(ctx context.Context, rule Rule, kind writeKind) (
 	if err != nil {
 		return 0, 0, err
 	}
-	return r.observe(ws, res, kind, relayed), mirrored, nil
+	var late func(i int) bool
+	if kind == writeRepair && relayed > 0 {
+		if late, err = r.lateWrites(ctx, ws, res, progress); err != nil {
+			return 0, 0, err
+		}
+	}
+	return r.observe(ws, res, kind, late), mirrored, nil
+}
+
+// lateWrites tells which of the writes a repair pass made copied a change
+// the event path had yet to apply (after applied, the applier's progress):
+// late, not missed. A deletion's change is when its source was deleted,
+// which the write does not carry (it holds the revision the source was
+// read absent at): that is read from the source's history.
+func (r *Replicator) lateWrites(ctx context.Context, ws []store.ReplicaWrite, res []store.ReplicaResult, applied int64) (func(i int) bool, error) {
+	var gone []string
+	for i, w := range ws {
+		if w.Delete && res[i].Outcome == store.ReplicaDeleted {
+			gone = append(gone, w.Source)
+		}
+	}
+	var deletedAt map[string]int64
+	if len(gone) > 0 {
+		var err error
+		if deletedAt, err = r.cfg.Store.DeletedAt(ctx, gone); err != nil {
+			return nil, err
+		}
+	}
+	return func(i int) bool {
+		if ws[i].Delete {
+			return deletedAt[ws[i].Source] > applied
+		}
+		return ws[i].SourceRevision > applied
+	}, nil
+}
+
+// appliedThrough is the applier's progress: the revision up to which
+// every change the relay published (up to relayed, its cursor) has been
+// handled by a replicator, applied or parked. It is relayed when the
+// shared consumer has nothing pending, else just before the change of its
+// oldest unacknowledged event. Without a consumer to ask it is relayed,
+// as if every published change had been applied: a repair pass then
+// counts what it cannot tell apart.
+func (r *Replicator) appliedThrough(ctx context.Context, relayed int64) int64 {
+	if relayed == 0 {
+		return 0
+	}
+	progress := func() (int64, error) {
+		stream, err := r.cfg.JetStream.Stream(ctx, r.cfg.Stream.Name)
+		if err != nil {
+			return 0, err
+		}
+		cons, err := stream.Consumer(ctx, r.cfg.Consumer)
+		if err != nil {
+			return 0, err
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 {
+			return relayed, nil
+		}
+		// Events are in revision order in the stream, and every one
+		// up to the ack floor is acknowledged.
+		m, err := stream.GetMsg(ctx, info.AckFloor.Stream+1)
+		if err != nil {
+			return 0, err
+		}
+		var ev Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			return 0, err
+		}
+		return min(relayed, ev.Revision-1), nil
+	}
+	applied, err := progress()
+	if err != nil {
+		r.log.Debug("reading the applier's progress failed; counting every change the relay published as applied", "err", err)
+		return relayed
+	}
+	return applied
 }
 
 // relayCursor is the revision up to which the relay has published
@@ -220,6 +303,9 @@ func (r *Replicator) leadReconciler(ctx context.Context, cfg ReconcilerConfig) e
 			r.log.Error("giving applications their pattern destinations failed; the next pass retries", "why", why, "added", added, "err", err)
 		} else if added > 0 {
 			r.log.Info("gave applications their pattern destinations", "why", why, "added", added)
+		}
+		if n, err := r.finishUnshares(ctx, unshareGrace); err != nil && ctx.Err() == nil {
+			r.log.Error("finishing interrupted unshares failed; the next pass retries", "why", why, "finished", n, "err", err)
 		}
 		if why == "applications changed" {
 			return // what changed in the rules is a pass of its own

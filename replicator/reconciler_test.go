@@ -298,3 +298,108 @@ func TestReplicationSurvivesALostStream(t *testing.T) {
 	testenv.WaitFor(t, 15*time.Second, reached("/app/a/replicated/s/c", "1"))
 	byEvents("/dba/s/d")
 }
+
+// A source deleted after the relay's cursor leaves an orphan copy that a
+// repair pass deletes; the relay has yet to publish the deletion, so it is
+// no repair. One deleted before the cursor, whose event did not delete
+// the copy, is.
+func TestReconcileDoesNotCountOrphansTheRelayHasYetToPublish(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	e.put(t, "/dba/o/missed", "v")
+	e.put(t, "/dba/o/late", "v")
+	rule, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/o", []string{"/app/a/replicated/o"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Store.Delete(e.ctx, "/dba/o/missed", store.WriteOptions{Author: "user:dba"}); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := e.Store.Revision(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.NewRecords[int64](e.Store, store.SpaceRelay).Put(e.ctx, "cursor", rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Store.Delete(e.ctx, "/dba/o/late", store.WriteOptions{Author: "user:dba"}); err != nil {
+		t.Fatal(err)
+	}
+	base := e.repairs(t)
+	if n, err := e.repl.Reconcile(e.ctx, rule, true); err != nil || n != 2 {
+		t.Fatalf("reconcile changed %d destinations (%v), want 2 (both orphans deleted)", n, err)
+	}
+	if got := e.repairs(t) - base; got != 1 {
+		t.Errorf("repairs metric went up by %v, want 1: the deletion before the relay's cursor only", got)
+	}
+}
+
+// A change the relay published but no replicator has applied yet (its
+// event waits in the consumer) is late, not missed: a repair pass copies
+// it without counting it. Once the event is acknowledged (a replicator
+// handled it) and the copy is still missing, that is drift, and counted.
+func TestReconcileDoesNotCountChangesPublishedButNotApplied(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	rule, _, err := e.repl.Share(e.ctx, "user:dba", "/dba/q", []string{"/app/a/replicated/q"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := replicator.EnsureStream(e.ctx, e.js, replicator.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := e.js.CreateOrUpdateConsumer(e.ctx, "GRAFT_CHANGES", jetstream.ConsumerConfig{
+		Durable: replicator.DefaultConsumer, AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "graft.changes",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// publish writes path and publishes its change as the relay does,
+	// moving the relay's cursor past it.
+	publish := func(path string) {
+		t.Helper()
+		entry, err := e.Store.Put(e.ctx, path, []byte("v"), store.WriteOptions{Author: "user:dba"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := replicator.Event{Path: path, Revision: entry.Revision, Op: replicator.OpPut}
+		b, _ := json.Marshal(ev)
+		if _, err := e.js.Publish(e.ctx, "graft.changes", b, jetstream.WithMsgID(ev.MsgID())); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.NewRecords[int64](e.Store, store.SpaceRelay).Put(e.ctx, "cursor", entry.Revision); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("/dba/q/waiting")
+	base := e.repairs(t)
+	if n, err := e.repl.Reconcile(e.ctx, rule, true); err != nil || n != 1 {
+		t.Fatalf("reconcile changed %d destinations (%v), want 1", n, err)
+	}
+	if got := e.repairs(t) - base; got != 0 {
+		t.Errorf("repairs metric went up by %v for a change whose event waits in the consumer, want 0", got)
+	}
+
+	// The event is taken and acknowledged without making the copy: a
+	// replicator missed it.
+	publish("/dba/q/missed")
+	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := 0
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		acked++
+	}
+	if acked != 2 {
+		t.Fatalf("fetched %d events, want 2", acked)
+	}
+	base = e.repairs(t)
+	if n, err := e.repl.Reconcile(e.ctx, rule, true); err != nil || n != 1 {
+		t.Fatalf("reconcile changed %d destinations (%v), want 1", n, err)
+	}
+	if got := e.repairs(t) - base; got != 1 {
+		t.Errorf("repairs metric went up by %v for a change its replicator acknowledged but did not copy, want 1", got)
+	}
+}

@@ -327,7 +327,7 @@ func (r *Replicator) Apply(ctx context.Context, paths []string) error {
 	if err != nil {
 		return err
 	}
-	r.observe(ws, res, writeEvent, 0)
+	r.observe(ws, res, writeEvent, nil)
 	r.parked.clear(ctx, replicated)
 	return nil
 }
@@ -366,11 +366,12 @@ const (
 )
 
 // observe counts the outcomes of replica writes and returns how many
-// destinations changed. relayed is the relay's cursor when the writes
-// are a repair pass's: a copy of a change after it is not a repair, since
-// the relay had yet to publish its event (the relay is late, as after a
-// graftd restarted, not wrong), and the event would have made the copy.
-func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, kind writeKind, relayed int64) int {
+// destinations changed. late, for a repair pass's writes, tells a copy of
+// a change the event path had yet to apply (after the relay's cursor, or
+// published and waiting in the consumer): not a repair, since its event
+// would have made the copy (the event path is late, as after a graftd
+// restarted, not wrong).
+func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult, kind writeKind, late func(i int) bool) int {
 	now := time.Now()
 	n := 0
 	for i, x := range res {
@@ -382,9 +383,9 @@ func (r *Replicator) observe(ws []store.ReplicaWrite, res []store.ReplicaResult,
 		if ws[i].SourceTime > 0 && kind != writeFill {
 			r.metrics.lag.Observe(now.Sub(time.Unix(0, ws[i].SourceTime)).Seconds())
 		}
-		if kind == writeRepair && relayed > 0 && !ws[i].Delete && ws[i].SourceRevision > relayed {
-			r.log.Debug("reconciler copied a change before the relay published it", "destination", ws[i].Path, "source", ws[i].Source,
-				"source_revision", ws[i].SourceRevision, "relayed_to", relayed)
+		if kind == writeRepair && late != nil && late(i) {
+			r.log.Debug("reconciler copied a change before the event path applied it", "destination", ws[i].Path, "source", ws[i].Source,
+				"source_revision", ws[i].SourceRevision, "outcome", x.Outcome)
 			continue
 		}
 		if kind == writeRepair {

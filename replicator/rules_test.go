@@ -2,6 +2,7 @@ package replicator_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -242,5 +243,65 @@ func TestIdenticalShareAnswersWithTheRule(t *testing.T) {
 	}
 	if got := e.repl.Rules().Rules(); len(got) != 2 {
 		t.Fatalf("%d rules after shares repeated, want 2: %+v", len(got), got)
+	}
+}
+
+// An unshare interrupted after its rule was dropped, its copies half
+// pruned, is finished: by the reconciler (a pass finishes every unshare
+// recorded longer ago than its grace), or by the same unshare again,
+// which no longer answers that the rule does not exist. Nothing of the
+// rule is left, and no record of the unshare.
+func TestInterruptedUnshareIsFinished(t *testing.T) {
+	e := newReplEnv(t, replicator.Config{})
+	e.put(t, "/shared/u/key", "v")
+	const n = 100
+	share := func(name string) (replicator.Rule, []string) {
+		t.Helper()
+		dests := make([]string, n)
+		for i := range dests {
+			dests[i] = fmt.Sprintf("/app/%s%03d/replicated/u", name, i)
+		}
+		rule, filled, err := e.repl.Share(e.ctx, "user:dba", "/shared/u", dests, "")
+		if err != nil || filled != n {
+			t.Fatalf("share: filled %d, %v", filled, err)
+		}
+		if err := e.repl.InterruptUnshare(e.ctx, "user:dba", rule.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		if pruned, err := e.Store.PruneDestinations(e.ctx, dests[:n/2], rule.ID, "user:dba"); err != nil || pruned != n/2 {
+			t.Fatalf("prune the first half: %d, %v", pruned, err)
+		}
+		return rule, dests
+	}
+	gone := func(rule replicator.Rule, dests []string) {
+		t.Helper()
+		if a, err := e.Store.AppliedUnderAll(e.ctx, dests); err != nil || len(a) != 0 {
+			t.Fatalf("rule %s: %d applied records left (%v)", rule.ID, len(a), err)
+		}
+		for _, d := range []string{dests[0], dests[n-1]} {
+			if _, err := e.Store.Get(e.ctx, d+"/key"); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("%s/key after the unshare finished: %v", d, err)
+			}
+		}
+	}
+
+	byReconciler, dests := share("r")
+	if done, err := e.repl.FinishUnshares(e.ctx); err != nil || done != 1 {
+		t.Fatalf("FinishUnshares = %d, %v; want the interrupted unshare finished", done, err)
+	}
+	gone(byReconciler, dests)
+
+	again, dests := share("a")
+	if _, pruned, err := e.repl.Unshare(e.ctx, "user:dba", again.ID, false); err != nil || pruned != n-n/2 {
+		t.Fatalf("unshare again = %d pruned, %v; want the other %d", pruned, err, n-n/2)
+	}
+	gone(again, dests)
+
+	left, _, err := store.NewRecords[json.RawMessage](e.Store, store.SpaceUnshares).List(e.ctx)
+	if err != nil || len(left) != 0 {
+		t.Fatalf("%d unshare records left (%v)", len(left), err)
+	}
+	if _, _, err := e.repl.Unshare(e.ctx, "user:dba", again.ID, false); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a third unshare: %v, want not found", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -251,25 +252,63 @@ func (s *Store) claimOf(o Owner, rev int64, cmps []clientv3.Cmp, ops []clientv3.
 	return cmps, append(ops, clientv3.OpPut(s.ownedKey(o.Root), ownerJSON(o)))
 }
 
-// release removes whatever owner keys of owners exist.
+// release removes whatever owner keys of owners exist, several batches
+// at once: unsharing a wide rule releases a hundred thousand.
 func (s *Store) release(ctx context.Context, owners []Owner) error {
+	var batches [][]Owner
 	for len(owners) > 0 {
 		n := min(len(owners), ownersPerTxn)
+		batches = append(batches, owners[:n])
+		owners = owners[n:]
+	}
+	return inParallel(ctx, batches, func(ctx context.Context, batch []Owner) error {
 		var ops []clientv3.Op
-		for _, o := range owners[:n] {
+		for _, o := range batch {
 			// Only this rule's claims: another rule may own a root this
 			// one failed to claim.
 			ops = append(ops, clientv3.OpTxn(
 				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(s.ownedKey(o.Root)), "=", ownerJSON(o))},
 				[]clientv3.Op{clientv3.OpDelete(s.ownedKey(o.Root))}, nil))
 		}
-		rule := owners[0].Rule
-		owners = owners[n:]
 		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return fmt.Errorf("delete rule %s: release destinations: %w", rule, err)
+			return fmt.Errorf("delete rule %s: release destinations: %w", batch[0].Rule, err)
 		}
+		return nil
+	})
+}
+
+// inParallel calls f for each batch, replicaParallel at a time, and
+// returns the first error; after one, no further batch starts.
+func inParallel[T any](ctx context.Context, batches []T, f func(context.Context, T) error) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, replicaParallel)
+	)
+	for _, b := range batches {
+		sem <- struct{}{}
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed {
+			<-sem
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(ctx, b); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
 	}
-	return nil
+	wg.Wait()
+	return first
 }
 
 func ownerJSON(o Owner) string {
@@ -347,21 +386,52 @@ func (s *Store) Applied(ctx context.Context, path string) (Applied, error) {
 }
 
 // AppliedUnderAll returns the applied records of every destination path
-// at or below any of roots, reading many roots a transaction: the state of
-// a wide rule's destinations in a few round trips.
+// at or below any of roots, reading many roots a transaction and several
+// transactions at once: the state of a wide rule's destinations in a few
+// round trips.
 func (s *Store) AppliedUnderAll(ctx context.Context, roots []string) (map[string]Applied, error) {
 	base := s.prefix + appliedBase
-	out := map[string]Applied{}
-	err := s.subtrees(ctx, base, roots, 0, false, func(_ string, _ int64, kvs []*mvccpb.KeyValue) error {
-		for _, kv := range kvs {
-			var a Applied
-			if err := json.Unmarshal(kv.Value, &a); err == nil {
-				out[string(kv.Key[len(base):])] = a
+	var (
+		mu      sync.Mutex
+		out     = map[string]Applied{}
+		batches [][]string
+	)
+	for len(roots) > 0 {
+		n := min(len(roots), subtreesPerTxn)
+		batches = append(batches, roots[:n])
+		roots = roots[n:]
+	}
+	err := inParallel(ctx, batches, func(ctx context.Context, batch []string) error {
+		return s.subtrees(ctx, base, batch, 0, false, func(_ string, _ int64, kvs []*mvccpb.KeyValue) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, kv := range kvs {
+				var a Applied
+				if err := json.Unmarshal(kv.Value, &a); err == nil {
+					out[string(kv.Key[len(base):])] = a
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	return out, err
+}
+
+// AppliedPathsOf returns every destination path whose applied record
+// names rule, reading them all: how an unshare interrupted after its rule
+// was dropped finds what it had left to clean.
+func (s *Store) AppliedPathsOf(ctx context.Context, rule string) ([]string, error) {
+	all, err := s.AppliedUnder(ctx, "/")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for p, a := range all {
+		if a.Rule == rule {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // AppliedUnder returns the applied records of every destination path at or

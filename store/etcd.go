@@ -66,13 +66,24 @@ func Floor(ctx context.Context, cfg EtcdConfig, scratch string, samples int) ([]
 		return nil, err
 	}
 	defer cli.Close()
+	return floor(ctx, cli, scratch, samples)
+}
+
+// Floor is the package's Floor on the store's own etcd client: in dev
+// mode the in-process one graftd uses, so that the floor and replication
+// reach etcd the same way.
+func (s *Store) Floor(ctx context.Context, scratch string, samples int) ([]time.Duration, error) {
+	return floor(ctx, s.cli, scratch, samples)
+}
+
+func floor(ctx context.Context, cli *clientv3.Client, scratch string, samples int) ([]time.Duration, error) {
 	k1, k2 := scratch+"/source", scratch+"/dest"
 	defer cli.Delete(context.WithoutCancel(ctx), scratch+"/", clientv3.WithPrefix())
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
 	wch := cli.Watch(wctx, k2, clientv3.WithCreatedNotify())
 	if _, ok := <-wch; !ok {
-		return nil, fmt.Errorf("etcd watch at %v did not start", cfg.Endpoints)
+		return nil, fmt.Errorf("etcd watch at %v did not start", cli.Endpoints())
 	}
 	out := make([]time.Duration, 0, samples)
 	for i := range max(samples, 1) {

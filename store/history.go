@@ -234,3 +234,43 @@ func restoredFrom(path string, v *version, rev int64) bool {
 	o := v.rec.Origin
 	return o != nil && o.Kind == "restore" && o.SourcePath == path && o.SourceRevision == rev
 }
+
+// DeletedAt returns, for each of paths that does not exist now and has
+// history, the revision of the deletion that ended its last version,
+// many paths a transaction: when a source went, so that the reconciler
+// can tell the relay's backlog from a missed deletion.
+func (s *Store) DeletedAt(ctx context.Context, paths []string) (map[string]int64, error) {
+	out := make(map[string]int64, len(paths))
+	const perTxn = 128 / 2
+	for len(paths) > 0 {
+		n := min(len(paths), perTxn)
+		chunk := paths[:n]
+		paths = paths[n:]
+		ops := make([]clientv3.Op, 0, 2*n)
+		for _, p := range chunk {
+			ops = append(ops,
+				clientv3.OpGet(s.kvKey(p), clientv3.WithCountOnly()),
+				clientv3.OpGet(s.histPrefix(p), clientv3.WithPrefix(),
+					clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1)))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read deletions: %w", err)
+		}
+		for i, p := range chunk {
+			if resp.Responses[2*i].GetResponseRange().Count > 0 {
+				continue
+			}
+			// The deletion wrote the newest version into history; its
+			// record pins the revision it ended at once a sweep rewrote it.
+			if kvs := resp.Responses[2*i+1].GetResponseRange().Kvs; len(kvs) > 0 {
+				end := kvs[0].ModRevision
+				if r, err := decodeRecord(kvs[0].Value); err == nil && r.EndRev > 0 {
+					end = r.EndRev
+				}
+				out[p] = end
+			}
+		}
+	}
+	return out, nil
+}

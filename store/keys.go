@@ -71,6 +71,9 @@ const (
 	// SpaceReconcile holds requests for a full reconcile pass (key
 	// "request").
 	SpaceReconcile Space = "reconcile/"
+	// SpaceUnshares holds, by rule id, an unshare whose prune has not
+	// finished: written before the rule is dropped, removed after.
+	SpaceUnshares Space = "unshares/"
 )
 
 // Election is the prefix one leader election campaigns under.

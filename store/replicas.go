@@ -3,8 +3,8 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -13,7 +13,7 @@ import (
 )
 
 // Batching of replica writes. etcd refuses a transaction with more than
-// --max-txn-ops (default maxTxnOps) operations in any branch, or a request over
+// --max-txn-ops (maxTxnOps, 128 by default) operations in any branch, or a request over
 // 1.5 MiB; a batch stays inside both.
 const (
 	replicaReadOps   = 4 // kv, history keys, applied, owner
@@ -311,7 +311,8 @@ func (s *Store) replicaReads(path, root string) []clientv3.Op {
 	}
 }
 
-// parseReplicaState fills st from the responses of replicaReads.
+// parseReplicaState fills st from the responses of replicaReads, or of
+// their first pruneReadOps.
 func (s *Store) parseReplicaState(st *replicaState, r []*etcdserverpb.ResponseOp, readRev int64) error {
 	st.readRev = readRev
 	if kvs := r[0].GetResponseRange().Kvs; len(kvs) > 0 {
@@ -330,6 +331,9 @@ func (s *Store) parseReplicaState(st *replicaState, r []*etcdserverpb.ResponseOp
 	if kvs := r[2].GetResponseRange().Kvs; len(kvs) > 0 {
 		st.hasApplied = json.Unmarshal(kvs[0].Value, &st.applied) == nil
 		st.appliedMod = kvs[0].ModRevision
+	}
+	if len(r) < replicaReadOps {
+		return nil // a prune reads no owner
 	}
 	if o, ok := ownerOf([][]*mvccpb.KeyValue{r[3].GetResponseRange().Kvs}); ok {
 		st.owner, st.ownerMod = &o, r[3].GetResponseRange().Kvs[0].ModRevision
@@ -427,52 +431,168 @@ func (s *Store) ReadSource(ctx context.Context, path string) (e Entry, found boo
 	return e, true, resp.Header.Revision, nil
 }
 
-// PruneDestination deletes, as the author, every value at or below root
+// Batching of prunes: a pruned copy takes three reads (value, history
+// keys, applied record), two compares and up to replicaWriteOpts
+// operations (delete the value, archive it, trim one old version, delete
+// the applied record), so 32 fit one transaction of etcd's maxTxnOps.
+const (
+	pruneReadOps = 3
+	pruneBatch   = maxTxnOps / replicaWriteOpts
+)
+
+// PruneDestinations deletes, as the author, every value at or below roots
 // that rule wrote, with its applied record; `graft unshare` calls it after
-// the rule is gone. Values others wrote since stay.
-func (s *Store) PruneDestination(ctx context.Context, root, rule, author string) (int, error) {
-	applied, err := s.AppliedUnder(ctx, root)
+// the rule is gone. Values others wrote since stay, and so do their
+// applied records if another rule wrote them. Copies go in batched
+// transactions, several at once, each guarded by the revisions it read,
+// so that a write racing the prune is read and decided again. It returns
+// how many values it deleted.
+func (s *Store) PruneDestinations(ctx context.Context, roots []string, rule, author string) (int, error) {
+	applied, err := s.AppliedUnderAll(ctx, roots)
 	if err != nil {
 		return 0, err
 	}
-	n := 0
+	paths := make([]string, 0, len(applied))
 	for p, a := range applied {
-		if a.Rule != rule {
-			continue
-		}
-		e, err := s.Get(ctx, p)
-		switch {
-		case err == nil && e.Origin != nil && e.Origin.Kind == "replication" && e.Origin.RuleID == rule:
-			if _, err := s.Delete(ctx, p, WriteOptions{Author: author}); err != nil && !isNotFound(err) {
-				return n, err
-			}
-			n++
-		case err != nil && !isNotFound(err):
-			return n, err
-		}
-		if _, err := s.cli.Delete(ctx, s.appliedKey(p)); err != nil {
-			return n, err
+		if a.Rule == rule {
+			paths = append(paths, p)
 		}
 	}
-	return n, nil
+	slices.Sort(paths)
+	var batches [][]string
+	for len(paths) > 0 {
+		n := min(len(paths), pruneBatch)
+		batches = append(batches, paths[:n])
+		paths = paths[n:]
+	}
+	var (
+		mu     sync.Mutex
+		pruned int
+	)
+	err = inParallel(ctx, batches, func(ctx context.Context, batch []string) error {
+		n, err := s.pruneBatch(ctx, batch, rule, author)
+		mu.Lock()
+		pruned += n
+		mu.Unlock()
+		return err
+	})
+	return pruned, err
 }
 
-// ForgetApplied removes the applied records at or below root: `graft
-// unshare --orphan` keeps the values as ordinary ones.
-func (s *Store) ForgetApplied(ctx context.Context, root string) error {
-	applied, err := s.AppliedUnder(ctx, root)
+// pruneState is what one copy looks like before a prune batch deletes it.
+type pruneState struct {
+	current
+	applied    Applied
+	appliedMod int64
+}
+
+// pruneBatch prunes paths in one transaction, or in halves when their
+// values would make it larger than an etcd request may be.
+func (s *Store) pruneBatch(ctx context.Context, paths []string, rule, author string) (int, error) {
+	for attempt := range maxWriteAttempts {
+		if attempt > 0 {
+			if err := backoff(ctx, attempt); err != nil {
+				return 0, err
+			}
+		}
+		states, err := s.readPrunes(ctx, paths)
+		if err != nil {
+			return 0, fmt.Errorf("prune: read destinations: %w", err)
+		}
+		var (
+			cmps  []clientv3.Cmp
+			ops   []clientv3.Op
+			n     int
+			bytes int
+			now   = s.now().UnixNano()
+		)
+		for k, p := range paths {
+			st := states[k]
+			if st.appliedMod == 0 || st.applied.Rule != rule {
+				continue // pruned already, or another rule wrote it since
+			}
+			cmps = append(cmps,
+				clientv3.Compare(clientv3.ModRevision(s.kvKey(p)), "=", st.modRev),
+				clientv3.Compare(clientv3.ModRevision(s.appliedKey(p)), "=", st.appliedMod))
+			ops = append(ops, clientv3.OpDelete(s.appliedKey(p)))
+			if o := st.rec.Origin; st.exists && o != nil && o.Kind == "replication" && o.RuleID == rule {
+				ops = append(ops, clientv3.OpDelete(s.kvKey(p)))
+				ops = append(ops, s.archiveTrim(p, st.current, now, true, author, replicaMaxTrim)...)
+				bytes += len(st.rec.Cipher) + 2*len(p) + 512
+				n++
+			}
+		}
+		if bytes > replicaMaxBytes && len(paths) > 1 {
+			half := len(paths) / 2
+			a, err := s.pruneBatch(ctx, paths[:half], rule, author)
+			if err != nil {
+				return a, err
+			}
+			b, err := s.pruneBatch(ctx, paths[half:], rule, author)
+			return a + b, err
+		}
+		if len(ops) == 0 {
+			return 0, nil
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("prune: %w", err)
+		}
+		if resp.Succeeded {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("prune: %w; unshare again to finish", ErrContention)
+}
+
+// readPrunes reads, in one transaction, each path's current version,
+// history keys and applied record.
+func (s *Store) readPrunes(ctx context.Context, paths []string) ([]pruneState, error) {
+	ops := make([]clientv3.Op, 0, pruneReadOps*len(paths))
+	for _, p := range paths {
+		ops = append(ops, s.replicaReads(p, "")[:pruneReadOps]...)
+	}
+	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, err
+	}
+	states := make([]pruneState, len(paths))
+	for k := range paths {
+		r := resp.Responses[pruneReadOps*k : pruneReadOps*(k+1)]
+		var rs replicaState
+		if err := s.parseReplicaState(&rs, r, resp.Header.Revision); err != nil {
+			return nil, err
+		}
+		states[k] = pruneState{current: rs.current, applied: rs.applied, appliedMod: rs.appliedMod}
+	}
+	return states, nil
+}
+
+// ForgetAppliedAll removes the applied records at or below roots, many a
+// transaction: `graft unshare --orphan` keeps the values as ordinary ones.
+func (s *Store) ForgetAppliedAll(ctx context.Context, roots []string) error {
+	applied, err := s.AppliedUnderAll(ctx, roots)
 	if err != nil {
 		return err
 	}
+	paths := make([]string, 0, len(applied))
 	for p := range applied {
-		if _, err := s.cli.Delete(ctx, s.appliedKey(p)); err != nil {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	for len(paths) > 0 {
+		n := min(len(paths), maxTxnOps)
+		ops := make([]clientv3.Op, 0, n)
+		for _, p := range paths[:n] {
+			ops = append(ops, clientv3.OpDelete(s.appliedKey(p)))
+		}
+		paths = paths[n:]
+		if _, err := s.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
-
-func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
 
 // SourceState is what ReadSources found.
 type SourceState struct {

@@ -159,3 +159,60 @@ func TestApplyReplicasFanOut(t *testing.T) {
 		t.Fatalf("a path twice in one call: %v", err)
 	}
 }
+
+// PruneDestinations deletes, in batches, exactly the copies a rule wrote
+// and their applied records, each into history as a deletion by the
+// author; a value written over a copy after the rule let go stays, a
+// destination of another rule is not read, and a second prune finds
+// nothing left.
+func TestPruneDestinations(t *testing.T) {
+	s := testenv.Start(t).Store
+	ctx := t.Context()
+	const n = 150 // several batches of each kind
+	var ws []store.ReplicaWrite
+	var roots []string
+	for i := range n {
+		root := fmt.Sprintf("/app/a%03d/replicated/dd", i)
+		roots = append(roots, root)
+		for _, k := range []string{"key", "site"} {
+			ws = append(ws, store.ReplicaWrite{Path: root + "/" + k, Root: root, Rule: "r-wide", Source: "/shared/dd/" + k, SourceRevision: 5, Value: []byte(k)})
+		}
+	}
+	owners := claim(t, s, "r-wide", "/shared/dd", roots...)
+	claim(t, s, "r-other", "/shared/dd", "/app/other/replicated/dd")
+	other := store.ReplicaWrite{Path: "/app/other/replicated/dd/key", Root: "/app/other/replicated/dd", Rule: "r-other", Source: "/shared/dd/key", SourceRevision: 5, Value: []byte("key")}
+	if _, err := s.ApplyReplicas(ctx, append(ws, other)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReleaseDestinations(ctx, owners); err != nil {
+		t.Fatal(err)
+	}
+	mine := roots[7] + "/key"
+	if _, err := s.Put(ctx, mine, []byte("mine"), store.WriteOptions{Author: "user:app"}); err != nil {
+		t.Fatal(err)
+	}
+	pruned, err := s.PruneDestinations(ctx, roots, "r-wide", "user:dba")
+	if err != nil || pruned != 2*n-1 {
+		t.Fatalf("PruneDestinations = %d, %v; want %d", pruned, err, 2*n-1)
+	}
+	items, _, err := s.List(ctx, "/app", true)
+	if err != nil || len(items) != 2 {
+		t.Fatalf("after the prune /app holds %d items (%v), want the overwritten copy and the other rule's", len(items), err)
+	}
+	if v, err := s.Get(ctx, mine); err != nil || string(v.Value) != "mine" {
+		t.Fatalf("the value written over a copy: %v, %v", v, err)
+	}
+	if a, err := s.AppliedUnderAll(ctx, roots); err != nil || len(a) != 0 {
+		t.Fatalf("%d applied records left under the pruned roots (%v)", len(a), err)
+	}
+	if _, err := s.Applied(ctx, other.Path); err != nil {
+		t.Fatalf("the other rule's applied record: %v", err)
+	}
+	h, err := s.History(ctx, roots[n-1]+"/site")
+	if err != nil || len(h) != 1 || !h[0].Deleted || h[0].Deleter != "user:dba" {
+		t.Fatalf("history of a pruned copy: %+v, %v; want one version deleted by user:dba", h, err)
+	}
+	if pruned, err := s.PruneDestinations(ctx, roots, "r-wide", "user:dba"); err != nil || pruned != 0 {
+		t.Fatalf("a second prune = %d, %v; want nothing left to do", pruned, err)
+	}
+}
