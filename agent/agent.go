@@ -31,8 +31,8 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/graft-sh/graft/internal/retry"
-	"github.com/graft-sh/graft/internal/tlsfiles"
 	"github.com/graft-sh/graft/internal/task"
+	"github.com/graft-sh/graft/internal/tlsfiles"
 	"github.com/graft-sh/graft/sdk"
 )
 
