@@ -2,21 +2,16 @@ package graftd_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/graftd"
-	"github.com/graft-sh/graft/internal/graftdtest"
 	"github.com/graft-sh/graft/internal/testenv"
 )
 
@@ -27,41 +22,18 @@ import (
 // made before a publish, which must not count as its rollout. And what a
 // DBA's rollout status shows of an application it may not read.
 func TestForgedAcknowledgementsAreRefused(t *testing.T) {
-	dir := t.TempDir()
 	ca := newCA(t)
-	serverCert, serverKey := ca.issue(t, "graftd", "", true)
-	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
-		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
-		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
-		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
-		c.TrustDomain = "example.org"
-	}))
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	g, roots := startMTLS(t, ca, func(c *graftd.Config) { c.TrustDomain = "example.org" })
 	// dial connects with the certificate of cn and uri ("" and "": none).
 	dial := func(cn, uri string) graftv1.AgentServiceClient {
 		t.Helper()
-		tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-		if cn != "" || uri != "" {
-			certPEM, keyPEM := ca.issue(t, cn, uri, false)
-			pair, err := tls.X509KeyPair(certPEM, keyPEM)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tc.Certificates = []tls.Certificate{pair}
+		issuer := ca
+		if cn == "" && uri == "" {
+			issuer = nil
 		}
-		c, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return graftv1.NewAgentServiceClient(c)
+		return graftv1.NewAgentServiceClient(dialCert(t, g.Addr, roots, issuer, cn, uri))
 	}
-	conn, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := dialCert(t, g.Addr, roots, nil, "", "")
 	kv, repl, policies, tokens := graftv1.NewKVServiceClient(conn), graftv1.NewReplicationServiceClient(conn), graftv1.NewPolicyServiceClient(conn), graftv1.NewTokenServiceClient(conn)
 	agents := graftv1.NewAgentServiceClient(conn)
 	as := func(token string) context.Context {
@@ -140,7 +112,7 @@ func TestForgedAcknowledgementsAreRefused(t *testing.T) {
 		report(t.Context(), pet, &graftv1.AgentReport{Id: "x", App: "pet", Host: "h\x1b]0;owned\x07", Revision: 1}))
 	// An oversized id is refused without being echoed back whole.
 	longID := strings.Repeat("b", 1<<20)
-	err = report(t.Context(), pet, &graftv1.AgentReport{Id: longID, App: "pet", Revision: 1})
+	err := report(t.Context(), pet, &graftv1.AgentReport{Id: longID, App: "pet", Revision: 1})
 	if msg := status.Convert(err).Message(); status.Code(err) != codes.InvalidArgument || len(msg) > 1024 || !strings.Contains(msg, "at most 253 bytes") {
 		t.Errorf("a 1 MiB agent id: %s, %d bytes: %.300q; want InvalidArgument saying at most 253 bytes, without echoing the id", status.Code(err), len(msg), msg)
 	}

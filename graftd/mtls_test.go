@@ -97,36 +97,55 @@ func writeFile(t *testing.T, dir, name string, data []byte) string {
 	return p
 }
 
-// TestMutualTLSIdentities starts graftd with a client CA and connects with
-// certificates instead of tokens.
-func TestMutualTLSIdentities(t *testing.T) {
+// startMTLS starts a graftd that serves TLS with a certificate of ca and
+// verifies client certificates against ca; more sets the rest of its
+// configuration. The pool it returns trusts ca.
+func startMTLS(t *testing.T, ca *testCA, more func(*graftd.Config)) (*graftdtest.Graftd, *x509.CertPool) {
+	t.Helper()
 	dir := t.TempDir()
-	ca := newCA(t)
-	other := newCA(t)
 	serverCert, serverKey := ca.issue(t, "graftd", "", true)
 	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
 		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
 		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
 		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
-		c.TrustDomain = "graft.test"
+		more(c)
 	}))
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.cert)
-	var conn *grpc.ClientConn
-	connect := func(issuer *testCA, cn, uri string) (graftv1.KVServiceClient, graftv1.TokenServiceClient) {
-		t.Helper()
+	return g, roots
+}
+
+// dialCert connects to addr, trusting roots, with issuer's certificate
+// for cn and uri (none when issuer is nil); the test closes it.
+func dialCert(t *testing.T, addr string, roots *x509.CertPool, issuer *testCA, cn, uri string) *grpc.ClientConn {
+	t.Helper()
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if issuer != nil {
 		certPEM, keyPEM := issuer.issue(t, cn, uri, false)
 		pair, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
 			t.Fatal(err)
 		}
-		creds := credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})
-		c, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		conn = c
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestMutualTLSIdentities starts graftd with a client CA and connects with
+// certificates instead of tokens.
+func TestMutualTLSIdentities(t *testing.T) {
+	ca := newCA(t)
+	other := newCA(t)
+	g, roots := startMTLS(t, ca, func(c *graftd.Config) { c.TrustDomain = "graft.test" })
+	var conn *grpc.ClientConn
+	connect := func(issuer *testCA, cn, uri string) (graftv1.KVServiceClient, graftv1.TokenServiceClient) {
+		t.Helper()
+		conn = dialCert(t, g.Addr, roots, issuer, cn, uri)
 		return graftv1.NewKVServiceClient(conn), graftv1.NewTokenServiceClient(conn)
 	}
 	ctx := context.Background()
@@ -187,29 +206,13 @@ func TestMutualTLSIdentities(t *testing.T) {
 // clusters whose CA signs only client certificates it means as
 // identities.
 func TestCommonNameIdentitiesOptIn(t *testing.T) {
-	dir := t.TempDir()
 	ca := newCA(t)
-	serverCert, serverKey := ca.issue(t, "graftd", "", true)
-	g := graftdtest.Start(t, graftdtest.WithConfig(func(c *graftd.Config) {
-		c.TLSCertFile = writeFile(t, dir, "server.pem", serverCert)
-		c.TLSKeyFile = writeFile(t, dir, "server-key.pem", serverKey)
-		c.ClientCAFile = writeFile(t, dir, "ca.pem", ca.pem)
+	g, roots := startMTLS(t, ca, func(c *graftd.Config) {
 		c.TrustDomain = "graft.test"
 		c.AllowCNIdentities = true
-	}))
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	})
 	whoami := func(cn, uri string) (*graftv1.WhoAmIResponse, error) {
-		certPEM, keyPEM := ca.issue(t, cn, uri, false)
-		pair, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := grpc.NewClient(g.Addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialCert(t, g.Addr, roots, ca, cn, uri)
 		return graftv1.NewTokenServiceClient(c).WhoAmI(t.Context(), &graftv1.WhoAmIRequest{})
 	}
 	if who, err := whoami("user:alice", ""); err != nil || who.GetPrincipal() != "user:alice" {
