@@ -117,6 +117,9 @@ func (s *slots) inUse(key string) int {
 	return s.open[key]
 }
 
+// tappedKey holds the principal tapIn found for a call.
+type tappedKey struct{}
+
 // tapIn runs when a call's headers arrive, before grpc reads or decodes
 // any of its body: a call that cannot authenticate, names no rpc graftd
 // serves, or would pass its principal's bound on open calls is refused
@@ -137,6 +140,9 @@ func (s *Server) tapIn(ctx context.Context, info *tap.Info) (context.Context, er
 		if method == graftv1.KVService_Watch_FullMethodName {
 			key, limit, what = "watch "+p.Name, s.limits.MaxWatchesPerPrincipal, "watches"
 		}
+		// The call's context is this one: authenticate takes the
+		// principal from it instead of hashing the token again.
+		ctx = context.WithValue(ctx, tappedKey{}, p)
 	}
 	release, ok := s.open.acquire(key, limit)
 	if !ok {
