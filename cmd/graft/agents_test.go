@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"path/filepath"
 	"strings"
@@ -26,15 +25,7 @@ func TestAgentsLsShowsTheHTTPAddress(t *testing.T) {
 		cfg := agent.DefaultConfig()
 		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = g.Addr, tokenFile, "mp", id, listen
 		cfg.Templates = []agent.Template{{Destination: filepath.Join(dir, id), Contents: `{{ secret "config/x" }}`}}
-		ctx, cancel := context.WithCancel(context.Background())
-		a, err := agent.New(ctx, cfg, testenv.Logger(t), nil)
-		if err != nil {
-			cancel()
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); a.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		a := runAgent(t, cfg)
 		testenv.WaitFor(t, 5*time.Second, a.Ready)
 		addrs[id] = a.Addr()
 	}

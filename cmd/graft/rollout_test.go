@@ -34,14 +34,7 @@ func TestRolloutStatusFollowsAgents(t *testing.T) {
 		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = g.Addr, tokenFile, "mp", id, "off"
 		cfg.Templates = []agent.Template{{Destination: filepath.Join(dir, id, "pw"), Contents: `{{ secret "replicated/mongo/password" }}`}}
 		cfg.Wait, cfg.Health = agent.Wait{Min: wait, Max: 2 * wait}, health
-		ctx, cancel := context.WithCancel(context.Background())
-		a, err := agent.New(ctx, cfg, testenv.Logger(t), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); a.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
+		a := runAgent(t, cfg)
 		testenv.WaitFor(t, 5*time.Second, a.Ready)
 	}
 	start("a1", 10*time.Millisecond, agent.Health{})
@@ -140,14 +133,7 @@ func TestRolloutStatusWithNoConsumer(t *testing.T) {
 	cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = g.Addr, tokenFile, "mp", "a1", "off"
 	cfg.Templates = []agent.Template{{Destination: filepath.Join(dir, "pw"), Contents: `{{ secret "replicated/pg/password" }}`}}
 	cfg.Wait = agent.Wait{Min: 10 * time.Millisecond, Max: 20 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := agent.New(ctx, cfg, testenv.Logger(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); a.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runAgent(t, cfg)
 	select {
 	case r := <-waited:
 		if r.code != 0 || !strings.Contains(r.stdout, "1 of 1 consumers run it") {
@@ -156,4 +142,19 @@ func TestRolloutStatusWithNoConsumer(t *testing.T) {
 	case <-time.After(25 * time.Second):
 		t.Fatal("rollout status --wait did not end when an agent reported")
 	}
+}
+
+// runAgent starts a graft-agent in-process with cfg; the test stops it.
+func runAgent(t *testing.T, cfg agent.Config) *agent.Agent {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := agent.New(ctx, cfg, testenv.Logger(t), nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
 }
