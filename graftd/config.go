@@ -53,6 +53,10 @@ type Config struct {
 	MaxStreamsPerConn      int `yaml:"max_streams_per_connection"`
 	MaxCallsPerPrincipal   int `yaml:"max_calls_per_principal"`
 	MaxWatchesPerPrincipal int `yaml:"max_watches_per_principal"`
+	// WatchBufferEvents is how many recent changes graftd keeps in
+	// memory, so that a watch resuming from one of them (an agent
+	// reconnecting) joins without a read from etcd.
+	WatchBufferEvents int `yaml:"watch_buffer_events"`
 
 	// EmbeddedListen makes dev mode's embedded etcd and NATS also listen
 	// on loopback TCP, without authentication. Only tools and tests that
@@ -104,6 +108,7 @@ func Defaults() Config {
 		MaxStreamsPerConn:      server.DefaultMaxStreamsPerConn,
 		MaxCallsPerPrincipal:   server.DefaultMaxCallsPerPrincipal,
 		MaxWatchesPerPrincipal: server.DefaultMaxWatchesPerPrincipal,
+		WatchBufferEvents:      store.DefaultHubBufferEvents,
 	}
 }
 
@@ -150,6 +155,7 @@ var options = config.Table[Config]{
 		config.Flag("shutdown-timeout", "how long in-flight calls may take to finish at shutdown", func(c *Config) any { return &c.ShutdownTimeout }),
 		config.Flag("max-streams-per-connection", "calls one client connection may have open at once", func(c *Config) any { return &c.MaxStreamsPerConn }),
 		config.Flag("max-calls-per-principal", "calls other than watches one principal may have open at once, over all its connections", func(c *Config) any { return &c.MaxCallsPerPrincipal }),
+		config.Flag("watch-buffer-events", "recent changes graftd keeps in memory so that a reconnecting watch resumes without reading etcd; one older resumes from etcd (or, compacted, reads a new snapshot)", func(c *Config) any { return &c.WatchBufferEvents }),
 		config.Flag("max-watches-per-principal", "watch streams one principal may have open at once, over all its connections (one per agent)", func(c *Config) any { return &c.MaxWatchesPerPrincipal }),
 		config.Flag("etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }),
 		config.Flag("etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }),
@@ -263,6 +269,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxCallsPerPrincipal < 1 {
 		add("--max-calls-per-principal %d: want 1 or more", c.MaxCallsPerPrincipal)
+	}
+	if c.WatchBufferEvents < 1 {
+		add("--watch-buffer-events %d: want 1 or more", c.WatchBufferEvents)
 	}
 	if c.MaxWatchesPerPrincipal < 1 {
 		add("--max-watches-per-principal %d: want 1 or more", c.MaxWatchesPerPrincipal)

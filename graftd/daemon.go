@@ -52,15 +52,17 @@ type Daemon struct {
 	cfg Config
 	log *slog.Logger
 
-	etcd    *embedded.Etcd
-	nats    *embedded.NATS
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	store   *store.Store
-	tokens  *acl.Tokens
-	rules   *replicator.Rules
-	repl    *replicator.Replicator
-	relay   *replicator.Relay
+	etcd   *embedded.Etcd
+	nats   *embedded.NATS
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	store  *store.Store
+	tokens *acl.Tokens
+	rules  *replicator.Rules
+	repl   *replicator.Replicator
+	relay  *replicator.Relay
+	// hub serves every client's watch from one etcd watch.
+	hub     *store.Hub
 	engine  *acl.Engine
 	audit   *audit.Log
 	srv     *server.Server
@@ -159,6 +161,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 	if err := d.newReplication(ctx, reg); err != nil {
 		return nil, err
 	}
+	if d.hub, err = store.NewHub(store.HubConfig{Store: d.store, Logger: log.With("subsystem", "watch hub"), BufferEvents: cfg.WatchBufferEvents}); err != nil {
+		return nil, err
+	}
 	rotations := registry.New(d.store)
 	reg.MustRegister(registry.NewCollector(rotations))
 	d.srv, err = server.New(server.Config{
@@ -175,6 +180,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		Replication:       d.repl,
 		Agents:            rollout.New(d.store),
 		Rotations:         rotations,
+		Watches:           d.hub,
 		Limits: server.Limits{
 			MaxStreamsPerConn:      uint32(cfg.MaxStreamsPerConn),
 			MaxCallsPerPrincipal:   cfg.MaxCallsPerPrincipal,
@@ -231,6 +237,7 @@ func (d *Daemon) tasks() []task.Task {
 			return d.repl.RunReconciler(ctx, replicator.ReconcilerConfig{Interval: d.cfg.ReconcileInterval, Identities: d.appIdentities})
 		}),
 		task.New("keyring file", d.watchKeyringFile),
+		task.New("watch hub", d.hub.Run),
 		task.New("liveness probe", d.probeLiveness),
 		task.New("gRPC server", d.serveGRPC),
 		task.New("HTTP server", d.serveHTTP),

@@ -55,6 +55,9 @@ func (d *Daemon) livenessProblems() []string {
 		out = append(out, msg)
 	}
 	l.mu.Unlock()
+	if s := d.hub.Silence(); s > livenessStale {
+		out = append(out, fmt.Sprintf("watches: etcd has not answered graftd's shared watch, which serves every client's watch, for %s", s.Round(time.Second)))
+	}
 	if s := d.relay.FeedSilence(); s > livenessStale {
 		out = append(out, fmt.Sprintf("replication: the relay's change feed has delivered nothing for %s", s.Round(time.Second)))
 	}
@@ -73,6 +76,7 @@ func (d *Daemon) probeLiveness(ctx context.Context) error {
 	for {
 		pctx, cancel := context.WithTimeout(ctx, livenessEvery)
 		d.store.RequestWatchProgress(pctx)
+		d.hub.RequestProgress(pctx)
 		err := d.store.ProbeWatch(pctx, name)
 		cancel()
 		if ctx.Err() != nil {

@@ -280,7 +280,7 @@ func (s *Server) Watch(req *graftv1.WatchRequest, stream graftv1.KVService_Watch
 		watched = roots[0]
 	}
 	readable := func(path string) bool { return s.access.Decide(p, acl.ActionRead, path).Allowed }
-	after, batches, err := s.store.WatchFunc(ctx, watched, req.GetStartRevision(), req.GetKeysOnly(), readable)
+	after, batches, err := s.watches.Watch(ctx, watched, req.GetStartRevision(), req.GetKeysOnly(), readable)
 	s.audit.AppendAsync(s.record(ctx, "Watch", a, "ok", err))
 	if err != nil {
 		return toStatus(err)

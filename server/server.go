@@ -71,6 +71,25 @@ type Config struct {
 	// Limits bound requests, streams and calls; zero fields take the
 	// defaults.
 	Limits Limits
+	// Watches serves KVService.Watch; graftd gives its store.Hub, which
+	// serves every watch from one etcd watch. Nil serves each from an
+	// etcd watch of its own (Store.WatchFunc).
+	Watches Watches
+}
+
+// Watches serves watches of the key space: the changes under prefix from
+// startRev (0: after now), values only where readable says yes.
+type Watches interface {
+	Watch(ctx context.Context, prefix string, startRev int64, keysOnly bool, readable func(path string) bool) (int64, <-chan store.WatchBatch, error)
+}
+
+var _ Watches = (*store.Hub)(nil)
+
+// ownWatches serves each watch from an etcd watch of its own.
+type ownWatches struct{ s *store.Store }
+
+func (w ownWatches) Watch(ctx context.Context, prefix string, startRev int64, keysOnly bool, readable func(path string) bool) (int64, <-chan store.WatchBatch, error) {
+	return w.s.WatchFunc(ctx, prefix, startRev, keysOnly, readable)
 }
 
 // Server implements the graft.v1 services.
@@ -85,6 +104,7 @@ type Server struct {
 	graftv1.UnimplementedRotationServiceServer
 
 	store       *store.Store
+	watches     Watches
 	auth        Tokens
 	access      Authorizer
 	audit       Auditor
@@ -113,8 +133,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Watches == nil {
+		cfg.Watches = ownWatches{cfg.Store}
+	}
 	s := &Server{
 		store:       cfg.Store,
+		watches:     cfg.Watches,
 		auth:        cfg.Auth,
 		access:      cfg.Access,
 		audit:       cfg.Audit,

@@ -64,6 +64,8 @@ var errorCodes = []struct {
 	{registry.ErrConflict, codes.FailedPrecondition},
 	{rollout.ErrAgentConflict, codes.FailedPrecondition},
 	{rollout.ErrTooManyAgents, codes.ResourceExhausted},
+	{store.ErrWatchBehind, codes.ResourceExhausted},
+	{store.ErrWatchEnded, codes.Unavailable},
 
 	{store.ErrCompacted, codes.OutOfRange},
 	{store.ErrContention, codes.Aborted},
