@@ -270,17 +270,26 @@ func (rn *renewer) failAll(err error) {
 	rn.queue = rn.queue[:0]
 }
 
+// notPrimary is etcd's lease.ErrNotPrimary, which it sends as Unknown: a
+// leader that could not confirm it still leads (an election under way),
+// whose clients are to renew again, at another member if need be.
+const notPrimary = "not a primary lessor"
+
 // retryable says whether a stream that ended with err is worth opening
-// again, as clientv3 retries KeepAliveOnce: the server went away
-// (Unavailable, which is also a member without a leader), a frame was
-// lost (Internal), or the server ended the stream.
+// again: as clientv3 retries KeepAliveOnce, when the server went away
+// (Unavailable, which is also a member without a leader or a leader
+// change) or a frame was lost (Internal); and when the server ended the
+// stream or its lessor was not the primary for a moment.
 func retryable(err error) bool {
 	if errors.Is(err, io.EOF) {
 		return true
 	}
-	switch status.Code(err) {
+	st, _ := status.FromError(err)
+	switch st.Code() {
 	case codes.Unavailable, codes.Internal:
 		return true
+	case codes.Unknown:
+		return st.Message() == notPrimary
 	}
 	return false
 }
