@@ -344,6 +344,7 @@ func (d *Daemon) openCore(ctx context.Context) error {
 	}
 	if d.etcd != nil {
 		scfg.Client = d.etcd.Client() // in process: the embedded etcd opens no port
+		scfg.LeaseClient = d.etcd.LeaseClient()
 	}
 	d.store, err = store.New(scfg)
 	if err != nil {

@@ -176,6 +176,8 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 	}
 	if err == nil && old.Value.Lease != 0 {
 		l := r.store.LeaseByID(old.Value.Lease)
+		// Every heartbeat renews: the store sends the renewals of all
+		// agents together on one etcd stream, not a stream each.
 		if err := l.Renew(ctx); err == nil {
 			// The same agent process (or an older agent, which sends no
 			// instance) renews: it keeps the revision it began at.

@@ -60,6 +60,41 @@ func TestReportsLiveByTheirLease(t *testing.T) {
 	}
 }
 
+// A heartbeat whose report holds a lease that is gone (a local read that
+// missed the deletion, or a lease revoked by hand) is not a renewal:
+// graftd grants a new lease and stores the report again on it.
+func TestReportWhoseLeaseIsLostIsStoredAgain(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	ctx := t.Context()
+	put(t, env, "/app/mp/config/x")
+	lost, err := env.Store.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lost.Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep := rollout.Report{ID: "host-1", App: "mp", Revision: 1, Lease: lost.ID()}
+	if _, err := store.NewRecords[rollout.Report](env.Store, store.SpaceAgents).Put(ctx, "mp/host-1", rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, rep, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.List(ctx, "mp")
+	if err != nil || len(got) != 1 || got[0].Lease == 0 || got[0].Lease == lost.ID() {
+		t.Fatalf("after a heartbeat on a lost lease: %+v, %v; want the report on a new lease", got, err)
+	}
+	// The report lives by its new lease: it goes when that ends.
+	if err := env.Store.LeaseByID(got[0].Lease).Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := reg.List(ctx, "mp"); len(left) != 0 {
+		t.Fatalf("the report outlived its new lease: %+v", left)
+	}
+}
+
 // put writes a value and returns its revision.
 func put(t *testing.T, env *testenv.Env, path string) int64 {
 	t.Helper()

@@ -46,9 +46,13 @@ func dial(cfg EtcdConfig) (*clientv3.Client, error) {
 // Endpoints are the etcd client URLs the store uses.
 func (s *Store) Endpoints() []string { return s.cli.Endpoints() }
 
-// Close closes the etcd connection if the store opened it (Config.Etcd);
-// a client passed in (Config.Client) is its owner's to close.
+// Close ends the store's lease renewals, and closes the etcd connection
+// if the store opened it (Config.Etcd); a client passed in
+// (Config.Client) is its owner's to close.
 func (s *Store) Close() error {
+	if s.renew != nil {
+		s.renew.close()
+	}
 	if !s.ownsClient {
 		return nil
 	}

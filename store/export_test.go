@@ -24,3 +24,12 @@ func (s *Store) JamSharedWatchStream(n int) {
 	}
 	cancel()
 }
+
+// LeaseStreams is how many etcd keep-alive streams the store's lease
+// renewals have opened.
+func (s *Store) LeaseStreams() uint64 {
+	if s.renew == nil {
+		return 0
+	}
+	return s.renew.streams.Load()
+}

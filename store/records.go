@@ -349,8 +349,12 @@ func (l *Lease) ID() int64 { return int64(l.id) }
 func (s *Store) LeaseByID(id int64) *Lease { return &Lease{s: s, id: clientv3.LeaseID(id)} }
 
 // Renew refreshes the lease once; a lease that has expired is
-// ErrLeaseLost.
+// ErrLeaseLost. Renewals from many callers at once share one etcd
+// keep-alive stream (renew.go).
 func (l *Lease) Renew(ctx context.Context) error {
+	if l.s.renew != nil {
+		return l.s.renew.renew(ctx, int64(l.id))
+	}
 	if _, err := l.s.cli.KeepAliveOnce(ctx, l.id); errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return ErrLeaseLost
 	} else if err != nil {

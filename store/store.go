@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -54,6 +55,7 @@ var (
 	ErrContention      = errors.New("too much write contention")
 	ErrLeaseLost       = errors.New("lease lost: it expired or was revoked")
 	ErrLeadershipLost  = errors.New("leadership lost: the election session expired")
+	ErrClosed          = errors.New("store closed")
 	// ErrDestination marks a write into a replicated destination by
 	// anyone but the replicator; ErrDestinationNotEmpty a new rule whose
 	// destination already holds values that no rule wrote.
@@ -133,6 +135,12 @@ type Config struct {
 	// Without one, New connects with Etcd and Close closes.
 	Client *clientv3.Client
 	Etcd   EtcdConfig
+	// LeaseClient is etcd's lease API, over which the store renews leases
+	// in batches on one stream (Lease.Renew). By default it is the one on
+	// Client's connection; a Client that calls an in-process etcd
+	// (v3client) has none, so pass embedded.Etcd.LeaseClient with it.
+	// Without either, each renewal is a call of its own.
+	LeaseClient pb.LeaseClient
 	// Prefix under which every key lives; default "/graft/".
 	Prefix string
 	// Keyring encrypts values; required. Replace it with SetKeyring.
@@ -159,6 +167,8 @@ type Store struct {
 	now        func() time.Time
 	log        *slog.Logger
 	keyring    atomic.Pointer[keyring.Keyring]
+	// renew batches lease renewals; nil without a lease client.
+	renew *renewer
 	// watchStreams numbers Watch's etcd watch streams.
 	watchStreams atomic.Uint64
 	decryptions  atomic.Uint64
@@ -217,6 +227,12 @@ func New(cfg Config) (*Store, error) {
 		histMax:    cfg.HistoryLimit,
 		now:        cfg.Now,
 		log:        cfg.Logger,
+	}
+	if cfg.LeaseClient == nil && cfg.Client.ActiveConnection() != nil {
+		cfg.LeaseClient = pb.NewLeaseClient(cfg.Client.ActiveConnection())
+	}
+	if cfg.LeaseClient != nil {
+		s.renew = newRenewer(cfg.Client.Ctx(), cfg.LeaseClient, cfg.Logger)
 	}
 	s.keyring.Store(cfg.Keyring)
 	for i := range s.writeLocks {

@@ -13,9 +13,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3rpc"
+	"go.etcd.io/etcd/server/v3/proxy/grpcproxy/adapter"
 	"go.uber.org/zap"
 )
 
@@ -27,6 +30,7 @@ type Etcd struct {
 	Dir      string
 	e        *embed.Etcd
 	client   *clientv3.Client
+	leases   pb.LeaseClient
 	once     sync.Once
 }
 
@@ -119,7 +123,12 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	out := &Etcd{Dir: cfg.Dir, e: e, client: v3client.New(e.Server)}
+	out := &Etcd{
+		Dir:    cfg.Dir,
+		e:      e,
+		client: v3client.New(e.Server),
+		leases: adapter.LeaseServerToLeaseClient(v3rpc.NewQuotaLeaseServer(e.Server)),
+	}
 	if len(e.Clients) > 0 {
 		out.Endpoint = "http://" + e.Clients[0].Addr().String()
 	}
@@ -129,6 +138,11 @@ func StartEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 // Client is an etcd client that calls the server in process, without a
 // network connection. Close closes it; do not close it yourself.
 func (e *Etcd) Client() *clientv3.Client { return e.client }
+
+// LeaseClient is etcd's lease API in process, as Client uses it: for
+// store.Config.LeaseClient, since Client has no connection to open the
+// store's own lease stream on.
+func (e *Etcd) LeaseClient() pb.LeaseClient { return e.leases }
 
 // Close stops etcd and waits until its files are closed. It may be called
 // more than once.
