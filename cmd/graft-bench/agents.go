@@ -196,38 +196,12 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	}
 	res.SetupS = seconds(time.Since(setup))
 
-	// The agents.
-	dir, err := os.MkdirTemp(ac.dir, "graft-bench-agents-")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(dir)
-	actx, stopAgents := context.WithCancel(ctx)
-	var running sync.WaitGroup
-	defer func() { stopAgents(); running.Wait() }()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	files := make([]string, ac.count)
+	// The subscribers: one per application.
+	var subs subscribers = &renderingAgents{addr: addr, dir: ac.dir, run: run, apps: apps, tokens: tokens, waitMin: ac.waitMin}
+	defer subs.stop()
 	start := time.Now()
-	for i, name := range apps {
-		tokenFile := filepath.Join(dir, name+".token")
-		if err := os.WriteFile(tokenFile, []byte(tokens[i]), 0o600); err != nil {
-			return res, err
-		}
-		files[i] = filepath.Join(dir, name, "password")
-		cfg := agent.DefaultConfig()
-		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = addr, tokenFile, name, "bench", "off"
-		cfg.Insecure = true
-		cfg.Templates = []agent.Template{{Destination: files[i], Contents: `{{ secret "replicated/` + run + `/password" }}`}}
-		cfg.Wait = agent.Wait{Min: ac.waitMin, Max: 10 * ac.waitMin}
-		ag, err := agent.New(actx, cfg, quiet, nil)
-		if err != nil {
-			return res, fmt.Errorf("agents: agent %d: %w", i, err)
-		}
-		running.Add(1)
-		go func() { defer running.Done(); ag.Run(actx) }()
-	}
-	if _, err := waitFiles(ctx, files, "v0", 5*time.Minute); err != nil {
-		return res, fmt.Errorf("agents: first render: %w", err)
+	if _, err := subs.start(ctx, "v0"); err != nil {
+		return res, fmt.Errorf("agents: start: %w", err)
 	}
 	res.StartS = seconds(time.Since(start))
 
@@ -249,7 +223,7 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	if _, err := c.Put(ctx, source, []byte("v1")); err != nil {
 		return res, fmt.Errorf("agents: put %s: %w", source, err)
 	}
-	seen, err := waitFiles(ctx, files, "v1", 5*time.Minute)
+	seen, err := subs.wait(ctx, "v1")
 	if err != nil {
 		return res, fmt.Errorf("agents: the change: %w", err)
 	}
@@ -268,6 +242,77 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 		}
 	}
 	return res, nil
+}
+
+// subscribers are what graftd serves in the benchmark: one per
+// application, each following the application's replicated value.
+type subscribers interface {
+	// start starts them all and returns once each holds want.
+	start(ctx context.Context, want string) (sweeps, error)
+	// wait returns when each one first held want.
+	wait(ctx context.Context, want string) (sweeps, error)
+	// stop stops them all and waits until they have.
+	stop()
+}
+
+var _ subscribers = (*renderingAgents)(nil)
+
+// renderingAgents are real graft-agents, each rendering its application's
+// replicated value into a file under dir.
+type renderingAgents struct {
+	addr, dir, run string
+	apps, tokens   []string
+	waitMin        time.Duration
+
+	files   []string
+	tmp     string
+	cancel  context.CancelFunc
+	running sync.WaitGroup
+}
+
+func (r *renderingAgents) start(ctx context.Context, want string) (sweeps, error) {
+	tmp, err := os.MkdirTemp(r.dir, "graft-bench-agents-")
+	if err != nil {
+		return sweeps{}, err
+	}
+	r.tmp = tmp
+	actx, cancel := context.WithCancel(ctx)
+	r.cancel = cancel
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r.files = make([]string, len(r.apps))
+	for i, name := range r.apps {
+		tokenFile := filepath.Join(tmp, name+".token")
+		if err := os.WriteFile(tokenFile, []byte(r.tokens[i]), 0o600); err != nil {
+			return sweeps{}, err
+		}
+		r.files[i] = filepath.Join(tmp, name, "password")
+		cfg := agent.DefaultConfig()
+		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = r.addr, tokenFile, name, "bench", "off"
+		cfg.Insecure = true
+		cfg.Templates = []agent.Template{{Destination: r.files[i], Contents: `{{ secret "replicated/` + r.run + `/password" }}`}}
+		cfg.Wait = agent.Wait{Min: r.waitMin, Max: 10 * r.waitMin}
+		ag, err := agent.New(actx, cfg, quiet, nil)
+		if err != nil {
+			return sweeps{}, fmt.Errorf("agent %d: %w", i, err)
+		}
+		r.running.Add(1)
+		go func() { defer r.running.Done(); ag.Run(actx) }()
+	}
+	return r.wait(ctx, want)
+}
+
+func (r *renderingAgents) wait(ctx context.Context, want string) (sweeps, error) {
+	return waitFiles(ctx, r.files, want, 5*time.Minute)
+}
+
+func (r *renderingAgents) stop() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.running.Wait()
+	if r.tmp != "" {
+		os.RemoveAll(r.tmp)
+	}
 }
 
 // defaultAgentsDir is tmpfs where there is one: each agent's write ends in
