@@ -34,15 +34,21 @@ type agentsConfig struct {
 	metricsURL string
 	waitMin    time.Duration
 	dir        string
+	bare       bool
 }
 
 // agentsResult is what it reports.
 type agentsResult struct {
-	Mode   string `json:"mode"`
-	Agents int    `json:"agents"`
+	// Mode is how graftd was run: "dev" (started for the run) or "remote".
+	Mode string `json:"mode"`
+	// Subscribers is what received the change: "agents", or "bare" sdk
+	// watch streams (--bare), Agents of them.
+	Subscribers string `json:"subscribers"`
+	Agents      int    `json:"agents"`
 	// SetupS is how long creating the applications' tokens and the share
 	// took; StartS, from starting the first agent until every agent
-	// rendered its file.
+	// rendered its file (bare: until every stream held the value, from its
+	// snapshot or an event, and graftd had confirmed its watch).
 	SetupS float64 `json:"setup_s"`
 	StartS float64 `json:"start_s"`
 	// IdleS is how long the agents ran idle (reporting every 5 s) before
@@ -56,12 +62,14 @@ type agentsResult struct {
 	RSSAfterMB  float64 `json:"graftd_rss_after_mb"`
 	// One source write replicated to every application: time from the
 	// write until an agent's file holds it, over all agents (sampled by
-	// sweeps over the files, SweepMS apart).
+	// sweeps over the files, SweepMS apart; bare: until a stream received
+	// the event, timestamped on receipt, and SweepMS is 0).
 	DeliverP50MS float64 `json:"deliver_p50_ms"`
 	DeliverP99MS float64 `json:"deliver_p99_ms"`
 	DeliverAllMS float64 `json:"deliver_all_ms"`
 	SweepMS      float64 `json:"sweep_ms"`
-	// ReportsLive is how many agents graftd lists after the change.
+	// ReportsLive is how many agents graftd lists after the change (bare
+	// streams do not report: 0).
 	ReportsLive int      `json:"reports_live"`
 	Notes       []string `json:"notes,omitempty"`
 }
@@ -86,10 +94,20 @@ the graftd next to graft-bench) in dev mode in a temporary directory. With
 --addr it uses that graftd and needs the root token, and --metrics-url for
 the memory figures.
 
-Each agent holds one connection: raise the open-files limit (ulimit -n)
-above --count in this shell and in graftd's.`,
+With --bare it runs no agents but --count sdk watch streams, one per
+application, each with its own token and connection as an agent has, each
+watching the application's tree from its snapshot's revision. They write
+no files and send no reports, and each stream takes the time it received
+the change itself. Set against a run with agents on the same machine, the
+delivery figures show how much of the time graftd takes and how much the
+agents (which share its cores here); graftd's idle CPU then lacks the
+agents' reports.
+
+Each agent (or stream) holds one connection: raise the open-files limit
+(ulimit -n) above --count in this shell and in graftd's.`,
 		Example: `  make build && bin/graft-bench agents --count 10000
-  graft-bench agents --count 1000 --idle 10s -o json`,
+  graft-bench agents --count 1000 --idle 10s -o json
+  graft-bench agents --count 10000 --bare`,
 		Args: cmdline.Args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
@@ -97,6 +115,8 @@ above --count in this shell and in graftd's.`,
 				return fmt.Errorf("agents: --count %d: want 1 to 100000 agents", ac.count)
 			case ac.idle < 0:
 				return fmt.Errorf("agents: --idle %s: want a duration of 0 or more", ac.idle)
+			case ac.bare && (cmd.Flags().Changed("dir") || cmd.Flags().Changed("wait-min")):
+				return errors.New("agents: --bare runs watch streams, which render no files: --dir and --wait-min are for agents")
 			}
 			res, err := a.benchAgents(cmd, ac)
 			if err != nil {
@@ -112,12 +132,13 @@ above --count in this shell and in graftd's.`,
 	f.StringVar(&ac.metricsURL, "metrics-url", "", "graftd's /metrics, for its memory, with --addr")
 	f.DurationVar(&ac.waitMin, "wait-min", 0, "the agents' debounce (wait.min; wait.max is 10 times it)")
 	f.StringVar(&ac.dir, "dir", defaultAgentsDir(), "where the agents render their files")
+	f.BoolVar(&ac.bare, "bare", false, "run bare sdk watch streams instead of agents: no files, no reports")
 	return cmd
 }
 
 func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, error) {
 	ctx := cmd.Context()
-	res := agentsResult{Mode: "dev", Agents: ac.count}
+	res := agentsResult{Mode: "dev", Subscribers: "agents", Agents: ac.count}
 	if err := raiseOpenFiles(ac.count); err != nil {
 		return res, err
 	}
@@ -198,6 +219,13 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 
 	// The subscribers: one per application.
 	var subs subscribers = &renderingAgents{addr: addr, dir: ac.dir, run: run, apps: apps, tokens: tokens, waitMin: ac.waitMin}
+	if ac.bare {
+		subs = &bareStreams{addr: addr, run: run, apps: apps, tokens: tokens}
+		res.Subscribers = "bare"
+		res.Notes = append(res.Notes,
+			"bare: watch streams, no agents: no files rendered, no reports or heartbeats sent (graftd's idle CPU and memory lack them; reports_live is 0)",
+			"bare: each stream took the time it received the change itself; there are no sweeps (sweep_ms is 0)")
+	}
 	defer subs.stop()
 	start := time.Now()
 	if _, err := subs.start(ctx, "v0"); err != nil {
@@ -234,6 +262,9 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	res.DeliverP50MS, res.DeliverP99MS, res.DeliverAllMS = quantileMS(lat, 0.5), quantileMS(lat, 0.99), quantileMS(lat, 1)
 	res.SweepMS = math.Round(float64(seen.sweep)/float64(time.Microsecond)) / 1000
 	res.RSSAfterMB = rss()
+	if ac.bare {
+		return res, nil
+	}
 	if live, err := c.ListAgents(ctx, ""); err == nil {
 		for _, r := range live {
 			if strings.HasPrefix(r.App, "bench-agent-") {
@@ -478,13 +509,26 @@ func freeAddr() (string, error) {
 func seconds(d time.Duration) float64 { return math.Round(d.Seconds()*100) / 100 }
 
 func writeAgents(w io.Writer, r agentsResult) error {
-	fmt.Fprintf(w, "agents:             %d (%s graftd)\n", r.Agents, r.Mode)
+	bare := r.Subscribers == "bare"
+	if bare {
+		fmt.Fprintf(w, "bare watch streams: %d (%s graftd)\n", r.Agents, r.Mode)
+	} else {
+		fmt.Fprintf(w, "agents:             %d (%s graftd)\n", r.Agents, r.Mode)
+	}
 	fmt.Fprintf(w, "setup:              %.2f s (tokens and one share to every application)\n", r.SetupS)
-	fmt.Fprintf(w, "start:              %.2f s until every agent rendered\n", r.StartS)
+	if bare {
+		fmt.Fprintf(w, "start:              %.2f s until every stream read its snapshot and watched\n", r.StartS)
+	} else {
+		fmt.Fprintf(w, "start:              %.2f s until every agent rendered\n", r.StartS)
+	}
 	fmt.Fprintf(w, "graftd rss:         %.1f MB before, %.1f MB idle, %.1f MB after the change\n", r.RSSBeforeMB, r.RSSIdleMB, r.RSSAfterMB)
 	fmt.Fprintf(w, "graftd cpu idle:    %.2f cores over %.1f s\n", r.GraftdCPU, r.IdleS)
-	fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (sweeps up to %.0f ms apart)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS, r.SweepMS)
-	fmt.Fprintf(w, "reports live:       %d\n", r.ReportsLive)
+	if bare {
+		fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (on receipt)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS)
+	} else {
+		fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (sweeps up to %.0f ms apart)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS, r.SweepMS)
+		fmt.Fprintf(w, "reports live:       %d\n", r.ReportsLive)
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "note: "+n)
 	}
