@@ -34,15 +34,21 @@ type agentsConfig struct {
 	metricsURL string
 	waitMin    time.Duration
 	dir        string
+	bare       bool
 }
 
 // agentsResult is what it reports.
 type agentsResult struct {
-	Mode   string `json:"mode"`
-	Agents int    `json:"agents"`
+	// Mode is how graftd was run: "dev" (started for the run) or "remote".
+	Mode string `json:"mode"`
+	// Subscribers is what received the change: "agents", or "bare" sdk
+	// watch streams (--bare), Agents of them.
+	Subscribers string `json:"subscribers"`
+	Agents      int    `json:"agents"`
 	// SetupS is how long creating the applications' tokens and the share
 	// took; StartS, from starting the first agent until every agent
-	// rendered its file.
+	// rendered its file (bare: until every stream held the value, from its
+	// snapshot or an event, and graftd had confirmed its watch).
 	SetupS float64 `json:"setup_s"`
 	StartS float64 `json:"start_s"`
 	// IdleS is how long the agents ran idle (reporting every 5 s) before
@@ -56,12 +62,14 @@ type agentsResult struct {
 	RSSAfterMB  float64 `json:"graftd_rss_after_mb"`
 	// One source write replicated to every application: time from the
 	// write until an agent's file holds it, over all agents (sampled by
-	// sweeps over the files, SweepMS apart).
+	// sweeps over the files, SweepMS apart; bare: until a stream received
+	// the event, timestamped on receipt, and SweepMS is 0).
 	DeliverP50MS float64 `json:"deliver_p50_ms"`
 	DeliverP99MS float64 `json:"deliver_p99_ms"`
 	DeliverAllMS float64 `json:"deliver_all_ms"`
 	SweepMS      float64 `json:"sweep_ms"`
-	// ReportsLive is how many agents graftd lists after the change.
+	// ReportsLive is how many agents graftd lists after the change (bare
+	// streams do not report: 0).
 	ReportsLive int      `json:"reports_live"`
 	Notes       []string `json:"notes,omitempty"`
 }
@@ -86,10 +94,20 @@ the graftd next to graft-bench) in dev mode in a temporary directory. With
 --addr it uses that graftd and needs the root token, and --metrics-url for
 the memory figures.
 
-Each agent holds one connection: raise the open-files limit (ulimit -n)
-above --count in this shell and in graftd's.`,
+With --bare it runs no agents but --count sdk watch streams, one per
+application, each with its own token and connection as an agent has, each
+watching the application's tree from its snapshot's revision. They write
+no files and send no reports, and each stream takes the time it received
+the change itself. Set against a run with agents on the same machine, the
+delivery figures show how much of the time graftd takes and how much the
+agents (which share its cores here); graftd's idle CPU then lacks the
+agents' reports.
+
+Each agent (or stream) holds one connection: raise the open-files limit
+(ulimit -n) above --count in this shell and in graftd's.`,
 		Example: `  make build && bin/graft-bench agents --count 10000
-  graft-bench agents --count 1000 --idle 10s -o json`,
+  graft-bench agents --count 1000 --idle 10s -o json
+  graft-bench agents --count 10000 --bare`,
 		Args: cmdline.Args(0, 0, "nothing"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
@@ -97,6 +115,8 @@ above --count in this shell and in graftd's.`,
 				return fmt.Errorf("agents: --count %d: want 1 to 100000 agents", ac.count)
 			case ac.idle < 0:
 				return fmt.Errorf("agents: --idle %s: want a duration of 0 or more", ac.idle)
+			case ac.bare && (cmd.Flags().Changed("dir") || cmd.Flags().Changed("wait-min")):
+				return errors.New("agents: --bare runs watch streams, which render no files: --dir and --wait-min are for agents")
 			}
 			res, err := a.benchAgents(cmd, ac)
 			if err != nil {
@@ -112,12 +132,13 @@ above --count in this shell and in graftd's.`,
 	f.StringVar(&ac.metricsURL, "metrics-url", "", "graftd's /metrics, for its memory, with --addr")
 	f.DurationVar(&ac.waitMin, "wait-min", 0, "the agents' debounce (wait.min; wait.max is 10 times it)")
 	f.StringVar(&ac.dir, "dir", defaultAgentsDir(), "where the agents render their files")
+	f.BoolVar(&ac.bare, "bare", false, "run bare sdk watch streams instead of agents: no files, no reports")
 	return cmd
 }
 
 func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, error) {
 	ctx := cmd.Context()
-	res := agentsResult{Mode: "dev", Agents: ac.count}
+	res := agentsResult{Mode: "dev", Subscribers: "agents", Agents: ac.count}
 	if err := raiseOpenFiles(ac.count); err != nil {
 		return res, err
 	}
@@ -196,38 +217,19 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	}
 	res.SetupS = seconds(time.Since(setup))
 
-	// The agents.
-	dir, err := os.MkdirTemp(ac.dir, "graft-bench-agents-")
-	if err != nil {
-		return res, err
+	// The subscribers: one per application.
+	var subs subscribers = &renderingAgents{addr: addr, dir: ac.dir, run: run, apps: apps, tokens: tokens, waitMin: ac.waitMin}
+	if ac.bare {
+		subs = &bareStreams{addr: addr, run: run, apps: apps, tokens: tokens}
+		res.Subscribers = "bare"
+		res.Notes = append(res.Notes,
+			"bare: watch streams, no agents: no files rendered, no reports or heartbeats sent (graftd's idle CPU and memory lack them; reports_live is 0)",
+			"bare: each stream took the time it received the change itself; there are no sweeps (sweep_ms is 0)")
 	}
-	defer os.RemoveAll(dir)
-	actx, stopAgents := context.WithCancel(ctx)
-	var running sync.WaitGroup
-	defer func() { stopAgents(); running.Wait() }()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	files := make([]string, ac.count)
+	defer subs.stop()
 	start := time.Now()
-	for i, name := range apps {
-		tokenFile := filepath.Join(dir, name+".token")
-		if err := os.WriteFile(tokenFile, []byte(tokens[i]), 0o600); err != nil {
-			return res, err
-		}
-		files[i] = filepath.Join(dir, name, "password")
-		cfg := agent.DefaultConfig()
-		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = addr, tokenFile, name, "bench", "off"
-		cfg.Insecure = true
-		cfg.Templates = []agent.Template{{Destination: files[i], Contents: `{{ secret "replicated/` + run + `/password" }}`}}
-		cfg.Wait = agent.Wait{Min: ac.waitMin, Max: 10 * ac.waitMin}
-		ag, err := agent.New(actx, cfg, quiet, nil)
-		if err != nil {
-			return res, fmt.Errorf("agents: agent %d: %w", i, err)
-		}
-		running.Add(1)
-		go func() { defer running.Done(); ag.Run(actx) }()
-	}
-	if _, err := waitFiles(ctx, files, "v0", 5*time.Minute); err != nil {
-		return res, fmt.Errorf("agents: first render: %w", err)
+	if _, err := subs.start(ctx, "v0"); err != nil {
+		return res, fmt.Errorf("agents: start: %w", err)
 	}
 	res.StartS = seconds(time.Since(start))
 
@@ -249,7 +251,7 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	if _, err := c.Put(ctx, source, []byte("v1")); err != nil {
 		return res, fmt.Errorf("agents: put %s: %w", source, err)
 	}
-	seen, err := waitFiles(ctx, files, "v1", 5*time.Minute)
+	seen, err := subs.wait(ctx, "v1")
 	if err != nil {
 		return res, fmt.Errorf("agents: the change: %w", err)
 	}
@@ -260,6 +262,9 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	res.DeliverP50MS, res.DeliverP99MS, res.DeliverAllMS = quantileMS(lat, 0.5), quantileMS(lat, 0.99), quantileMS(lat, 1)
 	res.SweepMS = math.Round(float64(seen.sweep)/float64(time.Microsecond)) / 1000
 	res.RSSAfterMB = rss()
+	if ac.bare {
+		return res, nil
+	}
 	if live, err := c.ListAgents(ctx, ""); err == nil {
 		for _, r := range live {
 			if strings.HasPrefix(r.App, "bench-agent-") {
@@ -268,6 +273,77 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 		}
 	}
 	return res, nil
+}
+
+// subscribers are what graftd serves in the benchmark: one per
+// application, each following the application's replicated value.
+type subscribers interface {
+	// start starts them all and returns once each holds want.
+	start(ctx context.Context, want string) (sweeps, error)
+	// wait returns when each one first held want.
+	wait(ctx context.Context, want string) (sweeps, error)
+	// stop stops them all and waits until they have.
+	stop()
+}
+
+var _ subscribers = (*renderingAgents)(nil)
+
+// renderingAgents are real graft-agents, each rendering its application's
+// replicated value into a file under dir.
+type renderingAgents struct {
+	addr, dir, run string
+	apps, tokens   []string
+	waitMin        time.Duration
+
+	files   []string
+	tmp     string
+	cancel  context.CancelFunc
+	running sync.WaitGroup
+}
+
+func (r *renderingAgents) start(ctx context.Context, want string) (sweeps, error) {
+	tmp, err := os.MkdirTemp(r.dir, "graft-bench-agents-")
+	if err != nil {
+		return sweeps{}, err
+	}
+	r.tmp = tmp
+	actx, cancel := context.WithCancel(ctx)
+	r.cancel = cancel
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	r.files = make([]string, len(r.apps))
+	for i, name := range r.apps {
+		tokenFile := filepath.Join(tmp, name+".token")
+		if err := os.WriteFile(tokenFile, []byte(r.tokens[i]), 0o600); err != nil {
+			return sweeps{}, err
+		}
+		r.files[i] = filepath.Join(tmp, name, "password")
+		cfg := agent.DefaultConfig()
+		cfg.Server, cfg.TokenFile, cfg.App, cfg.ID, cfg.Listen = r.addr, tokenFile, name, "bench", "off"
+		cfg.Insecure = true
+		cfg.Templates = []agent.Template{{Destination: r.files[i], Contents: `{{ secret "replicated/` + r.run + `/password" }}`}}
+		cfg.Wait = agent.Wait{Min: r.waitMin, Max: 10 * r.waitMin}
+		ag, err := agent.New(actx, cfg, quiet, nil)
+		if err != nil {
+			return sweeps{}, fmt.Errorf("agent %d: %w", i, err)
+		}
+		r.running.Add(1)
+		go func() { defer r.running.Done(); ag.Run(actx) }()
+	}
+	return r.wait(ctx, want)
+}
+
+func (r *renderingAgents) wait(ctx context.Context, want string) (sweeps, error) {
+	return waitFiles(ctx, r.files, want, 5*time.Minute)
+}
+
+func (r *renderingAgents) stop() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.running.Wait()
+	if r.tmp != "" {
+		os.RemoveAll(r.tmp)
+	}
 }
 
 // defaultAgentsDir is tmpfs where there is one: each agent's write ends in
@@ -433,13 +509,26 @@ func freeAddr() (string, error) {
 func seconds(d time.Duration) float64 { return math.Round(d.Seconds()*100) / 100 }
 
 func writeAgents(w io.Writer, r agentsResult) error {
-	fmt.Fprintf(w, "agents:             %d (%s graftd)\n", r.Agents, r.Mode)
+	bare := r.Subscribers == "bare"
+	if bare {
+		fmt.Fprintf(w, "bare watch streams: %d (%s graftd)\n", r.Agents, r.Mode)
+	} else {
+		fmt.Fprintf(w, "agents:             %d (%s graftd)\n", r.Agents, r.Mode)
+	}
 	fmt.Fprintf(w, "setup:              %.2f s (tokens and one share to every application)\n", r.SetupS)
-	fmt.Fprintf(w, "start:              %.2f s until every agent rendered\n", r.StartS)
+	if bare {
+		fmt.Fprintf(w, "start:              %.2f s until every stream read its snapshot and watched\n", r.StartS)
+	} else {
+		fmt.Fprintf(w, "start:              %.2f s until every agent rendered\n", r.StartS)
+	}
 	fmt.Fprintf(w, "graftd rss:         %.1f MB before, %.1f MB idle, %.1f MB after the change\n", r.RSSBeforeMB, r.RSSIdleMB, r.RSSAfterMB)
 	fmt.Fprintf(w, "graftd cpu idle:    %.2f cores over %.1f s\n", r.GraftdCPU, r.IdleS)
-	fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (sweeps up to %.0f ms apart)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS, r.SweepMS)
-	fmt.Fprintf(w, "reports live:       %d\n", r.ReportsLive)
+	if bare {
+		fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (on receipt)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS)
+	} else {
+		fmt.Fprintf(w, "one change, to all: p50 %.0f ms, p99 %.0f ms, all %.0f ms (sweeps up to %.0f ms apart)\n", r.DeliverP50MS, r.DeliverP99MS, r.DeliverAllMS, r.SweepMS)
+		fmt.Fprintf(w, "reports live:       %d\n", r.ReportsLive)
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "note: "+n)
 	}
