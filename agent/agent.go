@@ -23,7 +23,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,14 +73,8 @@ type Agent struct {
 	// "refused"), to log once per change and not every heartbeat.
 	reportState string
 
-	// exec: the running application (guarded by mu for the signal
-	// forwarder), the environment it runs with, what exec.env read.
-	mu       sync.Mutex
-	child    *child
-	childEnv []string
-	envDeps  deps
-	signals  <-chan os.Signal
-	spawner  spawner
+	// supervisor runs the application, when the configuration has exec.
+	supervisor *supervisor
 
 	ready    atomic.Bool
 	applied  atomic.Int64
@@ -137,6 +130,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 			Rotations: cfg.Rotations, ClaimTTL: cfg.RotationClaimTTL, Hook: cfg.RotationHook})
 	}
 	a.reloaders = newReloaders(cfg, log)
+	if cfg.Exec != nil {
+		a.supervisor = newSupervisor(supervisorConfig{Exec: *cfg.Exec, Log: log})
+	}
 	if cfg.ServesHTTP() && !cfg.Once && !cfg.DryRun {
 		l, err := net.Listen("tcp", cfg.Listen)
 		if err != nil {
@@ -158,8 +154,12 @@ func (t TLS) config() (*tls.Config, error) {
 
 // ForwardSignals makes an agent that runs its application (exec) pass the
 // signals from ch to it. Call it before Run; graft-agent gives it SIGTERM,
-// SIGINT and SIGHUP.
-func (a *Agent) ForwardSignals(ch <-chan os.Signal) { a.signals = ch }
+// SIGINT and SIGHUP. Without exec it does nothing.
+func (a *Agent) ForwardSignals(ch <-chan os.Signal) {
+	if a.supervisor != nil {
+		a.supervisor.signals = ch
+	}
+}
 
 // Addr is the address of the agent's HTTP endpoints, if it serves them.
 func (a *Agent) Addr() string {
@@ -196,9 +196,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.listener != nil {
 		tasks = append(tasks, task.New("http", a.serveHTTP))
 	}
-	if a.cfg.Exec != nil && a.signals != nil {
+	if a.supervisor != nil && a.supervisor.signals != nil {
 		tasks = append(tasks, task.New("signals", func(ctx context.Context) error {
-			a.forward(ctx, a.signals, cancel)
+			a.supervisor.forward(ctx, cancel)
 			return nil
 		}))
 	}
@@ -231,9 +231,8 @@ func (a *Agent) Run(ctx context.Context) error {
 // failure (graftd away, access lost) backs off, with jitter. With exec,
 // the application is stopped on the way out.
 func (a *Agent) watch(ctx context.Context) *ExitError {
-	if a.cfg.Exec != nil {
-		defer a.spawner.close()
-		defer a.stop()
+	if a.supervisor != nil {
+		defer a.supervisor.close()
 	}
 	var exit *ExitError
 	ctx, stopRun := context.WithCancel(ctx)
@@ -379,14 +378,8 @@ func (a *Agent) follow(ctx context.Context) error {
 			}
 		case <-heartbeat.C:
 			a.report(ctx)
-		case <-a.childDone():
-			c := a.child
-			a.mu.Lock()
-			a.child = nil
-			a.mu.Unlock()
-			code := exitCode(c)
-			a.log.Info("the application exited; so does the agent", "status", code)
-			return &ExitError{Code: code}
+		case <-a.supervisor.done():
+			return a.supervisor.exited()
 		}
 	}
 }
@@ -453,7 +446,7 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 	// never hold back the next credential.
 	prevReloads, prevHealthy, prevReason := a.reloads, a.healthy, a.reason
 	var err error
-	restarted := a.superviseEnv(failed == 0, wrote > 0)
+	restarted := a.supervisor != nil && a.supervisor.supervise(a.view(), failed == 0, wrote > 0)
 	switch {
 	case restarted:
 		a.reloads, a.healthy, a.reason = []sdk.ReloadReport{{Kind: "exec", OK: true}}, true, ""
@@ -475,7 +468,7 @@ func (a *Agent) renderAndReload(ctx context.Context, changed map[string]bool, ev
 	a.metrics.revision.Set(float64(a.revision))
 	// Ready once every template rendered and, with exec, the application
 	// runs.
-	if failed == 0 && (a.cfg.Exec == nil || a.child != nil) && !a.ready.Load() {
+	if failed == 0 && (a.supervisor == nil || a.supervisor.running()) && !a.ready.Load() {
 		a.ready.Store(true)
 		a.log.Info("first complete render done", "revision", a.revision, "templates", len(a.cfg.Templates))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
@@ -64,6 +65,55 @@ func (e *ExitError) Error() string {
 	return fmt.Sprintf("the application exited with status %d", e.Code)
 }
 
+// supervisor runs the application for exec, as Vault Agent's exec
+// server does: it owns the child process, the environment it runs with,
+// the spawner that forks it, and the forwarding of graft-agent's signals
+// to it.
+//
+// It has no Run of its own: the child's life follows the render loop,
+// which starts it after the first complete render, restarts it when its
+// environment or a file changes, and stops it on its way out (close), all
+// from the loop's goroutine, so that a restart and the final stop never
+// race. Only the signal forwarder (forward) runs as a task beside the
+// loop; mu guards the child against it.
+type supervisor struct {
+	exec        Exec
+	log         *slog.Logger
+	stopSignal  syscall.Signal
+	stopTimeout time.Duration
+	// signals are graft-agent's, for the application (ForwardSignals);
+	// nil: none are forwarded.
+	signals <-chan os.Signal
+	spawner spawner
+
+	mu    sync.Mutex
+	child *child
+
+	// Only the render loop uses these.
+	env     []string // the environment the child runs with
+	envDeps deps     // what exec.env read
+}
+
+// supervisorConfig is what a supervisor needs: exec's configuration (valid)
+// and a logger.
+type supervisorConfig struct {
+	Exec Exec
+	Log  *slog.Logger
+}
+
+// newSupervisor returns a supervisor that runs nothing yet.
+func newSupervisor(cfg supervisorConfig) *supervisor {
+	sig, _ := parseSignal(cfg.Exec.StopSignal)
+	if cfg.Exec.StopSignal == "" {
+		sig = syscall.SIGTERM
+	}
+	timeout := cfg.Exec.StopTimeout
+	if timeout <= 0 {
+		timeout = defaultStopTimeout
+	}
+	return &supervisor{exec: cfg.Exec, log: cfg.Log, stopSignal: sig, stopTimeout: timeout}
+}
+
 // child is the running application.
 type child struct {
 	cmd  *exec.Cmd
@@ -71,20 +121,19 @@ type child struct {
 	err  error
 }
 
-// renderEnv renders exec.env from the current view; the names are sorted.
-// A failure keeps the environment the application runs with.
-func (a *Agent) renderEnv() ([]string, error) {
-	names := make([]string, 0, len(a.cfg.Exec.Env))
-	for k := range a.cfg.Exec.Env {
+// renderEnv renders exec.env from v; the names are sorted. A failure
+// keeps the environment the application runs with.
+func (s *supervisor) renderEnv(v *view) ([]string, error) {
+	names := make([]string, 0, len(s.exec.Env))
+	for k := range s.exec.Env {
 		names = append(names, k)
 	}
 	slices.Sort(names)
 	d := newDeps()
 	var env []string
 	var errs []error
-	v := a.view()
 	for _, k := range names {
-		out, kd, err := v.render("exec.env."+k, a.cfg.Exec.Env[k])
+		out, kd, err := v.render("exec.env."+k, s.exec.Env[k])
 		d.add(kd)
 		if err != nil {
 			errs = append(errs, err)
@@ -92,11 +141,12 @@ func (a *Agent) renderEnv() ([]string, error) {
 		}
 		env = append(env, k+"="+string(out))
 	}
-	a.envDeps = d
+	s.envDeps = d
 	return env, errors.Join(errs...)
 }
 
-// start runs the application with env added to the agent's environment.
+// start runs the application with env added to the agent's environment;
+// revision is the one it starts for, for the log.
 //
 // The application runs in a process group of its own, so that its stop
 // signal and the final SIGKILL reach the processes it started too, and
@@ -105,51 +155,84 @@ func (a *Agent) renderEnv() ([]string, error) {
 // agent to run a second copy beside. The kernel sends that signal when
 // the thread that forked the child exits, not the process: the fork
 // happens on the spawner's thread, locked for the agent's life.
-func (a *Agent) start(env []string) error {
-	cmd := exec.Command(a.cfg.Exec.Command[0], a.cfg.Exec.Command[1:]...)
+func (s *supervisor) start(env []string, revision int64) error {
+	cmd := exec.Command(s.exec.Command[0], s.exec.Command[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := a.spawn(cmd); err != nil {
-		return fmt.Errorf("exec %s: %w", a.cfg.Exec.Command[0], err)
+	if err := s.spawner.start(cmd); err != nil {
+		return fmt.Errorf("exec %s: %w", s.exec.Command[0], err)
 	}
 	c := &child{cmd: cmd, done: make(chan struct{})}
 	go func() { c.err = cmd.Wait(); close(c.done) }()
-	a.mu.Lock()
-	a.child = c
-	a.mu.Unlock()
-	a.log.Info("application started", "command", a.cfg.Exec.Command[0], "pid", cmd.Process.Pid, "revision", a.revision)
+	s.mu.Lock()
+	s.child = c
+	s.mu.Unlock()
+	s.log.Info("application started", "command", s.exec.Command[0], "pid", cmd.Process.Pid, "revision", revision)
 	return nil
 }
 
 // stop ends the application: its stop signal, then SIGKILL after the stop
 // timeout.
-func (a *Agent) stop() {
-	c := a.child
+func (s *supervisor) stop() {
+	s.mu.Lock()
+	c := s.child
+	s.child = nil
+	s.mu.Unlock()
 	if c == nil {
 		return
 	}
-	a.mu.Lock()
-	a.child = nil
-	a.mu.Unlock()
-	sig, _ := parseSignal(a.cfg.Exec.StopSignal)
-	if a.cfg.Exec.StopSignal == "" {
-		sig = syscall.SIGTERM
-	}
-	timeout := a.cfg.Exec.StopTimeout
-	if timeout <= 0 {
-		timeout = defaultStopTimeout
-	}
-	c.signalGroup(sig)
+	c.signalGroup(s.stopSignal)
 	select {
 	case <-c.done:
-	case <-time.After(timeout):
-		a.log.Warn("the application did not stop in time; killing it", "pid", c.cmd.Process.Pid, "stop_timeout", timeout)
+	case <-time.After(s.stopTimeout):
+		s.log.Warn("the application did not stop in time; killing it", "pid", c.cmd.Process.Pid, "stop_timeout", s.stopTimeout)
 		c.signalGroup(syscall.SIGKILL)
 		<-c.done
 	}
 	// What the application started and left behind goes with it.
 	c.signalGroup(syscall.SIGKILL)
+}
+
+// close stops the application, then ends the spawner: nothing starts
+// after it. The render loop calls it on its way out.
+func (s *supervisor) close() {
+	s.stop()
+	s.spawner.close()
+}
+
+// running reports whether the application runs.
+func (s *supervisor) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.child != nil
+}
+
+// done is closed when the running application exits: nil, which never
+// delivers, while none runs or for an agent without exec (s nil), so that
+// the render loop can select on it either way.
+func (s *supervisor) done() <-chan struct{} {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.child == nil {
+		return nil
+	}
+	return s.child.done
+}
+
+// exited forgets the application once done is closed, and returns its
+// exit status as the agent's.
+func (s *supervisor) exited() *ExitError {
+	s.mu.Lock()
+	c := s.child
+	s.child = nil
+	s.mu.Unlock()
+	code := exitCode(c)
+	s.log.Info("the application exited; so does the agent", "status", code)
+	return &ExitError{Code: code}
 }
 
 // signalGroup sends sig to the application's process group: the
@@ -173,21 +256,21 @@ type spawnRequest struct {
 	done chan error
 }
 
-// spawn starts cmd on the spawner's thread.
-func (a *Agent) spawn(cmd *exec.Cmd) error {
-	a.spawner.once.Do(func() {
-		a.spawner.requests = make(chan spawnRequest)
+// start starts cmd on the spawner's thread.
+func (s *spawner) start(cmd *exec.Cmd) error {
+	s.once.Do(func() {
+		s.requests = make(chan spawnRequest)
 		go func() {
 			// Never unlocked: the thread exits with the agent, and only
 			// then do the children get their parent-death signal.
 			runtime.LockOSThread()
-			for r := range a.spawner.requests {
+			for r := range s.requests {
 				r.done <- r.cmd.Start()
 			}
 		}()
 	})
 	r := spawnRequest{cmd: cmd, done: make(chan error, 1)}
-	a.spawner.requests <- r
+	s.requests <- r
 	return <-r.done
 }
 
@@ -205,15 +288,6 @@ func isSyscallSignal(sig os.Signal) bool {
 	return ok
 }
 
-// childDone is closed when the running application exits (never, while
-// none runs).
-func (a *Agent) childDone() <-chan struct{} {
-	if a.child == nil {
-		return nil
-	}
-	return a.child.done
-}
-
 // exitCode is the code the application exited with.
 func exitCode(c *child) int {
 	var exit *exec.ExitError
@@ -229,58 +303,56 @@ func exitCode(c *child) int {
 	return 0
 }
 
-// superviseEnv brings the application in line with the current view: it
-// starts it after the first complete render, and restarts it when its
-// environment changed (or, with files, when a file changed) and
-// RestartOnChange is set. It reports whether it (re)started it.
-func (a *Agent) superviseEnv(complete, filesChanged bool) bool {
-	if a.cfg.Exec == nil {
-		return false
-	}
-	env, err := a.renderEnv()
+// supervise brings the application in line with v, the tree as the
+// render loop has it: it starts it after the first complete render
+// (complete), and restarts it when its environment changed (or, with
+// files, when a file changed) and RestartOnChange is set. It reports
+// whether it (re)started it.
+func (s *supervisor) supervise(v *view, complete, filesChanged bool) bool {
+	env, err := s.renderEnv(v)
 	if err != nil {
-		a.log.Error("exec.env failed; the application keeps its environment", "revision", a.revision, "err", err)
-		if a.child == nil {
+		s.log.Error("exec.env failed; the application keeps its environment", "revision", v.revision, "err", err)
+		if !s.running() {
 			return false
 		}
 	}
-	envChanged := err == nil && strings.Join(env, "\x00") != strings.Join(a.childEnv, "\x00")
+	envChanged := err == nil && strings.Join(env, "\x00") != strings.Join(s.env, "\x00")
 	switch {
-	case a.child == nil:
+	case !s.running():
 		if !complete || err != nil {
 			return false // exec waits for the first complete render
 		}
-	case (envChanged || filesChanged) && a.cfg.Exec.RestartOnChange:
-		a.log.Info("restarting the application for the new values", "revision", a.revision)
-		a.stop()
+	case (envChanged || filesChanged) && s.exec.RestartOnChange:
+		s.log.Info("restarting the application for the new values", "revision", v.revision)
+		s.stop()
 	default:
 		return false
 	}
-	if err := a.start(env); err != nil {
-		a.log.Error("cannot start the application", "err", err)
+	if err := s.start(env, v.revision); err != nil {
+		s.log.Error("cannot start the application", "err", err)
 		return false
 	}
-	a.childEnv = env
+	s.env = env
 	return true
 }
 
 // forward passes the signals graft-agent receives to the application; a
-// SIGTERM or SIGINT before it runs stops the agent.
-func (a *Agent) forward(ctx context.Context, signals <-chan os.Signal, cancel func()) {
+// SIGTERM or SIGINT before it runs stops the agent (stopAgent).
+func (s *supervisor) forward(ctx context.Context, stopAgent func()) {
 	for {
 		var sig os.Signal
 		select {
 		case <-ctx.Done():
 			return
-		case s, ok := <-signals:
+		case sg, ok := <-s.signals:
 			if !ok {
 				return
 			}
-			sig = s
+			sig = sg
 		}
-		a.mu.Lock()
-		c := a.child
-		a.mu.Unlock()
+		s.mu.Lock()
+		c := s.child
+		s.mu.Unlock()
 		switch {
 		case c != nil && sig != syscall.SIGHUP && isSyscallSignal(sig):
 			// A terminal would have sent SIGINT to the whole foreground
@@ -289,7 +361,7 @@ func (a *Agent) forward(ctx context.Context, signals <-chan os.Signal, cancel fu
 		case c != nil:
 			c.cmd.Process.Signal(sig)
 		case sig != syscall.SIGHUP:
-			cancel()
+			stopAgent()
 		}
 	}
 }
