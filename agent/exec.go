@@ -90,8 +90,7 @@ type supervisor struct {
 	child *child
 
 	// Only the render loop uses these.
-	env     []string // the environment the child runs with
-	envDeps deps     // what exec.env read
+	env []string // the environment the child runs with
 }
 
 // supervisorConfig is what a supervisor needs: exec's configuration (valid)
@@ -129,19 +128,16 @@ func (s *supervisor) renderEnv(v *view) ([]string, error) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	d := newDeps()
 	var env []string
 	var errs []error
 	for _, k := range names {
-		out, kd, err := v.render("exec.env."+k, s.exec.Env[k])
-		d.add(kd)
+		out, _, err := v.render("exec.env."+k, s.exec.Env[k])
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		env = append(env, k+"="+string(out))
 	}
-	s.envDeps = d
 	return env, errors.Join(errs...)
 }
 
