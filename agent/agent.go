@@ -81,11 +81,14 @@ type Agent struct {
 	listener net.Listener
 }
 
-// Reports: every reportEvery, and after every render; a report lives
-// reportTTL, so an agent that died drops out of `graft agents ls` and
-// rollout status within it.
+// Reports: after every render, when the connection to graftd is made
+// again, and every reportEvery. graftd keeps a report while the
+// connection it came over is open, and reportTTL after it closed, so an
+// agent that died drops out of `graft agents ls` and rollout status
+// within it; the periodic report only retries one that failed and
+// restores one graftd lost.
 const (
-	reportEvery = 5 * time.Second
+	reportEvery = 30 * time.Second
 	reportTTL   = 15 * time.Second
 )
 
@@ -327,6 +330,10 @@ func (a *Agent) follow(ctx context.Context) error {
 	defer tick.Stop()
 	heartbeat := time.NewTicker(reportEvery)
 	defer heartbeat.Stop()
+	// graftd keeps a report while the connection it came over is open:
+	// one made again (graftd restarted, or another took over) is told at
+	// once.
+	reconnected := conn.client.Reconnects(wctx)
 	flush := func() {
 		a.renderAndReload(ctx, changed, false)
 		changed = map[string]bool{}
@@ -377,6 +384,8 @@ func (a *Agent) follow(ctx context.Context) error {
 				a.renderAndReload(ctx, nil, true)
 			}
 		case <-heartbeat.C:
+			a.report(ctx)
+		case <-reconnected:
 			a.report(ctx)
 		case <-a.supervisor.done():
 			return a.supervisor.exited()
@@ -498,7 +507,7 @@ func (a *Agent) report(ctx context.Context) {
 }
 
 // noteReport logs how a report went when that changed since the last
-// one: reports go every 5 s, the log says each change once. A refusal
+// one: reports go again and again, the log says each change once. A refusal
 // because another live agent holds the id is its own state, with what to
 // do; the agent keeps rendering and reloading, and keeps trying.
 func (a *Agent) noteReport(err error) {

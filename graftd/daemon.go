@@ -62,7 +62,9 @@ type Daemon struct {
 	repl   *replicator.Replicator
 	relay  *replicator.Relay
 	// hub serves every client's watch from one etcd watch.
-	hub     *store.Hub
+	hub *store.Hub
+	// agents keeps graft-agents' reports.
+	agents  *rollout.Registry
 	engine  *acl.Engine
 	audit   *audit.Log
 	srv     *server.Server
@@ -164,6 +166,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 	if d.hub, err = store.NewHub(store.HubConfig{Store: d.store, Logger: log.With("subsystem", "watch hub"), BufferEvents: cfg.WatchBufferEvents}); err != nil {
 		return nil, err
 	}
+	d.agents = rollout.New(d.store)
 	rotations := registry.New(d.store)
 	reg.MustRegister(registry.NewCollector(rotations))
 	d.srv, err = server.New(server.Config{
@@ -178,7 +181,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		Registerer:        reg,
 		ReloadKeyring:     d.reloadKeyring,
 		Replication:       d.repl,
-		Agents:            rollout.New(d.store),
+		Agents:            d.agents,
 		Rotations:         rotations,
 		Watches:           d.hub,
 		Limits: server.Limits{
@@ -238,6 +241,7 @@ func (d *Daemon) tasks() []task.Task {
 		}),
 		task.New("keyring file", d.watchKeyringFile),
 		task.New("watch hub", d.hub.Run),
+		task.New("agent reports", func(ctx context.Context) error { return d.agents.Run(ctx, d.log.With("subsystem", "agents")) }),
 		task.New("liveness probe", d.probeLiveness),
 		task.New("gRPC server", d.serveGRPC),
 		task.New("HTTP server", d.serveHTTP),

@@ -107,11 +107,13 @@ type Registry struct {
 	// known is the highest store revision the registry has seen: a
 	// report's revision up to it needs no read of the store.
 	known atomic.Int64
+	// conns keeps the reports that came over open connections (conn.go).
+	conns *conns
 }
 
 // New returns the registry of the store's agent reports.
 func New(s *store.Store) *Registry {
-	return &Registry{store: s, recs: store.NewRecords[Report](s, store.SpaceAgents)}
+	return &Registry{store: s, recs: store.NewRecords[Report](s, store.SpaceAgents), conns: newConns()}
 }
 
 func key(app, id string) string { return app + "/" + id }
@@ -154,6 +156,13 @@ func (r *Registry) checkRevision(ctx context.Context, rev int64) error {
 // another agent process holds, or for a new id of an application that
 // has MaxAgentsPerApp already.
 func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error {
+	return r.PutConn(ctx, rep, ttl, 0)
+}
+
+// PutConn is Put of a report that came over connection c: while c is
+// open the report lives by the registry's lease (see Conn), and a report
+// that says what the last one over c said costs nothing.
+func (r *Registry) PutConn(ctx context.Context, rep Report, ttl time.Duration, c Conn) error {
 	if err := rep.Validate(); err != nil {
 		return err
 	}
@@ -166,7 +175,16 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 	ttl = min(ttl, MaxTTL)
 	k := key(rep.App, rep.ID)
 	rep.Since, rep.Stored = 0, 0
+	if c != 0 && r.unchanged(c, k, rep) {
+		return nil
+	}
 	var lease *store.Lease
+	if c != 0 {
+		var err error
+		if lease, err = r.sharedLease(ctx); err != nil {
+			return err
+		}
+	}
 	// A local read: most reports are heartbeats, and should it miss a
 	// report another replica just stored, the next heartbeat sees it.
 	old, err := r.recs.GetLocal(ctx, k)
@@ -174,7 +192,14 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 		return fmt.Errorf("%w: another graft-agent process (instance %s) holds the live report of agent %s of %s: give each agent its own id: in its configuration; a dead agent's report expires within its TTL (at most %s)",
 			ErrAgentConflict, old.Value.Instance, rep.ID, rep.App, MaxTTL)
 	}
-	if err == nil && old.Value.Lease != 0 {
+	if err == nil && c != 0 {
+		// A live record: the same agent process goes on.
+		rep.Since = old.Value.Since
+		if old.Value.Lease == lease.ID() && sameState(old.Value, rep) {
+			r.bind(c, k, old.Value, old.Revision, ttl)
+			return nil
+		}
+	} else if err == nil && old.Value.Lease != 0 {
 		l := r.store.LeaseByID(old.Value.Lease)
 		// Every heartbeat renews: the store sends the renewals of all
 		// agents together on one etcd stream, not a stream each.
@@ -224,6 +249,9 @@ func (r *Registry) Put(ctx context.Context, rep Report, ttl time.Duration) error
 		return fmt.Errorf("store the report of agent %s of %s: %w", rep.ID, rep.App, err)
 	}
 	r.seen(rev)
+	if c != 0 {
+		r.bind(c, k, rep, rev, ttl)
+	}
 	return nil
 }
 

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc/stats"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -15,9 +18,12 @@ import (
 	"github.com/graft-sh/graft/store"
 )
 
-// Agents keeps graft-agents' reports.
+// Agents keeps graft-agents' reports. A report that came over a
+// connection lives while the connection is open (PutConn); Closed says
+// the connection closed.
 type Agents interface {
-	Put(ctx context.Context, r rollout.Report, ttl time.Duration) error
+	PutConn(ctx context.Context, r rollout.Report, ttl time.Duration, c rollout.Conn) error
+	Closed(c rollout.Conn)
 	List(ctx context.Context, app string) ([]rollout.Report, error)
 	Status(ctx context.Context, copies []rollout.Copy, rev int64) (rollout.Status, error)
 }
@@ -60,7 +66,7 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 		}
 	}
 	rep.Principal, rep.Time = p.Name, time.Now().UTC()
-	if err := s.agents.Put(ctx, rep, time.Duration(req.GetTtlSeconds())*time.Second); err != nil {
+	if err := s.agents.PutConn(ctx, rep, time.Duration(req.GetTtlSeconds())*time.Second, connOf(ctx)); err != nil {
 		return nil, toStatus(err)
 	}
 	return &graftv1.ReportResponse{}, nil
@@ -178,4 +184,35 @@ func clip(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// connKey holds the id of the connection a call came over.
+type connKey struct{}
+
+// conns numbers connections and tells the agent registry when one
+// closes, so that the reports that came over it get leases of their own.
+type conns struct {
+	last   atomic.Uint64
+	closed func(rollout.Conn)
+}
+
+func (c *conns) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return context.WithValue(ctx, connKey{}, rollout.Conn(c.last.Add(1)))
+}
+
+func (c *conns) HandleConn(ctx context.Context, s stats.ConnStats) {
+	if _, end := s.(*stats.ConnEnd); end && c.closed != nil {
+		if id, ok := ctx.Value(connKey{}).(rollout.Conn); ok {
+			c.closed(id)
+		}
+	}
+}
+
+func (c *conns) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (c *conns) HandleRPC(context.Context, stats.RPCStats)                       {}
+
+// connOf is the connection ctx's call came over (0: none known).
+func connOf(ctx context.Context) rollout.Conn {
+	id, _ := ctx.Value(connKey{}).(rollout.Conn)
+	return id
 }

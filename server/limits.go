@@ -173,6 +173,7 @@ func (s *Server) checkSize(fullMethod string, req any) error {
 func (s *Server) limitOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InTapHandle(s.tapIn),
+		grpc.StatsHandler(&s.conns),
 		grpc.MaxRecvMsgSize(s.limits.MaxLargeRequestBytes),
 		grpc.MaxSendMsgSize(MaxResponseBytes),
 		grpc.MaxConcurrentStreams(s.limits.MaxStreamsPerConn),

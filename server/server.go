@@ -123,6 +123,8 @@ type Server struct {
 
 	stopOnce sync.Once
 	stopping chan struct{}
+	// conns numbers connections for the agent registry.
+	conns conns
 }
 
 // New returns a Server.
@@ -160,6 +162,9 @@ func New(cfg Config) (*Server, error) {
 			Help:    "Latency of unary gRPC requests, by method.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5},
 		}, []string{"method"}),
+	}
+	if cfg.Agents != nil {
+		s.conns.closed = cfg.Agents.Closed
 	}
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{s.requests, s.latency} {

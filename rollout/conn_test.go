@@ -1,0 +1,134 @@
+package rollout_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/rollout"
+)
+
+// runRegistry runs reg's lease keeper for the test.
+func runRegistry(t *testing.T, reg *rollout.Registry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); reg.Run(ctx, testenv.Logger(t)) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// A report that came over a connection outlives its TTL while the
+// connection is open, with no heartbeat; once the connection closes it
+// lives by its own TTL and is gone within it.
+func TestReportLivesWhileItsConnectionIsOpen(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	runRegistry(t, reg)
+	ctx := t.Context()
+	put(t, env, "/app/mp/config/x")
+	const conn rollout.Conn = 7
+	if err := reg.PutConn(ctx, rollout.Report{ID: "host-1", App: "mp", Revision: 1}, time.Second, conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Put(ctx, rollout.Report{ID: "host-2", App: "mp", Revision: 1}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Three TTLs: the report on no connection is gone, the other stays.
+	time.Sleep(3 * time.Second)
+	got, err := reg.List(ctx, "mp")
+	if err != nil || len(got) != 1 || got[0].ID != "host-1" {
+		t.Fatalf("after 3 TTLs with no heartbeat: %+v, %v; want host-1 alone, kept by its open connection", got, err)
+	}
+	reg.Closed(conn)
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		l, err := reg.List(ctx, "mp")
+		return err == nil && len(l) == 1 && l[0].Lease != got[0].Lease
+	})
+	testenv.WaitFor(t, 5*time.Second, func() bool {
+		l, err := reg.List(ctx, "mp")
+		return err == nil && len(l) == 0
+	})
+}
+
+// A heartbeat over the same connection that says nothing new writes
+// nothing; a new state is stored.
+func TestReportOverAConnectionWritesOnlyChanges(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	ctx := t.Context()
+	put(t, env, "/app/mp/config/x")
+	put(t, env, "/app/mp/config/x")
+	rep := rollout.Report{ID: "host-1", App: "mp", Revision: 1}
+	if err := reg.PutConn(ctx, rep, time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	before, err := env.Store.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		rep.Time = time.Now()
+		if err := reg.PutConn(ctx, rep, time.Second, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after, _ := env.Store.Revision(ctx); after != before {
+		t.Fatalf("unchanged heartbeats moved the store from revision %d to %d", before, after)
+	}
+	rep.Revision = 2
+	if err := reg.PutConn(ctx, rep, time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := reg.List(ctx, "mp"); len(got) != 1 || got[0].Revision != 2 {
+		t.Fatalf("a new state was not stored: %+v", got)
+	}
+}
+
+// A connection that closes after its agent reported over another one
+// (it reconnected) leaves the newer report alone.
+func TestClosedConnectionLeavesANewerReport(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	runRegistry(t, reg)
+	ctx := t.Context()
+	put(t, env, "/app/mp/config/x")
+	put(t, env, "/app/mp/config/x")
+	rep := rollout.Report{ID: "host-1", App: "mp", Revision: 1, Instance: "i1"}
+	if err := reg.PutConn(ctx, rep, time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	rep.Revision = 2
+	if err := reg.PutConn(ctx, rep, time.Second, 2); err != nil {
+		t.Fatal(err)
+	}
+	reg.Closed(1)
+	time.Sleep(3 * time.Second)
+	if got, _ := reg.List(ctx, "mp"); len(got) != 1 || got[0].Revision != 2 {
+		t.Fatalf("after the old connection closed: %+v; want the report of revision 2, kept by the new one", got)
+	}
+}
+
+// Should the registry's lease be lost (graftd stalled past its TTL), the
+// reports it kept are stored again on a new one.
+func TestReportsOfALostSharedLeaseAreStoredAgain(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	runRegistry(t, reg)
+	ctx := t.Context()
+	put(t, env, "/app/mp/config/x")
+	if err := reg.PutConn(ctx, rollout.Report{ID: "host-1", App: "mp", Revision: 1}, time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.List(ctx, "mp")
+	if err != nil || len(got) != 1 {
+		t.Fatalf("%+v, %v", got, err)
+	}
+	if err := env.Store.LeaseByID(got[0].Lease).Revoke(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Within a renewal period (a third of the default TTL).
+	testenv.WaitFor(t, rollout.DefaultTTL/3+5*time.Second, func() bool {
+		l, err := reg.List(ctx, "mp")
+		return err == nil && len(l) == 1 && l[0].Lease != got[0].Lease
+	})
+}
