@@ -106,6 +106,11 @@ type Authorizer struct {
 	// bindings maps principal names to the roles policies bind them to.
 	bindings map[string][]string
 	rules    map[ruleKey]string
+	// decisions remembers decisions already made: agents ask the same
+	// few questions every few seconds, and casbin answers each in
+	// microseconds. It is never invalidated, for the policies above
+	// never change.
+	decisions *decisionCache
 }
 
 // NewAuthorizer validates policies, one per role, and returns an
@@ -113,11 +118,12 @@ type Authorizer struct {
 // anything.
 func NewAuthorizer(policies []Policy) (*Authorizer, error) {
 	a := &Authorizer{
-		policies: clonePolicies(policies),
-		byRole:   map[string]*casbin.Enforcer{},
-		patterns: map[string]Pattern{},
-		bindings: map[string][]string{},
-		rules:    map[ruleKey]string{},
+		policies:  clonePolicies(policies),
+		byRole:    map[string]*casbin.Enforcer{},
+		patterns:  map[string]Pattern{},
+		bindings:  map[string][]string{},
+		rules:     map[ruleKey]string{},
+		decisions: newDecisionCache(maxCachedDecisions, maxCachedBytes),
 	}
 	slices.SortFunc(a.policies, func(x, y Policy) int { return strings.Compare(x.Role, y.Role) })
 	for i, p := range a.policies {
@@ -210,7 +216,8 @@ func (a *Authorizer) pathMatch(args ...any) (any, error) {
 // Decide decides whether p may do act on path and explains why. Root may
 // do everything. Otherwise a deny rule of any of p's roles wins, then an
 // allow rule; with neither, the answer is no. A path that is not canonical
-// is denied.
+// is denied. Decisions are cached, except root's and those of invalid
+// requests, which cost nothing to make.
 func (a *Authorizer) Decide(p Principal, act Action, path string) Decision {
 	if p.IsRoot() {
 		return Decision{Allowed: true, Reason: "root"}
@@ -222,6 +229,21 @@ func (a *Authorizer) Decide(p Principal, act Action, path string) Decision {
 	if _, err := store.ParsePrefix(path); err != nil {
 		return Decision{Reason: err.Error() + "; no rule applies to a path that is not canonical"}
 	}
+	k, ok := keyOf(p, act, path)
+	if !ok {
+		return a.enforce(p, act, path)
+	}
+	if d, ok := a.decisions.load(k); ok {
+		return d
+	}
+	d := a.enforce(p, act, path)
+	a.decisions.store(k, d)
+	return d
+}
+
+// enforce decides a valid request through the casbin enforcers of p's
+// roles, uncached.
+func (a *Authorizer) enforce(p Principal, act Action, path string) Decision {
 	roles := a.roles(p)
 	var allow []string // the line of the first allow, in role order
 	for _, role := range roles {

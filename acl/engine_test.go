@@ -70,3 +70,47 @@ func TestLastAdminPolicyIsGuarded(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A policy change takes effect at once, although the decision it changes
+// was cached: the Engine's new Authorizer starts with an empty cache.
+func TestPolicyChangeOverridesCachedDecisions(t *testing.T) {
+	env := testenv.Start(t)
+	ctx := context.Background()
+	e, err := acl.NewEngine(acl.EngineConfig{Store: env.Store, Logger: testenv.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(yaml string) {
+		t.Helper()
+		if err := e.Put(ctx, policy("reader", yaml), true); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	who := acl.Principal{Name: "user:rita", Roles: []string{"reader"}}
+	const path = "/shared/x"
+	put("role: reader\nrules:\n  - allow: [read]\n    paths: [/shared/**]\n")
+	granted := e.Authorizer()
+	for range 2 { // the second from the cache
+		if d := e.Decide(who, acl.ActionRead, path); !d.Allowed {
+			t.Fatalf("read %s before the revocation: %s", path, d.Reason)
+		}
+	}
+	put("role: reader\nrules:\n  - allow: [list]\n    paths: [/shared/**]\n")
+	if e.Authorizer() == granted {
+		t.Fatal("the policy change did not install a new authorizer")
+	}
+	if d := e.Decide(who, acl.ActionRead, path); d.Allowed {
+		t.Errorf("read %s allowed after the policy revoked it: %s", path, d.Reason)
+	}
+	if d := e.Decide(who, acl.ActionList, path); !d.Allowed {
+		t.Errorf("list %s denied after the policy granted it: %s", path, d.Reason)
+	}
+	// The old authorizer, still held by a request in flight, keeps its
+	// policies and its cache.
+	if d := granted.Decide(who, acl.ActionRead, path); !d.Allowed {
+		t.Errorf("the replaced authorizer changed its decision: %s", d.Reason)
+	}
+}
