@@ -109,6 +109,8 @@ type Registry struct {
 	known atomic.Int64
 	// conns keeps the reports that came over open connections (conn.go).
 	conns *conns
+	// writes batches the reports' writes (writer.go).
+	writes writer
 }
 
 // New returns the registry of the store's agent reports.
@@ -244,7 +246,7 @@ func (r *Registry) PutConn(ctx context.Context, rep Report, ttl time.Duration, c
 	if err != nil {
 		return err
 	}
-	rev, _, err := r.store.Commit(ctx, nil, op.WithLease(lease))
+	rev, err := r.commit(ctx, op.WithLease(lease))
 	if err != nil {
 		return fmt.Errorf("store the report of agent %s of %s: %w", rep.ID, rep.App, err)
 	}
