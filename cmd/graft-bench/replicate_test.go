@@ -41,7 +41,7 @@ func TestBenchReplicate(t *testing.T) {
 func TestBenchAgents(t *testing.T) {
 	graftd := buildGraftd(t)
 	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), []string{"agents", "--count", "20", "--idle", "0s", "--graftd", graftd, "-o", "json"}, &stdout, &stderr, func(string) string { return "" })
+	code := run(t.Context(), []string{"agents", "--count", "20", "--idle", "0s", "--settle", "0s", "--graftd", graftd, "-o", "json"}, &stdout, &stderr, func(string) string { return "" })
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
@@ -64,7 +64,7 @@ func TestBenchAgents(t *testing.T) {
 func TestBenchAgentsBare(t *testing.T) {
 	graftd := buildGraftd(t)
 	var stdout, stderr bytes.Buffer
-	code := run(t.Context(), []string{"agents", "--bare", "--count", "20", "--idle", "0s", "--graftd", graftd, "-o", "json"}, &stdout, &stderr, func(string) string { return "" })
+	code := run(t.Context(), []string{"agents", "--bare", "--count", "20", "--idle", "0s", "--settle", "0s", "--graftd", graftd, "-o", "json"}, &stdout, &stderr, func(string) string { return "" })
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
