@@ -52,6 +52,8 @@ type Agent struct {
 	state    []rendered
 	modTimes []time.Time
 
+	// parsed keeps the templates parsed, for renders to come.
+	parsed templates
 	// reloaders are the reload actions, built once from cfg.Reload.
 	reloaders []reloader
 
@@ -602,7 +604,7 @@ func (a *Agent) render(t Template) ([]byte, deps, error) {
 
 // view is the tree as the agent has applied it, for templates.
 func (a *Agent) view() *view {
-	return &view{root: a.cfg.Root(), values: a.values, revision: a.revision}
+	return &view{root: a.cfg.Root(), values: a.values, revision: a.revision, parsed: &a.parsed}
 }
 
 // errSuperseded ends a reload's retries or health wait when a newer

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/template"
 	"time"
@@ -27,6 +28,7 @@ type view struct {
 	root     string
 	values   map[string][]byte // absolute path → value
 	revision int64
+	parsed   *templates // the agent's parsed templates (nil: parse each)
 }
 
 // deps are the paths a render read: exact paths, the tree prefixes it
@@ -175,53 +177,116 @@ func parseTemplate(name, text string) error {
 // render executes one template against the view and returns its bytes
 // and what it read. A missing key is a *MissingKeyError.
 func (v *view) render(name, text string) ([]byte, deps, error) {
-	d := newDeps()
+	p, err := v.parsed.get(name, text)
+	if err != nil {
+		return nil, newDeps(), err
+	}
+	return p.execute(v)
+}
+
+// templates keeps an agent's templates parsed: parsing, and binding
+// sprig's two hundred functions, cost more than a render, and a change
+// renders every template that read it. A template is parsed again only
+// when its text changes. The zero value (nil) parses each time.
+type templates struct {
+	mu     sync.Mutex
+	byName map[string]*parsedTemplate
+}
+
+// parsedTemplate is one template, parsed with graft's functions bound to
+// the render under way.
+type parsedTemplate struct {
+	name, text string
+	t          *template.Template
+
+	mu sync.Mutex // one render at a time
+	v  *view
+	d  deps
+}
+
+func (ts *templates) get(name, text string) (*parsedTemplate, error) {
+	if ts == nil {
+		return parse(name, text)
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if p, ok := ts.byName[name]; ok && p.text == text {
+		return p, nil
+	}
+	p, err := parse(name, text)
+	if err != nil {
+		return nil, err
+	}
+	if ts.byName == nil {
+		ts.byName = map[string]*parsedTemplate{}
+	}
+	ts.byName[name] = p
+	return p, nil
+}
+
+// parse parses text with graft's functions reading p's render under way.
+func parse(name, text string) (*parsedTemplate, error) {
+	p := &parsedTemplate{name: name, text: text}
 	funcs := baseFuncs()
-	funcs["secret"] = func(p string) (string, error) {
-		computed := !literal(text, p)
-		abs, err := v.resolve(name, p, computed)
-		if err != nil {
-			return "", err
-		}
-		d.paths[abs] = true
-		val, ok := v.values[abs]
-		if !ok {
-			if computed {
-				d.withheld[abs] = true
-				return "", &MissingKeyError{Template: name, Computed: true}
-			}
-			return "", &MissingKeyError{Template: name, Key: abs}
-		}
-		return string(val), nil
-	}
-	funcs["tree"] = func(p string) (map[string]string, error) {
-		computed := !literal(text, p)
-		abs, err := v.resolve(name, p, computed)
-		if err != nil {
-			return nil, err
-		}
-		d.prefixes[abs] = true
-		out := map[string]string{}
-		for k, val := range v.values {
-			if strings.HasPrefix(k, abs+"/") {
-				out[strings.TrimPrefix(k, abs+"/")] = string(val)
-			}
-		}
-		if computed && len(out) == 0 {
-			d.withheld[abs+"/"] = true
-		}
-		return out, nil
-	}
-	funcs["revision"] = func() int64 { return v.revision }
+	funcs["secret"] = p.secret
+	funcs["tree"] = p.tree
+	funcs["revision"] = func() int64 { return p.v.revision }
 	t, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text)
 	if err != nil {
-		return nil, d, fmt.Errorf("template %s: %w", name, err)
+		return nil, fmt.Errorf("template %s: %w", name, err)
 	}
+	p.t = t
+	return p, nil
+}
+
+// execute renders p against v.
+func (p *parsedTemplate) execute(v *view) ([]byte, deps, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.v, p.d = v, newDeps()
+	defer func() { p.v = nil }()
 	var buf bytes.Buffer
-	if err := t.Execute(&buf, nil); err != nil {
-		return nil, d, scrub(name, err)
+	if err := p.t.Execute(&buf, nil); err != nil {
+		return nil, p.d, scrub(p.name, err)
 	}
-	return buf.Bytes(), d, nil
+	return buf.Bytes(), p.d, nil
+}
+
+func (p *parsedTemplate) secret(path string) (string, error) {
+	computed := !literal(p.text, path)
+	abs, err := p.v.resolve(p.name, path, computed)
+	if err != nil {
+		return "", err
+	}
+	p.d.paths[abs] = true
+	val, ok := p.v.values[abs]
+	if !ok {
+		if computed {
+			p.d.withheld[abs] = true
+			return "", &MissingKeyError{Template: p.name, Computed: true}
+		}
+		return "", &MissingKeyError{Template: p.name, Key: abs}
+	}
+	return string(val), nil
+}
+
+func (p *parsedTemplate) tree(path string) (map[string]string, error) {
+	computed := !literal(p.text, path)
+	abs, err := p.v.resolve(p.name, path, computed)
+	if err != nil {
+		return nil, err
+	}
+	p.d.prefixes[abs] = true
+	out := map[string]string{}
+	for k, val := range p.v.values {
+		if strings.HasPrefix(k, abs+"/") {
+			out[strings.TrimPrefix(k, abs+"/")] = string(val)
+		}
+	}
+	if computed && len(out) == 0 {
+		p.d.withheld[abs+"/"] = true
+	}
+	return out, nil
 }
 
 // execFailures describe text/template's execution failures by kind: the
