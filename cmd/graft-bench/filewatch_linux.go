@@ -32,7 +32,7 @@ func notifyFiles(files []string) (*fileNotices, error) {
 	}
 	n := &fileNotices{fd: fd, files: files, byWD: make(map[int32]int, len(files))}
 	for i, f := range files {
-		wd, err := unix.InotifyAddWatch(fd, filepath.Dir(f), unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE)
+		wd, err := unix.InotifyAddWatch(fd, filepath.Dir(f), unix.IN_MOVED_TO)
 		if err != nil {
 			unix.Close(fd)
 			return nil, fmt.Errorf("inotify watch %d of %d (see /proc/sys/fs/inotify/max_user_watches): %w", i+1, len(files), err)
