@@ -66,9 +66,10 @@ type ReloadReport struct {
 	Error string `json:"error,omitempty"`
 }
 
-// TTL bounds of a report: an agent reports every 5 s, so a minute
-// outlives any pause it recovers from, and a dead agent's report (which
-// holds rollouts up) goes within it.
+// TTL bounds of a report once its connection closed (or for a report
+// over no connection): a minute outlives any pause an agent recovers
+// from, and a dead agent's report (which holds rollouts up) goes within
+// it.
 const (
 	DefaultTTL = 15 * time.Second
 	MaxTTL     = time.Minute

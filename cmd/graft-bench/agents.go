@@ -87,9 +87,10 @@ func (a *app) agentsCmd() *cobra.Command {
 		Short: "Run many idle graft-agents against one graftd and deliver one change to all",
 		Long: `Run --count graft-agents in this process, each for its own application with
 its own token and connection, each rendering one replicated value into a
-file. Once all have rendered, they idle for --idle (reporting to graftd every
-5 s, as agents do); then one write at the source is replicated to every
-application, and the time until each agent's file holds it is measured.
+file. Once all have rendered, graftd settles for --settle and they idle for
+--idle (reporting to graftd every 30 s, as agents do); then one write at the
+source is replicated to every application, and the time until each agent's
+file holds it (its rename into place, seen by inotify) is measured.
 The files go to --dir, tmpfs (/dev/shm) by default, so that the figure is
 graft's and not one disk's doing an fsync for every agent.
 

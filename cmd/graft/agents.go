@@ -79,8 +79,10 @@ func (a *app) agentsCmd() *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List live agents: the revision each renders from, its files, reloads and health",
 		Long: `List the graft-agents that are reporting, of applications whose tree you may
-list. An agent reports after every render and every 5 s; one that stops
-reporting drops out within 15 s.`,
+list. An agent reports after every render, when it connects again and every
+30 s. Its report stays while its connection to graftd is open; one whose
+connection closed drops out within 15 s (a host that vanished without
+closing it, once keepalive finds the connection dead).`,
 		Example: `  graft agents ls
   graft agents ls --app message-processor -o json`,
 		Args: args(0, 0, "nothing"),
