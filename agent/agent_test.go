@@ -464,7 +464,7 @@ func TestAgentReadsANewSnapshotAfterCompaction(t *testing.T) {
 	e := newEnv(t, graftdtest.WithConfig(func(c *graftd.Config) { c.EmbeddedListen, c.WatchBufferEvents = true, 1 }))
 	out := filepath.Join(e.dir, "db.env")
 	cmd, reloads := countingCommand(t, e.dir)
-	link := newProxy(t, e.g.Addr)
+	link := testenv.StartProxy(t, e.g.Addr)
 	cfg := e.config([]agent.Template{{Destination: out, Contents: dbEnv}}, cmd)
 	cfg.Server = link.Addr()
 	a, logs := startLogged(t, cfg)

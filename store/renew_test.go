@@ -3,8 +3,6 @@ package store_test
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -117,7 +115,7 @@ func TestRenewRevokedLeaseIsLost(t *testing.T) {
 // stream is opened again and every renewal succeeds.
 func TestRenewSurvivesABrokenStream(t *testing.T) {
 	e := testenv.StartEtcd(t, t.TempDir())
-	p := startProxy(t, strings.TrimPrefix(e.Endpoint, "http://"))
+	p := testenv.StartProxy(t, strings.TrimPrefix(e.Endpoint, "http://"))
 	s := proxiedStore(t, p)
 	ctx := t.Context()
 	const leases = 50
@@ -147,7 +145,7 @@ func TestRenewSurvivesABrokenStream(t *testing.T) {
 		})
 	}
 	time.Sleep(200 * time.Millisecond) // renewals in flight
-	p.cut()
+	p.Drop()
 	before := s.LeaseStreams()
 	testenv.WaitFor(t, 10*time.Second, func() bool { return s.LeaseStreams() > before || len(errs) > 0 })
 	time.Sleep(200 * time.Millisecond) // renewals on the new stream
@@ -168,13 +166,13 @@ func TestRenewSurvivesABrokenStream(t *testing.T) {
 // context; closing the store fails renewals at once.
 func TestRenewReturnsWhenItsContextEnds(t *testing.T) {
 	e := testenv.StartEtcd(t, t.TempDir())
-	p := startProxy(t, strings.TrimPrefix(e.Endpoint, "http://"))
+	p := testenv.StartProxy(t, strings.TrimPrefix(e.Endpoint, "http://"))
 	s := proxiedStore(t, p)
 	l := grantLeases(t, s, 1)[0]
 	if err := l.Renew(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	p.stop()
+	p.Stop()
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	t0 := time.Now()
@@ -226,74 +224,13 @@ func timeToLive(t testing.TB, cli *clientv3.Client, l *store.Lease) int64 {
 }
 
 // proxiedStore is a store whose etcd client reaches etcd through p.
-func proxiedStore(t testing.TB, p *proxy) *store.Store {
+func proxiedStore(t testing.TB, p *testenv.Proxy) *store.Store {
 	t.Helper()
-	cli := testenv.Client(t, "http://"+p.ln.Addr().String())
+	cli := testenv.Client(t, "http://"+p.Addr())
 	s, err := store.New(store.Config{Client: cli, Keyring: testenv.NewKeyring(t), Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-// proxy forwards TCP connections to target, and can cut them: a network
-// break between graftd and etcd.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func startProxy(t testing.TB, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	go p.serve()
-	t.Cleanup(p.stop)
-	return p
-}
-
-func (p *proxy) serve() {
-	for {
-		down, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			down.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, down, up)
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-		}
-		go pipe(up, down)
-		go pipe(down, up)
-	}
-}
-
-// cut closes every connection; new ones are still forwarded.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-// stop closes every connection and accepts no more.
-func (p *proxy) stop() {
-	p.ln.Close()
-	p.cut()
 }
