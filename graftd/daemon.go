@@ -688,6 +688,9 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if !d.serving.Load() {
 		problems = append(problems, "api: not serving")
 	}
+	// What the probes found as of this request, before a ping that may
+	// take its whole timeout.
+	stuck := d.livenessProblems()
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := d.store.Ping(ctx); err != nil {
@@ -696,7 +699,7 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if !d.nc.IsConnected() {
 		problems = append(problems, "nats: "+d.nc.Status().String())
 	}
-	problems = append(problems, d.livenessProblems()...)
+	problems = append(problems, stuck...)
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, strings.Join(problems, "\n")+"\n")

@@ -16,7 +16,8 @@ import (
 // notice on that stream, which the relay's feed must then receive. /readyz
 // fails when either has not happened for livenessStale: a stuck watch path
 // or replication that makes no progress, neither of which fails a call.
-const (
+// Variables, so that a test need not wait 15 s for a stuck watch.
+var (
 	livenessEvery = 3 * time.Second
 	livenessStale = 15 * time.Second
 )
