@@ -148,14 +148,15 @@ func (s *supervisor) renderEnv(v *view) ([]string, error) {
 // signal and the final SIGKILL reach the processes it started too, and
 // with SIGKILL as its parent-death signal, so that an agent that is
 // killed (kill -9, the OOM killer) leaves no orphan behind for the next
-// agent to run a second copy beside. The kernel sends that signal when
-// the thread that forked the child exits, not the process: the fork
-// happens on the spawner's thread, locked for the agent's life.
+// agent to run a second copy beside (on Linux: childAttr). The kernel
+// sends that signal when the thread that forked the child exits, not the
+// process: the fork happens on the spawner's thread, locked for the
+// agent's life.
 func (s *supervisor) start(env []string, revision int64) error {
 	cmd := exec.Command(s.exec.Command[0], s.exec.Command[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = childAttr()
 	if err := s.spawner.start(cmd); err != nil {
 		return fmt.Errorf("exec %s: %w", s.exec.Command[0], err)
 	}
