@@ -57,6 +57,9 @@ type Config struct {
 	// memory, so that a watch resuming from one of them (an agent
 	// reconnecting) joins without a read from etcd.
 	WatchBufferEvents int `yaml:"watch_buffer_events"`
+	// EnablePprof serves Go's profiles (/debug/pprof/) on the HTTP
+	// listener, for operators, as /metrics is.
+	EnablePprof bool `yaml:"enable_pprof"`
 
 	// EmbeddedListen makes dev mode's embedded etcd and NATS also listen
 	// on loopback TCP, without authentication. Only tools and tests that
@@ -156,6 +159,7 @@ var options = config.Table[Config]{
 		config.Flag("max-streams-per-connection", "calls one client connection may have open at once", func(c *Config) any { return &c.MaxStreamsPerConn }),
 		config.Flag("max-calls-per-principal", "calls other than watches one principal may have open at once, over all its connections", func(c *Config) any { return &c.MaxCallsPerPrincipal }),
 		config.Flag("watch-buffer-events", "recent changes graftd keeps in memory so that a reconnecting watch resumes without reading etcd; one older resumes from etcd (or, compacted, reads a new snapshot)", func(c *Config) any { return &c.WatchBufferEvents }),
+		config.Flag("enable-pprof", "serve Go's CPU, heap and goroutine profiles at /debug/pprof/ on --http-listen (off loopback: to a token that may list /, as /metrics)", func(c *Config) any { return &c.EnablePprof }),
 		config.Flag("max-watches-per-principal", "watch streams one principal may have open at once, over all its connections (one per agent)", func(c *Config) any { return &c.MaxWatchesPerPrincipal }),
 		config.Flag("etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }),
 		config.Flag("etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }),

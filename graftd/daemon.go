@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -631,6 +632,21 @@ func (d *Daemon) newHTTP(reg *prometheus.Registry) error {
 		metrics = d.operatorsOnly(metrics)
 	}
 	mux.Handle("GET /metrics", metrics)
+	if d.cfg.EnablePprof {
+		// The profiles read no value, but they show what graftd runs and
+		// cost CPU while taken: operators only, as /metrics.
+		profs := http.NewServeMux()
+		profs.HandleFunc("/debug/pprof/", pprof.Index)
+		profs.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		profs.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		profs.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		profs.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		var prof http.Handler = profs
+		if !IsLoopback(ln.Addr().String()) {
+			prof = d.operatorsOnly(prof)
+		}
+		mux.Handle("/debug/pprof/", prof)
+	}
 	d.httpLn = ln
 	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return nil

@@ -61,6 +61,9 @@ func TestHealthReadyMetrics(t *testing.T) {
 	if _, err := kv.Put(authed(g.Token), &graftv1.PutRequest{Path: "/a/b", Value: []byte("v")}); err != nil {
 		t.Fatal(err)
 	}
+	if code, _ := httpGet(t, "http://"+g.HTTPAddr+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without --enable-pprof = %d, want 404", code)
+	}
 	_, body := httpGet(t, "http://"+g.HTTPAddr+"/metrics")
 	if !strings.Contains(body, `graft_grpc_requests_total{code="OK",method="Put"} 1`) {
 		t.Errorf("/metrics lacks the Put counter:\n%s", body)

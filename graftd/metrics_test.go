@@ -29,6 +29,7 @@ func TestMetricsNeedATokenOffLoopback(t *testing.T) {
 	cfg.Etcd.Endpoints = []string{etcd.Endpoint}
 	cfg.NATS.URL = nats.URL
 	cfg.KeyringFile = filepath.Join(dir, "keyring.json")
+	cfg.EnablePprof = true
 	if err := keyring.CreateFile(cfg.KeyringFile); err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +60,9 @@ func TestMetricsNeedATokenOffLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, port, _ := net.SplitHostPort(d.HTTPAddr())
-	url := "http://127.0.0.1:" + port + "/metrics"
-	get := func(token string) int {
+	get := func(path, token string) int {
 		t.Helper()
-		req, _ := http.NewRequest("GET", url, nil)
+		req, _ := http.NewRequest("GET", "http://127.0.0.1:"+port+path, nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
@@ -73,17 +73,20 @@ func TestMetricsNeedATokenOffLoopback(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	for _, tt := range []struct {
-		who, token string
-		want       int
-	}{
-		{"no token", "", http.StatusUnauthorized},
-		{"unknown token", "graft_nope", http.StatusUnauthorized},
-		{"app", app.GetToken(), http.StatusForbidden},
-		{"root", root, http.StatusOK},
-	} {
-		if got := get(tt.token); got != tt.want {
-			t.Errorf("/metrics with %s = %d, want %d", tt.who, got, tt.want)
+	// --enable-pprof's profiles are for operators too.
+	for _, path := range []string{"/metrics", "/debug/pprof/", "/debug/pprof/goroutine?debug=1"} {
+		for _, tt := range []struct {
+			who, token string
+			want       int
+		}{
+			{"no token", "", http.StatusUnauthorized},
+			{"unknown token", "graft_nope", http.StatusUnauthorized},
+			{"app", app.GetToken(), http.StatusForbidden},
+			{"root", root, http.StatusOK},
+		} {
+			if got := get(path, tt.token); got != tt.want {
+				t.Errorf("%s with %s = %d, want %d", path, tt.who, got, tt.want)
+			}
 		}
 	}
 	if code, _ := httpGet(t, "http://127.0.0.1:"+port+"/healthz"); code != 200 {

@@ -36,6 +36,10 @@ type agentsConfig struct {
 	waitMin    time.Duration
 	dir        string
 	bare       bool
+	// profile, when set, is where CPU profiles of graftd and of this
+	// process over the change's delivery go (profileFor long).
+	profile    string
+	profileFor time.Duration
 }
 
 // agentsResult is what it reports.
@@ -124,6 +128,8 @@ Each agent (or stream) holds one connection: raise the open-files limit
 				return fmt.Errorf("agents: --idle %s: want a duration of 0 or more", ac.idle)
 			case ac.settle < 0:
 				return fmt.Errorf("agents: --settle %s: want a duration of 0 or more", ac.settle)
+			case ac.profileFor < time.Second:
+				return fmt.Errorf("agents: --profile-for %s: want 1s or more", ac.profileFor)
 			case ac.bare && (cmd.Flags().Changed("dir") || cmd.Flags().Changed("wait-min")):
 				return errors.New("agents: --bare runs watch streams, which render no files: --dir and --wait-min are for agents")
 			}
@@ -143,6 +149,8 @@ Each agent (or stream) holds one connection: raise the open-files limit
 	f.DurationVar(&ac.waitMin, "wait-min", 0, "the agents' debounce (wait.min; wait.max is 10 times it)")
 	f.StringVar(&ac.dir, "dir", defaultAgentsDir(), "where the agents render their files")
 	f.BoolVar(&ac.bare, "bare", false, "run bare sdk watch streams instead of agents: no files, no reports")
+	f.StringVar(&ac.profile, "profile", "", "write CPU profiles over the change's delivery to this directory: graftd.pprof (graftd's /debug/pprof; with --addr it needs --enable-pprof) and bench.pprof (the agents, in this process)")
+	f.DurationVar(&ac.profileFor, "profile-for", 10*time.Second, "how long --profile profiles, from the change on")
 	return cmd
 }
 
@@ -263,6 +271,12 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	res.RSSIdleMB = rss()
 
 	// One change for all of them.
+	var profiled func() error
+	if ac.profile != "" {
+		if profiled, err = profileCPU(ctx, ac.profile, ac.metricsURL, token, ac.profileFor); err != nil {
+			return res, err
+		}
+	}
 	sent := time.Now()
 	if _, err := c.Put(ctx, source, []byte("v1")); err != nil {
 		return res, fmt.Errorf("agents: put %s: %w", source, err)
@@ -270,6 +284,12 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	seen, err := subs.wait(ctx, "v1")
 	if err != nil {
 		return res, fmt.Errorf("agents: the change: %w", err)
+	}
+	if profiled != nil {
+		if err := profiled(); err != nil {
+			return res, err
+		}
+		res.Notes = append(res.Notes, "CPU profiles over the change's first "+ac.profileFor.String()+" in "+ac.profile+": graftd.pprof, bench.pprof (go tool pprof -top FILE)")
 	}
 	lat := make([]time.Duration, len(seen.at))
 	for i, t := range seen.at {
@@ -497,7 +517,7 @@ func startGraftdProcess(ctx context.Context, binary string) (*graftdProcess, err
 	}
 	g.metricsURL = "http://" + httpAddr + "/metrics"
 	g.cmd = exec.CommandContext(ctx, binary, "--dev", "--data-dir", filepath.Join(dir, "data"), "--listen", g.addr,
-		"--http-listen", httpAddr, "--dev-root-token", g.token, "--log-level", "warn")
+		"--http-listen", httpAddr, "--dev-root-token", g.token, "--log-level", "warn", "--enable-pprof")
 	logFile, err := os.Create(filepath.Join(dir, "graftd.log"))
 	if err != nil {
 		return nil, err

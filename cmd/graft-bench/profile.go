@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strings"
+	"time"
+)
+
+// profileCPU starts CPU profiles of graftd (through its /debug/pprof,
+// beside metricsURL) and of this process, both for d, into dir. The
+// returned function waits until both are written.
+func profileCPU(ctx context.Context, dir, metricsURL, token string, d time.Duration) (func() error, error) {
+	if metricsURL == "" {
+		return nil, fmt.Errorf("agents: --profile needs graftd's address: with --addr, give --metrics-url too")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("agents: --profile: %w", err)
+	}
+	own, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	if err != nil {
+		return nil, fmt.Errorf("agents: --profile: %w", err)
+	}
+	url := strings.TrimSuffix(metricsURL, "/metrics") + fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Round(time.Second)/time.Second))
+	remote := make(chan error, 1)
+	go func() { remote <- fetch(ctx, url, token, filepath.Join(dir, "graftd.pprof")) }()
+	if err := pprof.StartCPUProfile(own); err != nil {
+		own.Close()
+		return nil, fmt.Errorf("agents: --profile: %w", err)
+	}
+	stop := time.After(d)
+	return func() error {
+		select {
+		case <-stop:
+		case <-ctx.Done():
+		}
+		pprof.StopCPUProfile()
+		if err := own.Close(); err != nil {
+			return err
+		}
+		return <-remote
+	}, nil
+}
+
+// fetch writes what url answers to path.
+func fetch(ctx context.Context, url, token, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("agents: graftd's profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("agents: graftd's profile: %s: %s (graftd serves it with --enable-pprof)", resp.Status, strings.TrimSpace(string(body)))
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
