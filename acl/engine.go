@@ -61,7 +61,8 @@ func NewEngine(cfg EngineConfig) (*Engine, error) {
 }
 
 // install builds the authorizer of the policies read at rev.
-func (e *Engine) install(items []snapshot.Item[PolicyRecord], _ int64) {
+func (e *Engine) install(int64) {
+	items, _ := e.snap.Items()
 	policies := make([]Policy, 0, len(items))
 	for _, it := range items {
 		p, err := ParsePolicy([]byte(it.Value.YAML))

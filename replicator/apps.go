@@ -51,7 +51,7 @@ type apps struct {
 func newApps(s *store.Store, log *slog.Logger) *apps {
 	a := &apps{recs: store.NewRecords[App](s, store.SpaceApps), changed: make(chan struct{}, 1)}
 	a.snap, _ = snapshot.New(snapshot.Config[App]{Name: "applications", Source: a.recs, Logger: log,
-		OnChange: func([]snapshot.Item[App], int64) {
+		OnChange: func(int64) {
 			select {
 			case a.changed <- struct{}{}:
 			default:

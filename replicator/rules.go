@@ -153,9 +153,9 @@ func NewRules(s *store.Store, log *slog.Logger) *Rules {
 	}
 	r.cur.Store(NewIndex(nil))
 	// A snapshot's only failure is a missing source, which these are not.
-	r.snap, _ = snapshot.New(snapshot.Config[storedRule]{Name: "replication rules", Source: r.recs, OnChange: func([]snapshot.Item[storedRule], int64) { r.install(&r.haveRules) }, Logger: log})
-	r.dsnap, _ = snapshot.New(snapshot.Config[[]string]{Name: "replication rule destinations", Source: r.dests, OnChange: func([]snapshot.Item[[]string], int64) { r.install(&r.haveDests) }, Logger: log})
-	r.asnap, _ = snapshot.New(snapshot.Config[appDestinations]{Name: "replication rule applications", Source: r.apps, OnChange: func([]snapshot.Item[appDestinations], int64) { r.install(&r.haveApps) }, Logger: log})
+	r.snap, _ = snapshot.New(snapshot.Config[storedRule]{Name: "replication rules", Source: r.recs, OnChange: func(int64) { r.install(&r.haveRules) }, Logger: log})
+	r.dsnap, _ = snapshot.New(snapshot.Config[[]string]{Name: "replication rule destinations", Source: r.dests, OnChange: func(int64) { r.install(&r.haveDests) }, Logger: log})
+	r.asnap, _ = snapshot.New(snapshot.Config[appDestinations]{Name: "replication rule applications", Source: r.apps, OnChange: func(int64) { r.install(&r.haveApps) }, Logger: log})
 	return r
 }
 

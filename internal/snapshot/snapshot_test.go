@@ -2,6 +2,7 @@ package snapshot_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -102,7 +103,12 @@ func TestSnapshotFollowsListAndWatch(t *testing.T) {
 		mu    sync.Mutex
 		calls []int64
 	)
-	s, err := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(items []snapshot.Item[string], rev int64) {
+	var s *snapshot.Snapshot[string]
+	s, err := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(rev int64) {
+		// The items, during OnChange, are those at rev.
+		if _, at := s.Items(); at != rev {
+			t.Errorf("OnChange(%d) reads the items at %d", rev, at)
+		}
 		mu.Lock()
 		calls = append(calls, rev)
 		mu.Unlock()
@@ -159,7 +165,7 @@ func (staleSource) Watch(ctx context.Context, _ int64) <-chan []snapshot.Change[
 // them already, and applying them would undo a later change.
 func TestSnapshotIgnoresOlderChanges(t *testing.T) {
 	changes := 0
-	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: staleSource{}, OnChange: func([]snapshot.Item[string], int64) { changes++ }})
+	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: staleSource{}, OnChange: func(int64) { changes++ }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Run(ctx); close(done) }()
@@ -181,7 +187,7 @@ func TestSnapshotIgnoresOlderChanges(t *testing.T) {
 func TestAwaitSeesTheCallersChange(t *testing.T) {
 	src := newMemSource()
 	var view atomic.Int64 // the revision OnChange last derived a view at
-	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(_ []snapshot.Item[string], rev int64) {
+	s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(rev int64) {
 		time.Sleep(20 * time.Millisecond) // a slow index rebuild
 		view.Store(rev)
 	}})
@@ -244,5 +250,30 @@ func TestAwaitListsWhenTheWatchIsSilent(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 900*time.Millisecond {
 		t.Fatalf("Await listed after %s, before giving the watch its second", waited)
+	}
+}
+
+// BenchmarkGrowingOneChangeAtATime: 10,000 applications created one after
+// another reach graftd's snapshot of them as 10,000 single changes. The
+// snapshot used to sort all its items for OnChange after each, 50 million
+// item copies in all.
+func BenchmarkGrowingOneChangeAtATime(b *testing.B) {
+	for b.Loop() {
+		src := newMemSource()
+		s, _ := snapshot.New(snapshot.Config[string]{Name: "things", Source: src, OnChange: func(int64) {}})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { s.Run(ctx); close(done) }()
+		<-s.Loaded()
+		var rev int64
+		for i := range 10000 {
+			rev = src.put(fmt.Sprintf("app-%05d", i), "x")
+		}
+		if err := s.Await(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		src.breakWatches()
+		<-done
 	}
 }
