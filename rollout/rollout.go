@@ -290,49 +290,64 @@ func (rep Report) Validate() error {
 		}
 		return bad("agent id %q (%d bytes): want a name of at most %d bytes without / (the default is the host name)", id, len(rep.ID), MaxNameBytes)
 	}
-	type text struct {
-		field, value string
-		max          int
+	// Each text is checked where it is; its field's name is formatted
+	// only for an error (most reports are valid, and come by the
+	// thousand after a change).
+	checkText := func(value string, max int, field func() string) error {
+		if len(value) > max {
+			return bad("%s is %d bytes: at most %d", field(), len(value), max)
+		}
+		if i := strings.IndexFunc(value, unicode.IsControl); i >= 0 {
+			return bad("%s holds a control character at byte %d: reports are printed on terminals, so escape or drop it", field(), i)
+		}
+		return nil
 	}
-	texts := []text{
-		{"id", rep.ID, MaxNameBytes},
-		{"host", rep.Host, MaxNameBytes},
-		{"instance", rep.Instance, MaxNameBytes},
-		{"http_address", rep.HTTPAddress, MaxNameBytes},
-		{"reason", rep.Reason, MaxTextBytes},
-	}
+	named := func(name string) func() string { return func() string { return name } }
 	if len(rep.Templates) > MaxTemplates {
 		return bad("%d templates: at most %d per agent; split the application's templates among more agents", len(rep.Templates), MaxTemplates)
 	}
 	if len(rep.Reloads) > MaxReloads {
 		return bad("%d reload actions: at most %d", len(rep.Reloads), MaxReloads)
 	}
+	for _, t := range []struct {
+		field, value string
+		max          int
+	}{
+		{"id", rep.ID, MaxNameBytes},
+		{"host", rep.Host, MaxNameBytes},
+		{"instance", rep.Instance, MaxNameBytes},
+		{"http_address", rep.HTTPAddress, MaxNameBytes},
+		{"reason", rep.Reason, MaxTextBytes},
+	} {
+		if err := checkText(t.value, t.max, named(t.field)); err != nil {
+			return err
+		}
+	}
 	tree := "/app/" + rep.App + "/"
 	keys := 0
 	for i, t := range rep.Templates {
-		texts = append(texts,
-			text{fmt.Sprintf("templates[%d].destination", i), t.Destination, MaxDestinationBytes},
-			text{fmt.Sprintf("templates[%d].error", i), t.Error, MaxTextBytes},
-			text{fmt.Sprintf("templates[%d].sha256", i), t.SHA256, 64})
 		if len(t.Keys) > MaxKeysPerTemplate {
 			return bad("template %s read %d paths: at most %d per template are reported; read a tree (its prefix is one path) instead", t.Destination, len(t.Keys), MaxKeysPerTemplate)
 		}
 		keys += len(t.Keys)
+		for _, f := range []struct {
+			name, value string
+			max         int
+		}{{"destination", t.Destination, MaxDestinationBytes}, {"error", t.Error, MaxTextBytes}, {"sha256", t.SHA256, 64}} {
+			if err := checkText(f.value, f.max, func() string { return fmt.Sprintf("templates[%d].%s", i, f.name) }); err != nil {
+				return err
+			}
+		}
 	}
 	if keys > MaxKeys {
 		return bad("%d paths read: at most %d per report", keys, MaxKeys)
 	}
 	for i, l := range rep.Reloads {
-		texts = append(texts,
-			text{fmt.Sprintf("reloads[%d].kind", i), l.Kind, MaxNameBytes},
-			text{fmt.Sprintf("reloads[%d].error", i), l.Error, MaxTextBytes})
-	}
-	for _, t := range texts {
-		if len(t.value) > t.max {
-			return bad("%s is %d bytes: at most %d", t.field, len(t.value), t.max)
+		if err := checkText(l.Kind, MaxNameBytes, func() string { return fmt.Sprintf("reloads[%d].kind", i) }); err != nil {
+			return err
 		}
-		if i := strings.IndexFunc(t.value, unicode.IsControl); i >= 0 {
-			return bad("%s holds a control character at byte %d: reports are printed on terminals, so escape or drop it", t.field, i)
+		if err := checkText(l.Error, MaxTextBytes, func() string { return fmt.Sprintf("reloads[%d].error", i) }); err != nil {
+			return err
 		}
 	}
 	for i, t := range rep.Templates {
@@ -342,10 +357,31 @@ func (rep Report) Validate() error {
 			}
 		}
 	}
-	if b, err := json.Marshal(rep); err != nil || len(b) > MaxReportBytes {
-		return bad("the report is %d bytes encoded: at most %d", len(b), MaxReportBytes)
+	if encodedBound(rep) > MaxReportBytes {
+		// It may be too large: measure.
+		if b, err := json.Marshal(rep); err != nil || len(b) > MaxReportBytes {
+			return bad("the report is %d bytes encoded: at most %d", len(b), MaxReportBytes)
+		}
 	}
 	return nil
+}
+
+// encodedBound bounds the size of rep's JSON encoding from above, without
+// encoding it: no byte of a text encodes to more than 6 (\u003c), the
+// fields of the report itself and their numbers take under 512, and
+// those of a template, a key or a reload under 64.
+func encodedBound(rep Report) int {
+	n := 512 + 6*(len(rep.ID)+len(rep.App)+len(rep.Host)+len(rep.Instance)+len(rep.HTTPAddress)+len(rep.Reason)+len(rep.Principal))
+	for _, t := range rep.Templates {
+		n += 64 + 6*(len(t.Destination)+len(t.SHA256)+len(t.Error))
+		for _, k := range t.Keys {
+			n += 8 + 6*len(k)
+		}
+	}
+	for _, l := range rep.Reloads {
+		n += 64 + 6*(len(l.Kind)+len(l.Error))
+	}
+	return n
 }
 
 // checkKey says whether k is a path or a tree prefix (ending "/") in
