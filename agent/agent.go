@@ -573,9 +573,9 @@ func (a *Agent) renderOne(i int) (bool, error) {
 	a.modTimes[i] = t.sourceModTime(a.cfg.base)
 	data, d, err := a.render(t)
 	a.state[i].deps = d
-	wrote := false
+	wrote, sum := false, hashOf(data)
 	if err == nil {
-		wrote, err = t.write(data)
+		wrote, err = t.write(data, sum, a.state[i].hash)
 	}
 	if err != nil {
 		a.state[i].err = err
@@ -583,11 +583,11 @@ func (a *Agent) renderOne(i int) (bool, error) {
 		a.log.Error("template failed; the previous file stays", "file", t.Destination, "revision", a.revision, "err", err)
 		return false, err
 	}
-	a.state[i].hash, a.state[i].err = hashOf(data), nil
+	a.state[i].hash, a.state[i].err = sum, nil
 	outcome := "unchanged"
 	if wrote {
 		outcome = "written"
-		a.log.Info("file written", "file", t.Destination, "revision", a.revision, "sha256", hashOf(data)[:12])
+		a.log.Info("file written", "file", t.Destination, "revision", a.revision, "sha256", sum[:12])
 	}
 	a.metrics.renders.WithLabelValues(outcome).Inc()
 	return wrote, nil

@@ -389,12 +389,18 @@ func onDisk(name string) string {
 	return hashOf(data)
 }
 
-// write puts data at the template's destination unless the file already
-// holds exactly it, and reports whether it wrote. Either way the file
-// ends with the template's mode and owner: a mode changed in the
-// configuration, or a file someone opened up, is put right without a
-// write (and without a reload: the bytes did not change).
-func (t Template) write(data []byte) (bool, error) {
+// write puts data, whose hash is sum, at the template's destination
+// unless the file already holds exactly it, and reports whether it wrote.
+// Either way the file ends with the template's mode and owner: a mode
+// changed in the configuration, or a file someone opened up, is put right
+// without a write (and without a reload: the bytes did not change).
+//
+// last is the hash of what the agent last wrote or found there: when sum
+// differs from it the file is written without reading it first (a
+// change reaches thousands of agents on a host at once); at the start
+// (last "") and when the content is the same as before, the file is read
+// to compare.
+func (t Template) write(data []byte, sum, last string) (bool, error) {
 	uid, gid := -1, -1
 	if t.UID != nil {
 		uid = *t.UID
@@ -402,7 +408,7 @@ func (t Template) write(data []byte) (bool, error) {
 	if t.GID != nil {
 		gid = *t.GID
 	}
-	if onDisk(t.Destination) == hashOf(data) {
+	if (last == "" || sum == last) && onDisk(t.Destination) == sum {
 		if err := t.ensureModeAndOwner(uid, gid); err != nil {
 			return false, fmt.Errorf("template %s: %w", t.Destination, err)
 		}
