@@ -149,7 +149,7 @@ Each agent (or stream) holds one connection: raise the open-files limit
 	f.DurationVar(&ac.waitMin, "wait-min", 0, "the agents' debounce (wait.min; wait.max is 10 times it)")
 	f.StringVar(&ac.dir, "dir", defaultAgentsDir(), "where the agents render their files")
 	f.BoolVar(&ac.bare, "bare", false, "run bare sdk watch streams instead of agents: no files, no reports")
-	f.StringVar(&ac.profile, "profile", "", "write CPU profiles over the change's delivery to this directory: graftd.pprof (graftd's /debug/pprof; with --addr it needs --enable-pprof) and bench.pprof (the agents, in this process)")
+	f.StringVar(&ac.profile, "profile", "", "write CPU profiles over the change's delivery to this directory: graftd.pprof (graftd's /debug/pprof; with --addr it needs --enable-pprof) and bench.pprof (the agents, in this process), and graftd's allocations before and after")
 	f.DurationVar(&ac.profileFor, "profile-for", 10*time.Second, "how long --profile profiles, from the change on")
 	return cmd
 }
@@ -289,7 +289,7 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 		if err := profiled(); err != nil {
 			return res, err
 		}
-		res.Notes = append(res.Notes, "CPU profiles over the change's first "+ac.profileFor.String()+" in "+ac.profile+": graftd.pprof, bench.pprof (go tool pprof -top FILE)")
+		res.Notes = append(res.Notes, "CPU profiles over the change's first "+ac.profileFor.String()+" in "+ac.profile+": graftd.pprof, bench.pprof (go tool pprof -top FILE); graftd's allocations over it: go tool pprof -sample_index=alloc_space -base graftd-allocs-before.pprof graftd-allocs-after.pprof")
 	}
 	lat := make([]time.Duration, len(seen.at))
 	for i, t := range seen.at {

@@ -13,8 +13,9 @@ import (
 )
 
 // profileCPU starts CPU profiles of graftd (through its /debug/pprof,
-// beside metricsURL) and of this process, both for d, into dir. The
-// returned function waits until both are written.
+// beside metricsURL) and of this process, both for d, into dir, with
+// graftd's allocations before and after. The returned function waits
+// until all are written.
 func profileCPU(ctx context.Context, dir, metricsURL, token string, d time.Duration) (func() error, error) {
 	if metricsURL == "" {
 		return nil, fmt.Errorf("agents: --profile needs graftd's address: with --addr, give --metrics-url too")
@@ -26,9 +27,20 @@ func profileCPU(ctx context.Context, dir, metricsURL, token string, d time.Durat
 	if err != nil {
 		return nil, fmt.Errorf("agents: --profile: %w", err)
 	}
-	url := strings.TrimSuffix(metricsURL, "/metrics") + fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Round(time.Second)/time.Second))
+	base := strings.TrimSuffix(metricsURL, "/metrics") + "/debug/pprof/"
+	// What graftd allocated over the window: the difference of these two
+	// (go tool pprof -base graftd-allocs-before.pprof graftd-allocs-after.pprof).
+	if err := fetch(ctx, base+"allocs", token, filepath.Join(dir, "graftd-allocs-before.pprof")); err != nil {
+		return nil, err
+	}
 	remote := make(chan error, 1)
-	go func() { remote <- fetch(ctx, url, token, filepath.Join(dir, "graftd.pprof")) }()
+	go func() {
+		err := fetch(ctx, base+fmt.Sprintf("profile?seconds=%d", int(d.Round(time.Second)/time.Second)), token, filepath.Join(dir, "graftd.pprof"))
+		if err == nil {
+			err = fetch(ctx, base+"allocs", token, filepath.Join(dir, "graftd-allocs-after.pprof"))
+		}
+		remote <- err
+	}()
 	if err := pprof.StartCPUProfile(own); err != nil {
 		own.Close()
 		return nil, fmt.Errorf("agents: --profile: %w", err)
