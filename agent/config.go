@@ -220,8 +220,9 @@ func (c Config) DefaultID(host string) string {
 // on.
 func (c Config) ServesHTTP() bool { return c.Listen != "" && c.Listen != "off" }
 
-// Root is the agent's tree.
-func (c Config) Root() string { return "/app/" + c.App }
+// Root is the agent's tree. (A pointer receiver: the render loop asks
+// for it at every render, and Config is large to copy.)
+func (c *Config) Root() string { return "/app/" + c.App }
 
 // Validate reports every problem of the configuration at once.
 func (c Config) Validate() error {
