@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/graft-sh/graft/dbcred"
+	"github.com/graft-sh/graft/internal/retry"
 )
 
 // Control is graftd as the rotator holding a rotation's claim sees it.
@@ -196,25 +196,9 @@ func (x *run) persist(ctx context.Context, next State, secrets *Secrets) error {
 		if attempt%10 == 0 {
 			x.log.Warn("could not store a step of the rotation; retrying", "run", next.Run, "phase", next.Phase, "err", err)
 		}
-		if err := sleep(ctx, backoff(attempt)); err != nil {
+		if err := retry.Sleep(ctx, retry.Backoff(100*time.Millisecond, 3200*time.Millisecond, attempt)); err != nil {
 			return err
 		}
-	}
-}
-
-func backoff(attempt int) time.Duration {
-	d := 100 * time.Millisecond << min(attempt, 5)
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 
@@ -280,7 +264,7 @@ func (x *run) retryLater(ctx context.Context, what string, err error) error {
 		return fmt.Errorf("%w: %w", ErrClaimLost, err)
 	}
 	x.log.Warn("rotation: could not "+what+"; retrying", "err", err)
-	return sleep(ctx, time.Second)
+	return retry.Sleep(ctx, time.Second)
 }
 
 // step makes progress on the run in progress: it does the side effect of
@@ -360,7 +344,7 @@ func (x *run) note(ctx context.Context, last Step, err error) error {
 		}
 		x.lastDetail = msg
 	}
-	return sleep(ctx, time.Second)
+	return retry.Sleep(ctx, time.Second)
 }
 
 // begin persists the start of the next step, or the end of the run.
@@ -673,7 +657,7 @@ func (x *run) rollout(ctx context.Context, rev int64, verdicts bool) (outcome, e
 			}
 			x.lastDetail = why
 		}
-		if err := sleep(ctx, x.cfg.Poll); err != nil {
+		if err := retry.Sleep(ctx, x.cfg.Poll); err != nil {
 			// The step's timeout: why becomes its detail in the reason
 			// (it says what is waited for already).
 			return outcome{}, errors.New(why)
@@ -734,7 +718,7 @@ func (x *run) retire(ctx context.Context) (outcome, error) {
 		return stepDone("no old user yet: this was the first run"), nil
 	}
 	if wait := x.view.RetireAt.Sub(x.now()); wait > 0 {
-		if err := sleep(ctx, wait); err != nil {
+		if err := retry.Sleep(ctx, wait); err != nil {
 			return outcome{}, err
 		}
 	}
@@ -751,7 +735,7 @@ func (x *run) retire(ctx context.Context) (outcome, error) {
 			break
 		}
 		x.log.Info("holding the old user's retirement until every consumer runs the new one", "user", old, "waiting", why)
-		if err := sleep(ctx, x.cfg.Poll); err != nil {
+		if err := retry.Sleep(ctx, x.cfg.Poll); err != nil {
 			return outcome{}, fmt.Errorf("not retiring %s: %s", old, why)
 		}
 	}

@@ -241,7 +241,7 @@ func restoredFrom(path string, v *version, rev int64) bool {
 // can tell the relay's backlog from a missed deletion.
 func (s *Store) DeletedAt(ctx context.Context, paths []string) (map[string]int64, error) {
 	out := make(map[string]int64, len(paths))
-	const perTxn = 128 / 2
+	const perTxn = maxTxnOps / 2 // a get of the kv key and one of its history each
 	for len(paths) > 0 {
 		n := min(len(paths), perTxn)
 		chunk := paths[:n]
