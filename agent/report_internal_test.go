@@ -16,11 +16,11 @@ import (
 // so is each change after it.
 func TestReportRefusalIsLoggedOncePerChange(t *testing.T) {
 	logs := &testenv.Buffer{}
-	a := &Agent{cfg: Config{ID: "web-1", App: "mp"}, instance: "i-1", log: slog.New(slog.NewTextHandler(logs, nil))}
+	r := &reporter{id: "web-1", app: "mp", instance: "i-1", log: slog.New(slog.NewTextHandler(logs, nil))}
 	taken := &sdk.Error{Code: codes.AlreadyExists, Message: "agent id mp/web-1 is held by another live agent process"}
 	away := &sdk.Error{Code: codes.Unavailable, Message: "unavailable"}
 	for _, err := range []error{nil, taken, taken, taken, taken, nil, nil, taken, away, away, taken, nil} {
-		a.noteReport(err)
+		r.note(err)
 	}
 	out := logs.String()
 	for want, n := range map[string]int{
