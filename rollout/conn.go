@@ -69,6 +69,18 @@ func (r *Registry) unchanged(c Conn, k string, rep Report) bool {
 	return sameState(b.rep, rep)
 }
 
+// boundTo returns what c holds of k's report, and the shared lease it
+// lives by, while it does.
+func (r *Registry) boundTo(c Conn, k string) (bound, *store.Lease, bool) {
+	r.conns.mu.Lock()
+	defer r.conns.mu.Unlock()
+	b, ok := r.conns.byConn[c][k]
+	if !ok || r.conns.lease == nil || b.rep.Lease != r.conns.lease.ID() {
+		return bound{}, nil, false
+	}
+	return b, r.conns.lease, true
+}
+
 // sharedLease is the lease of reports on open connections, granted on
 // first use.
 func (r *Registry) sharedLease(ctx context.Context) (*store.Lease, error) {

@@ -2,6 +2,7 @@ package rollout_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/graft-sh/graft/internal/testenv"
 	"github.com/graft-sh/graft/rollout"
+	"github.com/graft-sh/graft/store"
 )
 
 // runRegistry runs reg's lease keeper for the test.
@@ -168,5 +170,41 @@ func TestReportsArrivingTogetherAreWrittenTogether(t *testing.T) {
 	}
 	if len(revs) > n/4 {
 		t.Errorf("%d reports took %d transactions; want them batched", n, len(revs))
+	}
+}
+
+// A changed report over a connection that holds the agent's report is
+// stored without reading the old one, guarded by the revision the
+// registry stored it at: a write by another replica in between (here,
+// another process that took the id there) is not overwritten blindly, but
+// read, and the report refused as any report under another live
+// process's id is.
+func TestChangedReportOverAConnectionYieldsToAWriteInBetween(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	ctx := t.Context()
+	put(t, env, "/app/pet/config/x")
+	put(t, env, "/app/pet/config/x")
+	rep := rollout.Report{ID: "web-1", App: "pet", Instance: "i-one", Revision: 1}
+	if err := reg.PutConn(ctx, rep, time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	rep.Revision = 2
+	if err := reg.PutConn(ctx, rep, time.Second, 1); err != nil {
+		t.Fatalf("a changed report over its connection: %v", err)
+	}
+	if l, _ := reg.List(ctx, "pet"); len(l) != 1 || l[0].Revision != 2 {
+		t.Fatalf("the changed report was not stored: %+v", l)
+	}
+	other := store.NewRecords[rollout.Report](env.Store, store.SpaceAgents)
+	if _, err := other.Put(ctx, "pet/web-1", rollout.Report{ID: "web-1", App: "pet", Instance: "i-two", Revision: 2}); err != nil {
+		t.Fatal(err)
+	}
+	rep.Healthy = true
+	if err := reg.PutConn(ctx, rep, time.Second, 1); !errors.Is(err, rollout.ErrAgentConflict) {
+		t.Fatalf("a report over the old connection after another process's write: %v, want ErrAgentConflict", err)
+	}
+	if l, _ := reg.List(ctx, "pet"); len(l) != 1 || l[0].Instance != "i-two" {
+		t.Fatalf("the other process's report was overwritten: %+v", l)
 	}
 }

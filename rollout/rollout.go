@@ -112,11 +112,14 @@ type Registry struct {
 	conns *conns
 	// writes batches the reports' writes (writer.go).
 	writes writer
+	// work admits one report at a time to the work of a changed report
+	// over an open connection (see putBound).
+	work chan struct{}
 }
 
 // New returns the registry of the store's agent reports.
 func New(s *store.Store) *Registry {
-	return &Registry{store: s, recs: store.NewRecords[Report](s, store.SpaceAgents), conns: newConns()}
+	return &Registry{store: s, recs: store.NewRecords[Report](s, store.SpaceAgents), conns: newConns(), work: make(chan struct{}, 1)}
 }
 
 func key(app, id string) string { return app + "/" + id }
@@ -180,6 +183,11 @@ func (r *Registry) PutConn(ctx context.Context, rep Report, ttl time.Duration, c
 	rep.Since, rep.Stored = 0, 0
 	if c != 0 && r.unchanged(c, k, rep) {
 		return nil
+	}
+	if c != 0 {
+		if done, err := r.putBound(ctx, c, k, rep, ttl); done {
+			return err
+		}
 	}
 	var lease *store.Lease
 	if c != 0 {
@@ -256,6 +264,47 @@ func (r *Registry) PutConn(ctx context.Context, rep Report, ttl time.Duration, c
 		r.bind(c, k, rep, rev, ttl)
 	}
 	return nil
+}
+
+// putBound stores a changed report of k over connection c, which holds
+// k's report: from what the registry keeps of it, without reading it,
+// guarded by the revision it was stored at. It reports false when the
+// report is not c's to update that way (another write came between, or
+// the lease changed): PutConn then reads it.
+//
+// One change reaches every agent at once, and every agent reports it at
+// once: 10,000 reports while graftd is still delivering the change to the
+// agents that have yet to render it. Their work up to the write, which
+// they share in batches, is admitted one report at a time, so that they
+// queue behind the deliveries instead of taking the cores from them; it
+// does no I/O, and one core does 10,000 in well under a second.
+func (r *Registry) putBound(ctx context.Context, c Conn, k string, rep Report, ttl time.Duration) (bool, error) {
+	select {
+	case r.work <- struct{}{}:
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
+	b, lease, ok := r.boundTo(c, k)
+	var op store.Op
+	var err error
+	if ok {
+		rep.Since, rep.Lease = b.rep.Since, lease.ID()
+		op, err = r.recs.PutOp(k, rep)
+	}
+	<-r.work
+	if !ok || err != nil {
+		return ok, err
+	}
+	rev, err := r.commit(ctx, op.WithLease(lease), r.recs.At(k, b.rev))
+	if errors.Is(err, store.ErrRevisionChanged) {
+		return false, nil
+	}
+	if err != nil {
+		return true, fmt.Errorf("store the report of agent %s of %s: %w", rep.ID, rep.App, err)
+	}
+	r.seen(rev)
+	r.bind(c, k, rep, rev, ttl)
+	return true, nil
 }
 
 // checkRoom refuses a new agent id of an application that has

@@ -28,17 +28,19 @@ type writer struct {
 }
 
 type pendingWrite struct {
-	op   store.Op
-	rev  int64
-	err  error
-	done chan struct{}
+	op    store.Op
+	conds []store.Cond
+	rev   int64
+	err   error
+	done  chan struct{}
 }
 
-// commit commits op, batched with the report writes queued with it, and
-// returns the revision it was committed at. The write may still commit
-// after ctx ended.
-func (r *Registry) commit(ctx context.Context, op store.Op) (int64, error) {
-	w := &pendingWrite{op: op, done: make(chan struct{})}
+// commit commits op, batched with the report writes queued with it, if
+// every cond holds, and returns the revision it was committed at, or
+// store.ErrRevisionChanged when a cond did not hold. The write may still
+// commit after ctx ended.
+func (r *Registry) commit(ctx context.Context, op store.Op, conds ...store.Cond) (int64, error) {
+	w := &pendingWrite{op: op, conds: conds, done: make(chan struct{})}
 	r.writes.mu.Lock()
 	r.writes.queue = append(r.writes.queue, w)
 	start := !r.writes.running
@@ -56,8 +58,8 @@ func (r *Registry) commit(ctx context.Context, op store.Op) (int64, error) {
 }
 
 // flushWrites commits the queue in batches until it is empty. A batch that
-// fails is committed write by write, so that each caller gets its own
-// outcome.
+// fails, or one of whose conditions does not hold, is committed write by
+// write, so that each caller gets its own outcome.
 func (r *Registry) flushWrites() {
 	for {
 		r.writes.mu.Lock()
@@ -71,15 +73,20 @@ func (r *Registry) flushWrites() {
 		r.writes.queue = r.writes.queue[n:]
 		r.writes.mu.Unlock()
 		ops := make([]store.Op, n)
+		var conds []store.Cond
 		for i, w := range batch {
 			ops[i] = w.op
+			conds = append(conds, w.conds...)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), writeBatchLimit)
-		rev, _, err := r.store.Commit(ctx, nil, ops...)
+		rev, ok, err := r.store.Commit(ctx, conds, ops...)
 		for _, w := range batch {
 			w.rev, w.err = rev, err
-			if err != nil && n > 1 {
-				w.rev, _, w.err = r.store.Commit(ctx, nil, w.op)
+			if (err != nil || !ok) && n > 1 {
+				w.rev, ok, w.err = r.store.Commit(ctx, w.conds, w.op)
+			}
+			if w.err == nil && !ok {
+				w.rev, w.err = 0, store.ErrRevisionChanged
 			}
 			close(w.done)
 		}
