@@ -208,3 +208,22 @@ func TestChangedReportOverAConnectionYieldsToAWriteInBetween(t *testing.T) {
 		t.Fatalf("the other process's report was overwritten: %+v", l)
 	}
 }
+
+// Over the connection that holds an agent's report, a report of another
+// process under the same id is refused as it is over any other.
+func TestAnotherProcessOverTheSameConnectionIsRefused(t *testing.T) {
+	env := testenv.Start(t)
+	reg := rollout.New(env.Store)
+	ctx := t.Context()
+	put(t, env, "/app/pet/config/x")
+	if err := reg.PutConn(ctx, rollout.Report{ID: "web-1", App: "pet", Instance: "i-one", Revision: 1}, time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	err := reg.PutConn(ctx, rollout.Report{ID: "web-1", App: "pet", Instance: "i-two", Revision: 1, Healthy: true}, time.Second, 1)
+	if !errors.Is(err, rollout.ErrAgentConflict) {
+		t.Fatalf("another process's report over the same connection: %v, want ErrAgentConflict", err)
+	}
+	if l, _ := reg.List(ctx, "pet"); len(l) != 1 || l[0].Instance != "i-one" {
+		t.Fatalf("the first process's report was overwritten: %+v", l)
+	}
+}

@@ -285,6 +285,10 @@ func (r *Registry) putBound(ctx context.Context, c Conn, k string, rep Report, t
 		return true, ctx.Err()
 	}
 	b, lease, ok := r.boundTo(c, k)
+	// Only the process whose report c holds goes on this way; another
+	// one under the id (over the same connection, as a test may do) is
+	// judged by PutConn.
+	ok = ok && rep.Instance == b.rep.Instance
 	var op store.Op
 	var err error
 	if ok {
