@@ -236,7 +236,9 @@ func TestReplicationSurvivesALostStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 5*time.Second, func() bool {
+	// (15 s: the relay publishes at once, but make test runs packages
+	// side by side under the race detector.)
+	testenv.WaitFor(t, 15*time.Second, func() bool {
 		s, err := e.js.Stream(e.ctx, "GRAFT_CHANGES")
 		if err != nil {
 			return false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -63,14 +64,15 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	return c
 }
 
-// EnsureStream creates or updates the change-event stream, and reports
-// whether it had to create it.
+// EnsureStream creates the change-event stream, or updates it when its
+// configuration differs, and reports whether it had to create it. A
+// stream as configured is left alone: an update while a replicator
+// creates its consumer races inside nats-server (its file store's
+// configuration is written and read unguarded), and every relay that
+// starts to lead calls this.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (created bool, err error) {
 	cfg = cfg.withDefaults()
-	if _, err := js.Stream(ctx, cfg.Name); errors.Is(err, jetstream.ErrStreamNotFound) {
-		created = true
-	}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	want := jetstream.StreamConfig{
 		Name:        cfg.Name,
 		Description: "graft change events: path, revision and operation of every committed change (never values)",
 		Subjects:    []string{cfg.Subject},
@@ -79,11 +81,27 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxAge:      cfg.MaxAge,
 		Duplicates:  2 * time.Minute,
 		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
+	}
+	st, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		created = true
+	case err != nil:
+		return false, fmt.Errorf("read JetStream stream %s: %w (is JetStream enabled on the NATS server?)", cfg.Name, err)
+	case sameStream(st.CachedInfo().Config, want):
+		return false, nil
+	}
+	if _, err = js.CreateOrUpdateStream(ctx, want); err != nil {
 		return false, fmt.Errorf("create JetStream stream %s: %w (is JetStream enabled on the NATS server?)", cfg.Name, err)
 	}
 	return created, nil
+}
+
+// sameStream reports whether a stream has the settings graft gives it.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
+		have.Storage == want.Storage && have.Retention == want.Retention && have.MaxAge == want.MaxAge &&
+		have.Duplicates == want.Duplicates && have.Replicas == want.Replicas
 }
 
 // OpenStream creates the change stream if it is missing and, if it was,
