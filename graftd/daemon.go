@@ -634,10 +634,16 @@ func (d *Daemon) newHTTP(reg *prometheus.Registry) error {
 	mux.Handle("GET /metrics", metrics)
 	if d.cfg.EnablePprof {
 		// The profiles read no value, but they show what graftd runs and
-		// cost CPU while taken: operators only, as /metrics.
+		// cost CPU while taken: operators only, as /metrics. The command
+		// line is not served: it may hold --dev-root-token.
 		profs := http.NewServeMux()
-		profs.HandleFunc("/debug/pprof/", pprof.Index)
-		profs.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		profs.HandleFunc("/debug/pprof/", func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/debug/pprof/cmdline" {
+				http.NotFound(w, r)
+				return
+			}
+			pprof.Index(w, r)
+		})
 		profs.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		profs.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		profs.HandleFunc("/debug/pprof/trace", pprof.Trace)

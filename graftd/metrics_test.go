@@ -73,6 +73,10 @@ func TestMetricsNeedATokenOffLoopback(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
+	// The command line is not among them: it may hold a token.
+	if got := get("/debug/pprof/cmdline", root); got != http.StatusNotFound {
+		t.Errorf("/debug/pprof/cmdline = %d, want 404", got)
+	}
 	// --enable-pprof's profiles are for operators too.
 	for _, path := range []string{"/metrics", "/debug/pprof/", "/debug/pprof/goroutine?debug=1"} {
 		for _, tt := range []struct {
