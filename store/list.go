@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -38,57 +39,36 @@ func (s *Store) ListTrees(ctx context.Context, prefix string, subtrees []string,
 	if _, err := ParsePrefix(prefix); err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", ShortPath(prefix), err)
 	}
-	var ops []clientv3.Op
-	for _, sub := range subtrees {
-		if !Under(sub, prefix) {
-			return nil, 0, fmt.Errorf("list %s: %w: %s is not below it", prefix, ErrInvalidArgument, ShortPath(sub))
-		}
-		start, end := rangeOf(s.kvPrefix, sub)
-		ops = append(ops, clientv3.OpGet(start, withRange(end)...))
-	}
-	if len(ops) > maxSubtrees {
-		start, end := rangeOf(s.kvPrefix, prefix)
-		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{prefix}
-	}
-	if len(ops) == 0 {
-		ops = []clientv3.Op{clientv3.OpGet(s.kvPrefix, clientv3.WithCountOnly())}
-	}
-	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
-	}
 	var items []ListItem
 	index := map[string]int{}
-	for i, r := range resp.Responses {
-		if i >= len(subtrees) {
-			break
+	rev, err := s.readSubtrees(ctx, "list", prefix, subtrees, func(p string, kv *mvccpb.KeyValue) error {
+		if keep != nil && !keep(p) {
+			return nil
 		}
-		for _, kv := range r.GetResponseRange().Kvs {
-			p := string(kv.Key[len(s.kvPrefix):])
-			if !Under(p, subtrees[i]) || (keep != nil && !keep(p)) {
-				continue
-			}
-			r, err := decodeRecord(kv.Value)
-			if err != nil {
-				return nil, 0, fmt.Errorf("list %s: %s: %w", prefix, p, err)
-			}
-			e := r.entry(p, r.revision(kv.ModRevision))
-			name, dir := p, false
-			if !recursive && p != prefix {
-				name, dir = child(prefix, p)
-			}
-			i, seen := index[name]
-			if !seen {
-				i = len(items)
-				index[name] = i
-				items = append(items, ListItem{Path: name})
-			}
-			if dir {
-				items[i].Directory = true
-			} else {
-				items[i].Entry = &e
-			}
+		r, err := decodeRecord(kv.Value)
+		if err != nil {
+			return fmt.Errorf("list %s: %s: %w", prefix, p, err)
 		}
+		e := r.entry(p, r.revision(kv.ModRevision))
+		name, dir := p, false
+		if !recursive && p != prefix {
+			name, dir = child(prefix, p)
+		}
+		i, seen := index[name]
+		if !seen {
+			i = len(items)
+			index[name] = i
+			items = append(items, ListItem{Path: name})
+		}
+		if dir {
+			items[i].Directory = true
+		} else {
+			items[i].Entry = &e
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
 	}
 	if !recursive || len(subtrees) > 1 {
 		// Folding breaks etcd's key order: the directory /a (from /a/x)
@@ -96,7 +76,7 @@ func (s *Store) ListTrees(ctx context.Context, prefix string, subtrees []string,
 		// Subtrees read one after another break it too.
 		slices.SortFunc(items, func(a, b ListItem) int { return strings.Compare(a.Path, b.Path) })
 	}
-	return items, resp.Header.Revision, nil
+	return items, rev, nil
 }
 
 // child returns the direct child of prefix on the way to p, and whether p

@@ -75,28 +75,11 @@ func (s *Store) ApplyReplicas(ctx context.Context, ws []ReplicaWrite) ([]Replica
 	if len(batches) == 1 {
 		return out, s.applyBatch(ctx, ws, batches[0], out)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		sem   = make(chan struct{}, replicaParallel)
-	)
-	for _, b := range batches {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := s.applyBatch(ctx, ws, b, out); err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return out, first
+	// After a failure no further batch starts: the callers retry the
+	// whole set, and their results are not read.
+	return out, inParallel(ctx, batches, func(ctx context.Context, b []int) error {
+		return s.applyBatch(ctx, ws, b, out)
+	})
 }
 
 // checkReplicas validates writes before any is made.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -159,29 +160,61 @@ func (s *Store) ReadTrees(ctx context.Context, root string, subtrees []string) (
 	if _, err := ParsePath(root); err != nil {
 		return nil, 0, fmt.Errorf("read %s: %w", ShortPath(root), err)
 	}
+	var (
+		out        []Entry
+		unreadable *UnreadableError
+	)
+	rev, err := s.readSubtrees(ctx, "read", root, subtrees, func(p string, kv *mvccpb.KeyValue) error {
+		r, err := decodeRecord(kv.Value)
+		if err == nil {
+			e := r.entry(p, r.revision(kv.ModRevision))
+			if e.Value, err = s.open(p, r); err == nil {
+				out = append(out, e)
+				return nil
+			}
+		}
+		if unreadable == nil {
+			unreadable = &UnreadableError{Err: err}
+		}
+		unreadable.Paths = append(unreadable.Paths, p)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(subtrees) > 1 {
+		slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+	}
+	if unreadable != nil {
+		return out, rev, unreadable
+	}
+	return out, rev, nil
+}
+
+// readSubtrees reads the subtrees of top (all of top when there are more
+// than maxSubtrees) in one transaction, and calls each for every value
+// under them, subtree by subtree in key order. verb names the read in
+// errors. It returns the revision read at.
+func (s *Store) readSubtrees(ctx context.Context, verb, top string, subtrees []string, each func(path string, kv *mvccpb.KeyValue) error) (int64, error) {
 	var ops []clientv3.Op
 	for _, sub := range subtrees {
-		if !Under(sub, root) {
-			return nil, 0, fmt.Errorf("read %s: %w: %s is not below it", root, ErrInvalidArgument, ShortPath(sub))
+		if !Under(sub, top) {
+			return 0, fmt.Errorf("%s %s: %w: %s is not below it", verb, top, ErrInvalidArgument, ShortPath(sub))
 		}
 		start, end := rangeOf(s.kvPrefix, sub)
 		ops = append(ops, clientv3.OpGet(start, withRange(end)...))
 	}
 	if len(ops) > maxSubtrees {
-		start, end := rangeOf(s.kvPrefix, root)
-		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{root}
+		start, end := rangeOf(s.kvPrefix, top)
+		ops, subtrees = []clientv3.Op{clientv3.OpGet(start, withRange(end)...)}, []string{top}
 	}
 	if len(ops) == 0 {
 		ops = []clientv3.Op{clientv3.OpGet(s.kvPrefix, clientv3.WithCountOnly())}
 	}
 	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", root, err)
+		return 0, fmt.Errorf("%s %s: %w", verb, top, err)
 	}
-	var (
-		out        []Entry
-		unreadable *UnreadableError
-	)
 	for i, r := range resp.Responses {
 		if i >= len(subtrees) {
 			break
@@ -191,25 +224,10 @@ func (s *Store) ReadTrees(ctx context.Context, root string, subtrees []string) (
 			if !Under(p, subtrees[i]) {
 				continue
 			}
-			r, err := decodeRecord(kv.Value)
-			if err == nil {
-				e := r.entry(p, r.revision(kv.ModRevision))
-				if e.Value, err = s.open(p, r); err == nil {
-					out = append(out, e)
-					continue
-				}
+			if err := each(p, kv); err != nil {
+				return 0, err
 			}
-			if unreadable == nil {
-				unreadable = &UnreadableError{Err: err}
-			}
-			unreadable.Paths = append(unreadable.Paths, p)
 		}
 	}
-	if len(subtrees) > 1 {
-		slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
-	}
-	if unreadable != nil {
-		return out, resp.Header.Revision, unreadable
-	}
-	return out, resp.Header.Revision, nil
+	return resp.Header.Revision, nil
 }
