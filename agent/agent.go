@@ -39,7 +39,8 @@ type Agent struct {
 	log  *slog.Logger
 	conn *connection
 	reg  *prometheus.Registry
-	// loop renders and reloads, when the configuration names an app.
+	// loop renders and reloads; Run leaves it out when the agent is only
+	// a rotator.
 	loop *loop
 	// rotator runs rotations, when the configuration asks for them.
 	rotator *rotator

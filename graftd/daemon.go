@@ -637,13 +637,7 @@ func (d *Daemon) newHTTP(reg *prometheus.Registry) error {
 		// cost CPU while taken: operators only, as /metrics. The command
 		// line is not served: it may hold --dev-root-token.
 		profs := http.NewServeMux()
-		profs.HandleFunc("/debug/pprof/", func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/debug/pprof/cmdline" {
-				http.NotFound(w, r)
-				return
-			}
-			pprof.Index(w, r)
-		})
+		profs.HandleFunc("/debug/pprof/", pprof.Index) // named profiles; cmdline is not one
 		profs.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		profs.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		profs.HandleFunc("/debug/pprof/trace", pprof.Trace)

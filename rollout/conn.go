@@ -59,10 +59,8 @@ func newConns() *conns {
 // unchanged reports whether k's report, bound to c, already says what rep
 // says: then the report stays as it is, and costs no read or write.
 func (r *Registry) unchanged(c Conn, k string, rep Report) bool {
-	r.conns.mu.Lock()
-	defer r.conns.mu.Unlock()
-	b, ok := r.conns.byConn[c][k]
-	if !ok || r.conns.lease == nil || b.rep.Lease != r.conns.lease.ID() {
+	b, _, ok := r.boundTo(c, k)
+	if !ok {
 		return false
 	}
 	rep.Since = b.rep.Since

@@ -79,10 +79,11 @@ func (r *Registry) flushWrites() {
 			conds = append(conds, w.conds...)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), writeBatchLimit)
-		rev, ok, err := r.store.Commit(ctx, conds, ops...)
+		rev, committed, err := r.store.Commit(ctx, conds, ops...)
 		for _, w := range batch {
+			ok := committed
 			w.rev, w.err = rev, err
-			if (err != nil || !ok) && n > 1 {
+			if (err != nil || !committed) && n > 1 {
 				w.rev, ok, w.err = r.store.Commit(ctx, w.conds, w.op)
 			}
 			if w.err == nil && !ok {

@@ -23,15 +23,15 @@ func profileCPU(ctx context.Context, dir, metricsURL, token string, d time.Durat
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("agents: --profile: %w", err)
 	}
-	own, err := os.Create(filepath.Join(dir, "bench.pprof"))
-	if err != nil {
-		return nil, fmt.Errorf("agents: --profile: %w", err)
-	}
 	base := strings.TrimSuffix(metricsURL, "/metrics") + "/debug/pprof/"
 	// What graftd allocated over the window: the difference of these two
 	// (go tool pprof -base graftd-allocs-before.pprof graftd-allocs-after.pprof).
 	if err := fetch(ctx, base+"allocs", token, filepath.Join(dir, "graftd-allocs-before.pprof")); err != nil {
 		return nil, err
+	}
+	own, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	if err != nil {
+		return nil, fmt.Errorf("agents: --profile: %w", err)
 	}
 	remote := make(chan error, 1)
 	go func() {
