@@ -57,6 +57,8 @@ type Client struct {
 	repl      graftv1.ReplicationServiceClient
 	agents    graftv1.AgentServiceClient
 	rotations graftv1.RotationServiceClient
+	dbcred    graftv1.DBCredServiceClient
+	leases    graftv1.LeaseServiceClient
 }
 
 // Connection backoff for the gRPC channel: the defaults (1s growing to
@@ -115,6 +117,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		repl:      graftv1.NewReplicationServiceClient(conn),
 		agents:    graftv1.NewAgentServiceClient(conn),
 		rotations: graftv1.NewRotationServiceClient(conn),
+		dbcred:    graftv1.NewDBCredServiceClient(conn),
+		leases:    graftv1.NewLeaseServiceClient(conn),
 	}, nil
 }
 
