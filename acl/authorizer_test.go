@@ -55,8 +55,8 @@ func TestDecideDefaultPolicies(t *testing.T) {
 		allowed []Action // every other action is denied
 	}{
 		// A DBA owns /dba and nothing else.
-		{dbaUser, dbaSecret, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionRotate}},
-		{dbaUser, "/dba", []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionRotate}},
+		{dbaUser, dbaSecret, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionRotate, ActionIssue}},
+		{dbaUser, "/dba", []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionShare, ActionRotate, ActionIssue}},
 		{dbaUser, config, nil},
 		{dbaUser, secret, nil},
 		{dbaUser, "/app/message-processor", nil},
@@ -65,11 +65,12 @@ func TestDecideDefaultPolicies(t *testing.T) {
 		{dbaUser, "/DBA/x", nil},
 		{dbaUser, "/", nil},
 
-		// An application owns its tree, except what is replicated into it.
+		// An application owns its tree, except what is replicated into it,
+		// and issues dynamic credentials only from roles shared into it.
 		{msgProc, config, []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionReport}},
 		{msgProc, "/app/message-processor", []Action{ActionRead, ActionList, ActionWrite, ActionDelete, ActionReport}},
-		{msgProc, secret, []Action{ActionRead, ActionList, ActionReport}},
-		{msgProc, "/app/message-processor/replicated", []Action{ActionRead, ActionList, ActionReport}},
+		{msgProc, secret, []Action{ActionRead, ActionList, ActionReport, ActionIssue}},
+		{msgProc, "/app/message-processor/replicated", []Action{ActionRead, ActionList, ActionReport, ActionIssue}},
 		{msgProc, dbaSecret, nil},
 		{msgProc, "/dba", nil},
 		{msgProc, otherApps, nil},
@@ -133,8 +134,8 @@ func TestDecideExplains(t *testing.T) {
 	}{
 		{dbaUser, ActionShare, "/dba/x", Decision{
 			Allowed: true, Role: "dba", Effect: "allow", Pattern: "/dba/**",
-			Rule:   "allow [read list write delete share rotate] /dba/**",
-			Reason: "allowed by role dba: allow [read list write delete share rotate] /dba/**",
+			Rule:   "allow [read list write delete share rotate issue] /dba/**",
+			Reason: "allowed by role dba: allow [read list write delete share rotate issue] /dba/**",
 		}},
 		{msgProc, ActionWrite, "/app/message-processor/replicated/mongo/password", Decision{
 			Role: "app", Effect: "deny", Pattern: "/app/{name}/replicated/**",

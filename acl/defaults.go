@@ -18,9 +18,9 @@ rules:
     paths: [/**]
 `
 	dbaPolicyYAML = `role: dba
-description: The database team owns /dba, shares values from it with applications and rotates the database credentials in it.
+description: The database team owns /dba, shares values from it with applications, rotates the database credentials in it and issues from its dynamic-credential roles.
 rules:
-  - allow: [read, list, write, delete, share, rotate]
+  - allow: [read, list, write, delete, share, rotate, issue]
     paths: [/dba/**]
 `
 	appPolicyYAML = `role: app
@@ -28,10 +28,13 @@ description: >-
   Every application, as app:<name>, reads and writes its own tree /app/<name>,
   and its graft-agents report what they run there.
   Values under /app/<name>/replicated are copies that only the replicator
-  writes; the application changes them by asking their owner.
+  writes; the application changes them by asking their owner. It issues
+  dynamic database credentials from the roles shared into it there.
 rules:
   - allow: [read, list, write, delete, report]
     paths: ['/app/{name}/**']
+  - allow: [issue]
+    paths: ['/app/{name}/replicated/**']
   - deny: [write, delete]
     paths: ['/app/{name}/replicated/**']
 `

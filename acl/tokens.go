@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/graft-sh/graft/internal/snapshot"
@@ -152,6 +153,24 @@ func (t *Tokens) Authenticate(_ context.Context, token string) (Principal, error
 		return Principal{}, fmt.Errorf("%w at %s", ErrExpiredToken, rec.Expires.UTC().Format(time.RFC3339))
 	}
 	return Principal{Name: rec.Principal, Roles: rec.Roles, Method: "token", Accessor: rec.Accessor, Expires: rec.Expires}, nil
+}
+
+// RolesOf returns the roles of principal's live tokens: what it may do,
+// for a check made on its behalf while it is not the caller (the author
+// of a dynamic-credential role). Policies that bind roles to it by name
+// apply on top, as for a caller.
+func (t *Tokens) RolesOf(principal string) []string {
+	items, _ := t.snap.Items()
+	now := t.now()
+	var roles []string
+	for _, it := range items {
+		rec := it.Value
+		if rec.Principal == principal && (rec.Expires.IsZero() || now.Before(rec.Expires)) {
+			roles = append(roles, rec.Roles...)
+		}
+	}
+	slices.Sort(roles)
+	return slices.Compact(roles)
 }
 
 // Put stores a token record. It returns once the token works here, so its

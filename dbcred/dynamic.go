@@ -126,8 +126,12 @@ const (
 	DriverMySQL    = "mysql"
 )
 
-// ErrNotRole says a value is not a dynamic-credential role.
-var ErrNotRole = errors.New("not a dynamic-credential role")
+// ErrNotRole says a value is not a dynamic-credential role; ErrInvalidRole
+// that a role breaks a rule.
+var (
+	ErrNotRole     = errors.New("not a dynamic-credential role")
+	ErrInvalidRole = errors.New("invalid dynamic-credential role")
+)
 
 // ParseRole decodes and validates a role value.
 func ParseRole(b []byte) (Role, error) {
@@ -228,7 +232,7 @@ func (r Role) Validate() error {
 		add("max_leases and max_leases_per_principal: want 0 (no limit) or more")
 	}
 	if len(probs) > 0 {
-		return fmt.Errorf("invalid dynamic-credential role: %s", strings.Join(probs, "; "))
+		return fmt.Errorf("%w: %s", ErrInvalidRole, strings.Join(probs, "; "))
 	}
 	return nil
 }

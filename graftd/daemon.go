@@ -35,6 +35,7 @@ import (
 
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/audit"
+	"github.com/graft-sh/graft/dbcred/leases"
 	"github.com/graft-sh/graft/internal/atomicfile"
 	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/internal/task"
@@ -65,7 +66,9 @@ type Daemon struct {
 	// hub serves every client's watch from one etcd watch.
 	hub *store.Hub
 	// agents keeps graft-agents' reports.
-	agents  *rollout.Registry
+	agents *rollout.Registry
+	// leases issues dynamic credentials; its reaper runs on one graftd.
+	leases  *leases.Manager
 	engine  *acl.Engine
 	audit   *audit.Log
 	srv     *server.Server
@@ -168,6 +171,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		return nil, err
 	}
 	d.agents = rollout.New(d.store)
+	d.leases = leases.New(leases.Config{
+		Store: d.store,
+		MayRead: func(author, path string) bool {
+			return d.engine.Decide(acl.Principal{Name: author, Roles: d.tokens.RolesOf(author)}, acl.ActionRead, path).Allowed
+		},
+		Audit: d.audit,
+		Log:   log.With("subsystem", "leases"),
+	})
 	rotations := registry.New(d.store)
 	reg.MustRegister(registry.NewCollector(rotations))
 	d.srv, err = server.New(server.Config{
@@ -184,6 +195,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		Replication:       d.repl,
 		Agents:            d.agents,
 		Rotations:         rotations,
+		Leases:            d.leases,
 		Watches:           d.hub,
 		Limits: server.Limits{
 			MaxStreamsPerConn:      uint32(cfg.MaxStreamsPerConn),
@@ -243,6 +255,7 @@ func (d *Daemon) tasks() []task.Task {
 		task.New("keyring file", d.watchKeyringFile),
 		task.New("watch hub", d.hub.Run),
 		task.New("agent reports", func(ctx context.Context) error { return d.agents.Run(ctx, d.log.With("subsystem", "agents")) }),
+		task.New("lease reaper", func(ctx context.Context) error { return d.leases.RunReaper(ctx, holder()) }),
 		task.New("liveness probe", d.probeLiveness),
 		task.New("gRPC server", d.serveGRPC),
 		task.New("HTTP server", d.serveHTTP),
@@ -776,6 +789,9 @@ func (d *Daemon) close() {
 				ln.Close()
 			}
 		}
+		if d.leases != nil {
+			d.leases.Close()
+		}
 		if d.audit != nil {
 			d.audit.Close()
 		}
@@ -811,3 +827,9 @@ func (d *Daemon) EtcdEndpoints() []string {
 
 // KeyringFile is the keyring file graftd loads and watches.
 func (d *Daemon) KeyringFile() string { return d.keyringFile }
+
+// holder names this graftd in the elections it campaigns in: host:pid.
+func holder() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}

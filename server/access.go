@@ -119,6 +119,22 @@ var accessTable = map[string]rpcAccess{
 	graftv1.RotationService_ReleaseRotation_FullMethodName: {action: acl.ActionRotate, perItem: true},
 	graftv1.RotationService_AdvanceRotation_FullMethodName: {action: acl.ActionRotate, write: true, perItem: true},
 
+	// Dynamic credentials. PutRole also checks read on the role's admin
+	// DSN; Issue follows a copy to its role, which counts only while its
+	// author may read the DSN. Lease rpcs name a lease, not a path: the
+	// handler lets its holder, who may write its role, and admins act
+	// on it, and notes the role in the audit record.
+	graftv1.DBCredService_PutRole_FullMethodName:     {action: acl.ActionWrite, path: field((*graftv1.PutRoleRequest).GetPath), verb: "dbcred role put", key: true, write: true},
+	graftv1.DBCredService_GetRole_FullMethodName:     {action: acl.ActionRead, path: field((*graftv1.GetRoleRequest).GetPath), verb: "dbcred role get", key: true},
+	graftv1.DBCredService_ListRoles_FullMethodName:   {action: acl.ActionList, path: field((*graftv1.ListRolesRequest).GetPrefix), verb: "dbcred role ls", perItem: true},
+	graftv1.DBCredService_DeleteRole_FullMethodName:  {action: acl.ActionDelete, path: field((*graftv1.DeleteRoleRequest).GetPath), verb: "dbcred role rm", key: true, write: true},
+	graftv1.DBCredService_Issue_FullMethodName:       {action: acl.ActionIssue, path: field((*graftv1.IssueRequest).GetPath), verb: "dbcred issue", key: true, write: true},
+	graftv1.LeaseService_ListLeases_FullMethodName:   {action: acl.ActionList, perItem: true},
+	graftv1.LeaseService_RenewLease_FullMethodName:   {action: acl.ActionIssue, perItem: true, write: true},
+	graftv1.LeaseService_RevokeLease_FullMethodName:  {action: acl.ActionIssue, perItem: true, write: true},
+	graftv1.LeaseService_RevokePrefix_FullMethodName: {action: acl.ActionWrite, path: field((*graftv1.RevokePrefixRequest).GetPrefix), verb: "lease revoke", write: true},
+	graftv1.LeaseService_SetReaper_FullMethodName:    adminWrite,
+
 	graftv1.TokenService_WhoAmI_FullMethodName:      {anyone: true},
 	graftv1.TokenService_CreateToken_FullMethodName: adminWrite,
 	graftv1.TokenService_RevokeToken_FullMethodName: adminWrite,

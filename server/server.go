@@ -68,6 +68,8 @@ type Config struct {
 	Agents Agents
 	// Rotations keeps blue/green rotations; nil keeps none.
 	Rotations Rotations
+	// Leases issues dynamic credentials; nil issues none.
+	Leases Leases
 	// Limits bound requests, streams and calls; zero fields take the
 	// defaults.
 	Limits Limits
@@ -102,6 +104,8 @@ type Server struct {
 	graftv1.UnimplementedReplicationServiceServer
 	graftv1.UnimplementedAgentServiceServer
 	graftv1.UnimplementedRotationServiceServer
+	graftv1.UnimplementedDBCredServiceServer
+	graftv1.UnimplementedLeaseServiceServer
 
 	store       *store.Store
 	watches     Watches
@@ -115,6 +119,7 @@ type Server struct {
 	replication Replication
 	agents      Agents
 	rotations   Rotations
+	leases      Leases
 	limits      Limits
 	open        slots
 
@@ -151,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 		replication: cfg.Replication,
 		agents:      cfg.Agents,
 		rotations:   cfg.Rotations,
+		leases:      cfg.Leases,
 		limits:      cfg.Limits.withDefaults(),
 		stopping:    make(chan struct{}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -186,6 +192,8 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	graftv1.RegisterReplicationServiceServer(r, s)
 	graftv1.RegisterAgentServiceServer(r, s)
 	graftv1.RegisterRotationServiceServer(r, s)
+	graftv1.RegisterDBCredServiceServer(r, s)
+	graftv1.RegisterLeaseServiceServer(r, s)
 }
 
 // ServerOptions returns the options that authenticate, bound, log and

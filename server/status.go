@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/graft-sh/graft/dbcred"
+	"github.com/graft-sh/graft/dbcred/leases"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -52,6 +54,13 @@ var errorCodes = []struct {
 	{replicator.ErrInvalidRule, codes.InvalidArgument},
 	{rollout.ErrInvalid, codes.InvalidArgument},
 	{rotation.ErrInvalid, codes.InvalidArgument},
+	{dbcred.ErrInvalidRole, codes.InvalidArgument},
+	{dbcred.ErrNotRole, codes.FailedPrecondition},
+	{leases.ErrDenied, codes.PermissionDenied},
+	{leases.ErrNotFound, codes.NotFound},
+	{leases.ErrQuota, codes.ResourceExhausted},
+	{leases.ErrState, codes.FailedPrecondition},
+	{leases.ErrDatabase, codes.Unavailable},
 
 	{store.ErrNotFound, codes.NotFound},
 

@@ -74,6 +74,18 @@ const (
 	// SpaceUnshares holds, by rule id, an unshare whose prune has not
 	// finished: written before the rule is dropped, removed after.
 	SpaceUnshares Space = "unshares/"
+	// SpaceLeases holds dynamic-credential leases by id.
+	SpaceLeases Space = "leases/"
+	// SpaceLeaseDue indexes leases by when the reaper next looks at
+	// them, keyed <unix nanoseconds, 19 digits>/<lease id>.
+	SpaceLeaseDue Space = "leasedue/"
+	// SpaceLeaseRoles indexes leases by role, keyed <role path>@<lease id>.
+	SpaceLeaseRoles Space = "leaseroles/"
+	// SpaceLeasePrincipals indexes leases by holder, keyed
+	// <principal>|<role path>@<lease id>.
+	SpaceLeasePrincipals Space = "leaseprincipals/"
+	// SpaceLeaseReaper holds the reaper's switch (key "paused").
+	SpaceLeaseReaper Space = "leasereaper/"
 )
 
 // Election is the prefix one leader election campaigns under.
@@ -81,8 +93,9 @@ type Election string
 
 // The elections: jobs that must have one runner among graftd replicas.
 const (
-	ElectionRelay      Election = "relay/leader"
-	ElectionReconciler Election = "reconciler/leader"
+	ElectionRelay       Election = "relay/leader"
+	ElectionReconciler  Election = "reconciler/leader"
+	ElectionLeaseReaper Election = "leasereaper/leader"
 )
 
 func (s *Store) key(base, path string) string { return s.prefix + base + path }

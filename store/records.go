@@ -99,6 +99,36 @@ func (r *Records[T]) ListPrefix(ctx context.Context, keyPrefix string) ([]Record
 	return out, resp.Header.Revision, nil
 }
 
+// Count returns how many records have keys that start with keyPrefix,
+// without reading them.
+func (r *Records[T]) Count(ctx context.Context, keyPrefix string) (int64, error) {
+	resp, err := r.s.cli.Get(ctx, r.key(keyPrefix), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", strings.TrimSuffix(string(r.space), "/"), err)
+	}
+	return resp.Count, nil
+}
+
+// Range returns up to limit records with from <= key < to, sorted by
+// key: the first due of an index keyed by time.
+func (r *Records[T]) Range(ctx context.Context, from, to string, limit int64) ([]Record[T], error) {
+	resp, err := r.s.cli.Get(ctx, r.key(from), clientv3.WithRange(r.key(to)), clientv3.WithLimit(limit),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("range %s: %w", strings.TrimSuffix(string(r.space), "/"), err)
+	}
+	out := make([]Record[T], 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		rec, err := r.decode(kv)
+		if err != nil {
+			r.s.log.Warn("skipping a record that does not decode", "err", err)
+			continue
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
 // Values returns the value of every record of the space, sorted by key.
 func (r *Records[T]) Values(ctx context.Context) ([]T, error) {
 	recs, _, err := r.List(ctx)
