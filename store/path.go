@@ -2,7 +2,9 @@ package store
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -108,7 +110,20 @@ func Under(path, prefix string) bool {
 func ShortPath(p string) string {
 	const keep = 64
 	if len(p) <= keep+32 {
-		return p
+		return escapeControls(p)
 	}
-	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(p[:keep], ""), len(p))
+	return fmt.Sprintf("%s… (%d bytes)", escapeControls(strings.ToValidUTF8(p[:keep], "")), len(p))
+}
+
+// escapeControls writes the control characters and invalid bytes of s
+// as Go escapes (\x1b), so that an error quoting a path a caller sent
+// cannot drive the terminal or the log it is shown in. A valid path has
+// none, and is returned as it is.
+func escapeControls(s string) string {
+	clean := utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return unicode.IsControl(r) })
+	if clean {
+		return s
+	}
+	q := strconv.Quote(s)
+	return strings.ReplaceAll(q[1:len(q)-1], `\"`, `"`)
 }

@@ -127,6 +127,10 @@ type Clients struct {
 	Replication graftv1.ReplicationServiceClient
 	// Agents takes and shows graft-agents' reports.
 	Agents graftv1.AgentServiceClient
+	// DBCred keeps dynamic-credential roles and issues; Leases keeps
+	// their leases.
+	DBCred graftv1.DBCredServiceClient
+	Leases graftv1.LeaseServiceClient
 }
 
 // Dial connects to addr without TLS until the test ends. Calls carry no
@@ -146,6 +150,8 @@ func Dial(t testing.TB, addr string) Clients {
 		Admin:       graftv1.NewAdminServiceClient(conn),
 		Replication: graftv1.NewReplicationServiceClient(conn),
 		Agents:      graftv1.NewAgentServiceClient(conn),
+		DBCred:      graftv1.NewDBCredServiceClient(conn),
+		Leases:      graftv1.NewLeaseServiceClient(conn),
 	}
 }
 
