@@ -90,6 +90,8 @@ Start a local graftd with 'make run' (graftd --dev), then:
 		a.agentsCmd(),
 		a.rolloutCmd(),
 		a.rotationCmd(),
+		a.dbcredCmd(),
+		a.leaseCmd(),
 		a.versionCmd(),
 	)
 	return root
