@@ -3,6 +3,8 @@ package leases_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -303,5 +305,69 @@ func TestFailedCreationLeavesNothing(t *testing.T) {
 	var n int
 	if err := r.pg.Connect(t, "postgres").QueryRow(ctx, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("users left: %d, %v", n, err)
+	}
+}
+
+// crashing wraps a driver and ends the goroutine that issues (as the
+// process dying would) before or after it makes the user.
+type crashing struct {
+	dbcred.Dynamic
+	afterCreate bool
+}
+
+func (c crashing) CreateUser(ctx context.Context, stmts []string, u dbcred.NewUser) error {
+	if c.afterCreate {
+		if err := c.Dynamic.CreateUser(ctx, stmts, u); err != nil {
+			return err
+		}
+	}
+	runtime.Goexit()
+	return nil
+}
+
+// A graftd that dies between writing the lease and making its user, or
+// between making the user and confirming the lease, leaves a pending
+// lease; the reaper (of the next graftd) drops its user if there is one
+// and the lease, after the pending grace.
+func TestCrashWhileIssuingLeavesNothingBehind(t *testing.T) {
+	for _, afterCreate := range []bool{false, true} {
+		t.Run(fmt.Sprintf("after create %t", afterCreate), func(t *testing.T) {
+			var crashed leases.Lease
+			r := start(t, readOnly(), func(c *leases.Config) {
+				c.PendingGrace = 2 * time.Second
+				c.Open = func(ctx context.Context, driver, dsn string) (dbcred.Dynamic, error) {
+					d, err := leases.OpenDriver(ctx, driver, dsn)
+					return crashing{Dynamic: d, afterCreate: afterCreate}, err
+				}
+			})
+			ctx := t.Context()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				r.m.Issue(ctx, appCopy, "app:orders", 0)
+			}()
+			<-done
+			pending, err := r.m.List(ctx, leases.Filter{})
+			if err != nil || len(pending) != 1 || pending[0].State != leases.StatePending {
+				t.Fatalf("after the crash: %+v, %v", pending, err)
+			}
+			crashed = pending[0]
+			if got := r.userExists(t, crashed.Username); got != afterCreate {
+				t.Fatalf("user exists = %t after a crash after create = %t", got, afterCreate)
+			}
+			// The next graftd's reaper.
+			next := leases.New(leases.Config{Store: r.env.Store, Log: testenv.Logger(t), Tick: 50 * time.Millisecond, PendingGrace: 2 * time.Second})
+			t.Cleanup(next.Close)
+			rctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			go next.RunReaper(rctx, "next")
+			testenv.WaitFor(t, 15*time.Second, func() bool {
+				left, _ := next.List(ctx, leases.Filter{})
+				return len(left) == 0
+			})
+			if r.userExists(t, crashed.Username) {
+				t.Fatalf("user %s outlived its pending lease", crashed.Username)
+			}
+		})
 	}
 }
