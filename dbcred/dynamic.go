@@ -64,6 +64,24 @@ func Expand(stmt, name, password string, expiration time.Time) string {
 	return r.Replace(stmt)
 }
 
+// CheckStatements refuses what no driver can run: an empty statement,
+// {{password}} outside creation statements (password false: it would
+// set an empty one), and {{expiration}} with no expiration (it would
+// read year 1). what names the statements in the error.
+func CheckStatements(what string, statements []string, expiration time.Time, password bool) error {
+	for i, s := range statements {
+		switch {
+		case strings.TrimSpace(s) == "":
+			return fmt.Errorf("%s[%d] is empty", what, i)
+		case !password && strings.Contains(s, PlaceholderPassword):
+			return fmt.Errorf("%s[%d] uses %s, which only creation_sql has", what, i, PlaceholderPassword)
+		case expiration.IsZero() && strings.Contains(s, PlaceholderExpiration):
+			return fmt.Errorf("%s[%d] uses %s, but there is no expiration", what, i, PlaceholderExpiration)
+		}
+	}
+	return nil
+}
+
 // RoleKind marks a value as a dynamic-credential role: a role is a JSON
 // value in its owner's tree, shared like any value.
 const RoleKind = "graft.dbcred.role/v1"

@@ -87,8 +87,14 @@ func (r *Records[T]) ListPrefix(ctx context.Context, keyPrefix string) ([]Record
 	if err != nil {
 		return nil, 0, fmt.Errorf("list %s: %w", strings.TrimSuffix(string(r.space), "/"), err)
 	}
-	out := make([]Record[T], 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	return r.decodeAll(resp.Kvs), resp.Header.Revision, nil
+}
+
+// decodeAll decodes kvs. A record that does not decode (written by
+// another version) is left out and logged: it must not hide the others.
+func (r *Records[T]) decodeAll(kvs []*mvccpb.KeyValue) []Record[T] {
+	out := make([]Record[T], 0, len(kvs))
+	for _, kv := range kvs {
 		rec, err := r.decode(kv)
 		if err != nil {
 			r.s.log.Warn("skipping a record that does not decode", "err", err)
@@ -96,7 +102,7 @@ func (r *Records[T]) ListPrefix(ctx context.Context, keyPrefix string) ([]Record
 		}
 		out = append(out, rec)
 	}
-	return out, resp.Header.Revision, nil
+	return out
 }
 
 // Count returns how many records have keys that start with keyPrefix,
@@ -117,16 +123,7 @@ func (r *Records[T]) Range(ctx context.Context, from, to string, limit int64) ([
 	if err != nil {
 		return nil, fmt.Errorf("range %s: %w", strings.TrimSuffix(string(r.space), "/"), err)
 	}
-	out := make([]Record[T], 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		rec, err := r.decode(kv)
-		if err != nil {
-			r.s.log.Warn("skipping a record that does not decode", "err", err)
-			continue
-		}
-		out = append(out, rec)
-	}
-	return out, nil
+	return r.decodeAll(resp.Kvs), nil
 }
 
 // Values returns the value of every record of the space, sorted by key.

@@ -299,8 +299,7 @@ func (m *Manager) Issue(ctx context.Context, path, principal string, ttl time.Du
 	if err != nil {
 		return Issued{}, err
 	}
-	due, _ := m.due.PutOp(confirmed.Due, l.ID)
-	_, ok, err := m.cfg.Store.Commit(context.WithoutCancel(ctx), []store.Cond{m.leases.At(l.ID, rev)}, put, m.due.DeleteOp(l.Due), due)
+	_, ok, err := m.cfg.Store.Commit(context.WithoutCancel(ctx), []store.Cond{m.leases.At(l.ID, rev)}, append(m.moveDue(l.Due, confirmed.Due, l.ID), put)...)
 	switch {
 	case err != nil:
 		return Issued{}, fmt.Errorf("issue %s: confirm lease %s: %w (its user %s is dropped when the lease's grace ends)", path, l.ID, err, l.Username)
@@ -316,6 +315,17 @@ func (m *Manager) Issue(ctx context.Context, path, principal string, ttl time.Du
 		return Issued{}, fmt.Errorf("%w: issue %s: lease %s was revoked while its user was being made; issue again", ErrState, path, l.ID)
 	}
 	return Issued{Lease: confirmed, Password: password}, nil
+}
+
+// moveDue returns the ops that move a lease's due index entry from old
+// to new: none when they are the same (a renewal capped at the max TTL
+// twice), since etcd refuses a transaction that names a key twice.
+func (m *Manager) moveDue(old, new, id string) []store.Op {
+	if old == new {
+		return nil
+	}
+	put, _ := m.due.PutOp(new, id)
+	return []store.Op{m.due.DeleteOp(old), put}
 }
 
 // createPending checks the role's quotas and writes the pending lease
@@ -427,8 +437,7 @@ func (m *Manager) Renew(ctx context.Context, id string, increment time.Duration)
 	if err != nil {
 		return Lease{}, err
 	}
-	due, _ := m.due.PutOp(renewed.Due, id)
-	_, ok, err := m.cfg.Store.Commit(ctx, []store.Cond{m.leases.At(id, rec.Revision)}, put, m.due.DeleteOp(l.Due), due)
+	_, ok, err := m.cfg.Store.Commit(ctx, []store.Cond{m.leases.At(id, rec.Revision)}, append(m.moveDue(l.Due, renewed.Due, id), put)...)
 	switch {
 	case err != nil:
 		return Lease{}, err
@@ -480,8 +489,7 @@ func (m *Manager) revoke(ctx context.Context, rec store.Record[Lease], fence []s
 	if err != nil {
 		return err
 	}
-	due, _ := m.due.PutOp(claimed.Due, l.ID)
-	rev, ok, err := m.cfg.Store.Commit(ctx, append([]store.Cond{m.leases.At(l.ID, rec.Revision)}, fence...), put, m.due.DeleteOp(l.Due), due)
+	rev, ok, err := m.cfg.Store.Commit(ctx, append([]store.Cond{m.leases.At(l.ID, rec.Revision)}, fence...), append(m.moveDue(l.Due, claimed.Due, l.ID), put)...)
 	if err != nil {
 		return err
 	}
@@ -510,8 +518,7 @@ func (m *Manager) revoke(ctx context.Context, rec store.Record[Lease], fence []s
 	}
 	failed.Due = dueKey(now.Add(backoff(failed.Attempts)), l.ID)
 	if put, perr := m.leases.PutOp(l.ID, failed); perr == nil {
-		due, _ := m.due.PutOp(failed.Due, l.ID)
-		m.cfg.Store.Commit(context.WithoutCancel(ctx), append([]store.Cond{m.leases.At(l.ID, rev)}, fence...), put, m.due.DeleteOp(claimed.Due), due)
+		m.cfg.Store.Commit(context.WithoutCancel(ctx), append([]store.Cond{m.leases.At(l.ID, rev)}, fence...), append(m.moveDue(claimed.Due, failed.Due, l.ID), put)...)
 	}
 	return fmt.Errorf("%w: revoke lease %s (user %s): %w; retried in %s", ErrDatabase, l.ID, l.Username, err, backoff(failed.Attempts).Round(time.Second))
 }

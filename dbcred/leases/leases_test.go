@@ -153,6 +153,10 @@ func TestIssueRenewRevoke(t *testing.T) {
 	if err != nil || !capped.Expires.Equal(capped.MaxExpires) || capped.Renewable() {
 		t.Fatalf("a renewal past the max TTL: %+v, %v", capped, err)
 	}
+	// Twice: the lease ends where it did.
+	if again, err := r.m.Renew(ctx, b.Lease.ID, 10*time.Hour); err != nil || !again.Expires.Equal(capped.Expires) {
+		t.Fatalf("a second renewal past the max TTL: %+v, %v", again, err)
+	}
 
 	if _, err := r.m.Revoke(ctx, a.Lease.ID); err != nil {
 		t.Fatalf("revoke: %v", err)

@@ -337,17 +337,12 @@ var passwordClause = regexp.MustCompile(`(?i)(\bPASSWORD|\bUSING|=)\s*'\{\{passw
 // empty string) or, in creation, where MariaDB would take the hash for
 // a plain password; and {{expiration}} without one.
 func checkStatements(what string, statements []string, expiration time.Time, password bool) error {
+	if err := dbcred.CheckStatements(what, statements, expiration, password); err != nil {
+		return err
+	}
 	for i, s := range statements {
-		uses := strings.Count(s, dbcred.PlaceholderPassword)
-		switch {
-		case strings.TrimSpace(s) == "":
-			return fmt.Errorf("%s[%d] is empty", what, i)
-		case !password && uses > 0:
-			return fmt.Errorf("%s[%d] uses %s, which only creation_sql has", what, i, dbcred.PlaceholderPassword)
-		case uses != len(passwordClause.FindAllStringIndex(s, -1)):
+		if strings.Count(s, dbcred.PlaceholderPassword) != len(passwordClause.FindAllStringIndex(s, -1)) {
 			return fmt.Errorf("%s[%d] has %s where MariaDB would take it for a plain password: it is replaced by the password's hash, which MariaDB reads in IDENTIFIED BY PASSWORD '%[3]s' (or IDENTIFIED VIA mysql_native_password USING '%[3]s')", what, i, dbcred.PlaceholderPassword)
-		case expiration.IsZero() && strings.Contains(s, dbcred.PlaceholderExpiration):
-			return fmt.Errorf("%s[%d] uses %s, but there is no expiration", what, i, dbcred.PlaceholderExpiration)
 		}
 	}
 	return nil

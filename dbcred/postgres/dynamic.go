@@ -48,7 +48,7 @@ func (d *Driver) CreateUser(ctx context.Context, statements []string, u dbcred.N
 	if len(statements) == 0 {
 		return fmt.Errorf("create user %s: no creation_sql to run", u.Name)
 	}
-	if err := checkStatements("creation_sql", statements, u.Expiration, true); err != nil {
+	if err := dbcred.CheckStatements("creation_sql", statements, u.Expiration, true); err != nil {
 		return fmt.Errorf("create user %s: %w", u.Name, err)
 	}
 	if err := checkPassword(u.Password); err != nil {
@@ -85,7 +85,7 @@ func (d *Driver) RenewUser(ctx context.Context, statements []string, user string
 	if len(statements) == 0 {
 		statements = []string{DefaultRenewal}
 	}
-	if err := checkStatements("renew_sql", statements, expiration, false); err != nil {
+	if err := dbcred.CheckStatements("renew_sql", statements, expiration, false); err != nil {
 		return fmt.Errorf("renew user %s: %w", user, err)
 	}
 	exists, err := d.roleExists(ctx, user)
@@ -126,7 +126,7 @@ func (d *Driver) RevokeUser(ctx context.Context, statements []string, user strin
 		return fmt.Errorf("revoke user: %w", err)
 	}
 	if len(statements) > 0 {
-		if err := checkStatements("revocation_sql", statements, time.Time{}, false); err != nil {
+		if err := dbcred.CheckStatements("revocation_sql", statements, time.Time{}, false); err != nil {
 			return fmt.Errorf("revoke user %s: %w", user, err)
 		}
 	}
@@ -259,24 +259,6 @@ func checkDynamicName(user string) error {
 	for _, c := range user {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
 			return fmt.Errorf("user name %q: want only a-z, 0-9, - and _", user)
-		}
-	}
-	return nil
-}
-
-// checkStatements refuses what would run other than meant: an empty
-// statement, {{password}} outside creation (it would be replaced by an
-// empty string, and an empty PASSWORD clears a password), and
-// {{expiration}} without one (it would be year 1, long expired).
-func checkStatements(what string, statements []string, expiration time.Time, password bool) error {
-	for i, s := range statements {
-		switch {
-		case strings.TrimSpace(s) == "":
-			return fmt.Errorf("%s[%d] is empty", what, i)
-		case !password && strings.Contains(s, dbcred.PlaceholderPassword):
-			return fmt.Errorf("%s[%d] uses %s, which only creation_sql has", what, i, dbcred.PlaceholderPassword)
-		case expiration.IsZero() && strings.Contains(s, dbcred.PlaceholderExpiration):
-			return fmt.Errorf("%s[%d] uses %s, but there is no expiration", what, i, dbcred.PlaceholderExpiration)
 		}
 	}
 	return nil
