@@ -124,7 +124,7 @@ func writeRole(b *strings.Builder, r sdk.RoleInfo) {
 	fmt.Fprintf(b, "passwords:         %s characters of %s\n", length, alphabet)
 	fmt.Fprintf(b, "max leases:        %s, %s per principal\n", limit(s.MaxLeases), limit(s.MaxLeasesPerPrincipal))
 	writeStatements(b, "creation sql:", s.CreationSQL, "none")
-	writeStatements(b, "revocation sql:", s.RevocationSQL, "the driver's default (ends its sessions, reassigns what it owns, drops it)")
+	writeStatements(b, "revocation sql:", s.RevocationSQL, "the driver's default (ends its sessions, hands what it owns to the admin, drops it)")
 	writeStatements(b, "renew sql:", s.RenewSQL, "the driver's default (moves its expiration)")
 }
 

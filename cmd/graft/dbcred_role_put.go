@@ -27,11 +27,15 @@ and graftd issues through it, but nobody reads it through the copy.
 
 --creation-sql gives the statements that create a user. graftd replaces
 {{name}}, {{password}} and {{expiration}} (when the lease expires, UTC,
-"2006-01-02 15:04:05+00") and runs them in one transaction. @FILE reads
-them from FILE, @- from standard input; one value is one element, however
-many statements it holds. Repeat the flag for more. --revocation-sql and
---renew-sql replace the driver's defaults, which end a user's sessions,
-reassign what it owns and drop it, and move its expiration.
+"2006-01-02 15:04:05+00") and runs them in order, on PostgreSQL in one
+transaction. {{password}} becomes the password's hash, which the database
+stores as it is: PostgreSQL's SCRAM verifier in PASSWORD '{{password}}',
+MariaDB's native hash in IDENTIFIED BY PASSWORD '{{password}}'. @FILE
+reads the statements from FILE, @- from standard input; one value is one
+element, however many statements it holds. Repeat the flag for more.
+--revocation-sql and --renew-sql replace the driver's defaults, which end
+a user's sessions, hand what it owns to the admin and drop it, and move
+its expiration.
 
 Share the role into an application's replicated tree; the application
 issues users from its copy and never sees the admin DSN:
@@ -46,7 +50,7 @@ Needs write on PATH and read on ADMIN/dsn.`,
   EOF
   ` + dbcredExample + `
   graft dbcred role put /dba/billing/creds/rw --driver mysql --admin /dba/billing/admin \
-      --creation-sql "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'" \
+      --creation-sql "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'" \
       --creation-sql "GRANT SELECT, INSERT ON billing.* TO '{{name}}'@'%'" \
       --default-ttl 15m --max-ttl 4h --max-leases-per-principal 10`,
 		Args: args(1, 1, "PATH"),
