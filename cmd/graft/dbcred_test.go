@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/graft-sh/graft/internal/graftdtest"
+	"github.com/graft-sh/graft/internal/pgtest"
 )
 
 const (
@@ -204,4 +209,146 @@ func TestDBCredRoles(t *testing.T) {
 	out = c.ok("dbcred", "role", "rm", dbRole)
 	mustContain(t, "role rm", out, "deleted role /dba/pp/creds/ro at revision ", "graft lease revoke --prefix /dba/pp/creds/ro")
 	mustContain(t, "role get after rm", c.fails("dbcred", "role", "get", dbRole), "not found")
+}
+
+// login connects to PostgreSQL as user and counts the rows of orders.
+func login(t *testing.T, pg *pgtest.Server, user, password string) (int, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.URL(user, password, "postgres"))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	var n int
+	err = conn.QueryRow(ctx, "SELECT count(*) FROM orders").Scan(&n)
+	return n, err
+}
+
+// The tour of dynamic credentials on a real PostgreSQL: the DBA stores
+// the admin DSN and a role and shares the role; the application issues
+// from its copy with its own token and logs in with what it got; lease ls
+// shows the leases, never a password; renew moves the expiry; revoke
+// drops the user, so its login fails; revoke --prefix drops the rest.
+func TestDBCredPostgres(t *testing.T) {
+	pg := pgtest.Start(t)
+	pg.Exec(t, "postgres", "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")
+	g := graftdtest.Start(t)
+	dba := newCLI(t, g)
+	file := filepath.Join(t.TempDir(), "create-ro.sql")
+	if err := os.WriteFile(file, []byte(createRoSQL), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dba.put(dbAdmin+"/dsn", pg.DSN)
+	dba.ok("dbcred", "role", "put", dbRole, "--driver", "postgres", "--admin", dbAdmin, "--creation-sql", "@"+file, "--default-ttl", "10m", "--max-ttl", "1h")
+	dba.ok("share", dbRole, "--to", dbCopy)
+	_, token := g.TokenFile(t, "app:orders", "app")
+	app := dba.as(token)
+
+	// Issued as JSON: the keys a script reads.
+	var first issuedView
+	decode(t, app.ok("dbcred", "issue", dbCopy, "-o", "json"), &first)
+	if first.LeaseID == "" || first.LeaseDuration != "10m" || !first.Renewable || !strings.HasPrefix(first.Username, "v-orders-ro-") || len(first.Password) != 32 {
+		t.Fatalf("dbcred issue -o json = %+v", first)
+	}
+	if n, err := login(t, pg, first.Username, first.Password); err != nil || n != 2 {
+		t.Fatalf("log in as the issued user: %d rows, %v", n, err)
+	}
+	// Issued as a table, with a note on stderr saying what comes next.
+	r := app.run("dbcred", "issue", dbCopy, "--ttl", "5m")
+	if r.code != 0 {
+		t.Fatalf("dbcred issue: %+v", r)
+	}
+	fields := map[string]string{}
+	for l := range strings.Lines(r.stdout) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), " "); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	second := issuedView{LeaseID: fields["lease_id"], LeaseDuration: fields["lease_duration"], Username: fields["username"], Password: fields["password"]}
+	if fields["KEY"] != "VALUE" || second.LeaseDuration != "5m" || fields["renewable"] != "true" || len(second.Password) != 32 || second.LeaseID == first.LeaseID {
+		t.Fatalf("dbcred issue printed:\n%s", r.stdout)
+	}
+	mustContain(t, "dbcred issue's note", r.stderr, "lease "+second.LeaseID+" expires ", "graft lease renew "+second.LeaseID, "graft shows this password only once")
+	if strings.Contains(r.stderr, second.Password) {
+		t.Errorf("dbcred issue repeated the password on stderr: %q", r.stderr)
+	}
+	if _, err := login(t, pg, second.Username, second.Password); err != nil {
+		t.Fatalf("log in as the second user: %v", err)
+	}
+
+	// lease ls: the application's two leases, by itself and by the DBA,
+	// and never a password.
+	noPassword := func(what, out string) {
+		t.Helper()
+		for _, pw := range []string{first.Password, second.Password} {
+			if strings.Contains(out, pw) {
+				t.Errorf("%s shows a password:\n%s", what, out)
+			}
+		}
+	}
+	ls := app.ok("lease", "ls")
+	noPassword("lease ls", ls)
+	rows := strings.Split(strings.TrimSpace(ls), "\n")
+	if len(rows) != 3 || !regexp.MustCompile(`^ID +ROLE +PRINCIPAL +USERNAME +STATE +EXPIRES +RENEWABLE +ATTEMPTS +LAST-ERROR$`).MatchString(rows[0]) {
+		t.Fatalf("lease ls:\n%s", ls)
+	}
+	for _, iv := range []issuedView{first, second} {
+		if !regexp.MustCompile(`(?m)^` + iv.LeaseID + ` +/dba/pp/creds/ro +app:orders +` + iv.Username + ` +active +\S+ +yes +0 +-$`).MatchString(ls) {
+			t.Errorf("lease ls has no row for %s (%s):\n%s", iv.LeaseID, iv.Username, ls)
+		}
+	}
+	var ll leaseListView
+	out := dba.ok("lease", "ls", "--prefix", "/dba/pp/creds", "--principal", "app:orders", "-o", "json")
+	noPassword("lease ls -o json", out)
+	decode(t, out, &ll)
+	if len(ll.Leases) != 2 || ll.ReaperPaused {
+		t.Fatalf("lease ls -o json as the DBA = %+v", ll)
+	}
+	for _, l := range ll.Leases {
+		if l.Role != dbRole || l.IssuedAt != dbCopy || l.Principal != "app:orders" || l.State != "active" || l.ExpireTime == "" || l.MaxExpireTime == "" {
+			t.Errorf("lease ls -o json: %+v", l)
+		}
+	}
+	if r := dba.run("lease", "ls", "--principal", "app:billing"); r.code != 0 || r.stderr != "no leases\n" {
+		t.Errorf("lease ls of another principal: %+v", r)
+	}
+
+	// Renew: 30m from now, within the role's hour.
+	before := time.Now()
+	out = app.ok("lease", "renew", second.LeaseID, "--increment", "30m")
+	mustContain(t, "lease renew", out, "renewed lease "+second.LeaseID+" (user "+second.Username+"): expires ", "; it ends for good at ")
+	var renewed leaseView
+	decode(t, app.ok("lease", "renew", second.LeaseID, "--increment", "30m", "-o", "json"), &renewed)
+	expires, err := time.Parse(time.RFC3339Nano, renewed.ExpireTime)
+	if err != nil || expires.Before(before.Add(29*time.Minute)) || expires.After(time.Now().Add(31*time.Minute)) {
+		t.Errorf("lease renew --increment 30m: expires %s (%v), want 30m from now", renewed.ExpireTime, err)
+	}
+	// Past the max TTL it stops at the max, and says so.
+	decode(t, app.ok("lease", "renew", second.LeaseID, "--increment", "5h", "-o", "json"), &renewed)
+	if renewed.ExpireTime != renewed.MaxExpireTime || renewed.Renewable {
+		t.Errorf("lease renew past the max TTL = %+v, want it to expire at its max and be renewable no more", renewed)
+	}
+	mustContain(t, "lease renew at the max", app.ok("lease", "renew", second.LeaseID, "--increment", "2h"), "it has reached its role's max TTL")
+
+	// Revoke by id: the user is dropped, its login refused.
+	out = app.ok("lease", "revoke", first.LeaseID)
+	if want := "revoked lease " + first.LeaseID + ": user " + first.Username + " of role /dba/pp/creds/ro, held by app:orders\n"; out != want {
+		t.Errorf("lease revoke printed %q, want %q", out, want)
+	}
+	if _, err := login(t, pg, first.Username, first.Password); err == nil {
+		t.Error("the revoked user still logs in")
+	}
+	mustContain(t, "lease revoke twice", app.fails("lease", "revoke", first.LeaseID), "not found")
+	// Revoke by prefix, as the role's owner: the rest go.
+	if out := dba.ok("lease", "revoke", "--prefix", dbRole); out != "revoked 1 lease of the roles at and below /dba/pp/creds/ro\n" {
+		t.Errorf("lease revoke --prefix printed %q", out)
+	}
+	if _, err := login(t, pg, second.Username, second.Password); err == nil {
+		t.Error("a user revoked by prefix still logs in")
+	}
+	if r := app.run("lease", "ls"); r.code != 0 || r.stdout != "" || r.stderr != "no leases\n" {
+		t.Errorf("lease ls after revoking everything: %+v", r)
+	}
 }
