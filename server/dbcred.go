@@ -13,6 +13,7 @@ import (
 	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/dbcred/leases"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -143,7 +144,9 @@ func (s *Server) DeleteRole(ctx context.Context, req *graftv1.DeleteRoleRequest)
 	if _, err := dbcred.ParseRole(e.Value); errors.Is(err, dbcred.ErrNotRole) {
 		return nil, toStatus(fmt.Errorf("dbcred role rm %s: %w: delete it with graft rm", req.GetPath(), err))
 	}
-	if err := s.replication.CheckDelete(req.GetPath()); err != nil {
+	if err := s.replication.CheckDelete(req.GetPath()); errors.Is(err, replicator.ErrSourceInUse) {
+		return nil, toStatus(fmt.Errorf("%w: dbcred role rm %s: the role is shared into applications' trees: unshare it first (graft unshare); the leases issued from it stay until they expire or are revoked", replicator.ErrSourceInUse, req.GetPath()))
+	} else if err != nil {
 		return nil, toStatus(err)
 	}
 	rev, err := s.store.Delete(ctx, req.GetPath(), store.WriteOptions{Author: principal(ctx).Name})
