@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -144,8 +145,9 @@ func (s *Server) DeleteRole(ctx context.Context, req *graftv1.DeleteRoleRequest)
 	if _, err := dbcred.ParseRole(e.Value); errors.Is(err, dbcred.ErrNotRole) {
 		return nil, toStatus(fmt.Errorf("dbcred role rm %s: %w: delete it with graft rm", req.GetPath(), err))
 	}
-	if err := s.replication.CheckDelete(req.GetPath()); errors.Is(err, replicator.ErrSourceInUse) {
-		return nil, toStatus(fmt.Errorf("%w: dbcred role rm %s: the role is shared into applications' trees: unshare it first (graft unshare); the leases issued from it stay until they expire or are revoked", replicator.ErrSourceInUse, req.GetPath()))
+	var inUse *replicator.SourceInUseError
+	if err := s.replication.CheckDelete(req.GetPath()); errors.As(err, &inUse) {
+		return nil, toStatus(fmt.Errorf("%w: dbcred role rm %s: it is replicated to %s: unshare it first (graft unshare); the leases issued from it stay until they expire or are revoked", replicator.ErrSourceInUse, req.GetPath(), strings.Join(inUse.Copies, ", ")))
 	} else if err != nil {
 		return nil, toStatus(err)
 	}
