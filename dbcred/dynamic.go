@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -206,7 +207,11 @@ func (r Role) Validate() error {
 	if len(r.CreationSQL) > 0 && (!strings.Contains(joined, PlaceholderName) || !strings.Contains(joined, PlaceholderPassword)) {
 		add("creation_sql: the statements must use {{name}} and {{password}}")
 	}
-	for what, stmts := range map[string][]string{"creation_sql": r.CreationSQL, "revocation_sql": r.RevocationSQL, "renew_sql": r.RenewSQL} {
+	for _, set := range []struct {
+		what  string
+		stmts []string
+	}{{"creation_sql", r.CreationSQL}, {"revocation_sql", r.RevocationSQL}, {"renew_sql", r.RenewSQL}} {
+		what, stmts := set.what, set.stmts
 		if len(stmts) > maxStatements {
 			add("%s: %d statements, at most %d", what, len(stmts), maxStatements)
 		}
@@ -274,7 +279,8 @@ func clip(s string) string {
 	if len(s) > 64 {
 		s = s[:64] + "…"
 	}
-	return fmt.Sprintf("%q", s)[1 : len(fmt.Sprintf("%q", s))-1]
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 // Username returns a new user name from the role's template for a lease

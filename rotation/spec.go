@@ -29,8 +29,8 @@ import (
 
 // The drivers a spec may name.
 const (
-	DriverPostgres = "postgres"
-	DriverMySQL    = "mysql"
+	DriverPostgres = dbcred.DriverPostgres
+	DriverMySQL    = dbcred.DriverMySQL
 )
 
 // ExampleDSN is what an admin DSN for driver looks like, for the hints

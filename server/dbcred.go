@@ -15,6 +15,7 @@ import (
 	"github.com/graft-sh/graft/dbcred/leases"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 	"github.com/graft-sh/graft/replicator"
+	"github.com/graft-sh/graft/rotation"
 	"github.com/graft-sh/graft/store"
 )
 
@@ -52,7 +53,7 @@ func (s *Server) PutRole(ctx context.Context, req *graftv1.PutRoleRequest) (*gra
 	if _, err := store.ParsePath(role.Admin); err != nil {
 		return nil, toStatus(fmt.Errorf("dbcred role put %s: admin %s: %w", req.GetPath(), role.Admin, err))
 	}
-	dsn := role.Admin + "/dsn"
+	dsn := role.Admin + "/" + rotation.KeyDSN
 	p := principal(ctx)
 	if err := s.access.Decide(p, acl.ActionRead, dsn).Err(p, acl.ActionRead, dsn); err != nil {
 		var denied *acl.DeniedError
@@ -62,7 +63,7 @@ func (s *Server) PutRole(ctx context.Context, req *graftv1.PutRoleRequest) (*gra
 		return nil, toStatus(err)
 	}
 	if _, err := s.store.Get(ctx, dsn); errors.Is(err, store.ErrNotFound) {
-		return nil, toStatus(fmt.Errorf("dbcred role put %s: the admin DSN %s: %w: put it first (graft put %s '%s')", req.GetPath(), dsn, store.ErrNotFound, dsn, exampleDSN(role.Driver)))
+		return nil, toStatus(fmt.Errorf("dbcred role put %s: the admin DSN %s: %w: put it first (graft put %s '%s')", req.GetPath(), dsn, store.ErrNotFound, dsn, rotation.ExampleDSN(role.Driver)))
 	} else if err != nil {
 		return nil, toStatus(err)
 	}
@@ -72,13 +73,6 @@ func (s *Server) PutRole(ctx context.Context, req *graftv1.PutRoleRequest) (*gra
 	}
 	noteAudit(ctx, req.GetPath(), fmt.Sprintf("dbcred role, driver %s, admin %s", role.Driver, role.Admin))
 	return &graftv1.PutRoleResponse{Revision: e.Revision}, nil
-}
-
-func exampleDSN(driver string) string {
-	if driver == dbcred.DriverMySQL {
-		return "admin:...@tcp(db:3306)/?tls=true"
-	}
-	return "postgres://admin:...@db:5432/app?sslmode=verify-full"
 }
 
 // GetRole implements graftv1.DBCredServiceServer.
