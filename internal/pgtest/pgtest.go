@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -42,6 +43,11 @@ type Server struct {
 	// StartTime is how long initdb and the start until the first
 	// accepted connection took.
 	StartTime time.Duration
+
+	bin  string
+	cred *syscall.Credential
+	mu   sync.Mutex
+	proc *dbproc.Process // nil while stopped
 }
 
 // Start runs a PostgreSQL server until the test ends. It skips the test
@@ -67,14 +73,13 @@ func Start(t testing.TB) *Server {
 	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Host: "127.0.0.1", Superuser: "postgres", SuperuserPassword: dbproc.RandomHex(16), Dir: dir}
+	s := &Server{Host: "127.0.0.1", Superuser: "postgres", SuperuserPassword: dbproc.RandomHex(16), Dir: dir, bin: bin, cred: cred}
 	if err := s.initdb(bin, cred); err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
-	var p *dbproc.Process
 	for attempt := 1; ; attempt++ {
 		s.Port = dbproc.FreePort(t)
-		p, err = s.start(bin, cred)
+		s.proc, err = s.start(bin, cred)
 		if err == nil {
 			break
 		}
@@ -85,13 +90,51 @@ func Start(t testing.TB) *Server {
 	}
 	s.DSN = s.URL(s.Superuser, s.SuperuserPassword, "postgres")
 	t.Cleanup(func() {
-		p.Stop(fastShutdown)
+		s.stop()
 		if t.Failed() {
 			t.Logf("pgtest: the server's log, its last %d lines:\n%s", logTail, dbproc.Tail(s.Log(), logTail))
 		}
 	})
 	s.StartTime = time.Since(began)
 	return s
+}
+
+// Stop shuts the server down (fast: its sessions are ended) and keeps
+// its data, as a database that goes away under its clients; StartAgain
+// brings it back.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if !s.stop() {
+		t.Fatal("pgtest: Stop: the server is not running")
+	}
+}
+
+func (s *Server) stop() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return false
+	}
+	s.proc.Stop(fastShutdown)
+	s.proc = nil
+	return true
+}
+
+// StartAgain starts a stopped server again on its data and its port, and
+// returns once the superuser can log in. It fails the test if another
+// process took the port meanwhile.
+func (s *Server) StartAgain(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		t.Fatal("pgtest: StartAgain: the server is running already")
+	}
+	p, err := s.start(s.bin, s.cred)
+	if err != nil {
+		t.Fatalf("pgtest: start again on port %d: %v\n%s", s.Port, err, dbproc.Tail(s.Log(), logTail))
+	}
+	s.proc = p
 }
 
 const (

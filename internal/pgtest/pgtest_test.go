@@ -67,6 +67,35 @@ func TestStart(t *testing.T) {
 	}
 }
 
+// A stopped server refuses connections and ends its sessions; started
+// again it serves the same data on the same port.
+func TestStopAndStartAgain(t *testing.T) {
+	s := Start(t)
+	ctx := t.Context()
+	s.Exec(t, "postgres", "CREATE TABLE kept (x int)")
+	s.Exec(t, "postgres", "INSERT INTO kept VALUES (42)")
+	held := s.Connect(t, "postgres")
+	port := s.Port
+
+	s.Stop(t)
+	if _, err := held.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("a session survived Stop")
+	}
+	if c, err := pgx.Connect(ctx, s.DSN); err == nil {
+		c.Close(ctx)
+		t.Fatal("a stopped server took a connection")
+	}
+
+	s.StartAgain(t)
+	if s.Port != port {
+		t.Fatalf("started again on port %d, not %d", s.Port, port)
+	}
+	var x int
+	if err := s.Connect(t, "postgres").QueryRow(ctx, "SELECT x FROM kept").Scan(&x); err != nil || x != 42 {
+		t.Fatalf("after StartAgain: %d, %v; want the row written before", x, err)
+	}
+}
+
 // A test binary that dies without its cleanup (a timeout's panic, SIGKILL)
 // leaves no server running, and the next Start removes its directory.
 func TestNoServerOutlivesItsTest(t *testing.T) {
