@@ -59,6 +59,9 @@ func (d *Driver) CreateUser(ctx context.Context, statements []string, u dbcred.N
 		return fmt.Errorf("create user %s: %w", u.Name, err)
 	}
 	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if err := inTurn(ctx, tx); err != nil {
+			return err
+		}
 		return run(ctx, tx, "creation_sql", statements, func(s string) string {
 			return dbcred.Expand(s, u.Name, verifier, u.Expiration)
 		})
@@ -96,6 +99,9 @@ func (d *Driver) RenewUser(ctx context.Context, statements []string, user string
 		return fmt.Errorf("renew user %s: %w", user, dbcred.ErrNoUser)
 	}
 	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if err := inTurn(ctx, tx); err != nil {
+			return err
+		}
 		return run(ctx, tx, "renew_sql", statements, func(s string) string {
 			return dbcred.Expand(s, user, "", expiration)
 		})
@@ -150,6 +156,9 @@ func (d *Driver) RevokeUser(ctx context.Context, statements []string, user strin
 		return fmt.Errorf("revoke user %s: %w", user, err)
 	}
 	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if err := inTurn(ctx, tx); err != nil {
+			return err
+		}
 		if len(statements) == 0 {
 			return dropUser(ctx, tx, user)
 		}
@@ -162,6 +171,25 @@ func (d *Driver) RevokeUser(ctx context.Context, statements []string, user strin
 			return nil
 		}
 		return fmt.Errorf("revoke user %s: %w", user, err)
+	}
+	return nil
+}
+
+// turnLock is the key of the transaction-level advisory lock that the
+// transactions running a role's statements take first ("graftdbc").
+const turnLock = 0x6772616674646263
+
+// inTurn makes tx wait for the other transactions that run a role's
+// statements on this database, from any graftd. PostgreSQL changes an
+// object's ACL (GRANT, REVOKE, DROP OWNED) in place, and of two
+// transactions that change the same one at once, the second fails with
+// "tuple concurrently updated" instead of waiting: users granted on the
+// same tables could not be made or dropped side by side, and leases
+// that expired together failed their revocations and waited out a
+// backoff.
+func inTurn(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(turnLock)); err != nil {
+		return fmt.Errorf("wait for the other statements on this database: %w", err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/graft-sh/graft/dbcred"
+	"github.com/graft-sh/graft/dbcred/postgres"
 	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/pgtest"
 )
@@ -393,6 +395,42 @@ func TestDynamicRefuses(t *testing.T) {
 
 // logStatements turns on log_statement=all and waits until the server
 // logs; drivers opened after it log their statements.
+// Users made and dropped at the same moment by several drivers (graftds,
+// or one graftd's connections), each granted on the same tables, all
+// are made and all dropped: PostgreSQL updates a table's ACL in place
+// and fails the second of two transactions changing it at once with
+// "tuple concurrently updated" unless the driver takes them in turn.
+func TestDynamicConcurrentGrants(t *testing.T) {
+	s := pgtest.Start(t)
+	ctx := t.Context()
+	s.Exec(t, "postgres", "CREATE TABLE items (id int)")
+	s.Exec(t, "postgres", "CREATE TABLE orders (id int)")
+	drivers := []*postgres.Driver{open(t, s.DSN), open(t, s.DSN), open(t, s.DSN)}
+	const perDriver = 8
+	each := func(f func(d *postgres.Driver, user string) error) {
+		t.Helper()
+		errs := make(chan error, len(drivers)*perDriver)
+		for i, d := range drivers {
+			for j := range perDriver {
+				go func() { errs <- f(d, fmt.Sprintf("v-app-items-%d-%d", i, j)) }()
+			}
+		}
+		for range len(drivers) * perDriver {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	each(func(d *postgres.Driver, user string) error {
+		return d.CreateUser(ctx, creation, dbcred.NewUser{Name: user, Password: password(t), Expiration: time.Now().Add(time.Hour)})
+	})
+	each(func(d *postgres.Driver, user string) error { return d.RevokeUser(ctx, nil, user) })
+	var left int
+	if err := s.Connect(t, "postgres").QueryRow(ctx, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d users left, %v", left, err)
+	}
+}
+
 func logStatements(t *testing.T, s *pgtest.Server) {
 	t.Helper()
 	s.Exec(t, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
