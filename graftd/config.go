@@ -1,6 +1,7 @@
 package graftd
 
 import (
+	"context"
 	"net"
 	"strings"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/internal/config"
 	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/server"
@@ -66,9 +68,28 @@ type Config struct {
 	// measure or inspect them beside graftd set it (graft-bench's raw etcd
 	// floor); it has no flag, variable or file key.
 	EmbeddedListen bool `yaml:"-"`
+	// Leases tunes dynamic credentials' leases and their reaper; zero
+	// values keep leases' defaults. Only tests and tools set it; it has
+	// no flag, variable or file key.
+	Leases LeaseTuning `yaml:"-"`
 
 	Etcd EtcdConfig `yaml:"etcd"`
 	NATS NATSConfig `yaml:"nats"`
+}
+
+// LeaseTuning is what tests and tools change in graftd's leases.Config.
+type LeaseTuning struct {
+	// PendingGrace, Tick and MaxAttempts are leases.Config's: how long a
+	// pending lease waits for its user, how often the reaper looks, and
+	// how many failed revocations make a lease irrevocable.
+	PendingGrace time.Duration
+	Tick         time.Duration
+	MaxAttempts  int
+	// Open opens a driver on an admin DSN instead of leases.OpenDriver,
+	// so that a test can wrap the driver to count, fail or stop its
+	// calls. It does not reach a graftd that runs as a process of its
+	// own (graftdtest.StartProcess): a function is not serialized.
+	Open func(ctx context.Context, driver, dsn string) (dbcred.Dynamic, error) `json:"-"`
 }
 
 // EtcdConfig points graftd at an external etcd cluster.

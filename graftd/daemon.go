@@ -176,8 +176,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		MayRead: func(author, path string) bool {
 			return d.engine.Decide(acl.Principal{Name: author, Roles: d.tokens.RolesOf(author)}, acl.ActionRead, path).Allowed
 		},
-		Audit: d.audit,
-		Log:   log.With("subsystem", "leases"),
+		Audit:        d.audit,
+		Log:          log.With("subsystem", "leases"),
+		Open:         cfg.Leases.Open,
+		PendingGrace: cfg.Leases.PendingGrace,
+		Tick:         cfg.Leases.Tick,
+		MaxAttempts:  cfg.Leases.MaxAttempts,
 	})
 	rotations := registry.New(d.store)
 	reg.MustRegister(registry.NewCollector(rotations))
