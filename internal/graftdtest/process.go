@@ -38,16 +38,27 @@ func Main() {
 	}
 }
 
+// processFile is what a graftd process reads at start: its
+// configuration, and where it halts.
+type processFile struct {
+	Config graftd.Config
+	Halt   Halt
+}
+
 func serveProcess(file string) int {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "graftdtest: %v\n", err)
 		return 2
 	}
-	var cfg graftd.Config
-	if err := json.Unmarshal(data, &cfg); err != nil {
+	var pf processFile
+	if err := json.Unmarshal(data, &pf); err != nil {
 		fmt.Fprintf(os.Stderr, "graftdtest: %s: %v\n", file, err)
 		return 2
+	}
+	cfg := pf.Config
+	if pf.Halt != "" {
+		cfg.Leases.Open = pf.Halt.open
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -78,6 +89,12 @@ type process struct {
 	cmd     *exec.Cmd // nil while graftd is down
 	exited  chan struct{}
 	started int
+
+	// halt is where the first process halts, and halted is closed once
+	// it says it has (StartProcessHalting).
+	halt       Halt
+	halted     chan struct{}
+	haltedOnce sync.Once
 }
 
 // StartProcess runs graftd as a process of its own until the test ends:
@@ -87,12 +104,20 @@ type process struct {
 // supervisor's restart would; its log is shown when the test fails.
 func StartProcess(t testing.TB, opts ...Option) *Graftd {
 	t.Helper()
+	return startProcess(t, "", opts)
+}
+
+func startProcess(t testing.TB, halt Halt, opts []Option) *Graftd {
+	t.Helper()
 	cfg := graftd.DevConfig(t.TempDir())
 	cfg.ShutdownTimeout = 5 * time.Second
 	for _, o := range opts {
 		o(&cfg)
 	}
-	g := &Graftd{cfg: cfg, Token: cfg.DevRootToken, proc: &process{file: filepath.Join(t.TempDir(), "graftd.json")}}
+	g := &Graftd{cfg: cfg, Token: cfg.DevRootToken, proc: &process{file: filepath.Join(t.TempDir(), "graftd.json"), halt: halt}}
+	if halt != "" {
+		g.proc.halted = make(chan struct{})
+	}
 	g.proc.start(t, g)
 	t.Cleanup(func() {
 		g.stop()
@@ -116,15 +141,19 @@ func (p *process) start(t testing.TB, g *Graftd) {
 	if p.cmd != nil {
 		t.Fatal("graftdtest: graftd is running already: Kill or Stop it first")
 	}
-	data, err := json.Marshal(g.cfg)
+	p.started++
+	n := p.started
+	pf := processFile{Config: g.cfg}
+	if n == 1 {
+		pf.Halt = p.halt
+	}
+	data, err := json.Marshal(pf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(p.file, data, 0o600); err != nil { // it holds the root token
 		t.Fatal(err)
 	}
-	p.started++
-	n := p.started
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), processEnv+"="+p.file)
 	cmd.Stderr = &p.logs
@@ -145,6 +174,9 @@ func (p *process) start(t testing.TB, g *Graftd) {
 		for sc.Scan() {
 			if addrs, ok := strings.CutPrefix(sc.Text(), readyLine+" "); ok {
 				ready <- strings.Fields(addrs)
+			}
+			if strings.HasPrefix(sc.Text(), haltedLine+" ") && p.halted != nil {
+				p.haltedOnce.Do(func() { close(p.halted) })
 			}
 		}
 		err := cmd.Wait()
