@@ -98,9 +98,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 		}
 		a.listener = l
 	}
+	var creds *keeper
+	if cfg.App != "" {
+		creds = newKeeper(keeperConfig{Conn: conn, Log: log, StateFile: cfg.stateFile(cfg.ID), Grace: cfg.DBCred.grace(), DryRun: cfg.DryRun})
+	}
 	reporter := newReporter(reporterConfig{Conn: conn, Log: log, ID: cfg.ID, App: cfg.App, Host: host, Addr: a.Addr()})
 	a.loop = newLoop(loopConfig{Config: cfg, Conn: conn, Log: log, Metrics: newMetrics(reg), Reloaders: newReloaders(cfg, log),
-		Supervisor: a.supervisor, Reporter: reporter, Out: out})
+		Supervisor: a.supervisor, Reporter: reporter, Creds: creds, Out: out})
 	return a, nil
 }
 
@@ -167,6 +171,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.rotator == nil || a.cfg.App != "" {
 		tasks = append(tasks, task.New("watch", a.loop.Run))
+		if a.loop.creds != nil {
+			tasks = append(tasks, task.New("dynamic credentials", a.loop.creds.Run))
+		}
 	} else {
 		a.loop.ready.Store(true) // a rotator alone has nothing to render
 	}

@@ -52,6 +52,9 @@ type Config struct {
 	// all the rotations it may rotate (`rotations: all`) or those listed.
 	// Such an agent needs no app or templates; with them it does both.
 	Rotations Rotations `yaml:"rotations"`
+	// DBCred configures the dynamic credentials templates take with
+	// dbcred.
+	DBCred DBCred `yaml:"dbcred"`
 	// RotationClaimTTL is how long its claim on a rotation outlives it
 	// (default 15s): how soon another rotator takes over after it dies.
 	RotationClaimTTL time.Duration `yaml:"rotation_claim_ttl"`
@@ -129,6 +132,53 @@ type Health struct {
 	TCP     string        `yaml:"tcp"`
 	Command []string      `yaml:"command"`
 	Timeout time.Duration `yaml:"timeout"`
+}
+
+// DBCred configures the dynamic credentials templates take with
+// {{ with dbcred "replicated/creds/readonly" }}…{{ end }}.
+type DBCred struct {
+	// StateFile keeps the agent's leases and their credentials (0600),
+	// so that a restarted agent goes on with them instead of issuing new
+	// database users. Default: .graft-dbcred-<id>.json beside the first
+	// template's destination.
+	StateFile string `yaml:"state_file"`
+	// Grace is how long an old credential stays valid after the
+	// application runs healthy on its replacement (default 30s).
+	Grace *time.Duration `yaml:"grace"`
+}
+
+// maxCredentialGrace bounds DBCred.Grace.
+const maxCredentialGrace = 24 * time.Hour
+
+// stateFile is the dynamic-credential state file of an agent named id.
+func (c Config) stateFile(id string) string {
+	if f := c.DBCred.StateFile; f != "" {
+		if !filepath.IsAbs(f) && c.base != "" {
+			f = filepath.Join(c.base, f)
+		}
+		return f
+	}
+	dir := c.base
+	if len(c.Templates) > 0 {
+		dir = filepath.Dir(c.Templates[0].Destination)
+	}
+	if dir == "" {
+		dir = "."
+	}
+	name := id
+	if !segmentRE.MatchString(name) || strings.HasPrefix(name, ".") {
+		sum := sha256.Sum256([]byte(id))
+		name = hex.EncodeToString(sum[:])[:16]
+	}
+	return filepath.Join(dir, ".graft-dbcred-"+name+".json")
+}
+
+// grace is DBCred.Grace, or its default.
+func (d DBCred) grace() time.Duration {
+	if d.Grace == nil {
+		return DefaultCredentialGrace
+	}
+	return *d.Grace
 }
 
 // Wait debounces changes as consul-template does: render once nothing
@@ -352,6 +402,12 @@ func (c Config) Validate() error {
 	}
 	if c.Health.Timeout < 0 {
 		p.Add("health.timeout must not be negative")
+	}
+	if g := c.DBCred.grace(); g < 0 || g > maxCredentialGrace {
+		p.Add("dbcred.grace %s: want 0 to %s (such as 30s)", g, maxCredentialGrace)
+	}
+	if c.DBCred.StateFile != "" && c.App == "" {
+		p.Add("dbcred.state_file: dynamic credentials are rendered into an application's files: name it with app:")
 	}
 	if c.Wait.Min < 0 || c.Wait.Max < 0 || (c.Wait.Max > 0 && c.Wait.Max < c.Wait.Min) {
 		p.Add("wait: want 0 <= min <= max (such as {min: 1s, max: 10s})")

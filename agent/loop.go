@@ -28,6 +28,8 @@ type loopConfig struct {
 	Supervisor *supervisor
 	// Reporter sends what the loop applied to graftd.
 	Reporter *reporter
+	// Creds keeps the dynamic credentials templates use.
+	Creds *keeper
 	// Out receives the --dry-run report.
 	Out io.Writer
 }
@@ -43,6 +45,7 @@ type loop struct {
 	reloaders  []reloader
 	supervisor *supervisor
 	reporter   *reporter
+	creds      *keeper
 	out        io.Writer
 
 	values   map[string][]byte
@@ -71,7 +74,7 @@ type loop struct {
 
 func newLoop(c loopConfig) *loop {
 	return &loop{cfg: c.Config, conn: c.Conn, log: c.Log, metrics: c.Metrics, reloaders: c.Reloaders,
-		supervisor: c.Supervisor, reporter: c.Reporter, out: c.Out, healthy: true,
+		supervisor: c.Supervisor, reporter: c.Reporter, creds: c.Creds, out: c.Out, healthy: true,
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(c.Config.Templates)), modTimes: make([]time.Time, len(c.Config.Templates))}
 }
@@ -93,7 +96,7 @@ func (l *loop) Run(ctx context.Context) error {
 		if err := l.snapshot(ctx); err != nil {
 			return err
 		}
-		l.renderAndReload(ctx, nil, true)
+		l.renderAndReload(ctx, nil, true, false)
 		err := l.follow(ctx)
 		switch {
 		case errors.As(err, &exit):
@@ -114,6 +117,9 @@ func (l *loop) Run(ctx context.Context) error {
 }
 
 func (l *loop) once(ctx context.Context) error {
+	if l.creds != nil {
+		l.creds.bind(ctx)
+	}
 	if err := l.snapshot(ctx); err != nil {
 		return err
 	}
@@ -187,7 +193,7 @@ func (l *loop) follow(ctx context.Context) error {
 	// once.
 	reconnected := conn.client.Reconnects(wctx)
 	flush := func() {
-		l.renderAndReload(ctx, changed, false)
+		l.renderAndReload(ctx, changed, false, false)
 		changed = map[string]bool{}
 		quiet, deadline = nil, nil
 	}
@@ -233,8 +239,10 @@ func (l *loop) follow(ctx context.Context) error {
 			flush()
 		case <-tick.C:
 			if l.sourcesChanged() {
-				l.renderAndReload(ctx, nil, true)
+				l.renderAndReload(ctx, nil, true, false)
 			}
+		case <-l.creds.Replaced():
+			l.renderAndReload(ctx, nil, false, true)
 		case <-heartbeat.C:
 			l.report(ctx)
 		case <-reconnected:
@@ -274,9 +282,9 @@ func (l *loop) sourcesChanged() bool {
 }
 
 // renderAndReload renders the templates that read a changed path (all with
-// every set), and, if a file was written, runs the reload actions and
-// waits for health.
-func (l *loop) renderAndReload(ctx context.Context, changed map[string]bool, every bool) {
+// every set; with creds, those that use a dynamic credential too), and,
+// if a file was written, runs the reload actions and waits for health.
+func (l *loop) renderAndReload(ctx context.Context, changed map[string]bool, every, creds bool) {
 	wrote, failed := 0, 0
 	var newest time.Time
 	for p := range changed {
@@ -286,7 +294,7 @@ func (l *loop) renderAndReload(ctx context.Context, changed map[string]bool, eve
 	}
 	for i := range l.cfg.Templates {
 		st := l.state[i]
-		if !every && st.err == nil && !touched(st.deps, changed) {
+		if !every && st.err == nil && !touched(st.deps, changed) && (!creds || len(st.deps.creds) == 0) {
 			continue
 		}
 		w, err := l.renderOne(i)
@@ -325,6 +333,9 @@ func (l *loop) renderAndReload(ctx context.Context, changed map[string]bool, eve
 		return
 	}
 	l.reloadPending = false
+	// The credentials this render used are in use once it is healthy:
+	// those they replaced are revoked after the grace period.
+	l.creds.applied(failed == 0 && l.healthy)
 	l.applied.Store(l.revision)
 	l.metrics.revision.Set(float64(l.revision))
 	// Ready once every template rendered and, with exec, the application
@@ -338,7 +349,7 @@ func (l *loop) renderAndReload(ctx context.Context, changed map[string]bool, eve
 
 // report tells graftd what the agent runs, through the reporter.
 func (l *loop) report(ctx context.Context) {
-	rep := sdk.AgentReport{Revision: l.applied.Load(), Reloads: l.reloads, Healthy: l.healthy, Reason: l.reason}
+	rep := sdk.AgentReport{Revision: l.applied.Load(), Reloads: l.reloads, Healthy: l.healthy, Reason: l.reason, Leases: l.creds.leases()}
 	for i, t := range l.cfg.Templates {
 		st := l.state[i]
 		tr := sdk.TemplateReport{Destination: t.Destination, SHA256: st.hash, Keys: st.deps.keys()}
@@ -397,7 +408,11 @@ func (l *loop) render(t Template) ([]byte, deps, error) {
 
 // view is the tree as the agent has applied it, for templates.
 func (l *loop) view() *view {
-	return &view{root: l.cfg.Root(), values: l.values, revision: l.revision, parsed: &l.parsed}
+	v := &view{root: l.cfg.Root(), values: l.values, revision: l.revision, parsed: &l.parsed}
+	if l.creds != nil {
+		v.creds = l.creds
+	}
+	return v
 }
 
 // errSuperseded ends a reload's retries or health wait when a newer

@@ -20,6 +20,7 @@ import (
 
 	"github.com/Masterminds/sprig/v3"
 
+	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/internal/atomicfile"
 )
 
@@ -29,6 +30,8 @@ type view struct {
 	values   map[string][]byte // absolute path → value
 	revision int64
 	parsed   *templates // the agent's parsed templates (nil: parse each)
+	// creds gives dynamic credentials (nil: dbcred fails).
+	creds credentialSource
 }
 
 // deps are the paths a render read: exact paths, the tree prefixes it
@@ -43,10 +46,13 @@ type deps struct {
 	paths    map[string]bool
 	prefixes map[string]bool
 	withheld map[string]bool
+	// creds are the roles whose dynamic credentials a render used: a
+	// credential replaced renders the template again.
+	creds map[string]bool
 }
 
 func newDeps() deps {
-	return deps{paths: map[string]bool{}, prefixes: map[string]bool{}, withheld: map[string]bool{}}
+	return deps{paths: map[string]bool{}, prefixes: map[string]bool{}, withheld: map[string]bool{}, creds: map[string]bool{}}
 }
 
 // add records what o read too.
@@ -59,6 +65,9 @@ func (d deps) add(o deps) {
 	}
 	for p := range o.withheld {
 		d.withheld[p] = true
+	}
+	for p := range o.creds {
+		d.creds[p] = true
 	}
 }
 
@@ -170,6 +179,7 @@ func parseTemplate(name, text string) error {
 	funcs["secret"] = func(string) (string, error) { return "", nil }
 	funcs["tree"] = func(string) (map[string]string, error) { return nil, nil }
 	funcs["revision"] = func() int64 { return 0 }
+	funcs["dbcred"] = func(string) (Credential, error) { return Credential{}, nil }
 	_, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text)
 	return err
 }
@@ -231,6 +241,7 @@ func parse(name, text string) (*parsedTemplate, error) {
 	funcs["secret"] = p.secret
 	funcs["tree"] = p.tree
 	funcs["revision"] = func() int64 { return p.v.revision }
+	funcs["dbcred"] = p.dbcred
 	t, err := template.New(name).Funcs(funcs).Option("missingkey=error").Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", name, err)
@@ -268,6 +279,46 @@ func (p *parsedTemplate) secret(path string) (string, error) {
 		return "", &MissingKeyError{Template: p.name, Key: abs}
 	}
 	return string(val), nil
+}
+
+// dbcred gives the template a dynamic credential issued from the role
+// shared into the tree at path: the same one at every render, renewed
+// and, before its max TTL, replaced by the agent.
+func (p *parsedTemplate) dbcred(path string) (Credential, error) {
+	computed := !literal(p.text, path)
+	abs, err := p.v.resolve(p.name, path, computed)
+	if err != nil {
+		return Credential{}, err
+	}
+	p.d.paths[abs] = true
+	shown := abs
+	if computed {
+		shown = ""
+	}
+	val, ok := p.v.values[abs]
+	if !ok {
+		if computed {
+			p.d.withheld[abs] = true
+			return Credential{}, &MissingKeyError{Template: p.name, Computed: true}
+		}
+		return Credential{}, &CredentialError{Template: p.name, Path: shown,
+			Err: fmt.Errorf("no role there: a DBA shares one with graft share <role> --to %s", abs)}
+	}
+	if _, err := dbcred.ParseRole(val); errors.Is(err, dbcred.ErrNotRole) {
+		return Credential{}, &CredentialError{Template: p.name, Path: shown,
+			Err: errors.New("the value there is not a role written by graft dbcred role put; share a role's path, not a value")}
+	} else if err != nil {
+		return Credential{}, &CredentialError{Template: p.name, Path: shown, Err: fmt.Errorf("the role there is not valid: %w", err)}
+	}
+	p.d.creds[abs] = true
+	if p.v.creds == nil {
+		return Credential{}, &CredentialError{Template: p.name, Path: shown, Err: errors.New("dynamic credentials are not available here")}
+	}
+	c, err := p.v.creds.credential(abs)
+	if err != nil {
+		return Credential{}, &CredentialError{Template: p.name, Path: shown, Err: err}
+	}
+	return c, nil
 }
 
 func (p *parsedTemplate) tree(path string) (map[string]string, error) {
@@ -331,6 +382,10 @@ func scrub(name string, err error) error {
 		return missing
 	case errors.As(err, &outside):
 		return outside
+	}
+	var cred *CredentialError
+	if errors.As(err, &cred) {
+		return cred
 	}
 	msg := err.Error()
 	// text/template's message is "template: LOCATION: executing NAME at

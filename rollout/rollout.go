@@ -45,6 +45,8 @@ type Report struct {
 	// may commit in between). An agent with Since below a value's
 	// published revision was reporting before the publish.
 	Since int64 `json:"since_revision"`
+	// Leases are the dynamic credentials' leases the agent holds.
+	Leases []LeaseReport `json:"leases,omitempty"`
 	// Stored is the store revision at which this state was stored (the
 	// record's modification revision; set by List).
 	Stored int64 `json:"-"`
@@ -57,6 +59,15 @@ type TemplateReport struct {
 	SHA256      string   `json:"sha256,omitempty"`
 	Keys        []string `json:"keys,omitempty"`
 	Error       string   `json:"error,omitempty"`
+}
+
+// LeaseReport is one lease an agent holds: its id, the role's copy in the
+// agent's tree it was issued from, and its database user.
+type LeaseReport struct {
+	ID       string `json:"id"`
+	Path     string `json:"path"`
+	Username string `json:"username"`
+	Retiring bool   `json:"retiring,omitempty"`
 }
 
 // ReloadReport is one reload action's outcome.
@@ -84,6 +95,7 @@ const (
 	MaxKeysPerTemplate  = 256      // paths one template read
 	MaxKeys             = 1024     // paths all templates read
 	MaxReloads          = 16       // reload actions
+	MaxLeases           = 32       // leases one agent holds
 	MaxTextBytes        = 1024     // reason and error texts
 	MaxNameBytes        = 253      // id, host, instance, kind, http address
 	MaxDestinationBytes = 4096     // a template's destination
@@ -410,6 +422,20 @@ func (rep Report) Validate() error {
 			}
 		}
 	}
+	if len(rep.Leases) > MaxLeases {
+		return bad("%d leases: at most %d per agent", len(rep.Leases), MaxLeases)
+	}
+	for i, l := range rep.Leases {
+		if len(l.ID) == 0 || len(l.ID) > 64 || strings.IndexFunc(l.ID, func(r rune) bool { return !('a' <= r && r <= 'z' || '0' <= r && r <= '9') }) >= 0 {
+			return bad("leases[%d]: id: want the lease id graftd gave (lower-case letters and digits, at most 64)", i)
+		}
+		if err := checkText(l.Username, MaxNameBytes, func() string { return fmt.Sprintf("leases[%d].username", i) }); err != nil {
+			return err
+		}
+		if err := checkKey(l.Path, tree); err != nil || strings.HasSuffix(l.Path, "/") {
+			return bad("leases[%d]: path %.200q: want the path of a role's copy under %s, the agent's own tree", i, l.Path, tree)
+		}
+	}
 	if encodedBound(rep) > MaxReportBytes {
 		// It may be too large: measure.
 		if b, err := json.Marshal(rep); err != nil || len(b) > MaxReportBytes {
@@ -434,6 +460,9 @@ func encodedBound(rep Report) int {
 	for _, l := range rep.Reloads {
 		n += 64 + 6*(len(l.Kind)+len(l.Error))
 	}
+	for _, l := range rep.Leases {
+		n += 64 + 6*(len(l.ID)+len(l.Path)+len(l.Username))
+	}
 	return n
 }
 
@@ -442,7 +471,7 @@ func encodedBound(rep Report) int {
 func checkKey(k, tree string) error {
 	p := strings.TrimSuffix(k, "/")
 	if _, err := store.ParsePath(p); err != nil || p+"/" != tree && !strings.HasPrefix(p, tree) {
-		return fmt.Errorf("key %q: want a path or a tree prefix ending in / under %s, the agent's own tree (it reads only copies there)", k, tree)
+		return fmt.Errorf("key %.200q: want a path or a tree prefix ending in / under %s, the agent's own tree (it reads only copies there)", k, tree)
 	}
 	return nil
 }

@@ -28,6 +28,18 @@ type AgentReport struct {
 	// HTTPAddress is where the agent serves /healthz, /readyz and
 	// /metrics; empty when they are off.
 	HTTPAddress string
+	// Leases are the dynamic credentials' leases the agent holds.
+	Leases []LeaseReport
+}
+
+// LeaseReport is one lease an agent holds; never the password.
+type LeaseReport struct {
+	ID       string
+	Path     string // the role's copy in the agent's tree it was issued from
+	Username string
+	// Retiring: replaced, revoked once the application runs healthy on
+	// its replacement and the grace period has passed.
+	Retiring bool
 }
 
 // TemplateReport is one rendered file.
@@ -56,6 +68,9 @@ func (c *Client) Report(ctx context.Context, r AgentReport, ttl time.Duration) e
 	}
 	for _, l := range r.Reloads {
 		p.Reloads = append(p.Reloads, &graftv1.ReloadReport{Kind: l.Kind, Ok: l.OK, Error: l.Error})
+	}
+	for _, l := range r.Leases {
+		p.Leases = append(p.Leases, &graftv1.LeaseReport{Id: l.ID, Path: l.Path, Username: l.Username, Retiring: l.Retiring})
 	}
 	_, err := c.agents.Report(ctx, &graftv1.ReportRequest{Report: p, TtlSeconds: int64(ttl / time.Second)})
 	return wrap(ctx, err)
@@ -87,6 +102,9 @@ func reportFrom(p *graftv1.AgentReport) AgentReport {
 	}
 	for _, l := range p.GetReloads() {
 		r.Reloads = append(r.Reloads, ReloadReport{Kind: l.GetKind(), OK: l.GetOk(), Error: l.GetError()})
+	}
+	for _, l := range p.GetLeases() {
+		r.Leases = append(r.Leases, LeaseReport{ID: l.GetId(), Path: l.GetPath(), Username: l.GetUsername(), Retiring: l.GetRetiring()})
 	}
 	return r
 }

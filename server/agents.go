@@ -65,6 +65,12 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 			}
 		}
 	}
+	for _, l := range rep.Leases {
+		if !s.may(ctx, acl.ActionRead, l.Path) {
+			return nil, toStatus(fmt.Errorf("report of agent %q of %s: lease %s issued at %s: %w", rep.ID, rep.App, l.ID, l.Path,
+				&acl.DeniedError{Principal: p.Name, Action: acl.ActionRead, Path: l.Path, Reason: "an agent reports only leases of roles it may read"}))
+		}
+	}
 	rep.Principal, rep.Time = p.Name, time.Now().UTC()
 	if err := s.agents.PutConn(ctx, rep, time.Duration(req.GetTtlSeconds())*time.Second, connOf(ctx)); err != nil {
 		return nil, toStatus(err)
@@ -149,6 +155,7 @@ func hidden(r rollout.Report) rollout.Report {
 		reloads[i] = rollout.ReloadReport{Kind: l.Kind, OK: l.OK}
 	}
 	r.Reloads = reloads
+	r.Leases = nil
 	return r
 }
 
@@ -163,6 +170,9 @@ func reportFrom(p *graftv1.AgentReport) rollout.Report {
 	for _, l := range p.GetReloads() {
 		r.Reloads = append(r.Reloads, rollout.ReloadReport{Kind: l.GetKind(), OK: l.GetOk(), Error: l.GetError()})
 	}
+	for _, l := range p.GetLeases() {
+		r.Leases = append(r.Leases, rollout.LeaseReport{ID: l.GetId(), Path: l.GetPath(), Username: l.GetUsername(), Retiring: l.GetRetiring()})
+	}
 	return r
 }
 
@@ -174,6 +184,9 @@ func reportProto(r rollout.Report) *graftv1.AgentReport {
 	}
 	for _, l := range r.Reloads {
 		p.Reloads = append(p.Reloads, &graftv1.ReloadReport{Kind: l.Kind, Ok: l.OK, Error: l.Error})
+	}
+	for _, l := range r.Leases {
+		p.Leases = append(p.Leases, &graftv1.LeaseReport{Id: l.ID, Path: l.Path, Username: l.Username, Retiring: l.Retiring})
 	}
 	return p
 }

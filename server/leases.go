@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/acl"
+	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/dbcred/leases"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
 )
@@ -38,15 +39,54 @@ func (s *Server) ListLeases(ctx context.Context, req *graftv1.ListLeasesRequest)
 		return nil, toStatus(err)
 	}
 	resp := &graftv1.ListLeasesResponse{}
+	holders := s.leaseHolders(ctx)
 	for _, l := range all {
 		if principal(ctx).Name == l.Principal || s.may(ctx, acl.ActionList, l.Role) {
-			resp.Leases = append(resp.Leases, leaseProto(l))
+			p := leaseProto(l)
+			p.Holder = holders.of(ctx, l)
+			resp.Leases = append(resp.Leases, p)
 		}
 	}
 	if resp.ReaperPaused, err = ls.Paused(ctx); err != nil {
 		return nil, toStatus(err)
 	}
 	return resp, nil
+}
+
+// leaseHolders finds the agents that report holding leases, reading
+// each application's reports once per listing.
+type leaseHolders struct {
+	s    *Server
+	byID map[string]map[string]string // app → lease id → holder
+}
+
+func (s *Server) leaseHolders(context.Context) *leaseHolders {
+	return &leaseHolders{s: s, byID: map[string]map[string]string{}}
+}
+
+// of names the agent that holds l: "<agent id> on <host>", when an agent
+// of the lease's own principal reports it (an agent cannot claim another
+// principal's lease), and "" otherwise.
+func (h *leaseHolders) of(ctx context.Context, l leases.Lease) string {
+	app, ok := replicator.AppName(l.Principal)
+	if !ok || h.s.agents == nil {
+		return ""
+	}
+	ids, ok := h.byID[app]
+	if !ok {
+		ids = map[string]string{}
+		reps, err := h.s.agents.List(ctx, app)
+		if err != nil {
+			h.s.log.Warn("lease ls: cannot read the agents' reports; holders not shown", "app", app, "err", err)
+		}
+		for _, r := range reps {
+			for _, rl := range r.Leases {
+				ids[rl.ID+"\x00"+r.Principal] = r.ID + " on " + r.Host
+			}
+		}
+		h.byID[app] = ids
+	}
+	return ids[l.ID+"\x00"+l.Principal]
 }
 
 // RenewLease implements graftv1.LeaseServiceServer.

@@ -291,11 +291,11 @@ func TestDBCredPostgres(t *testing.T) {
 	ls := app.ok("lease", "ls")
 	noPassword("lease ls", ls)
 	rows := strings.Split(strings.TrimSpace(ls), "\n")
-	if len(rows) != 3 || !regexp.MustCompile(`^ID +ROLE +PRINCIPAL +USERNAME +STATE +EXPIRES +RENEWABLE +ATTEMPTS +LAST-ERROR$`).MatchString(rows[0]) {
+	if len(rows) != 3 || !regexp.MustCompile(`^ID +ROLE +PRINCIPAL +HOLDER +USERNAME +STATE +EXPIRES +RENEWABLE +ATTEMPTS +LAST-ERROR$`).MatchString(rows[0]) {
 		t.Fatalf("lease ls:\n%s", ls)
 	}
 	for _, iv := range []issuedView{first, second} {
-		if !regexp.MustCompile(`(?m)^` + iv.LeaseID + ` +/dba/pp/creds/ro +app:orders +` + iv.Username + ` +active +\S+ +yes +0 +-$`).MatchString(ls) {
+		if !regexp.MustCompile(`(?m)^` + iv.LeaseID + ` +/dba/pp/creds/ro +app:orders +- +` + iv.Username + ` +active +\S+ +yes +0 +-$`).MatchString(ls) {
 			t.Errorf("lease ls has no row for %s (%s):\n%s", iv.LeaseID, iv.Username, ls)
 		}
 	}

@@ -71,11 +71,11 @@ func leaseTable(t *table, ls []sdk.Lease) {
 		if l.State == sdk.LeaseIrrevocable {
 			state += " (revoke it again, or --force once its user is gone)"
 		}
-		t.row(l.ID, l.Role, l.Principal, l.Username, state, tableTime(l.ExpireTime), yesNo(l.Renewable), fmt.Sprint(l.RevokeAttempts), dash(l.LastError))
+		t.row(l.ID, l.Role, l.Principal, dash(l.Holder), l.Username, state, tableTime(l.ExpireTime), yesNo(l.Renewable), fmt.Sprint(l.RevokeAttempts), dash(l.LastError))
 	}
 }
 
-var leaseHeader = []string{"ID", "ROLE", "PRINCIPAL", "USERNAME", "STATE", "EXPIRES", "RENEWABLE", "ATTEMPTS", "LAST-ERROR"}
+var leaseHeader = []string{"ID", "ROLE", "PRINCIPAL", "HOLDER", "USERNAME", "STATE", "EXPIRES", "RENEWABLE", "ATTEMPTS", "LAST-ERROR"}
 
 func yesNo(b bool) string {
 	if b {

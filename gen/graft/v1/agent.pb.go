@@ -56,6 +56,11 @@ type AgentReport struct {
 	// report (set by graftd): an agent that was reporting before a value
 	// was published has a smaller one.
 	SinceRevision int64 `protobuf:"varint,13,opt,name=since_revision,json=sinceRevision,proto3" json:"since_revision,omitempty"`
+	// The dynamic credentials' leases the agent holds (from dbcred in its
+	// templates), so that graft lease ls shows which agent holds which
+	// user. graftd shows a lease's holder only when the reporter is the
+	// lease's principal.
+	Leases        []*LeaseReport `protobuf:"bytes,14,rep,name=leases,proto3" json:"leases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,6 +186,87 @@ func (x *AgentReport) GetSinceRevision() int64 {
 	return 0
 }
 
+func (x *AgentReport) GetLeases() []*LeaseReport {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+// LeaseReport is one lease an agent holds; never the password.
+type LeaseReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The lease's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The role's copy in the agent's tree that the lease was issued from.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// The database user.
+	Username string `protobuf:"bytes,3,opt,name=username,proto3" json:"username,omitempty"`
+	// The agent replaced it, and revokes it once the application runs
+	// healthy on its replacement and the grace period has passed.
+	Retiring      bool `protobuf:"varint,4,opt,name=retiring,proto3" json:"retiring,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseReport) Reset() {
+	*x = LeaseReport{}
+	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseReport) ProtoMessage() {}
+
+func (x *LeaseReport) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseReport.ProtoReflect.Descriptor instead.
+func (*LeaseReport) Descriptor() ([]byte, []int) {
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LeaseReport) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LeaseReport) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *LeaseReport) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *LeaseReport) GetRetiring() bool {
+	if x != nil {
+		return x.Retiring
+	}
+	return false
+}
+
 // TemplateReport is one rendered file.
 type TemplateReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -199,7 +285,7 @@ type TemplateReport struct {
 
 func (x *TemplateReport) Reset() {
 	*x = TemplateReport{}
-	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	mi := &file_graft_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +297,7 @@ func (x *TemplateReport) String() string {
 func (*TemplateReport) ProtoMessage() {}
 
 func (x *TemplateReport) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	mi := &file_graft_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +310,7 @@ func (x *TemplateReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateReport.ProtoReflect.Descriptor instead.
 func (*TemplateReport) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TemplateReport) GetDestination() string {
@@ -272,7 +358,7 @@ type ReloadReport struct {
 
 func (x *ReloadReport) Reset() {
 	*x = ReloadReport{}
-	mi := &file_graft_v1_agent_proto_msgTypes[2]
+	mi := &file_graft_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +370,7 @@ func (x *ReloadReport) String() string {
 func (*ReloadReport) ProtoMessage() {}
 
 func (x *ReloadReport) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[2]
+	mi := &file_graft_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +383,7 @@ func (x *ReloadReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadReport.ProtoReflect.Descriptor instead.
 func (*ReloadReport) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReloadReport) GetKind() string {
@@ -334,7 +420,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_graft_v1_agent_proto_msgTypes[3]
+	mi := &file_graft_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +432,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[3]
+	mi := &file_graft_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +445,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReportRequest) GetReport() *AgentReport {
@@ -385,7 +471,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[4]
+	mi := &file_graft_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +483,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[4]
+	mi := &file_graft_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +496,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 // ListAgentsRequest filters the reports.
@@ -424,7 +510,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_graft_v1_agent_proto_msgTypes[5]
+	mi := &file_graft_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +522,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[5]
+	mi := &file_graft_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +535,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListAgentsRequest) GetApp() string {
@@ -470,7 +556,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[6]
+	mi := &file_graft_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +568,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[6]
+	mi := &file_graft_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +581,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*AgentReport {
@@ -518,7 +604,7 @@ type RolloutStatusRequest struct {
 
 func (x *RolloutStatusRequest) Reset() {
 	*x = RolloutStatusRequest{}
-	mi := &file_graft_v1_agent_proto_msgTypes[7]
+	mi := &file_graft_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +616,7 @@ func (x *RolloutStatusRequest) String() string {
 func (*RolloutStatusRequest) ProtoMessage() {}
 
 func (x *RolloutStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[7]
+	mi := &file_graft_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +629,7 @@ func (x *RolloutStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatusRequest.ProtoReflect.Descriptor instead.
 func (*RolloutStatusRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RolloutStatusRequest) GetPath() string {
@@ -582,7 +668,7 @@ type Consumer struct {
 
 func (x *Consumer) Reset() {
 	*x = Consumer{}
-	mi := &file_graft_v1_agent_proto_msgTypes[8]
+	mi := &file_graft_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +680,7 @@ func (x *Consumer) String() string {
 func (*Consumer) ProtoMessage() {}
 
 func (x *Consumer) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[8]
+	mi := &file_graft_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +693,7 @@ func (x *Consumer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
 func (*Consumer) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Consumer) GetAgent() *AgentReport {
@@ -663,7 +749,7 @@ type CopyStatus struct {
 
 func (x *CopyStatus) Reset() {
 	*x = CopyStatus{}
-	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	mi := &file_graft_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +761,7 @@ func (x *CopyStatus) String() string {
 func (*CopyStatus) ProtoMessage() {}
 
 func (x *CopyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	mi := &file_graft_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +774,7 @@ func (x *CopyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyStatus.ProtoReflect.Descriptor instead.
 func (*CopyStatus) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CopyStatus) GetPath() string {
@@ -737,7 +823,7 @@ type RolloutStatusResponse struct {
 
 func (x *RolloutStatusResponse) Reset() {
 	*x = RolloutStatusResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[10]
+	mi := &file_graft_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +835,7 @@ func (x *RolloutStatusResponse) String() string {
 func (*RolloutStatusResponse) ProtoMessage() {}
 
 func (x *RolloutStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[10]
+	mi := &file_graft_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +848,7 @@ func (x *RolloutStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatusResponse.ProtoReflect.Descriptor instead.
 func (*RolloutStatusResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RolloutStatusResponse) GetRevision() int64 {
@@ -797,7 +883,7 @@ var File_graft_v1_agent_proto protoreflect.FileDescriptor
 
 const file_graft_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14graft/v1/agent.proto\x12\bgraft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x03\n" +
+	"\x14graft/v1/agent.proto\x12\bgraft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x03\n" +
 	"\vAgentReport\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\tR\x03app\x12\x12\n" +
@@ -812,7 +898,13 @@ const file_graft_v1_agent_proto_rawDesc = "" +
 	" \x01(\tR\tprincipal\x12\x1a\n" +
 	"\binstance\x18\v \x01(\tR\binstance\x12!\n" +
 	"\fhttp_address\x18\f \x01(\tR\vhttpAddress\x12%\n" +
-	"\x0esince_revision\x18\r \x01(\x03R\rsinceRevision\"t\n" +
+	"\x0esince_revision\x18\r \x01(\x03R\rsinceRevision\x12-\n" +
+	"\x06leases\x18\x0e \x03(\v2\x15.graft.v1.LeaseReportR\x06leases\"i\n" +
+	"\vLeaseReport\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1a\n" +
+	"\busername\x18\x03 \x01(\tR\busername\x12\x1a\n" +
+	"\bretiring\x18\x04 \x01(\bR\bretiring\"t\n" +
 	"\x0eTemplateReport\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x12\n" +
@@ -871,41 +963,43 @@ func file_graft_v1_agent_proto_rawDescGZIP() []byte {
 	return file_graft_v1_agent_proto_rawDescData
 }
 
-var file_graft_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_graft_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_graft_v1_agent_proto_goTypes = []any{
 	(*AgentReport)(nil),           // 0: graft.v1.AgentReport
-	(*TemplateReport)(nil),        // 1: graft.v1.TemplateReport
-	(*ReloadReport)(nil),          // 2: graft.v1.ReloadReport
-	(*ReportRequest)(nil),         // 3: graft.v1.ReportRequest
-	(*ReportResponse)(nil),        // 4: graft.v1.ReportResponse
-	(*ListAgentsRequest)(nil),     // 5: graft.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 6: graft.v1.ListAgentsResponse
-	(*RolloutStatusRequest)(nil),  // 7: graft.v1.RolloutStatusRequest
-	(*Consumer)(nil),              // 8: graft.v1.Consumer
-	(*CopyStatus)(nil),            // 9: graft.v1.CopyStatus
-	(*RolloutStatusResponse)(nil), // 10: graft.v1.RolloutStatusResponse
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*LeaseReport)(nil),           // 1: graft.v1.LeaseReport
+	(*TemplateReport)(nil),        // 2: graft.v1.TemplateReport
+	(*ReloadReport)(nil),          // 3: graft.v1.ReloadReport
+	(*ReportRequest)(nil),         // 4: graft.v1.ReportRequest
+	(*ReportResponse)(nil),        // 5: graft.v1.ReportResponse
+	(*ListAgentsRequest)(nil),     // 6: graft.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 7: graft.v1.ListAgentsResponse
+	(*RolloutStatusRequest)(nil),  // 8: graft.v1.RolloutStatusRequest
+	(*Consumer)(nil),              // 9: graft.v1.Consumer
+	(*CopyStatus)(nil),            // 10: graft.v1.CopyStatus
+	(*RolloutStatusResponse)(nil), // 11: graft.v1.RolloutStatusResponse
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_graft_v1_agent_proto_depIdxs = []int32{
-	1,  // 0: graft.v1.AgentReport.templates:type_name -> graft.v1.TemplateReport
-	2,  // 1: graft.v1.AgentReport.reloads:type_name -> graft.v1.ReloadReport
-	11, // 2: graft.v1.AgentReport.time:type_name -> google.protobuf.Timestamp
-	0,  // 3: graft.v1.ReportRequest.report:type_name -> graft.v1.AgentReport
-	0,  // 4: graft.v1.ListAgentsResponse.agents:type_name -> graft.v1.AgentReport
-	0,  // 5: graft.v1.Consumer.agent:type_name -> graft.v1.AgentReport
-	8,  // 6: graft.v1.RolloutStatusResponse.consumers:type_name -> graft.v1.Consumer
-	9,  // 7: graft.v1.RolloutStatusResponse.copies:type_name -> graft.v1.CopyStatus
-	3,  // 8: graft.v1.AgentService.Report:input_type -> graft.v1.ReportRequest
-	5,  // 9: graft.v1.AgentService.ListAgents:input_type -> graft.v1.ListAgentsRequest
-	7,  // 10: graft.v1.AgentService.RolloutStatus:input_type -> graft.v1.RolloutStatusRequest
-	4,  // 11: graft.v1.AgentService.Report:output_type -> graft.v1.ReportResponse
-	6,  // 12: graft.v1.AgentService.ListAgents:output_type -> graft.v1.ListAgentsResponse
-	10, // 13: graft.v1.AgentService.RolloutStatus:output_type -> graft.v1.RolloutStatusResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	2,  // 0: graft.v1.AgentReport.templates:type_name -> graft.v1.TemplateReport
+	3,  // 1: graft.v1.AgentReport.reloads:type_name -> graft.v1.ReloadReport
+	12, // 2: graft.v1.AgentReport.time:type_name -> google.protobuf.Timestamp
+	1,  // 3: graft.v1.AgentReport.leases:type_name -> graft.v1.LeaseReport
+	0,  // 4: graft.v1.ReportRequest.report:type_name -> graft.v1.AgentReport
+	0,  // 5: graft.v1.ListAgentsResponse.agents:type_name -> graft.v1.AgentReport
+	0,  // 6: graft.v1.Consumer.agent:type_name -> graft.v1.AgentReport
+	9,  // 7: graft.v1.RolloutStatusResponse.consumers:type_name -> graft.v1.Consumer
+	10, // 8: graft.v1.RolloutStatusResponse.copies:type_name -> graft.v1.CopyStatus
+	4,  // 9: graft.v1.AgentService.Report:input_type -> graft.v1.ReportRequest
+	6,  // 10: graft.v1.AgentService.ListAgents:input_type -> graft.v1.ListAgentsRequest
+	8,  // 11: graft.v1.AgentService.RolloutStatus:input_type -> graft.v1.RolloutStatusRequest
+	5,  // 12: graft.v1.AgentService.Report:output_type -> graft.v1.ReportResponse
+	7,  // 13: graft.v1.AgentService.ListAgents:output_type -> graft.v1.ListAgentsResponse
+	11, // 14: graft.v1.AgentService.RolloutStatus:output_type -> graft.v1.RolloutStatusResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_graft_v1_agent_proto_init() }
@@ -919,7 +1013,7 @@ func file_graft_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_graft_v1_agent_proto_rawDesc), len(file_graft_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
