@@ -36,6 +36,9 @@ func TestEncodedBoundIsAnUpperBound(t *testing.T) {
 		for range rng.IntN(3) {
 			rep.Reloads = append(rep.Reloads, ReloadReport{Kind: text(6), Error: text(10)})
 		}
+		for range rng.IntN(3) {
+			rep.Leases = append(rep.Leases, LeaseReport{ID: text(6), Path: text(10), Username: text(8), Retiring: true})
+		}
 		b, err := json.Marshal(rep)
 		if err != nil {
 			t.Fatal(err)
