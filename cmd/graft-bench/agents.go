@@ -170,7 +170,7 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 		c.Close()
 		addr, token = a.Addr, a.Token
 	} else {
-		g, err := startGraftdProcess(ctx, ac.graftd)
+		g, err := startGraftdProcess(ctx, "agents", ac.graftd)
 		if err != nil {
 			return res, err
 		}
@@ -273,7 +273,7 @@ func (a *app) benchAgents(cmd *cobra.Command, ac agentsConfig) (agentsResult, er
 	// One change for all of them.
 	var profiled func() error
 	if ac.profile != "" {
-		if profiled, err = profileCPU(ctx, ac.profile, ac.metricsURL, token, ac.profileFor); err != nil {
+		if profiled, err = profileCPU(ctx, "agents", ac.profile, ac.metricsURL, token, ac.profileFor); err != nil {
 			return res, err
 		}
 	}
@@ -490,8 +490,9 @@ type graftdProcess struct {
 }
 
 // startGraftdProcess runs binary (default: graftd beside this program) in
-// dev mode in a temporary directory, and waits until it is ready.
-func startGraftdProcess(ctx context.Context, binary string) (*graftdProcess, error) {
+// dev mode in a temporary directory, and waits until it is ready; who (the
+// subcommand) starts its errors.
+func startGraftdProcess(ctx context.Context, who, binary string) (*graftdProcess, error) {
 	if binary == "" {
 		self, err := os.Executable()
 		if err != nil {
@@ -500,7 +501,7 @@ func startGraftdProcess(ctx context.Context, binary string) (*graftdProcess, err
 		binary = filepath.Join(filepath.Dir(self), "graftd")
 	}
 	if _, err := os.Stat(binary); err != nil {
-		return nil, fmt.Errorf("agents: graftd binary: %w (build it with make build, or give --graftd or --addr)", err)
+		return nil, fmt.Errorf("%s: graftd binary: %w (build it with make build, or give --graftd or --addr)", who, err)
 	}
 	dir, err := os.MkdirTemp("", "graft-bench-graftd-")
 	if err != nil {
@@ -524,7 +525,7 @@ func startGraftdProcess(ctx context.Context, binary string) (*graftdProcess, err
 	}
 	g.cmd.Stdout, g.cmd.Stderr = logFile, logFile
 	if err := g.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("agents: start %s: %w", binary, err)
+		return nil, fmt.Errorf("%s: start %s: %w", who, binary, err)
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if resp, err := http.Get("http://" + httpAddr + "/readyz"); err == nil {
@@ -535,7 +536,7 @@ func startGraftdProcess(ctx context.Context, binary string) (*graftdProcess, err
 		}
 		if time.Now().After(deadline) {
 			g.stop()
-			return nil, fmt.Errorf("agents: graftd not ready after 30 s (its log was in %s)", logFile.Name())
+			return nil, fmt.Errorf("%s: graftd not ready after 30 s (its log was in %s)", who, logFile.Name())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
