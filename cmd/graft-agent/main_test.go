@@ -52,6 +52,7 @@ reload:
 health: {http: "http://x", tcp: "x:1"}
 wait: {min: 10s, max: 1s}
 listen: 0.0.0.0:7431
+dbcred: {grace: -1s}
 `))
 	if err == nil {
 		t.Fatal("a bad configuration was accepted")
@@ -60,7 +61,7 @@ listen: 0.0.0.0:7431
 		`app "a/b"`, "token_file: give the file", "destination \"relative.txt\" must be an absolute path",
 		"give exactly one of contents and source", `mode "999"`, "signal.pidfile is required", `signal "SIGFOO"`,
 		`http.url "ftp://x"`, "reload[1]: give exactly one of signal, http, command, docker and kubernetes", `reload[2]: kubernetes.deployment "Message_Processor"`, "health: give one of",
-		"wait: want 0 <= min <= max", `listen "0.0.0.0:7431": want a loopback`,
+		"wait: want 0 <= min <= max", `listen "0.0.0.0:7431": want a loopback`, "dbcred.grace -1s: want 0 to 24h0m0s",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the problems lack %q:\n%v", want, err)
