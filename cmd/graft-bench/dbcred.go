@@ -253,7 +253,9 @@ reach the database (--dsn, or this machine's loopback).
 
 The floor sends each password in clear, so the server hashes it (SCRAM,
 4,096 iterations), as pgbench or a DBA would; graftd hashes it itself and
-sends the verifier: the same work, on this machine, done elsewhere.
+sends the verifier: the same work, on this machine, done elsewhere. Nor
+does the floor take the advisory lock with which graftd's driver runs one
+database's role statements one at a time.
 
 --grant group (the default) grants a group role that may read the table;
 --grant table runs the README's GRANT SELECT ON ALL TABLES IN SCHEMA public

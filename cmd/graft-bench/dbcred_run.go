@@ -335,7 +335,9 @@ func (b *dbcredBench) issueRun(ctx context.Context, n int) error {
 
 // floor runs the role's statements as graftd's driver does (one
 // transaction, each statement a simple query) on n connections of the
-// bench's own, then drops the users it made.
+// bench's own, then drops the users it made. It does not take the
+// advisory lock with which the driver runs one database's role
+// statements in turn: the floor is what the database does alone.
 func (b *dbcredBench) floor(ctx context.Context, n int) (throughput, error) {
 	conns := make([]*pgx.Conn, n)
 	defer func() {
@@ -374,14 +376,19 @@ func (b *dbcredBench) floor(ctx context.Context, n int) (throughput, error) {
 	})
 	users := slices.Concat(made...)
 	b.p.say("  floor: dropping its %d users", len(users))
-	droppers := conns
+	parallel := n
 	if b.dc.grant == "table" {
 		// Each DROP OWNED rewrites the table's grants: two at once fail
 		// ("tuple concurrently updated").
-		droppers = conns[:1]
+		parallel = 1
 	}
-	if err := dropUsers(context.WithoutCancel(ctx), droppers, users); err != nil {
+	// On connections of their own: a connection whose query an
+	// interrupt cancelled is closed, and its users must go all the same.
+	if err := dropUsers(context.WithoutCancel(ctx), b.dsn, parallel, users); err != nil {
 		return throughput{}, fmt.Errorf("dbcred: floor: drop its users (%s-…): %w", prefix, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return throughput{}, err
 	}
 	if err := b.noteErrors(fmt.Sprintf("floor, %d connection(s)", n), s); err != nil {
 		return throughput{}, err
@@ -389,20 +396,30 @@ func (b *dbcredBench) floor(ctx context.Context, n int) (throughput, error) {
 	return s.throughput(), nil
 }
 
-// dropUsers drops users (and their privileges) over conns.
-func dropUsers(ctx context.Context, conns []*pgx.Conn, users []string) error {
+// dropUsers drops users (and their privileges) over parallel
+// connections to dsn.
+func dropUsers(ctx context.Context, dsn string, parallel int, users []string) error {
 	var next atomic.Int64
-	errs := make([]error, len(conns))
+	errs := make([]error, parallel)
 	var wg sync.WaitGroup
-	for i, c := range conns {
+	for i := range parallel {
 		wg.Go(func() {
+			c, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				errs[i] = dbcred.ScrubDSN(err, dsn)
+				return
+			}
+			defer c.Close(ctx)
 			for {
 				j := int(next.Add(1)) - 1
-				if j >= len(users) || errs[i] != nil {
+				if j >= len(users) {
 					return
 				}
 				q := pgx.Identifier{users[j]}.Sanitize()
-				_, errs[i] = c.Exec(ctx, "DROP OWNED BY "+q+"; DROP ROLE "+q, pgx.QueryExecModeSimpleProtocol)
+				if _, err := c.Exec(ctx, "DROP OWNED BY "+q+"; DROP ROLE "+q, pgx.QueryExecModeSimpleProtocol); err != nil {
+					errs[i] = err
+					return
+				}
 			}
 		})
 	}
