@@ -329,11 +329,17 @@ func (m *Manager) moveDue(old, new, id string) []store.Op {
 }
 
 // createPending checks the role's quotas and writes the pending lease
-// with its index entries, and returns the lease's revision.
+// with its index entries, and returns the lease's revision. Only a role
+// with a quota has its issues take turns: the count and the write must
+// not interleave, but without a quota there is nothing to count, and
+// taking turns across an etcd commit would cap the role's issues at one
+// commit's latency each.
 func (m *Manager) createPending(ctx context.Context, r Role, l Lease) (int64, error) {
-	mu, _ := m.issuing.LoadOrStore(r.Path, &sync.Mutex{})
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+	if r.Role.MaxLeases > 0 || r.Role.MaxLeasesPerPrincipal > 0 {
+		mu, _ := m.issuing.LoadOrStore(r.Path, &sync.Mutex{})
+		mu.(*sync.Mutex).Lock()
+		defer mu.(*sync.Mutex).Unlock()
+	}
 	if max := r.Role.MaxLeases; max > 0 {
 		n, err := m.roles.Count(ctx, r.Path+"@")
 		if err != nil {
