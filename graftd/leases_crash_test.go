@@ -22,10 +22,13 @@ import (
 // names begin with v-), by name.
 func dynamicUsers(t *testing.T, pg *pgtest.Server) []string {
 	t.Helper()
-	rows, err := pg.Connect(t, "postgres").Query(t.Context(), "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY rolname")
+	conn := pg.Connect(t, "postgres")
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(t.Context(), "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY rolname")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rows.Close()
 	var names []string
 	for rows.Next() {
 		var n string
