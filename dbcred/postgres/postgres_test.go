@@ -2,20 +2,10 @@ package postgres_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/url"
-	"os"
-	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -381,7 +371,7 @@ func TestCreateRoleAdmin(t *testing.T) {
 func TestTLS(t *testing.T) {
 	s := pgtest.Start(t)
 	ctx := t.Context()
-	caFile := serveTLS(t, s)
+	caFile, _ := s.RequireTLS(t)
 
 	q := url.Values{"sslmode": {"verify-full"}, "sslrootcert": {caFile}}
 	verified := (&url.URL{
@@ -400,82 +390,6 @@ func TestTLS(t *testing.T) {
 	if d, err := postgres.Open(ctx, s.DSN); err == nil {
 		d.Close()
 		t.Fatal("the admin logged in without TLS: the test proves nothing")
-	}
-}
-
-// serveTLS gives s a certificate for 127.0.0.1 from a new CA, refuses
-// connections without TLS, and returns the CA's file.
-func serveTLS(t *testing.T, s *pgtest.Server) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pgtest"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP(s.Host)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(s.Dir, "server.crt"), filepath.Join(s.Dir, "server.key")
-	writeServerFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeServerFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))
-
-	hba := filepath.Join(s.Dir, "data", "pg_hba.conf")
-	rules, err := os.ReadFile(hba)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(hba, append([]byte("hostnossl all all all reject\n"), rules...), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.Exec(t, "postgres", "ALTER SYSTEM SET ssl_cert_file = "+pgtest.Literal(certFile))
-	s.Exec(t, "postgres", "ALTER SYSTEM SET ssl_key_file = "+pgtest.Literal(keyFile))
-	s.Exec(t, "postgres", "ALTER SYSTEM SET ssl = on")
-	s.Exec(t, "postgres", "SELECT pg_reload_conf()")
-	eventually(t, "TLS required", func() bool {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, s.DSN)
-		if err == nil {
-			conn.Close(ctx)
-		}
-		return err != nil && strings.Contains(err.Error(), "no encryption")
-	})
-	return certFile // self-signed: the certificate is its CA
-}
-
-// writeServerFile writes a file the server reads: owned by the user it
-// runs as, private (PostgreSQL refuses a key others may read).
-func writeServerFile(t *testing.T, name string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(name, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if os.Geteuid() != 0 {
-		return
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	if err := os.Chown(name, uid, gid); err != nil {
-		t.Fatal(err)
 	}
 }
 
