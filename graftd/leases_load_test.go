@@ -74,9 +74,9 @@ func (q quickCreate) CreateUser(ctx context.Context, _ []string, u dbcred.NewUse
 func TestManyLeasesExpireAtOnce(t *testing.T) {
 	const n = 5000
 	pg := pgtest.Start(t)
-	// The users take the table's grants as members of a group role: a
-	// table's ACL, granted to each user, would hold only some 600 (it
-	// must fit in a page, so GRANT fails with "row is too big").
+	// The users take the table's grants as members of a group role. A
+	// table's ACL, granted to each user, must fit in its catalog row, a
+	// page: some 2,400 users on, GRANT fails with "row is too big".
 	pg.Exec(t, "postgres", "CREATE TABLE pets (name text)")
 	pg.Exec(t, "postgres", "CREATE ROLE pets_reader NOLOGIN")
 	pg.Exec(t, "postgres", "GRANT SELECT ON pets TO pets_reader")
