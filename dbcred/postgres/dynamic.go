@@ -67,6 +67,9 @@ func (d *Driver) CreateUser(ctx context.Context, statements []string, u dbcred.N
 		})
 	})
 	if err != nil {
+		if rowTooBig(err) {
+			err = fmt.Errorf("%w: an object's privileges are kept in its catalog row, which direct grants to some thousands of users fill: grant them to a group role once and make each user a member instead (CREATE ROLE \"{{name}}\" ... IN ROLE <group>)", err)
+		}
 		// The server quotes a literal it cannot read ("invalid input
 		// syntax for type integer: \"SCRAM-SHA-256$...\"") and a token it
 		// trips over, which may be the verifier or a piece of it.
@@ -174,6 +177,18 @@ func (d *Driver) RevokeUser(ctx context.Context, statements []string, user strin
 	}
 	return nil
 }
+
+// rowTooBig reports whether err is the server's refusal of a catalog row
+// that no longer fits in a page, as a table's ACL does once some 2,400
+// users were granted on it one by one.
+func rowTooBig(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == programLimitExceeded && strings.HasPrefix(pe.Message, "row is too big")
+}
+
+// programLimitExceeded is the SQLSTATE of a row, or another object,
+// larger than the server allows.
+const programLimitExceeded = "54000"
 
 // turnLock is the key of the transaction-level advisory lock that the
 // transactions running a role's statements take first ("graftdbc").

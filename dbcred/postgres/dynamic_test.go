@@ -431,6 +431,47 @@ func TestDynamicConcurrentGrants(t *testing.T) {
 	}
 }
 
+// A role that grants on a table to each user directly fills the table's
+// ACL, whose catalog row must fit in a page, after some 2,400 users: the
+// creation then fails saying to grant to a group role instead.
+func TestDynamicCreateFullACL(t *testing.T) {
+	s := pgtest.Start(t)
+	ctx := t.Context()
+	s.Exec(t, "postgres", "CREATE TABLE items (id int)")
+	// Fill the ACL in ever smaller steps: one GRANT a user at a time
+	// rewrites the row thousands of times, seconds.
+	s.Exec(t, "postgres", `DO $$
+DECLARE
+	n int := 0;
+	step int;
+BEGIN
+	FOR i IN 1..5000 LOOP
+		EXECUTE format('CREATE ROLE %I', 'filler-' || i);
+	END LOOP;
+	FOREACH step IN ARRAY ARRAY[500, 50, 5, 1] LOOP
+		LOOP
+			BEGIN
+				EXECUTE (SELECT 'GRANT SELECT ON items TO ' || string_agg(format('%I', 'filler-' || j), ', ') FROM generate_series(n + 1, n + step) j);
+				n := n + step;
+			EXCEPTION WHEN program_limit_exceeded THEN
+				EXIT;
+			END;
+		END LOOP;
+	END LOOP;
+	IF n >= 5000 THEN
+		RAISE 'the ACL took every filler';
+	END IF;
+END $$`)
+	d := open(t, s.DSN)
+	err := d.CreateUser(ctx, creation, dbcred.NewUser{Name: "v-app-items-full", Password: password(t), Expiration: time.Now().Add(time.Hour)})
+	if err == nil || !strings.Contains(err.Error(), "row is too big") || !strings.Contains(err.Error(), "IN ROLE <group>") {
+		t.Fatalf("creating a user the table's ACL has no room for: %v; want the server's refusal and what to do", err)
+	}
+	if ok, err := d.UserExists(ctx, "v-app-items-full"); err != nil || ok {
+		t.Fatalf("UserExists after the failed creation = %v, %v; want false", ok, err)
+	}
+}
+
 func logStatements(t *testing.T, s *pgtest.Server) {
 	t.Helper()
 	s.Exec(t, "postgres", "ALTER SYSTEM SET log_statement = 'all'")
