@@ -1,0 +1,320 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/graft-sh/graft/broker"
+	"github.com/graft-sh/graft/internal/pgtest"
+	"github.com/graft-sh/graft/internal/testenv"
+	"github.com/graft-sh/graft/internal/tlsfiles"
+)
+
+// creds is a credential the test switches, as the agent's tree would.
+type creds struct {
+	mu   sync.Mutex
+	cred broker.Credential
+}
+
+func (c *creds) Current(context.Context) (broker.Credential, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cred.User == "" {
+		return broker.Credential{}, fmt.Errorf("%w at replicated/db/user", broker.ErrNoCredential)
+	}
+	return c.cred, nil
+}
+
+func (c *creds) set(user, password string, rev int64) {
+	c.mu.Lock()
+	c.cred = broker.Credential{User: user, Password: password, Revision: rev, Source: "/app/petstore/replicated/db/{user,password}"}
+	c.mu.Unlock()
+}
+
+// brokerRig is a PostgreSQL (SCRAM-SHA-256, TLS required when asked)
+// and a broker listening on loopback for it.
+type brokerRig struct {
+	pg    *pgtest.Server
+	creds *creds
+	addr  string
+	logs  *testenv.Buffer
+	cert  string // the database's certificate, its own CA
+}
+
+// startBroker starts the rig; withTLS makes the database require TLS,
+// the broker verify it (verify-full) and serve TLS to its clients with
+// the same certificate.
+func startBroker(t *testing.T, withTLS bool) *brokerRig {
+	t.Helper()
+	pg := pgtest.Start(t)
+	pg.CreateUser(t, "blue", "blue-pw")
+	pg.CreateUser(t, "green", "green 'pw'")
+	r := &brokerRig{pg: pg, creds: &creds{}, logs: &testenv.Buffer{}}
+	r.creds.set("blue", "blue-pw", 7)
+	mode := broker.TLSDisable
+	backend := fmt.Sprintf("%s:%d", pg.Host, pg.Port)
+	cfg := broker.PostgresConfig{Backend: backend, TLSMode: mode, Credentials: r.creds, Metrics: broker.NewMetrics(prometheus.NewRegistry()),
+		Log: slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), ConnectTimeout: 5 * time.Second}
+	if withTLS {
+		cert, key := pg.RequireTLS(t)
+		tc, err := broker.NewBackendTLS(broker.TLSVerifyFull, backend, cert, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.TLSMode, cfg.BackendTLS = broker.TLSVerifyFull, tc
+		if cfg.ClientTLS, err = tlsfiles.Server(cert, key, ""); err != nil {
+			t.Fatal(err)
+		}
+		r.cert = cert
+	}
+	p, err := broker.NewPostgres(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+// url is a client's DSN to the broker: any user, no password.
+func (r *brokerRig) url(sslmode string) string {
+	return fmt.Sprintf("postgres://app@%s/postgres?sslmode=%s", r.addr, sslmode)
+}
+
+func (r *brokerRig) connect(t *testing.T, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect through the broker (%s): %v\nbroker log:\n%s", dsn, err, r.logs)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func currentUser(t *testing.T, conn *pgx.Conn) string {
+	t.Helper()
+	var u string
+	if err := conn.QueryRow(t.Context(), "SELECT current_user").Scan(&u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// A client with no password reaches the database through the broker,
+// which logs in with SCRAM-SHA-256 over TLS verified against the
+// database's CA; a new credential is used by the next connection while
+// the open session goes on as the old user; the client's startup
+// parameters reach the database.
+func TestPostgresBrokerLogsInForTheClient(t *testing.T) {
+	r := startBroker(t, true)
+	first := r.connect(t, r.url("disable")+"&application_name=petstore")
+	if u := currentUser(t, first); u != "blue" {
+		t.Fatalf("current_user %q, want blue", u)
+	}
+	var ssl bool
+	var app, method string
+	if err := first.QueryRow(t.Context(), "SELECT s.ssl, a.application_name FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE pid = pg_backend_pid()").Scan(&ssl, &app); err != nil {
+		t.Fatal(err)
+	}
+	if !ssl || app != "petstore" {
+		t.Fatalf("the backend session: ssl %v, application_name %q; want TLS and petstore", ssl, app)
+	}
+	_ = method
+
+	r.creds.set("green", "green 'pw'", 8)
+	second := r.connect(t, r.url("disable"))
+	if u := currentUser(t, second); u != "green" {
+		t.Fatalf("after the switch, current_user %q, want green", u)
+	}
+	if u := currentUser(t, first); u != "blue" {
+		t.Fatalf("the session open before the switch is now %q", u)
+	}
+	if strings.Contains(r.logs.String(), "blue-pw") || strings.Contains(r.logs.String(), "green 'pw'") {
+		t.Fatalf("the broker's log holds a password:\n%s", r.logs)
+	}
+}
+
+// sslmode=prefer and require clients work: without client TLS the
+// broker answers N and prefer goes on in plaintext while require fails
+// cleanly; with client TLS both get TLS, and verify-full verifies the
+// broker's certificate.
+func TestPostgresBrokerSSLModes(t *testing.T) {
+	plain := startBroker(t, false)
+	currentUser(t, plain.connect(t, plain.url("prefer")))
+	if _, err := pgx.Connect(t.Context(), plain.url("require")); err == nil || !strings.Contains(err.Error(), "server refused TLS connection") {
+		t.Fatalf("sslmode=require to a broker without client TLS: %v", err)
+	}
+
+	withTLS := startBroker(t, true)
+	for _, mode := range []string{"prefer", "require", "verify-full&sslrootcert=" + withTLS.cert} {
+		conn := withTLS.connect(t, withTLS.url(mode))
+		if _, ok := conn.PgConn().Conn().(*tls.Conn); !ok {
+			t.Errorf("sslmode=%s: the connection to the broker is not TLS", mode)
+		}
+		currentUser(t, conn)
+	}
+	// GSSAPI encryption is declined with N, as libpq's gssencmode=prefer
+	// expects, and the startup goes on.
+	c, err := net.Dial("tcp", withTLS.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(c, c)
+	fe.Send(&pgproto3.GSSEncRequest{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	answer := make([]byte, 1)
+	if _, err := io.ReadFull(c, answer); err != nil || answer[0] != 'N' {
+		t.Fatalf("GSSEncRequest answered %q, %v; want N", answer, err)
+	}
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "app", "database": "postgres"}})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := fe.Receive(); err != nil {
+		t.Fatal(err)
+	} else if _, ok := msg.(*pgproto3.AuthenticationOk); !ok {
+		t.Fatalf("after the GSSEncRequest, the startup got %T, want AuthenticationOk", msg)
+	}
+}
+
+// A CancelRequest through the broker reaches the database: a pg_sleep
+// of a minute ends at once.
+func TestPostgresBrokerCancel(t *testing.T) {
+	r := startBroker(t, false)
+	conn := r.connect(t, r.url("disable"))
+	began := time.Now()
+	// pgconn's CancelRequest sends the key the broker gave, to the
+	// broker, as libpq's PQcancel does.
+	time.AfterFunc(300*time.Millisecond, func() {
+		if err := conn.PgConn().CancelRequest(context.Background()); err != nil {
+			t.Errorf("cancel request: %v", err)
+		}
+	})
+	_, err := conn.Exec(t.Context(), "SELECT pg_sleep(60)")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("pg_sleep cancelled: %v, want query_canceled (57014)", err)
+	}
+	if took := time.Since(began); took > 20*time.Second {
+		t.Fatalf("the cancel took %s", took)
+	}
+}
+
+// A credential the database refuses reaches the client as a FATAL
+// ErrorResponse that says which user and where it came from, never the
+// password; no credential at all says what to check.
+func TestPostgresBrokerRefusal(t *testing.T) {
+	r := startBroker(t, false)
+	r.creds.set("blue", "wrong-password-xyz", 9)
+	_, err := pgx.Connect(t.Context(), r.url("disable"))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "28P01" || !strings.Contains(pgErr.Hint, `graft broker logged in as user "blue" with the credential from /app/petstore/replicated/db/{user,password} (revision 9)`) {
+		t.Fatalf("a wrong password: %v (hint %q)", err, hintOf(pgErr))
+	}
+	if strings.Contains(err.Error()+pgErr.Hint+r.logs.String(), "wrong-password-xyz") {
+		t.Fatalf("the password reached the client or the log")
+	}
+	r.creds.set("", "", 0)
+	_, err = pgx.Connect(t.Context(), r.url("disable"))
+	if !errors.As(err, &pgErr) || !strings.Contains(pgErr.Message, "no database credential to log in with: no credential at replicated/db/user") {
+		t.Fatalf("no credential: %v", err)
+	}
+}
+
+func hintOf(e *pgconn.PgError) string {
+	if e == nil {
+		return ""
+	}
+	return e.Hint
+}
+
+// The database going away closes the client's connection at once.
+func TestPostgresBrokerBackendGone(t *testing.T) {
+	r := startBroker(t, false)
+	conn := r.connect(t, r.url("disable"))
+	var pid int
+	if err := conn.QueryRow(t.Context(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	r.pg.Exec(t, "postgres", "SELECT pg_terminate_backend($1)", pid)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil || ctx.Err() != nil {
+		t.Fatalf("a query on a terminated session: %v (ctx %v)", err, ctx.Err())
+	}
+}
+
+// Many concurrent connections, opened and closed repeatedly, all log in
+// and leave no connection behind in the broker or the database.
+func TestPostgresBrokerManyConnections(t *testing.T) {
+	r := startBroker(t, false)
+	r.pg.Exec(t, "postgres", "ALTER SYSTEM SET max_connections = 200")
+	const workers, rounds = 50, 4
+	var failed atomic.Int32
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range rounds {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				conn, err := pgx.Connect(ctx, r.url("disable"))
+				if err != nil {
+					err = fmt.Errorf("connect: %w", err)
+				} else {
+					if err = conn.QueryRow(ctx, "SELECT 1").Scan(new(int)); err != nil {
+						err = fmt.Errorf("query: %w", err)
+					}
+					conn.Close(ctx)
+				}
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of %d connections failed; the first: %v\n%s", n, workers*rounds, firstErr, r.logs)
+	}
+	admin := r.pg.Connect(t, "postgres")
+	testenv.WaitFor(t, 10*time.Second, func() bool {
+		var n int
+		admin.QueryRow(t.Context(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blue'").Scan(&n)
+		return n == 0
+	})
+}
