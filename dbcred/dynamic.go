@@ -53,15 +53,27 @@ const (
 )
 
 // ExpirationLayout is how {{expiration}} is written: UTC, to the second,
-// a form PostgreSQL's VALID UNTIL and MariaDB's timestamps take.
+// a form PostgreSQL's VALID UNTIL and MariaDB's timestamps take. The
+// time is rounded up to the second (ExpirationText), so the database
+// never refuses a user before its lease ends.
 const ExpirationLayout = "2006-01-02 15:04:05+00"
+
+// ExpirationText is t as {{expiration}} writes it: rounded up to the
+// next whole second, in ExpirationLayout.
+func ExpirationText(t time.Time) string {
+	t = t.UTC()
+	if r := t.Truncate(time.Second); r.Before(t) {
+		t = r.Add(time.Second)
+	}
+	return t.Format(ExpirationLayout)
+}
 
 // Expand returns stmt with its placeholders replaced. name and password
 // are drawn from alphabets without quotes or backslashes (Role.Validate
 // and Username see to it), so a statement that quotes them stays one
 // statement.
 func Expand(stmt, name, password string, expiration time.Time) string {
-	r := strings.NewReplacer(PlaceholderName, name, PlaceholderPassword, password, PlaceholderExpiration, expiration.UTC().Format(ExpirationLayout))
+	r := strings.NewReplacer(PlaceholderName, name, PlaceholderPassword, password, PlaceholderExpiration, ExpirationText(expiration))
 	return r.Replace(stmt)
 }
 

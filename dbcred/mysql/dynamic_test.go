@@ -106,7 +106,7 @@ func TestDynamicLifecycle(t *testing.T) {
 	if err := s.Connect(t).QueryRowContext(ctx, "SELECT name, until FROM testdb.renewals").Scan(&name, &until); err != nil {
 		t.Fatalf("renew_sql left no row: %v", err)
 	}
-	if want := renewed.UTC().Format(dbcred.ExpirationLayout); name != u.Name || until != want {
+	if want := dbcred.ExpirationText(renewed); name != u.Name || until != want {
 		t.Errorf("renew_sql recorded (%s, %s), want (%s, %s)", name, until, u.Name, want)
 	}
 
