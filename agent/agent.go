@@ -46,7 +46,9 @@ type Agent struct {
 	rotator *rotator
 	// supervisor runs the application, when the configuration has exec.
 	supervisor *supervisor
-	listener   net.Listener
+	// brokers are the credential broker's listeners.
+	brokers  []*brokerListener
+	listener net.Listener
 }
 
 // New returns an agent for cfg, connected lazily to graftd. out receives
@@ -102,9 +104,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	if cfg.App != "" {
 		creds = newKeeper(keeperConfig{Conn: conn, Log: log, StateFile: cfg.stateFile(cfg.ID), Grace: cfg.DBCred.grace(), DryRun: cfg.DryRun})
 	}
+	if !cfg.Once && !cfg.DryRun {
+		if a.brokers, err = newBrokers(cfg, creds, reg, log); err != nil {
+			if a.listener != nil {
+				a.listener.Close()
+			}
+			conn.close()
+			return nil, err
+		}
+	}
 	reporter := newReporter(reporterConfig{Conn: conn, Log: log, ID: cfg.ID, App: cfg.App, Host: host, Addr: a.Addr()})
 	a.loop = newLoop(loopConfig{Config: cfg, Conn: conn, Log: log, Metrics: newMetrics(reg), Reloaders: newReloaders(cfg, log),
-		Supervisor: a.supervisor, Reporter: reporter, Creds: creds, Out: out})
+		Supervisor: a.supervisor, Reporter: reporter, Creds: creds, Brokers: a.brokers, Out: out})
 	return a, nil
 }
 
@@ -168,6 +179,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.rotator != nil {
 		tasks = append(tasks, task.New("rotator", a.rotator.Run))
+	}
+	for _, b := range a.brokers {
+		tasks = append(tasks, task.New("broker "+b.cfg.Listen, b.Serve))
 	}
 	if a.rotator == nil || a.cfg.App != "" {
 		tasks = append(tasks, task.New("watch", a.loop.Run))

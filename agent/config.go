@@ -55,6 +55,9 @@ type Config struct {
 	// DBCred configures the dynamic credentials templates take with
 	// dbcred.
 	DBCred DBCred `yaml:"dbcred"`
+	// Brokers are the credential broker's listeners: the application
+	// connects to them with no password.
+	Brokers []Broker `yaml:"broker"`
 	// RotationClaimTTL is how long its claim on a rotation outlives it
 	// (default 15s): how soon another rotator takes over after it dies.
 	RotationClaimTTL time.Duration `yaml:"rotation_claim_ttl"`
@@ -312,8 +315,8 @@ func (c Config) Validate() error {
 	if c.RotationClaimTTL != 0 && (c.RotationClaimTTL < rotation.MinClaimTTL || c.RotationClaimTTL > rotation.MaxClaimTTL) {
 		p.Add("rotation_claim_ttl %s: want %s to %s", c.RotationClaimTTL, rotation.MinClaimTTL, rotation.MaxClaimTTL)
 	}
-	if c.App != "" && len(c.Templates) == 0 && (c.Exec == nil || len(c.Exec.Env) == 0) {
-		p.Add("templates: give at least one template (destination and contents or source), or exec.env")
+	if c.App != "" && len(c.Templates) == 0 && (c.Exec == nil || len(c.Exec.Env) == 0) && len(c.Brokers) == 0 {
+		p.Add("templates: give at least one template (destination and contents or source), exec.env, or a broker")
 	}
 	if c.Exec != nil {
 		c.Exec.validate(p.Add)
@@ -405,6 +408,14 @@ func (c Config) Validate() error {
 	}
 	if g := c.DBCred.grace(); g < 0 || g > maxCredentialGrace {
 		p.Add("dbcred.grace %s: want 0 to %s (such as 30s)", g, maxCredentialGrace)
+	}
+	for i, b := range c.Brokers {
+		where := fmt.Sprintf("broker[%d]", i)
+		if c.App == "" {
+			p.Add("%s: the broker logs in with a credential from an application's tree: name it with app:", where)
+			break
+		}
+		b.validate(where, c.Root(), p.Add)
 	}
 	if c.DBCred.StateFile != "" && c.App == "" {
 		p.Add("dbcred.state_file: dynamic credentials are rendered into an application's files: name it with app:")

@@ -97,8 +97,9 @@ type heldCredential struct {
 	// verified says graftd confirmed the lease since the agent started
 	// (a lease read from the state file is renewed before it is used).
 	verified bool
-	// rendered says a render used it.
-	rendered bool
+	// rendered says a render or a broker used it; brokered that a
+	// broker did, and templated that a template did.
+	rendered, brokered, templated bool
 	// retryAt delays the next renew or replace after a failed call.
 	retryAt  time.Time
 	failures int
@@ -270,6 +271,18 @@ func (k *keeper) save() {
 // credential implements credentialSource: the credential held for path,
 // renewed first when it was read from the state file, or a new one.
 func (k *keeper) credential(path string) (Credential, error) {
+	return k.get(path, false)
+}
+
+// brokerCredential is the credential a broker logs in with for path.
+// A broker needs no reload: the next connection takes a replacement, so
+// the old lease's grace starts when it is replaced (unless a template
+// uses it too).
+func (k *keeper) brokerCredential(path string) (Credential, error) {
+	return k.get(path, true)
+}
+
+func (k *keeper) get(path string, byBroker bool) (Credential, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.load()
@@ -282,7 +295,7 @@ func (k *keeper) credential(path string) (Credential, error) {
 					// graftd is away: the database still takes the
 					// user until the lease's end.
 					k.cfg.Log.Warn("cannot confirm the dynamic credential's lease with graftd; using it until it expires", "path", path, "lease", h.LeaseID, "err", err)
-					k.use(h)
+					k.use(h, byBroker)
 					return h.credential(), nil
 				}
 				k.cfg.Log.Info("the dynamic credential's lease is gone; issuing a new one", "path", path, "lease", h.LeaseID, "err", err)
@@ -290,7 +303,7 @@ func (k *keeper) credential(path string) (Credential, error) {
 			}
 		}
 		if h, ok := k.held[path]; ok {
-			k.use(h)
+			k.use(h, byBroker)
 			return h.credential(), nil
 		}
 	}
@@ -307,13 +320,18 @@ func (k *keeper) credential(path string) (Credential, error) {
 	}
 	k.held[path] = h
 	k.save()
-	k.use(h)
+	k.use(h, byBroker)
 	return h.credential(), nil
 }
 
-// use marks h as used by a render: from then on it is renewed and
-// replaced on time. Callers hold mu.
-func (k *keeper) use(h *heldCredential) {
+// use marks h as used by a render or a broker: from then on it is
+// renewed and replaced on time. Callers hold mu.
+func (k *keeper) use(h *heldCredential, byBroker bool) {
+	if byBroker {
+		h.brokered = true
+	} else {
+		h.templated = true
+	}
 	if !h.rendered {
 		h.rendered = true
 		k.poke(k.wake)
@@ -575,6 +593,12 @@ func (k *keeper) replace(ctx context.Context, h *heldCredential) error {
 	n.Replaces = h.LeaseID
 	k.held[h.Path] = n
 	h.Replaces, h.RevokeAt = "", time.Time{}
+	if h.brokered && !h.templated {
+		// Only brokers use it: the next connection takes the new one,
+		// and the sessions open on the old one have the grace to end.
+		n.brokered, n.rendered = true, true
+		h.RevokeAt = k.cfg.Now().Add(k.cfg.Grace)
+	}
 	k.retiring = append(k.retiring, h)
 	k.save()
 	k.cfg.Log.Info("dynamic credential replaced before its max TTL; rendering the new one", "path", h.Path, "old_lease", h.LeaseID, "lease", n.LeaseID)

@@ -30,6 +30,8 @@ type loopConfig struct {
 	Reporter *reporter
 	// Creds keeps the dynamic credentials templates use.
 	Creds *keeper
+	// Brokers take their credentials from each revision the loop applies.
+	Brokers []*brokerListener
 	// Out receives the --dry-run report.
 	Out io.Writer
 }
@@ -46,6 +48,7 @@ type loop struct {
 	supervisor *supervisor
 	reporter   *reporter
 	creds      *keeper
+	brokers    []*brokerListener
 	out        io.Writer
 
 	values   map[string][]byte
@@ -74,7 +77,7 @@ type loop struct {
 
 func newLoop(c loopConfig) *loop {
 	return &loop{cfg: c.Config, conn: c.Conn, log: c.Log, metrics: c.Metrics, reloaders: c.Reloaders,
-		supervisor: c.Supervisor, reporter: c.Reporter, creds: c.Creds, out: c.Out, healthy: true,
+		supervisor: c.Supervisor, reporter: c.Reporter, creds: c.Creds, brokers: c.Brokers, out: c.Out, healthy: true,
 		values: map[string][]byte{}, times: map[string]time.Time{},
 		state: make([]rendered, len(c.Config.Templates)), modTimes: make([]time.Time, len(c.Config.Templates))}
 }
@@ -162,6 +165,7 @@ func (l *loop) snapshot(ctx context.Context) error {
 		l.log.Error("a value in the tree cannot be decrypted by graftd; templates that read it fail", "path", p)
 	}
 	l.values, l.times, l.revision = values, times, tree.Revision
+	l.publish()
 	l.applied.Store(tree.Revision)
 	l.metrics.revision.Set(float64(tree.Revision))
 	return nil
@@ -225,6 +229,9 @@ func (l *loop) follow(ctx context.Context) error {
 				changed[ev.Entry.Path] = true
 			}
 			l.revision = resp.Revision
+			// The brokers' next connections log in with this revision's
+			// credential at once: no render or reload is needed.
+			l.publish()
 			if l.cfg.Wait.Min <= 0 {
 				flush()
 				continue
@@ -250,6 +257,13 @@ func (l *loop) follow(ctx context.Context) error {
 		case <-l.supervisor.done():
 			return l.supervisor.exited()
 		}
+	}
+}
+
+// publish gives the brokers the credential of the revision applied.
+func (l *loop) publish() {
+	for _, b := range l.brokers {
+		b.publish(l.values, l.revision)
 	}
 }
 
