@@ -104,8 +104,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	if cfg.App != "" {
 		creds = newKeeper(keeperConfig{Conn: conn, Log: log, StateFile: cfg.stateFile(cfg.ID), Grace: cfg.DBCred.grace(), DryRun: cfg.DryRun})
 	}
+	var sessionsEnded func()
 	if !cfg.Once && !cfg.DryRun {
-		if a.brokers, err = newBrokers(cfg, creds, reg, log); err != nil {
+		if a.brokers, err = newBrokers(cfg, creds, reg, log, func() { sessionsEnded() }); err != nil {
 			if a.listener != nil {
 				a.listener.Close()
 			}
@@ -116,6 +117,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	reporter := newReporter(reporterConfig{Conn: conn, Log: log, ID: cfg.ID, App: cfg.App, Host: host, Addr: a.Addr()})
 	a.loop = newLoop(loopConfig{Config: cfg, Conn: conn, Log: log, Metrics: newMetrics(reg), Reloaders: newReloaders(cfg, log),
 		Supervisor: a.supervisor, Reporter: reporter, Creds: creds, Brokers: a.brokers, Out: out})
+	sessionsEnded = a.loop.sessionsEnded
 	return a, nil
 }
 

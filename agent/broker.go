@@ -16,6 +16,7 @@ import (
 
 	"github.com/graft-sh/graft/broker"
 	"github.com/graft-sh/graft/internal/tlsfiles"
+	"github.com/graft-sh/graft/sdk"
 )
 
 // Broker is one listener of the credential broker: the application
@@ -151,6 +152,9 @@ type brokerListener struct {
 	pg   *broker.Postgres
 	user string // absolute paths, for a static credential
 	pass string
+	// dbcred is the role's copy, for a dynamic credential.
+	dbcred string
+	creds  *keeper
 	// cred is the static credential as of the last revision the loop
 	// applied: user and password of one revision.
 	cred atomic.Pointer[broker.Credential]
@@ -158,7 +162,9 @@ type brokerListener struct {
 
 // newBrokers listens on every broker's address and builds its handler.
 // On error, the listeners opened are closed.
-func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.Logger) (_ []*brokerListener, err error) {
+// sessionsEnded is called when the last session of a user ends on any
+// listener.
+func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.Logger, sessionsEnded func()) (_ []*brokerListener, err error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, nil
 	}
@@ -173,13 +179,14 @@ func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.
 	}()
 	for i, bc := range cfg.Brokers {
 		where := fmt.Sprintf("broker[%d] (%s)", i, bc.Listen)
-		b := &brokerListener{cfg: bc}
+		b := &brokerListener{cfg: bc, creds: creds}
 		var source broker.Credentials
 		if bc.Credentials != nil {
 			b.user, b.pass = treePath(cfg.Root(), bc.Credentials.User), treePath(cfg.Root(), bc.Credentials.Password)
 			source = broker.CredentialsFunc(b.current)
 		} else {
 			path := treePath(cfg.Root(), bc.DBCred)
+			b.dbcred = path
 			source = broker.CredentialsFunc(func(context.Context) (broker.Credential, error) {
 				c, err := creds.brokerCredential(path)
 				if err != nil {
@@ -193,7 +200,8 @@ func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.
 			return nil, fmt.Errorf("%s: backend.tls: %w", where, err)
 		}
 		pcfg := broker.PostgresConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
-			Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen}
+			Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen,
+			OnSessionsEnded: func(string) { sessionsEnded() }}
 		if c := bc.ClientTLS; c != nil {
 			if pcfg.ClientTLS, err = tlsfiles.Server(c.CertFile, c.KeyFile, ""); err != nil {
 				return nil, fmt.Errorf("%s: client_tls: %w", where, err)
@@ -265,6 +273,24 @@ func (b *brokerListener) publish(values map[string][]byte, revision int64) {
 	c := &broker.Credential{User: string(values[b.user]), Password: string(values[b.pass]), Revision: revision,
 		Source: b.user + " and " + b.pass}
 	b.cred.Store(c)
+}
+
+// report is what the agent reports of the listener: the paths it logs
+// in with, the user new connections take, the sessions open.
+func (b *brokerListener) report() sdk.BrokerReport {
+	r := sdk.BrokerReport{Listen: b.cfg.Listen, Sessions: b.pg.Sessions()}
+	if b.dbcred != "" {
+		r.Keys = []string{b.dbcred}
+		if c, ok := b.creds.peek(b.dbcred); ok {
+			r.User = c.Username
+		}
+		return r
+	}
+	r.Keys = []string{b.user, b.pass}
+	if c := b.cred.Load(); c != nil {
+		r.User = c.User
+	}
+	return r
 }
 
 // Serve runs the listener until ctx ends.

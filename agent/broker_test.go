@@ -113,6 +113,30 @@ func TestBrokerStaticCredential(t *testing.T) {
 	if err := open.QueryRow(ctx, "SELECT current_user").Scan(&still); err != nil || still != "blue" {
 		t.Fatalf("the session open before the change: %q, %v", still, err)
 	}
+	// The agent consumes the credential through its broker: rollout
+	// status counts it, with the session still open as blue, until that
+	// session ends.
+	rev, err := r.dba.Get(ctx, "/dba/pp/db/password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSessions := func() int {
+		ro, err := r.dba.RolloutStatus(ctx, "/dba/pp/db/password", rev.Revision)
+		if err != nil || len(ro.Consumers) != 1 || !ro.Consumers[0].OK || !ro.Consumers[0].BrokerOnly {
+			return -1
+		}
+		return ro.Consumers[0].OldSessions
+	}
+	testenv.WaitFor(t, 10*time.Second, func() bool { return oldSessions() == 1 })
+	agents, err := r.app.ListAgents(ctx, "orders")
+	if err != nil || len(agents) != 1 || len(agents[0].Brokers) != 2 || agents[0].Brokers[0].User != "green" ||
+		agents[0].Brokers[0].Keys[0] != "/app/orders/replicated/db/user" {
+		t.Fatalf("agents ls: %v %+v", err, agents)
+	}
+	open.Close(ctx)
+	// The last session as blue ends: the agent reports at once, not at
+	// its next heartbeat.
+	testenv.WaitFor(t, 5*time.Second, func() bool { return oldSessions() == 0 })
 	if strings.Contains(logs.String(), "blue-pw") || strings.Contains(logs.String(), "green-pw") {
 		t.Fatalf("the agent's log holds a password:\n%s", logs)
 	}

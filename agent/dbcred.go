@@ -338,6 +338,16 @@ func (k *keeper) use(h *heldCredential, byBroker bool) {
 	}
 }
 
+// peek returns the credential held for path, without issuing one.
+func (k *keeper) peek(path string) (Credential, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if h, ok := k.held[path]; ok {
+		return h.credential(), true
+	}
+	return Credential{}, false
+}
+
 // gone reports whether graftd says a lease cannot go on: it does not
 // exist (revoked, reaped) or is not active.
 func gone(err error) bool {

@@ -71,6 +71,10 @@ type loop struct {
 	// a newer revision: the next render reloads even if it writes nothing.
 	reloadPending bool
 
+	// reportSoon asks for a report now: a broker's last session as a
+	// user ended, which a rotation's retirement may be waiting for.
+	reportSoon chan struct{}
+
 	ready   atomic.Bool
 	applied atomic.Int64
 }
@@ -78,7 +82,7 @@ type loop struct {
 func newLoop(c loopConfig) *loop {
 	return &loop{cfg: c.Config, conn: c.Conn, log: c.Log, metrics: c.Metrics, reloaders: c.Reloaders,
 		supervisor: c.Supervisor, reporter: c.Reporter, creds: c.Creds, brokers: c.Brokers, out: c.Out, healthy: true,
-		values: map[string][]byte{}, times: map[string]time.Time{},
+		values: map[string][]byte{}, times: map[string]time.Time{}, reportSoon: make(chan struct{}, 1),
 		state: make([]rendered, len(c.Config.Templates)), modTimes: make([]time.Time, len(c.Config.Templates))}
 }
 
@@ -252,11 +256,22 @@ func (l *loop) follow(ctx context.Context) error {
 			l.renderAndReload(ctx, nil, false, true)
 		case <-heartbeat.C:
 			l.report(ctx)
+		case <-l.reportSoon:
+			l.report(ctx)
 		case <-reconnected:
 			l.report(ctx)
 		case <-l.supervisor.done():
 			return l.supervisor.exited()
 		}
+	}
+}
+
+// sessionsEnded asks for a report soon: a broker's last session as some
+// user ended.
+func (l *loop) sessionsEnded() {
+	select {
+	case l.reportSoon <- struct{}{}:
+	default:
 	}
 }
 
@@ -364,6 +379,9 @@ func (l *loop) renderAndReload(ctx context.Context, changed map[string]bool, eve
 // report tells graftd what the agent runs, through the reporter.
 func (l *loop) report(ctx context.Context) {
 	rep := sdk.AgentReport{Revision: l.applied.Load(), Reloads: l.reloads, Healthy: l.healthy, Reason: l.reason, Leases: l.creds.leases()}
+	for _, b := range l.brokers {
+		rep.Brokers = append(rep.Brokers, b.report())
+	}
 	for i, t := range l.cfg.Templates {
 		st := l.state[i]
 		tr := sdk.TemplateReport{Destination: t.Destination, SHA256: st.hash, Keys: st.deps.keys()}

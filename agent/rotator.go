@@ -411,7 +411,7 @@ func (v values) Rollout(ctx context.Context, path string, rev int64) (rotation.R
 	var out rotation.Rollout
 	for _, c := range ro.Consumers {
 		out.Consumers = append(out.Consumers, rotation.Consumer{App: c.Agent.App, ID: c.Agent.ID, OK: c.OK, Unhealthy: c.Unhealthy, Reason: c.Reason,
-			Revision: c.Agent.Revision, Since: c.Agent.SinceRevision})
+			Revision: c.Agent.Revision, Since: c.Agent.SinceRevision, BrokerOnly: c.BrokerOnly, OldSessions: c.OldSessions})
 	}
 	for _, c := range ro.Copies {
 		if !c.Reached {

@@ -48,6 +48,9 @@ type PostgresConfig struct {
 	ConnectTimeout time.Duration
 	// Name names the listener in logs and metrics (its listen address).
 	Name string
+	// OnSessionsEnded, when set, is called when the last open session of
+	// a database user ends (a rollout waits for the old user's).
+	OnSessionsEnded func(user string)
 }
 
 // Postgres is a PostgreSQL listener of the broker.
@@ -57,6 +60,10 @@ type Postgres struct {
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
+	// sessions counts the open sessions by the user they logged in as.
+	sessions map[string]int
+	// onSessionsEnded is called when the last session of a user ends.
+	onSessionsEnded func(user string)
 }
 
 // backendKey is what cancels one backend session.
@@ -97,7 +104,33 @@ func NewPostgres(cfg PostgresConfig) (*Postgres, error) {
 	if cfg.Name == "" {
 		cfg.Name = "postgres"
 	}
-	return &Postgres{cfg: cfg, conns: map[net.Conn]struct{}{}}, nil
+	return &Postgres{cfg: cfg, conns: map[net.Conn]struct{}{}, sessions: map[string]int{}, onSessionsEnded: cfg.OnSessionsEnded}, nil
+}
+
+// Sessions returns how many sessions are open, by the database user
+// they logged in as.
+func (p *Postgres) Sessions() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int, len(p.sessions))
+	for u, n := range p.sessions {
+		out[u] = n
+	}
+	return out
+}
+
+// session counts a session of user in (+1) or out (-1).
+func (p *Postgres) session(user string, delta int) {
+	p.mu.Lock()
+	p.sessions[user] += delta
+	ended := p.sessions[user] <= 0
+	if ended {
+		delete(p.sessions, user)
+	}
+	p.mu.Unlock()
+	if ended && delta < 0 && p.onSessionsEnded != nil {
+		p.onSessionsEnded(user)
+	}
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and the
@@ -269,6 +302,8 @@ func (p *Postgres) serve(ctx context.Context, client net.Conn) {
 	}
 	client.SetDeadline(time.Time{})
 	p.cfg.Log.Debug("broker: session open", "listener", p.cfg.Name, "user", cred.User, "revision", cred.Revision)
+	p.session(cred.User, 1)
+	defer p.session(cred.User, -1)
 	relay(client, backend, m, p.cfg.Name)
 }
 

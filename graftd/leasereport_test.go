@@ -16,6 +16,15 @@ import (
 	"github.com/graft-sh/graft/internal/pgtest"
 )
 
+// make17 is one broker listener too many.
+func make17() []*graftv1.BrokerReport {
+	out := make([]*graftv1.BrokerReport, 17)
+	for i := range out {
+		out[i] = &graftv1.BrokerReport{Listen: fmt.Sprintf("127.0.0.1:%d", 6000+i), Keys: []string{"/app/orders/replicated/db/user"}}
+	}
+	return out
+}
+
 // Agents report the leases they hold, and graft lease ls shows which
 // agent holds which user. The doors: a report of leases needs a token;
 // a lease's path must be a role's copy in the agent's own tree; ids,
@@ -62,6 +71,9 @@ func TestAgentsReportTheirLeases(t *testing.T) {
 
 	report := func(app, agentID string, leases ...*graftv1.LeaseReport) *graftv1.ReportRequest {
 		return &graftv1.ReportRequest{Report: &graftv1.AgentReport{Id: agentID, App: app, Host: "h1", Instance: "i-" + agentID, Leases: leases}}
+	}
+	brokers := func(agentID string, bs ...*graftv1.BrokerReport) *graftv1.ReportRequest {
+		return &graftv1.ReportRequest{Report: &graftv1.AgentReport{Id: agentID, App: "orders", Host: "h1", Instance: "i-" + agentID, Brokers: bs}}
 	}
 	holder := func() string {
 		t.Helper()
@@ -114,6 +126,12 @@ func TestAgentsReportTheirLeases(t *testing.T) {
 		{"long username", orders, report("orders", "o2", &graftv1.LeaseReport{Id: id, Path: "/app/orders/replicated/creds/ro", Username: strings.Repeat("u", 300)}), codes.InvalidArgument, "leases[0].username is 300 bytes"},
 		{"too many", orders, report("orders", "o2", many...), codes.InvalidArgument, "33 leases: at most 32"},
 		{"another app's tree", orders, report("billing", "o2", &graftv1.LeaseReport{Id: id, Path: "/app/billing/replicated/creds/ro"}), codes.PermissionDenied, ""},
+		{"broker: foreign key", orders, brokers("o2", &graftv1.BrokerReport{Listen: "127.0.0.1:6432", Keys: []string{"/dba/pp/db/password"}}), codes.InvalidArgument, "brokers[0]: key \"/dba/pp/db/password\""},
+		{"broker: control listen", orders, brokers("o2", &graftv1.BrokerReport{Listen: "x\x1b[2J", Keys: []string{"/app/orders/replicated/db/user"}}), codes.InvalidArgument, "brokers[0].listen holds a control character"},
+		{"broker: control user", orders, brokers("o2", &graftv1.BrokerReport{Listen: "l", User: "u\n", Keys: []string{"/app/orders/replicated/db/user"}}), codes.InvalidArgument, "brokers[0].user holds a control character"},
+		{"broker: negative count", orders, brokers("o2", &graftv1.BrokerReport{Listen: "l", Keys: []string{"/app/orders/replicated/db/user"}, Sessions: []*graftv1.SessionCount{{User: "u", Count: -1}}}), codes.InvalidArgument, "brokers[0].sessions[0].count -1"},
+		{"broker: many keys", orders, brokers("o2", &graftv1.BrokerReport{Listen: "l", Keys: []string{"/app/orders/a", "/app/orders/b", "/app/orders/c", "/app/orders/d", "/app/orders/e"}}), codes.InvalidArgument, "brokers[0]: 5 keys"},
+		{"broker: many listeners", orders, brokers("o2", make17()...), codes.InvalidArgument, "17 broker listeners: at most 16"},
 	} {
 		_, err := c.Agents.Report(a.ctx, a.req)
 		if st := status.Convert(err); st.Code() != a.code || !strings.Contains(st.Message(), a.want) {

@@ -47,6 +47,8 @@ type Report struct {
 	Since int64 `json:"since_revision"`
 	// Leases are the dynamic credentials' leases the agent holds.
 	Leases []LeaseReport `json:"leases,omitempty"`
+	// Brokers are the listeners of its credential broker.
+	Brokers []BrokerReport `json:"brokers,omitempty"`
 	// Stored is the store revision at which this state was stored (the
 	// record's modification revision; set by List).
 	Stored int64 `json:"-"`
@@ -68,6 +70,34 @@ type LeaseReport struct {
 	Path     string `json:"path"`
 	Username string `json:"username"`
 	Retiring bool   `json:"retiring,omitempty"`
+}
+
+// BrokerReport is one listener of an agent's credential broker: the
+// credential's paths it logs in with (the agent consumes them as a
+// template that read them does), the user new connections log in as,
+// and the sessions open by user.
+type BrokerReport struct {
+	Listen   string         `json:"listen"`
+	Keys     []string       `json:"keys"`
+	User     string         `json:"user,omitempty"`
+	Sessions []SessionCount `json:"sessions,omitempty"`
+}
+
+// SessionCount is how many sessions one database user has open.
+type SessionCount struct {
+	User  string `json:"user"`
+	Count int    `json:"count"`
+}
+
+// oldSessions counts the sessions open as users other than b.User.
+func (b BrokerReport) oldSessions() int {
+	n := 0
+	for _, s := range b.Sessions {
+		if s.User != b.User {
+			n += s.Count
+		}
+	}
+	return n
 }
 
 // ReloadReport is one reload action's outcome.
@@ -96,6 +126,9 @@ const (
 	MaxKeys             = 1024     // paths all templates read
 	MaxReloads          = 16       // reload actions
 	MaxLeases           = 32       // leases one agent holds
+	MaxBrokers          = 16       // broker listeners
+	MaxBrokerKeys       = 4        // credential paths of one listener
+	MaxSessionUsers     = 16       // users with open sessions, per listener
 	MaxTextBytes        = 1024     // reason and error texts
 	MaxNameBytes        = 253      // id, host, instance, kind, http address
 	MaxDestinationBytes = 4096     // a template's destination
@@ -422,6 +455,32 @@ func (rep Report) Validate() error {
 			}
 		}
 	}
+	if len(rep.Brokers) > MaxBrokers {
+		return bad("%d broker listeners: at most %d", len(rep.Brokers), MaxBrokers)
+	}
+	for i, b := range rep.Brokers {
+		if len(b.Keys) > MaxBrokerKeys || len(b.Sessions) > MaxSessionUsers {
+			return bad("brokers[%d]: %d keys and %d users with sessions: at most %d and %d", i, len(b.Keys), len(b.Sessions), MaxBrokerKeys, MaxSessionUsers)
+		}
+		for _, f := range []struct{ name, value string }{{"listen", b.Listen}, {"user", b.User}} {
+			if err := checkText(f.value, MaxNameBytes, func() string { return fmt.Sprintf("brokers[%d].%s", i, f.name) }); err != nil {
+				return err
+			}
+		}
+		for _, k := range b.Keys {
+			if err := checkKey(k, tree); err != nil {
+				return bad("brokers[%d]: %v", i, err)
+			}
+		}
+		for j, sc := range b.Sessions {
+			if err := checkText(sc.User, MaxNameBytes, func() string { return fmt.Sprintf("brokers[%d].sessions[%d].user", i, j) }); err != nil {
+				return err
+			}
+			if sc.Count < 0 || sc.Count > 1<<20 {
+				return bad("brokers[%d].sessions[%d].count %d: want 0 to %d", i, j, sc.Count, 1<<20)
+			}
+		}
+	}
 	if len(rep.Leases) > MaxLeases {
 		return bad("%d leases: at most %d per agent", len(rep.Leases), MaxLeases)
 	}
@@ -462,6 +521,15 @@ func encodedBound(rep Report) int {
 	}
 	for _, l := range rep.Leases {
 		n += 64 + 6*(len(l.ID)+len(l.Path)+len(l.Username))
+	}
+	for _, b := range rep.Brokers {
+		n += 64 + 6*(len(b.Listen)+len(b.User))
+		for _, k := range b.Keys {
+			n += 8 + 6*len(k)
+		}
+		for _, sc := range b.Sessions {
+			n += 32 + 6*len(sc.User)
+		}
 	}
 	return n
 }
@@ -519,6 +587,11 @@ type Consumer struct {
 	// Unhealthy: the agent runs the revision, but its application
 	// failed its health check.
 	Unhealthy bool
+	// BrokerOnly: the agent uses the value only through its credential
+	// broker, which logs new connections in with the revision it runs;
+	// OldSessions are the sessions it still has open as other users.
+	BrokerOnly  bool
+	OldSessions int
 	// Summary is Reason without the texts the agent chose (a template's
 	// error, why it is unhealthy) or its key and file names, for callers
 	// who may not read the agent's tree.
@@ -612,6 +685,13 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 	for _, rep := range reports {
 		for _, c := range copies {
 			t, ok := reads(rep, c.Path)
+			brokerOnly, oldSessions := false, 0
+			if b, byBroker := brokerReads(rep, c.Path); byBroker {
+				oldSessions = b.oldSessions()
+				if !ok {
+					t, ok, brokerOnly = TemplateReport{Destination: "broker " + b.Listen, Keys: b.Keys}, true, true
+				}
+			}
 			if !ok {
 				continue
 			}
@@ -622,7 +702,7 @@ func (r *Registry) Status(ctx context.Context, copies []Copy, rev int64) (Status
 			// The consumer, with only the template that reads the copy.
 			agent := rep
 			agent.Templates = []TemplateReport{t}
-			con := Consumer{Agent: agent, Reads: c.Path}
+			con := Consumer{Agent: agent, Reads: c.Path, BrokerOnly: brokerOnly, OldSessions: oldSessions}
 			switch {
 			case n.reason != "":
 				con.Reason = n.reason
@@ -668,6 +748,22 @@ func appOf(path string) (string, bool) {
 	}
 	app, _, _ := strings.Cut(rest, "/")
 	return app, app != ""
+}
+
+// brokerReads returns the broker listener of rep that logs in with path,
+// if one does.
+func brokerReads(rep Report, path string) (BrokerReport, bool) {
+	if !strings.HasPrefix(path, "/app/"+rep.App+"/") {
+		return BrokerReport{}, false
+	}
+	for _, b := range rep.Brokers {
+		for _, k := range b.Keys {
+			if k == path {
+				return b, true
+			}
+		}
+	}
+	return BrokerReport{}, false
 }
 
 // reads returns the template of rep that read path, if one did. Only a

@@ -58,6 +58,11 @@ type Consumer struct {
 	// checked that the agent reported before the publish or read the
 	// published copy).
 	Revision, Since int64
+	// BrokerOnly: it uses the credential only through graft-agent's
+	// broker, which logs new connections in with the revision it runs;
+	// OldSessions are the sessions it still has open as other users.
+	BrokerOnly  bool
+	OldSessions int
 }
 
 // Opener connects to a database as its admin: driver is a Spec's Driver.
@@ -709,6 +714,28 @@ func (x *run) judge(ro Rollout, rev int64) (done bool, acked []string, why strin
 	return false, acked, fmt.Sprintf("%d acked, waiting for %s", len(acked), strings.Join(waiting, "; "))
 }
 
+// sessionsEnded reports whether every consumer of this rotation uses the
+// credential only through a broker that has no session open as another
+// user than the one it logs in with now.
+func (x *run) sessionsEnded(ro Rollout) bool {
+	seen := map[string]bool{}
+	for _, c := range ro.Consumers {
+		if !x.ours(c.App) {
+			continue
+		}
+		if !c.OK || !c.BrokerOnly || c.OldSessions > 0 {
+			return false
+		}
+		seen[c.App] = true
+	}
+	for _, app := range x.spec.ConsumerApps() {
+		if !seen[app] {
+			return false
+		}
+	}
+	return len(seen) > 0
+}
+
 // retire waits out the grace, checks once more that every consumer runs
 // the new credential, and retires the old user.
 func (x *run) retire(ctx context.Context) (outcome, error) {
@@ -717,8 +744,17 @@ func (x *run) retire(ctx context.Context) (outcome, error) {
 		// Nobody to retire, so no grace to give them.
 		return stepDone("no old user yet: this was the first run"), nil
 	}
-	if wait := x.view.RetireAt.Sub(x.now()); wait > 0 {
-		if err := retry.Sleep(ctx, wait); err != nil {
+	// The grace lets consumers end their sessions as the old user; a
+	// consumer that uses the credential only through graft-agent's broker
+	// says when it has none left, so once every consumer is such a one
+	// with no old session open, the grace ends early.
+	for wait := x.view.RetireAt.Sub(x.now()); wait > 0; wait = x.view.RetireAt.Sub(x.now()) {
+		ro, err := x.cfg.Values.Rollout(ctx, x.spec.Target+"/"+KeyPassword, x.view.PublishedRevision)
+		if err == nil && x.sessionsEnded(ro) {
+			x.log.Info("every consumer logs in through its broker with the new user and has no session open as the old one: retiring it before the grace ends", "user", old)
+			break
+		}
+		if err := retry.Sleep(ctx, min(wait, x.cfg.Poll)); err != nil {
 			return outcome{}, err
 		}
 	}

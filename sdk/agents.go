@@ -2,6 +2,8 @@ package sdk
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"time"
 
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
@@ -30,6 +32,20 @@ type AgentReport struct {
 	HTTPAddress string
 	// Leases are the dynamic credentials' leases the agent holds.
 	Leases []LeaseReport
+	// Brokers are the listeners of its credential broker.
+	Brokers []BrokerReport
+}
+
+// BrokerReport is one listener of an agent's credential broker.
+type BrokerReport struct {
+	Listen string
+	// Keys are the paths of the credential it logs in with, in the
+	// agent's tree.
+	Keys []string
+	// User is the database user new connections log in as.
+	User string
+	// Sessions are the sessions open through it, by database user.
+	Sessions map[string]int
 }
 
 // LeaseReport is one lease an agent holds; never the password.
@@ -72,6 +88,13 @@ func (c *Client) Report(ctx context.Context, r AgentReport, ttl time.Duration) e
 	for _, l := range r.Leases {
 		p.Leases = append(p.Leases, &graftv1.LeaseReport{Id: l.ID, Path: l.Path, Username: l.Username, Retiring: l.Retiring})
 	}
+	for _, b := range r.Brokers {
+		bp := &graftv1.BrokerReport{Listen: b.Listen, Keys: b.Keys, User: b.User}
+		for _, u := range slices.Sorted(maps.Keys(b.Sessions)) {
+			bp.Sessions = append(bp.Sessions, &graftv1.SessionCount{User: u, Count: int32(min(b.Sessions[u], 1<<20))})
+		}
+		p.Brokers = append(p.Brokers, bp)
+	}
 	_, err := c.agents.Report(ctx, &graftv1.ReportRequest{Report: p, TtlSeconds: int64(ttl / time.Second)})
 	return wrap(ctx, err)
 }
@@ -106,6 +129,16 @@ func reportFrom(p *graftv1.AgentReport) AgentReport {
 	for _, l := range p.GetLeases() {
 		r.Leases = append(r.Leases, LeaseReport{ID: l.GetId(), Path: l.GetPath(), Username: l.GetUsername(), Retiring: l.GetRetiring()})
 	}
+	for _, b := range p.GetBrokers() {
+		br := BrokerReport{Listen: b.GetListen(), Keys: b.GetKeys(), User: b.GetUser()}
+		if len(b.GetSessions()) > 0 {
+			br.Sessions = map[string]int{}
+			for _, sc := range b.GetSessions() {
+				br.Sessions[sc.GetUser()] = int(sc.GetCount())
+			}
+		}
+		r.Brokers = append(r.Brokers, br)
+	}
 	return r
 }
 
@@ -118,6 +151,11 @@ type Consumer struct {
 	// Unhealthy: it runs the revision, but its application failed its
 	// health check.
 	Unhealthy bool
+	// BrokerOnly: the agent uses the value only through its credential
+	// broker; OldSessions are the sessions the broker still has open as
+	// users other than the one it now logs in with.
+	BrokerOnly  bool
+	OldSessions int
 }
 
 // CopyStatus is whether replication has brought the revision to a copy.
@@ -146,7 +184,8 @@ func (c *Client) RolloutStatus(ctx context.Context, path string, rev int64) (Rol
 	}
 	out := Rollout{Revision: resp.GetRevision(), Complete: resp.GetComplete()}
 	for _, con := range resp.GetConsumers() {
-		out.Consumers = append(out.Consumers, Consumer{Agent: reportFrom(con.GetAgent()), Reads: con.GetReads(), OK: con.GetOk(), Reason: con.GetReason(), Unhealthy: con.GetUnhealthy()})
+		out.Consumers = append(out.Consumers, Consumer{Agent: reportFrom(con.GetAgent()), Reads: con.GetReads(), OK: con.GetOk(), Reason: con.GetReason(), Unhealthy: con.GetUnhealthy(),
+			BrokerOnly: con.GetBrokerOnly(), OldSessions: int(con.GetOldSessions())})
 	}
 	for _, cp := range resp.GetCopies() {
 		out.Copies = append(out.Copies, CopyStatus{Path: cp.GetPath(), Rule: cp.GetRule(), Reached: cp.GetReached(), Reason: cp.GetReason()})

@@ -65,6 +65,14 @@ func (s *Server) Report(ctx context.Context, req *graftv1.ReportRequest) (*graft
 			}
 		}
 	}
+	for _, b := range rep.Brokers {
+		for _, k := range b.Keys {
+			if !s.may(ctx, acl.ActionRead, k) {
+				return nil, toStatus(fmt.Errorf("report of agent %q of %s: broker %s logs in with %s: %w", rep.ID, rep.App, b.Listen, k,
+					&acl.DeniedError{Principal: p.Name, Action: acl.ActionRead, Path: k, Reason: "an agent reports only paths it may read"}))
+			}
+		}
+	}
 	for _, l := range rep.Leases {
 		if !s.may(ctx, acl.ActionRead, l.Path) {
 			return nil, toStatus(fmt.Errorf("report of agent %q of %s: lease %s issued at %s: %w", rep.ID, rep.App, l.ID, l.Path,
@@ -126,7 +134,8 @@ func (s *Server) RolloutStatus(ctx context.Context, req *graftv1.RolloutStatusRe
 	}
 	resp := &graftv1.RolloutStatusResponse{Revision: st.Revision, Complete: st.Complete}
 	for _, c := range st.Consumers {
-		con := &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason, Unhealthy: c.Unhealthy}
+		con := &graftv1.Consumer{Agent: reportProto(c.Agent), Reads: c.Reads, Ok: c.OK, Reason: c.Reason, Unhealthy: c.Unhealthy,
+			BrokerOnly: c.BrokerOnly, OldSessions: int32(c.OldSessions)}
 		if tree := "/app/" + c.Agent.App; !s.may(ctx, acl.ActionList, tree) || !s.may(ctx, acl.ActionRead, tree) {
 			// Another principal's agent: whether it runs the revision,
 			// not what its templates read, where they write, or what it
@@ -156,6 +165,7 @@ func hidden(r rollout.Report) rollout.Report {
 	}
 	r.Reloads = reloads
 	r.Leases = nil
+	r.Brokers = nil
 	return r
 }
 
@@ -173,6 +183,13 @@ func reportFrom(p *graftv1.AgentReport) rollout.Report {
 	for _, l := range p.GetLeases() {
 		r.Leases = append(r.Leases, rollout.LeaseReport{ID: l.GetId(), Path: l.GetPath(), Username: l.GetUsername(), Retiring: l.GetRetiring()})
 	}
+	for _, b := range p.GetBrokers() {
+		br := rollout.BrokerReport{Listen: b.GetListen(), Keys: b.GetKeys(), User: b.GetUser()}
+		for _, sc := range b.GetSessions() {
+			br.Sessions = append(br.Sessions, rollout.SessionCount{User: sc.GetUser(), Count: int(sc.GetCount())})
+		}
+		r.Brokers = append(r.Brokers, br)
+	}
 	return r
 }
 
@@ -187,6 +204,13 @@ func reportProto(r rollout.Report) *graftv1.AgentReport {
 	}
 	for _, l := range r.Leases {
 		p.Leases = append(p.Leases, &graftv1.LeaseReport{Id: l.ID, Path: l.Path, Username: l.Username, Retiring: l.Retiring})
+	}
+	for _, b := range r.Brokers {
+		bp := &graftv1.BrokerReport{Listen: b.Listen, Keys: b.Keys, User: b.User}
+		for _, sc := range b.Sessions {
+			bp.Sessions = append(bp.Sessions, &graftv1.SessionCount{User: sc.User, Count: int32(sc.Count)})
+		}
+		p.Brokers = append(p.Brokers, bp)
 	}
 	return p
 }

@@ -60,7 +60,9 @@ type AgentReport struct {
 	// templates), so that graft lease ls shows which agent holds which
 	// user. graftd shows a lease's holder only when the reporter is the
 	// lease's principal.
-	Leases        []*LeaseReport `protobuf:"bytes,14,rep,name=leases,proto3" json:"leases,omitempty"`
+	Leases []*LeaseReport `protobuf:"bytes,14,rep,name=leases,proto3" json:"leases,omitempty"`
+	// The listeners of its credential broker.
+	Brokers       []*BrokerReport `protobuf:"bytes,15,rep,name=brokers,proto3" json:"brokers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -193,6 +195,143 @@ func (x *AgentReport) GetLeases() []*LeaseReport {
 	return nil
 }
 
+func (x *AgentReport) GetBrokers() []*BrokerReport {
+	if x != nil {
+		return x.Brokers
+	}
+	return nil
+}
+
+// BrokerReport is one listener of an agent's credential broker.
+type BrokerReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where the application connects to it.
+	Listen string `protobuf:"bytes,1,opt,name=listen,proto3" json:"listen,omitempty"`
+	// The paths in the agent's tree of the credential it logs in with (the
+	// user and the password, or a dynamic credential's role): the agent
+	// counts as their consumer.
+	Keys []string `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// The database user new connections log in as.
+	User string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// The sessions open through it, by the user they logged in as.
+	Sessions      []*SessionCount `protobuf:"bytes,4,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BrokerReport) Reset() {
+	*x = BrokerReport{}
+	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BrokerReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BrokerReport) ProtoMessage() {}
+
+func (x *BrokerReport) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BrokerReport.ProtoReflect.Descriptor instead.
+func (*BrokerReport) Descriptor() ([]byte, []int) {
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BrokerReport) GetListen() string {
+	if x != nil {
+		return x.Listen
+	}
+	return ""
+}
+
+func (x *BrokerReport) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *BrokerReport) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *BrokerReport) GetSessions() []*SessionCount {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+// SessionCount is how many sessions one database user has open.
+type SessionCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The database user.
+	User string `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// Its open sessions.
+	Count         int32 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionCount) Reset() {
+	*x = SessionCount{}
+	mi := &file_graft_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionCount) ProtoMessage() {}
+
+func (x *SessionCount) ProtoReflect() protoreflect.Message {
+	mi := &file_graft_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionCount.ProtoReflect.Descriptor instead.
+func (*SessionCount) Descriptor() ([]byte, []int) {
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SessionCount) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *SessionCount) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 // LeaseReport is one lease an agent holds; never the password.
 type LeaseReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -211,7 +350,7 @@ type LeaseReport struct {
 
 func (x *LeaseReport) Reset() {
 	*x = LeaseReport{}
-	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	mi := &file_graft_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +362,7 @@ func (x *LeaseReport) String() string {
 func (*LeaseReport) ProtoMessage() {}
 
 func (x *LeaseReport) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[1]
+	mi := &file_graft_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +375,7 @@ func (x *LeaseReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseReport.ProtoReflect.Descriptor instead.
 func (*LeaseReport) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *LeaseReport) GetId() string {
@@ -285,7 +424,7 @@ type TemplateReport struct {
 
 func (x *TemplateReport) Reset() {
 	*x = TemplateReport{}
-	mi := &file_graft_v1_agent_proto_msgTypes[2]
+	mi := &file_graft_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +436,7 @@ func (x *TemplateReport) String() string {
 func (*TemplateReport) ProtoMessage() {}
 
 func (x *TemplateReport) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[2]
+	mi := &file_graft_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +449,7 @@ func (x *TemplateReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateReport.ProtoReflect.Descriptor instead.
 func (*TemplateReport) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TemplateReport) GetDestination() string {
@@ -358,7 +497,7 @@ type ReloadReport struct {
 
 func (x *ReloadReport) Reset() {
 	*x = ReloadReport{}
-	mi := &file_graft_v1_agent_proto_msgTypes[3]
+	mi := &file_graft_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +509,7 @@ func (x *ReloadReport) String() string {
 func (*ReloadReport) ProtoMessage() {}
 
 func (x *ReloadReport) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[3]
+	mi := &file_graft_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +522,7 @@ func (x *ReloadReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadReport.ProtoReflect.Descriptor instead.
 func (*ReloadReport) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReloadReport) GetKind() string {
@@ -420,7 +559,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_graft_v1_agent_proto_msgTypes[4]
+	mi := &file_graft_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +571,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[4]
+	mi := &file_graft_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +584,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReportRequest) GetReport() *AgentReport {
@@ -471,7 +610,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[5]
+	mi := &file_graft_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +622,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[5]
+	mi := &file_graft_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +635,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 // ListAgentsRequest filters the reports.
@@ -510,7 +649,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_graft_v1_agent_proto_msgTypes[6]
+	mi := &file_graft_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +661,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[6]
+	mi := &file_graft_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +674,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListAgentsRequest) GetApp() string {
@@ -556,7 +695,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[7]
+	mi := &file_graft_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +707,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[7]
+	mi := &file_graft_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +720,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*AgentReport {
@@ -604,7 +743,7 @@ type RolloutStatusRequest struct {
 
 func (x *RolloutStatusRequest) Reset() {
 	*x = RolloutStatusRequest{}
-	mi := &file_graft_v1_agent_proto_msgTypes[8]
+	mi := &file_graft_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +755,7 @@ func (x *RolloutStatusRequest) String() string {
 func (*RolloutStatusRequest) ProtoMessage() {}
 
 func (x *RolloutStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[8]
+	mi := &file_graft_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +768,7 @@ func (x *RolloutStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatusRequest.ProtoReflect.Descriptor instead.
 func (*RolloutStatusRequest) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RolloutStatusRequest) GetPath() string {
@@ -661,14 +800,21 @@ type Consumer struct {
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Whether the agent runs the revision but its application failed its
 	// health check: a verdict, where the other reasons are waits.
-	Unhealthy     bool `protobuf:"varint,5,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
+	Unhealthy bool `protobuf:"varint,5,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
+	// Whether the agent uses the value only through its credential broker,
+	// which logs new connections in with the revision it runs: such a
+	// consumer holds an older credential only through open sessions.
+	BrokerOnly bool `protobuf:"varint,6,opt,name=broker_only,json=brokerOnly,proto3" json:"broker_only,omitempty"`
+	// The sessions its broker still has open as users other than the one
+	// it now logs in as.
+	OldSessions   int32 `protobuf:"varint,7,opt,name=old_sessions,json=oldSessions,proto3" json:"old_sessions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Consumer) Reset() {
 	*x = Consumer{}
-	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	mi := &file_graft_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +826,7 @@ func (x *Consumer) String() string {
 func (*Consumer) ProtoMessage() {}
 
 func (x *Consumer) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[9]
+	mi := &file_graft_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +839,7 @@ func (x *Consumer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
 func (*Consumer) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Consumer) GetAgent() *AgentReport {
@@ -731,6 +877,20 @@ func (x *Consumer) GetUnhealthy() bool {
 	return false
 }
 
+func (x *Consumer) GetBrokerOnly() bool {
+	if x != nil {
+		return x.BrokerOnly
+	}
+	return false
+}
+
+func (x *Consumer) GetOldSessions() int32 {
+	if x != nil {
+		return x.OldSessions
+	}
+	return 0
+}
+
 // CopyStatus is whether replication has brought the revision to one copy
 // of the value.
 type CopyStatus struct {
@@ -749,7 +909,7 @@ type CopyStatus struct {
 
 func (x *CopyStatus) Reset() {
 	*x = CopyStatus{}
-	mi := &file_graft_v1_agent_proto_msgTypes[10]
+	mi := &file_graft_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +921,7 @@ func (x *CopyStatus) String() string {
 func (*CopyStatus) ProtoMessage() {}
 
 func (x *CopyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[10]
+	mi := &file_graft_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +934,7 @@ func (x *CopyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyStatus.ProtoReflect.Descriptor instead.
 func (*CopyStatus) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CopyStatus) GetPath() string {
@@ -823,7 +983,7 @@ type RolloutStatusResponse struct {
 
 func (x *RolloutStatusResponse) Reset() {
 	*x = RolloutStatusResponse{}
-	mi := &file_graft_v1_agent_proto_msgTypes[11]
+	mi := &file_graft_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +995,7 @@ func (x *RolloutStatusResponse) String() string {
 func (*RolloutStatusResponse) ProtoMessage() {}
 
 func (x *RolloutStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_graft_v1_agent_proto_msgTypes[11]
+	mi := &file_graft_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1008,7 @@ func (x *RolloutStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatusResponse.ProtoReflect.Descriptor instead.
 func (*RolloutStatusResponse) Descriptor() ([]byte, []int) {
-	return file_graft_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_graft_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RolloutStatusResponse) GetRevision() int64 {
@@ -883,7 +1043,7 @@ var File_graft_v1_agent_proto protoreflect.FileDescriptor
 
 const file_graft_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14graft/v1/agent.proto\x12\bgraft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x03\n" +
+	"\x14graft/v1/agent.proto\x12\bgraft.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x04\n" +
 	"\vAgentReport\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03app\x18\x02 \x01(\tR\x03app\x12\x12\n" +
@@ -899,7 +1059,16 @@ const file_graft_v1_agent_proto_rawDesc = "" +
 	"\binstance\x18\v \x01(\tR\binstance\x12!\n" +
 	"\fhttp_address\x18\f \x01(\tR\vhttpAddress\x12%\n" +
 	"\x0esince_revision\x18\r \x01(\x03R\rsinceRevision\x12-\n" +
-	"\x06leases\x18\x0e \x03(\v2\x15.graft.v1.LeaseReportR\x06leases\"i\n" +
+	"\x06leases\x18\x0e \x03(\v2\x15.graft.v1.LeaseReportR\x06leases\x120\n" +
+	"\abrokers\x18\x0f \x03(\v2\x16.graft.v1.BrokerReportR\abrokers\"\x82\x01\n" +
+	"\fBrokerReport\x12\x16\n" +
+	"\x06listen\x18\x01 \x01(\tR\x06listen\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x122\n" +
+	"\bsessions\x18\x04 \x03(\v2\x16.graft.v1.SessionCountR\bsessions\"8\n" +
+	"\fSessionCount\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\"i\n" +
 	"\vLeaseReport\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1a\n" +
@@ -925,13 +1094,16 @@ const file_graft_v1_agent_proto_rawDesc = "" +
 	"\x06agents\x18\x01 \x03(\v2\x15.graft.v1.AgentReportR\x06agents\"F\n" +
 	"\x14RolloutStatusRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x93\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xd7\x01\n" +
 	"\bConsumer\x12+\n" +
 	"\x05agent\x18\x01 \x01(\v2\x15.graft.v1.AgentReportR\x05agent\x12\x14\n" +
 	"\x05reads\x18\x02 \x01(\tR\x05reads\x12\x0e\n" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1c\n" +
-	"\tunhealthy\x18\x05 \x01(\bR\tunhealthy\"f\n" +
+	"\tunhealthy\x18\x05 \x01(\bR\tunhealthy\x12\x1f\n" +
+	"\vbroker_only\x18\x06 \x01(\bR\n" +
+	"brokerOnly\x12!\n" +
+	"\fold_sessions\x18\a \x01(\x05R\voldSessions\"f\n" +
 	"\n" +
 	"CopyStatus\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
@@ -963,43 +1135,47 @@ func file_graft_v1_agent_proto_rawDescGZIP() []byte {
 	return file_graft_v1_agent_proto_rawDescData
 }
 
-var file_graft_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_graft_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_graft_v1_agent_proto_goTypes = []any{
 	(*AgentReport)(nil),           // 0: graft.v1.AgentReport
-	(*LeaseReport)(nil),           // 1: graft.v1.LeaseReport
-	(*TemplateReport)(nil),        // 2: graft.v1.TemplateReport
-	(*ReloadReport)(nil),          // 3: graft.v1.ReloadReport
-	(*ReportRequest)(nil),         // 4: graft.v1.ReportRequest
-	(*ReportResponse)(nil),        // 5: graft.v1.ReportResponse
-	(*ListAgentsRequest)(nil),     // 6: graft.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 7: graft.v1.ListAgentsResponse
-	(*RolloutStatusRequest)(nil),  // 8: graft.v1.RolloutStatusRequest
-	(*Consumer)(nil),              // 9: graft.v1.Consumer
-	(*CopyStatus)(nil),            // 10: graft.v1.CopyStatus
-	(*RolloutStatusResponse)(nil), // 11: graft.v1.RolloutStatusResponse
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*BrokerReport)(nil),          // 1: graft.v1.BrokerReport
+	(*SessionCount)(nil),          // 2: graft.v1.SessionCount
+	(*LeaseReport)(nil),           // 3: graft.v1.LeaseReport
+	(*TemplateReport)(nil),        // 4: graft.v1.TemplateReport
+	(*ReloadReport)(nil),          // 5: graft.v1.ReloadReport
+	(*ReportRequest)(nil),         // 6: graft.v1.ReportRequest
+	(*ReportResponse)(nil),        // 7: graft.v1.ReportResponse
+	(*ListAgentsRequest)(nil),     // 8: graft.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 9: graft.v1.ListAgentsResponse
+	(*RolloutStatusRequest)(nil),  // 10: graft.v1.RolloutStatusRequest
+	(*Consumer)(nil),              // 11: graft.v1.Consumer
+	(*CopyStatus)(nil),            // 12: graft.v1.CopyStatus
+	(*RolloutStatusResponse)(nil), // 13: graft.v1.RolloutStatusResponse
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_graft_v1_agent_proto_depIdxs = []int32{
-	2,  // 0: graft.v1.AgentReport.templates:type_name -> graft.v1.TemplateReport
-	3,  // 1: graft.v1.AgentReport.reloads:type_name -> graft.v1.ReloadReport
-	12, // 2: graft.v1.AgentReport.time:type_name -> google.protobuf.Timestamp
-	1,  // 3: graft.v1.AgentReport.leases:type_name -> graft.v1.LeaseReport
-	0,  // 4: graft.v1.ReportRequest.report:type_name -> graft.v1.AgentReport
-	0,  // 5: graft.v1.ListAgentsResponse.agents:type_name -> graft.v1.AgentReport
-	0,  // 6: graft.v1.Consumer.agent:type_name -> graft.v1.AgentReport
-	9,  // 7: graft.v1.RolloutStatusResponse.consumers:type_name -> graft.v1.Consumer
-	10, // 8: graft.v1.RolloutStatusResponse.copies:type_name -> graft.v1.CopyStatus
-	4,  // 9: graft.v1.AgentService.Report:input_type -> graft.v1.ReportRequest
-	6,  // 10: graft.v1.AgentService.ListAgents:input_type -> graft.v1.ListAgentsRequest
-	8,  // 11: graft.v1.AgentService.RolloutStatus:input_type -> graft.v1.RolloutStatusRequest
-	5,  // 12: graft.v1.AgentService.Report:output_type -> graft.v1.ReportResponse
-	7,  // 13: graft.v1.AgentService.ListAgents:output_type -> graft.v1.ListAgentsResponse
-	11, // 14: graft.v1.AgentService.RolloutStatus:output_type -> graft.v1.RolloutStatusResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 0: graft.v1.AgentReport.templates:type_name -> graft.v1.TemplateReport
+	5,  // 1: graft.v1.AgentReport.reloads:type_name -> graft.v1.ReloadReport
+	14, // 2: graft.v1.AgentReport.time:type_name -> google.protobuf.Timestamp
+	3,  // 3: graft.v1.AgentReport.leases:type_name -> graft.v1.LeaseReport
+	1,  // 4: graft.v1.AgentReport.brokers:type_name -> graft.v1.BrokerReport
+	2,  // 5: graft.v1.BrokerReport.sessions:type_name -> graft.v1.SessionCount
+	0,  // 6: graft.v1.ReportRequest.report:type_name -> graft.v1.AgentReport
+	0,  // 7: graft.v1.ListAgentsResponse.agents:type_name -> graft.v1.AgentReport
+	0,  // 8: graft.v1.Consumer.agent:type_name -> graft.v1.AgentReport
+	11, // 9: graft.v1.RolloutStatusResponse.consumers:type_name -> graft.v1.Consumer
+	12, // 10: graft.v1.RolloutStatusResponse.copies:type_name -> graft.v1.CopyStatus
+	6,  // 11: graft.v1.AgentService.Report:input_type -> graft.v1.ReportRequest
+	8,  // 12: graft.v1.AgentService.ListAgents:input_type -> graft.v1.ListAgentsRequest
+	10, // 13: graft.v1.AgentService.RolloutStatus:input_type -> graft.v1.RolloutStatusRequest
+	7,  // 14: graft.v1.AgentService.Report:output_type -> graft.v1.ReportResponse
+	9,  // 15: graft.v1.AgentService.ListAgents:output_type -> graft.v1.ListAgentsResponse
+	13, // 16: graft.v1.AgentService.RolloutStatus:output_type -> graft.v1.RolloutStatusResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_graft_v1_agent_proto_init() }
@@ -1013,7 +1189,7 @@ func file_graft_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_graft_v1_agent_proto_rawDesc), len(file_graft_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
