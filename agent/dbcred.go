@@ -615,4 +615,3 @@ func (k *keeper) replace(ctx context.Context, h *heldCredential) error {
 	k.poke(k.replaced)
 	return nil
 }
-

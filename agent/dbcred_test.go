@@ -124,7 +124,7 @@ func TestDBCredOnceKeepsItsLease(t *testing.T) {
 		t.Fatalf("the state file: %v (want it 0600)", err)
 	}
 	var state struct {
-		Kind        string `json:"kind"`
+		Kind        string            `json:"kind"`
 		Credentials []json.RawMessage `json:"credentials"`
 	}
 	data, _ := os.ReadFile(stateFile)

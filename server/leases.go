@@ -6,9 +6,9 @@ import (
 	"time"
 
 	"github.com/graft-sh/graft/acl"
-	"github.com/graft-sh/graft/replicator"
 	"github.com/graft-sh/graft/dbcred/leases"
 	graftv1 "github.com/graft-sh/graft/gen/graft/v1"
+	"github.com/graft-sh/graft/replicator"
 )
 
 // mayManage reports whether the caller may renew and revoke l: its
