@@ -34,6 +34,15 @@ type agentView struct {
 
 	// HTTPAddress serves the agent's /healthz, /readyz and /metrics.
 	HTTPAddress string `json:"http_address,omitempty"`
+	// Brokers are its credential broker's listeners.
+	Brokers []brokerView `json:"brokers,omitempty"`
+}
+
+type brokerView struct {
+	Listen   string         `json:"listen"`
+	Keys     []string       `json:"keys,omitempty"`
+	User     string         `json:"user,omitempty"`
+	Sessions map[string]int `json:"sessions,omitempty"`
 }
 
 type templateView struct {
@@ -56,6 +65,9 @@ func viewAgent(r sdk.AgentReport) agentView {
 	}
 	for _, l := range r.Reloads {
 		v.Reloads = append(v.Reloads, reloadView(l))
+	}
+	for _, b := range r.Brokers {
+		v.Brokers = append(v.Brokers, brokerView(b))
 	}
 	return v
 }
@@ -138,6 +150,10 @@ type consumerView struct {
 	Reads  string    `json:"reads"`
 	OK     bool      `json:"ok"`
 	Reason string    `json:"reason,omitempty"`
+	// BrokerOnly: it uses the value only through its credential broker;
+	// OldSessions are the broker's sessions still open as another user.
+	BrokerOnly  bool `json:"broker_only,omitempty"`
+	OldSessions int  `json:"old_sessions,omitempty"`
 }
 
 type rolloutView struct {
@@ -257,7 +273,8 @@ func (a *app) finishRollout(path string, r sdk.Rollout, allowNone bool) error {
 func (a *app) emitRollout(path string, r sdk.Rollout) error {
 	v := rolloutView{Path: path, Revision: r.Revision, Complete: r.Complete, Consumers: []consumerView{}}
 	for _, con := range r.Consumers {
-		v.Consumers = append(v.Consumers, consumerView{Agent: viewAgent(con.Agent), Reads: con.Reads, OK: con.OK, Reason: con.Reason})
+		v.Consumers = append(v.Consumers, consumerView{Agent: viewAgent(con.Agent), Reads: con.Reads, OK: con.OK, Reason: con.Reason,
+			BrokerOnly: con.BrokerOnly, OldSessions: con.OldSessions})
 	}
 	return a.Emit(v, func(w io.Writer) error {
 		var b strings.Builder
@@ -272,6 +289,9 @@ func (a *app) emitRollout(path string, r sdk.Rollout) error {
 			state := "ok"
 			if !con.OK {
 				state = "waiting: " + con.Reason
+			}
+			if con.BrokerOnly {
+				state += fmt.Sprintf(" (through its broker; %d sessions still open as an older user)", con.OldSessions)
 			}
 			// Agents chose these texts: escape what a terminal would act on.
 			fmt.Fprintf(&b, "  %s/%s (%s) reads %s at revision %d: %s\n", printable(con.Agent.App), printable(con.Agent.ID), printable(con.Agent.Host), printable(con.Reads), con.Agent.Revision, printable(state))

@@ -16,8 +16,10 @@ import (
 const dbcredExample = `graft dbcred role put /dba/pp/creds/ro --driver postgres --admin /dba/pp/admin/postgres \
       --creation-sql @create-ro.sql`
 
-// creationSQLExample is a PostgreSQL creation statement to copy.
-const creationSQLExample = `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";`
+// creationSQLExample is a PostgreSQL creation statement to copy: a member
+// of a group role that holds the grants (direct grants fill a table's
+// catalog row after some 2,400 users).
+const creationSQLExample = `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE readers;`
 
 func (a *app) dbcredCmd() *cobra.Command {
 	cmd := &cobra.Command{

@@ -44,9 +44,10 @@ issues users from its copy and never sees the admin DSN:
   graft dbcred issue /app/orders/replicated/creds/ro      # as app:orders
 
 Needs write on PATH and read on ADMIN/dsn.`,
-		Example: `  cat > create-ro.sql <<'EOF'
-  CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
-  GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";
+		Example: `  # once, as the DBA: a group role that holds the grants
+  psql -c 'CREATE ROLE readers NOLOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO readers'
+  cat > create-ro.sql <<'EOF'
+  CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE readers;
   EOF
   ` + dbcredExample + `
   graft dbcred role put /dba/billing/creds/rw --driver mysql --admin /dba/billing/admin \
