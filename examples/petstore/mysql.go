@@ -48,7 +48,7 @@ func openMySQL(s Settings, log *slog.Logger) (store, error) {
 	db.SetMaxOpenConns(conns)
 	db.SetMaxIdleConns(conns)
 	db.SetConnMaxIdleTime(30 * time.Minute)
-	db.SetConnMaxLifetime(time.Hour)
+	db.SetConnMaxLifetime(s.ConnMaxLifetime)
 	st := &mysqlStore{db: db}
 	st.released.L = &st.mu
 	st.closingCtx, st.failWaits = context.WithCancel(context.Background())

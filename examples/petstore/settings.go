@@ -21,10 +21,19 @@ type Settings struct {
 	// Driver is DB_DRIVER: driverPostgres or driverMySQL, never empty.
 	Driver                                    string
 	Host, Port, Name, User, Password, SSLMode string
+	// ConnMaxLifetime is DB_CONN_MAX_LIFETIME: how long a pooled
+	// connection lives (default an hour). Behind graft-agent's broker, a
+	// short one moves every connection to a new credential soon after it
+	// is published, so the old user is left with no session.
+	ConnMaxLifetime time.Duration
 }
 
 // keys are the settings' names, in the file and in the environment.
-var keys = []string{"DB_DRIVER", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE"}
+var keys = []string{"DB_DRIVER", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_SSLMODE", "DB_CONN_MAX_LIFETIME"}
+
+// defaultConnMaxLifetime is a pooled connection's life without
+// DB_CONN_MAX_LIFETIME, as pgxpool's default.
+const defaultConnMaxLifetime = time.Hour
 
 var keyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
@@ -149,6 +158,15 @@ func parseSettings(lookup func(string) (string, bool)) (Settings, error) {
 	if p, err := strconv.Atoi(s.Port); (knownDriver || s.Port != "") && (err != nil || p < 1 || p > 65535) {
 		errs = append(errs, errors.New("DB_PORT is not a port number (1-65535)"))
 	}
+	s.ConnMaxLifetime = defaultConnMaxLifetime
+	if v := get("DB_CONN_MAX_LIFETIME", ""); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 100*time.Millisecond {
+			errs = append(errs, errors.New("DB_CONN_MAX_LIFETIME is not a duration of at least 100ms (such as 30s or 5m)"))
+		} else {
+			s.ConnMaxLifetime = d
+		}
+	}
 	if knownDriver && !slices.Contains(info.sslModes, s.SSLMode) {
 		errs = append(errs, fmt.Errorf("DB_SSLMODE is not one of %s (for DB_DRIVER=%s)", strings.Join(info.sslModes, ", "), s.Driver))
 	}
@@ -172,6 +190,9 @@ func (s Settings) poolConfig() (*pgxpool.Config, error) {
 	// that no parse error can quote it.
 	cfg.ConnConfig.Password = s.Password
 	cfg.ConnConfig.RuntimeParams["application_name"] = "petstore"
+	cfg.MaxConnLifetime = s.ConnMaxLifetime
+	// An idle connection past its life goes at the next health check.
+	cfg.HealthCheckPeriod = min(time.Minute, max(s.ConnMaxLifetime/2, 50*time.Millisecond))
 	return cfg, nil
 }
 

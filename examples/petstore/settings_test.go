@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 )
@@ -22,18 +23,23 @@ func TestLoadSettings(t *testing.T) {
 	}{
 		{
 			name: "every key, literal values",
-			file: "# rendered by graft-agent\nDB_HOST=db.internal\nDB_PORT=6432\n\nDB_NAME=petstore\nDB_USER=petstore-blue\nDB_PASSWORD=" + password + "\nDB_SSLMODE=require\n",
-			want: Settings{Driver: "postgres", Host: "db.internal", Port: "6432", Name: "petstore", User: "petstore-blue", Password: password, SSLMode: "require"},
+			file: "# rendered by graft-agent\nDB_HOST=db.internal\nDB_PORT=6432\n\nDB_NAME=petstore\nDB_USER=petstore-blue\nDB_PASSWORD=" + password + "\nDB_SSLMODE=require\nDB_CONN_MAX_LIFETIME=90s\n",
+			want: Settings{Driver: "postgres", Host: "db.internal", Port: "6432", Name: "petstore", User: "petstore-blue", Password: password, SSLMode: "require", ConnMaxLifetime: 90 * time.Second},
 		},
 		{
 			name: "defaults, export and CRLF",
 			file: "export DB_HOST=127.0.0.1\r\nexport DB_NAME=petstore\r\nDB_USER=u\r\nDB_PASSWORD=" + password + "\r\n",
-			want: Settings{Driver: "postgres", Host: "127.0.0.1", Port: "5432", Name: "petstore", User: "u", Password: password, SSLMode: "prefer"},
+			want: Settings{Driver: "postgres", Host: "127.0.0.1", Port: "5432", Name: "petstore", User: "u", Password: password, SSLMode: "prefer", ConnMaxLifetime: time.Hour},
 		},
 		{
 			name:    "missing and invalid settings, all at once",
 			file:    "DB_PORT=99999\nDB_SSLMODE=sometimes\nDB_PASSWORD=" + password + "\n",
 			wantErr: []string{"DB_HOST is not set", "DB_NAME is not set", "DB_USER is not set", "DB_PORT is not a port number", "DB_SSLMODE is not one of"},
+		},
+		{
+			name:    "a connection lifetime that is not one",
+			file:    "DB_HOST=h\nDB_NAME=n\nDB_USER=u\nDB_CONN_MAX_LIFETIME=1\n",
+			wantErr: []string{"DB_CONN_MAX_LIFETIME is not a duration of at least 100ms"},
 		},
 		{
 			name:    "lines that are not settings",
@@ -43,12 +49,12 @@ func TestLoadSettings(t *testing.T) {
 		{
 			name: "mysql's defaults",
 			file: "DB_DRIVER=mysql\nDB_HOST=db.internal\nDB_NAME=petstore\nDB_USER=u\nDB_PASSWORD=" + password + "\n",
-			want: Settings{Driver: "mysql", Host: "db.internal", Port: "3306", Name: "petstore", User: "u", Password: password, SSLMode: "prefer"},
+			want: Settings{Driver: "mysql", Host: "db.internal", Port: "3306", Name: "petstore", User: "u", Password: password, SSLMode: "prefer", ConnMaxLifetime: time.Hour},
 		},
 		{
 			name: "mysql with every key",
 			file: "DB_DRIVER=mysql\nDB_HOST=db.internal\nDB_PORT=3307\nDB_NAME=petstore\nDB_USER=u\nDB_PASSWORD=" + password + "\nDB_SSLMODE=verify-full\n",
-			want: Settings{Driver: "mysql", Host: "db.internal", Port: "3307", Name: "petstore", User: "u", Password: password, SSLMode: "verify-full"},
+			want: Settings{Driver: "mysql", Host: "db.internal", Port: "3307", Name: "petstore", User: "u", Password: password, SSLMode: "verify-full", ConnMaxLifetime: time.Hour},
 		},
 		{
 			name:    "a TLS mode mysql does not take",
@@ -107,7 +113,7 @@ func TestLoadSettingsFromEnvironment(t *testing.T) {
 	t.Setenv("DB_PASSWORD", "pw")
 	t.Setenv("DB_SSLMODE", "")
 	got, err := source{}.load()
-	if want := (Settings{Driver: "postgres", Host: "h", Port: "5432", Name: "n", User: "u", Password: "pw", SSLMode: "prefer"}); err != nil || got != want {
+	if want := (Settings{Driver: "postgres", Host: "h", Port: "5432", Name: "n", User: "u", Password: "pw", SSLMode: "prefer", ConnMaxLifetime: time.Hour}); err != nil || got != want {
 		t.Fatalf("got %+v, %v; want %+v", got, err, want)
 	}
 }
