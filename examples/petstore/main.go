@@ -8,7 +8,10 @@
 //	petstore --config petstore.env [--listen 127.0.0.1:8080] [--pidfile petstore.pid] [--schema-owner ROLE]
 //
 // The settings are KEY=VALUE lines: DB_DRIVER, DB_HOST, DB_PORT, DB_NAME,
-// DB_USER, DB_PASSWORD and DB_SSLMODE (default prefer).
+// DB_USER, DB_PASSWORD, DB_SSLMODE (default prefer) and
+// DB_CONN_MAX_LIFETIME (how long a pooled connection lives, default 1h;
+// behind graft-agent's broker, a short one moves the pool to a new
+// credential soon after it is published).
 //
 // DB_DRIVER is postgres (the default) or mysql, for MariaDB through
 // go-sql-driver/mysql. DB_PORT's default is 5432 for postgres and 3306
