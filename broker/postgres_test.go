@@ -8,6 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -317,4 +321,93 @@ func TestPostgresBrokerManyConnections(t *testing.T) {
 		admin.QueryRow(t.Context(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blue'").Scan(&n)
 		return n == 0
 	})
+}
+
+// psql, libpq's own client, through the broker: in plaintext, and with
+// sslmode=require and verify-full against the broker's certificate.
+func TestPostgresBrokerPsql(t *testing.T) {
+	r := startBroker(t, true)
+	psql := filepath.Join(pgtest.DefaultBinDir, "psql")
+	if dir := os.Getenv("GRAFT_PG_BINDIR"); dir != "" {
+		psql = filepath.Join(dir, "psql")
+	}
+	if _, err := os.Stat(psql); err != nil {
+		t.Fatalf("psql: %v (PostgreSQL started, so its client should be beside it)", err)
+	}
+	host, port, _ := net.SplitHostPort(r.addr)
+	for _, mode := range []string{"prefer", "require", "verify-full"} {
+		cmd := exec.Command(psql, "-X", "-tA", "-c", "SELECT current_user || ' ' || (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())")
+		cmd.Env = append(os.Environ(), "PGHOST="+host, "PGPORT="+port, "PGUSER=app", "PGDATABASE=postgres", "PGSSLMODE="+mode,
+			"PGSSLROOTCERT="+r.cert, "PGPASSWORD=", "PGCONNECT_TIMEOUT=10")
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "blue true" {
+			t.Errorf("psql sslmode=%s: %v: %q; want \"blue true\" (blue, over TLS to the database)", mode, err, out)
+		}
+	}
+}
+
+// A thousand concurrent connections through one listener, opened, used
+// and closed, twice: all log in, and afterwards the broker holds no
+// goroutine and no file descriptor more than before.
+func TestPostgresBrokerThousandConnections(t *testing.T) {
+	r := startBroker(t, false)
+	r.pg.Exec(t, "postgres", "ALTER SYSTEM SET max_connections = 1100")
+	r.pg.Stop(t)
+	r.pg.StartAgain(t)
+	// The pgx clients' goroutines end with their connections too; wait
+	// for the startup's to settle before counting.
+	time.Sleep(200 * time.Millisecond)
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	const n = 1000
+	for round := range 2 {
+		conns := make([]*pgx.Conn, n)
+		var failed atomic.Int32
+		var firstErr atomic.Value
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 64) // logins in flight: SCRAM costs the server CPU
+		for i := range conns {
+			wg.Go(func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				c, err := pgx.Connect(ctx, r.url("disable"))
+				if err == nil {
+					err = c.Ping(ctx)
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				conns[i] = c
+			})
+		}
+		wg.Wait()
+		if f := failed.Load(); f > 0 {
+			t.Fatalf("round %d: %d of %d connections failed; the first: %v", round, f, n, firstErr.Load())
+		}
+		var open int
+		admin := r.pg.Connect(t, "postgres")
+		if err := admin.QueryRow(t.Context(), "SELECT count(*) FROM pg_stat_activity WHERE usename = 'blue'").Scan(&open); err != nil || open != n {
+			t.Fatalf("round %d: %d sessions of blue open at once, want %d (%v)", round, open, n, err)
+		}
+		admin.Close(t.Context())
+		for _, c := range conns {
+			c.Close(context.Background())
+		}
+	}
+	testenv.WaitFor(t, 20*time.Second, func() bool {
+		return runtime.NumGoroutine() <= goroutines+5 && openFDs(t) <= fds+5
+	})
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	return len(ents)
 }
