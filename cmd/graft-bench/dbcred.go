@@ -90,6 +90,12 @@ type dbcredResult struct {
 	Grant           string   `json:"grant"`
 	CreationSQL     []string `json:"creation_sql"`
 	DurationS       float64  `json:"duration_s"`
+	// CPUs is this machine's, LoadStart and LoadEnd its load averages
+	// (1, 5, 15 minutes) when the bench began and ended: other work on
+	// the machine moves every figure.
+	CPUs      int    `json:"cpus"`
+	LoadStart string `json:"load_start,omitempty"`
+	LoadEnd   string `json:"load_end,omitempty"`
 	// Issue is one entry per --clients: graft's Issue and the floor.
 	Issue     []issueLoad `json:"issue"`
 	Goal      *issueGoal  `json:"goal,omitempty"`
@@ -125,6 +131,10 @@ type issueLoad struct {
 	RatioPerSec float64 `json:"ratio_per_sec"`
 	RatioP50    float64 `json:"ratio_p50"`
 	RatioP99    float64 `json:"ratio_p99"`
+	// GraftdCPUMSPerIssue is graftd's CPU time over the run (its
+	// process_cpu_seconds_total) for each issue; with graftd --dev it
+	// includes its embedded etcd's and NATS's.
+	GraftdCPUMSPerIssue float64 `json:"graftd_cpu_ms_per_issue,omitempty"`
 }
 
 // issueGoal is the issue's goal against the run with goalClients.
@@ -151,9 +161,15 @@ type liveLeases struct {
 	FillPerSec float64 `json:"fill_per_sec"`
 	// RSSFrom says where graftd's memory was read: its
 	// /proc/<pid>/status (VmRSS), --metrics-url, or "" (not measured).
-	RSSFrom        string  `json:"rss_from"`
-	RSSBeforeMB    float64 `json:"graftd_rss_before_mb"`
-	RSSMB          float64 `json:"graftd_rss_mb"`
+	RSSFrom     string  `json:"rss_from"`
+	RSSBeforeMB float64 `json:"graftd_rss_before_mb"`
+	RSSMB       float64 `json:"graftd_rss_mb"`
+	// RSSAnonMB and RSSFileMB split RSSMB (from /proc only): anonymous
+	// pages (the Go heap and stacks) and file pages (the binary, and the
+	// etcd database file that bbolt maps). graftd --dev runs etcd and
+	// NATS in its own process: both count for all three.
+	RSSAnonMB      float64 `json:"graftd_rss_anon_mb,omitempty"`
+	RSSFileMB      float64 `json:"graftd_rss_file_mb,omitempty"`
 	EtcdDBFrom     string  `json:"etcd_db_from"`
 	EtcdDBBeforeMB float64 `json:"etcd_db_before_mb"`
 	EtcdDBMB       float64 `json:"etcd_db_mb"`
@@ -385,6 +401,7 @@ func writeDBCred(w io.Writer, r dbcredResult) error {
 		fmt.Fprintf(&b, "  postgres:   PostgreSQL %s from --dsn\n", r.PostgresVersion)
 	}
 	fmt.Fprintf(&b, "  statements: %s (--grant %s)\n", strings.Join(r.CreationSQL, "; "), r.Grant)
+	fmt.Fprintf(&b, "  machine:    %d CPUs; load average %s at the start, %s at the end\n", r.CPUs, r.LoadStart, r.LoadEnd)
 	fmt.Fprintf(&b, "  issue, %.0f s each:        per second    p50 ms    p99 ms    max ms   errors\n", r.DurationS)
 	row := func(label string, t throughput) {
 		fmt.Fprintf(&b, "    %-24s %10.0f %9.2f %9.2f %9.2f %8d\n", label, t.PerSec, t.P50MS, t.P99MS, t.MaxMS, t.Errors)
@@ -394,6 +411,9 @@ func writeDBCred(w io.Writer, r dbcredResult) error {
 		row(clients+", graft", run.Graft)
 		row(clients+", floor", run.Floor)
 		fmt.Fprintf(&b, "    %-24s %10.2f %9.2f %9.2f\n", clients+", graft/floor", run.RatioPerSec, run.RatioP50, run.RatioP99)
+		if run.GraftdCPUMSPerIssue > 0 {
+			fmt.Fprintf(&b, "    %-24s %.2f ms CPU per issue\n", clients+", graftd", run.GraftdCPUMSPerIssue)
+		}
 	}
 	if g := r.Goal; g != nil {
 		fmt.Fprintf(&b, "  goal, %d clients ≥ %.0f/s with p99 ≤ %.0f ms: %s (%.0f/s, p99 %.2f ms; %.0f%% of the floor's rate)\n",
@@ -403,6 +423,9 @@ func writeDBCred(w io.Writer, r dbcredResult) error {
 		fmt.Fprintf(&b, "  live leases: %d (%d issued by the fill in %.1f s, %.0f/s; %d failed)\n", l.Leases, l.Filled, l.FillS, l.FillPerSec, l.FillErrors)
 		if l.RSSFrom != "" {
 			fmt.Fprintf(&b, "    graftd RSS:  %.1f MB before any lease, %.1f MB with them (%s)\n", l.RSSBeforeMB, l.RSSMB, l.RSSFrom)
+			if l.RSSAnonMB > 0 {
+				fmt.Fprintf(&b, "                 of which %.1f MB anonymous (heap, stacks) and %.1f MB file pages (the binary, etcd's mapped database)\n", l.RSSAnonMB, l.RSSFileMB)
+			}
 		} else {
 			fmt.Fprintf(&b, "    graftd RSS:  not measured (a remote graftd: give --metrics-url)\n")
 		}

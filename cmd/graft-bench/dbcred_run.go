@@ -13,6 +13,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,7 +59,7 @@ type dbcredBench struct {
 	bestRate float64
 	graftd   *graftdProcess // nil with --addr
 	token    string         // the admin token
-	rss      func() (float64, error)
+	mem      func() (procMem, error)
 	// rule is the share of the role, cleanupTokens the tokens made for
 	// the DBA and the application: cleanup removes them.
 	rule          string
@@ -67,7 +68,8 @@ type dbcredBench struct {
 
 func (a *app) benchDBCred(cmd *cobra.Command, dc dbcredConfig) (dbcredResult, error) {
 	ctx := cmd.Context()
-	res := dbcredResult{Mode: "dev", GraftdFrom: "own", Postgres: "own", Grant: dc.grant, CreationSQL: creationSQL(dc.grant), DurationS: dc.duration.Seconds()}
+	res := dbcredResult{Mode: "dev", GraftdFrom: "own", Postgres: "own", Grant: dc.grant, CreationSQL: creationSQL(dc.grant), DurationS: dc.duration.Seconds(),
+		CPUs: runtime.NumCPU(), LoadStart: loadAverage()}
 	b := &dbcredBench{dc: dc, p: progress{w: cmd.ErrOrStderr(), start: time.Now()}, res: &res}
 
 	// graftd: its own, as a process, or the one named.
@@ -89,7 +91,10 @@ func (a *app) benchDBCred(cmd *cobra.Command, dc dbcredConfig) (dbcredResult, er
 		b.dial = func(ctx context.Context, token string) (*sdk.Client, error) {
 			return sdk.New(ctx, sdk.Config{Addr: a.Addr, Token: token, TLS: tc, Insecure: a.Insecure})
 		}
-		b.rss = func() (float64, error) { return metric(dc.metricsURL, "process_resident_memory_bytes") }
+		b.mem = func() (procMem, error) {
+			rss, err := metric(dc.metricsURL, "process_resident_memory_bytes")
+			return procMem{rss: rss}, err
+		}
 	} else {
 		b.p.say("starting graftd --dev as its own process")
 		g, err := startGraftdProcess(ctx, "dbcred", dc.graftd)
@@ -102,7 +107,7 @@ func (a *app) benchDBCred(cmd *cobra.Command, dc dbcredConfig) (dbcredResult, er
 		b.dial = func(ctx context.Context, token string) (*sdk.Client, error) {
 			return sdk.New(ctx, sdk.Config{Addr: g.addr, Token: token})
 		}
-		b.rss = func() (float64, error) { return vmRSS(g.cmd.Process.Pid) }
+		b.mem = func() (procMem, error) { return readProcMem(g.cmd.Process.Pid) }
 		if root, err = b.dial(ctx, g.token); err != nil {
 			return res, err
 		}
@@ -160,7 +165,9 @@ func (a *app) benchDBCred(cmd *cobra.Command, dc dbcredConfig) (dbcredResult, er
 			return res, err
 		}
 	}
-	return res, b.revokeAll(ctx)
+	err = b.revokeAll(ctx)
+	res.LoadEnd = loadAverage()
+	return res, err
 }
 
 // setupDatabase creates the table the users may read and, for --grant
@@ -307,6 +314,7 @@ func (b *dbcredBench) issueRun(ctx context.Context, n int) error {
 			return err
 		}
 	}
+	cpu0, cpuErr := metric(b.dc.metricsURL, "process_cpu_seconds_total")
 	s := runFor(ctx, n, b.dc.duration, func(ctx context.Context, w, _ int) error {
 		_, err := b.apps[w].Issue(ctx, benchCopyPath, 0)
 		if err == nil {
@@ -324,6 +332,11 @@ func (b *dbcredBench) issueRun(ctx context.Context, n int) error {
 		return err
 	}
 	run.Graft = s.throughput()
+	// runFor's first, untimed call on each client is in the CPU figure
+	// too: n calls among thousands.
+	if cpu1, err := metric(b.dc.metricsURL, "process_cpu_seconds_total"); err == nil && cpuErr == nil && run.Graft.N > 0 {
+		run.GraftdCPUMSPerIssue = math.Round((cpu1-cpu0)*1000/float64(run.Graft.N+n)*100) / 100
+	}
 	b.bestRate = max(b.bestRate, run.Graft.PerSec)
 	run.RatioPerSec = ratio(run.Graft.PerSec, run.Floor.PerSec)
 	run.RatioP50 = ratio(run.Graft.P50MS, run.Floor.P50MS)
@@ -508,7 +521,14 @@ func (b *dbcredBench) fill(ctx context.Context, before sizes) error {
 	if err != nil {
 		return err
 	}
-	live.RSSMB, live.EtcdDBMB = now.rssMB, now.etcdMB
+	live.RSSMB, live.RSSAnonMB, live.RSSFileMB, live.EtcdDBMB = now.rssMB, now.anonMB, now.fileMB, now.etcdMB
+	if b.dc.profile != "" && b.dc.metricsURL != "" {
+		heap := filepath.Join(b.dc.profile, "graftd-heap-live.pprof")
+		if err := fetch(ctx, "dbcred", strings.TrimSuffix(b.dc.metricsURL, "/metrics")+"/debug/pprof/heap", b.token, heap); err != nil {
+			return err
+		}
+		b.res.Notes = append(b.res.Notes, "graftd's heap with the live leases: "+heap+" (go tool pprof -sample_index=inuse_space -top FILE)")
+	}
 	if err := b.admin.QueryRow(ctx, "SELECT count(*) FROM pg_roles").Scan(&live.PGRoles); err != nil {
 		return fmt.Errorf("dbcred: count pg_roles: %w", err)
 	}
@@ -520,6 +540,8 @@ func (b *dbcredBench) fill(ctx context.Context, before sizes) error {
 type sizes struct {
 	rssFrom, etcdFrom string
 	rssMB, etcdMB     float64
+	// anonMB and fileMB split rssMB, from /proc only.
+	anonMB, fileMB float64
 }
 
 func (b *dbcredBench) sizes() (sizes, error) {
@@ -532,11 +554,11 @@ func (b *dbcredBench) sizes() (sizes, error) {
 		s.rssFrom = "--metrics-url"
 	}
 	if s.rssFrom != "" {
-		v, err := b.rss()
+		m, err := b.mem()
 		if err != nil {
 			return s, fmt.Errorf("dbcred: graftd's memory: %w", err)
 		}
-		s.rssMB = mb(v)
+		s.rssMB, s.anonMB, s.fileMB = mb(m.rss), mb(m.anon), mb(m.file)
 	}
 	if b.graftd != nil {
 		// etcd's Maintenance Status DbSize is this file's size; graftd's
@@ -551,22 +573,52 @@ func (b *dbcredBench) sizes() (sizes, error) {
 	return s, nil
 }
 
-// vmRSS reads a process's resident memory, in bytes, from
-// /proc/<pid>/status.
-func vmRSS(pid int) (float64, error) {
+// procMem is a process's resident memory in bytes: all of it, and its
+// anonymous pages (heap, stacks) and file pages (the binary, mapped
+// files) apart, which only /proc tells.
+type procMem struct {
+	rss, anon, file float64
+}
+
+// readProcMem reads a process's resident memory from /proc/<pid>/status.
+func readProcMem(pid int) (procMem, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return procMem{}, err
 	}
 	defer f.Close()
+	var m procMem
+	fields := map[string]*float64{"VmRSS:": &m.rss, "RssAnon:": &m.anon, "RssFile:": &m.file}
+	seen := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb * 1024, err
+		name, value, _ := strings.Cut(sc.Text(), "\t")
+		dst, ok := fields[name]
+		if !ok {
+			continue
 		}
+		kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(value), "kB")), 64)
+		if err != nil {
+			return procMem{}, fmt.Errorf("/proc/%d/status: %s %q: %w", pid, name, value, err)
+		}
+		*dst = kb * 1024
+		seen++
 	}
-	return 0, fmt.Errorf("/proc/%d/status has no VmRSS", pid)
+	if seen < len(fields) {
+		return procMem{}, fmt.Errorf("/proc/%d/status lacks VmRSS, RssAnon or RssFile", pid)
+	}
+	return m, sc.Err()
+}
+
+// loadAverage is the machine's 1, 5 and 15 minute load averages, or ""
+// where /proc/loadavg is not.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // drainPoll is how often the drain looks at pg_roles.
@@ -795,7 +847,30 @@ func (b *dbcredBench) revokeAll(ctx context.Context) error {
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
+	// One call does it all: the users left in the group say how far it
+	// got. The bench's own connection is free meanwhile.
+	done := make(chan struct{})
+	var ticker sync.WaitGroup
+	if b.dc.grant == "group" {
+		ticker.Go(func() {
+			t := time.NewTicker(10 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					var left int
+					if err := b.admin.QueryRow(rctx, "SELECT count(*) FROM pg_auth_members WHERE roleid = $1::regrole", benchGroup).Scan(&left); err == nil {
+						b.p.say("  %d users left", left)
+					}
+				}
+			}
+		})
+	}
 	revoked, failed, err := b.dba.RevokePrefix(rctx, benchRolePath)
+	close(done)
+	ticker.Wait()
 	if err != nil {
 		return fmt.Errorf("dbcred: revoke all: %w", err)
 	}

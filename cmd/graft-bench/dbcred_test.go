@@ -83,14 +83,14 @@ func TestDBCredGoal(t *testing.T) {
 func TestWriteDBCred(t *testing.T) {
 	r := dbcredResult{
 		Mode: "dev", Graftd: "127.0.0.1:1234", GraftdFrom: "own", Postgres: "own", PostgresVersion: "15.18",
-		Grant: "group", CreationSQL: creationSQL("group"), DurationS: 10,
+		Grant: "group", CreationSQL: creationSQL("group"), DurationS: 10, CPUs: 2, LoadStart: "0.10 0.20 0.30", LoadEnd: "1.00 0.50 0.40",
 		Issue: []issueLoad{{
 			Clients:     8,
 			Graft:       throughput{PerSec: 400, latency: latency{N: 4000, P50MS: 18, P99MS: 31}},
 			Floor:       throughput{PerSec: 700, latency: latency{N: 7000, P50MS: 11, P99MS: 22}},
-			RatioPerSec: 0.57, RatioP50: 1.64, RatioP99: 1.41,
+			RatioPerSec: 0.57, RatioP50: 1.64, RatioP99: 1.41, GraftdCPUMSPerIssue: 3.25,
 		}},
-		Live:      &liveLeases{Leases: 100000, Filled: 92000, RSSFrom: "/proc/1/status VmRSS", RSSBeforeMB: 60, RSSMB: 300, EtcdDBFrom: "the size of db", EtcdDBMB: 400, PGRoles: 100020},
+		Live:      &liveLeases{Leases: 100000, Filled: 92000, RSSFrom: "/proc/1/status VmRSS", RSSBeforeMB: 60, RSSMB: 300, RSSAnonMB: 250, RSSFileMB: 50, EtcdDBFrom: "the size of db", EtcdDBMB: 400, PGRoles: 100020},
 		Drain:     &drainRun{Leases: 5000, Gone: 5000, DrainS: 12.5, PerSec: 400, Idle: apiProbe{Get: latency{P99MS: 2}}, During: apiProbe{Get: latency{P99MS: 5}}, RatioGetP99: 2.5},
 		RevokeAll: &revokeAll{Revoked: 100000, S: 250, PerSec: 400, UsersLeft: 0},
 		Notes:     []string{"a note"},
@@ -104,9 +104,12 @@ func TestWriteDBCred(t *testing.T) {
 		"its own graftd --dev at 127.0.0.1:1234",
 		`GRANT "graft_bench_ro" TO "{{name}}" (--grant group)`,
 		"8 client(s), graft/floor",
+		"8 client(s), graftd      3.25 ms CPU per issue",
+		"2 CPUs; load average 0.10 0.20 0.30 at the start, 1.00 0.50 0.40 at the end",
 		"goal, 8 clients ≥ 580/s with p99 ≤ 20 ms: not met (400/s, p99 31.00 ms; 57% of the floor's rate)",
 		"live leases: 100000",
 		"graftd RSS:  60.0 MB before any lease, 300.0 MB with them (/proc/1/status VmRSS)",
+		"of which 250.0 MB anonymous (heap, stacks) and 50.0 MB file pages",
 		"Get 2.00 ms idle, 5.00 ms draining (2.50×)",
 		"goal, Get p99 draining within 2× idle: not met",
 		"revoke all:  100000 leases in 250.0 s (400/s), 0 failed, 0 users left",
@@ -127,12 +130,12 @@ func TestWriteDBCred(t *testing.T) {
 	}
 }
 
-func TestVMRSS(t *testing.T) {
-	got, err := vmRSS(os.Getpid())
-	if err != nil || got < 1<<20 {
-		t.Fatalf("vmRSS(self) = %v, %v; want at least 1 MiB", got, err)
+func TestReadProcMem(t *testing.T) {
+	got, err := readProcMem(os.Getpid())
+	if err != nil || got.rss < 1<<20 || got.anon <= 0 || got.file <= 0 || got.anon+got.file > got.rss+1<<20 {
+		t.Fatalf("readProcMem(self) = %+v, %v; want VmRSS of 1 MiB or more, split into RssAnon and RssFile", got, err)
 	}
-	if _, err := vmRSS(-1); err == nil {
-		t.Fatal("vmRSS(-1): no error")
+	if _, err := readProcMem(-1); err == nil {
+		t.Fatal("readProcMem(-1): no error")
 	}
 }
