@@ -39,9 +39,12 @@ type PostgresConfig struct {
 	// ClientTLS, when set, is served to clients that ask for TLS
 	// (sslmode=prefer, require, verify-*); without it they are told the
 	// broker has none, and prefer goes on in plaintext.
-	ClientTLS   *tls.Config
-	Credentials Credentials
-	Log         *slog.Logger
+	ClientTLS *tls.Config
+	// ClientPassword, when set, is asked of every client (SCRAM-SHA-256)
+	// before the broker logs in for it.
+	ClientPassword *ClientPassword
+	Credentials    Credentials
+	Log            *slog.Logger
 	// Metrics, when set, counts what the listener does.
 	Metrics *Metrics
 	// ConnectTimeout bounds logging in to the database (default 10s).
@@ -246,6 +249,14 @@ func (p *Postgres) serve(ctx context.Context, client net.Conn) {
 		}
 	}
 
+	if cp := p.cfg.ClientPassword; cp != nil {
+		if err := cp.authenticate(be); err != nil {
+			m.authFailed(p.cfg.Name)
+			p.cfg.Log.Warn("broker: a client failed the broker's client password", "listener", p.cfg.Name, "remote", client.RemoteAddr().String())
+			p.refuse(be, "28P01", errClientPassword.Error(), "")
+			return
+		}
+	}
 	cred, err := p.cfg.Credentials.Current(ctx)
 	if err != nil {
 		m.authFailed(p.cfg.Name)

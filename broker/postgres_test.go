@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -410,4 +411,53 @@ func openFDs(t *testing.T) int {
 		t.Skipf("no /proc/self/fd: %v", err)
 	}
 	return len(ents)
+}
+
+// With a client password, the broker asks every client for it with
+// SCRAM-SHA-256 (what libpq and pgx already speak) before it logs in:
+// the right one gets the session, a wrong or missing one a clean 28P01.
+func TestPostgresBrokerClientPassword(t *testing.T) {
+	pg := pgtest.Start(t)
+	pg.CreateUser(t, "blue", "blue-pw")
+	cp, err := broker.NewClientPassword("local secret 'x'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &creds{}
+	c.set("blue", "blue-pw", 1)
+	logs := &testenv.Buffer{}
+	p, err := broker.NewPostgres(broker.PostgresConfig{Backend: fmt.Sprintf("%s:%d", pg.Host, pg.Port), TLSMode: broker.TLSDisable,
+		Credentials: c, ClientPassword: cp, Log: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); p.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	dsn := func(pw string) string {
+		return (&url.URL{Scheme: "postgres", User: url.UserPassword("app", pw), Host: ln.Addr().String(), Path: "/postgres", RawQuery: "sslmode=disable"}).String()
+	}
+	conn, err := pgx.Connect(t.Context(), dsn("local secret 'x'"))
+	if err != nil {
+		t.Fatalf("with the client password: %v", err)
+	}
+	if u := currentUser(t, conn); u != "blue" {
+		t.Fatalf("current_user %s", u)
+	}
+	conn.Close(t.Context())
+	for _, pw := range []string{"wrong", ""} {
+		_, err := pgx.Connect(t.Context(), dsn(pw))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "28P01" || !strings.Contains(pgErr.Message, "client_password_file") {
+			t.Errorf("password %q: %v, want 28P01 naming client_password_file", pw, err)
+		}
+	}
+	if strings.Contains(logs.String(), "local secret") {
+		t.Fatalf("the log holds the client password:\n%s", logs)
+	}
 }
