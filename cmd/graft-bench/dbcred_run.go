@@ -469,13 +469,15 @@ func (b *dbcredBench) fill(ctx context.Context, before sizes) error {
 	ticker.Go(func() {
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
+		var before int64
 		for {
 			select {
 			case <-stop:
 				return
 			case <-t.C:
 				d := done.Load()
-				b.p.say("  %d of %d live (%.0f/s, %d failed)", b.live.Load(), b.dc.leases, float64(d)/time.Since(start).Seconds(), failed.Load())
+				b.p.say("  %d of %d live (%.0f/s over the last 5 s, %d failed)", b.live.Load(), b.dc.leases, float64(d-before)/5, failed.Load())
+				before = d
 			}
 		}
 	})
