@@ -2,7 +2,7 @@
 BUF := go run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: help run build test bench bench-agents bench-agents-bare bench-dbcred fuzz generate lint fmt images cluster cluster-down integration
+.PHONY: help run build test bench bench-agents bench-agents-bare bench-dbcred bench-broker fuzz generate lint fmt images cluster cluster-down integration
 
 # help pads every target name to the longest one's width, so the
 # descriptions line up however long a new target's name is.
@@ -63,6 +63,10 @@ bench-agents-bare: build ## the same with AGENTS bare watch streams instead of a
 LEASES ?= 100000
 bench-dbcred: build ## issue dynamic credentials on a PostgreSQL 15 of its own next to the database alone, hold LEASES (default 100000) live, drain 5000 expiring at once
 	./bin/graft-bench dbcred --leases $(LEASES)
+BROKER_FLAGS ?=
+bench-broker: build ## pgbench TPC-B and select-only through graft-agent's credential broker, direct and through pgbouncer (installed if missing) on a PostgreSQL 15 of its own; BROKER_FLAGS adds flags
+	command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || (apt-get update && apt-get install -y pgbouncer)
+	./bin/graft-bench broker $(BROKER_FLAGS)
 
 FUZZTIME ?= 30s
 fuzz: ## run each fuzz target for FUZZTIME (default 30s): paths, patterns, policies

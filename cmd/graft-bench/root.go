@@ -34,7 +34,7 @@ mode in a temporary directory; with --addr it measures that one.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())
 	})
-	root.AddCommand(a.replicateCmd(), a.agentsCmd(), a.dbcredCmd())
+	root.AddCommand(a.replicateCmd(), a.agentsCmd(), a.dbcredCmd(), a.brokerCmd())
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, "graft-bench: "+a.ErrorLine(err))
