@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,7 +26,8 @@ import (
 type Broker struct {
 	// Listen is a loopback host:port, or unix:/path/to/socket.
 	Listen string `yaml:"listen"`
-	// Protocol is the database's wire protocol: postgres.
+	// Protocol is the database's wire protocol: postgres, or mysql (MySQL
+	// and MariaDB).
 	Protocol string        `yaml:"protocol"`
 	Backend  BrokerBackend `yaml:"backend"`
 	// Credentials are the paths of the user and the password in the
@@ -78,11 +80,9 @@ func (t BrokerBackendTLS) mode() string {
 // validate adds the broker's problems.
 func (b Broker) validate(where string, root string, add func(string, ...any)) {
 	switch b.Protocol {
-	case "postgres":
-	case "mysql":
-		add("%s: protocol mysql: this graft-agent brokers PostgreSQL only; MariaDB and MySQL applications take their credential from a rendered file", where)
+	case "postgres", "mysql":
 	default:
-		add("%s: protocol %q: want postgres", where, b.Protocol)
+		add("%s: protocol %q: want postgres or mysql", where, b.Protocol)
 	}
 	if sock, ok := strings.CutPrefix(b.Listen, "unix:"); ok {
 		if !filepath.IsAbs(sock) {
@@ -149,7 +149,7 @@ func treePath(root, p string) string {
 type brokerListener struct {
 	cfg  Broker
 	ln   net.Listener
-	pg   *broker.Postgres
+	srv  protocolServer
 	user string // absolute paths, for a static credential
 	pass string
 	// dbcred is the role's copy, for a dynamic credential.
@@ -159,6 +159,18 @@ type brokerListener struct {
 	// applied: user and password of one revision.
 	cred atomic.Pointer[broker.Credential]
 }
+
+// protocolServer is a listener's protocol: broker.Postgres or
+// broker.MySQL.
+type protocolServer interface {
+	Serve(ctx context.Context, ln net.Listener) error
+	Sessions() map[string]int
+}
+
+var (
+	_ protocolServer = (*broker.Postgres)(nil)
+	_ protocolServer = (*broker.MySQL)(nil)
+)
 
 // newBrokers listens on every broker's address and builds its handler.
 // On error, the listeners opened are closed.
@@ -199,15 +211,21 @@ func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.
 		if err != nil {
 			return nil, fmt.Errorf("%s: backend.tls: %w", where, err)
 		}
-		pcfg := broker.PostgresConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
-			Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen,
-			OnSessionsEnded: func(string) { sessionsEnded() }}
+		var clientTLS *tls.Config
 		if c := bc.ClientTLS; c != nil {
-			if pcfg.ClientTLS, err = tlsfiles.Server(c.CertFile, c.KeyFile, ""); err != nil {
+			if clientTLS, err = tlsfiles.Server(c.CertFile, c.KeyFile, ""); err != nil {
 				return nil, fmt.Errorf("%s: client_tls: %w", where, err)
 			}
 		}
-		if b.pg, err = broker.NewPostgres(pcfg); err != nil {
+		onEnded := func(string) { sessionsEnded() }
+		if bc.Protocol == "mysql" {
+			b.srv, err = broker.NewMySQL(broker.MySQLConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
+				ClientTLS: clientTLS, Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen, OnSessionsEnded: onEnded})
+		} else {
+			b.srv, err = broker.NewPostgres(broker.PostgresConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
+				ClientTLS: clientTLS, Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen, OnSessionsEnded: onEnded})
+		}
+		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		if b.ln, err = listenBroker(bc); err != nil {
@@ -278,7 +296,7 @@ func (b *brokerListener) publish(values map[string][]byte, revision int64) {
 // report is what the agent reports of the listener: the paths it logs
 // in with, the user new connections take, the sessions open.
 func (b *brokerListener) report() sdk.BrokerReport {
-	r := sdk.BrokerReport{Listen: b.cfg.Listen, Sessions: b.pg.Sessions()}
+	r := sdk.BrokerReport{Listen: b.cfg.Listen, Sessions: b.srv.Sessions()}
 	if b.dbcred != "" {
 		r.Keys = []string{b.dbcred}
 		if c, ok := b.creds.peek(b.dbcred); ok {
@@ -295,7 +313,7 @@ func (b *brokerListener) report() sdk.BrokerReport {
 
 // Serve runs the listener until ctx ends.
 func (b *brokerListener) Serve(ctx context.Context) error {
-	err := b.pg.Serve(ctx, b.ln)
+	err := b.srv.Serve(ctx, b.ln)
 	if sock, ok := strings.CutPrefix(b.cfg.Listen, "unix:"); ok {
 		os.Remove(sock)
 	}

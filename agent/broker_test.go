@@ -222,21 +222,25 @@ func TestBrokerConfigProblems(t *testing.T) {
 		{Listen: "0.0.0.0:5432", Protocol: "postgres", Backend: agent.BrokerBackend{Address: "db:5432"}, Credentials: &agent.BrokerCredentials{User: "/app/billing/u", Password: "p"}},
 		{Listen: "unix:relative.sock", Protocol: "mysql", Backend: agent.BrokerBackend{Address: "db", TLS: agent.BrokerBackendTLS{Mode: "prefer"}}},
 		{Listen: "127.0.0.1:5432", Protocol: "postgres", Backend: agent.BrokerBackend{Address: "db:5432"}, DBCred: "../x/creds", Credentials: &agent.BrokerCredentials{User: "u", Password: "p"}},
+		{Listen: "127.0.0.1:27017", Protocol: "mongodb", Backend: agent.BrokerBackend{Address: "db:27017"}, DBCred: "replicated/db/creds"},
 	}
 	err := cfg.Validate()
 	for _, want := range []string{
 		`broker[0]: listen "0.0.0.0:5432" is not loopback`,
 		"broker[0]: credentials: /app/billing/u is outside the application's tree /app/orders",
 		`broker[1]: listen "unix:relative.sock": a unix socket needs an absolute path`,
-		"broker[1]: protocol mysql: this graft-agent brokers PostgreSQL only",
 		`broker[1]: backend.address "db": want the database's host:port`,
 		`broker[1]: backend.tls.mode "prefer": want disable, require, verify-ca or verify-full`,
 		"broker[1]: give credentials:",
 		"broker[2]: give one of credentials and dbcred",
+		`broker[3]: protocol "mongodb": want postgres or mysql`,
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("the problems lack %q:\n%v", want, err)
 		}
+	}
+	if strings.Contains(err.Error(), "broker[1]: protocol") {
+		t.Errorf("protocol mysql is refused:\n%v", err)
 	}
 	cfg.Brokers = cfg.Brokers[:1]
 	cfg.Brokers[0].AllowRemote = true

@@ -7,7 +7,9 @@
 //
 // This package speaks the PostgreSQL wire protocol (postgres.go), with
 // pgx's pgproto3 for the messages and pgconn to log in to the backend
-// (TLS by mode, SCRAM-SHA-256 with channel binding, MD5, cleartext).
+// (TLS by mode, SCRAM-SHA-256 with channel binding, MD5, cleartext), and
+// the MySQL/MariaDB one (mysql.go), its handshake packets written here
+// (TLS by mode, mysql_native_password, caching_sha2_password).
 package broker
 
 import (
