@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 )
 
@@ -51,12 +50,8 @@ type MySQLConfig struct {
 
 // MySQL is a MySQL/MariaDB listener of the broker.
 type MySQL struct {
+	*listener
 	cfg MySQLConfig
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	// sessions counts the open sessions by the user they logged in as.
-	sessions map[string]int
 }
 
 // Capability flags of the MySQL protocol.
@@ -85,119 +80,18 @@ const (
 
 // NewMySQL returns a listener's handler for cfg.
 func NewMySQL(cfg MySQLConfig) (*MySQL, error) {
-	if cfg.Backend == "" {
-		return nil, errors.New("broker: mysql: backend address is required (host:port)")
+	var err error
+	if cfg.BackendTLS, err = (backendConfig{"mysql", cfg.Backend, cfg.TLSMode, cfg.BackendTLS, cfg.Credentials}).check(); err != nil {
+		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Backend); err != nil {
-		return nil, fmt.Errorf("broker: mysql: backend address %q: want host:port", cfg.Backend)
-	}
-	if cfg.Credentials == nil {
-		return nil, errors.New("broker: mysql: credentials are required")
-	}
-	switch cfg.TLSMode {
-	case TLSDisable:
-		cfg.BackendTLS = nil
-	case TLSRequire, TLSVerifyCA, TLSVerifyFull:
-		if cfg.BackendTLS == nil {
-			return nil, fmt.Errorf("broker: mysql: tls mode %s needs a TLS configuration", cfg.TLSMode)
-		}
-	default:
-		return nil, fmt.Errorf("broker: mysql: tls mode %q: want disable, require, verify-ca or verify-full", cfg.TLSMode)
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	if cfg.Name == "" {
-		cfg.Name = "mysql"
-	}
-	return &MySQL{cfg: cfg, conns: map[net.Conn]struct{}{}, sessions: map[string]int{}}, nil
-}
-
-// Sessions returns how many sessions are open, by the database user
-// they logged in as.
-func (s *MySQL) Sessions() map[string]int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[string]int, len(s.sessions))
-	for u, n := range s.sessions {
-		out[u] = n
-	}
-	return out
-}
-
-// session counts a session of user in (+1) or out (-1).
-func (s *MySQL) session(user string, delta int) {
-	s.mu.Lock()
-	s.sessions[user] += delta
-	ended := s.sessions[user] <= 0
-	if ended {
-		delete(s.sessions, user)
-	}
-	s.mu.Unlock()
-	if ended && delta < 0 && s.cfg.OnSessionsEnded != nil {
-		s.cfg.OnSessionsEnded(user)
-	}
+	defaults(&cfg.Log, &cfg.ConnectTimeout, &cfg.Name, "mysql")
+	return &MySQL{listener: newListener(cfg.Name, cfg.OnSessionsEnded), cfg: cfg}, nil
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and the
 // sessions in flight.
 func (s *MySQL) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.conns = nil
-		s.mu.Unlock()
-	})
-	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("broker %s: accept: %w", s.cfg.Name, err)
-		}
-		if !s.track(c, true) {
-			c.Close()
-			continue
-		}
-		wg.Go(func() {
-			defer s.track(c, false)
-			defer c.Close()
-			s.serve(ctx, c)
-		})
-	}
-}
-
-// track adds or removes a client connection; it refuses one once the
-// listener is stopping.
-func (s *MySQL) track(c net.Conn, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !add {
-		if s.conns != nil {
-			delete(s.conns, c)
-		}
-		return true
-	}
-	if s.conns == nil {
-		return false
-	}
-	s.conns[c] = struct{}{}
-	return true
+	return s.accept(ctx, ln, s.serve)
 }
 
 // mysqlError is an ERR packet.

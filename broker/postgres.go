@@ -10,7 +10,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -58,15 +57,9 @@ type PostgresConfig struct {
 
 // Postgres is a PostgreSQL listener of the broker.
 type Postgres struct {
+	*listener
 	cfg     PostgresConfig
 	cancels cancels[backendKey]
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	// sessions counts the open sessions by the user they logged in as.
-	sessions map[string]int
-	// onSessionsEnded is called when the last session of a user ends.
-	onSessionsEnded func(user string)
 }
 
 // backendKey is what cancels one backend session.
@@ -79,119 +72,18 @@ type backendKey struct {
 
 // NewPostgres returns a listener's handler for cfg.
 func NewPostgres(cfg PostgresConfig) (*Postgres, error) {
-	if cfg.Backend == "" {
-		return nil, errors.New("broker: postgres: backend address is required (host:port)")
+	var err error
+	if cfg.BackendTLS, err = (backendConfig{"postgres", cfg.Backend, cfg.TLSMode, cfg.BackendTLS, cfg.Credentials}).check(); err != nil {
+		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Backend); err != nil {
-		return nil, fmt.Errorf("broker: postgres: backend address %q: want host:port", cfg.Backend)
-	}
-	if cfg.Credentials == nil {
-		return nil, errors.New("broker: postgres: credentials are required")
-	}
-	switch cfg.TLSMode {
-	case TLSDisable:
-		cfg.BackendTLS = nil
-	case TLSRequire, TLSVerifyCA, TLSVerifyFull:
-		if cfg.BackendTLS == nil {
-			return nil, fmt.Errorf("broker: postgres: tls mode %s needs a TLS configuration", cfg.TLSMode)
-		}
-	default:
-		return nil, fmt.Errorf("broker: postgres: tls mode %q: want disable, require, verify-ca or verify-full", cfg.TLSMode)
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.ConnectTimeout <= 0 {
-		cfg.ConnectTimeout = 10 * time.Second
-	}
-	if cfg.Name == "" {
-		cfg.Name = "postgres"
-	}
-	return &Postgres{cfg: cfg, conns: map[net.Conn]struct{}{}, sessions: map[string]int{}, onSessionsEnded: cfg.OnSessionsEnded}, nil
-}
-
-// Sessions returns how many sessions are open, by the database user
-// they logged in as.
-func (p *Postgres) Sessions() map[string]int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[string]int, len(p.sessions))
-	for u, n := range p.sessions {
-		out[u] = n
-	}
-	return out
-}
-
-// session counts a session of user in (+1) or out (-1).
-func (p *Postgres) session(user string, delta int) {
-	p.mu.Lock()
-	p.sessions[user] += delta
-	ended := p.sessions[user] <= 0
-	if ended {
-		delete(p.sessions, user)
-	}
-	p.mu.Unlock()
-	if ended && delta < 0 && p.onSessionsEnded != nil {
-		p.onSessionsEnded(user)
-	}
+	defaults(&cfg.Log, &cfg.ConnectTimeout, &cfg.Name, "postgres")
+	return &Postgres{listener: newListener(cfg.Name, cfg.OnSessionsEnded), cfg: cfg}, nil
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and the
 // sessions in flight.
 func (p *Postgres) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			c.Close()
-		}
-		p.conns = nil
-		p.mu.Unlock()
-	})
-	defer stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("broker %s: accept: %w", p.cfg.Name, err)
-		}
-		if !p.track(c, true) {
-			c.Close()
-			continue
-		}
-		wg.Go(func() {
-			defer p.track(c, false)
-			defer c.Close()
-			p.serve(ctx, c)
-		})
-	}
-}
-
-// track adds or removes a client connection; it refuses one once the
-// listener is stopping.
-func (p *Postgres) track(c net.Conn, add bool) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !add {
-		if p.conns != nil {
-			delete(p.conns, c)
-		}
-		return true
-	}
-	if p.conns == nil {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
+	return p.accept(ctx, ln, p.serve)
 }
 
 // startupLimit bounds a startup message: parameters and their values.
