@@ -39,6 +39,10 @@ type Broker struct {
 	ClientTLS *BrokerClientTLS `yaml:"client_tls"`
 	// AllowRemote allows a Listen address that is not loopback.
 	AllowRemote bool `yaml:"allow_remote"`
+	// ClientPasswordFile holds a local password the application must
+	// give (PostgreSQL listeners, SCRAM-SHA-256): defence in depth beside
+	// loopback or the socket's mode. Read at start.
+	ClientPasswordFile string `yaml:"client_password_file"`
 	// SocketMode is a unix socket's permission bits (default "0600").
 	SocketMode string `yaml:"socket_mode"`
 }
@@ -80,7 +84,11 @@ func (t BrokerBackendTLS) mode() string {
 // validate adds the broker's problems.
 func (b Broker) validate(where string, root string, add func(string, ...any)) {
 	switch b.Protocol {
-	case "postgres", "mysql":
+	case "postgres":
+	case "mysql":
+		if b.ClientPasswordFile != "" {
+			add("%s: client_password_file: only PostgreSQL listeners ask for a client password; protect a MySQL listener with a unix socket's mode", where)
+		}
 	default:
 		add("%s: protocol %q: want postgres or mysql", where, b.Protocol)
 	}
@@ -222,8 +230,14 @@ func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.
 			b.srv, err = broker.NewMySQL(broker.MySQLConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
 				ClientTLS: clientTLS, Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen, OnSessionsEnded: onEnded})
 		} else {
+			var cp *broker.ClientPassword
+			if bc.ClientPasswordFile != "" {
+				if cp, err = readClientPassword(bc.ClientPasswordFile); err != nil {
+					return nil, fmt.Errorf("%s: client_password_file: %w", where, err)
+				}
+			}
 			b.srv, err = broker.NewPostgres(broker.PostgresConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
-				ClientTLS: clientTLS, Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen, OnSessionsEnded: onEnded})
+				ClientTLS: clientTLS, ClientPassword: cp, Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen, OnSessionsEnded: onEnded})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
@@ -234,6 +248,28 @@ func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// readClientPassword reads a client password file: its first line,
+// which must not be empty; a file others may read is refused.
+func readClientPassword(file string) (*broker.ClientPassword, error) {
+	st, err := os.Stat(file)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s is readable by others (mode %04o): chmod 600 it", file, st.Mode().Perm())
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	line = strings.TrimSuffix(line, "\r")
+	if line == "" {
+		return nil, fmt.Errorf("%s is empty: write the password on its first line", file)
+	}
+	return broker.NewClientPassword(line)
 }
 
 // listenBroker listens on a broker's address: TCP, or a unix socket

@@ -249,3 +249,45 @@ func TestBrokerConfigProblems(t *testing.T) {
 		t.Fatalf("allow_remote with credentials in the tree and no templates: %v", err)
 	}
 }
+
+// client_password_file makes a PostgreSQL listener ask the application
+// for a local password (SCRAM-SHA-256) before it logs in for it; a file
+// others may read is refused when the agent starts.
+func TestBrokerClientPasswordFile(t *testing.T) {
+	pg := pgtest.Start(t)
+	pg.CreateUser(t, "blue", "blue-pw")
+	r := newDBCredRig(t, nil)
+	ctx := t.Context()
+	if _, err := r.dba.PutTree(ctx, "/dba/pp/db", map[string][]byte{"user": []byte("blue"), "password": []byte("blue-pw")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.dba.Share(ctx, "/dba/pp/db", []string{"/app/orders/replicated/db"}, sdk.ShareOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pwFile := filepath.Join(r.dir, "client.pw")
+	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cfg := r.config("")
+	cfg.Templates = nil
+	cfg.Brokers = []agent.Broker{{Listen: addr, Protocol: "postgres", ClientPasswordFile: pwFile,
+		Backend:     agent.BrokerBackend{Address: fmt.Sprintf("%s:%d", pg.Host, pg.Port), TLS: agent.BrokerBackendTLS{Mode: "disable"}},
+		Credentials: &agent.BrokerCredentials{User: "replicated/db/user", Password: "replicated/db/password"}}}
+	if _, err := agent.New(ctx, cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "is readable by others (mode 0644): chmod 600 it") {
+		t.Fatalf("a client password file others may read: %v", err)
+	}
+	if err := os.Chmod(pwFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := startLogged(t, cfg)
+	testenv.WaitFor(t, 10*time.Second, a.Ready)
+	if u := whoAmI(t, "postgres://app:local-pw@"+addr+"/postgres?sslmode=disable"); u != "blue" {
+		t.Fatalf("with the client password: %s", u)
+	}
+	_, err := pgx.Connect(ctx, "postgres://app:wrong@"+addr+"/postgres?sslmode=disable")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
+		t.Fatalf("a wrong client password: %v", err)
+	}
+}
