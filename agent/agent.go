@@ -117,7 +117,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (*Age
 	reporter := newReporter(reporterConfig{Conn: conn, Log: log, ID: cfg.ID, App: cfg.App, Host: host, Addr: a.Addr()})
 	a.loop = newLoop(loopConfig{Config: cfg, Conn: conn, Log: log, Metrics: newMetrics(reg), Reloaders: newReloaders(cfg, log),
 		Supervisor: a.supervisor, Reporter: reporter, Creds: creds, Brokers: a.brokers, Out: out})
-	sessionsEnded = a.loop.sessionsEnded
+	sessionsEnded = func() {
+		a.loop.sessionsEnded()
+		creds.sessionsEnded()
+	}
+	if creds != nil && len(a.brokers) > 0 {
+		creds.sessions = func(user string) int {
+			n := 0
+			for _, b := range a.brokers {
+				n += b.srv.Sessions()[user]
+			}
+			return n
+		}
+	}
 	return a, nil
 }
 

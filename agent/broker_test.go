@@ -162,7 +162,7 @@ func TestBrokerDynamicCredential(t *testing.T) {
 	if _, err := r.dba.Put(ctx, "/dba/pp/admin/pg/dsn", []byte(pg.URL(pg.Superuser, pg.SuperuserPassword, "postgres"))); err != nil {
 		t.Fatal(err)
 	}
-	role := sdk.DBCredRole{Driver: "postgres", Admin: "/dba/pp/admin/pg", DefaultTTL: 2 * time.Second, MaxTTL: 6 * time.Second,
+	role := sdk.DBCredRole{Driver: "postgres", Admin: "/dba/pp/admin/pg", DefaultTTL: 3 * time.Second, MaxTTL: 6 * time.Second,
 		CreationSQL: []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`}}
 	if _, err := r.dba.PutRole(ctx, "/dba/pp/creds/ro", role); err != nil {
 		t.Fatal(err)

@@ -100,6 +100,8 @@ type heldCredential struct {
 	// rendered says a render or a broker used it; brokered that a
 	// broker did, and templated that a template did.
 	rendered, brokered, templated bool
+	// retiredAt is when it was replaced.
+	retiredAt time.Time
 	// retryAt delays the next renew or replace after a failed call.
 	retryAt  time.Time
 	failures int
@@ -170,6 +172,9 @@ type keeper struct {
 	// the loop renders the templates that use credentials again.
 	replaced chan struct{}
 	wake     chan struct{}
+	// sessions counts the brokers' open sessions as a database user (nil
+	// without brokers).
+	sessions func(user string) int
 }
 
 func newKeeper(c keeperConfig) *keeper {
@@ -334,6 +339,14 @@ func (k *keeper) use(h *heldCredential, byBroker bool) {
 	}
 	if !h.rendered {
 		h.rendered = true
+		k.poke(k.wake)
+	}
+}
+
+// sessionsEnded wakes the keeper: a broker's last session as some user
+// ended, and an old lease may be revoked before its grace is over.
+func (k *keeper) sessionsEnded() {
+	if k != nil {
 		k.poke(k.wake)
 	}
 }
@@ -569,6 +582,13 @@ func (k *keeper) retire(ctx context.Context, r *heldCredential, now time.Time, s
 		soon(r.retryAt)
 		return true
 	}
+	if !r.RevokeAt.IsZero() && now.Before(r.RevokeAt) && r.brokered && !r.templated && k.sessions != nil &&
+		now.Sub(r.retiredAt) >= min(k.cfg.Grace, time.Second) && k.sessions(r.Username) == 0 {
+		// Only brokers used it, and none has a session left as its user
+		// (a second after the replacement, for logins under way): the
+		// grace has nothing left to wait for.
+		r.RevokeAt = now
+	}
 	if r.RevokeAt.IsZero() || now.Before(r.RevokeAt) {
 		// The application may still use it: keep it alive until then.
 		if at := r.renewAt(); !at.IsZero() && !now.Before(at) {
@@ -603,11 +623,16 @@ func (k *keeper) replace(ctx context.Context, h *heldCredential) error {
 	n.Replaces = h.LeaseID
 	k.held[h.Path] = n
 	h.Replaces, h.RevokeAt = "", time.Time{}
+	h.retiredAt = k.cfg.Now()
 	if h.brokered && !h.templated {
 		// Only brokers use it: the next connection takes the new one,
 		// and the sessions open on the old one have the grace to end.
 		n.brokered, n.rendered = true, true
-		h.RevokeAt = k.cfg.Now().Add(k.cfg.Grace)
+		h.RevokeAt = h.retiredAt.Add(k.cfg.Grace)
+		if k.sessions != nil {
+			soonAt := h.retiredAt.Add(min(k.cfg.Grace, time.Second))
+			time.AfterFunc(time.Until(soonAt), func() { k.poke(k.wake) })
+		}
 	}
 	k.retiring = append(k.retiring, h)
 	k.save()

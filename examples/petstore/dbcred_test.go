@@ -74,7 +74,7 @@ func TestDynamicCredentialUnderGraftAgent(t *testing.T) {
 		role.Admin = "/dba/pp/admin/db"
 		// PostgreSQL's leases renew (VALID UNTIL moves); MariaDB's do not
 		// by default, so there the agent replaces at two-thirds of the TTL.
-		role.DefaultTTL, role.MaxTTL = 2*time.Second, 9*time.Second
+		role.DefaultTTL, role.MaxTTL = 3*time.Second, 9*time.Second
 		if db.driver() == driverMySQL {
 			role.DefaultTTL, role.MaxTTL = 6*time.Second, 6*time.Second
 		}
