@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,40 +34,9 @@ const brokerGrace = 30 * time.Second
 // No request may fail, and each retired user ends with no session.
 func TestRotationsThroughTheBrokerUnderPoller(t *testing.T) {
 	const rotations = 20
-	pg := newEmptyDatabase(t)
-	db := pgDB{pg}
-	g := graftdtest.Start(t)
-	ctx := t.Context()
-	dbaFile, dbaToken := g.TokenFile(t, "user:dora", "dba")
-	appFile, _ := g.TokenFile(t, "app:petstore", "app")
-	dba, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: dbaToken})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dba.Close() })
+	db := pgDB{newEmptyDatabase(t)}
+	r, g, appFile := newRotator(t, db, nil, brokerGrace)
 	host, port := db.hostPort()
-	for k, v := range map[string]string{rotationAdmin + "/dsn": db.adminDSN(), rotationTarget + "/host": host,
-		rotationTarget + "/port": strconv.Itoa(port), rotationTarget + "/database": "petstore"} {
-		if _, err := dba.Put(ctx, k, []byte(v)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, _, err := dba.Share(ctx, rotationTarget, []string{"/app/petstore/replicated/db"}, sdk.ShareOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	rcfg := agent.DefaultConfig()
-	rcfg.Server, rcfg.TokenFile, rcfg.Listen, rcfg.ID = g.Addr, dbaFile, "off", "rotator"
-	rcfg.Rotations = agent.Rotations{All: true}
-	startAgent(t, rcfg)
-	if _, err := dba.CreateRotation(ctx, rotation.Spec{Name: rotationName, Driver: "postgres", Admin: rotationAdmin,
-		Target: rotationTarget, Users: []string{"petstore_blue", "petstore_green"}, Group: group,
-		Consumers: []string{"app:petstore"}, RolloutTimeout: time.Minute, RetireGrace: brokerGrace}); err != nil {
-		t.Fatal(err)
-	}
-	r := &rotationRig{t: t, db: db, dba: dba}
-	if rot := r.run(); rot.State.Phase != rotation.PhaseDone {
-		t.Fatalf("the first run: %s: %s", rot.State.Phase, rot.State.Reason)
-	}
 
 	// petstore's agent: a broker, no template, no reload.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -156,13 +156,14 @@ type rotationRig struct {
 	pollers   []*poller
 }
 
-// newRotationRig sets the rig up; hook is the rotator's, health the
-// timeout of the consumers' health checks.
-func newRotationRig(t *testing.T, db testDB, hook func(string, rotation.Boundary), health time.Duration) *rotationRig {
+// newRotator starts graftd, the DBA's rotator agent and the rotation of
+// petstore's credential on db with the retire grace given, and runs its
+// first run (which creates both users and publishes one). It returns the
+// rig without consumers, graftd, and petstore's token file.
+func newRotator(t *testing.T, db testDB, hook func(string, rotation.Boundary), grace time.Duration) (*rotationRig, *graftdtest.Graftd, string) {
 	t.Helper()
 	g := graftdtest.Start(t)
 	ctx := t.Context()
-	dir := t.TempDir()
 	dbaFile, dbaToken := g.TokenFile(t, "user:dora", "dba")
 	appFile, _ := g.TokenFile(t, "app:petstore", "app")
 	dba, err := sdk.New(ctx, sdk.Config{Addr: g.Addr, Token: dbaToken})
@@ -181,9 +182,6 @@ func newRotationRig(t *testing.T, db testDB, hook func(string, rotation.Boundary
 	if _, _, err := dba.Share(ctx, rotationTarget, []string{"/app/petstore/replicated/db"}, sdk.ShareOptions{}); err != nil {
 		t.Fatal(err)
 	}
-
-	// The rotator, and the first run, which creates both users and
-	// publishes one.
 	rcfg := agent.DefaultConfig()
 	rcfg.Server, rcfg.TokenFile, rcfg.Listen, rcfg.ID = g.Addr, dbaFile, "off", "rotator"
 	rcfg.Rotations = agent.Rotations{All: true}
@@ -191,12 +189,21 @@ func newRotationRig(t *testing.T, db testDB, hook func(string, rotation.Boundary
 	startAgent(t, rcfg)
 	if _, err := dba.CreateRotation(ctx, rotation.Spec{Name: rotationName, Driver: db.rotationDriver(), Admin: rotationAdmin,
 		Target: rotationTarget, Users: []string{"petstore_blue", "petstore_green"}, Group: group,
-		Consumers: []string{"app:petstore"}, RolloutTimeout: time.Minute, RetireGrace: rotationGrace}); err != nil {
+		Consumers: []string{"app:petstore"}, RolloutTimeout: time.Minute, RetireGrace: grace}); err != nil {
 		t.Fatal(err)
 	}
 	if rot := r.run(); rot.State.Phase != rotation.PhaseDone {
 		t.Fatalf("the first run: %s: %s", rot.State.Phase, rot.State.Reason)
 	}
+	return r, g, appFile
+}
+
+// newRotationRig sets the rig up; hook is the rotator's, health the
+// timeout of the consumers' health checks.
+func newRotationRig(t *testing.T, db testDB, hook func(string, rotation.Boundary), health time.Duration) *rotationRig {
+	t.Helper()
+	r, g, appFile := newRotator(t, db, hook, rotationGrace)
+	dir := t.TempDir()
 	first, _ := r.published()
 
 	// Three consumers: a petstore and its agent each.
