@@ -13,7 +13,6 @@ import (
 	"github.com/graft-sh/graft/agent"
 	"github.com/graft-sh/graft/internal/mysqltest"
 	"github.com/graft-sh/graft/internal/testenv"
-	"github.com/graft-sh/graft/sdk"
 )
 
 // A MariaDB application connects to the agent's mysql broker with no
@@ -25,12 +24,7 @@ func TestBrokerMySQLStaticCredential(t *testing.T) {
 	db.CreateUser(t, "green", "green-pw")
 	r := newDBCredRig(t, nil)
 	ctx := t.Context()
-	if _, err := r.dba.PutTree(ctx, "/dba/pp/db", map[string][]byte{"user": []byte("blue"), "password": []byte("blue-pw")}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.dba.Share(ctx, "/dba/pp/db", []string{"/app/orders/replicated/db"}, sdk.ShareOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	r.shareCredential(t, "blue", "blue-pw")
 	addr := freeAddr(t)
 	cfg := r.config("")
 	cfg.Templates = nil

@@ -47,6 +47,19 @@ func brokerUser(t *testing.T, dsn string) (*pgx.Conn, string) {
 	return conn, u
 }
 
+// shareCredential has the DBA write user and password at /dba/pp/db in
+// one transaction and share them into orders' tree, replicated/db.
+func (r *dbcredRig) shareCredential(t *testing.T, user, password string) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := r.dba.PutTree(ctx, "/dba/pp/db", map[string][]byte{"user": []byte(user), "password": []byte(password)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.dba.Share(ctx, "/dba/pp/db", []string{"/app/orders/replicated/db"}, sdk.ShareOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // whoAmI connects through the broker, asks who it is, and disconnects.
 func whoAmI(t *testing.T, dsn string) string {
 	t.Helper()
@@ -75,12 +88,7 @@ func TestBrokerStaticCredential(t *testing.T) {
 	pg.CreateUser(t, "green", "green-pw")
 	r := newDBCredRig(t, nil)
 	ctx := t.Context()
-	if _, err := r.dba.PutTree(ctx, "/dba/pp/db", map[string][]byte{"user": []byte("blue"), "password": []byte("blue-pw")}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.dba.Share(ctx, "/dba/pp/db", []string{"/app/orders/replicated/db"}, sdk.ShareOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	r.shareCredential(t, "blue", "blue-pw")
 	addr := freeAddr(t)
 	sock := filepath.Join(t.TempDir(), ".s.PGSQL.5432")
 	cfg := r.config("")
@@ -258,12 +266,7 @@ func TestBrokerClientPasswordFile(t *testing.T) {
 	pg.CreateUser(t, "blue", "blue-pw")
 	r := newDBCredRig(t, nil)
 	ctx := t.Context()
-	if _, err := r.dba.PutTree(ctx, "/dba/pp/db", map[string][]byte{"user": []byte("blue"), "password": []byte("blue-pw")}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := r.dba.Share(ctx, "/dba/pp/db", []string{"/app/orders/replicated/db"}, sdk.ShareOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	r.shareCredential(t, "blue", "blue-pw")
 	pwFile := filepath.Join(r.dir, "client.pw")
 	if err := os.WriteFile(pwFile, []byte("local-pw\n"), 0o644); err != nil {
 		t.Fatal(err)
