@@ -185,18 +185,26 @@ type drainRun struct {
 	Leases int     `json:"leases"`
 	IssueS float64 `json:"issue_s"`
 	// IssuedLate is how many were issued after the common expiry (they
-	// expire as they are issued, and the reaper may start early).
+	// expire as they are issued).
 	IssuedLate int `json:"issued_late"`
+	// ReaperPaused says that the bench paused the reaper while it issued
+	// them (its own graftd only), and resumed it ResumedAfterMS after
+	// their common expiry (0 unless issuing took longer than planned):
+	// lateness and the drain count from then.
+	ReaperPaused   bool    `json:"reaper_paused"`
+	ResumedAfterMS float64 `json:"resumed_after_ms"`
 	// Gone is how many of their users were gone from pg_roles when the
 	// bench stopped looking (every one, unless it gave up after a minute
 	// without progress).
 	Gone int `json:"gone"`
-	// DrainS is from the common expiry until the last user was gone,
-	// PerSec the users dropped a second over it.
+	// DrainS is from when they were all due (the common expiry, or the
+	// reaper's resumption after it) until the last user was gone, PerSec
+	// the users dropped a second over it.
 	DrainS float64 `json:"drain_s"`
 	PerSec float64 `json:"per_sec"`
-	// Lateness is each user's, from its lease's expiry until it was seen
-	// gone (pg_roles is polled every PollMS).
+	// Lateness is each user's, from its lease's expiry (or the
+	// reaper's resumption, if later) until it was seen gone (pg_roles is
+	// polled every PollMS).
 	LateP50MS   float64 `json:"late_p50_ms"`
 	LateP99MS   float64 `json:"late_p99_ms"`
 	LateMaxMS   float64 `json:"late_max_ms"`
@@ -439,8 +447,12 @@ func writeDBCred(w io.Writer, r dbcredResult) error {
 	if d := r.Drain; d != nil && d.Leases == 0 {
 		fmt.Fprintf(&b, "  drain: no lease could be issued (see the notes)\n")
 	} else if d != nil {
-		fmt.Fprintf(&b, "  drain: %d leases expiring at once (issued in %.1f s)\n", d.Leases, d.IssueS)
-		fmt.Fprintf(&b, "    users gone:  %d, the last %.2f s after the expiry (%.0f/s); first after %.0f ms\n", d.Gone, d.DrainS, d.PerSec, d.FirstGoneMS)
+		fmt.Fprintf(&b, "  drain: %d leases expiring at once (issued in %.1f s", d.Leases, d.IssueS)
+		if d.ReaperPaused {
+			fmt.Fprintf(&b, ", the reaper paused meanwhile and resumed %.1f s after their expiry", d.ResumedAfterMS/1000)
+		}
+		fmt.Fprintf(&b, ")\n")
+		fmt.Fprintf(&b, "    users gone:  %d, the last %.2f s after they were due (%.0f/s); the first after %.0f ms\n", d.Gone, d.DrainS, d.PerSec, d.FirstGoneMS)
 		fmt.Fprintf(&b, "    lateness:    p50 %.0f ms, p99 %.0f ms, max %.0f ms (pg_roles polled every %.0f ms)\n", d.LateP50MS, d.LateP99MS, d.LateMaxMS, d.PollMS)
 		fmt.Fprintf(&b, "    API p99:     Get %.2f ms idle, %.2f ms draining (%.2f×); Issue %.2f ms idle, %.2f ms draining (%.2f×)\n",
 			d.Idle.Get.P99MS, d.During.Get.P99MS, d.RatioGetP99, d.Idle.Issue.P99MS, d.During.Issue.P99MS, d.RatioIssueP99)

@@ -57,9 +57,13 @@ type dbcredBench struct {
 	live atomic.Int64
 	// bestRate is the fastest issue rate seen, for the drain's schedule.
 	bestRate float64
-	graftd   *graftdProcess // nil with --addr
-	token    string         // the admin token
-	mem      func() (procMem, error)
+	// fillRate is the fill's issue rate, for the drain's schedule.
+	fillRate float64
+	// root is the admin token's client: tokens, the reaper's switch.
+	root   *sdk.Client
+	graftd *graftdProcess // nil with --addr
+	token  string         // the admin token
+	mem    func() (procMem, error)
 	// rule is the share of the role, cleanupTokens the tokens made for
 	// the DBA and the application: cleanup removes them.
 	rule          string
@@ -113,6 +117,7 @@ func (a *app) benchDBCred(cmd *cobra.Command, dc dbcredConfig) (dbcredResult, er
 		}
 	}
 	defer root.Close()
+	b.root = root
 
 	// PostgreSQL: its own, or --dsn.
 	b.dsn = dc.dsn
@@ -511,7 +516,7 @@ func (b *dbcredBench) fill(ctx context.Context, before sizes) error {
 	live.FillS = seconds(elapsed)
 	if live.Filled > 0 {
 		live.FillPerSec = math.Round(float64(live.Filled) / elapsed.Seconds())
-		b.bestRate = max(b.bestRate, live.FillPerSec)
+		b.fillRate = live.FillPerSec
 	}
 	if failed.Load() > 0 {
 		b.res.Notes = append(b.res.Notes, fmt.Sprintf("live leases: %d issues failed, the first with: %v", failed.Load(), firstErr.Load()))
@@ -640,11 +645,26 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	d.Idle = b.probe(ctx, get, issue, stop)
 
 	// Every lease expires at expireAt: its TTL is what remains until
-	// then when it is issued. Twice the time the fastest run so far
-	// would take leaves room for a slower one.
-	rate := max(b.bestRate, 10)
-	expireAt := time.Now().Add(2*time.Duration(float64(n)/rate*float64(time.Second)) + 3*time.Second)
-	b.p.say("drain: issuing %d leases, %d at once, that all expire at %s", n, b.dc.fillClients, expireAt.Format("15:04:05.000"))
+	// then when it is issued. Twice the time the fill (or the fastest
+	// run) took for as many leases leaves room for a slower one. With a
+	// graftd of its own the bench pauses the reaper meanwhile and
+	// resumes it at expireAt, or once the last lease is issued if that
+	// is later, so that they are all due at once however slow issuing
+	// was; a graftd given with --addr reaps others' leases too, and its
+	// reaper is left alone.
+	rate := b.bestRate
+	if b.fillRate > 0 {
+		rate = b.fillRate
+	}
+	expireAt := time.Now().Add(2*time.Duration(float64(n)/max(rate, 10)*float64(time.Second)) + 3*time.Second)
+	d.ReaperPaused = b.graftd != nil
+	if d.ReaperPaused {
+		if _, err := b.root.SetReaper(ctx, true); err != nil {
+			return fmt.Errorf("dbcred: drain: pause the reaper: %w", err)
+		}
+		defer b.root.SetReaper(context.WithoutCancel(ctx), false) // again after an error; harmless otherwise
+	}
+	b.p.say("drain: issuing %d leases, %d at once, that all expire at %s (reaper paused: %t)", n, b.dc.fillClients, expireAt.Format("15:04:05.000"), d.ReaperPaused)
 	type issued struct {
 		user    string
 		expires time.Time
@@ -689,9 +709,6 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	if len(set) == 0 {
 		return nil
 	}
-	if d.IssuedLate > 0 {
-		b.res.Notes = append(b.res.Notes, fmt.Sprintf("drain: %d leases were issued after the common expiry, so the reaper may have begun before all were issued", d.IssuedLate))
-	}
 	names := make([]string, len(set))
 	first := set[0].expires
 	for i, is := range set {
@@ -700,11 +717,28 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 			first = is.expires
 		}
 	}
-	b.p.say("drain: issued in %.1f s; waiting %.1f s until they expire", d.IssueS, time.Until(first).Seconds())
-	select {
-	case <-time.After(time.Until(first)):
-	case <-ctx.Done():
-		return ctx.Err()
+	if wait := time.Until(first); wait > 0 {
+		b.p.say("drain: issued in %.1f s; waiting %.1f s until they expire", d.IssueS, wait.Seconds())
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	// due is when the whole set was due: the common expiry, or when the
+	// paused reaper was resumed after it.
+	due := first
+	if d.ReaperPaused {
+		if _, err := b.root.SetReaper(ctx, false); err != nil {
+			return fmt.Errorf("dbcred: drain: resume the reaper: %w", err)
+		}
+		due = time.Now()
+		d.ResumedAfterMS = float64(due.Sub(first).Milliseconds())
+		if d.IssuedLate > 0 {
+			b.res.Notes = append(b.res.Notes, fmt.Sprintf("drain: %d leases were issued after the common expiry; the reaper, paused meanwhile, was resumed once the last was, %.1f s after the expiry, and lateness counts from then", d.IssuedLate, d.ResumedAfterMS/1000))
+		}
+	} else if d.IssuedLate > 0 {
+		b.res.Notes = append(b.res.Notes, fmt.Sprintf("drain: %d leases were issued after the common expiry, so the reaper began before all were issued", d.IssuedLate))
 	}
 
 	b.p.say("drain: the reaper drops %d users; graftd's API meanwhile", len(names))
@@ -724,7 +758,7 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 			continue
 		}
 		d.Gone++
-		lateness = append(lateness, t.Sub(set[i].expires))
+		lateness = append(lateness, t.Sub(latest(set[i].expires, due)))
 		if t.After(last) {
 			last = t
 		}
@@ -736,7 +770,7 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	if d.Gone > 0 {
 		d.LateP50MS, d.LateP99MS, d.LateMaxMS = quantileMS(lateness, 0.5), quantileMS(lateness, 0.99), quantileMS(lateness, 1)
 		d.FirstGoneMS = quantileMS(lateness, 0)
-		span := last.Sub(first)
+		span := last.Sub(due)
 		d.DrainS = seconds(span)
 		if span > 0 {
 			d.PerSec = math.Round(float64(d.Gone) / span.Seconds())
@@ -745,8 +779,15 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	d.RatioGetP99 = ratio(d.During.Get.P99MS, d.Idle.Get.P99MS)
 	d.RatioIssueP99 = ratio(d.During.Issue.P99MS, d.Idle.Issue.P99MS)
 	d.GoalMet = d.RatioGetP99 > 0 && d.RatioGetP99 <= goalDrainRatio
-	b.p.say("  %d users gone %.1f s after their expiry (%.0f/s); Get p99 %.2f ms idle, %.2f ms draining", d.Gone, d.DrainS, d.PerSec, d.Idle.Get.P99MS, d.During.Get.P99MS)
+	b.p.say("  %d users gone %.1f s after they were due (%.0f/s); Get p99 %.2f ms idle, %.2f ms draining", d.Gone, d.DrainS, d.PerSec, d.Idle.Get.P99MS, d.During.Get.P99MS)
 	return nil
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // watchGone polls pg_roles until none of names is left, or a minute
