@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -334,21 +335,26 @@ func (p *Postgres) cancel(ctx context.Context, req *pgproto3.CancelRequest) {
 }
 
 // relay copies both ways until either side ends, then closes both: a
-// database that goes away closes the client's connection at once.
+// database that goes away closes the client's connection at once. The
+// calling goroutine copies one way itself: an idle session costs two
+// goroutines' stacks, not three.
 func relay(client, backend net.Conn, m *Metrics, name string) {
-	done := make(chan struct{}, 2)
+	var once sync.Once
+	closeBoth := func() {
+		once.Do(func() {
+			client.Close()
+			backend.Close()
+		})
+	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		n, _ := io.Copy(backend, client)
 		m.bytes(name, "to_database", n)
-		done <- struct{}{}
+		closeBoth()
 	}()
-	go func() {
-		n, _ := io.Copy(client, backend)
-		m.bytes(name, "to_client", n)
-		done <- struct{}{}
-	}()
-	<-done
-	client.Close()
-	backend.Close()
+	n, _ := io.Copy(client, backend)
+	m.bytes(name, "to_client", n)
+	closeBoth()
 	<-done
 }
