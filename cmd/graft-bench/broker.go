@@ -25,6 +25,8 @@ type brokerConfig struct {
 	pgBinDir  string
 	pgbouncer string
 	profile   string
+	// gomaxprocs is the broker process's GOMAXPROCS (0: Go's default).
+	gomaxprocs int
 }
 
 // The issue's goals: through the broker, TPC-B at least 90% and
@@ -62,6 +64,8 @@ type brokerResult struct {
 	DurationS        float64 `json:"duration_s"`
 	Rounds           int     `json:"rounds"`
 	CPUs             int     `json:"cpus"`
+	// BrokerGOMAXPROCS is the broker process's GOMAXPROCS.
+	BrokerGOMAXPROCS int `json:"broker_gomaxprocs"`
 	// LoadStart and LoadEnd are the machine's load averages (1, 5, 15
 	// minutes) when the run started and ended.
 	LoadStart  string         `json:"load_start"`
@@ -203,6 +207,7 @@ end.`,
 	f.StringVar(&bc.dsn, "dsn", "", "a PostgreSQL superuser URL to measure instead of starting one")
 	f.StringVar(&bc.pgBinDir, "pg-bindir", defaultPGBinDir, "where initdb, postgres and pgbench are")
 	f.StringVar(&bc.pgbouncer, "pgbouncer", "/usr/sbin/pgbouncer", "the pgbouncer to compare with ('' to measure without it)")
+	f.IntVar(&bc.gomaxprocs, "broker-gomaxprocs", 0, "the broker process's GOMAXPROCS (0: Go's default, the CPUs it may use)")
 	f.StringVar(&bc.profile, "profile", "", "after the rounds, run each workload once more through the broker, not counted, with the broker's CPU profile written to this directory (broker-tpcb.pprof, broker-select-only.pprof)")
 	cmd.AddCommand(a.brokerServeCmd())
 	return cmd
@@ -233,6 +238,9 @@ func (bc brokerConfig) validate(cmd *cobra.Command) error {
 	if bc.idle < 0 || bc.idle > 5000 {
 		add("--idle %d: want 0 (skip) to 5000", bc.idle)
 	}
+	if bc.gomaxprocs < 0 || bc.gomaxprocs > 1024 {
+		add("--broker-gomaxprocs %d: want 0 (Go's default) to 1024", bc.gomaxprocs)
+	}
 	if bc.dsn != "" {
 		if _, err := pgx.ParseConfig(bc.dsn); err != nil {
 			// pgx's message may quote the DSN, password and all.
@@ -254,7 +262,7 @@ func writeBroker(w io.Writer, r brokerResult) error {
 	} else {
 		fmt.Fprintf(&b, "  postgres:   PostgreSQL %s from --dsn (max_connections %d)\n", r.PostgresVersion, r.MaxConnections)
 	}
-	fmt.Fprintf(&b, "  broker:     graft-bench broker serve, a process of its own, static credential, plaintext to the database\n")
+	fmt.Fprintf(&b, "  broker:     graft-bench broker serve, a process of its own (GOMAXPROCS %d), static credential, plaintext to the database\n", r.BrokerGOMAXPROCS)
 	if r.PgBouncerVersion != "" {
 		fmt.Fprintf(&b, "  pgbouncer:  %s, session mode, clients trusted, logs in with the user's password\n", r.PgBouncerVersion)
 	} else {

@@ -122,10 +122,15 @@ func (a *app) benchBroker(cmd *cobra.Command, bc brokerConfig) (brokerResult, er
 	}
 
 	b.say("starting the broker (graft-bench broker serve) and pgbouncer")
-	if b.brk, err = startBrokerProcess(ctx, b.backend, brokerBenchUser, b.password); err != nil {
+	if b.brk, err = startBrokerProcess(ctx, b.backend, brokerBenchUser, b.password, b.bc.gomaxprocs); err != nil {
 		return res, err
 	}
 	defer func() { b.brk.stop() }()
+	m, err := b.brk.goMemory(ctx)
+	if err != nil {
+		return res, fmt.Errorf("broker: the broker's process: %w", err)
+	}
+	res.BrokerGOMAXPROCS = m.GOMAXPROCS
 	targets := []target{direct, {name: targetBroker, addr: b.brk.addr, pid: func() int { return b.brk.pid() }}}
 	if b.pgbouncer != "" {
 		if b.pgb, err = b.startPgBouncer(ctx, bc.clients); err != nil {
@@ -493,7 +498,7 @@ func (b *brokerBench) idleConns(ctx context.Context) (*idleConns, error) {
 	}
 	res := &idleConns{Connections: b.bc.idle}
 	b.say("idle: %d connections through a new broker", b.bc.idle)
-	brk, err := startBrokerProcess(ctx, b.backend, brokerBenchUser, b.password)
+	brk, err := startBrokerProcess(ctx, b.backend, brokerBenchUser, b.password, b.bc.gomaxprocs)
 	if err != nil {
 		return nil, err
 	}
@@ -646,7 +651,7 @@ type brokerProcess struct {
 
 // startBrokerProcess runs the broker for backend, logging in as user with
 // password, and waits until it listens.
-func startBrokerProcess(ctx context.Context, backend, user, password string) (*brokerProcess, error) {
+func startBrokerProcess(ctx context.Context, backend, user, password string, gomaxprocs int) (*brokerProcess, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -658,6 +663,9 @@ func startBrokerProcess(ctx context.Context, backend, user, password string) (*b
 	p := &brokerProcess{log: logf, exited: make(chan struct{})}
 	p.cmd = exec.Command(self, "broker", "serve", "--backend", backend, "--user", user)
 	p.cmd.Env = append(os.Environ(), brokerPasswordEnv+"="+password)
+	if gomaxprocs > 0 {
+		p.cmd.Env = append(p.cmd.Env, "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
+	}
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p.cmd.Stderr = logf
 	stdout, err := p.cmd.StdoutPipe()

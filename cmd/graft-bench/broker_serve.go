@@ -92,6 +92,7 @@ type goMemory struct {
 	HeapBytes  float64 `json:"heap_bytes"`
 	StackBytes float64 `json:"stack_bytes"`
 	Goroutines float64 `json:"goroutines"`
+	GOMAXPROCS int     `json:"gomaxprocs"`
 }
 
 func serveGoMemory(w http.ResponseWriter, _ *http.Request) {
@@ -108,7 +109,7 @@ func serveGoMemory(w http.ResponseWriter, _ *http.Request) {
 		}
 		return 0
 	}
-	m := goMemory{HeapBytes: value(samples[0]), StackBytes: value(samples[1]), Goroutines: value(samples[2])}
+	m := goMemory{HeapBytes: value(samples[0]), StackBytes: value(samples[1]), Goroutines: value(samples[2]), GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(m)
 }

@@ -44,6 +44,7 @@ func TestBrokerFlags(t *testing.T) {
 		{[]string{"--clients", "4", "--threads", "5"}, []string{"--threads 5: want 1 to --clients (4)"}},
 		{[]string{"--connects", "-1"}, []string{"--connects -1: want 0 (skip) to 100000"}},
 		{[]string{"--idle", "5001"}, []string{"--idle 5001: want 0 (skip) to 5000"}},
+		{[]string{"--broker-gomaxprocs", "-1"}, []string{"--broker-gomaxprocs -1: want 0 (Go's default) to 1024"}},
 		{[]string{"--dsn", "postgres://u:s3cret@h:port/db"}, []string{"--dsn: not a PostgreSQL URL"}},
 		// Every problem at once, in one line.
 		{[]string{"--duration", "0s", "--rounds", "0", "--idle", "-1"}, []string{"--duration 0s", "--rounds 0", "--idle -1"}},
@@ -196,7 +197,7 @@ func TestBrokerBench(t *testing.T) {
 	}
 	var stdout, stderr bytes.Buffer
 	args := []string{"broker", "--pg-bindir", bin, "--pgbouncer", pgbouncer, "--duration", "1s", "--rounds", "1", "--scale", "1",
-		"--connects", "3", "--idle", "5", "-o", "json"}
+		"--connects", "3", "--idle", "5", "--broker-gomaxprocs", "1", "-o", "json"}
 	if code := run(t.Context(), args, &stdout, &stderr, func(string) string { return "" }); code != 0 {
 		t.Fatalf("graft-bench %v: exit %d\n%s", args, code, stderr.String())
 	}
@@ -220,6 +221,9 @@ func TestBrokerBench(t *testing.T) {
 	}
 	if i := res.Idle; i == nil || i.Connections != 5 || i.Broker.GoroutinesPer < 2 || i.Broker.FDsPerConn < 2 {
 		t.Errorf("idle = %+v, want 5 connections with the broker's goroutines and descriptors", i)
+	}
+	if res.BrokerGOMAXPROCS != 1 {
+		t.Errorf("broker_gomaxprocs = %d, want 1 (--broker-gomaxprocs 1)", res.BrokerGOMAXPROCS)
 	}
 	if res.MaxConnections < 5+8+20 {
 		t.Errorf("max_connections = %d, want room for --idle and pgbench", res.MaxConnections)
