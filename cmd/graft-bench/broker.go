@@ -104,9 +104,13 @@ type targetRuns struct {
 	Failed       int64 `json:"failed"`
 	// CPUUSPerTx is the CPU time (user and system) of the process in the
 	// middle, the broker or pgbouncer, per transaction, in microseconds;
-	// CPUCores that time over the runs' length. Direct has neither.
-	CPUUSPerTx float64 `json:"cpu_us_per_tx,omitempty"`
-	CPUCores   float64 `json:"cpu_cores,omitempty"`
+	// CPUCores that time over the runs' length, CPUSystemShare the part
+	// of it spent in the kernel, SwitchesPerTx its threads' context
+	// switches per transaction. Direct has none of them.
+	CPUUSPerTx     float64 `json:"cpu_us_per_tx,omitempty"`
+	CPUCores       float64 `json:"cpu_cores,omitempty"`
+	CPUSystemShare float64 `json:"cpu_system_share,omitempty"`
+	SwitchesPerTx  float64 `json:"switches_per_tx,omitempty"`
 }
 
 // connectSetup is the time from dialling to ReadyForQuery, one
@@ -297,9 +301,12 @@ func writeBroker(w io.Writer, r brokerResult) error {
 			fmt.Fprintf(&b, ", pgbouncer %.3f ms", wl.PgBouncer.LatencyMS)
 		}
 		fmt.Fprintf(&b, " (pgbench's average per transaction)\n")
-		fmt.Fprintf(&b, "      CPU:     broker %.1f µs per transaction (%.2f cores)", wl.Broker.CPUUSPerTx, wl.Broker.CPUCores)
+		cpu := func(t *targetRuns) string {
+			return fmt.Sprintf("%.1f µs per transaction (%.2f cores, %.0f%% in the kernel, %.2f context switches)", t.CPUUSPerTx, t.CPUCores, t.CPUSystemShare*100, t.SwitchesPerTx)
+		}
+		fmt.Fprintf(&b, "      CPU:     broker %s", cpu(wl.Broker))
 		if wl.PgBouncer != nil {
-			fmt.Fprintf(&b, ", pgbouncer %.1f µs (%.2f cores)", wl.PgBouncer.CPUUSPerTx, wl.PgBouncer.CPUCores)
+			fmt.Fprintf(&b, "\n               pgbouncer %s", cpu(wl.PgBouncer))
 		}
 		fmt.Fprintf(&b, "\n")
 		if failed := wl.Direct.Failed + wl.Broker.Failed; failed > 0 || (wl.PgBouncer != nil && wl.PgBouncer.Failed > 0) {

@@ -306,26 +306,26 @@ func (b *brokerBench) pgbench(ctx context.Context, t target, args ...string) (st
 	return out.String(), nil
 }
 
-// run is one pgbench run of a workload against t, with the CPU time the
-// process in the middle spent over it.
-func (b *brokerBench) run(ctx context.Context, t target, workload string) (pgbenchResult, float64, error) {
+// run is one pgbench run of a workload against t, with what the process
+// in the middle used over it.
+func (b *brokerBench) run(ctx context.Context, t target, workload string) (pgbenchResult, procUsage, error) {
 	args := []string{"-c", strconv.Itoa(b.bc.clients), "-j", strconv.Itoa(b.bc.threads), "-T", strconv.Itoa(int(b.bc.duration / time.Second))}
 	if workload == workloadSelectOnly {
 		args = append(args, "-S")
 	}
-	cpu := func() float64 { return 0 }
+	usage := func() procUsage { return procUsage{} }
 	if pid := t.pid(); pid != 0 {
-		cpu = func() float64 { s, _ := processCPU(pid); return s }
+		usage = func() procUsage { u, _ := processUsage(pid); return u }
 	}
-	before := cpu()
+	before := usage()
 	out, err := b.pgbench(ctx, t, args...)
 	if err != nil {
-		return pgbenchResult{}, 0, err
+		return pgbenchResult{}, procUsage{}, err
 	}
-	used := cpu() - before
+	used := usage().minus(before)
 	r, err := parsePgbench(out)
 	if err != nil {
-		return r, 0, fmt.Errorf("broker: pgbench against %s: %w\n%s", t.name, err, dbproc.Tail(out, 20))
+		return r, procUsage{}, fmt.Errorf("broker: pgbench against %s: %w\n%s", t.name, err, dbproc.Tail(out, 20))
 	}
 	return r, used, nil
 }
@@ -338,9 +338,10 @@ func (b *brokerBench) throughput(ctx context.Context, targets []target) error {
 		return err
 	}
 	type sums struct {
-		tps, latency  []float64
-		tx, failed    int64
-		cpu, runTimeS float64
+		tps, latency []float64
+		tx, failed   int64
+		used         procUsage
+		runTimeS     float64
 	}
 	workloads := []string{workloadTPCB, workloadSelectOnly}
 	acc := map[string]map[string]*sums{}
@@ -353,7 +354,7 @@ func (b *brokerBench) throughput(ctx context.Context, targets []target) error {
 	for round := 1; round <= b.bc.rounds; round++ {
 		for _, wl := range workloads {
 			for _, t := range targets {
-				r, cpu, err := b.run(ctx, t, wl)
+				r, used, err := b.run(ctx, t, wl)
 				if err != nil {
 					return err
 				}
@@ -363,7 +364,7 @@ func (b *brokerBench) throughput(ctx context.Context, targets []target) error {
 				s.latency = append(s.latency, r.latencyMS)
 				s.tx += r.transactions
 				s.failed += r.failed
-				s.cpu += cpu
+				s.used = s.used.plus(used)
 				s.runTimeS += b.bc.duration.Seconds()
 			}
 		}
@@ -382,9 +383,11 @@ func (b *brokerBench) throughput(ctx context.Context, targets []target) error {
 		}
 		tr := &targetRuns{TPS: math.Round(mean(s.tps)), RoundsTPS: s.tps, LatencyMS: math.Round(mean(s.latency)*1000) / 1000,
 			Transactions: s.tx, Failed: s.failed}
-		if name != targetDirect && s.tx > 0 {
-			tr.CPUUSPerTx = math.Round(s.cpu/float64(s.tx)*1e7) / 10
-			tr.CPUCores = math.Round(s.cpu/s.runTimeS*100) / 100
+		if cpu := s.used.user + s.used.system; name != targetDirect && s.tx > 0 && cpu > 0 {
+			tr.CPUUSPerTx = math.Round(cpu/float64(s.tx)*1e7) / 10
+			tr.CPUCores = math.Round(cpu/s.runTimeS*100) / 100
+			tr.CPUSystemShare = math.Round(s.used.system/cpu*100) / 100
+			tr.SwitchesPerTx = math.Round(s.used.switches/float64(s.tx)*100) / 100
 		}
 		return tr
 	}
@@ -618,26 +621,60 @@ func (b *brokerBench) idleCost(ctx context.Context, addr string, pid int, goMem 
 	return c, nil
 }
 
-// processCPU is a process's CPU time so far, user and system, in seconds
-// (/proc/<pid>/stat, in clock ticks of 1/100 s).
-func processCPU(pid int) (float64, error) {
+// procUsage is what a process used: CPU time, user and system, in
+// seconds, and context switches, voluntary or not, of all its threads.
+type procUsage struct {
+	user, system, switches float64
+}
+
+func (u procUsage) minus(v procUsage) procUsage {
+	return procUsage{u.user - v.user, u.system - v.system, u.switches - v.switches}
+}
+
+func (u procUsage) plus(v procUsage) procUsage {
+	return procUsage{u.user + v.user, u.system + v.system, u.switches + v.switches}
+}
+
+// processUsage reads a process's usage so far: its CPU time from
+// /proc/<pid>/stat (in clock ticks of 1/100 s, its threads' together),
+// its context switches from each thread's /proc/<pid>/task/<tid>/status.
+func processUsage(pid int) (procUsage, error) {
+	var u procUsage
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return u, err
 	}
 	// The command's name, in parentheses, may hold spaces: the fields
 	// counted here start after it, with the state (field 3).
 	_, rest, ok := strings.Cut(string(data), ") ")
 	f := strings.Fields(rest)
 	if !ok || len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, data)
+		return u, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, data)
 	}
 	utime, err1 := strconv.ParseFloat(f[11], 64)
 	stime, err2 := strconv.ParseFloat(f[12], 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		return u, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return (utime + stime) / 100, nil
+	u.user, u.system = utime/100, stime/100
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil {
+		return u, err
+	}
+	for _, status := range tasks {
+		data, err := os.ReadFile(status)
+		if err != nil {
+			continue // a thread that ended
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			name, value, _ := strings.Cut(line, ":")
+			if name == "voluntary_ctxt_switches" || name == "nonvoluntary_ctxt_switches" {
+				n, _ := strconv.ParseFloat(strings.TrimSpace(value), 64)
+				u.switches += n
+			}
+		}
+	}
+	return u, nil
 }
 
 // brokerProcess is the broker graft-bench broker measures: this program

@@ -110,18 +110,21 @@ tps = 1000.500000 (excluding connections establishing)
 	}
 }
 
-func TestProcessCPU(t *testing.T) {
-	before, err := processCPU(os.Getpid())
+func TestProcessUsage(t *testing.T) {
+	before, err := processUsage(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
+	if before.switches <= 0 {
+		t.Errorf("processUsage = %+v, want context switches", before)
+	}
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		// Spin until the clock ticks (1/100 s).
-		if now, _ := processCPU(os.Getpid()); now > before {
+		if now, _ := processUsage(os.Getpid()); now.user+now.system > before.user+before.system {
 			return
 		}
 	}
-	t.Errorf("processCPU stayed at %.2f s over 5 s of spinning", before)
+	t.Errorf("processUsage stayed at %+v over 5 s of spinning", before)
 }
 
 // The broker's process logs in for its clients with its credential,
@@ -209,7 +212,7 @@ func TestBrokerBench(t *testing.T) {
 		t.Fatalf("throughput = %+v, want tpcb and select-only", res.Throughput)
 	}
 	for _, wl := range res.Throughput {
-		if wl.Direct.TPS <= 0 || wl.Broker.TPS <= 0 || wl.RatioBroker <= 0 || wl.Broker.Transactions <= 0 {
+		if wl.Direct.TPS <= 0 || wl.Broker.TPS <= 0 || wl.RatioBroker <= 0 || wl.Broker.Transactions <= 0 || wl.Broker.CPUUSPerTx <= 0 || wl.Broker.SwitchesPerTx <= 0 {
 			t.Errorf("%s: direct %+v, broker %+v, ratio %.2f; want tps and transactions through both", wl.Workload, wl.Direct, wl.Broker, wl.RatioBroker)
 		}
 		if (pgbouncer != "") != (wl.PgBouncer != nil) {
