@@ -227,6 +227,11 @@ type apiProbe struct {
 	S     float64 `json:"s"`
 	Get   latency `json:"get"`
 	Issue latency `json:"issue"`
+	// GraftdCores is the CPU graftd used over the window (its
+	// process_cpu_seconds_total), MachineBusy the share of the machine's
+	// CPU time that was not idle.
+	GraftdCores float64 `json:"graftd_cpu_cores"`
+	MachineBusy float64 `json:"machine_busy"`
 }
 
 // revokeAll is revoking every lease of the role at the end, with one
@@ -458,6 +463,8 @@ func writeDBCred(w io.Writer, r dbcredResult) error {
 			d.Idle.Get.P99MS, d.During.Get.P99MS, d.RatioGetP99, d.Idle.Issue.P99MS, d.During.Issue.P99MS, d.RatioIssueP99)
 		fmt.Fprintf(&b, "    API p50:     Get %.2f ms idle, %.2f ms draining; Issue %.2f ms idle, %.2f ms draining\n",
 			d.Idle.Get.P50MS, d.During.Get.P50MS, d.Idle.Issue.P50MS, d.During.Issue.P50MS)
+		fmt.Fprintf(&b, "    CPU:         graftd %.2f cores idle, %.2f draining; the machine %.0f%% busy idle, %.0f%% draining\n",
+			d.Idle.GraftdCores, d.During.GraftdCores, d.Idle.MachineBusy*100, d.During.MachineBusy*100)
 		fmt.Fprintf(&b, "    goal, Get p99 draining within %d× idle: %s\n", goalDrainRatio, metOrNot(d.GoalMet))
 	}
 	if ra := r.RevokeAll; ra != nil {

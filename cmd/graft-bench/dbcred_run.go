@@ -642,7 +642,9 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	b.p.say("drain: graftd's API at idle for %s (a Get every 20 ms, an Issue every 200 ms)", b.dc.idle)
 	stop := make(chan struct{})
 	time.AfterFunc(b.dc.idle, func() { close(stop) })
+	cpu := b.startCPU()
 	d.Idle = b.probe(ctx, get, issue, stop)
+	d.Idle.GraftdCores, d.Idle.MachineBusy = cpu.end()
 
 	// Every lease expires at expireAt: its TTL is what remains until
 	// then when it is issued. Twice the time the fill (or the fastest
@@ -744,10 +746,12 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	b.p.say("drain: the reaper drops %d users; graftd's API meanwhile", len(names))
 	stop = make(chan struct{})
 	probed := make(chan apiProbe, 1)
+	cpu = b.startCPU()
 	go func() { probed <- b.probe(ctx, get, issue, stop) }()
 	gone, err := b.watchGone(ctx, names)
 	close(stop)
 	d.During = <-probed
+	d.During.GraftdCores, d.During.MachineBusy = cpu.end()
 	if err != nil {
 		return err
 	}
@@ -781,6 +785,58 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	d.GoalMet = d.RatioGetP99 > 0 && d.RatioGetP99 <= goalDrainRatio
 	b.p.say("  %d users gone %.1f s after they were due (%.0f/s); Get p99 %.2f ms idle, %.2f ms draining", d.Gone, d.DrainS, d.PerSec, d.Idle.Get.P99MS, d.During.Get.P99MS)
 	return nil
+}
+
+// cpuWindow is graftd's CPU time and the machine's at the start of a
+// window.
+type cpuWindow struct {
+	b                    *dbcredBench
+	at                   time.Time
+	graftd               float64
+	graftdErr            error
+	machineIdle, jiffies float64
+}
+
+func (b *dbcredBench) startCPU() cpuWindow {
+	w := cpuWindow{b: b, at: time.Now()}
+	w.graftd, w.graftdErr = metric(b.dc.metricsURL, "process_cpu_seconds_total")
+	w.machineIdle, w.jiffies = machineCPU()
+	return w
+}
+
+// end returns the cores graftd used over the window (0 if unknown) and
+// the share of the machine's CPU time that was busy.
+func (w cpuWindow) end() (graftdCores, machineBusy float64) {
+	elapsed := time.Since(w.at).Seconds()
+	if g, err := metric(w.b.dc.metricsURL, "process_cpu_seconds_total"); err == nil && w.graftdErr == nil && elapsed > 0 {
+		graftdCores = math.Round((g-w.graftd)/elapsed*100) / 100
+	}
+	if idle, total := machineCPU(); total > w.jiffies {
+		machineBusy = math.Round((1-(idle-w.machineIdle)/(total-w.jiffies))*100) / 100
+	}
+	return graftdCores, machineBusy
+}
+
+// machineCPU is the machine's idle and total CPU time so far, in
+// jiffies, from /proc/stat (zeros where there is none).
+func machineCPU() (idle, total float64) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseFloat(v, 64)
+		total += n
+		if i == 3 || i == 4 { // idle, iowait
+			idle += n
+		}
+	}
+	return idle, total
 }
 
 func latest(a, b time.Time) time.Time {

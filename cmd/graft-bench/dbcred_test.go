@@ -91,7 +91,7 @@ func TestWriteDBCred(t *testing.T) {
 			RatioPerSec: 0.57, RatioP50: 1.64, RatioP99: 1.41, GraftdCPUMSPerIssue: 3.25,
 		}},
 		Live:      &liveLeases{Leases: 100000, Filled: 92000, RSSFrom: "/proc/1/status VmRSS", RSSBeforeMB: 60, RSSMB: 300, RSSAnonMB: 250, RSSFileMB: 50, EtcdDBFrom: "the size of db", EtcdDBMB: 400, PGRoles: 100020},
-		Drain:     &drainRun{Leases: 5000, Gone: 5000, DrainS: 12.5, PerSec: 400, Idle: apiProbe{Get: latency{P99MS: 2}}, During: apiProbe{Get: latency{P99MS: 5}}, RatioGetP99: 2.5},
+		Drain:     &drainRun{Leases: 5000, Gone: 5000, DrainS: 12.5, PerSec: 400, Idle: apiProbe{Get: latency{P99MS: 2}, GraftdCores: 0.05, MachineBusy: 0.1}, During: apiProbe{Get: latency{P99MS: 5}, GraftdCores: 0.8, MachineBusy: 0.97}, RatioGetP99: 2.5},
 		RevokeAll: &revokeAll{Revoked: 100000, S: 250, PerSec: 400, UsersLeft: 0},
 		Notes:     []string{"a note"},
 	}
@@ -111,6 +111,7 @@ func TestWriteDBCred(t *testing.T) {
 		"graftd RSS:  60.0 MB before any lease, 300.0 MB with them (/proc/1/status VmRSS)",
 		"of which 250.0 MB anonymous (heap, stacks) and 50.0 MB file pages",
 		"Get 2.00 ms idle, 5.00 ms draining (2.50×)",
+		"CPU:         graftd 0.05 cores idle, 0.80 draining; the machine 10% busy idle, 97% draining",
 		"goal, Get p99 draining within 2× idle: not met",
 		"revoke all:  100000 leases in 250.0 s (400/s), 0 failed, 0 users left",
 		"note: a note",
@@ -137,5 +138,12 @@ func TestReadProcMem(t *testing.T) {
 	}
 	if _, err := readProcMem(-1); err == nil {
 		t.Fatal("readProcMem(-1): no error")
+	}
+}
+
+func TestMachineCPU(t *testing.T) {
+	idle, total := machineCPU()
+	if total <= 0 || idle < 0 || idle > total {
+		t.Fatalf("machineCPU() = %v idle of %v: want 0 ≤ idle ≤ total, total > 0", idle, total)
 	}
 }
