@@ -292,7 +292,7 @@ func parsePgbench(out string) (pgbenchResult, error) {
 func (b *brokerBench) pgbench(ctx context.Context, t target, args ...string) (string, error) {
 	host, port, _ := net.SplitHostPort(t.addr)
 	cmd := exec.CommandContext(ctx, filepath.Join(b.bc.pgBinDir, "pgbench"), append(args, brokerBenchDB)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = dbproc.SysProcAttr(nil, syscall.SIGKILL)
 	cmd.Env = []string{"LC_ALL=C", "TZ=UTC", "PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + brokerBenchUser,
 		"PGSSLMODE=disable", "PGGSSENCMODE=disable", "PGCONNECT_TIMEOUT=10"}
 	if t.password != "" {
@@ -703,7 +703,7 @@ func startBrokerProcess(ctx context.Context, backend, user, password string, gom
 	if gomaxprocs > 0 {
 		p.cmd.Env = append(p.cmd.Env, "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
 	}
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dbproc.SysProcAttr(nil, syscall.SIGKILL)
 	p.cmd.Stderr = logf
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {

@@ -65,7 +65,7 @@ func Chown(cred *syscall.Credential, names ...string) error {
 // killed test binary leaves no server behind.
 func Command(prog string, cred *syscall.Credential, deathSig syscall.Signal, args ...string) *exec.Cmd {
 	cmd := exec.Command(prog, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: deathSig}
+	cmd.SysProcAttr = SysProcAttr(cred, deathSig)
 	cmd.Env = []string{"LC_ALL=C", "TZ=UTC"}
 	return cmd
 }
