@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -403,8 +404,30 @@ func (b *brokerBench) throughput(ctx context.Context, targets []target) error {
 			w.GoalMet = w.GoalMet && w.Broker.TPS > w.PgBouncer.TPS
 		}
 		b.res.Throughput = append(b.res.Throughput, w)
+		for _, t := range targets {
+			if spread := roundSpread(acc[wl][t.name].tps); spread > maxRoundSpread {
+				b.res.Notes = append(b.res.Notes, fmt.Sprintf("%s, %s: the rounds' tps differ by %.0f%% (%v): the machine's load changed during the run, and the ratios are only as good as the interleaving; run again on a quiet machine",
+					wl, t.name, spread*100, acc[wl][t.name].tps))
+			}
+		}
 	}
 	return nil
+}
+
+// maxRoundSpread is how far apart a target's rounds may be before the
+// bench says the machine changed under it.
+const maxRoundSpread = 0.2
+
+// roundSpread is (highest - lowest) / highest of the rounds' tps.
+func roundSpread(tps []float64) float64 {
+	if len(tps) < 2 {
+		return 0
+	}
+	lo, hi := slices.Min(tps), slices.Max(tps)
+	if hi <= 0 {
+		return 0
+	}
+	return (hi - lo) / hi
 }
 
 // profileBroker runs each workload once more through the broker, not

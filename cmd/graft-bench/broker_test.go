@@ -110,6 +110,24 @@ tps = 1000.500000 (excluding connections establishing)
 	}
 }
 
+func TestRoundSpread(t *testing.T) {
+	tests := []struct {
+		tps  []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{100}, 0},
+		{[]float64{100, 100}, 0},
+		{[]float64{33040, 18696}, (33040 - 18696) / 33040.0},
+		{[]float64{80, 100, 90}, 0.2},
+	}
+	for _, tt := range tests {
+		if got := roundSpread(tt.tps); got != tt.want {
+			t.Errorf("roundSpread(%v) = %v, want %v", tt.tps, got, tt.want)
+		}
+	}
+}
+
 func TestProcessUsage(t *testing.T) {
 	before, err := processUsage(os.Getpid())
 	if err != nil {
