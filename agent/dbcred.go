@@ -97,15 +97,19 @@ type heldCredential struct {
 	// verified says graftd confirmed the lease since the agent started
 	// (a lease read from the state file is renewed before it is used).
 	verified bool
-	// rendered says a render or a broker used it; brokered that a
-	// broker did, and templated that a template did.
-	rendered, brokered, templated bool
+	// brokered says a broker used it since the agent started, and
+	// templated that a template did.
+	brokered, templated bool
 	// retiredAt is when it was replaced.
 	retiredAt time.Time
 	// retryAt delays the next renew or replace after a failed call.
 	retryAt  time.Time
 	failures int
 }
+
+// used reports whether a template or a broker has used it since the
+// agent started: from then on it is renewed and replaced on time.
+func (h *heldCredential) used() bool { return h.brokered || h.templated }
 
 func (h *heldCredential) credential() Credential {
 	return Credential{Username: h.Username, Password: h.Password, LeaseID: h.LeaseID, Expires: h.Expires, MaxExpires: h.MaxExpires}
@@ -332,14 +336,13 @@ func (k *keeper) get(path string, byBroker bool) (Credential, error) {
 // use marks h as used by a render or a broker: from then on it is
 // renewed and replaced on time. Callers hold mu.
 func (k *keeper) use(h *heldCredential, byBroker bool) {
+	if !h.used() {
+		k.poke(k.wake)
+	}
 	if byBroker {
 		h.brokered = true
 	} else {
 		h.templated = true
-	}
-	if !h.rendered {
-		h.rendered = true
-		k.poke(k.wake)
 	}
 }
 
@@ -456,7 +459,7 @@ func (k *keeper) applied(healthy bool) {
 func (k *keeper) replacementRendered(r *heldCredential) bool {
 	for _, h := range k.held {
 		if h.Replaces == r.LeaseID {
-			return h.rendered
+			return h.used()
 		}
 	}
 	return true // its replacement is itself gone: nothing uses r
@@ -516,7 +519,7 @@ func (k *keeper) step(ctx context.Context) time.Time {
 			soon(h.retryAt)
 			continue
 		}
-		if !h.rendered {
+		if !h.used() {
 			// Read from the state file, not used by any template yet.
 			continue
 		}
@@ -627,7 +630,7 @@ func (k *keeper) replace(ctx context.Context, h *heldCredential) error {
 	if h.brokered && !h.templated {
 		// Only brokers use it: the next connection takes the new one,
 		// and the sessions open on the old one have the grace to end.
-		n.brokered, n.rendered = true, true
+		n.brokered = true
 		h.RevokeAt = h.retiredAt.Add(k.cfg.Grace)
 		if k.sessions != nil {
 			soonAt := h.retiredAt.Add(min(k.cfg.Grace, time.Second))

@@ -31,13 +31,7 @@ func TestMariaDBCredentialsThroughGraftd(t *testing.T) {
 	g := graftdtest.Start(t)
 	c := graftdtest.Dial(t, g.Addr)
 	root := authed(g.Token)
-	token := func(principal, role string) context.Context {
-		created, err := c.Tokens.CreateToken(root, &graftv1.CreateTokenRequest{Principal: principal, Roles: []string{role}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return authed(created.GetToken())
-	}
+	token := func(principal, role string) context.Context { return tokenAs(t, c, root, principal, role) }
 	dba, orders := token("user:dora", "dba"), token("app:orders", "app")
 
 	if _, err := c.KV.Put(dba, &graftv1.PutRequest{Path: "/dba/pp/admin/mariadb/dsn", Value: []byte(db.DSN)}); err != nil {

@@ -17,6 +17,17 @@ import (
 	"github.com/graft-sh/graft/internal/testenv"
 )
 
+// tokenAs creates, with the root context, a token for principal holding
+// role, and returns a context that carries it.
+func tokenAs(t *testing.T, c graftdtest.Clients, root context.Context, principal, role string) context.Context {
+	t.Helper()
+	created, err := c.Tokens.CreateToken(root, &graftv1.CreateTokenRequest{Principal: principal, Roles: []string{role}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authed(created.GetToken())
+}
+
 // dbcredClients are the dynamic-credential services of one graftd.
 type dbcredClients struct {
 	roles  graftv1.DBCredServiceClient
@@ -34,13 +45,7 @@ func TestDynamicCredentialsThroughGraftd(t *testing.T) {
 	c := graftdtest.Dial(t, g.Addr)
 	dc := dbcredClients{c.DBCred, c.Leases}
 	root := authed(g.Token)
-	token := func(principal, role string) context.Context {
-		created, err := c.Tokens.CreateToken(root, &graftv1.CreateTokenRequest{Principal: principal, Roles: []string{role}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return authed(created.GetToken())
-	}
+	token := func(principal, role string) context.Context { return tokenAs(t, c, root, principal, role) }
 	dba, orders, billing := token("user:dora", "dba"), token("app:orders", "app"), token("app:billing", "app")
 
 	if _, err := c.KV.Put(dba, &graftv1.PutRequest{Path: "/dba/pp/admin/postgres/dsn", Value: []byte(pg.URL(pg.Superuser, pg.SuperuserPassword, "postgres"))}); err != nil {

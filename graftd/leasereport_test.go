@@ -36,13 +36,7 @@ func TestAgentsReportTheirLeases(t *testing.T) {
 	g := graftdtest.Start(t)
 	c := graftdtest.Dial(t, g.Addr)
 	root := authed(g.Token)
-	token := func(principal, role string) context.Context {
-		created, err := c.Tokens.CreateToken(root, &graftv1.CreateTokenRequest{Principal: principal, Roles: []string{role}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return authed(created.GetToken())
-	}
+	token := func(principal, role string) context.Context { return tokenAs(t, c, root, principal, role) }
 	dba, orders, billing := token("user:dora", "dba"), token("app:orders", "app"), token("app:billing", "app")
 	if _, err := c.KV.Put(dba, &graftv1.PutRequest{Path: "/dba/pp/admin/postgres/dsn", Value: []byte(pg.URL(pg.Superuser, pg.SuperuserPassword, "postgres"))}); err != nil {
 		t.Fatal(err)

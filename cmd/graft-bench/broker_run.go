@@ -91,7 +91,7 @@ func (a *app) benchBroker(cmd *cobra.Command, bc brokerConfig) (brokerResult, er
 	b.admin = bc.dsn
 	if b.admin == "" {
 		b.say("starting PostgreSQL from %s in a temporary directory", bc.pgBinDir)
-		pg, err := startPostgres(ctx, bc.pgBinDir)
+		pg, err := startPostgres(ctx, "broker", bc.pgBinDir)
 		if err != nil {
 			return res, err
 		}

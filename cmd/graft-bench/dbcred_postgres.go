@@ -41,15 +41,17 @@ const fastShutdown = syscall.SIGINT
 
 // startPostgres runs initdb and postgres from bin in a temporary
 // directory and waits until the superuser can log in.
-func startPostgres(ctx context.Context, bin string) (*benchPostgres, error) {
+// startPostgres starts a PostgreSQL for the subcommand named cmd, whose
+// name begins its errors.
+func startPostgres(ctx context.Context, cmd, bin string) (*benchPostgres, error) {
 	for _, prog := range []string{"initdb", "postgres"} {
 		if _, err := os.Stat(filepath.Join(bin, prog)); err != nil {
-			return nil, fmt.Errorf("dbcred: PostgreSQL's %s is not in %s: install postgresql-15, give --pg-bindir, or measure a server of your own with --dsn", prog, bin)
+			return nil, fmt.Errorf("%s: PostgreSQL's %s is not in %s: install postgresql-15, give --pg-bindir, or measure a server of your own with --dsn", cmd, prog, bin)
 		}
 	}
 	cred, err := dbproc.RunAs("postgres", "adduser --system --group postgres")
 	if err != nil {
-		return nil, fmt.Errorf("dbcred: %w", err)
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	dir, err := os.MkdirTemp("", "graft-bench-pg-")
 	if err != nil {
@@ -59,7 +61,7 @@ func startPostgres(ctx context.Context, bin string) (*benchPostgres, error) {
 	password := dbproc.RandomHex(16)
 	if err := pg.initdb(bin, cred, password); err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("dbcred: %w", err)
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	for attempt := 1; ; attempt++ {
 		addr, err := freeAddr()
@@ -81,7 +83,7 @@ func startPostgres(ctx context.Context, bin string) (*benchPostgres, error) {
 		if !errors.Is(err, dbproc.ErrPortTaken) || attempt == 3 {
 			log := pg.log()
 			os.RemoveAll(dir)
-			return nil, fmt.Errorf("dbcred: %w\n%s", err, dbproc.Tail(log, 20))
+			return nil, fmt.Errorf("%s: %w\n%s", cmd, err, dbproc.Tail(log, 20))
 		}
 	}
 }

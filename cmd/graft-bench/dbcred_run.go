@@ -123,7 +123,7 @@ func (a *app) benchDBCred(cmd *cobra.Command, dc dbcredConfig) (dbcredResult, er
 	b.dsn = dc.dsn
 	if b.dsn == "" {
 		b.p.say("starting PostgreSQL from %s in a temporary directory", dc.pgBinDir)
-		pg, err := startPostgres(ctx, dc.pgBinDir)
+		pg, err := startPostgres(ctx, "dbcred", dc.pgBinDir)
 		if err != nil {
 			return res, err
 		}
