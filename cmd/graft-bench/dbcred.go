@@ -282,16 +282,16 @@ reach the database (--dsn, or this machine's loopback).
 
 The floor sends each password in clear, so the server hashes it (SCRAM,
 4,096 iterations), as pgbench or a DBA would; graftd hashes it itself and
-sends the verifier: the same work, on this machine, done elsewhere. Nor
-does the floor take the advisory lock with which graftd's driver runs one
-database's role statements one at a time.
+sends the verifier: the same work, on this machine, done elsewhere.
 
 --grant group (the default) grants a group role that may read the table;
 --grant table runs the README's GRANT SELECT ON ALL TABLES IN SCHEMA public
 TO each user. PostgreSQL keeps a table's grants in one catalog row: past
 about 2,400 grantees it refuses more ("row is too big"), and two GRANTs on
-one table at once fail ("tuple concurrently updated"); with --grant table
-expect errors with several clients, and a fill that stops early.`,
+one table at once fail ("tuple concurrently updated"). graftd's driver
+runs such a transaction again, in turn with the others that met one; the
+floor does not, so with --grant table and several clients expect errors
+in the floor, and a fill that stops early.`,
 		Example: `  make build && bin/graft-bench dbcred
   graft-bench dbcred --duration 5s --leases 10000 --drain 1000 -o json
   graft-bench dbcred --clients 1,4,8,16 --leases 0 --drain 0
@@ -320,7 +320,7 @@ expect errors with several clients, and a fill that stops early.`,
 	f.StringVar(&dc.pgBinDir, "pg-bindir", defaultPGBinDir, "where initdb and postgres are, without --dsn")
 	f.StringVar(&dc.graftd, "graftd", "", "the graftd binary to start without --addr (default: graftd beside graft-bench)")
 	f.StringVar(&dc.metricsURL, "metrics-url", "", "graftd's /metrics, for its memory, with --addr")
-	f.StringVar(&dc.profile, "profile", "", "write CPU profiles over graft's issue run with the most clients to this directory: graftd.pprof (with --addr it needs --metrics-url and --enable-pprof), bench.pprof, and graftd's allocations before and after")
+	f.StringVar(&dc.profile, "profile", "", "write CPU profiles over graft's issue run with the most clients to this directory: graftd.pprof (with --addr it needs --metrics-url and --enable-pprof), bench.pprof, and graftd's allocations before and after; and graftd-drain.pprof over the drain's first 3 s")
 	return cmd
 }
 

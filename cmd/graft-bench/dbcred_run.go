@@ -353,9 +353,8 @@ func (b *dbcredBench) issueRun(ctx context.Context, n int) error {
 
 // floor runs the role's statements as graftd's driver does (one
 // transaction, each statement a simple query) on n connections of the
-// bench's own, then drops the users it made. It does not take the
-// advisory lock with which the driver runs one database's role
-// statements in turn: the floor is what the database does alone.
+// bench's own, then drops the users it made: what the database does
+// alone.
 func (b *dbcredBench) floor(ctx context.Context, n int) (throughput, error) {
 	conns := make([]*pgx.Conn, n)
 	defer func() {
@@ -744,6 +743,15 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	}
 
 	b.p.say("drain: the reaper drops %d users; graftd's API meanwhile", len(names))
+	drainProfile := make(chan error, 1)
+	if b.dc.profile != "" && b.dc.metricsURL != "" {
+		go func() {
+			base := strings.TrimSuffix(b.dc.metricsURL, "/metrics") + "/debug/pprof/"
+			drainProfile <- fetch(ctx, "dbcred", base+"profile?seconds=3", b.token, filepath.Join(b.dc.profile, "graftd-drain.pprof"))
+		}()
+	} else {
+		drainProfile <- nil
+	}
 	stop = make(chan struct{})
 	probed := make(chan apiProbe, 1)
 	cpu = b.startCPU()
@@ -752,6 +760,9 @@ func (b *dbcredBench) drain(ctx context.Context) error {
 	close(stop)
 	d.During = <-probed
 	d.During.GraftdCores, d.During.MachineBusy = cpu.end()
+	if perr := <-drainProfile; err == nil {
+		err = perr
+	}
 	if err != nil {
 		return err
 	}

@@ -92,13 +92,14 @@ type Config struct {
 	// MayRead reports whether principal may read path: a role counts
 	// only while its author may read its admin DSN.
 	MayRead func(principal, path string) bool
-	// Open opens a driver on an admin DSN; default OpenDriver.
+	// Open opens a driver on an admin DSN; default OpenDriverConns
+	// with PerDatabase connections.
 	Open  func(ctx context.Context, driver, dsn string) (dbcred.Dynamic, error)
 	Audit Auditor
 	Log   *slog.Logger
 	Now   func() time.Time
 	// PerDatabase bounds the statements run at once on one database
-	// (default 4).
+	// (default DefaultPerDatabase).
 	PerDatabase int
 	// MaxAttempts is how many failed revocations make a lease
 	// irrevocable (default 10).
@@ -128,17 +129,20 @@ type Manager struct {
 
 // New returns a Manager.
 func New(cfg Config) *Manager {
+	if cfg.PerDatabase <= 0 {
+		cfg.PerDatabase = DefaultPerDatabase
+	}
 	if cfg.Open == nil {
-		cfg.Open = OpenDriver
+		conns := cfg.PerDatabase
+		cfg.Open = func(ctx context.Context, driver, dsn string) (dbcred.Dynamic, error) {
+			return OpenDriverConns(ctx, driver, dsn, conns)
+		}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.PerDatabase <= 0 {
-		cfg.PerDatabase = 4
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 10

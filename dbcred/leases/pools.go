@@ -12,14 +12,23 @@ import (
 	"github.com/graft-sh/graft/dbcred/postgres"
 )
 
-// OpenDriver opens the driver named driver on an admin DSN. Its errors
-// never hold the DSN.
+// DefaultPerDatabase is Config.PerDatabase's default: the statements run
+// at once on one database, and the admin connections open to it.
+const DefaultPerDatabase = 8
+
+// OpenDriver opens the driver named driver on an admin DSN, with up to
+// DefaultPerDatabase connections. Its errors never hold the DSN.
 func OpenDriver(ctx context.Context, driver, dsn string) (dbcred.Dynamic, error) {
+	return OpenDriverConns(ctx, driver, dsn, DefaultPerDatabase)
+}
+
+// OpenDriverConns is OpenDriver with up to conns connections.
+func OpenDriverConns(ctx context.Context, driver, dsn string, conns int) (dbcred.Dynamic, error) {
 	switch driver {
 	case dbcred.DriverPostgres:
-		return postgres.Open(ctx, dsn)
+		return postgres.OpenConns(ctx, dsn, conns)
 	case dbcred.DriverMySQL:
-		return mysql.Open(ctx, dsn)
+		return mysql.OpenConns(ctx, dsn, conns)
 	}
 	return nil, fmt.Errorf("driver %q: want postgres or mysql", clip(driver))
 }

@@ -74,7 +74,7 @@ func TestMaxAttemptsWithin(t *testing.T) {
 // failed MaxAttempts times is irrevocable and still retried. Once the
 // database is back, every user is dropped and every lease is gone.
 func TestReaperBacksOffWhileTheDatabaseIsDown(t *testing.T) {
-	const n = 8 // more than PerDatabase, so revocations queue for the database too
+	const n = leases.DefaultPerDatabase + 4 // so revocations queue for the database too
 	counted := &revocations{calls: map[string][]time.Time{}}
 	r := start(t, readOnly(), func(c *leases.Config) {
 		c.Open = counted.open

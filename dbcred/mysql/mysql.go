@@ -81,6 +81,15 @@ type Driver struct {
 // mysql database (SET DEFAULT ROLE for another user); it is granted the
 // roles it creates with ADMIN OPTION, which lets it grant them.
 func Open(ctx context.Context, adminDSN string) (*Driver, error) {
+	return OpenConns(ctx, adminDSN, defaultConns)
+}
+
+// defaultConns bounds Open's pool.
+const defaultConns = 4
+
+// OpenConns is Open with up to conns connections open at once (at least
+// one), for statements run side by side, as dynamic credentials' are.
+func OpenConns(ctx context.Context, adminDSN string, conns int) (*Driver, error) {
 	cfg, err := mysqldriver.ParseDSN(adminDSN)
 	if err != nil {
 		// The parser's messages may quote the DSN, its password included.
@@ -101,7 +110,8 @@ func Open(ctx context.Context, adminDSN string) (*Driver, error) {
 		return nil, dbcred.Redact(fmt.Errorf("open mysql: %w", err), cfg.Passwd)
 	}
 	db := sql.OpenDB(connector)
-	db.SetMaxOpenConns(4)
+	db.SetMaxOpenConns(max(conns, 1))
+	db.SetMaxIdleConns(max(conns, 1)) // database/sql keeps 2 otherwise, and would log in again for each third statement at once
 	db.SetConnMaxIdleTime(time.Minute)
 	d := &Driver{db: db, cfg: cfg}
 	if err := d.checkServer(ctx); err != nil {

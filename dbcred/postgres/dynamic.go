@@ -58,10 +58,7 @@ func (d *Driver) CreateUser(ctx context.Context, statements []string, u dbcred.N
 	if err != nil {
 		return fmt.Errorf("create user %s: %w", u.Name, err)
 	}
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		if err := inTurn(ctx, tx); err != nil {
-			return err
-		}
+	err = d.inTx(ctx, func(tx pgx.Tx) error {
 		return run(ctx, tx, "creation_sql", statements, func(s string) string {
 			return dbcred.Expand(s, u.Name, verifier, u.Expiration)
 		})
@@ -101,10 +98,7 @@ func (d *Driver) RenewUser(ctx context.Context, statements []string, user string
 	if !exists {
 		return fmt.Errorf("renew user %s: %w", user, dbcred.ErrNoUser)
 	}
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		if err := inTurn(ctx, tx); err != nil {
-			return err
-		}
+	err = d.inTx(ctx, func(tx pgx.Tx) error {
 		return run(ctx, tx, "renew_sql", statements, func(s string) string {
 			return dbcred.Expand(s, user, "", expiration)
 		})
@@ -139,17 +133,10 @@ func (d *Driver) RevokeUser(ctx context.Context, statements []string, user strin
 			return fmt.Errorf("revoke user %s: %w", user, err)
 		}
 	}
-	exists, err := d.roleExists(ctx, user)
-	if err != nil {
-		return fmt.Errorf("revoke user %s: %w", user, err)
-	}
-	if !exists {
-		return nil
-	}
 	// Without NOLOGIN first, a pool would log in again as soon as its
 	// sessions were ended, and keep a dropped role's session open.
-	_, err = d.pool.Exec(ctx, "ALTER ROLE "+ident(user)+" NOLOGIN")
-	if isCode(err, undefinedObject) { // dropped meanwhile
+	_, err := d.pool.Exec(ctx, "ALTER ROLE "+ident(user)+" NOLOGIN")
+	if isCode(err, undefinedObject) { // never made, or dropped already
 		return nil
 	}
 	if err != nil {
@@ -158,10 +145,7 @@ func (d *Driver) RevokeUser(ctx context.Context, statements []string, user strin
 	if err := d.endSessions(ctx, user); err != nil {
 		return fmt.Errorf("revoke user %s: %w", user, err)
 	}
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		if err := inTurn(ctx, tx); err != nil {
-			return err
-		}
+	err = d.inTx(ctx, func(tx pgx.Tx) error {
 		if len(statements) == 0 {
 			return dropUser(ctx, tx, user)
 		}
@@ -190,24 +174,63 @@ func rowTooBig(err error) bool {
 // larger than the server allows.
 const programLimitExceeded = "54000"
 
-// turnLock is the key of the transaction-level advisory lock that the
-// transactions running a role's statements take first ("graftdbc").
+// turnLock is the key of the transaction-level advisory lock that a
+// role's statements take when they run again ("graftdbc").
 const turnLock = 0x6772616674646263
 
-// inTurn makes tx wait for the other transactions that run a role's
-// statements on this database, from any graftd. PostgreSQL changes an
-// object's ACL (GRANT, REVOKE, DROP OWNED) in place, and of two
-// transactions that change the same one at once, the second fails with
-// "tuple concurrently updated" instead of waiting: users granted on the
-// same tables could not be made or dropped side by side, and leases
-// that expired together failed their revocations and waited out a
-// backoff.
-func inTurn(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(turnLock)); err != nil {
-		return fmt.Errorf("wait for the other statements on this database: %w", err)
+// turns bounds how often inTx runs a transaction that met another.
+const turns = 8
+
+// inTx runs fn in a transaction, again while it fails only because
+// another transaction changed the same catalog row meanwhile. PostgreSQL
+// changes an object's ACL (GRANT, REVOKE, DROP OWNED) in place, and of
+// two transactions that change the same one at once, the second fails
+// with "tuple concurrently updated" instead of waiting: users granted on
+// the same tables, made or dropped side by side, meet often. Statements
+// that touch only their own user (CREATE ROLE ... IN ROLE <group>, the
+// default renewal) never meet, and run side by side. A transaction that
+// met another runs again after taking an advisory lock, so those that
+// met take turns, from any graftd, while the rest do not wait for them.
+func (d *Driver) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	for turn := 1; ; turn++ {
+		err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+			if turn > 1 {
+				if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(turnLock)); err != nil {
+					return fmt.Errorf("wait for the other statements on this database: %w", err)
+				}
+			}
+			return fn(tx)
+		})
+		if err == nil || !metAnother(err) || turn == turns || ctx.Err() != nil {
+			return err
+		}
 	}
-	return nil
 }
+
+// metAnother reports whether err is the server's refusal of a
+// transaction that another changed the same rows under: a catalog row
+// updated concurrently (reported as an internal error, XX000), a
+// deadlock, or a serialization failure.
+func metAnother(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	switch pe.Code {
+	case deadlockDetected, serializationFailure:
+		return true
+	case internalError:
+		return strings.HasPrefix(pe.Message, "tuple concurrently ")
+	}
+	return false
+}
+
+// SQLSTATEs of transactions that met another.
+const (
+	internalError        = "XX000"
+	deadlockDetected     = "40P01"
+	serializationFailure = "40001"
+)
 
 // dropUser is the default revocation of user, whose sessions are gone.
 func dropUser(ctx context.Context, tx pgx.Tx, user string) error {

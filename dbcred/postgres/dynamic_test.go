@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -393,19 +394,17 @@ func TestDynamicRefuses(t *testing.T) {
 	must(t, d.RevokeUser(ctx, nil, longest))
 }
 
-// logStatements turns on log_statement=all and waits until the server
-// logs; drivers opened after it log their statements.
 // Users made and dropped at the same moment by several drivers (graftds,
 // or one graftd's connections), each granted on the same tables, all
 // are made and all dropped: PostgreSQL updates a table's ACL in place
 // and fails the second of two transactions changing it at once with
-// "tuple concurrently updated" unless the driver takes them in turn.
+// "tuple concurrently updated" unless the driver runs them again.
 func TestDynamicConcurrentGrants(t *testing.T) {
 	s := pgtest.Start(t)
 	ctx := t.Context()
 	s.Exec(t, "postgres", "CREATE TABLE items (id int)")
 	s.Exec(t, "postgres", "CREATE TABLE orders (id int)")
-	drivers := []*postgres.Driver{open(t, s.DSN), open(t, s.DSN), open(t, s.DSN)}
+	drivers := []*postgres.Driver{openConns(t, s.DSN, 8), openConns(t, s.DSN, 8), openConns(t, s.DSN, 8)}
 	const perDriver = 8
 	each := func(f func(d *postgres.Driver, user string) error) {
 		t.Helper()
@@ -429,6 +428,29 @@ func TestDynamicConcurrentGrants(t *testing.T) {
 	if err := s.Connect(t, "postgres").QueryRow(ctx, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").Scan(&left); err != nil || left != 0 {
 		t.Fatalf("%d users left, %v", left, err)
 	}
+}
+
+// Statements that change only their own user run side by side: a
+// transaction that met another and runs again in turn, holding the turn
+// (here, another session holds it), keeps no creation through a group
+// role, renewal or revocation waiting.
+func TestDynamicOwnStatementsDoNotWait(t *testing.T) {
+	s := pgtest.Start(t)
+	s.Exec(t, "postgres", "CREATE TABLE items (id int)")
+	s.Exec(t, "postgres", "CREATE ROLE readers NOLOGIN")
+	s.Exec(t, "postgres", "GRANT SELECT ON items TO readers")
+	d := open(t, s.DSN)
+	holder := s.Connect(t, "postgres")
+	if _, err := holder.Exec(t.Context(), "SELECT pg_advisory_lock($1)", int64(0x6772616674646263)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	const user = "v-app-items-grouped"
+	grouped := []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE readers`}
+	must(t, d.CreateUser(ctx, grouped, dbcred.NewUser{Name: user, Password: password(t), Expiration: time.Now().Add(time.Hour)}))
+	must(t, d.RenewUser(ctx, nil, user, time.Now().Add(2*time.Hour)))
+	must(t, d.RevokeUser(ctx, nil, user))
 }
 
 // A role that grants on a table to each user directly fills the table's
@@ -472,6 +494,8 @@ END $$`)
 	}
 }
 
+// logStatements turns on log_statement=all and waits until the server
+// logs; drivers opened after it log their statements.
 func logStatements(t *testing.T, s *pgtest.Server) {
 	t.Helper()
 	s.Exec(t, "postgres", "ALTER SYSTEM SET log_statement = 'all'")

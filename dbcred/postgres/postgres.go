@@ -31,9 +31,9 @@ const (
 	// retireTimeout bounds how long Retire waits for the user's sessions
 	// to end once they were told to.
 	retireTimeout = 5 * time.Second
-	// poolSize is enough for one rotation's steps and Sessions polled
-	// beside them.
-	poolSize = 2
+	// rotationConns is enough for one rotation's steps and Sessions
+	// polled beside them.
+	rotationConns = 2
 )
 
 // SQLSTATE codes the driver tells apart.
@@ -63,7 +63,14 @@ type Driver struct {
 // privileges of pg_signal_backend to end a retired user's sessions.
 // Errors never hold the DSN or its password. A URL whose user info holds
 // an unescaped @ / ? or # is refused before any lookup or connection.
+// The pool holds up to two connections, enough for a rotation.
 func Open(ctx context.Context, adminDSN string) (*Driver, error) {
+	return OpenConns(ctx, adminDSN, rotationConns)
+}
+
+// OpenConns is Open with a pool of up to conns connections (at least
+// one), for statements run side by side, as dynamic credentials' are.
+func OpenConns(ctx context.Context, adminDSN string, conns int) (*Driver, error) {
 	if err := checkUserinfo(adminDSN); err != nil {
 		return nil, err
 	}
@@ -71,7 +78,7 @@ func Open(ctx context.Context, adminDSN string) (*Driver, error) {
 	if err != nil {
 		return nil, dsnError(adminDSN, err)
 	}
-	cfg.MaxConns = poolSize
+	cfg.MaxConns = int32(max(conns, 1))
 	cfg.MinConns = 0
 	// The server's and the network's messages name users, hosts and
 	// databases, not passwords; redacting is for the message that would.

@@ -395,7 +395,14 @@ func TestTLS(t *testing.T) {
 
 func open(t *testing.T, dsn string) *postgres.Driver {
 	t.Helper()
-	d, err := postgres.Open(t.Context(), dsn)
+	return openConns(t, dsn, 2)
+}
+
+// openConns opens a driver with up to conns connections until the test
+// ends.
+func openConns(t *testing.T, dsn string, conns int) *postgres.Driver {
+	t.Helper()
+	d, err := postgres.OpenConns(t.Context(), dsn, conns)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
