@@ -59,6 +59,9 @@ type BrokerBackendTLS struct {
 	Mode       string `yaml:"mode"`
 	CAFile     string `yaml:"ca_file"`
 	ServerName string `yaml:"server_name"`
+	// ChannelBinding (PostgreSQL) is prefer (the default), require or
+	// disable, as libpq's channel_binding.
+	ChannelBinding string `yaml:"channel_binding"`
 }
 
 // BrokerCredentials are the paths of a static credential.
@@ -113,6 +116,15 @@ func (b Broker) validate(where string, root string, add func(string, ...any)) {
 	case broker.TLSDisable, broker.TLSRequire, broker.TLSVerifyCA, broker.TLSVerifyFull:
 	default:
 		add("%s: backend.tls.mode %q: want disable, require, verify-ca or verify-full", where, b.Backend.TLS.Mode)
+	}
+	switch cb := b.Backend.TLS.ChannelBinding; {
+	case cb == "":
+	case b.Protocol == "mysql":
+		add("%s: backend.tls.channel_binding: MySQL has no channel binding; remove it", where)
+	case cb != broker.ChannelBindingPrefer && cb != broker.ChannelBindingRequire && cb != broker.ChannelBindingDisable:
+		add("%s: backend.tls.channel_binding %q: want prefer, require or disable", where, cb)
+	case cb == broker.ChannelBindingRequire && b.Backend.TLS.mode() == broker.TLSDisable:
+		add("%s: backend.tls.channel_binding require needs TLS: set backend.tls.mode to require, verify-ca or verify-full", where)
 	}
 	switch {
 	case b.Credentials == nil && b.DBCred == "":
@@ -236,7 +248,7 @@ func newBrokers(cfg Config, creds *keeper, reg prometheus.Registerer, log *slog.
 					return nil, fmt.Errorf("%s: client_password_file: %w", where, err)
 				}
 			}
-			b.srv, err = broker.NewPostgres(broker.PostgresConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg,
+			b.srv, err = broker.NewPostgres(broker.PostgresConfig{Backend: bc.Backend.Address, TLSMode: bc.Backend.TLS.mode(), BackendTLS: tlsCfg, ChannelBinding: bc.Backend.TLS.ChannelBinding,
 				ClientTLS: clientTLS, ClientPassword: cp, Credentials: source, Log: log, Metrics: metrics, Name: bc.Listen, OnSessionsEnded: onEnded})
 		}
 		if err != nil {

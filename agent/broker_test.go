@@ -222,7 +222,8 @@ func TestBrokerDynamicCredential(t *testing.T) {
 
 // The broker's configuration problems are listed with the rest: a
 // remote listen address without allow_remote, a credential outside the
-// tree, both or neither kind of credential, a bad TLS mode, MySQL.
+// tree, both or neither kind of credential, a bad TLS mode or channel
+// binding, MySQL.
 func TestBrokerConfigProblems(t *testing.T) {
 	cfg := agent.DefaultConfig()
 	cfg.App, cfg.TokenFile = "orders", "/t"
@@ -231,6 +232,9 @@ func TestBrokerConfigProblems(t *testing.T) {
 		{Listen: "unix:relative.sock", Protocol: "mysql", Backend: agent.BrokerBackend{Address: "db", TLS: agent.BrokerBackendTLS{Mode: "prefer"}}},
 		{Listen: "127.0.0.1:5432", Protocol: "postgres", Backend: agent.BrokerBackend{Address: "db:5432"}, DBCred: "../x/creds", Credentials: &agent.BrokerCredentials{User: "u", Password: "p"}},
 		{Listen: "127.0.0.1:27017", Protocol: "mongodb", Backend: agent.BrokerBackend{Address: "db:27017"}, DBCred: "replicated/db/creds"},
+		{Listen: "127.0.0.1:5433", Protocol: "postgres", Backend: agent.BrokerBackend{Address: "db:5432", TLS: agent.BrokerBackendTLS{Mode: "disable", ChannelBinding: "require"}}, DBCred: "replicated/db/creds"},
+		{Listen: "127.0.0.1:5434", Protocol: "postgres", Backend: agent.BrokerBackend{Address: "db:5432", TLS: agent.BrokerBackendTLS{ChannelBinding: "on"}}, DBCred: "replicated/db/creds"},
+		{Listen: "127.0.0.1:3306", Protocol: "mysql", Backend: agent.BrokerBackend{Address: "db:3306", TLS: agent.BrokerBackendTLS{ChannelBinding: "prefer"}}, DBCred: "replicated/db/creds"},
 	}
 	err := cfg.Validate()
 	for _, want := range []string{
@@ -242,6 +246,9 @@ func TestBrokerConfigProblems(t *testing.T) {
 		"broker[1]: give credentials:",
 		"broker[2]: give one of credentials and dbcred",
 		`broker[3]: protocol "mongodb": want postgres or mysql`,
+		"broker[4]: backend.tls.channel_binding require needs TLS",
+		`broker[5]: backend.tls.channel_binding "on": want prefer, require or disable`,
+		"broker[6]: backend.tls.channel_binding: MySQL has no channel binding",
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("the problems lack %q:\n%v", want, err)

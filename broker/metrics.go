@@ -15,6 +15,7 @@ type Metrics struct {
 	sessionTime *prometheus.HistogramVec
 	connectTime *prometheus.HistogramVec
 	cancels     *prometheus.CounterVec
+	gone        *prometheus.CounterVec
 }
 
 // NewMetrics registers the broker's metrics on reg.
@@ -28,8 +29,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		sessionTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "graft_broker_session_seconds", Help: "How long client sessions last.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}, l),
 		connectTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "graft_broker_backend_connect_seconds", Help: "Time to connect and log in to the database.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, l),
 		cancels:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "graft_broker_cancel_requests_total", Help: "Cancel requests routed to the database."}, l),
+		gone:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "graft_broker_backend_closed_total", Help: "Sessions the database ended before the client did."}, l),
 	}
-	reg.MustRegister(m.open, m.total, m.authFails, m.bytesMoved, m.sessionTime, m.connectTime, m.cancels)
+	reg.MustRegister(m.open, m.total, m.authFails, m.bytesMoved, m.sessionTime, m.connectTime, m.cancels, m.gone)
 	return m
 }
 
@@ -68,5 +70,11 @@ func (m *Metrics) connected(l string, d time.Duration) {
 func (m *Metrics) cancelled(l string) {
 	if m != nil {
 		m.cancels.WithLabelValues(l).Inc()
+	}
+}
+
+func (m *Metrics) backendGone(l string) {
+	if m != nil {
+		m.gone.WithLabelValues(l).Inc()
 	}
 }

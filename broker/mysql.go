@@ -216,7 +216,7 @@ func (s *MySQL) serve(ctx context.Context, client net.Conn) {
 	s.cfg.Log.Debug("broker: session open", "listener", s.cfg.Name, "user", cred.User, "revision", cred.Revision)
 	s.session(cred.User, 1)
 	defer s.session(cred.User, -1)
-	relay(client, backend, m, s.cfg.Name)
+	relay(client, backend, client, m, s.cfg.Name, nil)
 }
 
 // greeting is a HandshakeV10 packet.

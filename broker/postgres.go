@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +12,18 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Channel binding settings, libpq's channel_binding values.
+const (
+	ChannelBindingPrefer  = "prefer"
+	ChannelBindingRequire = "require"
+	ChannelBindingDisable = "disable"
 )
 
 // TLS modes of the broker's connection to the database, libpq's sslmode
@@ -36,6 +45,12 @@ type PostgresConfig struct {
 	// itself: set InsecureSkipVerify and RootCAs (NewBackendTLS does).
 	BackendTLS *tls.Config
 	TLSMode    string
+	// ChannelBinding is libpq's channel_binding over TLS: prefer (the
+	// default) binds SCRAM-SHA-256 to the TLS connection
+	// (SCRAM-SHA-256-PLUS) when the server offers it; require refuses a
+	// login without it, so a server certificate's stolen key is not
+	// enough to stand in for the database; disable never binds.
+	ChannelBinding string
 	// ClientTLS, when set, is served to clients that ask for TLS
 	// (sslmode=prefer, require, verify-*); without it they are told the
 	// broker has none, and prefer goes on in plaintext.
@@ -76,6 +91,17 @@ func NewPostgres(cfg PostgresConfig) (*Postgres, error) {
 	var err error
 	if cfg.BackendTLS, err = (backendConfig{"postgres", cfg.Backend, cfg.TLSMode, cfg.BackendTLS, cfg.Credentials}).check(); err != nil {
 		return nil, err
+	}
+	switch cfg.ChannelBinding {
+	case "":
+		cfg.ChannelBinding = ChannelBindingPrefer
+	case ChannelBindingPrefer, ChannelBindingDisable:
+	case ChannelBindingRequire:
+		if cfg.TLSMode == TLSDisable {
+			return nil, errors.New("postgres broker: channel binding require needs TLS to the database: set a TLS mode other than disable, or channel binding prefer")
+		}
+	default:
+		return nil, fmt.Errorf("postgres broker: channel binding %q: want prefer, require or disable", cfg.ChannelBinding)
 	}
 	defaults(&cfg.Log, &cfg.ConnectTimeout, &cfg.Name, "postgres")
 	return &Postgres{listener: newListener(cfg.Name, cfg.OnSessionsEnded), cfg: cfg}, nil
@@ -153,7 +179,7 @@ func (p *Postgres) serve(ctx context.Context, client net.Conn) {
 	cred, err := p.cfg.Credentials.Current(ctx)
 	if err != nil {
 		m.authFailed(p.cfg.Name)
-		p.refuse(be, "08006", fmt.Sprintf("graft broker: no database credential to log in with: %v", err),
+		p.refuse(be, connectionFailure, fmt.Sprintf("graft broker: no database credential to log in with: %v", err),
 			"graft-agent serves it from the application's tree: check that the credential's paths exist there (graft ls) and that graft-agent follows the tree")
 		return
 	}
@@ -208,8 +234,73 @@ func (p *Postgres) serve(ctx context.Context, client net.Conn) {
 	p.cfg.Log.Debug("broker: session open", "listener", p.cfg.Name, "user", cred.User, "revision", cred.Revision)
 	p.session(cred.User, 1)
 	defer p.session(cred.User, -1)
-	relay(client, backend, m, p.cfg.Name)
+	toClient := &pgFrames{w: client}
+	relay(client, backend, toClient, m, p.cfg.Name, func(err error) {
+		p.cfg.Log.Info("broker: the database ended a session", "listener", p.cfg.Name, "user", cred.User, "err", err)
+		m.backendGone(p.cfg.Name)
+		if !toClient.between() || toClient.last == 'E' {
+			// Mid-message, a message of the broker's own would corrupt
+			// the stream; after an ErrorResponse (the server's FATAL
+			// on a terminated session) the client knows why already.
+			return
+		}
+		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: connectionFailure,
+			Message: "the database closed the connection without a word: " + errText(err),
+			Hint:    fmt.Sprintf("graft-agent's broker (%s) relayed this session to %s as %s; the database's log says why it ended; connect again", p.cfg.Name, p.cfg.Backend, cred.User)})
+		be.Flush()
+	})
 }
+
+// connectionFailure is the SQLSTATE of a session whose database went
+// away.
+const connectionFailure = "08006"
+
+// errText is err's text, or "end of stream" for a clean close.
+func errText(err error) string {
+	if err == nil {
+		return "end of stream"
+	}
+	return err.Error()
+}
+
+// pgFrames writes the backend's messages to w, following where one ends
+// and the next begins, so that a backend gone between two messages can
+// be reported to the client in a message of the broker's own.
+type pgFrames struct {
+	w    io.Writer
+	head [5]byte // a message's type and length
+	got  int     // bytes of head seen
+	left int64   // bytes of the current message's body still to come
+	last byte    // the type of the last message begun
+}
+
+func (f *pgFrames) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	f.follow(p[:n])
+	return n, err
+}
+
+func (f *pgFrames) follow(p []byte) {
+	for len(p) > 0 {
+		if f.left > 0 {
+			n := min(int64(len(p)), f.left)
+			f.left -= n
+			p = p[n:]
+			continue
+		}
+		n := copy(f.head[f.got:], p)
+		f.got += n
+		p = p[n:]
+		if f.got == len(f.head) {
+			f.last = f.head[0]
+			f.left = int64(binary.BigEndian.Uint32(f.head[1:])) - 4
+			f.got = 0
+		}
+	}
+}
+
+// between reports whether every message written so far was whole.
+func (f *pgFrames) between() bool { return f.got == 0 && f.left <= 0 }
 
 // login opens the backend session for the client's startup message with
 // cred: the client's database and parameters, the broker's user and
@@ -226,6 +317,7 @@ func (p *Postgres) login(ctx context.Context, startup *pgproto3.StartupMessage, 
 		cfg.Database = cred.User // libpq's default: the user's name
 	}
 	cfg.TLSConfig = p.cfg.BackendTLS
+	cfg.ChannelBinding = p.cfg.ChannelBinding
 	cfg.Fallbacks = nil
 	cfg.ConnectTimeout = p.cfg.ConnectTimeout
 	cfg.RuntimeParams = map[string]string{}
@@ -335,13 +427,21 @@ func (p *Postgres) cancel(ctx context.Context, req *pgproto3.CancelRequest) {
 }
 
 // relay copies both ways until either side ends, then closes both: a
-// database that goes away closes the client's connection at once. The
-// calling goroutine copies one way itself: an idle session costs two
+// database that goes away closes the client's connection at once. What
+// the database sends goes to the client through toClient (client, or a
+// writer that wraps it). When the database's side ends first, gone,
+// when set, is called with why (nil: it closed the connection) before
+// both close, and may write a last word to the client. The calling
+// goroutine copies one way itself: an idle session costs two
 // goroutines' stacks, not three.
-func relay(client, backend net.Conn, m *Metrics, name string) {
-	var once sync.Once
+func relay(client, backend net.Conn, toClient io.Writer, m *Metrics, name string, gone func(error)) {
+	var (
+		once    sync.Once
+		closing atomic.Bool
+	)
 	closeBoth := func() {
 		once.Do(func() {
+			closing.Store(true)
 			client.Close()
 			backend.Close()
 		})
@@ -353,8 +453,40 @@ func relay(client, backend net.Conn, m *Metrics, name string) {
 		m.bytes(name, "to_database", n)
 		closeBoth()
 	}()
-	n, _ := io.Copy(client, backend)
-	m.bytes(name, "to_client", n)
+	if gone == nil {
+		// Nothing to follow: TCP to TCP, io.Copy splices.
+		n, _ := io.Copy(toClient, backend)
+		m.bytes(name, "to_client", n)
+	} else {
+		from := &reads{r: backend}
+		n, _ := io.CopyBuffer(toClient, from, make([]byte, relayBuffer))
+		m.bytes(name, "to_client", n)
+		if from.ended && !closing.Load() {
+			gone(from.err)
+		}
+	}
 	closeBoth()
 	<-done
+}
+
+// relayBuffer is the buffer of a relay that follows what it copies:
+// PostgreSQL's own send buffer, 8 KiB, so an idle session holds little.
+const relayBuffer = 8 << 10
+
+// reads is r, remembering whether, and why, it ended.
+type reads struct {
+	r     io.Reader
+	ended bool
+	err   error // nil at io.EOF
+}
+
+func (r *reads) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil {
+		r.ended = true
+		if err != io.EOF {
+			r.err = err
+		}
+	}
+	return n, err
 }

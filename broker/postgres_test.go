@@ -64,7 +64,7 @@ type brokerRig struct {
 // startBroker starts the rig; withTLS makes the database require TLS,
 // the broker verify it (verify-full) and serve TLS to its clients with
 // the same certificate.
-func startBroker(t *testing.T, withTLS bool) *brokerRig {
+func startBroker(t *testing.T, withTLS bool, opts ...func(*broker.PostgresConfig)) *brokerRig {
 	t.Helper()
 	pg := pgtest.Start(t)
 	pg.CreateUser(t, "blue", "blue-pw")
@@ -86,6 +86,9 @@ func startBroker(t *testing.T, withTLS bool) *brokerRig {
 			t.Fatal(err)
 		}
 		r.cert = cert
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	p, err := broker.NewPostgres(cfg)
 	if err != nil {
@@ -141,14 +144,13 @@ func TestPostgresBrokerLogsInForTheClient(t *testing.T) {
 		t.Fatalf("current_user %q, want blue", u)
 	}
 	var ssl bool
-	var app, method string
+	var app string
 	if err := first.QueryRow(t.Context(), "SELECT s.ssl, a.application_name FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE pid = pg_backend_pid()").Scan(&ssl, &app); err != nil {
 		t.Fatal(err)
 	}
 	if !ssl || app != "petstore" {
 		t.Fatalf("the backend session: ssl %v, application_name %q; want TLS and petstore", ssl, app)
 	}
-	_ = method
 
 	r.creds.set("green", "green 'pw'", 8)
 	second := r.connect(t, r.url("disable"))
@@ -160,6 +162,59 @@ func TestPostgresBrokerLogsInForTheClient(t *testing.T) {
 	}
 	if strings.Contains(r.logs.String(), "blue-pw") || strings.Contains(r.logs.String(), "green 'pw'") {
 		t.Fatalf("the broker's log holds a password:\n%s", r.logs)
+	}
+}
+
+// With channel binding require, the broker logs in over TLS only with
+// SCRAM-SHA-256-PLUS: it logs in while the server asks for SCRAM, and
+// once the server asks for the password in clear, on the same TLS, it
+// refuses to send it, and says so to the client. Require without TLS, or
+// an unknown setting, is refused when the listener is made.
+func TestPostgresBrokerChannelBinding(t *testing.T) {
+	r := startBroker(t, true, func(c *broker.PostgresConfig) { c.ChannelBinding = broker.ChannelBindingRequire })
+	if u := currentUser(t, r.connect(t, r.url("disable"))); u != "blue" {
+		t.Fatalf("current_user %q, want blue", u)
+	}
+	hba := filepath.Join(r.pg.Dir, "data", "pg_hba.conf")
+	rules, err := os.ReadFile(hba)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hba, append([]byte("hostssl all blue all password\n"), rules...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.pg.Exec(t, "postgres", "SELECT pg_reload_conf()")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		conn, err := pgx.Connect(t.Context(), r.url("disable"))
+		if err == nil {
+			conn.Close(t.Context())
+			if time.Now().After(deadline) {
+				t.Fatal("the broker still logs in with channel binding required and the password asked in clear")
+			}
+			continue
+		}
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Severity != "FATAL" || !strings.Contains(pe.Message, "channel binding") {
+			t.Fatalf("refused login: %v, want a FATAL error saying channel binding failed", err)
+		}
+		if strings.Contains(err.Error(), "blue-pw") {
+			t.Fatalf("the refusal holds the password: %v", err)
+		}
+		break
+	}
+
+	for _, tt := range []struct{ mode, binding, want string }{
+		{broker.TLSDisable, broker.ChannelBindingRequire, "needs TLS"},
+		{broker.TLSVerifyFull, "always", "want prefer, require or disable"},
+	} {
+		cfg := broker.PostgresConfig{Backend: "127.0.0.1:5432", TLSMode: tt.mode, ChannelBinding: tt.binding, Credentials: &creds{}}
+		if tt.mode != broker.TLSDisable {
+			cfg.BackendTLS = &tls.Config{ServerName: "127.0.0.1"}
+		}
+		_, err := broker.NewPostgres(cfg)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("mode %s, channel binding %q: %v, want an error saying %q", tt.mode, tt.binding, err, tt.want)
+		}
 	}
 }
 
@@ -261,7 +316,8 @@ func hintOf(e *pgconn.PgError) string {
 	return e.Hint
 }
 
-// The database going away closes the client's connection at once.
+// The database ending a session closes the client's connection at once,
+// with the server's own FATAL error and nothing of the broker's after it.
 func TestPostgresBrokerBackendGone(t *testing.T) {
 	r := startBroker(t, false)
 	conn := r.connect(t, r.url("disable"))
@@ -269,11 +325,111 @@ func TestPostgresBrokerBackendGone(t *testing.T) {
 	if err := conn.QueryRow(t.Context(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
-	r.pg.Exec(t, "postgres", "SELECT pg_terminate_backend($1)", pid)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil || ctx.Err() != nil {
-		t.Fatalf("a query on a terminated session: %v (ctx %v)", err, ctx.Err())
+	slept := make(chan error, 1)
+	go func() { _, err := conn.Exec(ctx, "SELECT pg_sleep(30)"); slept <- err }()
+	super := r.pg.Connect(t, "postgres")
+	for n := 0; n != 1; time.Sleep(20 * time.Millisecond) {
+		if err := super.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'SELECT pg_sleep%'", pid).Scan(&n); err != nil {
+			t.Fatalf("waiting for the query to run: %v", err)
+		}
+	}
+	r.pg.Exec(t, "postgres", "SELECT pg_terminate_backend($1)", pid)
+	var pe *pgconn.PgError
+	if err := <-slept; !errors.As(err, &pe) || pe.Code != "57P01" || ctx.Err() != nil {
+		t.Fatalf("a query on a terminated session: %v (ctx %v), want the server's 57P01", err, ctx.Err())
+	}
+}
+
+// A database connection cut without a word (a crashed server, a network
+// gone) reaches the client at once as a FATAL error of the broker's
+// saying what happened, when the cut falls between two messages; cut in
+// the middle of one, the client's connection is closed, since a message
+// of the broker's own would be read as the rest of the cut one.
+func TestPostgresBrokerBackendCut(t *testing.T) {
+	for _, mid := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mid-message %t", mid), func(t *testing.T) {
+			var proxy *cutter
+			r := startBroker(t, false, func(c *broker.PostgresConfig) {
+				proxy = startCutter(t, c.Backend)
+				c.Backend = proxy.addr
+			})
+			conn := r.connect(t, r.url("disable"))
+			currentUser(t, conn)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			slept := make(chan error, 1)
+			go func() { _, err := conn.Exec(ctx, "SELECT pg_sleep(30)"); slept <- err }()
+			time.Sleep(200 * time.Millisecond) // the query sent, its answer awaited
+			proxy.cut(mid)
+			err := <-slept
+			if ctx.Err() != nil {
+				t.Fatalf("the client waited out its query: %v", err)
+			}
+			var pe *pgconn.PgError
+			switch {
+			case mid && errors.As(err, &pe):
+				t.Errorf("cut mid-message: the client read %v, want its connection closed", pe)
+			case !mid && (!errors.As(err, &pe) || pe.Code != "08006" || pe.Severity != "FATAL"):
+				t.Errorf("cut between messages: %v, want FATAL 08006 from the broker", err)
+			case !mid && (!strings.Contains(pe.Message, "closed the connection") || !strings.Contains(pe.Hint, "connect again")):
+				t.Errorf("cut between messages: %q (hint %q): want what happened and what to do", pe.Message, pe.Hint)
+			}
+			if !strings.Contains(r.logs.String(), "the database ended a session") {
+				t.Errorf("the broker logged nothing of it:\n%s", r.logs)
+			}
+		})
+	}
+}
+
+// cutter relays TCP connections to a target until cut, which closes them
+// all, as a crashed server or a lost network would, after writing the
+// first bytes of a message to the broker when mid is true.
+type cutter struct {
+	addr  string
+	mu    sync.Mutex
+	conns [][2]net.Conn // the broker's side, the target's
+}
+
+func startCutter(t *testing.T, target string) *cutter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c := &cutter{addr: ln.Addr().String()}
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			c.mu.Lock()
+			c.conns = append(c.conns, [2]net.Conn{in, out})
+			c.mu.Unlock()
+			go io.Copy(out, in)
+			go io.Copy(in, out)
+		}
+	}()
+	return c
+}
+
+func (c *cutter) cut(mid bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, pair := range c.conns {
+		if mid {
+			pair[0].Write([]byte{'D', 0, 0, 0, 100, 0, 1})
+		}
+		pair[1].Close()
+		pair[0].Close()
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -48,6 +49,10 @@ type Server struct {
 	cred *syscall.Credential
 	mu   sync.Mutex
 	proc *dbproc.Process // nil while stopped
+	// tls is set once RequireTLS made the server refuse plaintext: URL
+	// asks for TLS then. Not under mu, which start holds while it
+	// connects.
+	tls atomic.Bool
 }
 
 // Start runs a PostgreSQL server until the test ends. It skips the test
@@ -235,14 +240,19 @@ func (s *Server) Log() string {
 // logTail is how much of the server's log a failed test shows.
 const logTail = 60
 
-// URL is a connection URL for user on database, over TCP.
+// URL is a connection URL for user on database, over TCP: TLS without
+// verification after RequireTLS, plaintext before.
 func (s *Server) URL(user, password, database string) string {
+	sslmode := "disable"
+	if s.tls.Load() {
+		sslmode = "require"
+	}
 	u := url.URL{
 		Scheme:   "postgres",
 		User:     url.UserPassword(user, password),
 		Host:     net.JoinHostPort(s.Host, strconv.Itoa(s.Port)),
 		Path:     "/" + database,
-		RawQuery: "sslmode=disable",
+		RawQuery: "sslmode=" + sslmode,
 	}
 	return u.String()
 }

@@ -24,7 +24,8 @@ import (
 // RequireTLS gives the server a certificate for its host (127.0.0.1),
 // self-signed, and makes it refuse every connection without TLS. It
 // returns the certificate's file, which is its own CA, and its key's
-// (the key is the server user's, 0600).
+// (the key is the server user's, 0600). URL, Connect and Exec use TLS
+// from then on; DSN stays as it was.
 func (s *Server) RequireTLS(t testing.TB) (certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -81,6 +82,7 @@ func (s *Server) RequireTLS(t testing.TB) (certFile, keyFile string) {
 			t.Fatal("pgtest: the server still takes connections without TLS after 10 s")
 		}
 	}
+	s.tls.Store(true)
 	return certFile, keyFile
 }
 
