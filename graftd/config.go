@@ -62,6 +62,9 @@ type Config struct {
 	// EnablePprof serves Go's profiles (/debug/pprof/) on the HTTP
 	// listener, for operators, as /metrics is.
 	EnablePprof bool `yaml:"enable_pprof"`
+	// GRPCReflection serves gRPC server reflection (grpcurl's list and
+	// describe) to any caller with a valid token; --dev always does.
+	GRPCReflection bool `yaml:"grpc_reflection"`
 
 	// EmbeddedListen makes dev mode's embedded etcd and NATS also listen
 	// on loopback TCP, without authentication. Only tools and tests that
@@ -181,6 +184,7 @@ var options = config.Table[Config]{
 		config.Flag("max-calls-per-principal", "calls other than watches one principal may have open at once, over all its connections", func(c *Config) any { return &c.MaxCallsPerPrincipal }),
 		config.Flag("watch-buffer-events", "recent changes graftd keeps in memory so that a reconnecting watch resumes without reading etcd; one older resumes from etcd (or, compacted, reads a new snapshot)", func(c *Config) any { return &c.WatchBufferEvents }),
 		config.Flag("enable-pprof", "serve Go's CPU, heap and goroutine profiles at /debug/pprof/ on --http-listen (off loopback: to a token that may list /, as /metrics)", func(c *Config) any { return &c.EnablePprof }),
+		config.Flag("grpc-reflection", "serve gRPC server reflection, so grpcurl can list and describe graftd's API (calls still need a token); always on with --dev", func(c *Config) any { return &c.GRPCReflection }),
 		config.Flag("max-watches-per-principal", "watch streams one principal may have open at once, over all its connections (one per agent)", func(c *Config) any { return &c.MaxWatchesPerPrincipal }),
 		config.Flag("etcd-endpoints", "etcd client URLs, comma separated", func(c *Config) any { return &c.Etcd.Endpoints }),
 		config.Flag("etcd-prefix", "key prefix graft keeps its data under in etcd", func(c *Config) any { return &c.Etcd.Prefix }),

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/graft-sh/graft/acl"
 	"github.com/graft-sh/graft/audit"
@@ -587,6 +588,12 @@ func (d *Daemon) newGRPC() error {
 	}
 	d.grpcSrv = grpc.NewServer(opts...)
 	d.srv.Register(d.grpcSrv)
+	if d.cfg.Dev || d.cfg.GRPCReflection {
+		// Behind the same authentication as every other call: the API's
+		// shape is public (the protos are), but an unauthenticated caller
+		// gets nothing from graftd.
+		reflection.Register(d.grpcSrv)
+	}
 	d.health = health.NewServer()
 	healthpb.RegisterHealthServer(d.grpcSrv, d.health)
 	ln, err := net.Listen("tcp", d.cfg.Listen)

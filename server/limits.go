@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
@@ -117,6 +119,14 @@ func (s *slots) inUse(key string) int {
 	return s.open[key]
 }
 
+// reflectionMethods are gRPC server reflection's, which graftd serves
+// (when configured to) to any caller with a token: they name no path, and
+// tell what the protos say.
+var reflectionMethods = map[string]bool{
+	reflectionv1.ServerReflection_ServerReflectionInfo_FullMethodName:      true,
+	reflectionv1alpha.ServerReflection_ServerReflectionInfo_FullMethodName: true,
+}
+
 // tappedKey holds the principal tapIn found for a call.
 type tappedKey struct{}
 
@@ -129,7 +139,7 @@ func (s *Server) tapIn(ctx context.Context, info *tap.Info) (context.Context, er
 	method := info.FullMethodName
 	key, limit, what := "probe", s.limits.MaxProbes, "unauthenticated health checks"
 	if !strings.HasPrefix(method, healthService) {
-		if _, ok := accessTable[method]; !ok {
+		if _, ok := accessTable[method]; !ok && !reflectionMethods[method] {
 			return nil, status.Errorf(codes.Unimplemented, "%s is not an rpc graftd serves", method)
 		}
 		p, err := s.identify(ctx, bearerOf(info.Header))
