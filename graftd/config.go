@@ -113,6 +113,9 @@ type NATSConfig struct {
 	CAFile    string `yaml:"ca_file"`
 	CertFile  string `yaml:"cert_file"`
 	KeyFile   string `yaml:"key_file"`
+	// Replicas is how many NATS nodes keep each of graft's JetStream
+	// streams (GRAFT_CHANGES, GRAFT_AUDIT); 0 means 1.
+	Replicas int `yaml:"replicas"`
 }
 
 // Defaults returns the configuration graftd starts from.
@@ -198,6 +201,7 @@ var options = config.Table[Config]{
 		config.Flag("nats-ca-file", "CA bundle to verify NATS's certificate", func(c *Config) any { return &c.NATS.CAFile }),
 		config.Flag("nats-cert-file", "client certificate for NATS", func(c *Config) any { return &c.NATS.CertFile }),
 		config.Flag("nats-key-file", "client key for NATS", func(c *Config) any { return &c.NATS.KeyFile }),
+		config.Flag("nats-replicas", "NATS nodes that keep each of graft's JetStream streams, 1 to 5: 3 on a 3-node cluster survives a node lost", func(c *Config) any { return &c.NATS.Replicas }),
 	},
 }
 
@@ -250,6 +254,9 @@ func (c Config) Validate() error {
 		if len(c.Etcd.Endpoints) > 0 || c.NATS.URL != "" {
 			add("--dev runs embedded etcd and NATS; drop --etcd-endpoints/--nats-url or drop --dev")
 		}
+		if c.NATS.Replicas > 1 {
+			add("--nats-replicas %d: --dev runs one embedded NATS node, which keeps one replica", c.NATS.Replicas)
+		}
 	} else {
 		if c.DevRootToken != "" {
 			add("--dev-root-token needs --dev")
@@ -272,6 +279,9 @@ func (c Config) Validate() error {
 		if (c.NATS.CertFile == "") != (c.NATS.KeyFile == "") {
 			add("--nats-cert-file and --nats-key-file go together")
 		}
+	}
+	if r := c.NATS.Replicas; r < 0 || r > 5 {
+		add("--nats-replicas %d: want 1 to 5 (JetStream keeps a stream on at most 5 nodes; 3 on a 3-node cluster)", r)
 	}
 	if c.DataDir == "" {
 		add("--data-dir must not be empty")

@@ -105,6 +105,10 @@ func TestValidate(t *testing.T) {
 		{"half TLS", func(c *Config) { external(c); c.TLSCertFile = "c" }, false, "go together"},
 		{"root token without dev", func(c *Config) { external(c); c.DevRootToken = "x" }, false, "needs --dev"},
 		{"bad prefix", func(c *Config) { external(c); c.Etcd.Prefix = "graft" }, false, "--etcd-prefix"},
+		{"three NATS replicas", func(c *Config) { external(c); c.NATS.Replicas = 3 }, true, ""},
+		{"six NATS replicas", func(c *Config) { external(c); c.NATS.Replicas = 6 }, false, "--nats-replicas 6: want 1 to 5"},
+		{"dev with NATS replicas", func(c *Config) { c.Dev = true; c.NATS.Replicas = 3 }, false, "one embedded NATS node"},
+		{"grpc reflection", func(c *Config) { external(c); c.GRPCReflection = true }, true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

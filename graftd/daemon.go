@@ -225,7 +225,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 // them) and makes sure the change stream exists.
 func (d *Daemon) newReplication(ctx context.Context, reg prometheus.Registerer) error {
 	log := d.log
-	stream := replicator.StreamConfig{MaxAge: d.cfg.ChangesMaxAge}
+	stream := replicator.StreamConfig{MaxAge: d.cfg.ChangesMaxAge, Replicas: d.cfg.NATS.Replicas}
 	d.rules = replicator.NewRules(d.store, log.With("subsystem", "rules"))
 	var err error
 	d.repl, err = replicator.New(replicator.Config{
@@ -390,6 +390,7 @@ func (d *Daemon) openCore(ctx context.Context) error {
 	d.audit, err = audit.New(pingCtx, audit.Config{
 		JetStream: d.js,
 		MaxAge:    d.cfg.AuditMaxAge,
+		Replicas:  d.cfg.NATS.Replicas,
 		File:      d.cfg.AuditFile,
 		HMACKey:   auditKey,
 		Logger:    d.log.With("subsystem", "audit"),

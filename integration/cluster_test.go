@@ -9,8 +9,10 @@ package integration
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,11 +86,14 @@ func newCluster(t *testing.T) *cluster {
 		WaitingFor:   wait.ForHTTP("/health").WithPort("2379/tcp").WithStartupTimeout(60 * time.Second),
 	}, "etcd")
 	c.nats = c.start(testcontainers.ContainerRequest{
-		Image:        image("GRAFT_NATS_IMAGE", "graft-nats:dev"),
-		Cmd:          []string{"--jetstream", "--store_dir", "/data", "--http_port", "8222"},
+		Image: image("GRAFT_NATS_IMAGE", "graft-nats:dev"),
+		// The shipped configuration: JetStream syncs every message.
+		Files:        []testcontainers.ContainerFile{{HostFilePath: "../deploy/nats.conf", ContainerFilePath: "/etc/nats/nats.conf", FileMode: 0o644}},
+		Cmd:          []string{"-c", "/etc/nats/nats.conf"},
 		ExposedPorts: []string{"4222/tcp", "8222/tcp"},
 		WaitingFor:   wait.ForHTTP("/healthz?js-enabled-only=true").WithPort("8222/tcp").WithStartupTimeout(60 * time.Second),
 	}, "nats")
+	c.checkNATSSyncsEveryMessage()
 
 	c.keyring = filepath.Join(t.TempDir(), "keyring.json")
 	if err := keyring.CreateFile(c.keyring); err != nil {
@@ -115,6 +120,35 @@ func requireDocker(t *testing.T) {
 }
 
 // start runs a container on the cluster's network under alias.
+// checkNATSSyncsEveryMessage fails the test unless the NATS container
+// runs JetStream with sync_interval: always, as deploy/nats.conf says:
+// its monitoring endpoint reports the configuration it loaded.
+func (c *cluster) checkNATSSyncsEveryMessage() {
+	c.t.Helper()
+	endpoint, err := c.nats.PortEndpoint(c.ctx, "8222/tcp", "http")
+	if err != nil {
+		c.t.Fatalf("nats monitoring endpoint: %v", err)
+	}
+	resp, err := http.Get(endpoint + "/varz")
+	if err != nil {
+		c.t.Fatalf("nats /varz: %v", err)
+	}
+	defer resp.Body.Close()
+	var varz struct {
+		JetStream struct {
+			Config struct {
+				SyncAlways bool `json:"sync_always"`
+			} `json:"config"`
+		} `json:"jetstream"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&varz); err != nil {
+		c.t.Fatalf("nats /varz: %v", err)
+	}
+	if !varz.JetStream.Config.SyncAlways {
+		c.t.Fatal("nats runs JetStream without sync_interval: always: an acknowledged audit record could be lost with the machine (deploy/nats.conf)")
+	}
+}
+
 func (c *cluster) start(req testcontainers.ContainerRequest, alias string) testcontainers.Container {
 	c.t.Helper()
 	req.Networks = []string{c.net.Name}

@@ -178,6 +178,15 @@ type NATSConfig struct {
 	// other local process can reach its NATS (which has no
 	// authentication).
 	InProcess bool
+	// Name, Cluster, ClusterPort and Routes make the server one node of a
+	// NATS cluster named Cluster, listening for routes on ClusterPort (0:
+	// the kernel chooses) and joining the nodes at Routes (nats://host:port
+	// URLs of their cluster ports). JetStream then replicates streams over
+	// the cluster's nodes. Name defaults to graft-dev.
+	Name        string
+	Cluster     string
+	ClusterPort int
+	Routes      []string
 }
 
 // StartNATS starts NATS with JetStream on a loopback port chosen by the
@@ -186,16 +195,32 @@ func StartNATS(cfg NATSConfig) (*NATS, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("start nats: %w", err)
 	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName: "graft-dev",
+	opts := &server.Options{
+		ServerName: cmp.Or(cfg.Name, "graft-dev"),
 		Host:       "127.0.0.1",
 		Port:       cmp.Or(cfg.Port, server.RANDOM_PORT),
 		JetStream:  true,
 		StoreDir:   cfg.Dir,
+		// Each stored message is on disk before its ack, as
+		// deploy/nats.conf's sync_interval: always: by default JetStream
+		// syncs every two minutes, and an acknowledged audit record of a
+		// write would not survive a power loss in between.
+		SyncAlways: true,
 		NoSigs:     true,
 		NoLog:      true,
 		DontListen: cfg.InProcess,
-	})
+	}
+	if cfg.Cluster != "" {
+		opts.Cluster = server.ClusterOpts{Name: cfg.Cluster, Host: "127.0.0.1", Port: cmp.Or(cfg.ClusterPort, server.RANDOM_PORT)}
+		for _, r := range cfg.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("start nats: route %q: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("start nats: %w", err)
 	}

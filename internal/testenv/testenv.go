@@ -5,10 +5,12 @@ package testenv
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -208,4 +210,89 @@ func LinksNoServer(t testing.TB, program string) {
 			}
 		}
 	}
+}
+
+// NATSCluster is a NATS cluster of embedded servers, JetStream on each.
+type NATSCluster struct {
+	// Nodes are the servers, nil while stopped.
+	Nodes []*embedded.NATS
+	// URL lists every node's client URL, comma separated, as
+	// --nats-url takes it.
+	URL  string
+	cfgs []embedded.NATSConfig
+}
+
+// StartNATSCluster starts n NATS servers with JetStream, their stores
+// under dir, routed to each other as one cluster, and waits until
+// JetStream has a leader: streams with replicas up to n can be made.
+func StartNATSCluster(t testing.TB, dir string, n int) *NATSCluster {
+	t.Helper()
+	c := &NATSCluster{Nodes: make([]*embedded.NATS, n), cfgs: make([]embedded.NATSConfig, n)}
+	var routes, urls []string
+	for i := range n {
+		client, cluster := freePort(t), freePort(t)
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", cluster))
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", client))
+		c.cfgs[i] = embedded.NATSConfig{Dir: filepath.Join(dir, fmt.Sprintf("n%d", i)), Port: client,
+			Name: fmt.Sprintf("n%d", i), Cluster: "graft-test", ClusterPort: cluster}
+	}
+	c.URL = strings.Join(urls, ",")
+	started := make(chan error, n)
+	for i := range n {
+		c.cfgs[i].Routes = routes
+		// Each node waits for the others' routes before it is ready for
+		// clients, so they start together.
+		go func() {
+			node, err := embedded.StartNATS(c.cfgs[i])
+			c.Nodes[i] = node
+			started <- err
+		}()
+	}
+	for range n {
+		if err := <-started; err != nil {
+			t.Fatalf("start nats cluster: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, node := range c.Nodes {
+			if node != nil {
+				node.Close()
+			}
+		}
+	})
+	js := JetStream(t, c.URL)
+	WaitFor(t, 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.AccountInfo(ctx)
+		return err == nil
+	})
+	return c
+}
+
+// Stop stops node i, as a crash of its machine would (its store stays).
+func (c *NATSCluster) Stop(i int) {
+	c.Nodes[i].Close()
+	c.Nodes[i] = nil
+}
+
+// Start starts node i again, on its old ports and store.
+func (c *NATSCluster) Start(t testing.TB, i int) {
+	t.Helper()
+	node, err := embedded.StartNATS(c.cfgs[i])
+	if err != nil {
+		t.Fatalf("start nats node %d again: %v", i, err)
+	}
+	c.Nodes[i] = node
+}
+
+// freePort is a TCP port on loopback no one listened on a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
