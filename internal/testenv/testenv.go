@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/graft-sh/graft/internal/dbproc"
 	"github.com/graft-sh/graft/internal/embedded"
 	"github.com/graft-sh/graft/keyring"
 	"github.com/graft-sh/graft/store"
@@ -230,7 +231,7 @@ func StartNATSCluster(t testing.TB, dir string, n int) *NATSCluster {
 	c := &NATSCluster{Nodes: make([]*embedded.NATS, n), cfgs: make([]embedded.NATSConfig, n)}
 	var routes, urls []string
 	for i := range n {
-		client, cluster := freePort(t), freePort(t)
+		client, cluster := dbproc.FreePort(t), dbproc.FreePort(t)
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", cluster))
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", client))
 		c.cfgs[i] = embedded.NATSConfig{Dir: filepath.Join(dir, fmt.Sprintf("n%d", i)), Port: client,
@@ -284,15 +285,4 @@ func (c *NATSCluster) Start(t testing.TB, i int) {
 		t.Fatalf("start nats node %d again: %v", i, err)
 	}
 	c.Nodes[i] = node
-}
-
-// freePort is a TCP port on loopback no one listened on a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
