@@ -183,6 +183,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Daemon, err erro
 		PendingGrace: cfg.Leases.PendingGrace,
 		Tick:         cfg.Leases.Tick,
 		MaxAttempts:  cfg.Leases.MaxAttempts,
+		Registerer:   reg,
 	})
 	rotations := registry.New(d.store)
 	reg.MustRegister(registry.NewCollector(rotations))

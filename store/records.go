@@ -115,6 +115,15 @@ func (r *Records[T]) Count(ctx context.Context, keyPrefix string) (int64, error)
 	return resp.Count, nil
 }
 
+// CountRange counts the records with from <= key < to.
+func (r *Records[T]) CountRange(ctx context.Context, from, to string) (int64, error) {
+	resp, err := r.s.cli.Get(ctx, r.key(from), clientv3.WithRange(r.key(to)), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", strings.TrimSuffix(string(r.space), "/"), err)
+	}
+	return resp.Count, nil
+}
+
 // Range returns up to limit records with from <= key < to, sorted by
 // key: the first due of an index keyed by time.
 func (r *Records[T]) Range(ctx context.Context, from, to string, limit int64) ([]Record[T], error) {

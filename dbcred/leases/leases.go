@@ -22,6 +22,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/graft-sh/graft/audit"
 	"github.com/graft-sh/graft/dbcred"
 	"github.com/graft-sh/graft/store"
@@ -110,6 +112,8 @@ type Config struct {
 	PendingGrace time.Duration
 	// Tick is how often the reaper looks for due leases (default 200ms).
 	Tick time.Duration
+	// Registerer, when set, takes the manager's metrics.
+	Registerer prometheus.Registerer
 }
 
 // Manager issues credentials and keeps their leases. It is safe for
@@ -122,6 +126,7 @@ type Manager struct {
 	principals *store.Records[string]
 	switches   *store.Records[bool]
 	pools      *pools
+	metrics    *metrics
 	// issuing serializes the quota check and the pending write of one
 	// role's leases in this process.
 	issuing sync.Map // role path → *sync.Mutex
@@ -153,7 +158,7 @@ func New(cfg Config) *Manager {
 	if cfg.Tick <= 0 {
 		cfg.Tick = 200 * time.Millisecond
 	}
-	return &Manager{
+	m := &Manager{
 		cfg:        cfg,
 		leases:     store.NewRecords[Lease](cfg.Store, store.SpaceLeases),
 		due:        store.NewRecords[string](cfg.Store, store.SpaceLeaseDue),
@@ -162,6 +167,8 @@ func New(cfg Config) *Manager {
 		switches:   store.NewRecords[bool](cfg.Store, store.SpaceLeaseReaper),
 		pools:      newPools(cfg.Open, cfg.PerDatabase),
 	}
+	m.metrics = newMetrics(m, cfg.Registerer)
+	return m
 }
 
 // Close closes the admin connections.
@@ -250,7 +257,8 @@ func (m *Manager) driver(ctx context.Context, driver, admin string) (dbcred.Dyna
 
 // Issue creates a user from the role path names for principal, with a
 // lease of ttl (0: the role's default; at most its max).
-func (m *Manager) Issue(ctx context.Context, path, principal string, ttl time.Duration) (Issued, error) {
+func (m *Manager) Issue(ctx context.Context, path, principal string, ttl time.Duration) (issued Issued, err error) {
+	defer func() { m.metrics.issues.WithLabelValues(result(err)).Inc() }()
 	r, err := m.Resolve(ctx, path)
 	if err != nil {
 		return Issued{}, err
@@ -489,7 +497,12 @@ const revokeRetryMax = 10 * time.Minute
 // grace should this process die), runs the revocation once, and removes
 // the lease; on failure it records why and when to try again. fence holds
 // the reaper's writes to its term.
-func (m *Manager) revoke(ctx context.Context, rec store.Record[Lease], fence []store.Cond) error {
+func (m *Manager) revoke(ctx context.Context, rec store.Record[Lease], fence []store.Cond) (err error) {
+	defer func() {
+		if ctx.Err() == nil {
+			m.metrics.revokes.WithLabelValues(result(err)).Inc()
+		}
+	}()
 	l := rec.Value
 	now := m.cfg.Now()
 	claimed := l
